@@ -1,0 +1,46 @@
+"""The genvae engine: hook specs, the component registry, model specs, composition and training.
+
+The core knows no concrete component: every encoder, prior, latent transform, decoder, loss,
+dataset and preset comes from a plugin (built-in ones live in ``genvae.plugins``).
+"""
+
+from genvae.core.components import (
+    Component,
+    Decoder,
+    Encoder,
+    Gaussian,
+    LatentLayout,
+    LatentTransform,
+    Loss,
+    Pass,
+    Prior,
+)
+from genvae.core.errors import BuildError, GenvaeError, OptionsError, UnknownNameError
+from genvae.core.model import GenerativeModel, build_model
+from genvae.core.options import option
+from genvae.core.spec import ComponentSpec, LossSpec, ModelSpec, TrainConfig
+
+__all__ = [
+    "BuildError",
+    "Component",
+    "ComponentSpec",
+    "Decoder",
+    "Encoder",
+    "Gaussian",
+    "GenerativeModel",
+    "GenvaeError",
+    "LatentLayout",
+    "LatentTransform",
+    "Loss",
+    "LossSpec",
+    "ModelSpec",
+    "OptionsError",
+    "Pass",
+    "Prior",
+    "TrainConfig",
+    "UnknownNameError",
+    "build_model",
+    "option",
+]
+
+__version__ = "0.1.0"

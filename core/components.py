@@ -1,0 +1,274 @@
+"""The five component kinds and the objects that flow between them.
+
+One training step of a composed model is a walk through these classes (docs/architecture.md):
+
+    x --Encoder--> features --LatentTransform.posterior--> q(z|x) --rsample--> z
+    z --LatentTransform.generate--> u --Decoder--> logits --tanh--> x_hat
+    Prior(pass) --> p(z | context)        Loss(pass, phase) --> named terms
+
+A :class:`Pass` records everything one forward computed, so losses read what they need and
+components that depend on each other (an M-network prior re-encoding the coarser level) can do so
+without the engine knowing about them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import attrs
+import torch
+from torch import Tensor, nn
+
+from genvae.core.errors import BuildError
+from genvae.core.options import NoOptions
+
+if TYPE_CHECKING:
+    from genvae.core.model import GenerativeModel
+
+Shape = tuple[int, ...]
+
+
+@attrs.frozen
+class LatentLayout:
+    """The latent's per-sample shape and its groups (channel blocks / time steps, pyramid levels).
+
+    Groups are contiguous runs of the flattened latent, in order; a plain latent has one group.
+    Per-group weights (KL per time step, lambda per level) are expressed against these groups.
+    """
+
+    shape: Shape
+    group_sizes: tuple[int, ...] = attrs.field(default=())
+    group_label: str = "group"
+
+    def __attrs_post_init__(self):
+        if not self.group_sizes:
+            object.__setattr__(self, "group_sizes", (self.numel,))
+        if sum(self.group_sizes) != self.numel:
+            raise BuildError(
+                f"latent groups {list(self.group_sizes)} do not cover the latent of shape {list(self.shape)}"
+            )
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.group_sizes)
+
+    def element_weights(self, group_weights: Sequence[float]) -> Tensor:
+        """A (numel,) tensor giving every latent element its group's weight."""
+        if len(group_weights) != self.num_groups:
+            raise BuildError(
+                f"{len(group_weights)} weights given for {self.num_groups} latent {self.group_label}s"
+            )
+        return torch.repeat_interleave(
+            torch.tensor(list(group_weights), dtype=torch.float32), torch.tensor(self.group_sizes)
+        )
+
+    def per_group(self, values: Tensor) -> Tensor:
+        """Sum (B, *shape) values within each group: (B, G)."""
+        flat = values.flatten(1)
+        if self.num_groups == 1:
+            return flat.sum(1, keepdim=True)
+        return torch.stack([part.sum(1) for part in flat.split(list(self.group_sizes), dim=1)], dim=1)
+
+
+class Gaussian:
+    """A diagonal Gaussian with mean and log-variance tensors of the latent's shape (batch first)."""
+
+    __slots__ = ("mean", "logvar", "standard")
+
+    def __init__(self, mean: Tensor, logvar: Tensor, standard: bool = False):
+        self.mean = mean
+        self.logvar = logvar
+        self.standard = standard  # N(0, I): KL takes the short closed form
+
+    @classmethod
+    def standard_like(cls, other: Gaussian) -> Gaussian:
+        zeros = torch.zeros_like(other.mean)
+        return cls(zeros, zeros, standard=True)
+
+    @property
+    def std(self) -> Tensor:
+        return torch.exp(0.5 * self.logvar)
+
+    def rsample(self) -> Tensor:
+        """A reparameterised sample, z = mean + std * eps, differentiable in mean and logvar."""
+        return self.mean + self.std * torch.randn_like(self.mean)
+
+    def kl(self, prior: Gaussian) -> Tensor:
+        """Elementwise KL(self || prior), same shape as the mean."""
+        if prior.standard:
+            return 0.5 * (torch.exp(self.logvar) + self.mean.pow(2) - 1.0 - self.logvar)
+        return 0.5 * (
+            prior.logvar
+            - self.logvar
+            + (torch.exp(self.logvar) + (self.mean - prior.mean).pow(2)) * torch.exp(-prior.logvar)
+            - 1.0
+        )
+
+    def detach(self) -> Gaussian:
+        return Gaussian(self.mean.detach(), self.logvar.detach(), self.standard)
+
+
+class Pass:
+    """Everything one forward pass computed; losses and context-dependent priors read from it.
+
+    ``extras`` holds what a component wants to share beyond the common fields (pyramid targets,
+    per-level reconstructions, ...), keyed by a name the producing plugin documents.
+    """
+
+    __slots__ = ("model", "x", "features", "posterior", "z", "u", "logits", "x_hat", "prior", "extras")
+
+    def __init__(self, model: GenerativeModel, x: Tensor):
+        self.model = model
+        self.x = x
+        self.features: Any = None
+        self.posterior: Gaussian | None = None
+        self.z: Tensor | None = None
+        self.u: Tensor | None = None
+        self.logits: Tensor | None = None
+        self.x_hat: Tensor | None = None
+        self.prior: Gaussian | None = None
+        self.extras: dict[str, Any] = {}
+
+
+@attrs.define
+class BuildContext:
+    """What a component can see while it is built: the image shape and the components built before it."""
+
+    image_shape: Shape
+    encoder: Encoder | None = None
+    transform: LatentTransform | None = None
+    decoder: Decoder | None = None
+    prior: Prior | None = None
+    spec: Any = None
+
+    @property
+    def layout(self) -> LatentLayout:
+        assert self.transform is not None, "the latent transform is built before the prior and losses"
+        return self.transform.layout
+
+
+class Component(nn.Module):
+    """Base of every component: options, capabilities and per-module optimisation hints.
+
+    ``provides``/``requires`` are capability names checked at build time, so an incompatible
+    composition is refused with a message naming both sides (e.g. ``mi`` requires
+    ``discriminator``, which ``adv`` provides).
+    """
+
+    kind: ClassVar[str] = ""
+    name: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
+    provides: ClassVar[frozenset[str]] = frozenset()
+    requires: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, options: Any, ctx: BuildContext):
+        super().__init__()
+        self.options = options
+
+    @classmethod
+    def summary(cls) -> str:
+        doc = (cls.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+    def lr_multipliers(self) -> dict[str, float]:
+        """Default learning-rate multipliers for named submodules (e.g. ``{"lstm": 1/8}``)."""
+        return {}
+
+    def grad_clamps(self) -> dict[str, float]:
+        """Default gradient value clamps for named submodules (e.g. ``{"lstm": 5.0}``)."""
+        return {}
+
+    def fail(self, message: str) -> BuildError:
+        """A build error that names this component."""
+        from genvae.core.registry import KIND_NAMES
+
+        return BuildError(f"{KIND_NAMES.get(self.kind, self.kind)} '{self.name}': {message}")
+
+
+class Encoder(Component):
+    """Maps an image batch (B, C, H, W) in [-1, 1] to features of ``output_shape``."""
+
+    kind = "encoder"
+    #: names of the natural partners: {"decoder": ..., "transform": ..., "preset": ...}
+    counterparts: ClassVar[dict[str, str]] = {}
+    output_shape: Shape
+
+    def forward(self, x: Tensor, state: Pass | None = None) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class LatentTransform(Component):
+    """Both sides of the latent: features -> q(z|x), and z -> u, the decoder's input.
+
+    Sets ``layout`` (the latent's shape and groups) and ``output_shape`` (the shape of u).
+    """
+
+    kind = "transform"
+    layout: LatentLayout
+    output_shape: Shape
+
+    def posterior(self, features: Tensor, state: Pass | None = None) -> Gaussian:  # pragma: no cover
+        raise NotImplementedError
+
+    def generate(self, z: Tensor, state: Pass | None = None) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+class Decoder(Component):
+    """Maps u to image logits of the image's shape; the model applies tanh to get x_hat in [-1, 1]."""
+
+    kind = "decoder"
+
+    def forward(self, u: Tensor, state: Pass | None = None) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class Prior(Component):
+    """p(z): the distribution the KL term pulls the posterior towards and samples are drawn from."""
+
+    kind = "prior"
+
+    def __init__(self, options: Any, ctx: BuildContext):
+        super().__init__(options, ctx)
+        self.layout = ctx.layout
+
+    def forward(self, state: Pass) -> Gaussian:  # pragma: no cover - abstract
+        """The prior for this pass's posterior (may depend on it: an M-network prior does)."""
+        raise NotImplementedError
+
+    def sample(self, n: int, model: GenerativeModel, device: torch.device | str) -> Tensor:
+        """n latent samples, (n, *layout.shape)."""
+        return torch.randn(n, *self.layout.shape, device=device)
+
+
+class Loss(Component):
+    """A training objective. ``forward(state, phase)`` returns named terms that are summed.
+
+    A loss contributes to the ``model`` phase (encoder, transform, decoder, prior parameters) by
+    default. One that trains networks of its own (a discriminator) lists them in
+    ``owned_modules()`` by phase; each phase gets its own optimiser and runs once per step, in
+    the order of ``phase_order`` (phases not listed there run after ``model``).
+    """
+
+    kind = "loss"
+    #: "reconstruction", "divergence", "adversarial" or "auxiliary": a build adds a default
+    #: reconstruction and divergence loss when the user names none.
+    role: ClassVar[str] = "auxiliary"
+    phases: ClassVar[tuple[str, ...]] = ("model",)
+
+    def __init__(self, options: Any, ctx: BuildContext, weight: float = 1.0):
+        super().__init__(options, ctx)
+        self.weight = float(weight)
+
+    def owned_modules(self) -> dict[str, nn.Module]:
+        """Modules this loss trains itself, by phase name (never ``model``)."""
+        return {}
+
+    def forward(self, state: Pass, phase: str) -> dict[str, Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError

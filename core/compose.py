@@ -1,0 +1,147 @@
+"""From command-line choices (preset, component names, ``--set`` overrides) to a :class:`ModelSpec`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
+from genvae.core.errors import GenvaeError, OptionsError
+from genvae.core.options import parse_value
+from genvae.core.registry import Registry, get_registry
+from genvae.core.spec import COMPONENT_KINDS, ComponentSpec, LossSpec, ModelSpec
+
+DEFAULT_LOSSES = {"reconstruction": "mse", "divergence": "kl"}
+
+
+def parse_losses(text: str | Sequence[str] | None) -> list[LossSpec]:
+    """``"mse,kl:0.5,adv"`` -> LossSpecs; ``name:weight`` sets a weight."""
+    if text is None:
+        return []
+    items = text.split(",") if isinstance(text, str) else [p for t in text for p in t.split(",")]
+    out = []
+    for item in (i.strip() for i in items):
+        if not item:
+            continue
+        name, _, weight = item.partition(":")
+        try:
+            out.append(LossSpec(name.strip(), float(weight) if weight else 1.0))
+        except ValueError:
+            raise OptionsError(f"loss '{item}': the weight after ':' must be a number, e.g. kl:0.5") from None
+    return out
+
+
+def preset_spec(name: str, registry: Registry | None = None) -> ModelSpec:
+    registry = registry or get_registry()
+    entry = registry.get("preset", name)
+    data = dict(entry.obj() if callable(entry.obj) else entry.obj)
+    data.setdefault("preset", name)
+    data.setdefault("description", entry.help)
+    return ModelSpec.from_dict(data, where=f"preset '{name}'")
+
+
+def _with_default_losses(losses: list[LossSpec], registry: Registry) -> list[LossSpec]:
+    roles = {registry.component("loss", s.name).role for s in losses}
+    extra = [LossSpec(name) for role, name in DEFAULT_LOSSES.items() if role not in roles]
+    recon = [s for s in extra if registry.component("loss", s.name).role == "reconstruction"]
+    return [*recon, *losses, *[s for s in extra if s not in recon]]
+
+
+def compose_spec(
+    preset: str | None = None,
+    encoder: str | None = None,
+    transform: str | None = None,
+    decoder: str | None = None,
+    prior: str | None = None,
+    losses: str | Sequence[str] | None = None,
+    image_size: int | None = None,
+    channels: int | None = None,
+    sets: Sequence[str] = (),
+    registry: Registry | None = None,
+) -> ModelSpec:
+    """Resolve choices the way ``genvae build`` does.
+
+    Start from the preset (or, with only ``--encoder X``, from X's own preset if it names one);
+    a named encoder brings its counterpart decoder and transform unless those are named too;
+    ``--loss`` adds losses to the preset's, and a reconstruction loss (mse) and a divergence
+    (kl) are added when none is listed; ``--set kind.option=value`` edits the result.
+    """
+    registry = registry or get_registry()
+    if preset is None and encoder is None:
+        raise GenvaeError("choose a model: --preset NAME or --encoder NAME (see genvae list-plugins)")
+    enc_cls = registry.component("encoder", encoder) if encoder else None
+    counterparts = dict(getattr(enc_cls, "counterparts", {}) or {})
+    if preset is None and counterparts.get("preset"):
+        preset = counterparts["preset"]
+    if preset is not None:
+        spec = preset_spec(preset, registry)
+    else:
+        spec = None
+    chosen = {"encoder": encoder, "transform": transform, "decoder": decoder, "prior": prior}
+    parts: dict[str, ComponentSpec] = {}
+    for kind in COMPONENT_KINDS:
+        base = spec.component(kind) if spec is not None else None
+        name = chosen[kind]
+        if name is None and encoder is not None and kind in ("transform", "decoder"):
+            if base is None or base.name != counterparts.get(kind, base.name):
+                name = counterparts.get(kind)
+        if name is None and base is not None:
+            parts[kind] = base
+            continue
+        if name is None:
+            name = "normal" if kind == "prior" else counterparts.get(kind)
+        if name is None:
+            raise GenvaeError(f"encoder '{encoder}' names no default {kind}; choose one with --{kind}")
+        registry.component(kind, name)  # unknown names fail here, with the known ones listed
+        keep = base is not None and base.name == name
+        parts[kind] = base if keep else ComponentSpec(name)
+    loss_list = list(spec.losses) if spec is not None else []
+    for extra in parse_losses(losses):
+        registry.component("loss", extra.name)
+        loss_list = [s for s in loss_list if s.name != extra.name] + [extra]
+    loss_list = _with_default_losses(loss_list, registry)
+    if spec is None:
+        spec = ModelSpec(**parts, losses=tuple(loss_list))
+    else:
+        spec = attrs.evolve(spec, **parts, losses=tuple(loss_list))
+    if image_size is not None:
+        spec = attrs.evolve(spec, image_size=image_size)
+    if channels is not None:
+        if channels not in (1, 3):
+            raise OptionsError(f"--channels must be 1 or 3, got {channels}")
+        spec = attrs.evolve(spec, channels=channels)
+    return apply_sets(spec, sets)
+
+
+def apply_sets(spec: ModelSpec, sets: Sequence[str]) -> ModelSpec:
+    """Apply ``kind.option=value`` edits: encoder/transform/decoder/prior, ``loss.NAME.option``
+    (``loss.NAME.weight`` sets the weight), ``train.option``, or ``image_size``/``channels``."""
+    data: dict[str, Any] = spec.to_dict()
+    for item in sets:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise OptionsError(f"--set '{item}': expected kind.option=value, e.g. encoder.width=32")
+        value = parse_value(raw)
+        path = key.strip().split(".")
+        if path[0] in COMPONENT_KINDS and len(path) == 2:
+            data[path[0]]["options"][path[1]] = value
+        elif path[0] == "train" and len(path) == 2:
+            data["train"][path[1]] = value
+        elif path[0] == "loss" and len(path) == 3:
+            match = [s for s in data["losses"] if s["name"] == path[1]]
+            if not match:
+                names = ", ".join(s["name"] for s in data["losses"])
+                raise OptionsError(f"--set '{item}': the model has no loss '{path[1]}'; its losses: {names}")
+            if path[2] == "weight":
+                match[0]["weight"] = float(value)
+            else:
+                match[0]["options"][path[2]] = value
+        elif path[0] in ("image_size", "channels") and len(path) == 1:
+            data[path[0]] = value
+        else:
+            raise OptionsError(
+                f"--set '{item}': unknown target '{key}'; use encoder.X, transform.X, decoder.X, prior.X, "
+                "loss.NAME.X, train.X, image_size or channels"
+            )
+    return ModelSpec.from_dict(data, where="--set")

@@ -1,0 +1,35 @@
+"""Small building blocks shared by component plugins (no component lives here)."""
+
+from __future__ import annotations
+
+from torch import nn
+
+ACTIVATIONS = ("relu", "lrelu", "elu", "none")
+
+
+def activation(name: str, slope: float = 0.2) -> nn.Module:
+    """A fresh activation module by name; ``lrelu`` takes ``slope``."""
+    if name == "relu":
+        return nn.ReLU(inplace=True)
+    if name == "lrelu":
+        return nn.LeakyReLU(slope, inplace=True)
+    if name == "elu":
+        return nn.ELU(inplace=True)
+    if name == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown activation '{name}'; known: {', '.join(ACTIVATIONS)}")
+
+
+def describe_shape(shape) -> str:
+    return "[" + ", ".join(str(s) for s in shape) + "]"
+
+
+REDUCTIONS = ("sum", "mean")
+
+
+def reduce_images(values, reduction: str):
+    """``sum``: summed over each image's elements, averaged over the batch (the ELBO's scale);
+    ``mean``: averaged over every element (the crVAE code's pixel MSE)."""
+    if reduction == "mean":
+        return values.mean()
+    return values.flatten(1).sum(1).mean()

@@ -1,0 +1,233 @@
+"""Composition: a spec becomes a :class:`GenerativeModel`, checked at build time.
+
+The checks run here, before any training: every name resolves, options validate, each component
+accepts the shape its neighbour produces, every capability a component requires is provided, and a
+dry forward pass on two images produces the declared shapes. A failure is one line naming the
+components involved.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor, nn
+
+from genvae.core.components import BuildContext, Component, Gaussian, Loss, Pass
+from genvae.core.errors import BuildError, GenvaeError
+from genvae.core.options import options_from_dict, options_to_dict
+from genvae.core.registry import KIND_NAMES, Registry, get_registry
+from genvae.core.spec import ComponentSpec, LossSpec, ModelSpec
+
+MODEL_PHASE = "model"
+
+
+class GenerativeModel(nn.Module):
+    """An encoder, a latent transform, a decoder, a prior and losses, composed from a spec."""
+
+    def __init__(self, spec: ModelSpec, encoder, transform, decoder, prior, losses: Iterable[Loss]):
+        super().__init__()
+        self.spec = spec
+        self.encoder = encoder
+        self.transform = transform
+        self.decoder = decoder
+        self.prior = prior
+        self.losses = nn.ModuleDict({loss.name: loss for loss in losses})
+        self.layout = transform.layout
+        self.phases = _phase_order(self.losses.values())
+        # Fixed at build time so a training step does no per-plugin dispatch.
+        self._phase_losses = {p: [loss for loss in self.losses.values() if p in loss.phases] for p in self.phases}
+
+    # -- the forward contract ------------------------------------------------------------------
+    def forward(self, x: Tensor, sample: bool = True) -> Pass:
+        """One pass: q(z|x), z (sampled, or the posterior mean), u, x_hat and the prior."""
+        state = Pass(self, x)
+        state.features = self.encoder(x, state)
+        state.posterior = self.transform.posterior(state.features, state)
+        state.z = state.posterior.rsample() if sample else state.posterior.mean
+        state.u = self.transform.generate(state.z, state)
+        state.logits = self.decoder(state.u, state)
+        state.x_hat = torch.tanh(state.logits)
+        state.prior = self.prior(state)
+        return state
+
+    def generate(self, z: Tensor) -> tuple[Tensor, Tensor]:
+        """z -> (u, x_hat): the generation side alone."""
+        u = self.transform.generate(z)
+        return u, torch.tanh(self.decoder(u))
+
+    @torch.no_grad()
+    def sample(self, n: int, device: torch.device | str | None = None) -> Tensor:
+        device = device or self.device
+        z = self.prior.sample(n, self, device)
+        return self.generate(z)[1]
+
+    @torch.no_grad()
+    def reconstruct(self, x: Tensor) -> Tensor:
+        return self.forward(x, sample=False).x_hat
+
+    def encode(self, x: Tensor) -> Gaussian:
+        return self.transform.posterior(self.encoder(x))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # -- losses and phases ---------------------------------------------------------------------
+    def phase_terms(self, state: Pass, phase: str) -> dict[str, Tensor]:
+        """The named loss terms of one phase; their sum is what that phase minimises."""
+        terms: dict[str, Tensor] = {}
+        for loss in self._phase_losses[phase]:
+            for key, value in loss(state, phase).items():
+                terms[loss.name if key == loss.name else f"{loss.name}.{key}"] = value
+        return terms
+
+    def phase_modules(self) -> dict[str, list[nn.Module]]:
+        """Modules trained by each extra phase (the model phase trains everything else)."""
+        owned: dict[str, list[nn.Module]] = {}
+        for loss in self.losses.values():
+            for phase, module in loss.owned_modules().items():
+                if phase == MODEL_PHASE:
+                    raise BuildError(f"loss '{loss.name}' cannot own modules in the '{MODEL_PHASE}' phase")
+                owned.setdefault(phase, []).append(module)
+        return owned
+
+    def components(self) -> dict[str, Component]:
+        out = {"encoder": self.encoder, "transform": self.transform, "decoder": self.decoder, "prior": self.prior}
+        out.update({f"loss.{k}": v for k, v in self.losses.items()})
+        return out
+
+    def resolved_spec(self) -> ModelSpec:
+        """The spec with every option filled in (defaults made explicit), as written to config.json."""
+        import attrs
+
+        def full(c: Component) -> dict:
+            return options_to_dict(c.options)
+
+        return attrs.evolve(
+            self.spec,
+            encoder=ComponentSpec(self.encoder.name, full(self.encoder)),
+            transform=ComponentSpec(self.transform.name, full(self.transform)),
+            decoder=ComponentSpec(self.decoder.name, full(self.decoder)),
+            prior=ComponentSpec(self.prior.name, full(self.prior)),
+            losses=tuple(LossSpec(l.name, l.weight, full(l)) for l in self.losses.values()),
+        )
+
+
+def _phase_order(losses: Iterable[Loss]) -> list[str]:
+    before: list[str] = []
+    after: list[str] = []
+    for loss in losses:
+        order = getattr(loss, "phase_order", None) or ()
+        for phase in loss.phases:
+            if phase == MODEL_PHASE or phase in before or phase in after:
+                continue
+            (before if phase in order and order.index(phase) < order.index(MODEL_PHASE) else after).append(phase)
+    return [*before, MODEL_PHASE, *after]
+
+
+# -- building ------------------------------------------------------------------------------------
+
+
+def _make(kind: str, cspec: ComponentSpec, ctx: BuildContext, registry: Registry, **extra) -> Component:
+    cls = registry.component(kind, cspec.name)
+    where = f"{KIND_NAMES[kind]} '{cspec.name}'"
+    options = options_from_dict(cls.Options, cspec.options, where)
+    try:
+        component = cls(options, ctx, **extra)
+    except GenvaeError:
+        raise
+    except (RuntimeError, ValueError, TypeError, AssertionError) as exc:
+        raise BuildError(f"{where} cannot be built for image {list(ctx.image_shape)}: {_line(exc)}") from exc
+    component.name = cspec.name  # the registered name, also for classes registered under aliases
+    return component
+
+
+def _line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _check_capabilities(components: list[Component], registry: Registry) -> None:
+    provided = {cap for c in components for cap in c.provides}
+    for comp in components:
+        for need in sorted(comp.requires - provided):
+            providers = sorted(
+                f"{KIND_NAMES[kind]} '{name}'"
+                for kind in ("encoder", "transform", "decoder", "prior", "loss")
+                for name, entry in registry.entries[kind].items()
+                if need in getattr(entry.obj, "provides", ())
+            )
+            hint = f"; add {' or '.join(providers)}" if providers else ""
+            raise BuildError(
+                f"{KIND_NAMES[comp.kind]} '{comp.name}' requires '{need}', which no other component "
+                f"of this model provides{hint}"
+            )
+
+
+def build_model(spec: ModelSpec, registry: Registry | None = None, check: bool = True) -> GenerativeModel:
+    """Compose and check a model. Raises a one-line :class:`GenvaeError` for any bad input."""
+    registry = registry or get_registry()
+    ctx = BuildContext(image_shape=spec.image_shape, spec=spec)
+    ctx.encoder = _make("encoder", spec.encoder, ctx, registry)
+    ctx.transform = _make("transform", spec.transform, ctx, registry)
+    ctx.decoder = _make("decoder", spec.decoder, ctx, registry)
+    ctx.prior = _make("prior", spec.prior, ctx, registry)
+    names = [s.name for s in spec.losses]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise BuildError(f"loss '{dupes[0]}' is listed twice; give each loss once, with one weight")
+    if not spec.losses:
+        raise BuildError("a model needs at least one loss (e.g. mse,kl)")
+    losses = [_make("loss", s, ctx, registry, weight=s.weight) for s in spec.losses]
+    parts = [ctx.encoder, ctx.transform, ctx.decoder, ctx.prior, *losses]
+    _check_capabilities(parts, registry)
+    model = GenerativeModel(spec, ctx.encoder, ctx.transform, ctx.decoder, ctx.prior, losses)
+    model.phase_modules()  # validates ownership
+    if check:
+        dry_run(model)
+    return model
+
+
+def dry_run(model: GenerativeModel, batch: int = 2) -> None:
+    """Push a small batch through the model (eval mode, no grad) and compare every declared shape."""
+    spec = model.spec
+    enc, tr, dec = model.encoder, model.transform, model.decoder
+    x = torch.zeros(batch, *spec.image_shape, device=model.device)
+    was_training = model.training
+    model.eval()
+    stage = f"encoder '{enc.name}'"
+    try:
+        with torch.no_grad():
+            state = Pass(model, x)
+            state.features = enc(x, state)
+            stage = f"encoder '{enc.name}' -> latent transform '{tr.name}'"
+            state.posterior = tr.posterior(state.features, state)
+            expect = (batch, *tr.layout.shape)
+            if tuple(state.posterior.mean.shape) != expect:
+                raise BuildError(
+                    f"latent transform '{tr.name}' declares latent {list(tr.layout.shape)} but its posterior "
+                    f"has shape {list(state.posterior.mean.shape[1:])}"
+                )
+            state.z = state.posterior.mean
+            stage = f"latent transform '{tr.name}' -> decoder '{dec.name}'"
+            state.u = tr.generate(state.z, state)
+            state.logits = dec(state.u, state)
+            if tuple(state.logits.shape) != (batch, *spec.image_shape):
+                raise BuildError(
+                    f"decoder '{dec.name}' produces images of shape {list(state.logits.shape[1:])}, "
+                    f"the model's images are {list(spec.image_shape)}"
+                )
+            state.x_hat = torch.tanh(state.logits)
+            stage = f"prior '{model.prior.name}'"
+            state.prior = model.prior(state)
+            for phase in model.phases:
+                for loss in model._phase_losses[phase]:
+                    stage = f"loss '{loss.name}' ({phase} phase)"
+                    loss(state, phase)
+    except GenvaeError:
+        raise
+    except (RuntimeError, ValueError, IndexError, AssertionError) as exc:
+        raise BuildError(f"{stage} are incompatible: {_line(exc)}") from exc
+    finally:
+        model.train(was_training)

@@ -1,0 +1,183 @@
+"""Model specs: the data a model is built from, stored as the model folder's config.json.
+
+A spec names the component of each kind with its options, the losses with their weights, the
+image shape and the training settings. Presets are specs; ``ModelSpec.from_dict(spec.to_dict())``
+gives back an equal spec.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from genvae.core.errors import GenvaeError, OptionsError
+from genvae.core.options import (
+    non_negative,
+    non_negative_int,
+    one_of,
+    option,
+    optional_float,
+    positive,
+    positive_int,
+    to_bool,
+    to_float,
+    to_int,
+)
+
+SPEC_FORMAT = 1
+COMPONENT_KINDS = ("encoder", "transform", "decoder", "prior")
+
+
+def _float_map(value) -> dict[str, float]:
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a mapping of module name to number, got {value!r}")
+    return {str(k): float(x) for k, x in value.items()}
+
+
+def _float_pair(value) -> tuple[float, float]:
+    pair = tuple(float(x) for x in value)
+    if len(pair) != 2:
+        raise ValueError(f"expected two numbers, got {value!r}")
+    return pair
+
+
+@attrs.frozen
+class TrainConfig:
+    """Training settings; presets carry a paper's values, the CLI overrides them per run."""
+
+    lr: float = option(1e-3, "learning rate of the model phase (Adam)", positive, to_float)
+    betas: tuple[float, float] = option((0.9, 0.999), "Adam betas", converter=_float_pair)
+    weight_decay: float = option(0.0, "weight decay (AdamW style)", non_negative, to_float)
+    batch_size: int = option(64, "images per step", positive_int, to_int)
+    epochs: int = option(10, "passes over the data (max_steps stops earlier)", positive_int, to_int)
+    max_steps: int | None = option(None, "stop after this many optimisation steps in total")
+    phase_lr: dict[str, float] = option(
+        factory=dict, help="learning rate per extra phase, e.g. {'discriminator': 3e-4}", converter=_float_map
+    )
+    lr_multipliers: dict[str, float] = option(
+        factory=dict, help="lr multiplier per module path prefix, e.g. {'transform.lstm': 0.125}",
+        converter=_float_map,
+    )
+    grad_clamp: dict[str, float] = option(
+        factory=dict, help="clamp gradients of a module path prefix to +-value, e.g. {'transform.lstm': 5}",
+        converter=_float_map,
+    )
+    grad_clip_norm: float | None = option(None, "clip the global gradient norm per phase", converter=optional_float)
+    lr_schedule: str = option("constant", "constant, step or cosine", one_of("constant", "step", "cosine"))
+    lr_step_epochs: int = option(60, "step schedule: decay every this many epochs", positive_int, to_int)
+    lr_gamma: float = option(0.5, "step schedule: decay factor", positive, to_float)
+    flip: bool = option(False, "random horizontal flips", converter=to_bool)
+    amp: bool = option(False, "mixed precision on CUDA (bf16 where supported, else fp16 with scaling)", converter=to_bool)
+    seed: int = option(0, "seed of every random stream (init, data order, sampling)", non_negative_int, to_int)
+    checkpoint_every: int = option(500, "steps between checkpoints (and one at the end)", positive_int, to_int)
+    log_every: int = option(25, "steps between metric log lines (the only host syncs)", positive_int, to_int)
+    keep_checkpoints: int = option(2, "how many step checkpoints to keep", positive_int, to_int)
+
+    def __attrs_post_init__(self):
+        if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps <= 0):
+            raise ValueError(f"max_steps must be a positive integer, got {self.max_steps!r}")
+
+
+@attrs.frozen
+class ComponentSpec:
+    name: str
+    options: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class LossSpec:
+    name: str
+    weight: float = 1.0
+    options: dict[str, Any] = attrs.field(factory=dict)
+
+
+def _component(value) -> ComponentSpec:
+    if isinstance(value, ComponentSpec):
+        return value
+    if isinstance(value, str):
+        return ComponentSpec(value)
+    return ComponentSpec(value["name"], dict(value.get("options", {})))
+
+
+def _losses(value) -> tuple[LossSpec, ...]:
+    out = []
+    for item in value:
+        if isinstance(item, LossSpec):
+            out.append(item)
+        elif isinstance(item, str):
+            out.append(LossSpec(item))
+        else:
+            out.append(LossSpec(item["name"], float(item.get("weight", 1.0)), dict(item.get("options", {}))))
+    return tuple(out)
+
+
+def _train(value) -> TrainConfig:
+    if isinstance(value, TrainConfig):
+        return value
+    from genvae.core.options import options_from_dict
+
+    return options_from_dict(TrainConfig, value or {}, "train")
+
+
+@attrs.frozen
+class ModelSpec:
+    """A whole model: image shape, one component per kind, losses with weights, training settings."""
+
+    encoder: ComponentSpec = attrs.field(converter=_component)
+    transform: ComponentSpec = attrs.field(converter=_component)
+    decoder: ComponentSpec = attrs.field(converter=_component)
+    prior: ComponentSpec = attrs.field(converter=_component, default=ComponentSpec("normal"))
+    losses: tuple[LossSpec, ...] = attrs.field(converter=_losses, default=())
+    image_size: int = attrs.field(default=32, validator=positive_int)
+    channels: int = attrs.field(default=3, validator=attrs.validators.in_((1, 3)))
+    train: TrainConfig = attrs.field(converter=_train, factory=TrainConfig)
+    preset: str | None = None
+    description: str = ""
+
+    def component(self, kind: str) -> ComponentSpec:
+        return getattr(self, kind)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.image_size, self.image_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        from genvae.core.options import options_to_dict
+
+        return {
+            "format": SPEC_FORMAT,
+            "preset": self.preset,
+            "description": self.description,
+            "image_size": self.image_size,
+            "channels": self.channels,
+            **{k: {"name": self.component(k).name, "options": dict(self.component(k).options)} for k in COMPONENT_KINDS},
+            "losses": [{"name": s.name, "weight": s.weight, "options": dict(s.options)} for s in self.losses],
+            "train": options_to_dict(self.train),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "spec") -> ModelSpec:
+        data = dict(data)
+        fmt = data.pop("format", SPEC_FORMAT)
+        if fmt != SPEC_FORMAT:
+            raise GenvaeError(f"{where}: spec format {fmt} is not supported (this genvae reads format {SPEC_FORMAT})")
+        known = {a.name for a in attrs.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise OptionsError(f"{where}: unknown key '{unknown[0]}'; known keys: {', '.join(sorted(known))}")
+        missing = [k for k in ("encoder", "transform", "decoder") if k not in data]
+        if missing:
+            raise OptionsError(f"{where}: missing '{missing[0]}'; a spec names an encoder, transform and decoder")
+        try:
+            return cls(**data)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise OptionsError(f"{where}: {str(exc).splitlines()[0]}") from exc
+
+    def with_train(self, **changes) -> ModelSpec:
+        from genvae.core.options import options_from_dict, options_to_dict
+
+        merged = {**options_to_dict(self.train), **changes}
+        return attrs.evolve(self, train=options_from_dict(TrainConfig, merged, "train"))
+
+

@@ -1,0 +1,351 @@
+"""The training loop: one forward pass per step, then each phase with its own optimiser.
+
+Everything that depends on the plugins (phases, parameter groups, learning rates, gradient
+clamps) is resolved once in ``Trainer.__init__``; a step does the same fixed work whatever the
+number of plugins, and it never waits for the device: loss values are accumulated on the device
+and read back only every ``log_every`` steps.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from genvae.core import checkpoint as ckpt
+from genvae.core.errors import GenvaeError
+from genvae.core.model import MODEL_PHASE, GenerativeModel
+from genvae.core.spec import TrainConfig
+
+SAMPLE_SEED = 1234  # sample grids use their own RNG stream, so they never shift training's
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise GenvaeError(f"--device {name}: no CUDA device is available here; use --device cpu or auto")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise GenvaeError(f"--device {name}: expected auto, cpu, cuda or cuda:N")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class Phase:
+    """One optimisation phase: its optimiser, parameter groups with base learning rates, clamps."""
+
+    def __init__(self, name: str, optimizer: torch.optim.Optimizer, clamps: list[tuple[list[nn.Parameter], float]],
+                 params: list[nn.Parameter]):
+        self.name = name
+        self.optimizer = optimizer
+        self.clamps = clamps
+        self.params = params
+        self.base_lrs = [g["lr"] for g in optimizer.param_groups]
+
+
+def _prefixed(model: GenerativeModel, method: str) -> dict[str, float]:
+    """Component defaults (``lr_multipliers``/``grad_clamps``) keyed by full module path."""
+    out: dict[str, float] = {}
+    for prefix, comp in model.components().items():
+        path = prefix.replace("loss.", "losses.")
+        for sub, value in getattr(comp, method)().items():
+            out[f"{path}.{sub}" if sub else path] = value
+    return out
+
+
+def _match(name: str, table: dict[str, float]) -> float | None:
+    best = None
+    for prefix, value in table.items():
+        if (name == prefix or name.startswith(prefix + ".")) and (best is None or len(prefix) > len(best[0])):
+            best = (prefix, value)
+    return None if best is None else best[1]
+
+
+def build_phases(model: GenerativeModel, config: TrainConfig, device: torch.device) -> list[Phase]:
+    multipliers = {**_prefixed(model, "lr_multipliers"), **config.lr_multipliers}
+    clamp_table = {**_prefixed(model, "grad_clamps"), **config.grad_clamp}
+    owned = model.phase_modules()
+    owned_ids = {id(p) for mods in owned.values() for m in mods for p in m.parameters()}
+    names = {id(p): n for n, p in model.named_parameters()}
+    for table, what in ((config.lr_multipliers, "lr_multipliers"), (config.grad_clamp, "grad_clamp")):
+        for prefix in table:
+            if not any(n == prefix or n.startswith(prefix + ".") for n in names.values()):
+                raise GenvaeError(f"train.{what}: no parameters under '{prefix}'; module paths look like "
+                                  f"{', '.join(sorted({n.rsplit('.', 2)[0] for n in names.values()})[:6])}")
+    phases = []
+    for phase in model.phases:
+        if phase == MODEL_PHASE:
+            params = [p for p in model.parameters() if id(p) not in owned_ids and p.requires_grad]
+        else:
+            seen: set[int] = set()
+            params = []
+            for m in owned.get(phase, []):
+                for p in m.parameters():
+                    if id(p) not in seen and p.requires_grad:
+                        seen.add(id(p))
+                        params.append(p)
+        if not params:
+            continue
+        lr = config.phase_lr.get(phase, config.lr)
+        groups: dict[float, list[nn.Parameter]] = {}
+        for p in params:
+            groups.setdefault(_match(names[id(p)], multipliers) or 1.0, []).append(p)
+        kwargs: dict[str, Any] = {"betas": config.betas, "weight_decay": config.weight_decay}
+        if device.type == "cuda":
+            kwargs["fused"] = True
+        optimizer = torch.optim.Adam([{"params": ps, "lr": lr * mult} for mult, ps in groups.items()], **kwargs)
+        clamps: dict[float, list[nn.Parameter]] = {}
+        for p in params:
+            value = _match(names[id(p)], clamp_table)
+            if value is not None:
+                clamps.setdefault(value, []).append(p)
+        phases.append(Phase(phase, optimizer, [(ps, v) for v, ps in clamps.items()], params))
+    return phases
+
+
+def lr_factor(config: TrainConfig, epoch: int) -> float:
+    if config.lr_schedule == "step":
+        return config.lr_gamma ** (epoch // config.lr_step_epochs)
+    if config.lr_schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(epoch, config.epochs) / max(config.epochs, 1)))
+    return 1.0
+
+
+class Trainer:
+    """Trains a model in its folder: metrics, sample grids, checkpoints, exact resume."""
+
+    def __init__(self, model: GenerativeModel, folder: str | Path, data, config: TrainConfig,
+                 device: torch.device, on_log: Callable[[dict], None] | None = None):
+        from genvae.core.data import to_model_range
+
+        self.model = model.to(device)
+        self.folder = Path(folder)
+        self.config = config
+        self.device = device
+        self.on_log = on_log
+        self.to_model_range = to_model_range
+        if config.amp and device.type != "cuda":
+            raise GenvaeError("--amp needs a CUDA device (mixed precision runs on CUDA only); drop --amp on CPU")
+        n = len(data)
+        if n == 0:
+            raise GenvaeError("the training data holds no images")
+        # Small uint8 datasets live on the device: batches are gathered there, no copy per step.
+        images = data.images
+        if device.type == "cuda" and images.numel() < 4 * 2**30:
+            images = images.to(device)
+        self.images = images
+        self.batch_size = min(config.batch_size, n)
+        self.batches_per_epoch = n // self.batch_size
+        self.phases = build_phases(self.model, config, device)
+        self.amp_dtype = None
+        self.scaler = None
+        if config.amp:
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            if self.amp_dtype == torch.float16:
+                self.scaler = torch.amp.GradScaler("cuda")
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.running: dict[str, torch.Tensor] = {}
+        self.running_count = 0
+
+    # -- the hot path -------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
+
+    def train_step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        model = self.model
+        with self._autocast():
+            state = model(x)
+        last = len(self.phases) - 1
+        all_terms: dict[str, torch.Tensor] = {}
+        for i, phase in enumerate(self.phases):
+            with self._autocast():
+                terms = model.phase_terms(state, phase.name)
+            total = sum(terms.values())
+            phase.optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler.scale(total).backward(retain_graph=i < last)
+                self.scaler.unscale_(phase.optimizer)
+            else:
+                total.backward(retain_graph=i < last)
+            for params, value in phase.clamps:
+                nn.utils.clip_grad_value_(params, value)
+            if self.config.grad_clip_norm is not None:
+                nn.utils.clip_grad_norm_(phase.params, self.config.grad_clip_norm)
+            if self.scaler is not None:
+                self.scaler.step(phase.optimizer)
+            else:
+                phase.optimizer.step()
+            all_terms.update(terms)
+            all_terms[f"{phase.name}/total"] = total
+        if self.scaler is not None:
+            self.scaler.update()
+        return all_terms
+
+    def _batch(self, perm: torch.Tensor, b: int) -> torch.Tensor:
+        idx = perm[b * self.batch_size : (b + 1) * self.batch_size]
+        x = self.to_model_range(self.images[idx].to(self.device, non_blocking=True))
+        if self.config.flip:
+            flip = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < 0.5
+            x = torch.where(flip, x.flip(3), x)
+        return x
+
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
+        return torch.randperm(len(self.images), generator=g).to(self.images.device)
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def total_steps(self) -> int:
+        steps = self.config.epochs * self.batches_per_epoch
+        return min(steps, self.config.max_steps) if self.config.max_steps else steps
+
+    def _set_lr(self) -> None:
+        factor = lr_factor(self.config, self.epoch)
+        for phase in self.phases:
+            for group, base in zip(phase.optimizer.param_groups, phase.base_lrs, strict=True):
+                group["lr"] = base * factor
+
+    def fit(self) -> dict[str, float]:
+        """Train until ``epochs`` or ``max_steps``; returns the last logged metrics."""
+        total = self.total_steps()
+        last: dict[str, float] = {}
+        self.model.train()
+        tick, tick_step = time.perf_counter(), self.step
+        try:
+            while self.step < total and self.epoch < self.config.epochs:
+                self._set_lr()
+                perm = self._permutation(self.epoch)
+                while self.batch_in_epoch < self.batches_per_epoch and self.step < total:
+                    terms = self.train_step(self._batch(perm, self.batch_in_epoch))
+                    self.batch_in_epoch += 1
+                    self.step += 1
+                    for k, v in terms.items():
+                        d = v.detach().float()
+                        self.running[k] = self.running[k] + d if k in self.running else d
+                    self.running_count += 1
+                    if self.step % self.config.log_every == 0 or self.step == total:
+                        now = time.perf_counter()
+                        last = self._log((self.step - tick_step) * self.batch_size / max(now - tick, 1e-9))
+                        tick, tick_step = time.perf_counter(), self.step
+                    if self.step % self.config.checkpoint_every == 0 and self.step < total:
+                        self.save_checkpoint()
+                if self.batch_in_epoch >= self.batches_per_epoch:
+                    self.save_samples(self.epoch + 1)
+                    self.epoch += 1
+                    self.batch_in_epoch = 0
+        except KeyboardInterrupt:
+            self.save_checkpoint()
+            raise
+        self.save_checkpoint()
+        return last
+
+    def _log(self, images_per_s: float) -> dict[str, float]:
+        values = {k: (v / self.running_count).item() for k, v in self.running.items()}
+        self.running, self.running_count = {}, 0
+        record = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "lr": self.phases[0].optimizer.param_groups[0]["lr"],
+            **{k: round(v, 6) for k, v in values.items()},
+            "images_per_s": round(images_per_s, 1),
+        }
+        bad = [k for k, v in values.items() if not math.isfinite(v)]
+        with open(self.folder / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if self.on_log is not None:
+            self.on_log(record)
+        if bad:
+            self.save_checkpoint()
+            raise GenvaeError(f"loss term '{bad[0]}' is not finite at step {self.step}; lower --lr "
+                              "(the last checkpoint is kept)")
+        return record
+
+    @torch.no_grad()
+    def save_samples(self, epoch: int, n: int = 64) -> Path:
+        from genvae.core.data import save_grid
+
+        was_training = self.model.training
+        self.model.eval()
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(SAMPLE_SEED)
+            images = self.model.sample(n, self.device)
+        self.model.train(was_training)
+        path = self.folder / "samples" / f"epoch-{epoch:04d}.png"
+        save_grid(images.float().cpu(), path)
+        return path
+
+    # -- checkpoints --------------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        optim_tensors: dict[str, torch.Tensor] = {}
+        optim_meta = {}
+        for phase in self.phases:
+            tensors, meta = ckpt.optimizer_to_tensors(phase.name, phase.optimizer)
+            optim_tensors.update(tensors)
+            optim_meta[phase.name] = meta
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        optim_tensors.update({f"rng/{k}": v for k, v in rng.items()})
+        trainer = {
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "batch_size": self.batch_size,
+            "optimizers": optim_meta,
+            "python_random": _py_random_state(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+        }
+        path = ckpt.write_checkpoint(self.folder, self.step, self.model.state_dict(), optim_tensors, trainer,
+                                     self.config.keep_checkpoints)
+        ckpt.save_model(self.model, self.folder)
+        return path
+
+    def resume(self) -> int:
+        """Load the latest checkpoint; returns its step (0 when there is none)."""
+        path = ckpt.latest_checkpoint(self.folder)
+        if path is None:
+            return 0
+        weights, tensors, trainer = ckpt.read_checkpoint(path, self.device)
+        ckpt.load_weights(self.model, path / ckpt.WEIGHTS, self.device, state=weights)
+        if trainer.get("batch_size") != self.batch_size:
+            raise GenvaeError(f"--resume: the checkpoint was trained with batch size {trainer.get('batch_size')}, "
+                              f"this run uses {self.batch_size}; resume with the same --batch-size")
+        for phase in self.phases:
+            meta = trainer["optimizers"].get(phase.name)
+            if meta is None:
+                raise GenvaeError(f"--resume: {path} has no optimiser state for phase '{phase.name}'")
+            phase.optimizer.load_state_dict(ckpt.optimizer_from_tensors(phase.name, tensors, meta))
+        torch.set_rng_state(tensors["rng/torch"].cpu())
+        if "rng/cuda" in tensors and self.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["rng/cuda"].cpu(), self.device)
+        _set_py_random_state(trainer["python_random"])
+        if self.scaler is not None and trainer.get("scaler"):
+            self.scaler.load_state_dict(trainer["scaler"])
+        self.step, self.epoch, self.batch_in_epoch = trainer["step"], trainer["epoch"], trainer["batch_in_epoch"]
+        return self.step
+
+
+def _py_random_state() -> list:
+    version, state, gauss = random.getstate()
+    return [version, list(state), gauss]
+
+
+def _set_py_random_state(data: list) -> None:
+    version, state, gauss = data
+    random.setstate((version, tuple(state), gauss))

@@ -1,0 +1,13 @@
+"""Built-in plugins: one module per plugin, each registering through the hooks in genvae.core.hookspecs."""
+
+BUILTIN_PLUGINS = [
+    "genvae.plugins.fc",
+    "genvae.plugins.conv",
+    "genvae.plugins.normal",
+    "genvae.plugins.mse",
+    "genvae.plugins.bce",
+    "genvae.plugins.gaussian",
+    "genvae.plugins.kl",
+    "genvae.plugins.shapes",
+    "genvae.plugins.torchvision_data",
+]

@@ -1,0 +1,164 @@
+"""``conv``: fully convolutional encoder/decoder with a spatial latent (the cVAE baseline)."""
+
+from __future__ import annotations
+
+import attrs
+from torch import nn
+
+from genvae.core.components import BuildContext, Decoder, Encoder, Gaussian, LatentLayout, LatentTransform
+from genvae.core.hookspecs import hookimpl
+from genvae.core.layers import ACTIVATIONS, activation, describe_shape
+from genvae.core.options import one_of, option, positive_int, to_bool, to_int
+
+
+@attrs.frozen
+class ConvOptions:
+    width: int = option(32, "channels after the first stride-2 layer; doubles at each further one", positive_int, to_int)
+    depth: int = option(3, "number of stride-2 layers (each halves or doubles the size)", positive_int, to_int)
+    max_width: int = option(256, "cap on the channel count", positive_int, to_int)
+    activation: str = option("lrelu", "activation after each layer", one_of(*ACTIVATIONS))
+    batch_norm: bool = option(True, "batch norm after each hidden layer", converter=to_bool)
+
+
+def _widths(o: ConvOptions) -> list[int]:
+    return [min(o.width * 2**i, o.max_width) for i in range(o.depth)]
+
+
+class ConvEncoder(Encoder):
+    """Stride-2 4x4 convolutions: (C, H, W) -> (width * 2^(depth-1), H / 2^depth, W / 2^depth)."""
+
+    name = "conv"
+    Options = ConvOptions
+    counterparts = {"decoder": "conv", "transform": "conv"}
+
+    def __init__(self, options: ConvOptions, ctx: BuildContext):
+        super().__init__(options, ctx)
+        c, h, w = ctx.image_shape
+        factor = 2**options.depth
+        if h % factor or w % factor:
+            raise self.fail(f"image size {h}x{w} is not divisible by 2^depth = {factor}; lower depth")
+        layers: list[nn.Module] = []
+        prev = c
+        for i, width in enumerate(_widths(options)):
+            layers.append(nn.Conv2d(prev, width, 4, 2, 1, bias=not options.batch_norm or i == 0))
+            if options.batch_norm and i > 0:
+                layers.append(nn.BatchNorm2d(width))
+            layers.append(activation(options.activation))
+            prev = width
+        self.net = nn.Sequential(*layers)
+        self.output_shape = (prev, h // factor, w // factor)
+
+    def forward(self, x, state=None):
+        return self.net(x)
+
+
+class ConvDecoder(Decoder):
+    """Stride-2 4x4 transposed convolutions from a spatial input up to the image size."""
+
+    name = "conv"
+    Options = ConvOptions
+
+    def __init__(self, options: ConvOptions, ctx: BuildContext):
+        super().__init__(options, ctx)
+        in_shape = ctx.transform.output_shape
+        if len(in_shape) != 3:
+            raise self.fail(
+                f"needs a spatial input (C, H, W) but latent transform '{ctx.transform.name}' produces "
+                f"{describe_shape(in_shape)}; use a spatial latent transform such as 'conv'"
+            )
+        c_in, h_in, w_in = in_shape
+        c, h, w = ctx.image_shape
+        ups = 0
+        while h_in * 2**ups < h:
+            ups += 1
+        if h_in * 2**ups != h or w_in * 2**ups != w:
+            raise self.fail(
+                f"cannot upsample {h_in}x{w_in} to the image size {h}x{w} by factors of 2"
+            )
+        widths = list(reversed(_widths(attrs.evolve(options, depth=max(ups, 1)))))[:ups]
+        layers: list[nn.Module] = []
+        prev = c_in
+        for width in widths:
+            layers += [nn.ConvTranspose2d(prev, width, 4, 2, 1, bias=not options.batch_norm)]
+            if options.batch_norm:
+                layers.append(nn.BatchNorm2d(width))
+            layers.append(activation(options.activation))
+            prev = width
+        layers.append(nn.Conv2d(prev, c, 3, 1, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, u, state=None):
+        return self.net(u)
+
+
+@attrs.frozen
+class ConvLatentOptions:
+    latent_channels: int = option(16, "channels of the spatial latent z", positive_int, to_int)
+    kernel: int = option(3, "kernel size of the features <-> latent convolutions (odd)", positive_int, to_int)
+    output_activation: str = option("lrelu", "activation after the z -> u convolution", one_of(*ACTIVATIONS))
+
+    def __attrs_post_init__(self):
+        if self.kernel % 2 == 0:
+            raise ValueError(f"kernel must be odd, got {self.kernel}")
+
+
+class ConvLatent(LatentTransform):
+    """Spatial latent: conv(features) -> (mu, log sigma^2) per position; conv(z) -> u of the features' shape."""
+
+    name = "conv"
+    Options = ConvLatentOptions
+
+    def __init__(self, options: ConvLatentOptions, ctx: BuildContext):
+        super().__init__(options, ctx)
+        in_shape = ctx.encoder.output_shape
+        if len(in_shape) != 3:
+            raise self.fail(
+                f"needs spatial features (C, H, W) but encoder '{ctx.encoder.name}' produces "
+                f"{describe_shape(in_shape)}; use the 'fc' latent transform for vector features"
+            )
+        c, h, w = in_shape
+        lc, k = options.latent_channels, options.kernel
+        self.layout = LatentLayout((lc, h, w))
+        self.output_shape = tuple(in_shape)
+        self.to_params = nn.Conv2d(c, 2 * lc, k, 1, k // 2)
+        self.from_z = nn.Sequential(nn.Conv2d(lc, c, k, 1, k // 2), activation(options.output_activation))
+
+    def posterior(self, features, state=None) -> Gaussian:
+        mean, logvar = self.to_params(features).chunk(2, dim=1)
+        return Gaussian(mean, logvar)
+
+    def generate(self, z, state=None):
+        return self.from_z(z)
+
+
+@hookimpl
+def genvae_register_encoders(register):
+    register(ConvEncoder)
+
+
+@hookimpl
+def genvae_register_transforms(register):
+    register(ConvLatent)
+
+
+@hookimpl
+def genvae_register_decoders(register):
+    register(ConvDecoder)
+
+
+@hookimpl
+def genvae_register_presets(register):
+    register(
+        "cvae",
+        {
+            "image_size": 32,
+            "channels": 3,
+            "encoder": {"name": "conv", "options": {"width": 32, "depth": 3}},
+            "transform": {"name": "conv", "options": {"latent_channels": 2}},
+            "decoder": {"name": "conv", "options": {"width": 32, "depth": 3}},
+            "prior": {"name": "normal"},
+            "losses": [{"name": "mse"}, {"name": "kl"}],
+            "train": {"lr": 1e-3, "batch_size": 64},
+        },
+        help="convolutional VAE: conv encoder/decoder, spatial 2x4x4 latent (32 values), MSE + KL",
+    )

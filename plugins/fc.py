@@ -1,0 +1,146 @@
+"""``fc``: fully-connected encoder, latent and decoder, the standard VAE (Kingma & Welling).
+
+The ``fc`` latent transform also serves any other encoder/decoder pair: on the crVAE conv stack it
+is the VAE-GAN baseline's 1024-d latent (Linear features -> mu, log sigma^2; Linear z -> features).
+"""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+from torch import nn
+
+from genvae.core.components import BuildContext, Decoder, Encoder, Gaussian, LatentLayout, LatentTransform
+from genvae.core.hookspecs import hookimpl
+from genvae.core.layers import ACTIVATIONS, activation, describe_shape
+from genvae.core.options import int_tuple, one_of, option, positive_int, to_bool, to_int
+
+
+def _mlp(sizes: list[int], act: str, batch_norm: bool) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, o in zip(sizes[:-1], sizes[1:], strict=True):
+        layers.append(nn.Linear(i, o))
+        if batch_norm:
+            layers.append(nn.BatchNorm1d(o))
+        layers.append(activation(act))
+    return nn.Sequential(*layers)
+
+
+@attrs.frozen
+class FCOptions:
+    hidden: tuple[int, ...] = option((512, 256), "widths of the hidden layers", converter=int_tuple)
+    activation: str = option("relu", "activation between layers", one_of(*ACTIVATIONS))
+    batch_norm: bool = option(False, "batch norm after each hidden layer", converter=to_bool)
+
+    def __attrs_post_init__(self):
+        if not self.hidden or min(self.hidden) <= 0:
+            raise ValueError(f"hidden must list positive widths, got {list(self.hidden)}")
+
+
+class FCEncoder(Encoder):
+    """Flattened image -> MLP -> feature vector."""
+
+    name = "fc"
+    Options = FCOptions
+    counterparts = {"decoder": "fc", "transform": "fc"}
+
+    def __init__(self, options: FCOptions, ctx: BuildContext):
+        super().__init__(options, ctx)
+        sizes = [math.prod(ctx.image_shape), *options.hidden]
+        self.net = _mlp(sizes, options.activation, options.batch_norm)
+        self.output_shape = (options.hidden[-1],)
+
+    def forward(self, x, state=None):
+        return self.net(x.flatten(1))
+
+
+class FCDecoder(Decoder):
+    """Decoder input (any shape, flattened) -> MLP (hidden widths reversed) -> image logits."""
+
+    name = "fc"
+    Options = FCOptions
+
+    def __init__(self, options: FCOptions, ctx: BuildContext):
+        super().__init__(options, ctx)
+        in_features = math.prod(ctx.transform.output_shape)
+        hidden = list(reversed(options.hidden))
+        self.image_shape = ctx.image_shape
+        self.net = nn.Sequential(
+            _mlp([in_features, *hidden], options.activation, options.batch_norm),
+            nn.Linear(hidden[-1], math.prod(ctx.image_shape)),
+        )
+
+    def forward(self, u, state=None):
+        return self.net(u.flatten(1)).view(-1, *self.image_shape)
+
+
+@attrs.frozen
+class FCLatentOptions:
+    latent_dim: int = option(32, "size of the latent vector z", positive_int, to_int)
+    output_activation: str = option("relu", "activation after the z -> features layer", one_of(*ACTIVATIONS))
+    output_shape: tuple[int, ...] = option(
+        (), "shape of u; empty mirrors the encoder's features (as VAE-GAN's Linear 1024 -> 4096)",
+        converter=int_tuple,
+    )
+
+
+class FCLatent(LatentTransform):
+    """Fully-connected latent: Linear(features) -> (mu, log sigma^2); Linear(z) -> u."""
+
+    name = "fc"
+    Options = FCLatentOptions
+
+    def __init__(self, options: FCLatentOptions, ctx: BuildContext):
+        super().__init__(options, ctx)
+        in_shape = ctx.encoder.output_shape
+        d = options.latent_dim
+        self.layout = LatentLayout((d,))
+        self.output_shape = tuple(options.output_shape) or tuple(in_shape)
+        self.to_params = nn.Linear(math.prod(in_shape), 2 * d)
+        self.from_z = nn.Linear(d, math.prod(self.output_shape))
+        self.act = activation(options.output_activation)
+        if min(self.output_shape) <= 0:
+            raise self.fail(f"output_shape {describe_shape(self.output_shape)} must be positive")
+
+    def posterior(self, features, state=None) -> Gaussian:
+        mean, logvar = self.to_params(features.flatten(1)).chunk(2, dim=1)
+        return Gaussian(mean, logvar)
+
+    def generate(self, z, state=None):
+        return self.act(self.from_z(z)).view(-1, *self.output_shape)
+
+
+@hookimpl
+def genvae_register_encoders(register):
+    register(FCEncoder)
+
+
+@hookimpl
+def genvae_register_transforms(register):
+    register(FCLatent)
+
+
+@hookimpl
+def genvae_register_decoders(register):
+    register(FCDecoder)
+
+
+@hookimpl
+def genvae_register_presets(register):
+    register(
+        "vae",
+        {
+            "image_size": 32,
+            "channels": 3,
+            "encoder": {"name": "fc", "options": {"hidden": [512, 256]}},
+            "transform": {"name": "fc", "options": {"latent_dim": 32}},
+            "decoder": {"name": "fc", "options": {"hidden": [512, 256]}},
+            "prior": {"name": "normal"},
+            "losses": [{"name": "mse"}, {"name": "kl"}],
+            "train": {"lr": 1e-3, "batch_size": 64},
+        },
+        help="standard VAE: MLP encoder/decoder, 32-d Gaussian latent, MSE + KL",
+    )
+
+

@@ -1,0 +1,48 @@
+"""``gaussian``: Gaussian reconstruction likelihood with a learned (or fixed) observation variance."""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+import torch
+from torch import nn
+
+from genvae.core.components import BuildContext, Loss
+from genvae.core.hookspecs import hookimpl
+from genvae.core.layers import REDUCTIONS, reduce_images
+from genvae.core.options import one_of, option, to_bool, to_float
+
+
+@attrs.frozen
+class GaussianOptions:
+    learn_variance: bool = option(True, "learn the log-variance (trained with the model)", converter=to_bool)
+    per_channel: bool = option(False, "one variance per image channel instead of one in all", converter=to_bool)
+    init_logvar: float = option(-2.0, "initial (or fixed) log-variance of each pixel", converter=to_float)
+    reduction: str = option("sum", "sum per image then batch mean (ELBO scale), or mean over all", one_of(*REDUCTIONS))
+
+
+class GaussianLoss(Loss):
+    """Negative log-likelihood of x under N(x_hat, sigma^2)."""
+
+    name = "gaussian"
+    Options = GaussianOptions
+    role = "reconstruction"
+
+    def __init__(self, options: GaussianOptions, ctx: BuildContext, weight: float = 1.0):
+        super().__init__(options, ctx, weight)
+        shape = (1, ctx.image_shape[0], 1, 1) if options.per_channel else (1, 1, 1, 1)
+        init = torch.full(shape, options.init_logvar)
+        if options.learn_variance:
+            self.logvar = nn.Parameter(init)
+        else:
+            self.register_buffer("logvar", init)
+
+    def forward(self, state, phase):
+        nll = 0.5 * ((state.x - state.x_hat).pow(2) * torch.exp(-self.logvar) + self.logvar + math.log(2 * math.pi))
+        return {"gaussian": self.weight * reduce_images(nll, self.options.reduction)}
+
+
+@hookimpl
+def genvae_register_losses(register):
+    register(GaussianLoss)

@@ -1,0 +1,31 @@
+"""``mse``: pixel mean-squared reconstruction error between x and x_hat (both in [-1, 1])."""
+
+from __future__ import annotations
+
+import attrs
+
+from genvae.core.components import Loss
+from genvae.core.hookspecs import hookimpl
+from genvae.core.layers import REDUCTIONS, reduce_images
+from genvae.core.options import one_of, option
+
+
+@attrs.frozen
+class MSEOptions:
+    reduction: str = option("sum", "sum per image then batch mean (ELBO scale), or mean over all", one_of(*REDUCTIONS))
+
+
+class MSELoss(Loss):
+    """Squared error between the image and its reconstruction."""
+
+    name = "mse"
+    Options = MSEOptions
+    role = "reconstruction"
+
+    def forward(self, state, phase):
+        return {"mse": self.weight * reduce_images((state.x_hat - state.x).pow(2), self.options.reduction)}
+
+
+@hookimpl
+def genvae_register_losses(register):
+    register(MSELoss)
