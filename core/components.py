@@ -68,6 +68,18 @@ class LatentLayout:
             torch.tensor(list(group_weights), dtype=torch.float32), torch.tensor(self.group_sizes)
         )
 
+    def group_mask(self, groups, device=None) -> Tensor:
+        """A bool tensor of the latent's shape, True on the elements of the given groups."""
+        flat = torch.zeros(self.numel, dtype=torch.bool, device=device)
+        starts = [0]
+        for size in self.group_sizes:
+            starts.append(starts[-1] + size)
+        for g in groups:
+            if not 0 <= g < self.num_groups:
+                raise ValueError(f"{self.group_label} {g} does not exist; the latent has {self.num_groups}")
+            flat[starts[g] : starts[g + 1]] = True
+        return flat.view(self.shape)
+
     def per_group(self, values: Tensor) -> Tensor:
         """Sum (B, *shape) values within each group: (B, G)."""
         flat = values.flatten(1)
@@ -184,6 +196,10 @@ class Component(nn.Module):
         """Default gradient value clamps for named submodules (e.g. ``{"lstm": 5.0}``)."""
         return {}
 
+    def attach(self, model: GenerativeModel) -> None:
+        """Called once after the whole model is composed: look up partners here (e.g. ``mi`` finds the
+        discriminator trunk of ``adv``). Keep references out of the module tree (no double registration)."""
+
     def fail(self, message: str) -> BuildError:
         """A build error that names this component."""
         from genvae.core.registry import KIND_NAMES
@@ -219,6 +235,10 @@ class LatentTransform(Component):
     def generate(self, z: Tensor, state: Pass | None = None) -> Tensor:  # pragma: no cover
         raise NotImplementedError
 
+    def generation_modules(self) -> list[nn.Module]:
+        """The submodules used by ``generate`` (for the generator-side parameter count)."""
+        return [self]
+
 
 class Decoder(Component):
     """Maps u to image logits of the image's shape; the model applies tanh to get x_hat in [-1, 1]."""
@@ -242,9 +262,19 @@ class Prior(Component):
         """The prior for this pass's posterior (may depend on it: an M-network prior does)."""
         raise NotImplementedError
 
-    def sample(self, n: int, model: GenerativeModel, device: torch.device | str) -> Tensor:
-        """n latent samples, (n, *layout.shape)."""
-        return torch.randn(n, *self.layout.shape, device=device)
+    def sample(self, n: int, model: GenerativeModel, device: torch.device | str,
+               fixed: Tensor | None = None, fixed_groups: int = 0) -> Tensor:
+        """n latent samples, (n, *layout.shape).
+
+        With ``fixed`` (a latent, (1 or n, *shape)) the first ``fixed_groups`` groups are taken from
+        it and only the rest are drawn: coarse pyramid levels or early time steps stay, the others
+        vary. A prior whose later groups depend on earlier ones (M-network) overrides this.
+        """
+        z = torch.randn(n, *self.layout.shape, device=device)
+        if fixed is not None and fixed_groups > 0:
+            mask = self.layout.group_mask(range(fixed_groups), device=device)
+            z = torch.where(mask, fixed.to(device).expand_as(z), z)
+        return z
 
 
 class Loss(Component):
@@ -257,6 +287,9 @@ class Loss(Component):
     """
 
     kind = "loss"
+    #: a term under this key is not summed: a 0-dim bool tensor, True to skip this phase's update
+    #: this step (e.g. the discriminator when it is already too strong). Reading it is a host sync.
+    SKIP = "skip_step"
     #: "reconstruction", "divergence", "adversarial" or "auxiliary": a build adds a default
     #: reconstruction and divergence loss when the user names none.
     role: ClassVar[str] = "auxiliary"

@@ -110,7 +110,7 @@ class GenerativeModel(nn.Module):
             transform=ComponentSpec(self.transform.name, full(self.transform)),
             decoder=ComponentSpec(self.decoder.name, full(self.decoder)),
             prior=ComponentSpec(self.prior.name, full(self.prior)),
-            losses=tuple(LossSpec(l.name, l.weight, full(l)) for l in self.losses.values()),
+            losses=tuple(LossSpec(loss.name, loss.weight, full(loss)) for loss in self.losses.values()),
         )
 
 
@@ -184,6 +184,8 @@ def build_model(spec: ModelSpec, registry: Registry | None = None, check: bool =
     _check_capabilities(parts, registry)
     model = GenerativeModel(spec, ctx.encoder, ctx.transform, ctx.decoder, ctx.prior, losses)
     model.phase_modules()  # validates ownership
+    for part in parts:
+        part.attach(model)
     if check:
         dry_run(model)
     return model

@@ -63,12 +63,20 @@ class TrainConfig:
         factory=dict, help="clamp gradients of a module path prefix to +-value, e.g. {'transform.lstm': 5}",
         converter=_float_map,
     )
+    freeze: tuple[str, ...] = option(
+        (), "module path prefixes to keep fixed (no updates, eval mode), e.g. ['encoder']", converter=tuple
+    )
+    train_only: tuple[str, ...] = option(
+        (), "if set, only these module path prefixes are trained (e.g. ['prior'] to retrain an M-network)",
+        converter=tuple,
+    )
     grad_clip_norm: float | None = option(None, "clip the global gradient norm per phase", converter=optional_float)
     lr_schedule: str = option("constant", "constant, step or cosine", one_of("constant", "step", "cosine"))
     lr_step_epochs: int = option(60, "step schedule: decay every this many epochs", positive_int, to_int)
     lr_gamma: float = option(0.5, "step schedule: decay factor", positive, to_float)
     flip: bool = option(False, "random horizontal flips", converter=to_bool)
-    amp: bool = option(False, "mixed precision on CUDA (bf16 where supported, else fp16 with scaling)", converter=to_bool)
+    amp: bool = option(False, "mixed precision on CUDA (bf16 where supported, else fp16 with scaling)",
+                       converter=to_bool)
     seed: int = option(0, "seed of every random stream (init, data order, sampling)", non_negative_int, to_int)
     checkpoint_every: int = option(500, "steps between checkpoints (and one at the end)", positive_int, to_int)
     log_every: int = option(25, "steps between metric log lines (the only host syncs)", positive_int, to_int)
@@ -151,7 +159,8 @@ class ModelSpec:
             "description": self.description,
             "image_size": self.image_size,
             "channels": self.channels,
-            **{k: {"name": self.component(k).name, "options": dict(self.component(k).options)} for k in COMPONENT_KINDS},
+            **{k: {"name": self.component(k).name, "options": dict(self.component(k).options)}
+               for k in COMPONENT_KINDS},
             "losses": [{"name": s.name, "weight": s.weight, "options": dict(s.options)} for s in self.losses],
             "train": options_to_dict(self.train),
         }

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from genvae.core import checkpoint as ckpt
+from genvae.core.components import Loss
 from genvae.core.errors import GenvaeError
 from genvae.core.model import MODEL_PHASE, GenerativeModel
 from genvae.core.spec import TrainConfig
@@ -73,13 +74,42 @@ def _match(name: str, table: dict[str, float]) -> float | None:
     return None if best is None else best[1]
 
 
+def _under(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def is_frozen(name: str, config: TrainConfig) -> bool:
+    """Whether a parameter or module path is held fixed by ``freeze``/``train_only``."""
+    if any(_under(name, p) for p in config.freeze):
+        return True
+    if config.train_only:
+        trained = any(_under(name, p) for p in config.train_only)
+        ancestor = any(p.startswith(name + ".") for p in config.train_only) or name == ""
+        return not (trained or ancestor)
+    return False
+
+
+def apply_freeze(model: GenerativeModel, config: TrainConfig) -> None:
+    """Frozen parameters get no gradient; frozen modules run in eval mode (BN statistics stay)."""
+    if not (config.freeze or config.train_only):
+        return
+    for name, p in model.named_parameters():
+        if is_frozen(name, config):
+            p.requires_grad_(False)
+    for name, module in model.named_modules():
+        if name and is_frozen(name, config):
+            module.eval()
+
+
 def build_phases(model: GenerativeModel, config: TrainConfig, device: torch.device) -> list[Phase]:
     multipliers = {**_prefixed(model, "lr_multipliers"), **config.lr_multipliers}
     clamp_table = {**_prefixed(model, "grad_clamps"), **config.grad_clamp}
     owned = model.phase_modules()
     owned_ids = {id(p) for mods in owned.values() for m in mods for p in m.parameters()}
     names = {id(p): n for n, p in model.named_parameters()}
-    for table, what in ((config.lr_multipliers, "lr_multipliers"), (config.grad_clamp, "grad_clamp")):
+    tables = ((config.lr_multipliers, "lr_multipliers"), (config.grad_clamp, "grad_clamp"),
+              (dict.fromkeys(config.freeze), "freeze"), (dict.fromkeys(config.train_only), "train_only"))
+    for table, what in tables:
         for prefix in table:
             if not any(n == prefix or n.startswith(prefix + ".") for n in names.values()):
                 raise GenvaeError(f"train.{what}: no parameters under '{prefix}'; module paths look like "
@@ -96,6 +126,7 @@ def build_phases(model: GenerativeModel, config: TrainConfig, device: torch.devi
                     if id(p) not in seen and p.requires_grad:
                         seen.add(id(p))
                         params.append(p)
+        params = [p for p in params if not is_frozen(names[id(p)], config)]
         if not params:
             continue
         lr = config.phase_lr.get(phase, config.lr)
@@ -176,6 +207,14 @@ class Trainer:
         for i, phase in enumerate(self.phases):
             with self._autocast():
                 terms = model.phase_terms(state, phase.name)
+            skip = [k for k in terms if k.endswith(Loss.SKIP)]
+            if skip:  # the one host sync a loss may ask for; absent unless a loss uses a skip rule
+                flags = [terms.pop(k) for k in skip]
+                skipped = bool(torch.stack([f.reshape(()) for f in flags]).any())
+                all_terms[f"{phase.name}/skipped"] = torch.tensor(float(skipped), device=x.device)
+                if skipped:
+                    all_terms.update({k: v.detach() for k, v in terms.items()})
+                    continue
             total = sum(terms.values())
             phase.optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:
@@ -225,6 +264,7 @@ class Trainer:
         total = self.total_steps()
         last: dict[str, float] = {}
         self.model.train()
+        apply_freeze(self.model, self.config)
         tick, tick_step = time.perf_counter(), self.step
         try:
             while self.step < total and self.epoch < self.config.epochs:
@@ -286,6 +326,7 @@ class Trainer:
             torch.manual_seed(SAMPLE_SEED)
             images = self.model.sample(n, self.device)
         self.model.train(was_training)
+        apply_freeze(self.model, self.config)
         path = self.folder / "samples" / f"epoch-{epoch:04d}.png"
         save_grid(images.float().cpu(), path)
         return path

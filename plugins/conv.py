@@ -13,7 +13,8 @@ from genvae.core.options import one_of, option, positive_int, to_bool, to_int
 
 @attrs.frozen
 class ConvOptions:
-    width: int = option(32, "channels after the first stride-2 layer; doubles at each further one", positive_int, to_int)
+    width: int = option(32, "channels after the first stride-2 layer; doubles at each further one", positive_int,
+                        to_int)
     depth: int = option(3, "number of stride-2 layers (each halves or doubles the size)", positive_int, to_int)
     max_width: int = option(256, "cap on the channel count", positive_int, to_int)
     activation: str = option("lrelu", "activation after each layer", one_of(*ACTIVATIONS))

@@ -1,0 +1,1 @@
+"""The ``genvae`` command line (click command groups, rich output)."""

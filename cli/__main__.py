@@ -1,0 +1,3 @@
+from genvae.cli.main import main
+
+main()

@@ -1,0 +1,489 @@
+"""``genvae``: compose, train, sample and inspect VAE-family models from the command line.
+
+Errors caused by input are one line on stderr with exit status 1; ``genvae --debug ...`` shows the
+traceback instead. Plugins add commands through the ``genvae_register_commands`` hook.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from genvae.core.errors import GenvaeError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class GenvaeGroup(click.Group):
+    """A command group that turns errors into one line (``--debug`` shows the traceback)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except GenvaeError as exc:
+            if ctx.meta.get("genvae.debug"):
+                raise
+            err_console.print(f"[bold red]Error:[/] {exc}", highlight=False, soft_wrap=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            err_console.print("Interrupted; the last checkpoint is kept (resume with --resume).")
+            ctx.exit(130)
+        except Exception as exc:  # an internal error: still one line unless --debug
+            if ctx.meta.get("genvae.debug"):
+                raise
+            first = (str(exc).strip().splitlines() or [""])[0]
+            err_console.print(
+                f"[bold red]Error:[/] internal error {type(exc).__name__}: {first} "
+                "(rerun with --debug for the traceback)",
+                highlight=False, soft_wrap=True,
+            )
+            ctx.exit(1)
+
+
+@click.group(cls=GenvaeGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show full tracebacks.")
+@click.version_option(package_name="genvae")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool) -> None:
+    """genvae: plugin-based VAE-family generative image models."""
+    ctx.meta["genvae.debug"] = debug
+
+
+def registry():
+    from genvae.core.registry import get_registry
+
+    return get_registry()
+
+
+# -- list-plugins ----------------------------------------------------------------------------------
+
+
+@cli.command("list-plugins")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def list_plugins(as_json: bool) -> None:
+    """Plugins with their status and the components, datasets and presets they provide."""
+    reg = registry()
+    plugins = [
+        {
+            "name": p.name,
+            "module": p.module,
+            "distribution": p.distribution,
+            "version": p.version,
+            "builtin": p.builtin,
+            "status": p.status,
+            "error": p.error,
+            "provides": {k: sorted(v) for k, v in p.provides.items()},
+        }
+        for p in reg.plugins.values()
+    ]
+    presets = [{"name": n, "plugin": e.plugin, "help": e.help} for n, e in sorted(reg.entries["preset"].items())]
+    if as_json:
+        click.echo(json.dumps({"plugins": plugins, "presets": presets}, indent=2))
+        return
+    table = Table(title="genvae plugins", show_lines=False)
+    for col in ("plugin", "distribution", "source", "status", "provides"):
+        table.add_column(col)
+    for p in plugins:
+        dist = f"{p['distribution'] or '?'} {p['version'] or ''}".strip()
+        status = {"loaded": "[green]loaded[/]", "disabled": "[yellow]disabled[/]"}.get(
+            p["status"], f"[red]{p['status']}[/]: {p['error']}"
+        )
+        provides = "; ".join(f"{k}: {', '.join(v)}" for k, v in p["provides"].items())
+        table.add_row(p["name"], dist, "built-in" if p["builtin"] else "third-party", status, provides)
+    console.print(table)
+    ptable = Table(title="presets")
+    for col in ("preset", "plugin", "description"):
+        ptable.add_column(col)
+    for p in presets:
+        ptable.add_row(p["name"], p["plugin"], p["help"])
+    console.print(ptable)
+
+
+# -- build / info ----------------------------------------------------------------------------------
+
+
+def _param_count(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def print_summary(model, title: str) -> None:
+    from genvae.core.registry import KIND_NAMES
+
+    spec = model.spec
+    table = Table(title=title)
+    for col in ("component", "name", "parameters", "options"):
+        table.add_column(col)
+    for comp in model.components().values():
+        kind = KIND_NAMES.get(comp.kind, comp.kind)
+        from genvae.core.options import options_to_dict
+
+        opts = ", ".join(f"{k}={v}" for k, v in options_to_dict(comp.options).items())
+        label = comp.name if comp.kind != "loss" else f"{comp.name} (weight {comp.weight:g})"
+        table.add_row(kind, label, f"{_param_count(comp):,}", opts)
+    console.print(table)
+    layout = model.layout
+    groups = f", {layout.num_groups} {layout.group_label}s of {layout.group_sizes[0]}" if layout.num_groups > 1 else ""
+    console.print(
+        f"image {spec.channels}x{spec.image_size}x{spec.image_size} | latent {list(layout.shape)} "
+        f"({layout.numel} values{groups}) | decoder input {list(model.transform.output_shape)} | "
+        f"phases: {', '.join(model.phases)}"
+    )
+    generator = sum(_param_count(m) for m in model.transform.generation_modules()) + _param_count(model.decoder)
+    console.print(f"parameters: {_param_count(model):,} in all | generator side (latent generation + decoder): "
+                  f"{generator:,} | inference side (encoder + latent transform): "
+                  f"{_param_count(model.encoder) + _param_count(model.transform):,}")
+
+
+@cli.command()
+@click.option("--preset", help="A named recipe (genvae list-plugins shows them).")
+@click.option("--encoder", help="Encoder name; alone, it brings its counterpart decoder and latent transform.")
+@click.option("--decoder", help="Decoder name.")
+@click.option("--prior", help="Prior name (default: normal).")
+@click.option("--transform", help="Latent transform name (fc, conv, ...).")
+@click.option("--loss", "losses", help="Comma list of losses, NAME or NAME:WEIGHT; mse and kl are added if "
+              "no reconstruction or divergence loss is named.")
+@click.option("--image-size", type=int, help="Square image size in pixels.")
+@click.option("--channels", type=int, help="Image channels, 1 or 3.")
+@click.option("--set", "sets", multiple=True, metavar="KIND.OPTION=VALUE",
+              help="Override an option: encoder.width=32, loss.kl.weight=0.5, train.lr=3e-4 (repeatable).")
+@click.option("-o", "--output", "folder", required=True, type=click.Path(file_okay=False),
+              help="Model folder to write (config.json + model.safetensors).")
+@click.option("--force", is_flag=True, help="Overwrite an existing model folder.")
+def build(preset, encoder, decoder, prior, transform, losses, image_size, channels, sets, folder, force) -> None:
+    """Compose a model from components, check it, and write a freshly initialised model folder."""
+    from genvae.core.checkpoint import CONFIG, save_model
+    from genvae.core.compose import compose_spec
+    from genvae.core.model import build_model
+    from genvae.core.train import seed_everything
+
+    out = Path(folder)
+    if (out / CONFIG).exists() and not force:
+        raise GenvaeError(f"{out} already holds a model; choose another -o folder or pass --force")
+    spec = compose_spec(preset=preset, encoder=encoder, transform=transform, decoder=decoder, prior=prior,
+                        losses=losses, image_size=image_size, channels=channels, sets=sets, registry=registry())
+    seed_everything(spec.train.seed)
+    model = build_model(spec, registry())
+    if force and out.exists():
+        for sub in ("checkpoints", "samples"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+        (out / "metrics.jsonl").unlink(missing_ok=True)
+    save_model(model, out)
+    print_summary(model, f"built {out}" + (f" from preset '{spec.preset}'" if spec.preset else ""))
+
+
+@cli.command()
+@click.argument("folder", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the resolved spec as JSON.")
+def info(folder, as_json) -> None:
+    """Show a model folder: its components, parameter counts, latent and training state."""
+    from genvae.core.checkpoint import latest_checkpoint, load_model
+
+    model = load_model(folder, registry=registry())
+    if as_json:
+        click.echo(json.dumps(model.resolved_spec().to_dict(), indent=2))
+        return
+    print_summary(model, f"model {folder}")
+    last = latest_checkpoint(folder)
+    console.print(f"last checkpoint: {last.name if last else 'none (not trained yet)'}")
+
+
+# -- train -----------------------------------------------------------------------------------------
+
+
+def _data_options(fn):
+    fn = click.option("--download", is_flag=True, help="Allow a torchvision dataset to download (needs network).")(fn)
+    fn = click.option("--data-root", type=click.Path(), help="Where a named dataset's files are.")(fn)
+    fn = click.option("--data", help="A folder of images or a dataset name (default: the built-in 'shapes').")(fn)
+    return fn
+
+
+@cli.command()
+@click.argument("folder", type=click.Path())
+@_data_options
+@click.option("--epochs", type=int, help="Passes over the data.")
+@click.option("--max-steps", type=int, help="Stop after this many steps in total.")
+@click.option("--batch-size", type=int, help="Images per step.")
+@click.option("--lr", type=float, help="Learning rate of the model phase.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--amp", is_flag=True, default=None, help="Mixed precision (CUDA).")
+@click.option("--seed", type=int, help="Seed of every random stream.")
+@click.option("--flip/--no-flip", default=None, help="Random horizontal flips.")
+@click.option("--checkpoint-every", type=int, help="Steps between checkpoints.")
+@click.option("--log-every", type=int, help="Steps between metric lines.")
+@click.option("--set", "sets", multiple=True, metavar="train.OPTION=VALUE", help="Any training option.")
+@click.option("--resume", is_flag=True, help="Continue from the last checkpoint (same step, same RNG streams).")
+@click.option("--restart", is_flag=True, help="Discard checkpoints and metrics and train from model.safetensors.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train(folder, data, data_root, download, epochs, max_steps, batch_size, lr, device, amp, seed, flip,
+          checkpoint_every, log_every, sets, resume, restart, quiet) -> None:
+    """Train a model folder; checkpoints, metrics.jsonl and a sample grid per epoch go into it."""
+    from genvae.core.checkpoint import CHECKPOINTS, latest_checkpoint, load_model, save_model
+    from genvae.core.compose import apply_sets
+    from genvae.core.data import load_data
+    from genvae.core.train import Trainer, resolve_device, seed_everything
+
+    folder = Path(folder)
+    last = latest_checkpoint(folder)
+    if last is not None and not (resume or restart):
+        raise GenvaeError(f"{folder} has a checkpoint at {last.name}; pass --resume to continue it or --restart "
+                          "to discard checkpoints and metrics")
+    if resume and restart:
+        raise GenvaeError("--resume and --restart exclude each other")
+    dev = resolve_device(device)
+    model = load_model(folder, device="cpu", registry=registry())
+    overrides = {k: v for k, v in dict(epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, amp=amp,
+                                       seed=seed, flip=flip, checkpoint_every=checkpoint_every,
+                                       log_every=log_every).items() if v is not None}
+    bad = [s for s in sets if not s.startswith("train.")]
+    if bad:
+        raise GenvaeError(f"train --set '{bad[0]}': only train.OPTION=VALUE here; change a model with genvae build")
+    spec = apply_sets(model.spec.with_train(**overrides), sets)
+    model.spec = spec
+    config = spec.train
+    if restart:
+        shutil.rmtree(folder / CHECKPOINTS, ignore_errors=True)
+        (folder / "metrics.jsonl").unlink(missing_ok=True)
+        shutil.rmtree(folder / "samples", ignore_errors=True)
+    seed_everything(config.seed)
+    images = load_data(data, image_size=spec.image_size, channels=spec.channels, split="train", root=data_root,
+                       download=download, registry=registry())
+    if images.skipped:
+        err_console.print(f"skipped {len(images.skipped)} unreadable file(s), e.g. {images.skipped[0]}")
+    trainer = Trainer(model, folder, images, config, dev)
+    start = trainer.resume() if resume else 0
+    if resume and start == 0 and last is None:
+        err_console.print("no checkpoint to resume from; starting at step 0")
+    save_model(model, folder)  # records the run's training settings in config.json
+    total = trainer.total_steps()
+    console.print(f"training {folder} on {images.source} ({len(images)} images) | {dev} | step {start} -> {total}"
+                  f" | batch {trainer.batch_size} | phases: {', '.join(p.name for p in trainer.phases)}")
+    if start >= total:
+        console.print("nothing to do: the run already reached its last step (raise --max-steps or --epochs)")
+        return
+    if quiet or not console.is_terminal:
+        def on_log(record):
+            terms = "  ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("step", "epoch", "lr"))
+            click.echo(f"step {record['step']}/{total}  {terms}")
+
+        trainer.on_log = on_log
+        last_metrics = trainer.fit()
+    else:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        with Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                      TextColumn("{task.fields[terms]}"), console=console) as progress:
+            task = progress.add_task("train", total=total, completed=start, terms="")
+
+            def on_log(record):
+                terms = "  ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("step", "epoch", "lr"))
+                progress.update(task, completed=record["step"], terms=terms)
+
+            trainer.on_log = on_log
+            last_metrics = trainer.fit()
+    console.print(f"done at step {trainer.step}: " + ", ".join(
+        f"{k} {v:.4g}" for k, v in last_metrics.items() if k not in ("step", "epoch")))
+
+
+# -- sample / reconstruct --------------------------------------------------------------------------
+
+
+def load_for_inference(folder, device="auto", seed=0):
+    """(model in eval mode, device): for commands, including plugins' commands."""
+    return _load_for_inference(folder, device, seed)
+
+
+def load_image(path, model):
+    """One image file as a (1, C, H, W) tensor in [-1, 1], fitted to the model's image size and channels."""
+    from PIL import Image, UnidentifiedImageError
+
+    from genvae.core.data import fit_image, to_model_range
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            pixels = fit_image(img, model.spec.image_size, model.spec.channels)
+    except (OSError, UnidentifiedImageError) as exc:
+        raise GenvaeError(f"cannot read image {path}: {exc}") from None
+    return to_model_range(pixels.unsqueeze(0)).to(model.device)
+
+
+def _load_for_inference(folder, device, seed):
+    from genvae.core.checkpoint import load_model
+    from genvae.core.train import resolve_device, seed_everything
+
+    dev = resolve_device(device)
+    seed_everything(seed)
+    model = load_model(folder, device=dev, registry=registry())
+    model.eval()
+    return model, dev
+
+
+@cli.command()
+@click.argument("folder", type=click.Path())
+@click.option("-n", "count", default=64, show_default=True, help="Number of samples.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG grid to write.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--nrow", type=int, help="Images per row (default: square grid).")
+@click.option("--from", "source", type=click.Path(dir_okay=False, exists=True),
+              help="An image whose coarse latent groups are kept (with --fix-levels).")
+@click.option("--fix-levels", "--fix-groups", "fix", multiple=True, type=int,
+              help="Keep the first K latent groups (coarsest pyramid levels / first time steps) of --from and "
+              "sample the rest; repeat for one grid per K.")
+def sample(folder, count, output, seed, device, nrow, source, fix) -> None:
+    """Draw samples from the prior and write them as a grid."""
+    import torch
+
+    from genvae.core.data import save_grid
+
+    if count <= 0:
+        raise GenvaeError(f"-n must be positive, got {count}")
+    if bool(source) != bool(fix):
+        raise GenvaeError("--from IMAGE and --fix-levels K go together")
+    model, dev = _load_for_inference(folder, device, seed)
+    if not fix:
+        images = model.sample(count, dev)
+        save_grid(images.float().cpu(), output, nrow=nrow)
+        console.print(f"wrote {count} samples to {output}")
+        return
+    layout = model.layout
+    bad = [k for k in fix if not 0 <= k <= layout.num_groups]
+    if bad:
+        raise GenvaeError(f"--fix-levels {bad[0]}: the model's latent has {layout.num_groups} "
+                          f"{layout.group_label}s; use 0..{layout.num_groups}")
+    x = load_image(source, model)
+    with torch.no_grad():
+        fixed = model.encode(x).mean
+        out = Path(output)
+        for k in fix:
+            z = model.prior.sample(count, model, dev, fixed=fixed, fixed_groups=k)
+            images = torch.cat([x, model.generate(z)[1]])
+            path = out if len(fix) == 1 else out.with_name(f"{out.stem}-fix{k}{out.suffix}")
+            save_grid(images.float().cpu(), path, nrow=nrow)
+            console.print(f"wrote {count} samples keeping {k} {layout.group_label}(s) of {source} to {path} "
+                          "(first image: the input)")
+
+
+@cli.command()
+@click.argument("folder", type=click.Path())
+@_data_options
+@click.option("--metric", type=click.Choice(["rmse"]), default="rmse", show_default=True,
+              help="rmse: per-image root mean squared reconstruction error on the 0-255 scale (LapCVAE's table).")
+@click.option("--split", default="test", show_default=True, help="Dataset split (named datasets).")
+@click.option("--limit", type=int, help="Evaluate only the first N images.")
+@click.option("--batch-size", default=256, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the result as JSON here too.")
+def evaluate(folder, data, data_root, download, metric, split, limit, batch_size, device, output) -> None:
+    """Score reconstructions (posterior mean) on a dataset; prints and writes JSON."""
+    import torch
+
+    from genvae.core.checkpoint import write_json
+    from genvae.core.data import load_data, to_model_range
+
+    model, dev = _load_for_inference(folder, device, 0)
+    spec = model.spec
+    images = load_data(data, image_size=spec.image_size, channels=spec.channels, split=split, root=data_root,
+                       download=download, registry=registry())
+    pixels = images.images if limit is None else images.images[:limit]
+    per_image = []
+    with torch.no_grad():
+        for i in range(0, len(pixels), batch_size):
+            x = to_model_range(pixels[i : i + batch_size].to(dev))
+            x_hat = model.reconstruct(x)
+            per_image.append(((x_hat - x) * 127.5).pow(2).flatten(1).mean(1).sqrt().cpu())
+    values = torch.cat(per_image).double()
+    result = {"metric": metric, "model": str(folder), "data": images.source, "split": split,
+              "images": len(values), "mean": values.mean().item(), "std": values.std().item()}
+    if output:
+        write_json(Path(output), result)
+    click.echo(json.dumps(result))
+
+
+@cli.command()
+@click.argument("folder", type=click.Path())
+@_data_options
+@click.option("-n", "count", default=32, show_default=True, help="Number of images.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG grid to write.")
+@click.option("--split", default="test", show_default=True, help="Dataset split (named datasets).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+def reconstruct(folder, data, data_root, download, count, output, split, seed, device) -> None:
+    """Reconstruct images (posterior mean): rows alternate originals and reconstructions."""
+    import torch
+
+    from genvae.core.data import load_data, save_grid, to_model_range
+
+    model, dev = _load_for_inference(folder, device, seed)
+    spec = model.spec
+    images = load_data(data, image_size=spec.image_size, channels=spec.channels, split=split, root=data_root,
+                       download=download, registry=registry())
+    x = to_model_range(images.images[:count]).to(dev)
+    x_hat = model.reconstruct(x)
+    nrow = 8
+    rows = []
+    for i in range(0, x.shape[0], nrow):
+        rows += [x[i : i + nrow], x_hat[i : i + nrow]]
+    save_grid(torch.cat(rows).float().cpu(), output, nrow=nrow)
+    mse = (x_hat - x).pow(2).mean().item()
+    console.print(f"wrote {x.shape[0]} reconstructions to {output} (pixel MSE {mse:.4f} in [-1, 1] units)")
+
+
+# -- install / uninstall ---------------------------------------------------------------------------
+
+
+def _pip(args: list[str]) -> None:
+    code = subprocess.call([sys.executable, "-m", "pip", *args])
+    if code:
+        raise GenvaeError(f"pip {' '.join(args)} failed with exit status {code}")
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("packages", nargs=-1, required=True)
+def install(packages) -> None:
+    """Install plugins (or any package) into genvae's own environment with pip."""
+    _pip(["install", *packages])
+
+
+@cli.command(context_settings={"ignore_unknown_options": True})
+@click.argument("packages", nargs=-1, required=True)
+@click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation.")
+def uninstall(packages, yes) -> None:
+    """Uninstall packages from genvae's environment with pip."""
+    _pip(["uninstall", *(["-y"] if yes else []), *packages])
+
+
+def _add_plugin_commands() -> None:
+    """Let plugins contribute commands; a plugin whose hook fails is marked failed, not fatal."""
+    if os.environ.get("GENVAE_NO_PLUGIN_COMMANDS"):
+        return
+    try:
+        reg = registry()
+    except Exception as exc:  # the CLI must start even when plugin loading is broken
+        err_console.print(f"warning: plugins could not be loaded: {exc}")
+        return
+    for record, plugin in reg.command_plugins:
+        try:
+            plugin.genvae_register_commands(cli=cli)
+        except Exception as exc:
+            record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
+
+
+def main() -> None:
+    _add_plugin_commands()
+    cli(prog_name="genvae")
+
+
+if __name__ == "__main__":
+    main()
