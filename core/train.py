@@ -291,6 +291,8 @@ class Trainer:
         except KeyboardInterrupt:
             self.save_checkpoint()
             raise
+        if self.batch_in_epoch:  # stopped mid-epoch: still leave a grid of where training got to
+            self.save_samples(self.epoch + 1, name=f"step-{self.step:08d}")
         self.save_checkpoint()
         return last
 
@@ -316,7 +318,7 @@ class Trainer:
         return record
 
     @torch.no_grad()
-    def save_samples(self, epoch: int, n: int = 64) -> Path:
+    def save_samples(self, epoch: int, n: int = 64, name: str | None = None) -> Path:
         from genvae.core.data import save_grid
 
         was_training = self.model.training
@@ -327,7 +329,7 @@ class Trainer:
             images = self.model.sample(n, self.device)
         self.model.train(was_training)
         apply_freeze(self.model, self.config)
-        path = self.folder / "samples" / f"epoch-{epoch:04d}.png"
+        path = self.folder / "samples" / f"{name or f'epoch-{epoch:04d}'}.png"
         save_grid(images.float().cpu(), path)
         return path
 
