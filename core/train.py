@@ -215,7 +215,10 @@ class Trainer:
                 if skipped:
                     all_terms.update({k: v.detach() for k, v in terms.items()})
                     continue
-            total = sum(terms.values())
+            values = iter(terms.values())
+            total = next(values)
+            for value in values:
+                total = total + value
             phase.optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:
                 self.scaler.scale(total).backward(retain_graph=i < last)
@@ -274,10 +277,7 @@ class Trainer:
                     terms = self.train_step(self._batch(perm, self.batch_in_epoch))
                     self.batch_in_epoch += 1
                     self.step += 1
-                    for k, v in terms.items():
-                        d = v.detach().float()
-                        self.running[k] = self.running[k] + d if k in self.running else d
-                    self.running_count += 1
+                    self._accumulate(terms)
                     if self.step % self.config.log_every == 0 or self.step == total:
                         now = time.perf_counter()
                         last = self._log((self.step - tick_step) * self.batch_size / max(now - tick, 1e-9))
@@ -295,6 +295,16 @@ class Trainer:
             self.save_samples(self.epoch + 1, name=f"step-{self.step:08d}")
         self.save_checkpoint()
         return last
+
+    def _accumulate(self, terms: dict[str, torch.Tensor]) -> None:
+        """Running sums of the loss terms, on the device (one fused add; no host sync)."""
+        if self.running.keys() == terms.keys():
+            torch._foreach_add_(list(self.running.values()), [v.detach().float() for v in terms.values()])
+        else:  # the first step of a log window (or a step whose terms differ)
+            for k, v in terms.items():
+                d = v.detach().float()
+                self.running[k] = self.running[k] + d if k in self.running else d.clone()
+        self.running_count += 1
 
     def _log(self, images_per_s: float) -> dict[str, float]:
         values = {k: (v / self.running_count).item() for k, v in self.running.items()}
