@@ -177,8 +177,15 @@ class PluginManager:
             return
         try:
             plugin = load()
+            misspelled = sorted(
+                n for n in dir(plugin)
+                if n.startswith("genvae_") and callable(getattr(plugin, n)) and not hasattr(hookspecs, n)
+            )
+            if misspelled:
+                known = ", ".join(n for n in dir(hookspecs) if n.startswith("genvae_register_"))
+                raise AttributeError(f"unknown hook '{misspelled[0]}'; known hooks: {known}")
             self.pm.register(plugin, name=record.name)
-        except Exception as exc:  # a broken plugin must not break genvae
+        except (Exception, SystemExit) as exc:  # a broken plugin must not break genvae
             record.status, record.error = "failed", _first_line(exc)
             return
         staged: list[Entry] = []
