@@ -87,8 +87,9 @@ def main() -> None:
             (eng if fn is engine_step else plain).append(timed(fn))
     e, p = statistics.median(eng), statistics.median(plain)
     params = sum(q.numel() for q in engine_model.parameters())
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"preset {args.preset} | {spec.channels}x{spec.image_size}x{spec.image_size} | batch {args.batch_size} | "
-          f"{params:,} parameters | {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'})")
+          f"{params:,} parameters | {device} ({where})")
     print(f"hand-written loop: {p:.2f} ms/step (median of {args.blocks} blocks of {args.steps})")
     print(f"genvae Trainer:    {e:.2f} ms/step")
     print(f"ratio engine/hand-written: {e / p:.3f}")

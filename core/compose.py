@@ -98,8 +98,13 @@ def compose_spec(
         parts[kind] = base if keep else ComponentSpec(name)
     loss_list = list(spec.losses) if spec is not None else []
     for extra in parse_losses(losses):
-        registry.component("loss", extra.name)
-        loss_list = [s for s in loss_list if s.name != extra.name] + [extra]
+        role = registry.component("loss", extra.name).role
+        # the same loss, or a named reconstruction / divergence, takes the preset's one's place
+        same = [s.name == extra.name or (role in DEFAULT_LOSSES and registry.component("loss", s.name).role == role)
+                for s in loss_list]
+        slot = same.index(True) if any(same) else len(loss_list)
+        loss_list = [s for s, hit in zip(loss_list, same, strict=True) if not hit]
+        loss_list.insert(min(slot, len(loss_list)), extra)
     loss_list = _with_default_losses(loss_list, registry)
     if spec is None:
         spec = ModelSpec(**parts, losses=tuple(loss_list))
@@ -134,7 +139,12 @@ def apply_sets(spec: ModelSpec, sets: Sequence[str]) -> ModelSpec:
                 names = ", ".join(s["name"] for s in data["losses"])
                 raise OptionsError(f"--set '{item}': the model has no loss '{path[1]}'; its losses: {names}")
             if path[2] == "weight":
-                match[0]["weight"] = float(value)
+                try:
+                    match[0]["weight"] = float(value)
+                except (TypeError, ValueError):
+                    raise OptionsError(
+                        f"--set '{item}': a loss weight must be a number, e.g. loss.kl.weight=0.5"
+                    ) from None
             else:
                 match[0]["options"][path[2]] = value
         elif path[0] in ("image_size", "channels") and len(path) == 1:

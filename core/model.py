@@ -203,6 +203,12 @@ def dry_run(model: GenerativeModel, batch: int = 2) -> None:
         with torch.no_grad():
             state = Pass(model, x)
             state.features = enc(x, state)
+            declared = tuple(getattr(enc, "output_shape", None) or ())
+            if declared and torch.is_tensor(state.features) and tuple(state.features.shape[1:]) != declared:
+                raise BuildError(
+                    f"encoder '{enc.name}' declares features {list(declared)} but produces "
+                    f"{list(state.features.shape[1:])}"
+                )
             stage = f"encoder '{enc.name}' -> latent transform '{tr.name}'"
             state.posterior = tr.posterior(state.features, state)
             expect = (batch, *tr.layout.shape)
@@ -214,6 +220,12 @@ def dry_run(model: GenerativeModel, batch: int = 2) -> None:
             state.z = state.posterior.mean
             stage = f"latent transform '{tr.name}' -> decoder '{dec.name}'"
             state.u = tr.generate(state.z, state)
+            declared = tuple(getattr(tr, "output_shape", None) or ())
+            if declared and torch.is_tensor(state.u) and tuple(state.u.shape[1:]) != declared:
+                raise BuildError(
+                    f"latent transform '{tr.name}' declares output {list(declared)} but generates "
+                    f"{list(state.u.shape[1:])}"
+                )
             state.logits = dec(state.u, state)
             if tuple(state.logits.shape) != (batch, *spec.image_shape):
                 raise BuildError(
@@ -230,6 +242,6 @@ def dry_run(model: GenerativeModel, batch: int = 2) -> None:
     except GenvaeError:
         raise
     except (RuntimeError, ValueError, IndexError, AssertionError) as exc:
-        raise BuildError(f"{stage} are incompatible: {_line(exc)}") from exc
+        raise BuildError(f"incompatible composition at {stage}: {_line(exc)}") from exc
     finally:
         model.train(was_training)

@@ -35,6 +35,13 @@ def _float_map(value) -> dict[str, float]:
     return {str(k): float(x) for k, x in value.items()}
 
 
+def _str_tuple(value) -> tuple[str, ...]:
+    """A list of names, or one comma-separated string (``--set train.freeze=encoder``)."""
+    if isinstance(value, str):
+        value = value.split(",")
+    return tuple(str(x).strip() for x in value if str(x).strip())
+
+
 def _float_pair(value) -> tuple[float, float]:
     pair = tuple(float(x) for x in value)
     if len(pair) != 2:
@@ -64,11 +71,11 @@ class TrainConfig:
         converter=_float_map,
     )
     freeze: tuple[str, ...] = option(
-        (), "module path prefixes to keep fixed (no updates, eval mode), e.g. ['encoder']", converter=tuple
+        (), "module path prefixes to keep fixed (no updates, eval mode), e.g. ['encoder']", converter=_str_tuple
     )
     train_only: tuple[str, ...] = option(
         (), "if set, only these module path prefixes are trained (e.g. ['prior'] to retrain an M-network)",
-        converter=tuple,
+        converter=_str_tuple,
     )
     grad_clip_norm: float | None = option(None, "clip the global gradient norm per phase", converter=optional_float)
     lr_schedule: str = option("constant", "constant, step or cosine", one_of("constant", "step", "cosine"))

@@ -97,11 +97,11 @@ class FCLatent(LatentTransform):
         d = options.latent_dim
         self.layout = LatentLayout((d,))
         self.output_shape = tuple(options.output_shape) or tuple(in_shape)
+        if min(self.output_shape) <= 0:
+            raise self.fail(f"output_shape {describe_shape(self.output_shape)} must be positive")
         self.to_params = nn.Linear(math.prod(in_shape), 2 * d)
         self.from_z = nn.Linear(d, math.prod(self.output_shape))
         self.act = activation(options.output_activation)
-        if min(self.output_shape) <= 0:
-            raise self.fail(f"output_shape {describe_shape(self.output_shape)} must be positive")
 
     def posterior(self, features, state=None) -> Gaussian:
         mean, logvar = self.to_params(features.flatten(1)).chunk(2, dim=1)

@@ -1,7 +1,8 @@
 """``kl``: KL(q(z|x) || p(z)), with an optional weight per latent group.
 
 This is where the KL weight per time step (crVAE: channel blocks) or per pyramid level (LapCVAE:
-lambda_k) lives: ``group_weights``, one per group of the latent transform's layout.
+lambda_k) lives: ``group_weights``, one per group of the latent transform's layout, or, in the crVAE
+paper's form (equation 1), ``alphas``: group t is weighted 1 - alpha_t.
 """
 
 from __future__ import annotations
@@ -20,10 +21,23 @@ class KLOptions:
         (), "weight per latent group (time step / pyramid level), empty = 1 for all; the loss weight multiplies it",
         converter=float_tuple,
     )
+    alphas: tuple[float, ...] = option(
+        (), "the crVAE paper's form: weight (1 - alpha_t) per latent group (time step), alpha_t in [0, 1]; "
+        "instead of group_weights", converter=float_tuple,
+    )
 
     def __attrs_post_init__(self):
         if any(w < 0 for w in self.group_weights):
             raise ValueError(f"group_weights must be >= 0, got {list(self.group_weights)}")
+        if any(not 0 <= a <= 1 for a in self.alphas):
+            raise ValueError(f"alphas must lie in [0, 1], got {list(self.alphas)}")
+        if self.alphas and self.group_weights:
+            raise ValueError("give group_weights or alphas (weights 1 - alpha_t), not both")
+
+    @property
+    def weights(self) -> tuple[float, ...]:
+        """The weight per group: group_weights, or 1 - alpha_t; empty when neither is given."""
+        return tuple(1.0 - a for a in self.alphas) if self.alphas else self.group_weights
 
 
 class KLLoss(Loss):
@@ -36,13 +50,15 @@ class KLLoss(Loss):
     def __init__(self, options: KLOptions, ctx: BuildContext, weight: float = 1.0):
         super().__init__(options, ctx, weight)
         layout = ctx.layout
-        if options.group_weights:
-            if len(options.group_weights) != layout.num_groups:
+        weights = options.weights
+        if weights:
+            if len(weights) != layout.num_groups:
+                what = "alphas" if options.alphas else "group_weights"
                 raise self.fail(
-                    f"{len(options.group_weights)} group_weights given, but latent transform "
+                    f"{len(weights)} {what} given, but latent transform "
                     f"'{ctx.transform.name}' has {layout.num_groups} {layout.group_label}(s)"
                 )
-            self.register_buffer("element_weights", layout.element_weights(options.group_weights), persistent=False)
+            self.register_buffer("element_weights", layout.element_weights(weights), persistent=False)
         else:
             self.element_weights = None
         self.layout = layout

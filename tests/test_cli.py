@@ -65,7 +65,7 @@ def test_build_from_encoder_alone(tmp_path):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--encoder", "nope"], "unknown encoder 'nope'; known: conv, fc"),
+        (["--encoder", "nope"], "unknown encoder 'nope'; known: conv, "),
         (["--encoder", "fc", "--decoder", "conv"], "decoder 'conv': needs a spatial input"),
         (["--encoder", "fc", "--transform", "conv"], "latent transform 'conv': needs spatial features"),
         (["--preset", "vea"], "did you mean 'vae'"),
