@@ -19,8 +19,8 @@ from rich.table import Table
 
 from genvae.core.errors import GenvaeError
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 class GenvaeGroup(click.Group):

@@ -241,7 +241,7 @@ def dry_run(model: GenerativeModel, batch: int = 2) -> None:
                     loss(state, phase)
     except GenvaeError:
         raise
-    except (RuntimeError, ValueError, IndexError, AssertionError) as exc:
+    except (RuntimeError, ValueError, IndexError, KeyError, AssertionError) as exc:
         raise BuildError(f"incompatible composition at {stage}: {_line(exc)}") from exc
     finally:
         model.train(was_training)

@@ -163,6 +163,7 @@ class Trainer:
 
         self.model = model.to(device)
         self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
         self.config = config
         self.device = device
         self.on_log = on_log
@@ -299,7 +300,7 @@ class Trainer:
     def _accumulate(self, terms: dict[str, torch.Tensor]) -> None:
         """Running sums of the loss terms, on the device (one fused add; no host sync)."""
         if self.running.keys() == terms.keys():
-            torch._foreach_add_(list(self.running.values()), [v.detach().float() for v in terms.values()])
+            torch._foreach_add_([self.running[k] for k in terms], [v.detach().float() for v in terms.values()])
         else:  # the first step of a log window (or a step whose terms differ)
             for k, v in terms.items():
                 d = v.detach().float()

@@ -10,4 +10,6 @@ BUILTIN_PLUGINS = [
     "genvae.plugins.kl",
     "genvae.plugins.shapes",
     "genvae.plugins.torchvision_data",
+    "genvae.plugins.laplacian",
+    "genvae.plugins.m_net",
 ]

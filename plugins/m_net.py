@@ -1,0 +1,157 @@
+"""``m-net``: LapCVAE's M-network prior (Dorta et al. 2017, section 4.3).
+
+For every pyramid level k but the coarsest, two shallow MLPs map the coarser level's posterior
+to the prior of z_k:
+
+    p(z_k) = N(R_k(mu_{k+1}), S_k(sigma_{k+1})),        p(z_K) = N(0, I)
+
+where (mu_{k+1}, sigma_{k+1}) come from encoding the *reconstructed* coarser level with
+q_{k+1}: the decoder's h_hat_{k+1} with the rebuilt coarser image u(x_hat_{k+2}) as condition,
+exactly what the encoder would see at sampling time, when no real image exists. The KL term of
+``kl`` is then between two diagonal Gaussians, per level weighted by ``kl.group_weights``.
+
+Choices (docs/lapcvae.md): S_k works on the log scale (log sigma_{k+1}^2 in, log sigma_k^2 out);
+the re-encoding runs the level encoders in eval mode (running batch-norm statistics, as at
+sampling time) and, with ``detach`` (default), without gradient, so the KL term trains the
+level-k posterior and M_k only. Module ``prior.levels.k`` is M_k (greedy training trains it
+with level k; ``train_only=['prior']`` retrains all of them).
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import attrs
+import torch
+from torch import Tensor, nn
+
+from genvae.core.components import BuildContext, Gaussian, Prior
+from genvae.core.hookspecs import hookimpl
+from genvae.core.layers import ACTIVATIONS, activation
+from genvae.core.options import int_tuple, one_of, option, to_bool
+from genvae.plugins.laplacian import (
+    CAPABILITY,
+    PRED,
+    RECON,
+    LaplacianLatent,
+    eval_mode,
+    pyramid_parts,
+    upsample,
+)
+
+
+@attrs.frozen
+class MNetOptions:
+    hidden: tuple[int, ...] = option((128,), "hidden widths of each R_k and S_k MLP (empty: a linear map)",
+                                     converter=int_tuple)
+    activation: str = option("lrelu", "activation between the MLP layers", one_of(*ACTIVATIONS))
+    detach: bool = option(True, "stop the KL gradient at the re-encoded coarser posterior (it trains the level's "
+                          "posterior and M_k only); false lets it reach the coarser encoder and decoder",
+                          converter=to_bool)
+
+    def __attrs_post_init__(self):
+        if any(h <= 0 for h in self.hidden):
+            raise ValueError(f"hidden must list positive widths, got {list(self.hidden)}")
+
+
+def _mlp(n_in: int, hidden: tuple[int, ...], n_out: int, act: str) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    prev = n_in
+    for width in hidden:
+        layers += [nn.Linear(prev, width), activation(act)]
+        prev = width
+    layers.append(nn.Linear(prev, n_out))
+    return nn.Sequential(*layers)
+
+
+class MNetwork(nn.Module):
+    """M_k: R_k maps mu_{k+1} to the prior mean of z_k, S_k maps log sigma_{k+1}^2 to its log-variance."""
+
+    def __init__(self, coarser: int, latent: int, hidden: tuple[int, ...], act: str):
+        super().__init__()
+        self.R = _mlp(coarser, hidden, latent, act)
+        self.S = _mlp(coarser, hidden, latent, act)
+
+    def forward(self, mean: Tensor, logvar: Tensor) -> tuple[Tensor, Tensor]:
+        return self.R(mean), self.S(logvar)
+
+
+class MNetPrior(Prior):
+    """LapCVAE M-network prior: level k's N(R_k(mu_{k+1}), S_k(sigma_{k+1})) from the re-encoded coarser level."""
+
+    name = "m-net"
+    Options = MNetOptions
+    requires = frozenset({CAPABILITY})
+
+    def __init__(self, options: MNetOptions, ctx: BuildContext):
+        super().__init__(options, ctx)
+        tr = ctx.transform
+        self.levels = nn.ModuleList()
+        # without pyramid levels nothing is built here: the engine's capability check refuses the model
+        if isinstance(tr, LaplacianLatent):
+            self.levels.extend(
+                MNetwork(tr.sizes[k + 1], tr.sizes[k], options.hidden, options.activation)
+                for k in range(tr.num_levels - 1)
+            )
+        self.__dict__["_parts"] = None  # (encoder, transform, decoder), set in attach; not submodules
+
+    def attach(self, model) -> None:
+        try:
+            self.__dict__["_parts"] = pyramid_parts(model)
+        except Exception as exc:
+            raise self.fail(str(exc)) from None
+
+    def reencode(self, j: int, h_hat: Tensor, coarser: Tensor | None) -> tuple[Tensor, Tensor]:
+        """(mu_j, log sigma_j^2) of the reconstructed level j (band h_hat_j, rebuilt coarser image x_hat_{j+1})."""
+        enc, tr, _ = self._parts
+        grad = nullcontext() if not self.options.detach else torch.no_grad()
+        with grad, eval_mode(enc.levels[j], tr.levels[j]):
+            return tr.level_posterior(j, enc.encode_level(j, h_hat, coarser))
+
+    def level_prior(self, k: int, mean: Tensor, logvar: Tensor) -> tuple[Tensor, Tensor]:
+        """Prior (mean, log-variance) of z_k from the coarser level's (mu_{k+1}, log sigma_{k+1}^2)."""
+        return self.levels[k](mean, logvar)
+
+    def forward(self, state) -> Gaussian:
+        _, tr, _ = self._parts
+        levels = tr.num_levels
+        preds, recon = state.extras[PRED], state.extras[RECON]
+        zs = tr.split_levels(state.posterior.mean)
+        means: list[Tensor] = [torch.zeros_like(z) for z in zs]
+        logvars: list[Tensor] = [torch.zeros_like(z) for z in zs]
+        for k in range(levels - 1):
+            j = k + 1
+            mu, lv = self.reencode(j, preds[j], recon[j + 1] if j + 1 < levels else None)
+            means[k], logvars[k] = self.level_prior(k, mu, lv)
+        return Gaussian(tr.join_levels(means), tr.join_levels(logvars))
+
+    @torch.no_grad()
+    def sample(self, n, model, device, fixed=None, fixed_groups=0):
+        """Coarse to fine (paper Figure 2): draw z_K ~ N(0, I), decode level K, re-encode it, M_{K-1} gives
+        the prior of z_{K-1}, and so on. The first ``fixed_groups`` levels (coarsest first) come from ``fixed``."""
+        enc, tr, dec = self._parts
+        levels = tr.num_levels
+        kept = tr.split_levels(fixed.to(device)) if fixed is not None and fixed_groups > 0 else None
+        zs: list[Tensor | None] = [None] * levels
+        rebuilt: list[Tensor | None] = [None] * levels
+        mean = logvar = None
+        for k in range(levels - 1, -1, -1):
+            if kept is not None and levels - 1 - k < fixed_groups:
+                zs[k] = kept[k].expand(n, -1)
+            elif k == levels - 1:
+                zs[k] = torch.randn(n, tr.sizes[k], device=device)
+            else:
+                prior_mean, prior_logvar = self.level_prior(k, mean, logvar)
+                zs[k] = prior_mean + torch.exp(0.5 * prior_logvar) * torch.randn_like(prior_mean)
+            if k == 0:
+                break
+            h = dec.decode_level(k, tr.level_u(k, zs))
+            coarser = rebuilt[k + 1] if k + 1 < levels else None
+            rebuilt[k] = h if coarser is None else h + upsample(coarser, enc.kernel)
+            mean, logvar = self.reencode(k, h, coarser)
+        return tr.join_levels(zs)
+
+
+@hookimpl
+def genvae_register_priors(register):
+    register(MNetPrior)
