@@ -140,9 +140,9 @@ def print_summary(model, title: str) -> None:
         f"phases: {', '.join(model.phases)}"
     )
     generator = sum(_param_count(m) for m in model.transform.generation_modules()) + _param_count(model.decoder)
-    console.print(f"parameters: {_param_count(model):,} in all | generator side (latent generation + decoder): "
-                  f"{generator:,} | inference side (encoder + latent transform): "
-                  f"{_param_count(model.encoder) + _param_count(model.transform):,}")
+    autoencoder = sum(_param_count(m) for m in (model.encoder, model.transform, model.decoder))
+    console.print(f"parameters: {_param_count(model):,} in all | encoder + latent transform + decoder: "
+                  f"{autoencoder:,} | generator side (latent generation + decoder): {generator:,}")
 
 
 @cli.command()

@@ -183,9 +183,9 @@ def build_model(spec: ModelSpec, registry: Registry | None = None, check: bool =
     parts = [ctx.encoder, ctx.transform, ctx.decoder, ctx.prior, *losses]
     _check_capabilities(parts, registry)
     model = GenerativeModel(spec, ctx.encoder, ctx.transform, ctx.decoder, ctx.prior, losses)
-    model.phase_modules()  # validates ownership
     for part in parts:
         part.attach(model)
+    model.phase_modules()  # validates ownership (after attach: a loss may build its modules there)
     if check:
         dry_run(model)
     return model

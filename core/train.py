@@ -213,13 +213,14 @@ class Trainer:
                 flags = [terms.pop(k) for k in skip]
                 skipped = bool(torch.stack([f.reshape(()) for f in flags]).any())
                 all_terms[f"{phase.name}/skipped"] = torch.tensor(float(skipped), device=x.device)
-                if skipped:
-                    all_terms.update({k: v.detach() for k, v in terms.items()})
-                    continue
             values = iter(terms.values())
             total = next(values)
             for value in values:
                 total = total + value
+            if skip and skipped:  # logged like any step, so every term keeps one value per step
+                all_terms.update({k: v.detach() for k, v in terms.items()})
+                all_terms[f"{phase.name}/total"] = total.detach()
+                continue
             phase.optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:
                 self.scaler.scale(total).backward(retain_graph=i < last)

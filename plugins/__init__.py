@@ -10,6 +10,9 @@ BUILTIN_PLUGINS = [
     "genvae.plugins.kl",
     "genvae.plugins.shapes",
     "genvae.plugins.torchvision_data",
+    "genvae.plugins.cr_lstm",
+    "genvae.plugins.adv",
+    "genvae.plugins.mi",
     "genvae.plugins.laplacian",
     "genvae.plugins.m_net",
 ]

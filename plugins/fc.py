@@ -103,6 +103,9 @@ class FCLatent(LatentTransform):
         self.from_z = nn.Linear(d, math.prod(self.output_shape))
         self.act = activation(options.output_activation)
 
+    def generation_modules(self):
+        return [self.from_z]
+
     def posterior(self, features, state=None) -> Gaussian:
         mean, logvar = self.to_params(features.flatten(1)).chunk(2, dim=1)
         return Gaussian(mean, logvar)

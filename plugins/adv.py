@@ -1,0 +1,280 @@
+"""``adv``: the adversarial loss of VAE-GAN / crVAE-GAN, with the discriminator it trains.
+
+As in the crVAE authors' code (``models/allconv_lstm.lua``, ``train_test/train_test_lstm.lua``):
+
+* the discriminator: a trunk of blocks conv -> maxpool 2 -> ReLU -> spatial dropout 0.5 (5x5
+  convolutions, 3x3 in the last block; 64x64 -> 256x4x4), then a GAN head Linear -> L2 normalise
+  -> dropout -> ReLU -> minibatch discrimination -> Linear -> one logit. The trunk is shared with
+  the ``mi`` loss (``provides = {"discriminator"}``) and trains at half the learning rate;
+* phase ``discriminator`` (runs before the model phase): binary cross-entropy on one batch mixing
+  real images, reconstructions and prior samples (64 / 32 / 32 of 128 by default), all detached.
+  When the discriminator's error rate on that batch is under ``skip_below`` (0.1) its update is
+  skipped for the step (``Loss.SKIP``; one host sync per step, only while the rule is on);
+* phase ``model``: beta times the non-saturating loss -log D(x~) on reconstructions and on fresh
+  prior samples (z ~ p(z) through ``model.generate``); the gradient reaches the decoder, the
+  latent transform and the encoder.
+
+The prior samples (z, u, x) are made once per step and kept in ``state.extras["adv.prior"]``; the
+trunk features of reconstructions and prior samples in the model phase are kept in
+``state.extras["adv.features"]``, so ``mi`` reuses both without a second generation or trunk pass.
+
+Larsen et al.'s learned similarity (the original VAE-GAN): with ``similarity_layer`` = k, the
+model phase also measures the reconstruction as the mean squared error between the conv outputs
+of trunk block k for x and x_hat (dropout off, real features detached), weighted by
+``similarity_weight``.
+
+Dropout follows Torch7's ``nn.SpatialDropout`` / ``nn.Dropout(p, true)`` (the authors' code): no
+rescaling while training, outputs scaled by 1 - p in evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genvae.core.components import BuildContext, Loss
+from genvae.core.hookspecs import hookimpl
+from genvae.core.options import (
+    float_tuple,
+    int_tuple,
+    non_negative,
+    non_negative_int,
+    option,
+    positive_int,
+    to_bool,
+    to_float,
+    to_int,
+)
+
+PRIOR_KEY = "adv.prior"
+FEATURES_KEY = "adv.features"
+
+
+class Torch7Dropout(nn.Module):
+    """Dropout without train-time rescaling (Torch7 ``v1`` dropout); ``spatial`` drops whole channels."""
+
+    def __init__(self, p: float, spatial: bool):
+        super().__init__()
+        self.p = p
+        self.spatial = spatial
+
+    def forward(self, x):
+        if self.p == 0:
+            return x
+        if not self.training:
+            return x * (1.0 - self.p)
+        shape = (*x.shape[:2], *([1] * (x.dim() - 2))) if self.spatial else x.shape
+        keep = torch.empty(shape, device=x.device, dtype=x.dtype).bernoulli_(1.0 - self.p)
+        return x * keep
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, spatial={self.spatial}"
+
+
+class Trunk(nn.Module):
+    """Blocks of conv -> maxpool 2 -> ReLU -> spatial dropout; each block halves the size."""
+
+    def __init__(self, channels: int, widths: tuple[int, ...], dropout: float):
+        super().__init__()
+        blocks = []
+        prev = channels
+        for i, width in enumerate(widths):
+            k = 3 if i == len(widths) - 1 else 5
+            blocks.append(nn.Sequential(nn.Conv2d(prev, width, k, 1, k // 2), nn.MaxPool2d(2), nn.ReLU(),
+                                        Torch7Dropout(dropout, spatial=True)))
+            prev = width
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+    def layer_features(self, x, layer: int):
+        """The conv output of block ``layer`` (1-based), dropout off on the way: Larsen's learned similarity."""
+        for block in self.blocks[: layer - 1]:
+            x = F.relu(F.max_pool2d(block[0](x), 2))
+        return self.blocks[layer - 1][0](x)
+
+
+class MinibatchDiscrimination(nn.Module):
+    """Salimans et al. 2016: per sample, B kernels of C dims; feature b = mean over the other samples j of
+    exp(-||M_i,b - M_j,b||_1). Averaged (not summed) over the batch, so its scale does not depend on batch size."""
+
+    def __init__(self, in_features: int, kernels: int, dims: int):
+        super().__init__()
+        self.kernels, self.dims = kernels, dims
+        self.T = nn.Parameter(torch.randn(in_features, kernels * dims) * 0.1)
+
+    def forward(self, x):
+        n = x.shape[0]
+        m = (x @ self.T).view(n, self.kernels, self.dims)
+        dist = (m.unsqueeze(0) - m.unsqueeze(1)).abs().sum(3)  # (n, n, kernels)
+        close = torch.exp(-dist).sum(1) - 1.0  # minus the sample itself (exp(0) = 1)
+        return torch.cat([x, close / max(n - 1, 1)], dim=1)
+
+
+class GANHead(nn.Module):
+    """Linear -> L2 normalise -> dropout -> ReLU -> [minibatch discrimination] -> Linear -> logit."""
+
+    def __init__(self, in_features: int, hidden: int, dropout: float, kernels: int, dims: int):
+        super().__init__()
+        self.linear = nn.Linear(in_features, hidden)
+        nn.init.zeros_(self.linear.bias)
+        self.dropout = Torch7Dropout(dropout, spatial=False)
+        self.minibatch = MinibatchDiscrimination(hidden, kernels, dims) if kernels > 0 else None
+        self.out = nn.Linear(hidden + (kernels if kernels > 0 else 0), 1)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, features):
+        h = F.relu(self.dropout(F.normalize(self.linear(features.flatten(1)), dim=1)))
+        if self.minibatch is not None:
+            h = self.minibatch(h)
+        return self.out(h).squeeze(1)
+
+
+def _fraction(instance, attribute, value) -> None:
+    if len(value) != 3 or any(v < 0 for v in value) or not math.isclose(sum(value), 1.0, abs_tol=1e-6):
+        raise ValueError(f"{attribute.name} must be three fractions (real, reconstructions, prior samples) "
+                         f"summing to 1, got {list(value)}")
+
+
+def _widths(instance, attribute, value) -> None:
+    if not value or min(value) <= 0:
+        raise ValueError(f"{attribute.name} must list positive channel counts, got {list(value)}")
+
+
+@attrs.frozen
+class AdvOptions:
+    beta: float = option(0.0125, "weight of the generator's adversarial loss (the paper's beta; the loss weight "
+                         "multiplies it)", non_negative, to_float)
+    widths: tuple[int, ...] = option((64, 128, 256, 256), "channels of the trunk blocks (each halves the size); "
+                                     "the VAE-GAN baseline uses half: 32,64,128,256", _widths, int_tuple)
+    head_hidden: int = option(1024, "width of the GAN head's Linear layer", positive_int, to_int)
+    dropout: float = option(0.5, "spatial dropout in the trunk and dropout in the head", non_negative, to_float)
+    minibatch_kernels: int = option(100, "minibatch discrimination kernels (0: off)", non_negative_int, to_int)
+    minibatch_dims: int = option(5, "dimensions per minibatch discrimination kernel", positive_int, to_int)
+    mix: tuple[float, ...] = option((0.5, 0.25, 0.25), "the discriminator's batch: fractions of real images, "
+                                    "reconstructions and prior samples", _fraction, float_tuple)
+    skip_below: float = option(0.1, "skip the discriminator update when its error rate on its batch is under this "
+                               "(0: never skip, no host sync)", non_negative, to_float)
+    on_recon: bool = option(True, "adversarial loss on reconstructions (z from the posterior)", converter=to_bool)
+    on_prior: bool = option(True, "adversarial loss on samples (z from the prior)", converter=to_bool)
+    trunk_lr: float = option(0.5, "learning-rate multiplier of the trunk (authors: lr/2)", non_negative, to_float)
+    similarity_layer: int = option(0, "Larsen's learned similarity: reconstruction error on the conv output of this "
+                                   "trunk block (1-based; 0: off)", non_negative_int, to_int)
+    similarity_weight: float = option(1.0, "weight of the learned-similarity term", non_negative, to_float)
+
+    def __attrs_post_init__(self):
+        if self.dropout >= 1:
+            raise ValueError(f"dropout must be < 1, got {self.dropout}")
+        if self.similarity_layer > len(self.widths):
+            raise ValueError(f"similarity_layer {self.similarity_layer} is past the trunk's {len(self.widths)} blocks")
+        if not (self.on_recon or self.on_prior):
+            raise ValueError("on_recon and on_prior cannot both be off")
+
+
+class AdversarialLoss(Loss):
+    """GAN loss with its discriminator (conv trunk + minibatch-discrimination head), trained in its own phase."""
+
+    name = "adv"
+    Options = AdvOptions
+    role = "adversarial"
+    provides = frozenset({"discriminator"})
+    phases = ("discriminator", "model")
+    phase_order = ("discriminator", "model")
+
+    def __init__(self, options: AdvOptions, ctx: BuildContext, weight: float = 1.0):
+        super().__init__(options, ctx, weight)
+        c, h, w = ctx.image_shape
+        blocks = len(options.widths)
+        size = h // 2**blocks
+        if size < 1 or h % 2**blocks:
+            raise self.fail(f"the trunk's {blocks} blocks halve {h}x{w} {blocks} times; use fewer widths")
+        self.trunk = Trunk(c, options.widths, options.dropout)
+        self.trunk_shape = (options.widths[-1], size, size)
+        self.head = GANHead(math.prod(self.trunk_shape), options.head_hidden, options.dropout,
+                            options.minibatch_kernels, options.minibatch_dims)
+
+    def lr_multipliers(self) -> dict[str, float]:
+        return {"trunk": self.options.trunk_lr} if self.options.trunk_lr != 1.0 else {}
+
+    def owned_modules(self) -> dict[str, nn.Module]:
+        return {"discriminator": self}
+
+    # -- shared with mi ------------------------------------------------------------------------------------
+    def prior_batch(self, state):
+        """(z, u, x) for a batch of prior samples, made once per step (with gradient, for the model phase)."""
+        cached = state.extras.get(PRIOR_KEY)
+        if cached is None:
+            model = state.model
+            z = model.prior.sample(state.x.shape[0], model, state.x.device)
+            u, x = model.generate(z)
+            cached = state.extras[PRIOR_KEY] = (z, u, x)
+        return cached
+
+    def fake_features(self, state):
+        """Trunk features of (reconstructions, prior samples) for the model phase, one trunk pass for both."""
+        cached = state.extras.get(FEATURES_KEY)
+        if cached is None:
+            x_prior = self.prior_batch(state)[2]
+            n = state.x_hat.shape[0]
+            features = self.trunk(torch.cat([state.x_hat, x_prior]))
+            cached = state.extras[FEATURES_KEY] = (features[:n], features[n:])
+        return cached
+
+    def discriminate(self, images):
+        return self.head(self.trunk(images))
+
+    def batch_counts(self, n: int) -> tuple[int, int, int]:
+        _, f_recon, f_prior = self.options.mix
+        recon, prior = int(n * f_recon), int(n * f_prior)
+        return n - recon - prior, recon, prior
+
+    # -- the loss ------------------------------------------------------------------------------------------
+    def forward(self, state, phase):
+        if phase == "discriminator":
+            return self._discriminator_terms(state)
+        return self._generator_terms(state)
+
+    def _discriminator_terms(self, state):
+        n = state.x.shape[0]
+        real, recon, prior = self.batch_counts(n)
+        x_prior = self.prior_batch(state)[2]
+        batch = torch.cat([state.x[:real], state.x_hat[real : real + recon].detach(),
+                           x_prior[real + recon :].detach()])
+        labels = torch.cat([torch.ones(real, device=batch.device), torch.zeros(n - real, device=batch.device)])
+        logits = self.discriminate(batch)
+        terms = {"d": F.binary_cross_entropy_with_logits(logits, labels)}
+        if self.options.skip_below > 0:
+            with torch.no_grad():
+                error_rate = ((logits > 0).float() != labels).float().mean()
+            terms[Loss.SKIP] = error_rate < self.options.skip_below
+        return terms
+
+    def _generator_terms(self, state):
+        o = self.options
+        f_recon, f_prior = self.fake_features(state)
+        scale = self.weight * o.beta
+        terms = {}
+        if o.on_recon:
+            logits = self.head(f_recon)
+            terms["g_recon"] = scale * F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+        if o.on_prior:
+            logits = self.head(f_prior)
+            terms["g_prior"] = scale * F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+        if o.similarity_layer:
+            fake = self.trunk.layer_features(state.x_hat, o.similarity_layer)
+            with torch.no_grad():
+                real = self.trunk.layer_features(state.x, o.similarity_layer)
+            terms["similarity"] = self.weight * o.similarity_weight * (fake - real).pow(2).mean()
+        return terms
+
+
+@hookimpl
+def genvae_register_losses(register):
+    register(AdversarialLoss)

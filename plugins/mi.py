@@ -1,0 +1,163 @@
+"""``mi``: the mutual-information regulariser of crVAE-GAN (paper section 3.3.3).
+
+A head q on the discriminator's trunk predicts, from a generated image x~, what generated it: u,
+the generation LSTM's output, for the ``cr-lstm`` latent (the transform's ``mi_target``), z for
+latents without one (the ``fc`` VAE-GAN baseline), or either by ``target``. z is drawn both from the
+posterior (x~ = the reconstruction) and from the prior (x~ = a sample; the ``adv`` loss makes those
+once per step and this loss reuses them).
+
+* phase ``mi`` (after ``discriminator``, before ``model``): the head (and, with ``train_trunk``,
+  the shared trunk at the trunk's learning rate) learns to predict the detached target from the
+  detached images;
+* phase ``model``: kappa times the same error, with the head fixed, reaches the generator.
+
+The error is a mean squared error weighted per latent group (time step): the authors' weights
+[0.1, 1.5, 1.5, 1.25, 0.1, 0.1, 1, 1] for an 8-step target, 1 otherwise, unless ``group_weights``
+says. The head (as in the authors' code): conv3x3 -> BN -> LReLU(0.2) -> conv1x1 -> BN ->
+LReLU(0.1) -> Linear -> plus a learnable bias of the target's shape.
+
+``mi`` needs the trunk of ``adv`` (``requires = {"discriminator"}``): a model without it is
+refused at build time. The trunk is referenced, not registered, so it is saved once (under adv).
+"""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+import torch
+from torch import nn
+
+from genvae.core.components import BuildContext, LatentLayout, Loss
+from genvae.core.hookspecs import hookimpl
+from genvae.core.options import float_tuple, non_negative, one_of, option, positive_int, to_bool, to_float, to_int
+
+PAPER_WEIGHTS = (0.1, 1.5, 1.5, 1.25, 0.1, 0.1, 1.0, 1.0)
+
+
+@attrs.frozen
+class MIOptions:
+    kappa: float = option(0.02, "weight of the MI term reaching the generator (the paper's kappa; the loss weight "
+                          "multiplies it)", non_negative, to_float)
+    target: str = option("auto", "what the head predicts: auto (the transform's mi_target, e.g. cr-lstm's u; "
+                         "else z), u or z", one_of("auto", "u", "z"))
+    group_weights: tuple[float, ...] = option(
+        (), "weight per latent group (time step) of the target; empty: the paper's 8 weights for an 8-step target, "
+        "1 otherwise", converter=float_tuple)
+    hidden: int = option(64, "channels of the head's convolutions", positive_int, to_int)
+    train_trunk: bool = option(True, "the MI phase also trains the shared trunk (as the authors' code)",
+                               converter=to_bool)
+    on_recon: bool = option(True, "use z from the posterior (reconstructions)", converter=to_bool)
+    on_prior: bool = option(True, "use z from the prior (samples)", converter=to_bool)
+    bias_init: float = option(0.01, "the head's output bias starts uniform in +-bias_init", non_negative, to_float)
+
+    def __attrs_post_init__(self):
+        if any(w < 0 for w in self.group_weights):
+            raise ValueError(f"group_weights must be >= 0, got {list(self.group_weights)}")
+        if not (self.on_recon or self.on_prior):
+            raise ValueError("on_recon and on_prior cannot both be off")
+
+
+class MIHead(nn.Module):
+    def __init__(self, trunk_shape, target_shape, hidden: int, bias_init: float):
+        super().__init__()
+        c, h, w = trunk_shape
+        spatial = len(target_shape) == 3 and tuple(target_shape[1:]) == (h, w)
+        second = target_shape[0] if spatial else hidden
+        self.target_shape = tuple(target_shape)
+        self.net = nn.Sequential(
+            nn.Conv2d(c, hidden, 3, 1, 1), nn.BatchNorm2d(hidden), nn.LeakyReLU(0.2),
+            nn.Conv2d(hidden, second, 1), nn.BatchNorm2d(second), nn.LeakyReLU(0.1),
+            nn.Flatten(), nn.Linear(second * h * w, math.prod(target_shape)),
+        )
+        self.bias = nn.Parameter(torch.empty(self.target_shape).uniform_(-bias_init, bias_init))
+
+    def forward(self, features):
+        return self.net(features).view(-1, *self.target_shape) + self.bias
+
+
+class MILoss(Loss):
+    """Mutual-information regulariser: a head on adv's trunk recovers u (or z) from generated images."""
+
+    name = "mi"
+    Options = MIOptions
+    role = "auxiliary"
+    requires = frozenset({"discriminator"})
+    phases = ("mi", "model")
+    phase_order = ("discriminator", "mi", "model")
+
+    def __init__(self, options: MIOptions, ctx: BuildContext, weight: float = 1.0):
+        super().__init__(options, ctx, weight)
+        self.head: MIHead | None = None
+
+    # -- composition ---------------------------------------------------------------------------------------
+    def attach(self, model) -> None:
+        adv = next((loss for loss in model.losses.values() if "discriminator" in loss.provides), None)
+        if adv is None or not hasattr(adv, "trunk"):
+            raise self.fail("needs a loss that provides a discriminator trunk (adv)")
+        object.__setattr__(self, "_adv", adv)  # a reference, not a submodule: the trunk is saved once, under adv
+        transform, layout = model.transform, model.layout
+        mode = self.options.target
+        if mode == "auto":
+            mode = "transform" if hasattr(transform, "mi_target") else "z"
+        object.__setattr__(self, "_mode", mode)
+        object.__setattr__(self, "_transform", transform)
+        shape = tuple(layout.shape) if mode == "z" else tuple(transform.output_shape)
+        groups = layout if shape == tuple(layout.shape) else LatentLayout(shape)
+        weights = self.options.group_weights
+        if not weights:
+            weights = PAPER_WEIGHTS if groups.num_groups == len(PAPER_WEIGHTS) else (1.0,) * groups.num_groups
+        elif len(weights) != groups.num_groups:
+            raise self.fail(f"{len(weights)} group_weights given, but its target ({mode}, shape {list(shape)}) has "
+                            f"{groups.num_groups} {groups.group_label}(s)")
+        device = next(adv.parameters()).device
+        self.register_buffer("element_weights", groups.element_weights(weights).view(shape).to(device),
+                             persistent=False)
+        self.head = MIHead(adv.trunk_shape, shape, self.options.hidden, self.options.bias_init).to(device)
+
+    def owned_modules(self) -> dict[str, nn.Module]:
+        if self.head is None:  # asked before attach() (build_model validates ownership first): nothing yet
+            return {}
+        if self.options.train_trunk:
+            return {"mi": nn.ModuleList([self.head, self._adv.trunk])}  # a fresh list: nothing registered twice
+        return {"mi": self.head}
+
+    # -- the loss ------------------------------------------------------------------------------------------
+    def target(self, z, u):
+        if self._mode == "transform":
+            return self._transform.mi_target(z, u).detach()
+        return (z if self._mode == "z" else u).detach()
+
+    def error(self, prediction, target):
+        return (self.element_weights * (prediction - target).pow(2)).mean()
+
+    def pairs(self, state):
+        """(images, targets) for the posterior branch and the prior branch, as switched on."""
+        out = []
+        if self.options.on_recon:
+            out.append(("recon", state.x_hat, self.target(state.z, state.u)))
+        if self.options.on_prior:
+            z, u, x = self._adv.prior_batch(state)
+            out.append(("prior", x, self.target(z, u)))
+        return out
+
+    def forward(self, state, phase):
+        pairs = self.pairs(state)
+        if phase == "mi":
+            images = torch.cat([x.detach() for _, x, _ in pairs])
+            if self.options.train_trunk:
+                features = self._adv.trunk(images)
+            else:
+                with torch.no_grad():
+                    features = self._adv.trunk(images)
+            parts = features.split([x.shape[0] for _, x, _ in pairs])
+            return {"q": sum(self.error(self.head(f), t) for f, (_, _, t) in zip(parts, pairs, strict=True))}
+        f_recon, f_prior = self._adv.fake_features(state)
+        features = {"recon": f_recon, "prior": f_prior}
+        total = sum(self.error(self.head(features[which]), t) for which, _, t in pairs)
+        return {"mi": self.weight * self.options.kappa * total}
+
+
+@hookimpl
+def genvae_register_losses(register):
+    register(MILoss)
