@@ -200,6 +200,14 @@ class Component(nn.Module):
         """Called once after the whole model is composed: look up partners here (e.g. ``mi`` finds the
         discriminator trunk of ``adv``). Keep references out of the module tree (no double registration)."""
 
+    def require_spatial(self, shape: Shape, producer: str, hint: str = "") -> tuple[int, int, int]:
+        """The (C, H, W) a neighbour produces, or a build error naming it (``producer``: "encoder 'fc'")."""
+        if len(shape) != 3:
+            what = "spatial features" if self.kind == "transform" else "a spatial input"
+            raise self.fail(f"needs {what} (C, H, W) but {producer} produces "
+                            f"[{', '.join(str(s) for s in shape)}]" + (f"; {hint}" if hint else ""))
+        return tuple(shape)  # type: ignore[return-value]
+
     def fail(self, message: str) -> BuildError:
         """A build error that names this component."""
         from genvae.core.registry import KIND_NAMES
@@ -244,6 +252,18 @@ class Decoder(Component):
     """Maps u to image logits of the image's shape; the model applies tanh to get x_hat in [-1, 1]."""
 
     kind = "decoder"
+
+    def upsampling_plan(self, ctx: BuildContext, hint: str = "") -> tuple[int, int]:
+        """(input channels, number of x2 upsamplings) from the latent's u to the image, or a build error."""
+        c_in, h_in, w_in = self.require_spatial(ctx.transform.output_shape,
+                                                f"latent transform '{ctx.transform.name}'", hint)
+        _, h, w = ctx.image_shape
+        ups = 0
+        while h_in * 2**ups < h:
+            ups += 1
+        if h_in * 2**ups != h or w_in * 2**ups != w:
+            raise self.fail(f"cannot upsample {h_in}x{w_in} to the image size {h}x{w} by factors of 2")
+        return c_in, ups
 
     def forward(self, u: Tensor, state: Pass | None = None) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -7,7 +7,7 @@ from torch import nn
 
 from genvae.core.components import BuildContext, Decoder, Encoder, Gaussian, LatentLayout, LatentTransform
 from genvae.core.hookspecs import hookimpl
-from genvae.core.layers import ACTIVATIONS, activation, describe_shape
+from genvae.core.layers import ACTIVATIONS, activation
 from genvae.core.options import one_of, option, positive_int, to_bool, to_int
 
 
@@ -61,21 +61,8 @@ class ConvDecoder(Decoder):
 
     def __init__(self, options: ConvOptions, ctx: BuildContext):
         super().__init__(options, ctx)
-        in_shape = ctx.transform.output_shape
-        if len(in_shape) != 3:
-            raise self.fail(
-                f"needs a spatial input (C, H, W) but latent transform '{ctx.transform.name}' produces "
-                f"{describe_shape(in_shape)}; use a spatial latent transform such as 'conv'"
-            )
-        c_in, h_in, w_in = in_shape
-        c, h, w = ctx.image_shape
-        ups = 0
-        while h_in * 2**ups < h:
-            ups += 1
-        if h_in * 2**ups != h or w_in * 2**ups != w:
-            raise self.fail(
-                f"cannot upsample {h_in}x{w_in} to the image size {h}x{w} by factors of 2"
-            )
+        c_in, ups = self.upsampling_plan(ctx, "use a spatial latent transform such as 'conv'")
+        c = ctx.image_shape[0]
         widths = list(reversed(_widths(attrs.evolve(options, depth=max(ups, 1)))))[:ups]
         layers: list[nn.Module] = []
         prev = c_in
@@ -112,12 +99,8 @@ class ConvLatent(LatentTransform):
     def __init__(self, options: ConvLatentOptions, ctx: BuildContext):
         super().__init__(options, ctx)
         in_shape = ctx.encoder.output_shape
-        if len(in_shape) != 3:
-            raise self.fail(
-                f"needs spatial features (C, H, W) but encoder '{ctx.encoder.name}' produces "
-                f"{describe_shape(in_shape)}; use the 'fc' latent transform for vector features"
-            )
-        c, h, w = in_shape
+        c, h, w = self.require_spatial(in_shape, f"encoder '{ctx.encoder.name}'",
+                                       "use the 'fc' latent transform for vector features")
         lc, k = options.latent_channels, options.kernel
         self.layout = LatentLayout((lc, h, w))
         self.output_shape = tuple(in_shape)

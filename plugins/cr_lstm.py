@@ -29,7 +29,6 @@ from torch import nn
 
 from genvae.core.components import BuildContext, Decoder, Encoder, Gaussian, LatentLayout, LatentTransform
 from genvae.core.hookspecs import hookimpl
-from genvae.core.layers import describe_shape
 from genvae.core.options import non_negative, one_of, option, optional_float, positive, positive_int, to_float, to_int
 
 # -- building blocks ---------------------------------------------------------------------------------
@@ -138,15 +137,11 @@ class CRDecoder(Decoder):
 
     def __init__(self, options: CRDecoderOptions, ctx: BuildContext):
         super().__init__(options, ctx)
-        in_shape = tuple(ctx.transform.output_shape)
-        if len(in_shape) != 3:
-            raise self.fail(f"needs a spatial input (C, H, W) but latent transform '{ctx.transform.name}' produces "
-                            f"{describe_shape(in_shape)}; give the fc latent an output_shape such as [256, 4, 4]")
-        c_in, h_in, w_in = in_shape
-        c, h, w = ctx.image_shape
-        ups = _log2_exact(h / h_in)
-        if ups is None or ups < 1 or h_in != w_in:
-            raise self.fail(f"cannot upsample {h_in}x{w_in} to the image size {h}x{w} by factors of 2")
+        c_in, ups = self.upsampling_plan(ctx, "give the fc latent an output_shape such as [256, 4, 4]")
+        c = ctx.image_shape[0]
+        if ups < 1:
+            raise self.fail(f"needs an input smaller than the image {list(ctx.image_shape)}; it has "
+                            f"{list(ctx.transform.output_shape)}")
         o = options
         top = min(o.max_width, o.width * 2 ** max(ups - 1, 1))
         layers: list[nn.Module] = []
@@ -203,11 +198,7 @@ class CRLatent(LatentTransform):
 
     def __init__(self, options: CRLatentOptions, ctx: BuildContext):
         super().__init__(options, ctx)
-        in_shape = tuple(ctx.encoder.output_shape)
-        if len(in_shape) != 3:
-            raise self.fail(f"needs spatial features (C, H, W) but encoder '{ctx.encoder.name}' produces "
-                            f"{describe_shape(in_shape)}")
-        c, h, w = in_shape
+        c, h, w = self.require_spatial(tuple(ctx.encoder.output_shape), f"encoder '{ctx.encoder.name}'")
         t, lc = options.steps, options.latent_channels
         if c % t:
             raise self.fail(f"the encoder's {c} feature channels cannot be cut into steps={t} blocks; "

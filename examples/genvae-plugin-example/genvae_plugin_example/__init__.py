@@ -25,7 +25,6 @@ from torch import nn
 
 from genvae.core.components import BuildContext, Decoder, Encoder
 from genvae.core.hookspecs import hookimpl
-from genvae.core.layers import describe_shape
 from genvae.core.options import non_negative_int, option, positive_int, to_int
 
 __version__ = "0.1.0"
@@ -118,19 +117,9 @@ class ResNetDecoder(Decoder):
 
     def __init__(self, options: ResNetDecoderOptions, ctx: BuildContext):
         super().__init__(options, ctx)
-        in_shape = tuple(ctx.transform.output_shape)
-        if len(in_shape) != 3:
-            raise self.fail(
-                f"needs a spatial input (C, H, W) but latent transform '{ctx.transform.name}' produces "
-                f"{describe_shape(in_shape)}; use a spatial latent transform such as 'conv'"
-            )
-        c_in, h_in, w_in = in_shape
+        c_in, ups = self.upsampling_plan(ctx, "use a spatial latent transform such as 'conv'")
         c, h, w = ctx.image_shape
-        ups = 0
-        while h_in * 2**ups < h:
-            ups += 1
-        if h_in * 2**ups != h or w_in * 2**ups != w:
-            raise self.fail(f"cannot upsample {h_in}x{w_in} to the image size {h}x{w} by factors of 2")
+        h_in, w_in = ctx.transform.output_shape[1:]
         if options.stages is not None and options.stages != ups:
             raise self.fail(
                 f"stages={options.stages}, but {h_in}x{w_in} reaches the image size {h}x{w} in {ups} x2 "
