@@ -13,6 +13,7 @@ without the engine knowing about them.
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -165,7 +166,7 @@ class BuildContext:
         return self.transform.layout
 
 
-class Component(nn.Module):
+class Component(nn.Module, metaclass=abc.ABCMeta):
     """Base of every component: options, capabilities and per-module optimisation hints.
 
     ``provides``/``requires`` are capability names checked at build time, so an incompatible
@@ -223,8 +224,9 @@ class Encoder(Component):
     counterparts: ClassVar[dict[str, str]] = {}
     output_shape: Shape
 
-    def forward(self, x: Tensor, state: Pass | None = None) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def forward(self, x: Tensor, state: Pass | None = None) -> Tensor:
+        """Features of the batch, (B, *output_shape)."""
 
 
 class LatentTransform(Component):
@@ -237,11 +239,13 @@ class LatentTransform(Component):
     layout: LatentLayout
     output_shape: Shape
 
-    def posterior(self, features: Tensor, state: Pass | None = None) -> Gaussian:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def posterior(self, features: Tensor, state: Pass | None = None) -> Gaussian:
+        """q(z|x) from the encoder's features, a Gaussian of shape (B, *layout.shape)."""
 
-    def generate(self, z: Tensor, state: Pass | None = None) -> Tensor:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def generate(self, z: Tensor, state: Pass | None = None) -> Tensor:
+        """u, the decoder's input (B, *output_shape), from z."""
 
     def generation_modules(self) -> list[nn.Module]:
         """The submodules used by ``generate`` (for the generator-side parameter count)."""
@@ -265,8 +269,9 @@ class Decoder(Component):
             raise self.fail(f"cannot upsample {h_in}x{w_in} to the image size {h}x{w} by factors of 2")
         return c_in, ups
 
-    def forward(self, u: Tensor, state: Pass | None = None) -> Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def forward(self, u: Tensor, state: Pass | None = None) -> Tensor:
+        """Image logits (B, C, H, W) from u."""
 
 
 class Prior(Component):
@@ -278,9 +283,9 @@ class Prior(Component):
         super().__init__(options, ctx)
         self.layout = ctx.layout
 
-    def forward(self, state: Pass) -> Gaussian:  # pragma: no cover - abstract
+    @abc.abstractmethod
+    def forward(self, state: Pass) -> Gaussian:
         """The prior for this pass's posterior (may depend on it: an M-network prior does)."""
-        raise NotImplementedError
 
     def sample(self, n: int, model: GenerativeModel, device: torch.device | str,
                fixed: Tensor | None = None, fixed_groups: int = 0) -> Tensor:
@@ -323,5 +328,6 @@ class Loss(Component):
         """Modules this loss trains itself, by phase name (never ``model``)."""
         return {}
 
-    def forward(self, state: Pass, phase: str) -> dict[str, Tensor]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def forward(self, state: Pass, phase: str) -> dict[str, Tensor]:
+        """Named, weighted terms of ``phase`` (summed by the trainer)."""

@@ -314,7 +314,7 @@ class Trainer:
         record = {
             "step": self.step,
             "epoch": self.epoch,
-            "lr": self.phases[0].optimizer.param_groups[0]["lr"],
+            "lr": self.config.lr * lr_factor(self.config, self.epoch),  # the model phase's base rate
             **{k: round(v, 6) for k, v in values.items()},
             "images_per_s": round(images_per_s, 1),
         }
