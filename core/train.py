@@ -89,16 +89,21 @@ def is_frozen(name: str, config: TrainConfig) -> bool:
     return False
 
 
-def apply_freeze(model: GenerativeModel, config: TrainConfig) -> None:
-    """Frozen parameters get no gradient; frozen modules run in eval mode (BN statistics stay)."""
+def apply_freeze(model: GenerativeModel, config: TrainConfig, grads: bool = True) -> list[nn.Parameter]:
+    """Frozen parameters get no gradient; frozen modules run in eval mode (BN statistics stay).
+
+    Returns the parameters it switched off, so the caller can switch them back on afterwards."""
+    switched: list[nn.Parameter] = []
     if not (config.freeze or config.train_only):
-        return
-    for name, p in model.named_parameters():
-        if is_frozen(name, config):
+        return switched
+    for name, p in model.named_parameters() if grads else ():
+        if is_frozen(name, config) and p.requires_grad:
             p.requires_grad_(False)
+            switched.append(p)
     for name, module in model.named_modules():
         if name and is_frozen(name, config):
             module.eval()
+    return switched
 
 
 def build_phases(model: GenerativeModel, config: TrainConfig, device: torch.device) -> list[Phase]:
@@ -269,7 +274,7 @@ class Trainer:
         total = self.total_steps()
         last: dict[str, float] = {}
         self.model.train()
-        apply_freeze(self.model, self.config)
+        frozen = apply_freeze(self.model, self.config)
         tick, tick_step = time.perf_counter(), self.step
         try:
             while self.step < total and self.epoch < self.config.epochs:
@@ -293,6 +298,9 @@ class Trainer:
         except KeyboardInterrupt:
             self.save_checkpoint()
             raise
+        finally:  # the model leaves training as it came: a later run may train other parts
+            for p in frozen:
+                p.requires_grad_(True)
         if self.batch_in_epoch:  # stopped mid-epoch: still leave a grid of where training got to
             self.save_samples(self.epoch + 1, name=f"step-{self.step:08d}")
         self.save_checkpoint()
@@ -340,7 +348,7 @@ class Trainer:
             torch.manual_seed(SAMPLE_SEED)
             images = self.model.sample(n, self.device)
         self.model.train(was_training)
-        apply_freeze(self.model, self.config)
+        apply_freeze(self.model, self.config, grads=False)  # frozen modules back to eval mode
         path = self.folder / "samples" / f"{name or f'epoch-{epoch:04d}'}.png"
         save_grid(images.float().cpu(), path)
         return path

@@ -152,3 +152,15 @@ def test_cuda_amp_training(tmp_path, tiny_spec, tiny_data):
     t = Trainer(model, tmp_path, tiny_data, spec.train, torch.device("cuda"))
     metrics = t.fit()
     assert metrics["step"] == 6 and next(model.parameters()).is_cuda
+
+
+def test_freezing_is_undone_after_the_run(tmp_path, tiny_spec, tiny_data):
+    t = make_trainer(tiny_spec, tmp_path / "m", tiny_data, max_steps=2, train_only=["decoder"])
+    t.fit()
+    assert all(p.requires_grad for p in t.model.parameters())
+    # a second run on the same model, training the encoder only, really moves the encoder
+    spec2 = t.model.spec.with_train(batch_size=8, max_steps=2, train_only=["encoder"])
+    before = {k: v.clone() for k, v in t.model.state_dict().items() if k.startswith("encoder.")}
+    Trainer(t.model, tmp_path / "m2", tiny_data, spec2.train, torch.device("cpu")).fit()
+    after = t.model.state_dict()
+    assert not all(torch.equal(before[k], after[k]) for k in before)
