@@ -142,10 +142,18 @@ def single_thread():
 
 
 def _one_thread(func):
+    """Run a check on one thread; a crash inside the model becomes an AssertionError naming the component."""
+
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         with single_thread():
-            return func(*args, **kwargs)
+            try:
+                return func(*args, **kwargs)
+            except (RuntimeError, ValueError, IndexError, KeyError, TypeError) as exc:
+                kind = kwargs.get("kind", args[0] if args else "?")
+                name = kwargs.get("name", args[1] if len(args) > 1 else "?")
+                first = (str(exc).strip().splitlines() or [""])[0]
+                raise _fail(f"{_label(kind, name)}: {func.__name__} crashed: {type(exc).__name__}: {first}") from exc
 
     return wrapper
 
@@ -704,7 +712,10 @@ def check_serialisation(
         if extra:
             raise _fail(f"{label}: save_model left extra files in the model folder: {extra}")
         try:
-            loaded = load_model(folder, registry=registry)
+            # a different seed than the build's: state kept outside the state_dict cannot match by luck,
+            # and the caller's RNG stream is left as it was
+            with _rng(seed + 7919):
+                loaded = load_model(folder, registry=registry)
         except GenvaeError as exc:
             raise _fail(f"{label}: load_model fails on a folder save_model wrote: {exc}") from exc
         if load_spec(folder) != model.resolved_spec():
