@@ -115,15 +115,31 @@ class GenerativeModel(nn.Module):
 
 
 def _phase_order(losses: Iterable[Loss]) -> list[str]:
-    before: list[str] = []
-    after: list[str] = []
+    """Merge every loss's ``phase_order`` into one order, whatever order the losses are listed in.
+
+    Each ``phase_order`` is a chain of constraints; a phase a loss does not place runs after the
+    model phase. Ties keep the order of first appearance.
+    """
+    nodes: list[str] = [MODEL_PHASE]
+    edges: set[tuple[str, str]] = set()
+    used = {MODEL_PHASE}
     for loss in losses:
-        order = getattr(loss, "phase_order", None) or ()
-        for phase in loss.phases:
-            if phase == MODEL_PHASE or phase in before or phase in after:
-                continue
-            (before if phase in order and order.index(phase) < order.index(MODEL_PHASE) else after).append(phase)
-    return [*before, MODEL_PHASE, *after]
+        order = tuple(getattr(loss, "phase_order", None) or ())
+        used.update(loss.phases)
+        for phase in (*order, *loss.phases):
+            if phase not in nodes:
+                nodes.append(phase)
+        edges.update(zip(order, order[1:], strict=False))
+        edges.update((MODEL_PHASE, p) for p in loss.phases if p not in order and p != MODEL_PHASE)
+    result: list[str] = []
+    pending = list(nodes)
+    while pending:
+        ready = next((p for p in pending if not any(b == p and a in pending for a, b in edges)), None)
+        if ready is None:
+            raise BuildError(f"the losses' phase orders contradict each other among phases {', '.join(pending)}")
+        pending.remove(ready)
+        result.append(ready)
+    return [p for p in result if p in used]
 
 
 # -- building ------------------------------------------------------------------------------------

@@ -318,3 +318,17 @@ def test_resolved_spec_makes_every_option_explicit():
     assert resolved.encoder.options == {"hidden": [16], "activation": "relu", "batch_norm": False}
     assert resolved.losses[1].name == "kl" and "group_weights" in resolved.losses[1].options
     assert build_model(resolved).resolved_spec() == resolved
+
+
+def test_phase_order_does_not_depend_on_the_order_of_losses():
+    import attrs
+
+    from genvae.core.compose import preset_spec
+    from genvae.core.model import build_model
+
+    spec = preset_spec("crvae-gan-small")
+    assert [s.name for s in spec.losses][-2:] == ["adv", "mi"]
+    swapped = attrs.evolve(spec, losses=(*spec.losses[:-2], spec.losses[-1], spec.losses[-2]))
+    a, b = build_model(spec, check=False), build_model(swapped, check=False)
+    assert list(b.losses)[-2:] == ["mi", "adv"]
+    assert a.phases == b.phases == ["discriminator", "mi", "model"]
