@@ -20,6 +20,20 @@ def activation(name: str, slope: float = 0.2) -> nn.Module:
     raise ValueError(f"unknown activation '{name}'; known: {', '.join(ACTIVATIONS)}")
 
 
+def mlp(sizes: list[int], act: str, batch_norm: bool = False, last_activation: bool = True) -> nn.Sequential:
+    """Linear layers through ``sizes``, each followed by [batch norm and] ``act``; with
+    ``last_activation=False`` the last Linear is left bare (an output layer)."""
+    layers: list[nn.Module] = []
+    pairs = list(zip(sizes[:-1], sizes[1:], strict=True))
+    for n, (i, o) in enumerate(pairs):
+        layers.append(nn.Linear(i, o))
+        if last_activation or n < len(pairs) - 1:
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(o))
+            layers.append(activation(act))
+    return nn.Sequential(*layers)
+
+
 def describe_shape(shape) -> str:
     return "[" + ", ".join(str(s) for s in shape) + "]"
 

@@ -13,18 +13,8 @@ from torch import nn
 
 from genvae.core.components import BuildContext, Decoder, Encoder, Gaussian, LatentLayout, LatentTransform
 from genvae.core.hookspecs import hookimpl
-from genvae.core.layers import ACTIVATIONS, activation, describe_shape
+from genvae.core.layers import ACTIVATIONS, activation, describe_shape, mlp
 from genvae.core.options import int_tuple, one_of, option, positive_int, to_bool, to_int
-
-
-def _mlp(sizes: list[int], act: str, batch_norm: bool) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i, o in zip(sizes[:-1], sizes[1:], strict=True):
-        layers.append(nn.Linear(i, o))
-        if batch_norm:
-            layers.append(nn.BatchNorm1d(o))
-        layers.append(activation(act))
-    return nn.Sequential(*layers)
 
 
 @attrs.frozen
@@ -48,7 +38,7 @@ class FCEncoder(Encoder):
     def __init__(self, options: FCOptions, ctx: BuildContext):
         super().__init__(options, ctx)
         sizes = [math.prod(ctx.image_shape), *options.hidden]
-        self.net = _mlp(sizes, options.activation, options.batch_norm)
+        self.net = mlp(sizes, options.activation, options.batch_norm)
         self.output_shape = (options.hidden[-1],)
 
     def forward(self, x, state=None):
@@ -67,7 +57,7 @@ class FCDecoder(Decoder):
         hidden = list(reversed(options.hidden))
         self.image_shape = ctx.image_shape
         self.net = nn.Sequential(
-            _mlp([in_features, *hidden], options.activation, options.batch_norm),
+            mlp([in_features, *hidden], options.activation, options.batch_norm),
             nn.Linear(hidden[-1], math.prod(ctx.image_shape)),
         )
 

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from genvae.core.components import BuildContext, Gaussian, Prior
 from genvae.core.hookspecs import hookimpl
-from genvae.core.layers import ACTIVATIONS, activation
+from genvae.core.layers import ACTIVATIONS, mlp
 from genvae.core.options import int_tuple, one_of, option, to_bool
 from genvae.plugins.laplacian import (
     CAPABILITY,
@@ -54,23 +54,13 @@ class MNetOptions:
             raise ValueError(f"hidden must list positive widths, got {list(self.hidden)}")
 
 
-def _mlp(n_in: int, hidden: tuple[int, ...], n_out: int, act: str) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    prev = n_in
-    for width in hidden:
-        layers += [nn.Linear(prev, width), activation(act)]
-        prev = width
-    layers.append(nn.Linear(prev, n_out))
-    return nn.Sequential(*layers)
-
-
 class MNetwork(nn.Module):
     """M_k: R_k maps mu_{k+1} to the prior mean of z_k, S_k maps log sigma_{k+1}^2 to its log-variance."""
 
     def __init__(self, coarser: int, latent: int, hidden: tuple[int, ...], act: str):
         super().__init__()
-        self.R = _mlp(coarser, hidden, latent, act)
-        self.S = _mlp(coarser, hidden, latent, act)
+        self.R = mlp([coarser, *hidden, latent], act, last_activation=False)
+        self.S = mlp([coarser, *hidden, latent], act, last_activation=False)
 
     def forward(self, mean: Tensor, logvar: Tensor) -> tuple[Tensor, Tensor]:
         return self.R(mean), self.S(logvar)
