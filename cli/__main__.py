@@ -1,3 +1,3 @@
-from genvae.cli.main import main
+from genvae.cli import main
 
 main()

@@ -7,8 +7,8 @@ traceback instead. Plugins add commands through the ``genvae_register_commands``
 from __future__ import annotations
 
 import json
+import math
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,43 +21,110 @@ from genvae.core.errors import GenvaeError
 
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
+MESSAGE_LIMIT = 400  # characters of one error line; longer messages are cut
+
+
+def one_line(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    """Whitespace collapsed to one line, cut at ``limit`` characters."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def print_error(message: str) -> None:
+    """``Error: <message>`` on one line of stderr; the message is printed as text (no rich markup)."""
+    err_console.print("[bold red]Error:[/] ", end="", highlight=False, soft_wrap=True)
+    err_console.print(one_line(message), markup=False, highlight=False, soft_wrap=True, emoji=False)
 
 
 class GenvaeGroup(click.Group):
-    """A command group that turns errors into one line (``--debug`` shows the traceback)."""
+    """A command group whose every error is one line (``--debug`` shows the traceback).
+
+    Input errors exit 1, usage errors (click's) exit 2, a run stopped by SIGINT/SIGTERM exits
+    128 + the signal's number after writing its checkpoint.
+    """
 
     def invoke(self, ctx: click.Context):
+        from genvae.core.train import TrainingStopped
+
         try:
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
+        except TrainingStopped as exc:
+            err_console.print(one_line(str(exc)), markup=False, highlight=False, soft_wrap=True)
+            ctx.exit(128 + exc.signum)
         except GenvaeError as exc:
             if ctx.meta.get("genvae.debug"):
                 raise
-            err_console.print(f"[bold red]Error:[/] {exc}", highlight=False, soft_wrap=True)
+            print_error(str(exc))
             ctx.exit(1)
         except KeyboardInterrupt:
-            err_console.print("Interrupted; the last checkpoint is kept (resume with --resume).")
+            err_console.print("Interrupted; nothing was written after the last checkpoint (resume with --resume).")
             ctx.exit(130)
         except Exception as exc:  # an internal error: still one line unless --debug
             if ctx.meta.get("genvae.debug"):
                 raise
             first = (str(exc).strip().splitlines() or [""])[0]
-            err_console.print(
-                f"[bold red]Error:[/] internal error {type(exc).__name__}: {first} "
-                "(rerun with --debug for the traceback)",
-                highlight=False, soft_wrap=True,
-            )
+            print_error(f"internal error {type(exc).__name__}: {first[:200]} (rerun with --debug for the traceback)")
             ctx.exit(1)
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """click's standalone mode, but usage errors are one line too."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else (prog_name or "genvae")
+            print_error(f"{exc.format_message()} (see {where} --help)")
+            sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            print_error(exc.format_message())
+            sys.exit(exc.exit_code)
+        except (click.exceptions.Abort, KeyboardInterrupt):
+            err_console.print("Interrupted.")
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+class FiniteFloat(click.ParamType):
+    """A finite number, optionally > 0 (``--lr nan``, ``inf`` and ``0`` are refused)."""
+
+    name = "number"
+
+    def __init__(self, positive: bool = False):
+        self.positive = positive
+
+    def convert(self, value, param, ctx):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number) or (self.positive and number <= 0):
+            self.fail(f"{value!r} is not a finite number{' > 0' if self.positive else ''}", param, ctx)
+        return number
+
+
+COUNT = click.IntRange(min=1)
+MAX_SAMPLES = 10_000
+SAMPLE_BATCH = 256  # samples are drawn in batches of this many, so -n bounds only the grid's size
+SAMPLE_COUNT = click.IntRange(1, MAX_SAMPLES)
 
 
 @click.group(cls=GenvaeGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show full tracebacks.")
+@click.option("--max-memory", metavar="SIZE", help="Refuse models estimated to need more memory than this "
+              "(e.g. 16G; default: half the available memory; also GENVAE_MAX_MEMORY).")
 @click.version_option(package_name="genvae")
 @click.pass_context
-def cli(ctx: click.Context, debug: bool) -> None:
+def cli(ctx: click.Context, debug: bool, max_memory: str | None) -> None:
     """genvae: plugin-based VAE-family generative image models."""
     ctx.meta["genvae.debug"] = debug
+    if max_memory is not None:
+        from genvae.core.budget import parse_limit
+
+        parse_limit(max_memory, where="--max-memory")  # a one-line error now, not at the first model load
+        os.environ["GENVAE_MAX_MEMORY"] = max_memory
 
 
 def registry():
@@ -153,32 +220,42 @@ def print_summary(model, title: str) -> None:
 @click.option("--transform", help="Latent transform name (fc, conv, ...).")
 @click.option("--loss", "losses", help="Comma list of losses, NAME or NAME:WEIGHT; mse and kl are added if "
               "no reconstruction or divergence loss is named.")
-@click.option("--image-size", type=int, help="Square image size in pixels.")
-@click.option("--channels", type=int, help="Image channels, 1 or 3.")
+@click.option("--image-size", type=click.IntRange(1, 8192), help="Square image size in pixels.")
+@click.option("--channels", type=click.Choice(["1", "3"]), help="Image channels, 1 or 3.")
 @click.option("--set", "sets", multiple=True, metavar="KIND.OPTION=VALUE",
               help="Override an option: encoder.width=32, loss.kl.weight=0.5, train.lr=3e-4 (repeatable).")
 @click.option("-o", "--output", "folder", required=True, type=click.Path(file_okay=False),
               help="Model folder to write (config.json + model.safetensors).")
-@click.option("--force", is_flag=True, help="Overwrite an existing model folder.")
+@click.option("--force", is_flag=True, help="Replace the model in an existing genvae model folder (only files genvae "
+              "wrote there are removed; other folders are never built into).")
 def build(preset, encoder, decoder, prior, transform, losses, image_size, channels, sets, folder, force) -> None:
     """Compose a model from components, check it, and write a freshly initialised model folder."""
-    from genvae.core.checkpoint import CONFIG, save_model
+    from genvae.core.checkpoint import CONFIG, WEIGHTS, save_model
     from genvae.core.compose import compose_spec
+    from genvae.core.files import remove_orphans
+    from genvae.core.folder import ModelFolder, lock_folder
     from genvae.core.model import build_model
     from genvae.core.train import seed_everything
 
     out = Path(folder)
+    ModelFolder(out).check_can_build_into()
     if (out / CONFIG).exists() and not force:
         raise GenvaeError(f"{out} already holds a model; choose another -o folder or pass --force")
     spec = compose_spec(preset=preset, encoder=encoder, transform=transform, decoder=decoder, prior=prior,
-                        losses=losses, image_size=image_size, channels=channels, sets=sets, registry=registry())
+                        losses=losses, image_size=image_size, channels=int(channels) if channels else None,
+                        sets=sets, registry=registry())
     seed_everything(spec.train.seed)
     model = build_model(spec, registry())
-    if force and out.exists():
-        for sub in ("checkpoints", "samples"):
-            shutil.rmtree(out / sub, ignore_errors=True)
-        (out / "metrics.jsonl").unlink(missing_ok=True)
-    save_model(model, out)
+    out.mkdir(parents=True, exist_ok=True)
+    with lock_folder(out):
+        mf = ModelFolder(out)
+        mf.check_can_build_into()  # again, now that no other genvae process can change it
+        if (out / CONFIG).exists() and not force:
+            raise GenvaeError(f"{out} already holds a model; choose another -o folder or pass --force")
+        remove_orphans(out)
+        if force:
+            mf.remove_all(keep=(CONFIG, WEIGHTS))  # replaced atomically below
+        save_model(model, out)
     print_summary(model, f"built {out}" + (f" from preset '{spec.preset}'" if spec.preset else ""))
 
 
@@ -211,35 +288,42 @@ def _data_options(fn):
 @cli.command()
 @click.argument("folder", type=click.Path())
 @_data_options
-@click.option("--epochs", type=int, help="Passes over the data.")
-@click.option("--max-steps", type=int, help="Stop after this many steps in total.")
-@click.option("--batch-size", type=int, help="Images per step.")
-@click.option("--lr", type=float, help="Learning rate of the model phase.")
+@click.option("--epochs", type=COUNT, help="Passes over the data.")
+@click.option("--max-steps", type=COUNT, help="Stop after this many steps in total.")
+@click.option("--batch-size", type=COUNT, help="Images per step.")
+@click.option("--lr", type=FiniteFloat(positive=True), help="Learning rate of the model phase.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--amp", is_flag=True, default=None, help="Mixed precision (CUDA).")
-@click.option("--seed", type=int, help="Seed of every random stream.")
+@click.option("--seed", type=click.IntRange(min=0), help="Seed of every random stream.")
 @click.option("--flip/--no-flip", default=None, help="Random horizontal flips.")
-@click.option("--checkpoint-every", type=int, help="Steps between checkpoints.")
-@click.option("--log-every", type=int, help="Steps between metric lines.")
+@click.option("--checkpoint-every", type=COUNT, help="Steps between checkpoints.")
+@click.option("--log-every", type=COUNT, help="Steps between metric lines.")
 @click.option("--set", "sets", multiple=True, metavar="train.OPTION=VALUE", help="Any training option.")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint (same step, same RNG streams).")
-@click.option("--restart", is_flag=True, help="Discard checkpoints and metrics and train from model.safetensors.")
+@click.option("--restart", is_flag=True, help="Discard genvae's checkpoints, metrics and sample grids in the folder "
+              "and train on from model.safetensors (checked before anything is deleted).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(folder, data, data_root, download, epochs, max_steps, batch_size, lr, device, amp, seed, flip,
           checkpoint_every, log_every, sets, resume, restart, quiet) -> None:
-    """Train a model folder; checkpoints, metrics.jsonl and a sample grid per epoch go into it."""
-    from genvae.core.checkpoint import CHECKPOINTS, latest_checkpoint, load_model, save_model
+    """Train a model folder; checkpoints, metrics.jsonl and a sample grid per epoch go into it.
+
+    Ctrl-C or SIGTERM stops at the next step with a checkpoint (a second Ctrl-C aborts at once);
+    one process at a time may train a folder.
+    """
+    from genvae.core.checkpoint import CHECKPOINTS, METRICS, SAMPLES, latest_checkpoint, load_model, save_model
     from genvae.core.compose import apply_sets
     from genvae.core.data import load_data
+    from genvae.core.folder import ModelFolder, lock_folder
     from genvae.core.train import Trainer, resolve_device, seed_everything
 
     folder = Path(folder)
+    if resume and restart:
+        raise GenvaeError("--resume and --restart exclude each other")
     last = latest_checkpoint(folder)
     if last is not None and not (resume or restart):
         raise GenvaeError(f"{folder} has a checkpoint at {last.name}; pass --resume to continue it or --restart "
                           "to discard checkpoints and metrics")
-    if resume and restart:
-        raise GenvaeError("--resume and --restart exclude each other")
+    # Everything is validated before anything in the folder is touched.
     dev = resolve_device(device)
     model = load_model(folder, device="cpu", registry=registry())
     overrides = {k: v for k, v in dict(epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, amp=amp,
@@ -247,37 +331,47 @@ def train(folder, data, data_root, download, epochs, max_steps, batch_size, lr, 
                                        log_every=log_every).items() if v is not None}
     bad = [s for s in sets if not s.startswith("train.")]
     if bad:
-        raise GenvaeError(f"train --set '{bad[0]}': only train.OPTION=VALUE here; change a model with genvae build")
+        raise GenvaeError(f"train --set '{bad[0][:60]}': only train.OPTION=VALUE here; change a model with genvae "
+                          "build")
     spec = apply_sets(model.spec.with_train(**overrides), sets)
     model.spec = spec
     config = spec.train
-    if restart:
-        shutil.rmtree(folder / CHECKPOINTS, ignore_errors=True)
-        (folder / "metrics.jsonl").unlink(missing_ok=True)
-        shutil.rmtree(folder / "samples", ignore_errors=True)
     seed_everything(config.seed)
     images = load_data(data, image_size=spec.image_size, channels=spec.channels, split="train", root=data_root,
                        download=download, registry=registry())
     if images.skipped:
-        err_console.print(f"skipped {len(images.skipped)} unreadable file(s), e.g. {images.skipped[0]}")
+        err_console.print(f"skipped {len(images.skipped)} unreadable file(s), e.g. {images.skipped[0]}",
+                          markup=False, highlight=False)
     trainer = Trainer(model, folder, images, config, dev)
-    start = trainer.resume() if resume else 0
-    if resume and start == 0 and last is None:
-        err_console.print("no checkpoint to resume from; starting at step 0")
-    save_model(model, folder)  # records the run's training settings in config.json
-    total = trainer.total_steps()
-    console.print(f"training {folder} on {images.source} ({len(images)} images) | {dev} | step {start} -> {total}"
-                  f" | batch {trainer.batch_size} | phases: {', '.join(p.name for p in trainer.phases)}")
-    if start >= total:
-        console.print("nothing to do: the run already reached its last step (raise --max-steps or --epochs)")
-        return
+    with lock_folder(folder):
+        mf = ModelFolder(folder)
+        trainer.prepare_folder(cut_metrics_to_step=False)  # refuses symlinked outputs before anything is deleted
+        if restart:
+            mf.remove(f for f in mf.files() if f == METRICS or f.startswith((f"{CHECKPOINTS}/", f"{SAMPLES}/")))
+        start = trainer.resume() if resume else 0
+        if resume and start == 0 and last is None:
+            err_console.print("no checkpoint to resume from; starting at step 0")
+        save_model(model, folder)  # records the run's training settings in config.json
+        total = trainer.total_steps()
+        console.print(f"training {folder} on {images.source} ({len(images)} images) | {dev} | step {start} -> "
+                      f"{total} | batch {trainer.batch_size} | phases: {', '.join(p.name for p in trainer.phases)}",
+                      markup=False, highlight=False)
+        if start >= total:
+            console.print("nothing to do: the run already reached its last step (raise --max-steps or --epochs)")
+            return
+        last_metrics = _fit_with_progress(trainer, total, start, quiet)
+    console.print(f"done at step {trainer.step}: " + ", ".join(
+        f"{k} {v:.4g}" for k, v in last_metrics.items() if k not in ("step", "epoch")))
+
+
+def _fit_with_progress(trainer, total: int, start: int, quiet: bool) -> dict:
     if quiet or not console.is_terminal:
         def on_log(record):
             terms = "  ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("step", "epoch", "lr"))
             click.echo(f"step {record['step']}/{total}  {terms}")
 
         trainer.on_log = on_log
-        last_metrics = trainer.fit()
+        return trainer.fit()
     else:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -290,9 +384,7 @@ def train(folder, data, data_root, download, epochs, max_steps, batch_size, lr, 
                 progress.update(task, completed=record["step"], terms=terms)
 
             trainer.on_log = on_log
-            last_metrics = trainer.fit()
-    console.print(f"done at step {trainer.step}: " + ", ".join(
-        f"{k} {v:.4g}" for k, v in last_metrics.items() if k not in ("step", "epoch")))
+            return trainer.fit()
 
 
 # -- sample / reconstruct --------------------------------------------------------------------------
@@ -305,17 +397,24 @@ def load_for_inference(folder, device="auto", seed=0):
 
 def load_image(path, model):
     """One image file as a (1, C, H, W) tensor in [-1, 1], fitted to the model's image size and channels."""
-    from PIL import Image, UnidentifiedImageError
+    from genvae.core.data import read_image, to_model_range
 
-    from genvae.core.data import fit_image, to_model_range
-
-    try:
-        with Image.open(path) as img:
-            img.load()
-            pixels = fit_image(img, model.spec.image_size, model.spec.channels)
-    except (OSError, UnidentifiedImageError) as exc:
-        raise GenvaeError(f"cannot read image {path}: {exc}") from None
+    pixels = read_image(path, model.spec.image_size, model.spec.channels)
     return to_model_range(pixels.unsqueeze(0)).to(model.device)
+
+
+def check_json_output(path: Path) -> None:
+    """A JSON report may replace only a JSON file genvae wrote (it carries ``genvae_version``)."""
+    from genvae.core.files import check_writable_file
+
+    check_writable_file(path)
+    if path.exists():
+        try:
+            ours = path.stat().st_size < 1 << 20 and "genvae_version" in json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, OSError, TypeError):
+            ours = False
+        if not ours:
+            raise GenvaeError(f"{path} exists and was not written by genvae; remove it or choose another path")
 
 
 def _load_for_inference(folder, device, seed):
@@ -331,11 +430,12 @@ def _load_for_inference(folder, device, seed):
 
 @cli.command()
 @click.argument("folder", type=click.Path())
-@click.option("-n", "count", default=64, show_default=True, help="Number of samples.")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG grid to write.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("-n", "count", default=64, show_default=True, type=SAMPLE_COUNT, help="Number of samples.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Image grid to write; the extension picks the format (png, jpg, webp, bmp, tif).")
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--device", default="auto", show_default=True)
-@click.option("--nrow", type=int, help="Images per row (default: square grid).")
+@click.option("--nrow", type=COUNT, help="Images per row (default: square grid).")
 @click.option("--from", "source", type=click.Path(dir_okay=False, exists=True),
               help="An image whose coarse latent groups are kept (with --fix-levels).")
 @click.option("--fix-levels", "--fix-groups", "fix", multiple=True, type=int,
@@ -345,16 +445,19 @@ def sample(folder, count, output, seed, device, nrow, source, fix) -> None:
     """Draw samples from the prior and write them as a grid."""
     import torch
 
-    from genvae.core.data import save_grid
+    from genvae.core.data import check_image_output, save_grid
 
-    if count <= 0:
-        raise GenvaeError(f"-n must be positive, got {count}")
     if bool(source) != bool(fix):
         raise GenvaeError("--from IMAGE and --fix-levels K go together")
+    out = Path(output)
+    for k in fix if len(fix) > 1 else ():
+        check_image_output(out.with_name(f"{out.stem}-fix{k}{out.suffix}"))
+    check_image_output(out)
     model, dev = _load_for_inference(folder, device, seed)
     if not fix:
-        images = model.sample(count, dev)
-        save_grid(images.float().cpu(), output, nrow=nrow)
+        images = torch.cat([model.sample(min(SAMPLE_BATCH, count - i), dev).float().cpu()
+                            for i in range(0, count, SAMPLE_BATCH)])
+        save_grid(images, output, nrow=nrow)
         console.print(f"wrote {count} samples to {output}")
         return
     layout = model.layout
@@ -365,7 +468,6 @@ def sample(folder, count, output, seed, device, nrow, source, fix) -> None:
     x = load_image(source, model)
     with torch.no_grad():
         fixed = model.encode(x).mean
-        out = Path(output)
         for k in fix:
             z = model.prior.sample(count, model, dev, fixed=fixed, fixed_groups=k)
             images = torch.cat([x, model.generate(z)[1]])
@@ -381,8 +483,8 @@ def sample(folder, count, output, seed, device, nrow, source, fix) -> None:
 @click.option("--metric", type=click.Choice(["rmse"]), default="rmse", show_default=True,
               help="rmse: per-image root mean squared reconstruction error on the 0-255 scale (LapCVAE's table).")
 @click.option("--split", default="test", show_default=True, help="Dataset split (named datasets).")
-@click.option("--limit", type=int, help="Evaluate only the first N images.")
-@click.option("--batch-size", default=256, show_default=True)
+@click.option("--limit", type=COUNT, help="Evaluate only the first N images.")
+@click.option("--batch-size", default=256, show_default=True, type=COUNT)
 @click.option("--device", default="auto", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the result as JSON here too.")
 def evaluate(folder, data, data_root, download, metric, split, limit, batch_size, device, output) -> None:
@@ -392,6 +494,8 @@ def evaluate(folder, data, data_root, download, metric, split, limit, batch_size
     from genvae.core.checkpoint import write_json
     from genvae.core.data import load_data, to_model_range
 
+    if output:
+        check_json_output(Path(output))
     model, dev = _load_for_inference(folder, device, 0)
     spec = model.spec
     images = load_data(data, image_size=spec.image_size, channels=spec.channels, split=split, root=data_root,
@@ -404,8 +508,10 @@ def evaluate(folder, data, data_root, download, metric, split, limit, batch_size
             x_hat = model.reconstruct(x)
             per_image.append(((x_hat - x) * 127.5).pow(2).flatten(1).mean(1).sqrt().cpu())
     values = torch.cat(per_image).double()
-    result = {"metric": metric, "model": str(folder), "data": images.source, "split": split,
-              "images": len(values), "mean": values.mean().item(), "std": values.std().item()}
+    from genvae.core import __version__
+
+    result = {"genvae_version": __version__, "metric": metric, "model": str(folder), "data": images.source,
+              "split": split, "images": len(values), "mean": values.mean().item(), "std": values.std().item()}
     if output:
         write_json(Path(output), result)
     click.echo(json.dumps(result))
@@ -414,17 +520,19 @@ def evaluate(folder, data, data_root, download, metric, split, limit, batch_size
 @cli.command()
 @click.argument("folder", type=click.Path())
 @_data_options
-@click.option("-n", "count", default=32, show_default=True, help="Number of images.")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG grid to write.")
+@click.option("-n", "count", default=32, show_default=True, type=click.IntRange(1, 1024), help="Number of images.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Image grid to write; the extension picks the format (png, jpg, webp, bmp, tif).")
 @click.option("--split", default="test", show_default=True, help="Dataset split (named datasets).")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
 @click.option("--device", default="auto", show_default=True)
 def reconstruct(folder, data, data_root, download, count, output, split, seed, device) -> None:
     """Reconstruct images (posterior mean): rows alternate originals and reconstructions."""
     import torch
 
-    from genvae.core.data import load_data, save_grid, to_model_range
+    from genvae.core.data import check_image_output, load_data, save_grid, to_model_range
 
+    check_image_output(Path(output))
     model, dev = _load_for_inference(folder, device, seed)
     spec = model.spec
     images = load_data(data, image_size=spec.image_size, channels=spec.channels, split=split, root=data_root,

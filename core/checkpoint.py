@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from genvae.core.errors import CheckpointError, GenvaeError
+from genvae.core.files import atomic_write, atomic_write_text, make_temp_dir
+from genvae.core.folder import ModelFolder
 from genvae.core.spec import ModelSpec
 
 CONFIG = "config.json"
@@ -34,24 +35,26 @@ WEIGHTS = "model.safetensors"
 OPTIMIZER = "optimizer.safetensors"
 TRAINER = "trainer.json"
 CHECKPOINTS = "checkpoints"
+METRICS = "metrics.jsonl"
+SAMPLES = "samples"
+MAX_JSON_BYTES = 4 << 20  # config.json and trainer.json are a few KB; refuse anything absurd before parsing
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename the result onto ``path`` (same folder, so the rename is atomic)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+class DivergedError(GenvaeError):
+    """Weights or losses are not finite: nothing is written, the last finite checkpoint stays."""
+
+
+def nonfinite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of floating-point tensors holding NaN or +-inf (one reduction per tensor, one host read)."""
+    names = [k for k, v in tensors.items() if torch.is_tensor(v) and v.is_floating_point() and v.numel()]
+    if not names:
+        return []
+    flags = torch.stack([torch.isfinite(tensors[k]).all().to("cpu") for k in names])
+    return [k for k, ok in zip(names, flags.tolist(), strict=True) if not ok]
 
 
 def write_json(path: Path, data: Any) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
@@ -59,14 +62,28 @@ def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[s
     atomic_write(path, lambda tmp: save_file(plain, str(tmp), metadata=metadata))
 
 
-def read_json(path: Path) -> Any:
+def read_json(path: Path, max_bytes: int = MAX_JSON_BYTES) -> Any:
+    """A JSON file genvae wrote; refuses a missing, non-regular, oversized or malformed one in one line."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path} is missing")
     try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path} is not valid JSON ({exc.__class__.__name__}: {exc})") from None
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path} cannot be read ({exc.strerror})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise CheckpointError(f"{path} is not a regular file")
+    if st.st_size > max_bytes:
+        raise CheckpointError(f"{path} is {st.st_size:,} bytes; genvae's JSON files are at most {max_bytes:,} bytes")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        raise CheckpointError(f"{path} is not valid JSON ({exc.__class__.__name__}: {reason})") from None
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def read_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
@@ -87,17 +104,23 @@ def save_model(model, folder: str | Path) -> None:
     from genvae.core import __version__
 
     folder = Path(folder)
+    state = model.state_dict()
+    bad = nonfinite_tensors(state)
+    if bad:
+        raise DivergedError(f"not saving {folder / WEIGHTS}: {len(bad)} weight tensor(s) hold NaN or inf "
+                            f"(first: {bad[0]}); the file on disk is left as it was")
     folder.mkdir(parents=True, exist_ok=True)
     config = {"genvae_version": __version__, **model.resolved_spec().to_dict()}
+    ModelFolder(folder).record(CONFIG, WEIGHTS)
     write_json(folder / CONFIG, config)
-    write_tensors(folder / WEIGHTS, model.state_dict(), {"format": "pt"})
+    write_tensors(folder / WEIGHTS, state, {"format": "pt"})
 
 
 def load_spec(folder: str | Path) -> ModelSpec:
     folder = Path(folder)
     if not folder.is_dir():
         raise CheckpointError(f"model folder {folder} does not exist; create one with genvae build -o {folder}")
-    data = read_json(folder / CONFIG)
+    data = read_json(folder / CONFIG, max_bytes=1 << 20)
     if not isinstance(data, dict):
         raise CheckpointError(f"{folder / CONFIG} does not hold a model spec")
     data.pop("genvae_version", None)
@@ -173,23 +196,43 @@ def latest_checkpoint(folder: str | Path) -> Path | None:
 
 
 def write_checkpoint(folder: Path, step: int, model_state: dict, optim_tensors: dict, trainer: dict, keep: int) -> Path:
-    """Write ``checkpoints/step-N`` completely under a temporary name, then rename it into place."""
-    root = Path(folder) / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step:08d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".step-{step:08d}.", dir=root))
+    """Write ``checkpoints/step-N`` completely under a temporary name, then rename it into place.
+
+    Non-finite weights or optimiser state are refused (:class:`DivergedError`) before anything is
+    written, so rotation can never replace a good checkpoint with a diverged one. Rotation removes
+    only the files genvae wrote in the old checkpoints.
+    """
+    bad = nonfinite_tensors({**model_state, **optim_tensors})
+    if bad:
+        raise DivergedError(f"not writing a checkpoint at step {step}: {len(bad)} tensor(s) hold NaN or inf "
+                            f"(first: {bad[0]})")
+    mf = ModelFolder(folder)
+    root = mf.subdir(CHECKPOINTS)
+    name = f"step-{step:08d}"
+    final = root / name
+    files = [f"{CHECKPOINTS}/{name}/{f}" for f in (WEIGHTS, OPTIMIZER, TRAINER)]
+    if final.exists() and any(p.name not in (WEIGHTS, OPTIMIZER, TRAINER) for p in final.iterdir()):
+        raise GenvaeError(f"{final} holds files genvae did not write; move them away")
+    mf.record(*files)
+    tmp = make_temp_dir(final)
     try:
         write_tensors(tmp / WEIGHTS, model_state, {"format": "pt"})
         write_tensors(tmp / OPTIMIZER, optim_tensors)
         write_json(tmp / TRAINER, trainer)
         if final.exists():
-            shutil.rmtree(final)
+            mf.remove_under(f"{CHECKPOINTS}/{name}")
+            mf.record(*files)
+            if final.exists():
+                final.rmdir()
         os.replace(tmp, final)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for child in tmp.iterdir() if tmp.exists() else ():
+            child.unlink(missing_ok=True)
+        if tmp.exists():
+            tmp.rmdir()
         raise
     for old in checkpoint_dirs(folder)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        mf.remove_under(f"{CHECKPOINTS}/{old.name}")
     return final
 
 

@@ -14,7 +14,7 @@ import hashlib
 import io
 import math
 import os
-import tempfile
+import stat
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from genvae.core.errors import DataError
+from genvae.core.files import atomic_write, check_writable_file
 
 DEFAULT_DATASET = "shapes"
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -123,15 +124,53 @@ def fit_image(img: Image.Image, image_size: int, channels: int) -> torch.Tensor:
     return torch.from_numpy(arr.copy())  # copy: PIL's buffer is read-only, and (C, H, W) contiguous
 
 
+class NotRegularFileError(OSError):
+    """A path that names a FIFO, device, socket or folder where an image file was expected."""
+
+
+NOT_REGULAR = "not a regular file"
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def _not_regular(mode: int) -> str:
+    return f"{NOT_REGULAR} ({_kind(mode)})"
+
+
 def _reason(exc: BaseException) -> str:
+    if isinstance(exc, NotRegularFileError):
+        return str(exc)
     lines = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
-def _open_and_fit(source: Any, image_size: int, channels: int) -> torch.Tensor:
-    """Decode one file (path, bytes or file object) and fit it."""
-    if isinstance(source, bytes | bytearray | memoryview):
-        source = io.BytesIO(source)
+def open_regular(path: str | os.PathLike) -> io.BufferedReader:
+    """Open ``path`` for binary reading only if it is a regular file (a symlink to one is fine).
+
+    The open is non-blocking, so a FIFO or a device put where an image was expected (even swapped
+    in after a folder was listed) is refused at once instead of hanging; the check is made on the
+    opened descriptor (``fstat``), so nothing can be swapped in between the check and the read.
+    Raises :class:`NotRegularFileError` (an ``OSError``) for anything but a regular file.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFileError(_not_regular(st.st_mode))
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _decode_and_fit(source: Any, image_size: int, channels: int) -> torch.Tensor:
     with Image.open(source) as img:
         img.draft(None, (image_size, image_size))  # JPEG: decode at a reduced scale >= the target
         orientation = img.getexif().get(0x0112, 1)
@@ -140,6 +179,36 @@ def _open_and_fit(source: Any, image_size: int, channels: int) -> torch.Tensor:
 
             img = ImageOps.exif_transpose(img)
         return fit_image(img, image_size, channels)
+
+
+def _open_and_fit(source: Any, image_size: int, channels: int) -> torch.Tensor:
+    """Decode one file (path, bytes or file object) and fit it; paths are opened with ``open_regular``."""
+    if isinstance(source, bytes | bytearray | memoryview):
+        source = io.BytesIO(source)
+    if not isinstance(source, str | os.PathLike):
+        return _decode_and_fit(source, image_size, channels)
+    from PIL import UnidentifiedImageError
+
+    with open_regular(source) as f:
+        try:
+            return _decode_and_fit(f, image_size, channels)
+        except UnidentifiedImageError:  # PIL names the file object; name the path as it would have
+            raise UnidentifiedImageError(f"cannot identify image file {os.fspath(source)!r}") from None
+
+
+def read_image(path: str | os.PathLike, image_size: int, channels: int) -> torch.Tensor:
+    """One image file -> uint8 tensor (channels, image_size, image_size), fitted like training data.
+
+    Only a regular file is read (a FIFO or device is refused at once, never waited on). Raises
+    :class:`DataError` with one line, ``cannot read image PATH: REASON``.
+    """
+    _check_target(image_size, channels)
+    try:
+        return _open_and_fit(path, image_size, channels)
+    except MemoryError:
+        raise
+    except Exception as exc:  # PIL raises many types for broken files: all mean "unreadable"
+        raise DataError(f"cannot read image {os.fspath(path)}: {_reason(exc)}") from None
 
 
 def decode_images(
@@ -247,14 +316,88 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return ((x.detach().float().clamp(-1.0, 1.0) + 1.0) * 127.5).round_().to(torch.uint8)
 
 
-def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None) -> None:
-    """Write images in [-1, 1] (N, C, H, W) as one PNG grid, atomically; nrow defaults to ~sqrt(N).
+# Output formats by extension: (PIL format, save options). The ``Software`` tag marks the file as
+# genvae's (PNG: a tEXt chunk; JPEG, WebP, TIFF: EXIF tag 0x0131; BMP, which has no metadata: the
+# header's reserved bytes, which BMP leaves to the writing application).
+OUTPUT_FORMATS: dict[str, tuple[str, dict[str, Any]]] = {
+    ".png": ("PNG", {}),
+    ".jpg": ("JPEG", {"quality": 95}),
+    ".jpeg": ("JPEG", {"quality": 95}),
+    ".webp": ("WEBP", {"quality": 95}),
+    ".bmp": ("BMP", {}),
+    ".tif": ("TIFF", {}),
+    ".tiff": ("TIFF", {}),
+}
+SOFTWARE = "genvae"
+_EXIF_SOFTWARE = 0x0131
+_BMP_MARK_OFFSET = 6
+_BMP_MARK = b"gvae"
 
-    The PNG is written to a temporary file in the same folder and renamed over ``path``, so a
-    reader (or a crash) never sees half a file.
+
+def _output_format(path: str | os.PathLike) -> str:
+    """The PIL format ``path``'s extension names; DataError (one line) for any other or none."""
+    ext = os.path.splitext(os.fspath(path))[1].lower()
+    if ext not in OUTPUT_FORMATS:
+        accepted = ", ".join(e.lstrip(".") for e in OUTPUT_FORMATS)
+        what = f"extension '{ext}' is not an image format genvae writes" if ext else "no file extension"
+        raise DataError(f"cannot write image {os.fspath(path)}: {what}; use one of {accepted}")
+    return OUTPUT_FORMATS[ext][0]
+
+
+def written_by_genvae(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a regular file carrying genvae's mark (written by ``save_grid``).
+
+    False for anything else: a missing, unreadable or foreign file, a FIFO or device (never
+    waited on).
+    """
+    try:
+        with open_regular(path) as f:
+            head = f.read(_BMP_MARK_OFFSET + len(_BMP_MARK))
+            if head[:2] == b"BM":
+                return head[_BMP_MARK_OFFSET:] == _BMP_MARK
+            f.seek(0)
+            with Image.open(f) as img:
+                if img.format == "PNG":
+                    return getattr(img, "text", {}).get("Software") == SOFTWARE
+                return img.getexif().get(_EXIF_SOFTWARE) == SOFTWARE
+    except MemoryError:
+        raise
+    except Exception:
+        return False
+
+
+def _check_not_foreign(path: str | os.PathLike) -> None:
+    if os.path.lexists(path) and not written_by_genvae(path):
+        raise DataError(f"{os.fspath(path)} exists and was not written by genvae; remove it or choose "
+                        "another path")
+
+
+def check_image_output(path: str | os.PathLike) -> None:
+    """Refuse, before any work, a path ``save_grid`` would refuse.
+
+    The extension must name a format genvae writes (png, jpg/jpeg, webp, bmp, tif/tiff); the
+    destination must be absent or a regular file (not a symlink: ``UnsafePathError``), and an
+    existing file must be one genvae wrote (a user's file is never overwritten: ``DataError``).
+    """
+    _output_format(path)
+    check_writable_file(path)
+    _check_not_foreign(path)
+
+
+def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None) -> None:
+    """Write images in [-1, 1] (N, C, H, W) as one grid image, atomically; nrow defaults to ~sqrt(N).
+
+    The format follows the extension (see ``OUTPUT_FORMATS``; JPEG at quality 95) and the file is
+    marked as genvae's. ``path`` is checked first (``check_image_output``): an unknown extension,
+    a symlink or a file genvae did not write is refused before any work; genvae's own outputs are
+    replaced. The image is written to a temporary file in the same folder and renamed over
+    ``path`` (``genvae.core.files.atomic_write``), so a reader (or a crash) never sees half a file.
     """
     from torchvision.utils import make_grid
 
+    check_image_output(path)
+    fmt = _output_format(path)
+    options = dict(OUTPUT_FORMATS[os.path.splitext(os.fspath(path))[1].lower()][1])
     if images.dim() == 3:
         images = images.unsqueeze(0)
     n, c = images.shape[:2]
@@ -264,18 +407,26 @@ def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = 
     grid = make_grid(to_uint8(images.cpu()), nrow=nrow, padding=2, pad_value=0)
     arr = grid.permute(1, 2, 0).numpy()
     pil = Image.fromarray(np.ascontiguousarray(arr[:, :, 0] if c == 1 else arr), "L" if c == 1 else "RGB")
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".png")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pil.save(f, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    if fmt == "PNG":
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        info.add_text("Software", SOFTWARE)
+        options["pnginfo"] = info
+    elif fmt != "BMP":
+        exif = Image.Exif()
+        exif[_EXIF_SOFTWARE] = SOFTWARE
+        options["exif"] = exif
+
+    def write(tmp) -> None:
+        pil.save(tmp, format=fmt, **options)
+        if fmt == "BMP":
+            with open(tmp, "r+b") as f:
+                f.seek(_BMP_MARK_OFFSET)
+                f.write(_BMP_MARK)
+        _check_not_foreign(path)  # nothing of the user's appeared there while this was written
+
+    atomic_write(path, write)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,18 +440,36 @@ def clear_cache() -> None:
     _CACHE.clear()
 
 
-def _image_files(folder: str) -> list[str]:
-    """Image files under folder, recursive, sorted by path parts; hidden files and folders skipped."""
+def _image_files(folder: str) -> tuple[list[str], list[tuple[str, str]]]:
+    """Image files under folder, recursive, sorted by path parts; hidden files and folders skipped.
+
+    Returns ``(paths, rejected)``: ``paths`` are regular files (or symlinks to regular files);
+    ``rejected`` holds ``(path, reason)`` for every other entry with an image extension (a FIFO,
+    device, socket, folder or broken link), which is reported as skipped, never opened. A folder
+    with an image extension is still searched (its files are listed as usual).
+    """
     found: list[tuple[tuple[str, ...], str]] = []
+    rejected: list[tuple[tuple[str, ...], str, str]] = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # .git, .ipynb_checkpoints ...
         rel = os.path.relpath(dirpath, folder)
         parts = () if rel == os.curdir else tuple(rel.split(os.sep))
-        for name in filenames:
-            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
-                found.append(((*parts, name), os.path.join(dirpath, name)))
+        for name in (*filenames, *dirnames):
+            if name.startswith(".") or not name.lower().endswith(IMAGE_EXTENSIONS):
+                continue
+            path = os.path.join(dirpath, name)
+            try:
+                mode = os.stat(path).st_mode  # follows symlinks; never opens (a FIFO cannot block)
+            except OSError as exc:
+                rejected.append(((*parts, name), path, _reason(exc)))
+                continue
+            if stat.S_ISREG(mode):
+                found.append(((*parts, name), path))
+            else:
+                rejected.append(((*parts, name), path, _not_regular(mode)))
     found.sort()
-    return [path for _, path in found]
+    rejected.sort()
+    return [path for _, path in found], [(path, reason) for _, path, reason in rejected]
 
 
 def _signature(paths: list[str]) -> str:
@@ -316,24 +485,25 @@ def _signature(paths: list[str]) -> str:
 
 
 def _load_folder(folder: str, image_size: int, channels: int) -> ImageData:
-    paths = _image_files(folder)
-    key = ("folder", folder, _signature(paths), image_size, channels)
+    paths, rejected = _image_files(folder)
+    key = ("folder", folder, _signature(paths), tuple(rejected), image_size, channels)
     if key in _CACHE:
         return _CACHE[key]
     exts = ", ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
-    if not paths:
+    if not paths and not rejected:
         raise DataError(f"no image files in folder '{folder}' (looked recursively for {exts})")
     images, failures = decode_images(paths, image_size, channels)
-    skipped = [paths[i] for i, _ in failures]
+    failed = sorted([*rejected, *((paths[i], reason) for i, reason in failures)])
+    skipped = [path for path, _ in failed]
     if not len(images):
         raise DataError(
-            f"no readable image in folder '{folder}': all {len(paths)} files failed "
-            f"(first: {skipped[0]}: {failures[0][1]}); accepted: {exts}"
+            f"no readable image in folder '{folder}': all {len(failed)} files failed "
+            f"(first: {skipped[0]}: {failed[0][1]}); accepted: {exts}"
         )
-    if failures:
+    if failed:
         warnings.warn(
-            f"skipped {len(failures)} unreadable image file(s) in '{folder}', first: {skipped[0]} "
-            f"({failures[0][1]})",
+            f"skipped {len(failed)} unreadable image file(s) in '{folder}', first: {skipped[0]} "
+            f"({failed[0][1]})",
             stacklevel=3,
         )
     data = ImageData(images, f"folder {folder} ({len(images)} images)", skipped)

@@ -4,6 +4,80 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
+from typing import Any
+
+ELLIPSIS = "..."
+
+
+def shorten(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` (a str too: quoted, newlines escaped), cut to ``limit`` chars ending in ``...``.
+
+    Use it wherever a message echoes something the user supplied (an option value, an unknown name
+    or key), so that a huge or multi-line value cannot flood the one-line error.
+    """
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 1000:
+        text = f"<an integer of about {int(value.bit_length() * 0.30103)} digits>"  # repr() refuses > 4300 digits
+    else:
+        try:
+            text = repr(value)
+        except Exception:  # a broken __repr__ must not hide the real error
+            text = f"<{type(value).__name__}>"
+    text = " ".join(text.split())
+    limit = max(limit, len(ELLIPSIS) + 1)
+    if len(text) <= limit:
+        return text
+    return text[: limit - len(ELLIPSIS)] + ELLIPSIS
+
+
+def one_line(text: Any, limit: int = 400) -> str:
+    """``text`` with all whitespace runs (newlines included) collapsed to one space, cut to ``limit`` chars."""
+    line = " ".join(str(text).split())
+    limit = max(limit, len(ELLIPSIS) + 1)
+    if len(line) <= limit:
+        return line
+    return line[: limit - len(ELLIPSIS)] + ELLIPSIS
+
+
+def error_text(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, cut to ``limit``; never a tuple of its args.
+
+    attrs' validators raise ``ValueError(message, attribute, options, value)``, whose ``str`` is a
+    tuple repr; a ``KeyError``'s ``str`` is the bare key.
+    """
+    args = exc.args
+    if isinstance(exc, OSError):
+        text = str(exc)
+    elif isinstance(exc, KeyError) and len(args) == 1:
+        text = f"missing key {shorten(args[0])}"
+    elif args and (isinstance(args[0], str) or len(args) > 1):
+        text = str(args[0])
+    else:
+        text = str(exc) if args else ""
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return one_line(lines[0], limit) if lines else type(exc).__name__
+
+
+def name_list(names: Iterable[Any], most: int = 20, max_chars: int = 200) -> str:
+    """``a, b, c`` -- at most ``most`` names and about ``max_chars`` chars, then ``and N more``; ``none`` if empty."""
+    names = [str(n) for n in names]
+    if not names:
+        return "none"
+    shown: list[str] = []
+    length = 0
+    for name in names:
+        if len(shown) >= most or (shown and length + len(name) + 2 > max_chars):
+            break
+        shown.append(name)
+        length += len(name) + 2
+    rest = len(names) - len(shown)
+    listing = ", ".join(shown)
+    return f"{listing} and {rest} more" if rest else listing
+
+
+def did_you_mean(name: Any, known: Iterable[Any]) -> str:
+    """``did you mean 'x'? `` for the closest known name, or an empty string."""
+    close = difflib.get_close_matches(str(name)[:200], [str(k) for k in known], n=1)
+    return f"did you mean {shorten(close[0])}? " if close else ""
 
 
 class GenvaeError(Exception):
@@ -15,10 +89,9 @@ class UnknownNameError(GenvaeError):
 
     def __init__(self, what: str, name: str, known: Iterable[str]):
         known = sorted(known)
-        close = difflib.get_close_matches(name, known, n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        listing = ", ".join(known) if known else "none"
-        super().__init__(f"unknown {what} '{name}'; {hint}known: {listing}")
+        hint = did_you_mean(name, known)
+        listing = name_list(known, most=20, max_chars=250)
+        super().__init__(f"unknown {what} {shorten(str(name))}; {hint}known: {listing}")
         self.name = name
         self.known = known
 

@@ -182,8 +182,17 @@ def _check_capabilities(components: list[Component], registry: Registry) -> None
 
 
 def build_model(spec: ModelSpec, registry: Registry | None = None, check: bool = True) -> GenerativeModel:
-    """Compose and check a model. Raises a one-line :class:`GenvaeError` for any bad input."""
+    """Compose and check a model. Raises a one-line :class:`GenvaeError` for any bad input.
+
+    With ``check`` (every ``genvae build`` and model folder load) the spec is first sized on the meta
+    device and refused if training it would need more than the memory limit
+    (:func:`genvae.core.budget.check_budget`), before anything real is allocated.
+    """
     registry = registry or get_registry()
+    if check:
+        from genvae.core.budget import check_budget
+
+        check_budget(spec, registry)
     ctx = BuildContext(image_shape=spec.image_shape, spec=spec)
     ctx.encoder = _make("encoder", spec.encoder, ctx, registry)
     ctx.transform = _make("transform", spec.transform, ctx, registry)

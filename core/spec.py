@@ -7,19 +7,26 @@ gives back an equal spec.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
-from genvae.core.errors import GenvaeError, OptionsError
+from genvae.core.errors import GenvaeError, OptionsError, did_you_mean, error_text, name_list, shorten
 from genvae.core.options import (
+    expects,
+    find_invalid,
+    finite,
     non_negative,
     non_negative_int,
     one_of,
     option,
     optional_float,
+    optional_int,
     positive,
     positive_int,
+    split_list,
     to_bool,
     to_float,
     to_int,
@@ -29,12 +36,17 @@ SPEC_FORMAT = 1
 COMPONENT_KINDS = ("encoder", "transform", "decoder", "prior")
 
 
+@expects("a mapping of module name to finite number")
 def _float_map(value) -> dict[str, float]:
-    if not isinstance(value, dict):
-        raise ValueError(f"expected a mapping of module name to number, got {value!r}")
-    return {str(k): float(x) for k, x in value.items()}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"expected a mapping of module name to number, got {shorten(value)}")
+    numbers = {str(k): float(x) for k, x in value.items()}
+    if not all(math.isfinite(x) for x in numbers.values()):
+        raise ValueError(f"expected finite numbers, got {shorten(value)}")
+    return numbers
 
 
+@expects("a list of names or one comma-separated string")
 def _str_tuple(value) -> tuple[str, ...]:
     """A list of names, or one comma-separated string (``--set train.freeze=encoder``)."""
     if isinstance(value, str):
@@ -42,11 +54,18 @@ def _str_tuple(value) -> tuple[str, ...]:
     return tuple(str(x).strip() for x in value if str(x).strip())
 
 
+@expects("two numbers")
 def _float_pair(value) -> tuple[float, float]:
-    pair = tuple(float(x) for x in value)
+    pair = tuple(float(x) for x in split_list(value))
     if len(pair) != 2:
-        raise ValueError(f"expected two numbers, got {value!r}")
+        raise ValueError(f"expected two numbers, got {shorten(value)}")
     return pair
+
+
+@expects("two finite numbers in [0, 1)")
+def _betas(instance, attribute, value) -> None:
+    if len(value) != 2 or not all(math.isfinite(b) and 0 <= b < 1 for b in value):
+        raise ValueError(f"{attribute.name} must be two finite numbers in [0, 1), got {shorten(value)}")
 
 
 @attrs.frozen
@@ -54,11 +73,12 @@ class TrainConfig:
     """Training settings; presets carry a paper's values, the CLI overrides them per run."""
 
     lr: float = option(1e-3, "learning rate of the model phase (Adam)", positive, to_float)
-    betas: tuple[float, float] = option((0.9, 0.999), "Adam betas", converter=_float_pair)
+    betas: tuple[float, float] = option((0.9, 0.999), "Adam betas", _betas, _float_pair)
     weight_decay: float = option(0.0, "weight decay (AdamW style)", non_negative, to_float)
     batch_size: int = option(64, "images per step", positive_int, to_int)
     epochs: int = option(10, "passes over the data (max_steps stops earlier)", positive_int, to_int)
-    max_steps: int | None = option(None, "stop after this many optimisation steps in total")
+    max_steps: int | None = option(None, "stop after this many optimisation steps in total",
+                                   attrs.validators.optional(positive_int), optional_int)
     phase_lr: dict[str, float] = option(
         factory=dict, help="learning rate per extra phase, e.g. {'discriminator': 3e-4}", converter=_float_map
     )
@@ -77,7 +97,8 @@ class TrainConfig:
         (), "if set, only these module path prefixes are trained (e.g. ['prior'] to retrain an M-network)",
         converter=_str_tuple,
     )
-    grad_clip_norm: float | None = option(None, "clip the global gradient norm per phase", converter=optional_float)
+    grad_clip_norm: float | None = option(None, "clip the global gradient norm per phase",
+                                          attrs.validators.optional(positive), optional_float)
     lr_schedule: str = option("constant", "constant, step or cosine", one_of("constant", "step", "cosine"))
     lr_step_epochs: int = option(60, "step schedule: decay every this many epochs", positive_int, to_int)
     lr_gamma: float = option(0.5, "step schedule: decay factor", positive, to_float)
@@ -89,10 +110,6 @@ class TrainConfig:
     log_every: int = option(25, "steps between metric log lines (the only host syncs)", positive_int, to_int)
     keep_checkpoints: int = option(2, "how many step checkpoints to keep", positive_int, to_int)
 
-    def __attrs_post_init__(self):
-        if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps <= 0):
-            raise ValueError(f"max_steps must be a positive integer, got {self.max_steps!r}")
-
 
 @attrs.frozen
 class ComponentSpec:
@@ -103,7 +120,7 @@ class ComponentSpec:
 @attrs.frozen
 class LossSpec:
     name: str
-    weight: float = 1.0
+    weight: float = attrs.field(default=1.0, validator=finite)
     options: dict[str, Any] = attrs.field(factory=dict)
 
 
@@ -112,18 +129,39 @@ def _component(value) -> ComponentSpec:
         return value
     if isinstance(value, str):
         return ComponentSpec(value)
-    return ComponentSpec(value["name"], dict(value.get("options", {})))
+    if not isinstance(value, Mapping) or not isinstance(value.get("name"), str):
+        raise ValueError(f"expected a component name or {{'name': ..., 'options': {{...}}}}, got {shorten(value)}")
+    return ComponentSpec(value["name"], _options_of(value, "component"))
+
+
+def _options_of(item: Mapping, what: str) -> dict[str, Any]:
+    options = item.get("options") or {}
+    if not isinstance(options, Mapping):
+        raise ValueError(f"{what} {shorten(item['name'])}: options must be a mapping of option name to value, "
+                         f"got {shorten(options)}")
+    return dict(options)
 
 
 def _losses(value) -> tuple[LossSpec, ...]:
+    if isinstance(value, str | Mapping | LossSpec) or not isinstance(value, tuple | list):
+        raise ValueError(f"expected a list of losses (names or {{'name': ..., 'weight': ...}}), got {shorten(value)}")
     out = []
     for item in value:
         if isinstance(item, LossSpec):
             out.append(item)
         elif isinstance(item, str):
             out.append(LossSpec(item))
+        elif isinstance(item, Mapping) and isinstance(item.get("name"), str):
+            weight = item.get("weight", 1.0)
+            try:
+                number = float(weight)
+            except (TypeError, ValueError):
+                number = math.nan
+            if isinstance(weight, bool) or not math.isfinite(number):
+                raise ValueError(f"loss {shorten(item['name'])}: weight must be a finite number, got {shorten(weight)}")
+            out.append(LossSpec(item["name"], number, _options_of(item, "loss")))
         else:
-            out.append(LossSpec(item["name"], float(item.get("weight", 1.0)), dict(item.get("options", {}))))
+            raise ValueError(f"expected a loss name or {{'name': ..., 'weight': ...}}, got {shorten(item)}")
     return tuple(out)
 
 
@@ -145,7 +183,7 @@ class ModelSpec:
     prior: ComponentSpec = attrs.field(converter=_component, default=ComponentSpec("normal"))
     losses: tuple[LossSpec, ...] = attrs.field(converter=_losses, default=())
     image_size: int = attrs.field(default=32, validator=positive_int)
-    channels: int = attrs.field(default=3, validator=attrs.validators.in_((1, 3)))
+    channels: int = attrs.field(default=3, validator=one_of(1, 3))
     train: TrainConfig = attrs.field(converter=_train, factory=TrainConfig)
     preset: str | None = None
     description: str = ""
@@ -178,17 +216,23 @@ class ModelSpec:
         fmt = data.pop("format", SPEC_FORMAT)
         if fmt != SPEC_FORMAT:
             raise GenvaeError(f"{where}: spec format {fmt} is not supported (this genvae reads format {SPEC_FORMAT})")
-        known = {a.name for a in attrs.fields(cls)}
-        unknown = sorted(set(data) - known)
+        known = sorted(a.name for a in attrs.fields(cls))
+        unknown = sorted((k for k in data if k not in known), key=str)
         if unknown:
-            raise OptionsError(f"{where}: unknown key '{unknown[0]}'; known keys: {', '.join(sorted(known))}")
+            key = str(unknown[0])
+            raise OptionsError(
+                f"{where}: unknown key {shorten(key)}; {did_you_mean(key, known)}known keys: {name_list(known)}"
+            )
         missing = [k for k in ("encoder", "transform", "decoder") if k not in data]
         if missing:
             raise OptionsError(f"{where}: missing '{missing[0]}'; a spec names an encoder, transform and decoder")
         try:
             return cls(**data)
-        except (TypeError, ValueError, KeyError) as exc:
-            raise OptionsError(f"{where}: {str(exc).splitlines()[0]}") from exc
+        except (TypeError, ValueError, KeyError, IndexError, ArithmeticError) as exc:
+            found = find_invalid(cls, data)
+            if found:
+                raise OptionsError(f"{where}: key '{found[0]}': {found[1]}") from exc
+            raise OptionsError(f"{where}: {error_text(exc)}") from exc
 
     def with_train(self, **changes) -> ModelSpec:
         from genvae.core.options import options_from_dict, options_to_dict

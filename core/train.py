@@ -10,7 +10,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import signal
+import stat
+import threading
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -22,7 +26,9 @@ from torch import nn
 
 from genvae.core import checkpoint as ckpt
 from genvae.core.components import Loss
-from genvae.core.errors import GenvaeError
+from genvae.core.errors import CheckpointError, GenvaeError
+from genvae.core.files import UnsafePathError, atomic_write_text, remove_orphans
+from genvae.core.folder import ModelFolder, lock_folder
 from genvae.core.model import MODEL_PHASE, GenerativeModel
 from genvae.core.spec import TrainConfig
 
@@ -159,6 +165,44 @@ def lr_factor(config: TrainConfig, epoch: int) -> float:
     return 1.0
 
 
+class TrainingStopped(GenvaeError):
+    """SIGINT or SIGTERM stopped training at a step boundary; a consistent checkpoint was written."""
+
+    def __init__(self, signum: int, step: int, folder: Path):
+        self.signum, self.step = signum, step
+        name = signal.Signals(signum).name
+        super().__init__(f"stopped by {name} at step {step}; checkpoint written to {folder} (continue with --resume)")
+
+
+class StopRequest:
+    """SIGINT/SIGTERM ask training to stop at the next step boundary; a second signal aborts at once.
+
+    Installed only while ``fit`` runs, and only in the main thread (signal handlers live there).
+    """
+
+    SIGNALS = tuple(s for s in (signal.SIGINT, getattr(signal, "SIGTERM", None)) if s is not None)
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:  # the second signal: abort now, without writing anything
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
 class Trainer:
     """Trains a model in its folder: metrics, sample grids, checkpoints, exact resume."""
 
@@ -197,6 +241,11 @@ class Trainer:
         self.batch_in_epoch = 0
         self.running: dict[str, torch.Tensor] = {}
         self.running_count = 0
+        # First step whose loss terms were not finite (-1: none); kept on the device, read at log time.
+        self.first_nonfinite = torch.full((), -1, dtype=torch.long, device=device)
+        self.checked_step = 0  # the last step at which the terms were known to be finite
+        self.stop = StopRequest()
+        self.metrics_path = self.folder / ckpt.METRICS
 
     # -- the hot path -------------------------------------------------------------------------------
     def _autocast(self):
@@ -270,14 +319,37 @@ class Trainer:
                 group["lr"] = base * factor
 
     def fit(self) -> dict[str, float]:
-        """Train until ``epochs`` or ``max_steps``; returns the last logged metrics."""
+        """Train until ``epochs`` or ``max_steps``; returns the last logged metrics.
+
+        Holds the folder's lock throughout. SIGINT/SIGTERM stop at the next step boundary with a
+        checkpoint (:class:`TrainingStopped`); non-finite terms or weights stop with
+        :class:`~genvae.core.checkpoint.DivergedError` before anything diverged is written.
+        """
+        with lock_folder(self.folder), self.stop:
+            return self._fit()
+
+    def prepare_folder(self, cut_metrics_to_step: bool = True) -> None:
+        """Before the first step: refuse unsafe output paths, remove orphaned temporary files, and cut
+        ``metrics.jsonl`` back to the step training starts from (after :meth:`resume`)."""
+        mf = ModelFolder(self.folder)
+        mf.check_outputs([ckpt.METRICS, ckpt.CONFIG, ckpt.WEIGHTS])
+        for sub in (ckpt.CHECKPOINTS, ckpt.SAMPLES):
+            if (self.folder / sub).exists() or (self.folder / sub).is_symlink():
+                mf.subdir(sub)
+        remove_orphans(self.folder)
+        if cut_metrics_to_step:
+            cut_metrics(self.metrics_path, self.step, mf)
+
+    def _fit(self) -> dict[str, float]:
+        self.prepare_folder()
         total = self.total_steps()
         last: dict[str, float] = {}
         self.model.train()
         frozen = apply_freeze(self.model, self.config)
         tick, tick_step = time.perf_counter(), self.step
+        self.checked_step = self.step
         try:
-            while self.step < total and self.epoch < self.config.epochs:
+            while self.step < total and self.epoch < self.config.epochs and self.stop.signum is None:
                 self._set_lr()
                 perm = self._permutation(self.epoch)
                 while self.batch_in_epoch < self.batches_per_epoch and self.step < total:
@@ -291,16 +363,18 @@ class Trainer:
                         tick, tick_step = time.perf_counter(), self.step
                     if self.step % self.config.checkpoint_every == 0 and self.step < total:
                         self.save_checkpoint()
+                    if self.stop.signum is not None:
+                        break
                 if self.batch_in_epoch >= self.batches_per_epoch:
                     self.save_samples(self.epoch + 1)
                     self.epoch += 1
                     self.batch_in_epoch = 0
-        except KeyboardInterrupt:
-            self.save_checkpoint()
-            raise
         finally:  # the model leaves training as it came: a later run may train other parts
             for p in frozen:
                 p.requires_grad_(True)
+        if self.stop.signum is not None:
+            self.save_checkpoint()
+            raise TrainingStopped(self.stop.signum, self.step, self.folder)
         if self.batch_in_epoch:  # stopped mid-epoch: still leave a grid of where training got to
             self.save_samples(self.epoch + 1, name=f"step-{self.step:08d}")
         self.save_checkpoint()
@@ -308,17 +382,36 @@ class Trainer:
 
     def _accumulate(self, terms: dict[str, torch.Tensor]) -> None:
         """Running sums of the loss terms, on the device (one fused add; no host sync)."""
+        values = [v.detach().float() for v in terms.values()]
         if self.running.keys() == terms.keys():
-            torch._foreach_add_([self.running[k] for k in terms], [v.detach().float() for v in terms.values()])
+            torch._foreach_add_([self.running[k] for k in terms], values)
         else:  # the first step of a log window (or a step whose terms differ)
-            for k, v in terms.items():
-                d = v.detach().float()
+            for k, d in zip(terms, values, strict=True):
                 self.running[k] = self.running[k] + d if k in self.running else d.clone()
         self.running_count += 1
+        # remember the first step with a non-finite term, without a host sync
+        finite = torch.isfinite(torch.stack([d.reshape(()) for d in values]).sum())
+        self.first_nonfinite = torch.where(finite | (self.first_nonfinite >= 0), self.first_nonfinite,
+                                           self.step)
+
+    def check_finite(self) -> None:
+        """Raise :class:`DivergedError` naming every non-finite term of the window (one host sync)."""
+        bad = sorted(k for k, v in self.running.items() if not math.isfinite(float(v)))
+        if bad or int(self.first_nonfinite) >= 0:
+            raise self._diverged(bad or ["loss terms"])
+        self.checked_step = self.step
+
+    def _diverged(self, bad: list[str]) -> ckpt.DivergedError:
+        last = ckpt.latest_checkpoint(self.folder)
+        kept = f"the last finite checkpoint {last.name} is kept" if last else "no checkpoint was written"
+        first = int(self.first_nonfinite)
+        return ckpt.DivergedError(
+            f"training diverged at step {first if first >= 0 else self.step}: non-finite {', '.join(bad)}; "
+            f"nothing from the diverged state was saved, {kept} (lower --lr, then --resume or --restart)"
+        )
 
     def _log(self, images_per_s: float) -> dict[str, float]:
         values = {k: (v / self.running_count).item() for k, v in self.running.items()}
-        self.running, self.running_count = {}, 0
         record = {
             "step": self.step,
             "epoch": self.epoch,
@@ -326,15 +419,16 @@ class Trainer:
             **{k: round(v, 6) for k, v in values.items()},
             "images_per_s": round(images_per_s, 1),
         }
-        bad = [k for k, v in values.items() if not math.isfinite(v)]
-        with open(self.folder / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(record) + "\n")
-        if self.on_log is not None:
+        bad = sorted(k for k, v in values.items() if not math.isfinite(v))
+        for k in bad:
+            record[k] = None  # JSON has no NaN; the error names the terms
+        self.running, self.running_count = {}, 0
+        append_metrics(self.metrics_path, record, ModelFolder(self.folder))
+        if self.on_log is not None and not bad:
             self.on_log(record)
         if bad:
-            self.save_checkpoint()
-            raise GenvaeError(f"loss term '{bad[0]}' is not finite at step {self.step}; lower --lr "
-                              "(the last checkpoint is kept)")
+            raise self._diverged(bad)
+        self.checked_step = self.step
         return record
 
     @torch.no_grad()
@@ -349,12 +443,21 @@ class Trainer:
             images = self.model.sample(n, self.device)
         self.model.train(was_training)
         apply_freeze(self.model, self.config, grads=False)  # frozen modules back to eval mode
-        path = self.folder / "samples" / f"{name or f'epoch-{epoch:04d}'}.png"
-        save_grid(images.float().cpu(), path)
-        return path
+        mf = ModelFolder(self.folder)
+        rel = f"{ckpt.SAMPLES}/{name or f'epoch-{epoch:04d}'}.png"
+        mf.subdir(ckpt.SAMPLES)
+        mf.record(rel)
+        save_grid(images.float().cpu(), self.folder / rel)
+        return self.folder / rel
 
     # -- checkpoints --------------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
+        """A checkpoint at a step boundary: weights, optimiser states, RNG streams and the open log window.
+
+        Checks first that every loss term since the last check was finite (one host sync); a
+        diverged run raises :class:`DivergedError` and writes nothing.
+        """
+        self.check_finite()
         optim_tensors: dict[str, torch.Tensor] = {}
         optim_meta = {}
         for phase in self.phases:
@@ -365,6 +468,7 @@ class Trainer:
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         optim_tensors.update({f"rng/{k}": v for k, v in rng.items()})
+        optim_tensors.update({f"{RUNNING}{k}": v.reshape(()) for k, v in self.running.items()})
         trainer = {
             "step": self.step,
             "epoch": self.epoch,
@@ -373,6 +477,8 @@ class Trainer:
             "optimizers": optim_meta,
             "python_random": _py_random_state(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "running_count": self.running_count,
+            "running_terms": list(self.running),
         }
         path = ckpt.write_checkpoint(self.folder, self.step, self.model.state_dict(), optim_tensors, trainer,
                                      self.config.keep_checkpoints)
@@ -385,23 +491,132 @@ class Trainer:
         if path is None:
             return 0
         weights, tensors, trainer = ckpt.read_checkpoint(path, self.device)
-        ckpt.load_weights(self.model, path / ckpt.WEIGHTS, self.device, state=weights)
-        if trainer.get("batch_size") != self.batch_size:
-            raise GenvaeError(f"--resume: the checkpoint was trained with batch size {trainer.get('batch_size')}, "
+        where = path / ckpt.TRAINER
+        validate_trainer_state(trainer, where, [p.name for p in self.phases], tensors)
+        if trainer["batch_size"] != self.batch_size:
+            raise GenvaeError(f"--resume: the checkpoint was trained with batch size {trainer['batch_size']}, "
                               f"this run uses {self.batch_size}; resume with the same --batch-size")
-        for phase in self.phases:
-            meta = trainer["optimizers"].get(phase.name)
-            if meta is None:
-                raise GenvaeError(f"--resume: {path} has no optimiser state for phase '{phase.name}'")
-            phase.optimizer.load_state_dict(ckpt.optimizer_from_tensors(phase.name, tensors, meta))
-        torch.set_rng_state(tensors["rng/torch"].cpu())
-        if "rng/cuda" in tensors and self.device.type == "cuda":
-            torch.cuda.set_rng_state(tensors["rng/cuda"].cpu(), self.device)
-        _set_py_random_state(trainer["python_random"])
-        if self.scaler is not None and trainer.get("scaler"):
-            self.scaler.load_state_dict(trainer["scaler"])
+        bad = ckpt.nonfinite_tensors(weights)
+        if bad:
+            raise CheckpointError(f"{path} holds non-finite weights ({bad[0]}); it cannot be resumed")
+        ckpt.load_weights(self.model, path / ckpt.WEIGHTS, self.device, state=weights)
+        try:
+            for phase in self.phases:
+                meta = trainer["optimizers"][phase.name]
+                phase.optimizer.load_state_dict(ckpt.optimizer_from_tensors(phase.name, tensors, meta))
+            torch.set_rng_state(tensors["rng/torch"].cpu())
+            if "rng/cuda" in tensors and self.device.type == "cuda":
+                torch.cuda.set_rng_state(tensors["rng/cuda"].cpu(), self.device)
+            _set_py_random_state(trainer["python_random"])
+            if self.scaler is not None and trainer.get("scaler"):
+                self.scaler.load_state_dict(trainer["scaler"])
+        except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise CheckpointError(f"{path} does not match this model's training state ({first})") from None
+        self.running = {k: tensors[f"{RUNNING}{k}"].float().to(self.device) for k in trainer.get("running_terms", [])}
+        self.running_count = int(trainer.get("running_count", 0)) if self.running else 0
         self.step, self.epoch, self.batch_in_epoch = trainer["step"], trainer["epoch"], trainer["batch_in_epoch"]
         return self.step
+
+
+RUNNING = "trainer.running/"  # tensor-name prefix of the open log window's sums in optimizer.safetensors
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def validate_trainer_state(trainer: dict, where: Path, phases: list[str], tensors: dict) -> None:
+    """Check trainer.json's fields and types before any of it is used; one specific line per problem."""
+
+    def fail(message: str) -> CheckpointError:
+        return CheckpointError(f"{where}: {message}")
+
+    for key in ("step", "epoch", "batch_in_epoch", "batch_size"):
+        if key not in trainer:
+            raise fail(f"missing '{key}'")
+        if not _is_count(trainer[key]):
+            raise fail(f"'{key}' must be an integer >= 0, got {str(trainer[key])[:40]!r}")
+    optimizers = trainer.get("optimizers")
+    if not isinstance(optimizers, dict):
+        raise fail("missing 'optimizers' (a mapping of phase name to optimiser state)")
+    for phase in phases:
+        meta = optimizers.get(phase)
+        if meta is None:
+            raise fail(f"no optimiser state for phase '{phase}'")
+        if not isinstance(meta, dict) or not isinstance(meta.get("param_groups"), list) or not all(
+                isinstance(g, dict) and isinstance(g.get("params"), list) for g in meta["param_groups"]):
+            raise fail(f"the optimiser state of phase '{phase}' has no valid 'param_groups' list")
+        if not isinstance(meta.get("plain", {}), dict):
+            raise fail(f"the optimiser state of phase '{phase}' has a malformed 'plain' entry")
+    rnd = trainer.get("python_random")
+    if not (isinstance(rnd, list) and len(rnd) == 3 and isinstance(rnd[1], list)
+            and all(isinstance(v, int) for v in rnd[1])):
+        raise fail("'python_random' must be Python's random state [version, [ints], gauss]")
+    rng = tensors.get("rng/torch")
+    if rng is None or rng.dtype != torch.uint8:
+        raise fail("the checkpoint's optimizer.safetensors has no uint8 'rng/torch' state")
+    terms = trainer.get("running_terms", [])
+    if not isinstance(terms, list) or any(f"{RUNNING}{k}" not in tensors for k in terms):
+        raise fail("'running_terms' does not match the log window saved in optimizer.safetensors")
+    if not _is_count(trainer.get("running_count", 0)):
+        raise fail("'running_count' must be an integer >= 0")
+
+
+def _open_regular(path: Path, flags: int) -> int:
+    """Open a file genvae writes without following a symlink; refuse anything but a regular file."""
+    try:
+        fd = os.open(path, flags | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0), 0o666)
+    except OSError as exc:
+        if os.path.islink(path):
+            raise UnsafePathError(f"{path} is a symlink; genvae does not write through links") from None
+        raise GenvaeError(f"cannot open {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UnsafePathError(f"{path} is not a regular file; genvae writes only regular files")
+    return fd
+
+
+def append_metrics(path: Path, record: dict, folder: ModelFolder) -> None:
+    """Append one JSON line with a single write (a crash can tear only the last line)."""
+    folder.record(path.name)
+    fd = _open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, (json.dumps(record, allow_nan=False) + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def cut_metrics(path: Path, step: int, folder: ModelFolder) -> int:
+    """Keep the lines of ``metrics.jsonl`` up to ``step`` (the step training restarts from), drop a torn
+    last line; returns how many lines were dropped. Rewritten atomically, only when something changes."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return 0
+    if not stat.S_ISREG(st.st_mode):
+        raise UnsafePathError(f"{path} is a symlink or not a regular file; genvae does not write through it")
+    fd = _open_regular(path, os.O_RDONLY)
+    with os.fdopen(fd, "rb") as fh:
+        data = fh.read()
+    kept: list[bytes] = []
+    dropped = 0
+    for line in data.split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            ok = isinstance(record, dict) and _is_count(record.get("step")) and record["step"] <= step
+        except ValueError:
+            ok = False
+        if ok:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped or (data and not data.endswith(b"\n")):
+        folder.record(path.name)
+        atomic_write_text(path, "".join(line.decode() + "\n" for line in kept))
+    return dropped
 
 
 def _py_random_state() -> list:

@@ -37,8 +37,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from genvae.core.components import BuildContext, Loss
+from genvae.core.errors import shorten
 from genvae.core.hookspecs import hookimpl
 from genvae.core.options import (
+    expects,
     float_tuple,
     int_tuple,
     non_negative,
@@ -137,15 +139,17 @@ class GANHead(nn.Module):
         return self.out(h).squeeze(1)
 
 
+@expects("three fractions (real, reconstructions, prior samples) summing to 1")
 def _fraction(instance, attribute, value) -> None:
     if len(value) != 3 or any(v < 0 for v in value) or not math.isclose(sum(value), 1.0, abs_tol=1e-6):
         raise ValueError(f"{attribute.name} must be three fractions (real, reconstructions, prior samples) "
-                         f"summing to 1, got {list(value)}")
+                         f"summing to 1, got {shorten(list(value))}")
 
 
+@expects("a list of positive channel counts")
 def _widths(instance, attribute, value) -> None:
     if not value or min(value) <= 0:
-        raise ValueError(f"{attribute.name} must list positive channel counts, got {list(value)}")
+        raise ValueError(f"{attribute.name} must list positive channel counts, got {shorten(list(value))}")
 
 
 @attrs.frozen

@@ -35,6 +35,8 @@ class ConvEncoder(Encoder):
     def __init__(self, options: ConvOptions, ctx: BuildContext):
         super().__init__(options, ctx)
         c, h, w = ctx.image_shape
+        if options.depth > max(h, w).bit_length():  # before 2**depth: a hostile depth must not build a huge int
+            raise self.fail(f"depth {options.depth} halves the {h}x{w} image below one pixel; lower depth")
         factor = 2**options.depth
         if h % factor or w % factor:
             raise self.fail(f"image size {h}x{w} is not divisible by 2^depth = {factor}; lower depth")

@@ -29,7 +29,17 @@ from torch import nn
 
 from genvae.core.components import BuildContext, Decoder, Encoder, Gaussian, LatentLayout, LatentTransform
 from genvae.core.hookspecs import hookimpl
-from genvae.core.options import non_negative, one_of, option, optional_float, positive, positive_int, to_float, to_int
+from genvae.core.options import (
+    finite,
+    non_negative,
+    one_of,
+    option,
+    optional_float,
+    positive,
+    positive_int,
+    to_float,
+    to_int,
+)
 
 # -- building blocks ---------------------------------------------------------------------------------
 
@@ -177,17 +187,14 @@ class CRLatentOptions:
                         to_int)
     hidden: int = option(512, "hidden size of both LSTMs", positive_int, to_int)
     layers: int = option(2, "layers of both LSTMs", positive_int, to_int)
-    forget_bias: float = option(1.0, "initial forget-gate bias of both LSTMs", converter=to_float)
+    forget_bias: float = option(1.0, "initial forget-gate bias of both LSTMs", finite, to_float)
     bias_init: float = option(0.01, "the learnable mean and u biases start uniform in +-bias_init", non_negative,
                               to_float)
     lr_multiplier: float | None = option(None, "learning-rate multiplier of the recurrent paths (LSTM, BN, Linear); "
-                                         "none: 1/T as in the authors' code", converter=optional_float)
+                                         "none: 1/T as in the authors' code", attrs.validators.optional(positive),
+                                         optional_float)
     grad_clamp: float = option(5.0, "clamp the recurrent paths' gradients to +-value (0: off)", non_negative,
                                to_float)
-
-    def __attrs_post_init__(self):
-        if self.lr_multiplier is not None:
-            positive(self, attrs.fields(type(self)).lr_multiplier, self.lr_multiplier)
 
 
 class CRLatent(LatentTransform):
@@ -401,18 +408,19 @@ def _commands():
 
     @click.command("draw")
     @click.argument("folder", type=click.Path())
-    @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG grid to write.")
-    @click.option("-n", "rows", default=8, show_default=True, help="Rows (independent samples).")
-    @click.option("--seed", default=0, show_default=True)
+    @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+                  help="Image grid to write (png, jpg, webp, bmp, tif).")
+    @click.option("-n", "rows", default=8, show_default=True, type=click.IntRange(1, 256),
+                  help="Rows (independent samples).")
+    @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
     @click.option("--device", default="auto", show_default=True)
     def draw(folder, output, rows, seed, device):
         """Progressive drawing (crVAE Figure 8): z starts at zero and its blocks are drawn from the prior one time
         step at a time, a column per step."""
         from genvae.cli.main import console, load_for_inference
-        from genvae.core.errors import GenvaeError
+        from genvae.core.data import check_image_output
 
-        if rows <= 0:
-            raise GenvaeError(f"-n must be positive, got {rows}")
+        check_image_output(output)
         model, dev = load_for_inference(folder, device, seed)
         layout = model.layout
         render(model, _draw_latents(model, rows, dev), output, layout.num_groups)
@@ -421,20 +429,24 @@ def _commands():
 
     @click.command("traverse")
     @click.argument("folder", type=click.Path())
-    @click.option("--step", "step", required=True, type=int, help="The time step t (1..T) whose block moves.")
-    @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="PNG grid to write.")
-    @click.option("-n", "rows", default=6, show_default=True, help="Rows (independent samples z).")
-    @click.option("--columns", default=8, show_default=True, help="Interpolation points from z_t to the new z_t.")
-    @click.option("--seed", default=0, show_default=True)
+    @click.option("--step", "step", required=True, type=click.IntRange(min=1),
+                  help="The time step t (1..T) whose block moves.")
+    @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+                  help="Image grid to write (png, jpg, webp, bmp, tif).")
+    @click.option("-n", "rows", default=6, show_default=True, type=click.IntRange(1, 256),
+                  help="Rows (independent samples z).")
+    @click.option("--columns", default=8, show_default=True, type=click.IntRange(2, 256),
+                  help="Interpolation points from z_t to the new z_t.")
+    @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
     @click.option("--device", default="auto", show_default=True)
     def traverse(folder, step, output, rows, columns, seed, device):
         """Interpolate block z_t towards one new block (the same for every row) while the other blocks stay fixed
         (crVAE Figure 9)."""
         from genvae.cli.main import console, load_for_inference
+        from genvae.core.data import check_image_output
         from genvae.core.errors import GenvaeError
 
-        if rows <= 0 or columns < 2:
-            raise GenvaeError(f"-n must be positive and --columns at least 2, got {rows} and {columns}")
+        check_image_output(output)
         model, dev = load_for_inference(folder, device, seed)
         layout = model.layout
         if not 1 <= step <= layout.num_groups:

@@ -12,6 +12,7 @@ import attrs
 from torch import nn
 
 from genvae.core.components import BuildContext, Decoder, Encoder, Gaussian, LatentLayout, LatentTransform
+from genvae.core.errors import shorten
 from genvae.core.hookspecs import hookimpl
 from genvae.core.layers import ACTIVATIONS, activation, describe_shape, mlp
 from genvae.core.options import int_tuple, one_of, option, positive_int, to_bool, to_int
@@ -25,7 +26,7 @@ class FCOptions:
 
     def __attrs_post_init__(self):
         if not self.hidden or min(self.hidden) <= 0:
-            raise ValueError(f"hidden must list positive widths, got {list(self.hidden)}")
+            raise ValueError(f"hidden must list positive widths, got {shorten(list(self.hidden))}")
 
 
 class FCEncoder(Encoder):

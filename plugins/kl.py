@@ -11,6 +11,7 @@ import attrs
 import torch
 
 from genvae.core.components import BuildContext, Loss
+from genvae.core.errors import shorten
 from genvae.core.hookspecs import hookimpl
 from genvae.core.options import float_tuple, option
 
@@ -28,9 +29,9 @@ class KLOptions:
 
     def __attrs_post_init__(self):
         if any(w < 0 for w in self.group_weights):
-            raise ValueError(f"group_weights must be >= 0, got {list(self.group_weights)}")
+            raise ValueError(f"group_weights must be >= 0, got {shorten(list(self.group_weights))}")
         if any(not 0 <= a <= 1 for a in self.alphas):
-            raise ValueError(f"alphas must lie in [0, 1], got {list(self.alphas)}")
+            raise ValueError(f"alphas must lie in [0, 1], got {shorten(list(self.alphas))}")
         if self.alphas and self.group_weights:
             raise ValueError("give group_weights or alphas (weights 1 - alpha_t), not both")
 

@@ -48,7 +48,7 @@ from genvae.core.components import (
     LatentTransform,
     Loss,
 )
-from genvae.core.errors import GenvaeError
+from genvae.core.errors import GenvaeError, shorten
 from genvae.core.hookspecs import hookimpl
 from genvae.core.layers import ACTIVATIONS, REDUCTIONS, activation, reduce_images
 from genvae.core.options import float_tuple, int_tuple, one_of, option, positive_int, to_bool, to_int
@@ -126,6 +126,8 @@ def upsample_to(x: Tensor, size: int, kernel: str = "binomial") -> Tensor:
 def check_pyramid_size(size: int, levels: int) -> None:
     if levels < 1:
         raise ValueError(f"a pyramid needs at least 1 level, got {levels}")
+    if levels - 1 > size.bit_length():  # before 2**levels: a hostile level count must not build a huge int
+        raise ValueError(f"{levels} levels halve image size {size} below one pixel")
     factor = 2 ** (levels - 1)
     if size % factor:
         raise ValueError(f"image size {size} is not divisible by 2^(levels-1) = {factor} for {levels} levels")
@@ -227,7 +229,7 @@ class LaplacianEncoderOptions:
 
     def __attrs_post_init__(self):
         if not self.widths or min(self.widths) <= 0:
-            raise ValueError(f"widths must list positive channel counts, got {list(self.widths)}")
+            raise ValueError(f"widths must list positive channel counts, got {shorten(list(self.widths))}")
 
 
 class LaplacianEncoder(Encoder):
@@ -304,7 +306,7 @@ class LaplacianLatentOptions:
 
     def __attrs_post_init__(self):
         if not self.latent_sizes or min(self.latent_sizes) <= 0:
-            raise ValueError(f"latent_sizes must list positive sizes, got {list(self.latent_sizes)}")
+            raise ValueError(f"latent_sizes must list positive sizes, got {shorten(list(self.latent_sizes))}")
 
 
 class LevelLatent(nn.Module):
@@ -388,7 +390,7 @@ class LaplacianDecoderOptions:
 
     def __attrs_post_init__(self):
         if not self.widths or min(self.widths) <= 0:
-            raise ValueError(f"widths must list positive channel counts, got {list(self.widths)}")
+            raise ValueError(f"widths must list positive channel counts, got {shorten(list(self.widths))}")
 
 
 def _to_logits(x: Tensor) -> Tensor:
@@ -465,7 +467,7 @@ class PyramidMSEOptions:
 
     def __attrs_post_init__(self):
         if any(w < 0 for w in self.level_weights):
-            raise ValueError(f"level_weights must be >= 0, got {list(self.level_weights)}")
+            raise ValueError(f"level_weights must be >= 0, got {shorten(list(self.level_weights))}")
 
 
 class PyramidMSELoss(Loss):
@@ -705,7 +707,7 @@ def genvae_register_losses(register):
 def genvae_register_commands(cli):
     import click
 
-    from genvae.cli.main import _data_options
+    from genvae.cli.main import FiniteFloat, _data_options
 
     @cli.command("edit")
     @click.argument("folder", type=click.Path())
@@ -715,19 +717,22 @@ def genvae_register_commands(cli):
     @click.option("--mask", type=click.Path(dir_okay=False, exists=True),
                   help="A black/white image: white marks the region where new finer levels are sampled and "
                        "composited (default with --coarse: where the painted coarse image differs).")
-    @click.option("--keep-levels", default=1, show_default=True,
+    @click.option("--keep-levels", default=1, show_default=True, type=click.IntRange(min=1),
                   help="Coarse pyramid levels kept fixed (from --coarse or the input); the rest are sampled.")
-    @click.option("-n", "count", default=8, show_default=True, help="Number of variants.")
+    @click.option("-n", "count", default=8, show_default=True, type=click.IntRange(1, 256),
+                  help="Number of variants.")
     @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Folder for the PNGs.")
-    @click.option("--seed", default=0, show_default=True)
+    @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
     @click.option("--device", default="auto", show_default=True)
     def edit(folder, image, coarse, mask, keep_levels, count, output, seed, device):
         """Edit an image with a LapCVAE (paper 5.2): paint its coarse level and/or resample a masked region."""
         from genvae.cli.main import console, load_for_inference, load_image
-        from genvae.core.data import save_grid
+        from genvae.core.data import check_image_output, save_grid
 
-        if count <= 0:
-            raise GenvaeError(f"-n must be positive, got {count}")
+        names = ["input", "reconstruction", "base", "mask", "pyramid", "samples", "composites",
+                 *(f"edit-{i:02d}" for i in range(count))]
+        for name in names:  # every output checked before any is written
+            check_image_output(Path(output) / f"{name}.png")
         model, _ = load_for_inference(folder, device, seed)
         pyramid_parts(model)
         x = load_image(image, model)
@@ -753,11 +758,12 @@ def genvae_register_commands(cli):
                   "others (each level's M network trains with it).")
     @click.option("--retrain-m", "mode", flag_value="retrain-m", help="Retrain only the M networks of a trained "
                   "model (paper 5.1.3).")
-    @click.option("--steps", type=int, required=True, help="Steps per level (--greedy) or in all (--retrain-m).")
-    @click.option("--batch-size", type=int, help="Images per step.")
-    @click.option("--lr", type=float, help="Learning rate.")
+    @click.option("--steps", type=click.IntRange(min=1), required=True,
+                  help="Steps per level (--greedy) or in all (--retrain-m).")
+    @click.option("--batch-size", type=click.IntRange(min=1), help="Images per step.")
+    @click.option("--lr", type=FiniteFloat(positive=True), help="Learning rate.")
     @click.option("--device", default="auto", show_default=True)
-    @click.option("--seed", type=int, help="Seed of every random stream.")
+    @click.option("--seed", type=click.IntRange(min=0), help="Seed of every random stream.")
     @click.option("--quiet", is_flag=True, help="Only the last metrics of each stage.")
     def train_levels(folder, data, data_root, download, mode, steps, batch_size, lr, device, seed, quiet):
         """Level-wise LapCVAE training: --greedy (coarsest first) or --retrain-m; stages go to FOLDER/stages/."""
@@ -766,8 +772,6 @@ def genvae_register_commands(cli):
 
         if mode is None:
             raise GenvaeError("choose --greedy or --retrain-m")
-        if steps <= 0:
-            raise GenvaeError(f"--steps must be positive, got {steps}")
         model = load_model(folder, device="cpu", registry=registry())
         pyramid_parts(model)
         if mode == "retrain-m":
@@ -783,21 +787,23 @@ def genvae_register_commands(cli):
                 raise GenvaeError("--greedy needs the 'pyramid-mse' loss (with skip_frozen_levels) as the "
                                   "reconstruction loss, so untrained levels send no gradient to trained ones")
             stages = greedy_stages(model)
-        for name, paths in stages:
-            run_stage(model, Path(folder), name, paths, steps, data=data, data_root=data_root, download=download,
-                      batch_size=batch_size, lr=lr, device=device, seed=seed,
-                      echo=None if quiet else console.print)
-            save_model(model, folder)
-            console.print(f"{name}: trained {', '.join(paths)} for {steps} steps; weights saved to {folder}")
+        from genvae.core.folder import lock_folder
+
+        with lock_folder(folder):  # one process at a time writes this model folder
+            for name, paths in stages:
+                run_stage(model, Path(folder), name, paths, steps, data=data, data_root=data_root,
+                          download=download, batch_size=batch_size, lr=lr, device=device, seed=seed,
+                          echo=None if quiet else console.print)
+                save_model(model, folder)
+                console.print(f"{name}: trained {', '.join(paths)} for {steps} steps; weights saved to {folder}")
 
 
 def run_stage(model, folder: Path, name: str, paths: list[str], steps: int, data=None, data_root=None,
               download=False, batch_size=None, lr=None, device="auto", seed=None, echo=None) -> dict:
     """Train only ``paths`` of ``model`` for ``steps`` steps; the stage's checkpoints, metrics and samples
     go to ``folder/stages/<name>`` (the model itself is left in memory for the caller to save)."""
-    import shutil
-
     from genvae.core.data import load_data
+    from genvae.core.folder import ModelFolder, lock_folder
     from genvae.core.train import Trainer, resolve_device, seed_everything
 
     dev = resolve_device(device)
@@ -808,14 +814,17 @@ def run_stage(model, folder: Path, name: str, paths: list[str], steps: int, data
     images = load_data(data, image_size=spec.image_size, channels=spec.channels, split="train", root=data_root,
                        download=download)
     stage_dir = folder / "stages" / name
-    shutil.rmtree(stage_dir, ignore_errors=True)
-    stage_dir.mkdir(parents=True)
+    stage = ModelFolder(stage_dir)
+    stage.check_can_build_into()  # a stage folder holds only what genvae wrote there
+    stage_dir.mkdir(parents=True, exist_ok=True)
     unfreeze(model)
     trainer = Trainer(model, stage_dir, images, config, dev)
     if echo is not None:
         trainer.on_log = lambda r: echo(f"{name} step {r['step']}/{steps}  " + "  ".join(
             f"{k} {v:.4g}" for k, v in r.items() if k not in ("step", "epoch", "lr")))
-    last = trainer.fit()
+    with lock_folder(stage_dir):
+        stage.remove_all()  # the previous run of this stage, genvae's files only
+        last = trainer.fit()
     unfreeze(model)
     model.eval()
     return last

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from genvae.core.components import BuildContext, Gaussian, Prior
+from genvae.core.errors import shorten
 from genvae.core.hookspecs import hookimpl
 from genvae.core.layers import ACTIVATIONS, mlp
 from genvae.core.options import int_tuple, one_of, option, to_bool
@@ -51,7 +52,7 @@ class MNetOptions:
 
     def __attrs_post_init__(self):
         if any(h <= 0 for h in self.hidden):
-            raise ValueError(f"hidden must list positive widths, got {list(self.hidden)}")
+            raise ValueError(f"hidden must list positive widths, got {shorten(list(self.hidden))}")
 
 
 class MNetwork(nn.Module):

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from genvae.core.components import BuildContext, LatentLayout, Loss
+from genvae.core.errors import shorten
 from genvae.core.hookspecs import hookimpl
 from genvae.core.options import float_tuple, non_negative, one_of, option, positive_int, to_bool, to_float, to_int
 
@@ -53,7 +54,7 @@ class MIOptions:
 
     def __attrs_post_init__(self):
         if any(w < 0 for w in self.group_weights):
-            raise ValueError(f"group_weights must be >= 0, got {list(self.group_weights)}")
+            raise ValueError(f"group_weights must be >= 0, got {shorten(list(self.group_weights))}")
         if not (self.on_recon or self.on_prior):
             raise ValueError("on_recon and on_prior cannot both be off")
 

@@ -293,12 +293,13 @@ def test_unknown_component():
 
 def test_unknown_option_lists_the_known_ones():
     message = refusal(spec(transform={"name": "fc", "options": {"latent": 4}}), error=OptionsError)
-    assert message.startswith("unknown option 'latent' for latent transform 'fc'; known options: latent_dim")
+    assert message.startswith("unknown option 'latent' for latent transform 'fc'; did you mean 'latent_dim'? "
+                              "known options: latent_dim")
 
 
 def test_invalid_option_value():
     message = refusal(spec(transform={"name": "fc", "options": {"latent_dim": 0}}), error=OptionsError)
-    assert message.startswith("invalid options for latent transform 'fc': latent_dim must be a positive integer")
+    assert message == "latent transform 'fc' option 'latent_dim': expected a positive integer, got 0"
 
 
 def test_every_refusal_is_a_genvae_error(registry):

@@ -96,9 +96,10 @@ def test_config_holds_the_resolved_spec_and_version(model, folder):
 
 
 def test_save_leaves_no_temporary_files(model, folder):
-    assert sorted(p.name for p in folder.iterdir()) == [CONFIG, WEIGHTS]
+    files = [".genvae-manifest.json", CONFIG, WEIGHTS]
+    assert sorted(p.name for p in folder.iterdir()) == files
     save_model(model, folder)  # overwriting too
-    assert sorted(p.name for p in folder.iterdir()) == [CONFIG, WEIGHTS]
+    assert sorted(p.name for p in folder.iterdir()) == files
 
 
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):

@@ -695,6 +695,7 @@ def check_serialisation(
     ``folder`` is a new or empty folder to save into (default: a temporary one, removed after).
     """
     from genvae.core.checkpoint import CONFIG, WEIGHTS, load_model, load_spec, save_model
+    from genvae.core.folder import MANIFEST
 
     registry = registry or get_registry()
     spec, _ = _resolve(kind, name, options, spec, registry)
@@ -708,7 +709,7 @@ def check_serialisation(
 
     def run(folder: Path) -> None:
         save_model(model, folder)
-        extra = sorted(p.name for p in folder.iterdir() if p.name not in (CONFIG, WEIGHTS))
+        extra = sorted(p.name for p in folder.iterdir() if p.name not in (CONFIG, WEIGHTS, MANIFEST))
         if extra:
             raise _fail(f"{label}: save_model left extra files in the model folder: {extra}")
         try:

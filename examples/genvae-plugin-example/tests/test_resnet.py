@@ -144,10 +144,10 @@ def test_encoder_refuses_indivisible_image_size(registry):
 @pytest.mark.parametrize(
     ("kind", "options", "message"),
     [
-        ("encoder", {"width": 0}, "width must be a positive integer"),
-        ("encoder", {"stages": 1.5}, "expected an integer"),
-        ("encoder", {"blocks_per_stage": -1}, "blocks_per_stage must be an integer >= 0"),
-        ("decoder", {"stages": 0}, "stages must be a positive integer"),
+        ("encoder", {"width": 0}, "option 'width': expected a positive integer, got 0"),
+        ("encoder", {"stages": 1.5}, "option 'stages': expected a positive integer, got 1.5"),
+        ("encoder", {"blocks_per_stage": -1}, "option 'blocks_per_stage': expected an integer >= 0, got -1"),
+        ("decoder", {"stages": 0}, "decoder 'resnet' option 'stages': stages must be a positive integer"),
         ("decoder", {"depth": 2}, "unknown option 'depth'"),
     ],
 )

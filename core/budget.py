@@ -1,0 +1,410 @@
+"""Memory budget: size a spec on PyTorch's ``meta`` device before anything real is allocated.
+
+A model folder's ``config.json`` is untrusted input: a 1 KB file can ask for ``encoder.width=1000000``
+or ``image_size=100000``. :func:`estimate` builds the spec the way :func:`genvae.core.model.build_model`
+does, but on the meta device (tensors with shapes and no storage), counts its parameters and runs one
+meta forward pass at the training batch size, adding up the outputs of every leaf module.
+:func:`check_budget` refuses a spec whose training footprint is over :func:`memory_limit` with one
+line; ``build_model`` runs it before every real build (``genvae build`` and every model folder load).
+
+The limit is ``GENVAE_MAX_MEMORY`` (``8G``, ``512M``, ``1.5GB``, plain bytes; ``off`` skips the check),
+else half of the memory available now. Sizes use binary multiples: ``1G`` is 2**30 bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import weakref
+
+import attrs
+import torch
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._device import _device_constructors
+
+from genvae.core.errors import BuildError, GenvaeError
+
+ENV = "GENVAE_MAX_MEMORY"
+#: how a refused user raises the limit (the CLI's --max-memory sets GENVAE_MAX_MEMORY)
+LIMIT_HINT = "lower the sizes, or raise the limit with --max-memory / GENVAE_MAX_MEMORY"
+FALLBACK_MEMORY = 8 * 2**30
+#: weights, gradients and Adam's two moments, per parameter
+TRAINING_COPIES = 4
+#: leaf-module outputs are kept for backward and meet gradients of the same size there
+BACKWARD_FACTOR = 2
+#: a spec that creates more tensors than this while building is refused (depth / levels / steps gone wild)
+MAX_TENSORS = 10_000
+#: a repeat_interleave on real (CPU) tensors above this many elements runs on meta instead
+_SMALL = 1 << 16
+_OFF = ("off", "none", "unlimited", "no")
+_UNITS = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40, "p": 2**50}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)(?:e([+-]?\d+))?\s*(?:([kmgtp])(?:i?b)?|b)?\s*$", re.IGNORECASE)
+META = torch.device("meta")
+
+
+class BudgetError(GenvaeError):
+    """A spec that needs more memory than the limit allows, or a limit that cannot be read."""
+
+
+@attrs.frozen
+class Estimate:
+    """What training a spec needs, measured on the meta device (bytes unless said otherwise)."""
+
+    parameters: int
+    parameter_bytes: int
+    buffer_bytes: int
+    activation_bytes: int  # leaf-module outputs of one forward + losses, at ``batch_size``
+    batch_size: int
+    measured: bool = True  # False: the meta forward failed; activations are the image batch only
+    note: str = ""  # why the meta forward failed
+
+    @property
+    def training_bytes(self) -> int:
+        return TRAINING_COPIES * self.parameter_bytes + self.buffer_bytes + BACKWARD_FACTOR * self.activation_bytes
+
+    def describe(self) -> str:
+        return (f"about {format_size(self.training_bytes)} to train ({format_count(self.parameters)} parameters; "
+                f"activations at batch {self.batch_size}: {format_size(self.activation_bytes)})")
+
+
+# -- sizes ----------------------------------------------------------------------------------------
+
+
+def parse_size(text: str | int, where: str = ENV) -> int:
+    """``"8G"``, ``"512M"``, ``"1.5GB"``, ``"2GiB"``, ``"1048576"`` -> bytes; a one-line error for anything else."""
+    shown = repr(str(text)[:40])
+    if isinstance(text, bool):
+        raise BudgetError(f"{where}={shown} is not a size")
+    if isinstance(text, int):
+        value = float(text)
+    else:
+        match = _SIZE.match(str(text))
+        if not match:
+            raise BudgetError(f"{where}={shown} is not a size; give bytes or a number with K, M, G or T "
+                              "(e.g. 8G, 512M, 1.5GB), or 'off' to skip the check")
+        number, exponent, unit = match.groups()
+        if exponent and abs(int(exponent)) > 30:
+            raise BudgetError(f"{where}={shown} is out of range")
+        value = float(number) * 10 ** int(exponent or 0) * _UNITS[(unit or "").lower()]
+    if not math.isfinite(value) or value > 2**62:
+        raise BudgetError(f"{where}={shown} is out of range")
+    if value < 1:
+        raise BudgetError(f"{where}={shown} must be a positive size (e.g. 8G)")
+    return int(value)
+
+
+def parse_limit(text: str | int, where: str = ENV) -> int | None:
+    """A memory limit: a size as :func:`parse_size` reads it, or None for ``off`` / ``none`` / ``unlimited``."""
+    if isinstance(text, str) and text.strip().lower() in _OFF:
+        return None
+    return parse_size(text, where)
+
+
+def format_size(n: int | float) -> str:
+    """Bytes in binary units, one decimal: ``11.8 GB`` (1 GB = 2**30 bytes, as :func:`parse_size` reads it)."""
+    for unit, scale in (("TB", 2**40), ("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
+        if n >= scale:
+            value = n / scale
+            return f"{value:.1f} {unit}" if value < 10_000 else f"{value:.1e} {unit}".replace("e+", "e")
+    return f"{int(n)} bytes"
+
+
+def format_count(n: int) -> str:
+    return f"{n:,}" if n < 10**7 else f"{n:.1e}".replace("e+", "e")
+
+
+def available_memory() -> int:
+    """Memory available to this process now: MemAvailable (and the cgroup's room, when smaller)."""
+    available = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    if available is None:
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (AttributeError, ValueError, OSError):
+            available = None
+    if not available or available <= 0:
+        available = FALLBACK_MEMORY * 2
+    try:  # cgroup v2: a container's own limit can be well under the host's free memory
+        with open("/sys/fs/cgroup/memory.max") as f:
+            cap = f.read().strip()
+        if cap.isdigit():
+            with open("/sys/fs/cgroup/memory.current") as f:
+                room = int(cap) - int(f.read().strip())
+            if room > 0:
+                available = min(available, room)
+    except (OSError, ValueError):
+        pass
+    return available
+
+
+def memory_limit_and_source() -> tuple[int | None, str]:
+    """(limit in bytes or None when the check is off, where the limit comes from)."""
+    raw = os.environ.get(ENV, "").strip()
+    if raw:
+        return parse_limit(raw), ENV
+    return available_memory() // 2, "half of the available memory"
+
+
+def memory_limit() -> int:
+    """``GENVAE_MAX_MEMORY`` in bytes, else half of the available memory (``off``: no limit, a huge number)."""
+    limit, _ = memory_limit_and_source()
+    return limit if limit is not None else 2**62
+
+
+# -- building on meta ------------------------------------------------------------------------------
+
+# constructors whose data comes from Python (a literal list): they stay real, so repeat_interleave,
+# indexing and the like can read their values; they are as small as the config they came from.
+_DATA_CONSTRUCTORS = {torch.tensor, torch.as_tensor, torch.asarray, torch.scalar_tensor}
+_REPEAT = {torch.repeat_interleave, Tensor.repeat_interleave}
+
+
+class _Exceeded(Exception):  # noqa: N818 - internal signal, never leaves this module
+    def __init__(self, created: int):
+        self.created = created
+
+
+class _MetaMode(TorchFunctionMode):
+    """``torch.device("meta")`` that keeps literal tensors real, counts what is created, and stops early."""
+
+    def __init__(self, cap_bytes: int | None = None):
+        super().__init__()
+        self.cap = cap_bytes
+        self.counting = True
+        self.created = 0
+        self.tensors = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func in _REPEAT:
+            return self._repeat_interleave(func, args, kwargs)
+        constructor = func in _device_constructors()
+        if constructor and func not in _DATA_CONSTRUCTORS and kwargs.get("device") is None:
+            kwargs["device"] = META
+        out = func(*args, **kwargs)
+        if constructor and self.counting and isinstance(out, Tensor):
+            self.tensors += 1
+            self.created += out.numel() * out.element_size()
+            if self.tensors > MAX_TENSORS:
+                raise BuildError(f"the model spec creates over {MAX_TENSORS:,} tensors while building; lower its "
+                                 "depth, levels or steps")
+            if self.cap is not None and TRAINING_COPIES * self.created > self.cap:
+                raise _Exceeded(self.created)
+        return out
+
+    @staticmethod
+    def _repeat_interleave(func, args, kwargs):
+        """Real (CPU) inputs whose result would be large are repeated on meta, with the size computed here."""
+        source, repeats = args[0], (args[1] if len(args) > 1 else kwargs.get("repeats"))
+        if (isinstance(source, Tensor) and not source.is_meta and isinstance(repeats, Tensor)
+                and not repeats.is_meta and kwargs.get("output_size") is None):
+            dim = args[2] if len(args) > 2 else kwargs.get("dim")
+            length = source.numel() if dim is None else source.shape[dim]
+            total = int(repeats.sum()) if repeats.numel() > 1 else int(repeats) * length
+            if total > _SMALL:
+                rest = {k: v for k, v in kwargs.items() if k not in ("repeats", "dim")}
+                return torch.repeat_interleave(source.to(META), repeats.to(META), dim, output_size=total, **rest)
+        return func(*args, **kwargs)
+
+
+def _line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return (lines[0] if lines else type(exc).__name__)[:200]
+
+
+def _meta_hint(text: str) -> str:
+    """A build failure that only the meta device causes (a plugin reading a tensor's values while building)."""
+    text = text if len(text) <= 150 else text[:147] + "..."
+    return f"{text} (while sizing the model on the meta device; {ENV}=off skips this check)"
+
+
+def _nbytes(value) -> int:
+    if isinstance(value, Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, (tuple, list)):
+        return sum(_nbytes(v) for v in value)
+    if isinstance(value, dict):
+        return sum(_nbytes(v) for v in value.values())
+    return 0
+
+
+def _build_meta(spec, registry, mode: _MetaMode) -> nn.Module:
+    from genvae.core.model import build_model
+
+    try:
+        with mode:
+            model = build_model(spec, registry, check=False)
+            model.to(META)  # literal buffers (kept real while building) join the rest
+    except BuildError as exc:
+        text = str(exc)
+        if "overflow" in text.lower():
+            where = text.split(": ")[0]
+            raise BuildError(f"{where}: a size in its options is too large (it overflows a 64-bit integer)") from None
+        if "meta" in text.lower():
+            raise BuildError(_meta_hint(text)) from None
+        raise
+    except (_Exceeded, GenvaeError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - an untrusted spec must end in one line, whatever broke
+        text = f"the model spec cannot be built: {_line(exc)}"
+        raise BuildError(_meta_hint(text) if "meta" in text.lower() else text) from None
+    finally:
+        mode.counting = False
+    return model
+
+
+def _fresh_outputs(output, inputs) -> int:
+    """Bytes of ``output`` that are new memory: not an input returned in place, nor a view of one."""
+    if isinstance(output, (tuple, list)):
+        return sum(_fresh_outputs(o, inputs) for o in output)
+    if isinstance(output, dict):
+        return sum(_fresh_outputs(o, inputs) for o in output.values())
+    if not isinstance(output, Tensor):
+        return 0
+    base = output._base if output._base is not None else output
+    if any(base is i or base is i._base for i in inputs if isinstance(i, Tensor)):
+        return 0
+    return output.numel() * output.element_size()
+
+
+def _measure_forward(model, spec, batch: int, mode: _MetaMode) -> int:
+    """Bytes a training step keeps for backward, from one training-mode meta forward at ``batch``.
+
+    The outputs of every leaf module (less in-place results and views) are added up: those of the
+    forward pass, which live through the whole step, plus those of the largest phase (the trainer
+    runs the phases one after another on the same forward).
+    """
+    count = [0]
+    hooks = []
+
+    def record(module, inputs, output):
+        count[0] += _fresh_outputs(output, inputs)
+
+    for module in model.modules():
+        if next(module.children(), None) is None:
+            hooks.append(module.register_forward_hook(record))
+    try:
+        with mode, torch.no_grad():
+            x = torch.zeros(batch, *spec.image_shape, device=META)
+            model.train()
+            state = model(x)
+            forward = x.numel() * x.element_size() + _nbytes(state.x_hat) + count[0]
+            phases = [0]
+            for phase in model.phases:
+                count[0] = 0
+                model.phase_terms(state, phase)
+                phases.append(count[0])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return forward + max(phases)
+
+
+# estimates by registry, then by (batch, spec as JSON): building the same spec again costs nothing
+_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_CACHE_SIZE = 64
+
+
+def _cached(registry, key: tuple | None) -> Estimate | None:
+    try:
+        return _CACHE.get(registry, {}).get(key) if key is not None else None
+    except TypeError:  # a registry that cannot be weakly referenced: no cache
+        return None
+
+
+def _remember(registry, key: tuple | None, result: Estimate) -> None:
+    if key is None:
+        return
+    try:
+        table = _CACHE.setdefault(registry, {})
+    except TypeError:
+        return
+    if len(table) >= _CACHE_SIZE:
+        table.pop(next(iter(table)))
+    table[key] = result
+
+
+def _cache_key(spec, batch: int) -> tuple | None:
+    try:
+        return batch, json.dumps(spec.to_dict(), sort_keys=True, default=repr)
+    except (TypeError, ValueError):
+        return None
+
+
+def _estimate(spec, registry, batch_size: int | None, cap: int | None) -> Estimate:
+    from genvae.core.registry import get_registry
+
+    registry = registry or get_registry()
+    batch = int(batch_size if batch_size is not None else spec.train.batch_size)
+    image_bytes = batch * math.prod(spec.image_shape) * 4
+    if cap is not None and BACKWARD_FACTOR * image_bytes > cap:
+        raise _Exceeded(0)  # the image batch alone is over: nothing needs building to know
+    key = _cache_key(spec, batch)
+    cached = _cached(registry, key)
+    if cached is not None:  # the same spec built again (a reload, a stage of a run)
+        return cached
+    mode = _MetaMode(cap)
+    model = _build_meta(spec, registry, mode)
+    params = list(model.parameters())
+    parameters = sum(p.numel() for p in params)
+    parameter_bytes = sum(p.numel() * p.element_size() for p in params)
+    buffer_bytes = sum(b.numel() * b.element_size() for b in model.buffers())
+    if cap is not None and TRAINING_COPIES * parameter_bytes + buffer_bytes + BACKWARD_FACTOR * image_bytes > cap:
+        # over already: the forward would only add to it (and this partial estimate is not cached)
+        return Estimate(parameters, parameter_bytes, buffer_bytes, image_bytes, batch, False, "not measured")
+    try:
+        result = Estimate(parameters, parameter_bytes, buffer_bytes, _measure_forward(model, spec, batch, mode), batch)
+    except Exception as exc:  # noqa: BLE001 - a plugin whose forward does not run on meta: size it without
+        result = Estimate(parameters, parameter_bytes, buffer_bytes, image_bytes, batch, False, _line(exc))
+    _remember(registry, key, result)
+    return result
+
+
+def estimate(spec, registry=None, batch_size: int | None = None) -> Estimate:
+    """Parameters and training memory of ``spec`` at ``batch_size`` (default: the spec's), built on meta.
+
+    Raises a one-line :class:`BuildError` if the spec cannot even be built on meta (overflowing sizes,
+    an incompatible composition). A forward that fails on meta leaves ``measured`` False and counts the
+    image batch as the activations.
+    """
+    return _estimate(spec, registry, batch_size, None)
+
+
+def check_budget(spec, registry=None, limit: int | str | None = None, batch_size: int | None = None) -> Estimate | None:
+    """Refuse ``spec`` with a one-line :class:`BudgetError` when training it needs more than ``limit``.
+
+    ``limit`` defaults to :func:`memory_limit` (``GENVAE_MAX_MEMORY``, else half of the available
+    memory). Returns the estimate, or None when the check is off (``GENVAE_MAX_MEMORY=off``).
+    """
+    if limit is None:
+        limit, source = memory_limit_and_source()
+        if limit is None:
+            return None
+    else:
+        limit, source = parse_limit(limit, "limit"), "the given limit"
+        if limit is None:
+            return None
+    batch = int(batch_size if batch_size is not None else spec.train.batch_size)
+    over = f"over the limit of {format_size(limit)} ({source}); {LIMIT_HINT}"
+    try:
+        est = _estimate(spec, registry, batch, limit)
+    except _Exceeded as exc:
+        if exc.created:
+            raise BudgetError(f"model spec needs over {format_size(TRAINING_COPIES * exc.created)} to train (over "
+                              f"{format_count(exc.created // 4)} parameters), {over}") from None
+        image = batch * math.prod(spec.image_shape) * 4
+        raise BudgetError(f"model spec needs over {format_size(BACKWARD_FACTOR * image)} to train (its image batch "
+                          f"of {format_count(batch)} x {list(spec.image_shape)} alone), {over}") from None
+    if est.training_bytes > limit:
+        raise BudgetError(f"model spec needs {est.describe()}, {over}")
+    return est
