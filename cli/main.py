@@ -33,7 +33,8 @@ def one_line(text: str, limit: int = MESSAGE_LIMIT) -> str:
 def print_error(message: str) -> None:
     """``Error: <message>`` on one line of stderr; the message is printed as text (no rich markup)."""
     err_console.print("[bold red]Error:[/] ", end="", highlight=False, soft_wrap=True)
-    err_console.print(one_line(message), markup=False, highlight=False, soft_wrap=True, emoji=False)
+    err_console.print(one_line(message, MESSAGE_LIMIT - len("Error: ")), markup=False, highlight=False,
+                      soft_wrap=True, emoji=False)
 
 
 class GenvaeGroup(click.Group):
@@ -61,6 +62,12 @@ class GenvaeGroup(click.Group):
         except KeyboardInterrupt:
             err_console.print("Interrupted; nothing was written after the last checkpoint (resume with --resume).")
             ctx.exit(130)
+        except OSError as exc:  # a path the file system refuses (too long, permission denied, read-only ...)
+            if ctx.meta.get("genvae.debug"):
+                raise
+            where = f": {str(exc.filename)[:80]}" if exc.filename else ""
+            print_error(f"{exc.strerror or type(exc).__name__}{where}")
+            ctx.exit(1)
         except Exception as exc:  # an internal error: still one line unless --debug
             if ctx.meta.get("genvae.debug"):
                 raise
@@ -334,6 +341,9 @@ def train(folder, data, data_root, download, epochs, max_steps, batch_size, lr, 
         raise GenvaeError(f"train --set '{bad[0][:60]}': only train.OPTION=VALUE here; change a model with genvae "
                           "build")
     spec = apply_sets(model.spec.with_train(**overrides), sets)
+    from genvae.core.budget import check_budget
+
+    check_budget(spec, registry())  # e.g. --batch-size: config.json must stay loadable after this run
     model.spec = spec
     config = spec.train
     seed_everything(config.seed)

@@ -105,6 +105,7 @@ def parse_limit(text: str | int, where: str = ENV) -> int | None:
 
 def format_size(n: int | float) -> str:
     """Bytes in binary units, one decimal: ``11.8 GB`` (1 GB = 2**30 bytes, as :func:`parse_size` reads it)."""
+    n = min(n, 10**300)  # an absurd size from an untrusted config stays printable (no float overflow)
     for unit, scale in (("TB", 2**40), ("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
         if n >= scale:
             value = n / scale
@@ -113,6 +114,7 @@ def format_size(n: int | float) -> str:
 
 
 def format_count(n: int) -> str:
+    n = min(n, 10**300)  # as in format_size
     return f"{n:,}" if n < 10**7 else f"{n:.1e}".replace("e+", "e")
 
 

@@ -135,6 +135,11 @@ def _component(value) -> ComponentSpec:
 
 
 def _options_of(item: Mapping, what: str) -> dict[str, Any]:
+    allowed = ("name", "options", "weight") if what == "loss" else ("name", "options")
+    extra = sorted(str(k) for k in item if k not in allowed)
+    if extra:  # a typo such as "option" must not silently fall back to the defaults
+        raise ValueError(f"{what} {shorten(item['name'])}: unknown key {shorten(extra[0])}; allowed: "
+                         f"{', '.join(allowed)}")
     options = item.get("options") or {}
     if not isinstance(options, Mapping):
         raise ValueError(f"{what} {shorten(item['name'])}: options must be a mapping of option name to value, "

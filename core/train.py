@@ -12,6 +12,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import stat
 import threading
@@ -36,18 +37,26 @@ SAMPLE_SEED = 1234  # sample grids use their own RNG stream, so they never shift
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (N an existing device) -> a torch device, or a one-line error."""
+    shown = name if len(name) <= 40 else name[:37] + "..."
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise GenvaeError(f"--device {name}: no CUDA device is available here; use --device cpu or auto")
-    if name not in ("cpu",) and not name.startswith("cuda"):
-        raise GenvaeError(f"--device {name}: expected auto, cpu, cuda or cuda:N")
+    match = re.fullmatch(r"cuda(?::(\d{1,4}))?", name)
+    if name != "cpu" and match is None:
+        raise GenvaeError(f"--device {shown!r}: expected auto, cpu, cuda or cuda:N")
+    if match is not None:
+        if not torch.cuda.is_available():
+            raise GenvaeError(f"--device {shown}: no CUDA device is available here; use --device cpu or auto")
+        index = int(match.group(1) or 0)
+        if index >= torch.cuda.device_count():
+            raise GenvaeError(f"--device {shown}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                              f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
     return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
-    torch.manual_seed(seed)
+    torch.manual_seed(seed % 2**64)  # torch takes 64 bits; any seed >= 0 is valid (smaller ones unchanged)
 
 
 class Phase:
@@ -304,7 +313,7 @@ class Trainer:
         return x
 
     def _permutation(self, epoch: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + epoch)
+        g = torch.Generator().manual_seed((self.config.seed * 1_000_003 + epoch) % 2**64)
         return torch.randperm(len(self.images), generator=g).to(self.images.device)
 
     # -- the loop -----------------------------------------------------------------------------------

@@ -376,6 +376,14 @@ def _reference(tmp_path: Path, genvae_exe, build_args: list[str], name: str) -> 
     return folder
 
 
+def _lock_holder(folder: Path) -> str:
+    """The pid in the folder's lock file: the process holds the lock and is about to train or training."""
+    try:
+        return (folder / LOCK).read_text().strip()
+    except OSError:
+        return ""
+
+
 def interrupted_run(exe, folder: Path, signals: list[int], rng: random.Random) -> list[int]:
     """Train ``folder`` to the end, sending each signal at a random moment of one attempt; returns exit codes."""
     codes = []
@@ -383,8 +391,7 @@ def interrupted_run(exe, folder: Path, signals: list[int], rng: random.Random) -
     for sig in signals:
         proc = subprocess.Popen([*exe, "train", str(folder), *COMMON, *resume], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, env=_env())
-        assert _wait_for(lambda p=proc: p.poll() is not None or (folder / "metrics.jsonl").exists()
-                         or (folder / "checkpoints").exists(), 120)
+        assert _wait_for(lambda p=proc: p.poll() is not None or _lock_holder(folder) == str(p.pid), 120)
         time.sleep(rng.uniform(0.0, 0.6))
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=300)
@@ -455,7 +462,7 @@ def test_adversarial_model_stopped_and_resumed_is_bit_exact(tmp_path, genvae_exe
 def test_second_ctrl_c_aborts_at_once_and_startup_ctrl_c_has_no_traceback(model_dir, genvae_exe):
     proc = subprocess.Popen([*genvae_exe, "train", str(model_dir), *COMMON], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=_env(), text=True)
-    time.sleep(0.3)  # still importing torch
+    time.sleep(1.0)  # past Python's own start-up, still importing torch and the plugins
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in err and "KeyboardInterrupt" not in err, err
