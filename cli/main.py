@@ -17,17 +17,11 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from genvae.core.errors import GenvaeError
+from genvae.core.errors import GenvaeError, one_line
 
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 MESSAGE_LIMIT = 400  # characters of one error line; longer messages are cut
-
-
-def one_line(text: str, limit: int = MESSAGE_LIMIT) -> str:
-    """Whitespace collapsed to one line, cut at ``limit`` characters."""
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def print_error(message: str) -> None:
