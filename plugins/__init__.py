@@ -15,4 +15,5 @@ BUILTIN_PLUGINS = [
     "genvae.plugins.mi",
     "genvae.plugins.laplacian",
     "genvae.plugins.m_net",
+    "genvae.plugins.neighbours",
 ]
