@@ -12,7 +12,12 @@ As in the crVAE authors' code (``models/allconv_lstm.lua``, ``train_test/train_t
   skipped for the step (``Loss.SKIP``; one host sync per step, only while the rule is on);
 * phase ``model``: beta times the non-saturating loss -log D(x~) on reconstructions and on fresh
   prior samples (z ~ p(z) through ``model.generate``); the gradient reaches the decoder, the
-  latent transform and the encoder.
+  latent transform and (``gan_to_encoder``, the crVAE-GAN code) the encoder. The authors' VAE-GAN
+  baseline (``train_test_baseline.lua``) keeps it from the encoder: ``gan_to_encoder: false``.
+
+The minibatch discrimination is the authors' ``nn.BatchDiscrimination`` (see
+:class:`MinibatchDiscrimination`): the exp(-L1) terms are averaged over the whole batch, the sample
+itself included.
 
 The prior samples (z, u, x) are made once per step and kept in ``state.extras["adv.prior"]``; the
 trunk features of reconstructions and prior samples in the model phase are kept in
@@ -104,20 +109,23 @@ class Trunk(nn.Module):
 
 
 class MinibatchDiscrimination(nn.Module):
-    """Salimans et al. 2016: per sample, B kernels of C dims; feature b = mean over the other samples j of
-    exp(-||M_i,b - M_j,b||_1). Averaged (not summed) over the batch, so its scale does not depend on batch size."""
+    """Salimans et al. 2016, as the ``nn.BatchDiscrimination`` layer the crVAE authors used (stnbhwd, branch
+    batchDisc): M = x T (T: in_features x kernels*dims, no bias), then for sample i and kernel b the feature
+    (1/n) sum_j exp(-||M_i,b - M_j,b||_1) over all n samples of the batch, the sample itself included (its term
+    is exp(0) = 1): the layer ends in ``nn.Sum(1, 2, true)``, whose third argument averages. T starts uniform in
+    +-1/sqrt(in_features) (Torch's ``nn.Linear`` default: +-1/32 at the paper's 1024 features)."""
 
     def __init__(self, in_features: int, kernels: int, dims: int):
         super().__init__()
         self.kernels, self.dims = kernels, dims
-        self.T = nn.Parameter(torch.randn(in_features, kernels * dims) * 0.1)
+        bound = 1.0 / math.sqrt(in_features)
+        self.T = nn.Parameter(torch.empty(in_features, kernels * dims).uniform_(-bound, bound))
 
     def forward(self, x):
         n = x.shape[0]
         m = (x @ self.T).view(n, self.kernels, self.dims)
-        dist = (m.unsqueeze(0) - m.unsqueeze(1)).abs().sum(3)  # (n, n, kernels)
-        close = torch.exp(-dist).sum(1) - 1.0  # minus the sample itself (exp(0) = 1)
-        return torch.cat([x, close / max(n - 1, 1)], dim=1)
+        dist = (m.unsqueeze(0) - m.unsqueeze(1)).abs().sum(3)  # (n, n, kernels), zero on the diagonal
+        return torch.cat([x, torch.exp(-dist).mean(1)], dim=1)
 
 
 class GANHead(nn.Module):
@@ -168,7 +176,13 @@ class AdvOptions:
                                "(0: never skip, no host sync)", non_negative, to_float)
     on_recon: bool = option(True, "adversarial loss on reconstructions (z from the posterior)", converter=to_bool)
     on_prior: bool = option(True, "adversarial loss on samples (z from the prior)", converter=to_bool)
-    trunk_lr: float = option(0.5, "learning-rate multiplier of the trunk (authors: lr/2)", non_negative, to_float)
+    trunk_lr: float = option(0.5, "learning-rate multiplier of the trunk (authors' crVAE-GAN: lr/2; their VAE-GAN "
+                             "baseline runs the whole discriminator at lr/2: trunk_lr 1 with train.phase_lr)",
+                             non_negative, to_float)
+    gan_to_encoder: bool = option(True, "the generator's adversarial loss on reconstructions also reaches the encoder "
+                                  "(authors' crVAE-GAN); false: it reaches the generation side only, as in their "
+                                  "VAE-GAN baseline (the reconstructions it judges are regenerated from z detached; "
+                                  "mi's model-phase term on reconstructions shares them)", converter=to_bool)
     similarity_layer: int = option(0, "Larsen's learned similarity: reconstruction error on the conv output of this "
                                    "trunk block (1-based; 0: off)", non_negative_int, to_int)
     similarity_weight: float = option(1.0, "weight of the learned-similarity term", non_negative, to_float)
@@ -204,6 +218,12 @@ class AdversarialLoss(Loss):
         self.head = GANHead(math.prod(self.trunk_shape), options.head_hidden, options.dropout,
                             options.minibatch_kernels, options.minibatch_dims)
 
+    def attach(self, model) -> None:
+        # the generation side's batch norms, whose running statistics the regeneration must not update twice
+        norms = tuple(m for part in (model.transform, model.decoder) for m in part.modules()
+                      if isinstance(m, nn.modules.batchnorm._BatchNorm))
+        object.__setattr__(self, "_generation_norms", norms)  # references, not submodules
+
     def lr_multipliers(self) -> dict[str, float]:
         return {"trunk": self.options.trunk_lr} if self.options.trunk_lr != 1.0 else {}
 
@@ -221,13 +241,31 @@ class AdversarialLoss(Loss):
             cached = state.extras[PRIOR_KEY] = (z, u, x)
         return cached
 
+    def generator_reconstructions(self, state):
+        """The reconstructions the generator's adversarial loss judges: x_hat itself, or (``gan_to_encoder``
+        off) x_hat regenerated from z detached, so that loss reaches the generation side and not the encoder.
+
+        The regeneration runs the same layers on the same z in the same mode, so its values equal x_hat's; the
+        generation side's batch norms use the batch's statistics as in the forward pass but do not update
+        their running statistics a second time."""
+        if self.options.gan_to_encoder:
+            return state.x_hat
+        norms = [m for m in self._generation_norms if m.training and m.track_running_stats]
+        for m in norms:
+            m.track_running_stats = False  # train mode: batch statistics, running statistics left alone
+        try:
+            return state.model.generate(state.z.detach())[1]
+        finally:
+            for m in norms:
+                m.track_running_stats = True
+
     def fake_features(self, state):
         """Trunk features of (reconstructions, prior samples) for the model phase, one trunk pass for both."""
         cached = state.extras.get(FEATURES_KEY)
         if cached is None:
             x_prior = self.prior_batch(state)[2]
             n = state.x_hat.shape[0]
-            features = self.trunk(torch.cat([state.x_hat, x_prior]))
+            features = self.trunk(torch.cat([self.generator_reconstructions(state), x_prior]))
             cached = state.extras[FEATURES_KEY] = (features[:n], features[n:])
         return cached
 

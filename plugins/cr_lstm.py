@@ -30,6 +30,7 @@ from torch import nn
 from genvae.core.components import BuildContext, Decoder, Encoder, Gaussian, LatentLayout, LatentTransform
 from genvae.core.hookspecs import hookimpl
 from genvae.core.options import (
+    expects,
     finite,
     non_negative,
     one_of,
@@ -62,6 +63,17 @@ def _torch7_conv_init(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
+@expects("a number in [0, 1]")
+def _momentum(instance, attribute, value) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{attribute.name} must lie in [0, 1], got {value}")
+
+
+BN_EPS_HELP = "eps of the batch norms (PyTorch's default 1e-5; the authors' run commands: 1e-6)"
+BN_MOMENTUM_HELP = ("momentum of the batch norms: the weight of the new batch in the running statistics, as in "
+                    "Torch7 (PyTorch's default 0.1; the authors' run commands: 0.9)")
+
+
 def _log2_exact(ratio: float) -> int | None:
     if ratio < 1 or not float(ratio).is_integer():
         return None
@@ -89,6 +101,8 @@ class CREncoderOptions:
     max_width: int = option(256, "cap on the channel count; also the features' channels", positive_int, to_int)
     latent_size: int = option(4, "spatial size of the features (image size / 2^stages)", positive_int, to_int)
     slope: float = option(0.1, "LeakyReLU slope of the stride-1 convolutions", non_negative, to_float)
+    bn_eps: float = option(1e-5, BN_EPS_HELP, positive, to_float)
+    bn_momentum: float = option(0.1, BN_MOMENTUM_HELP, _momentum, to_float)
 
 
 class CREncoder(Encoder):
@@ -107,16 +121,19 @@ class CREncoder(Encoder):
         # 64x64, width 32: CReLU 3->6 | conv5x5 s2 6->32, BN, CReLU | conv3x3 s2 64->64, BN, CReLU |
         # conv3x3 s2 128->128, BN, CReLU; conv3x3 256->256, BN, LReLU | conv3x3 s2 256->256, BN, CReLU;
         # conv3x3 512->256, BN, LReLU  ->  256x4x4
+        def bn(n):
+            return nn.BatchNorm2d(n, options.bn_eps, options.bn_momentum)
+
         layers: list[nn.Module] = [CReLU()]
         prev = 2 * c
         for i in range(stages):
             out = min(options.width * 2**i, options.max_width)
             k = 5 if i == 0 else 3
-            layers += [nn.Conv2d(prev, out, k, 2, k // 2), nn.BatchNorm2d(out), CReLU()]
+            layers += [nn.Conv2d(prev, out, k, 2, k // 2), bn(out), CReLU()]
             prev = 2 * out
             if i >= stages - 2:
                 nxt = min(prev, options.max_width)
-                layers += [nn.Conv2d(prev, nxt, 3, 1, 1), nn.BatchNorm2d(nxt), nn.LeakyReLU(options.slope)]
+                layers += [nn.Conv2d(prev, nxt, 3, 1, 1), bn(nxt), nn.LeakyReLU(options.slope)]
                 prev = nxt
         self.net = nn.Sequential(*layers)
         _torch7_conv_init(self.net)
@@ -137,6 +154,8 @@ class CRDecoderOptions:
     input_conv: str = option("auto", "conv3x3 + BN from the input to max_width channels first: auto (when the input "
                              "has other channels, as u of cr-lstm), yes or no", one_of("auto", "yes", "no"))
     slope: float = option(0.1, "LeakyReLU slope", non_negative, to_float)
+    bn_eps: float = option(1e-5, BN_EPS_HELP, positive, to_float)
+    bn_momentum: float = option(0.1, BN_MOMENTUM_HELP, _momentum, to_float)
 
 
 class CRDecoder(Decoder):
@@ -154,20 +173,24 @@ class CRDecoder(Decoder):
                             f"{list(ctx.transform.output_shape)}")
         o = options
         top = min(o.max_width, o.width * 2 ** max(ups - 1, 1))
+
+        def bn(n):
+            return nn.BatchNorm2d(n, o.bn_eps, o.bn_momentum)
+
         layers: list[nn.Module] = []
         if o.input_conv == "yes" or (o.input_conv == "auto" and c_in != top):
-            layers += [nn.Conv2d(c_in, top, 3, 1, 1), nn.BatchNorm2d(top)]  # no activation (authors' code)
+            layers += [nn.Conv2d(c_in, top, 3, 1, 1), bn(top)]  # no activation (authors' code)
             prev = top
         else:
             prev = c_in
         # 4x4 -> 64x64 at width 32: deconv 256->256 (+ conv3x3 256->256), 256->128, 128->64, 64->64
         for j in range(ups):
             out = min(o.max_width, o.width * 2 ** max(ups - 1 - j, 1))
-            layers += [nn.ConvTranspose2d(prev, out, 4, 2, 1), nn.BatchNorm2d(out), nn.LeakyReLU(o.slope)]
+            layers += [nn.ConvTranspose2d(prev, out, 4, 2, 1), bn(out), nn.LeakyReLU(o.slope)]
             prev = out
             if j == 0:
-                layers += [nn.Conv2d(prev, prev, 3, 1, 1), nn.BatchNorm2d(prev), nn.LeakyReLU(o.slope)]
-        layers += [nn.Conv2d(prev, prev, 3, 1, 1), nn.BatchNorm2d(prev), nn.LeakyReLU(o.slope),
+                layers += [nn.Conv2d(prev, prev, 3, 1, 1), bn(prev), nn.LeakyReLU(o.slope)]
+        layers += [nn.Conv2d(prev, prev, 3, 1, 1), bn(prev), nn.LeakyReLU(o.slope),
                    nn.Conv2d(prev, c, 3, 1, 1)]
         self.net = nn.Sequential(*layers)
         _torch7_conv_init(self.net)
@@ -281,6 +304,12 @@ PAPER_TRAIN = {
     "lr": 3e-4, "batch_size": 128, "epochs": 150, "lr_schedule": "step", "lr_step_epochs": 60, "lr_gamma": 0.5,
     "flip": True, "phase_lr": {"discriminator": 3e-4, "mi": 3e-4},
 }
+# The VAE-GAN baseline (train_test_baseline.lua) runs the whole discriminator, head and trunk, at lr/2.
+PAPER_BASELINE_TRAIN = {**PAPER_TRAIN, "phase_lr": {"discriminator": PAPER_TRAIN["lr"] / 2}}
+# The authors' run commands (README: -eps 1e-6 -mom 0.9) for every BatchNorm of the conv stacks and the MI head;
+# Torch7's momentum weights the new batch, as PyTorch's does. The variance path's BatchNorm1d keeps the defaults
+# (1e-5, 0.1), as in their code.
+PAPER_BN = {"bn_eps": 1e-6, "bn_momentum": 0.9}
 _MSE = {"name": "mse", "options": {"reduction": "mean"}}
 
 
@@ -288,9 +317,9 @@ def _paper(transform: dict, losses: list[dict], image_size: int = 64, channels: 
     return {
         "image_size": image_size,
         "channels": channels,
-        "encoder": {"name": "cr-lstm", "options": {"width": 32, "max_width": 256}},
+        "encoder": {"name": "cr-lstm", "options": {"width": 32, "max_width": 256, **PAPER_BN}},
         "transform": transform,
-        "decoder": {"name": "cr-lstm", "options": {"width": 32, "max_width": 256}},
+        "decoder": {"name": "cr-lstm", "options": {"width": 32, "max_width": 256, **PAPER_BN}},
         "prior": {"name": "normal"},
         "losses": losses,
         "train": dict(train or PAPER_TRAIN),
@@ -301,7 +330,10 @@ _CR = {"name": "cr-lstm", "options": {"latent_channels": 64, "steps": 8, "hidden
 _FC = {"name": "fc", "options": {"latent_dim": 1024, "output_activation": "none"}}
 _KL_STEPS = {"name": "kl", "options": {"group_weights": PAPER_KL}}
 _ADV = {"name": "adv", "options": {"beta": 0.0125}}
-_MI = {"name": "mi", "options": {"kappa": 0.02, "group_weights": PAPER_MI}}
+_MI = {"name": "mi", "options": {"kappa": 0.02, "group_weights": PAPER_MI, "weighted_branches": "both", **PAPER_BN}}
+# VAE-GAN baseline: KL 2e-4, beta 0.05, half-width discriminator at lr/2 (trunk not halved again), no GAN gradient to
+# the encoder (f_vae_encoder: reconstruction + KL only)
+_BASELINE_ADV = {"beta": 0.05, "gan_to_encoder": False, "trunk_lr": 1.0}
 
 # Fashion-MNIST on a CPU: 32x32x1, a quarter of the widths, T = 4, LSTMs of 128, latent 16x4x4 = 256 values for
 # both models.
@@ -312,12 +344,13 @@ SMALL_MI = [0.8, 1.375, 0.1, 1.0]  # the paper's 8 weights averaged in pairs
 SMALL_TRAIN = {"lr": 1e-3, "batch_size": 64, "epochs": 20, "lr_schedule": "step", "lr_step_epochs": 8,
                "lr_gamma": 0.5, "flip": False, "phase_lr": {"discriminator": 1e-3, "mi": 1e-3}, "log_every": 25,
                "checkpoint_every": 500}
+SMALL_BASELINE_TRAIN = {**SMALL_TRAIN, "phase_lr": {"discriminator": SMALL_TRAIN["lr"] / 2}}
 _SMALL_STACK = {"width": 8, "max_width": 64}
 _SMALL_ADV = {"widths": [16, 32, 32], "head_hidden": 256}
 
 
-def _small(transform: dict, losses: list[dict]) -> dict:
-    spec = _paper(transform, losses, image_size=32, channels=1, train=SMALL_TRAIN)
+def _small(transform: dict, losses: list[dict], train=None) -> dict:
+    spec = _paper(transform, losses, image_size=32, channels=1, train=train or SMALL_TRAIN)
     spec["encoder"] = {"name": "cr-lstm", "options": dict(_SMALL_STACK)}
     spec["decoder"] = {"name": "cr-lstm", "options": dict(_SMALL_STACK)}
     return spec
@@ -339,9 +372,10 @@ PRESETS = {
     ),
     "vae-gan": (
         _paper(_FC, [_MSE, {"name": "kl", "weight": 2e-4},
-                     {"name": "adv", "options": {"beta": 0.05, "widths": [32, 64, 128, 256]}}]),
+                     {"name": "adv", "options": {**_BASELINE_ADV, "widths": [32, 64, 128, 256]}}],
+               train=PAPER_BASELINE_TRAIN),
         "VAE-GAN baseline of the crVAE paper (64x64): same conv stack, FC latent of 1024, KL 2e-4, beta 0.05, "
-        "half-width discriminator, no MI",
+        "half-width discriminator at lr/2, no GAN gradient to the encoder, no MI",
     ),
     "fig3-vae": (
         _paper(_FC, [_MSE, {"name": "kl", "weight": 3e-4}]),
@@ -366,7 +400,7 @@ PRESETS = {
     "vae-gan-small": (
         _small({"name": "fc", "options": {"latent_dim": 256, "output_activation": "none"}},
                [_MSE, {"name": "kl", "weight": 2.4e-3},
-                {"name": "adv", "options": {"beta": 0.05, **_SMALL_ADV}}]),
+                {"name": "adv", "options": {**_BASELINE_ADV, **_SMALL_ADV}}], train=SMALL_BASELINE_TRAIN),
         "VAE-GAN baseline for 32x32 grey images on a CPU (Fashion-MNIST): as crvae-gan-small with an FC latent of 256",
     ),
 }

@@ -13,8 +13,14 @@ once per step and this loss reuses them).
 
 The error is a mean squared error weighted per latent group (time step): the authors' weights
 [0.1, 1.5, 1.5, 1.25, 0.1, 0.1, 1, 1] for an 8-step target, 1 otherwise, unless ``group_weights``
-says. The head (as in the authors' code): conv3x3 -> BN -> LReLU(0.2) -> conv1x1 -> BN ->
-LReLU(0.1) -> Linear -> plus a learnable bias of the target's shape.
+says; it weights both branches (``weighted_branches``). In the released ``train_test_lstm.lua``
+the weights are applied in place to ``df_dz_recon``, the gradient buffer of the shared
+``nn.MSECriterion``; the prior branch's ``df_dz_recon_sample`` is that same buffer (a Torch
+criterion returns its one ``gradInput`` tensor), so each branch's gradient (head, trunk and
+decoder alike) is weighted once. ``weighted_branches: recon`` weights the posterior branch only.
+The head (as in the authors' code): conv3x3 -> BN -> LReLU(0.2) -> conv1x1 -> BN -> LReLU(0.1)
+-> Linear -> plus a learnable bias of the target's shape; ``bn_eps``/``bn_momentum`` set its batch
+norms (the authors ran eps 1e-6, momentum 0.9).
 
 ``mi`` needs the trunk of ``adv`` (``requires = {"discriminator"}``): a model without it is
 refused at build time. The trunk is referenced, not registered, so it is saved once (under adv).
@@ -31,9 +37,26 @@ from torch import nn
 from genvae.core.components import BuildContext, LatentLayout, Loss
 from genvae.core.errors import shorten
 from genvae.core.hookspecs import hookimpl
-from genvae.core.options import float_tuple, non_negative, one_of, option, positive_int, to_bool, to_float, to_int
+from genvae.core.options import (
+    expects,
+    float_tuple,
+    non_negative,
+    one_of,
+    option,
+    positive,
+    positive_int,
+    to_bool,
+    to_float,
+    to_int,
+)
 
 PAPER_WEIGHTS = (0.1, 1.5, 1.5, 1.25, 0.1, 0.1, 1.0, 1.0)
+
+
+@expects("a number in [0, 1]")
+def _momentum(instance, attribute, value) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{attribute.name} must lie in [0, 1], got {shorten(value)}")
 
 
 @attrs.frozen
@@ -51,6 +74,15 @@ class MIOptions:
     on_recon: bool = option(True, "use z from the posterior (reconstructions)", converter=to_bool)
     on_prior: bool = option(True, "use z from the prior (samples)", converter=to_bool)
     bias_init: float = option(0.01, "the head's output bias starts uniform in +-bias_init", non_negative, to_float)
+    weighted_branches: str = option(
+        "both", "which branches the group weights apply to: both (posterior and prior, as the released code runs: "
+        "its two MI gradients share one buffer, which it weights once per branch) or recon (the posterior branch "
+        "only, the prior branch unweighted)", one_of("both", "recon"))
+    bn_eps: float = option(1e-5, "eps of the head's batch norms (PyTorch's default; the authors ran 1e-6)", positive,
+                           to_float)
+    bn_momentum: float = option(0.1, "momentum of the head's batch norms: the weight of the new batch in the running "
+                                "statistics, as Torch7's (PyTorch's default; the authors ran 0.9)", _momentum,
+                                to_float)
 
     def __attrs_post_init__(self):
         if any(w < 0 for w in self.group_weights):
@@ -60,15 +92,16 @@ class MIOptions:
 
 
 class MIHead(nn.Module):
-    def __init__(self, trunk_shape, target_shape, hidden: int, bias_init: float):
+    def __init__(self, trunk_shape, target_shape, hidden: int, bias_init: float, bn_eps: float = 1e-5,
+                 bn_momentum: float = 0.1):
         super().__init__()
         c, h, w = trunk_shape
         spatial = len(target_shape) == 3 and tuple(target_shape[1:]) == (h, w)
         second = target_shape[0] if spatial else hidden
         self.target_shape = tuple(target_shape)
         self.net = nn.Sequential(
-            nn.Conv2d(c, hidden, 3, 1, 1), nn.BatchNorm2d(hidden), nn.LeakyReLU(0.2),
-            nn.Conv2d(hidden, second, 1), nn.BatchNorm2d(second), nn.LeakyReLU(0.1),
+            nn.Conv2d(c, hidden, 3, 1, 1), nn.BatchNorm2d(hidden, bn_eps, bn_momentum), nn.LeakyReLU(0.2),
+            nn.Conv2d(hidden, second, 1), nn.BatchNorm2d(second, bn_eps, bn_momentum), nn.LeakyReLU(0.1),
             nn.Flatten(), nn.Linear(second * h * w, math.prod(target_shape)),
         )
         self.bias = nn.Parameter(torch.empty(self.target_shape).uniform_(-bias_init, bias_init))
@@ -114,7 +147,8 @@ class MILoss(Loss):
         device = next(adv.parameters()).device
         self.register_buffer("element_weights", groups.element_weights(weights).view(shape).to(device),
                              persistent=False)
-        self.head = MIHead(adv.trunk_shape, shape, self.options.hidden, self.options.bias_init).to(device)
+        o = self.options
+        self.head = MIHead(adv.trunk_shape, shape, o.hidden, o.bias_init, o.bn_eps, o.bn_momentum).to(device)
 
     def owned_modules(self) -> dict[str, nn.Module]:
         if self.head is None:  # asked before attach() (build_model validates ownership first): nothing yet
@@ -129,8 +163,13 @@ class MILoss(Loss):
             return self._transform.mi_target(z, u).detach()
         return (z if self._mode == "z" else u).detach()
 
-    def error(self, prediction, target):
-        return (self.element_weights * (prediction - target).pow(2)).mean()
+    def error(self, prediction, target, weighted: bool = True):
+        """Mean over all elements of the squared error, each element times its group's weight (``weighted``)."""
+        squared = (prediction - target).pow(2)
+        return (self.element_weights * squared).mean() if weighted else squared.mean()
+
+    def weighted(self, branch: str) -> bool:
+        return branch == "recon" or self.options.weighted_branches == "both"
 
     def pairs(self, state):
         """(images, targets) for the posterior branch and the prior branch, as switched on."""
@@ -152,10 +191,11 @@ class MILoss(Loss):
                 with torch.no_grad():
                     features = self._adv.trunk(images)
             parts = features.split([x.shape[0] for _, x, _ in pairs])
-            return {"q": sum(self.error(self.head(f), t) for f, (_, _, t) in zip(parts, pairs, strict=True))}
+            return {"q": sum(self.error(self.head(f), t, self.weighted(which))
+                             for f, (which, _, t) in zip(parts, pairs, strict=True))}
         f_recon, f_prior = self._adv.fake_features(state)
         features = {"recon": f_recon, "prior": f_prior}
-        total = sum(self.error(self.head(features[which]), t) for which, _, t in pairs)
+        total = sum(self.error(self.head(features[which]), t, self.weighted(which)) for which, _, t in pairs)
         return {"mi": self.weight * self.options.kappa * total}
 
 

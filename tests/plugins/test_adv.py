@@ -84,6 +84,10 @@ def test_conformance_with_learned_similarity():
     check_component("loss", "adv", {**ADV, "similarity_layer": 2})
 
 
+def test_conformance_without_the_gan_gradient_to_the_encoder():
+    check_component("loss", "adv", {**ADV, "gan_to_encoder": False})
+
+
 # -- structure ----------------------------------------------------------------------------------------------
 
 

@@ -60,6 +60,10 @@ def test_conformance_on_the_fc_baseline():
     check_component("loss", "mi", spec=spec_with(transform=FC))
 
 
+def test_conformance_with_the_prior_branch_unweighted_and_paper_batch_norms():
+    check_component("loss", "mi", spec=spec_with(mi={"weighted_branches": "recon", "bn_eps": 1e-6, "bn_momentum": 0.9}))
+
+
 # -- composition --------------------------------------------------------------------------------------------
 
 

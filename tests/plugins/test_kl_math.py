@@ -1,0 +1,100 @@
+"""``kl``'s mathematics against the closed form worked out by hand: KL(N(m, v) || N(0, 1)) =
+0.5 (v + m^2 - 1 - log v) per element, summed over the latent, weighted per time step, averaged over
+the batch; the general-Gaussian form; its gradients; the paper presets' per-step weights."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from genvae.core.components import Gaussian, Pass
+from genvae.core.compose import compose_spec, preset_spec
+from genvae.core.model import build_model
+
+# crvae at 16 px, 8 time steps of one latent channel (16 values) each
+TINY = ["image_size=16", "encoder.width=4", "encoder.max_width=16", "decoder.width=4", "decoder.max_width=16",
+        "transform.latent_channels=8", "transform.hidden=16", "transform.layers=1"]
+WEIGHTS = [1.0, 0.5, 2.0, 0.25, 0.0, 3.0, 1.5, 0.75]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def kl_loss(weights=WEIGHTS, weight=1.0):
+    sets = [*TINY, f"loss.kl.group_weights={weights}", f"loss.kl.weight={weight}"]
+    model = build_model(compose_spec(preset="crvae", sets=sets))
+    return model, model.losses["kl"]
+
+
+def posterior_pass(model, mean, logvar, prior=None):
+    state = Pass(model, torch.zeros(mean.shape[0], 3, 16, 16))
+    state.posterior = Gaussian(mean, logvar)
+    state.prior = prior if prior is not None else Gaussian.standard_like(state.posterior)
+    return state
+
+
+def test_standard_normal_closed_form_by_hand():
+    """One non-zero element in four steps of sample 0; sample 1 equals the prior (KL 0)."""
+    model, loss = kl_loss()
+    mean = torch.zeros(2, 8, 4, 4)
+    logvar = torch.zeros(2, 8, 4, 4)
+    mean[0, 0, 1, 2] = 1.0                                   # step 1: 0.5 * (1 + 1 - 1 - 0) = 0.5
+    logvar[0, 1, 0, 0] = math.log(2.0)                       # step 2: 0.5 * (2 - 1 - log 2)
+    mean[0, 2, 3, 3], logvar[0, 2, 3, 3] = -2.0, -1.0        # step 3: 0.5 * (e^-1 + 4 - 1 + 1)
+    mean[0, 5, 2, 1], logvar[0, 5, 2, 1] = 0.5, 1.0          # step 6: 0.5 * (e + 0.25 - 1 - 1)
+    per_step = {0: 0.5, 1: 0.5 * (1 - math.log(2.0)), 2: 0.5 * (math.exp(-1) + 4), 5: 0.5 * (math.e - 1.75)}
+    expected = sum(WEIGHTS[t] * v for t, v in per_step.items()) / 2  # summed over the latent, batch mean
+    value = loss(posterior_pass(model, mean, logvar), "model")["kl"]
+    assert value.item() == pytest.approx(expected, rel=1e-6)
+    assert torch.allclose(loss.per_group(posterior_pass(model, mean, logvar)),
+                          torch.tensor([per_step.get(t, 0.0) / 2 for t in range(8)]), atol=1e-7)
+
+
+def test_loss_weight_multiplies_the_weighted_sum():
+    model, loss = kl_loss(weight=0.25)
+    mean = torch.zeros(1, 8, 4, 4)
+    mean[0, 2, 0, 0] = 2.0  # step 3: 0.5 * 4 = 2, weight 2, loss weight 0.25
+    assert loss(posterior_pass(model, mean, torch.zeros_like(mean)), "model")["kl"].item() == pytest.approx(1.0)
+
+
+def test_general_gaussian_closed_form_by_hand():
+    """KL(N(m1, v1) || N(m2, v2)) = 0.5 (log(v2 / v1) + (v1 + (m1 - m2)^2) / v2 - 1)."""
+    model, loss = kl_loss([1.0] * 8)
+    mean, logvar = torch.zeros(1, 8, 4, 4), torch.zeros(1, 8, 4, 4)
+    prior_mean, prior_logvar = torch.zeros(1, 8, 4, 4), torch.zeros(1, 8, 4, 4)
+    mean[0, 3, 1, 1], logvar[0, 3, 1, 1] = 1.0, math.log(0.5)
+    prior_mean[0, 3, 1, 1], prior_logvar[0, 3, 1, 1] = -1.0, math.log(2.0)
+    expected = 0.5 * (math.log(2.0 / 0.5) + (0.5 + 4.0) / 2.0 - 1.0)
+    state = posterior_pass(model, mean, logvar, Gaussian(prior_mean, prior_logvar))
+    assert loss(state, "model")["kl"].item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_gradients_by_hand():
+    """d/dm = w m / B and d/d(log v) = w (v - 1) / 2B: the KL pulls the posterior towards N(0, I)."""
+    model, loss = kl_loss()
+    mean = torch.full((2, 8, 4, 4), 0.3, requires_grad=True)
+    logvar = torch.full((2, 8, 4, 4), 0.7, requires_grad=True)
+    value = loss(posterior_pass(model, mean, logvar), "model")["kl"]
+    g_mean, g_logvar = torch.autograd.grad(value, [mean, logvar])
+    w = torch.tensor(WEIGHTS).view(1, 8, 1, 1)
+    assert torch.allclose(g_mean, (w * 0.3 / 2).expand_as(mean), rtol=1e-6)
+    assert torch.allclose(g_logvar, (w * (math.exp(0.7) - 1) / 4).expand_as(logvar), rtol=1e-6)
+
+
+def test_paper_presets_weight_steps_1_to_3_by_3e4_and_4_to_8_by_2e4():
+    for name in ("crvae", "crvae-gan", "crvae-gan-no-mi"):
+        (kl,) = [s for s in preset_spec(name).losses if s.name == "kl"]
+        assert list(kl.options["group_weights"]) == [3e-4] * 3 + [2e-4] * 5 and kl.weight == 1.0
+    (kl,) = [s for s in preset_spec("vae-gan").losses if s.name == "kl"]
+    assert kl.weight == 2e-4 and not kl.options.get("group_weights")
+    # built: the weights follow the time steps in order
+    model = build_model(compose_spec(preset="crvae", sets=TINY))
+    w = model.losses["kl"].element_weights.view(8, 16)
+    assert torch.equal(w, torch.tensor([3e-4] * 3 + [2e-4] * 5).view(8, 1).expand(8, 16))
