@@ -6,25 +6,28 @@ One module holds the pyramid operators and the level-conditional family:
   (b_0 = x, b_{k+1} = d(b_k)), ``decompose`` (h_k = b_k - u(b_{k+1}), h_K = b_K), ``reconstruct``
   (x_K = h_K, x_k = h_k + u(x_{k+1}), exact) and ``reconstruct_levels`` (every x_k);
 * encoder ``laplacian``: level k's conv encoder (the built-in ``conv`` encoder, one per level)
-  sees concat[h_k, u(b_{k+1})] (the coarsest level sees h_K alone);
+  sees concat[h_k, u(b_{k+1})] (the coarsest level sees h_K alone), or with ``condition=reconstruction``
+  concat[h_k, u(x_hat_{k+1})], the image composed from the coarser levels' reconstructions (Figure 3);
 * latent transform ``laplacian``: per-level posterior heads; the latent is one flat Gaussian over
   the level latents, grouped COARSEST FIRST (``group_label="level"``), so latent group g is
   pyramid level K - g; level k's decoder input is Linear(concat[z_k, z_{k+1}, ..., z_K]);
 * decoder ``laplacian``: level k's conv decoder (the built-in ``conv`` decoder) outputs h_k, and
   the image is rebuilt coarse to fine, x_k = h_k + u(x_{k+1});
 * loss ``pyramid-mse``: the paper's reconstruction loss, squared error per level on h_k;
-* presets ``lapcvae``, ``lapcvae-no-m``, ``lapcvae-vae`` (64x64 RGB, the paper's model) and the
-  CPU-sized ``-small`` variants (32x32 grey, 3 levels, for Fashion-MNIST);
-* commands ``genvae edit`` (paper 5.2) and ``genvae train-levels`` (greedy level-by-level
-  training, and ``--retrain-m``, paper 5.1.3).
+* presets ``lapcvae``, ``lapcvae-no-m``, ``lapcvae-vae`` (64x64 RGB, the paper's model), ``lapcvae-128``
+  (the paper's 128x128 five-level model) and the CPU-sized ``-small`` variants (32x32 grey, 3 levels,
+  for Fashion-MNIST);
+* commands ``genvae edit`` (paper 5.2; alpha or Poisson compositing, ``poisson_blend``) and
+  ``genvae train-levels`` (greedy level-by-level training, and ``--retrain-m``, paper 5.1.3).
 
 Levels are indexed as in the paper: k = 0 is the full-resolution level, k = K = levels - 1 the
 coarsest. Every per-level option list (widths, latent sizes, level weights, ``kl.group_weights``)
 is written COARSEST FIRST, the order of the latent groups; one value applies to every level.
 
-What the pieces share through ``Pass.extras`` (the keys below): the encoder stores the targets h_k
-and the blurred images b_k, the decoder the predicted h_k and the rebuilt x_k; lists are indexed by
-level k. The ``m-net`` prior (plugins/m_net.py) reads the decoder's ones. See docs/lapcvae.md.
+What the pieces share through ``Pass.extras`` (the keys below): the encoder stores the targets h_k,
+the blurred images b_k and the coarser image each level was conditioned on, the decoder the predicted
+h_k and the rebuilt x_k; lists are indexed by level k. The ``m-net`` prior (plugins/m_net.py) reads the
+decoder's ones. See docs/lapcvae.md.
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ from genvae.core.options import float_tuple, int_tuple, one_of, option, positive
 from genvae.plugins.conv import ConvDecoder, ConvEncoder, ConvOptions
 
 KERNELS = ("binomial", "bilinear")
+CONDITIONS = ("real", "reconstruction")
+BLENDS = ("alpha", "poisson")
 CAPABILITY = "pyramid"
 
 #: Pass.extras keys (lists indexed by level k, 0 = finest)
@@ -62,6 +67,7 @@ TARGETS = "laplacian.h"  # encoder: the input's pyramid h_k
 BLURRED = "laplacian.b"  # encoder: the blurred images b_k
 PRED = "laplacian.h_hat"  # decoder: the predicted h_k
 RECON = "laplacian.x_hat"  # decoder: the rebuilt x_k = h_hat_k + u(x_{k+1}), before any clamp
+CONDITION = "laplacian.condition"  # encoder: the coarser image level k was conditioned on (None at K)
 
 #: x_hat = tanh(logits) can only reach +-(1 - LOGIT_EPS); see LaplacianDecoder.
 LOGIT_EPS = 1e-5
@@ -226,6 +232,10 @@ class LaplacianEncoderOptions:
                                "log2(S / feature_size) stride-2 layers (at least one)", positive_int, to_int)
     activation: str = option("lrelu", "activation after each conv layer", one_of(*ACTIVATIONS))
     batch_norm: bool = option(True, "batch norm after each hidden conv layer", converter=to_bool)
+    condition: str = option("real", "the coarser image beside h_k: 'real' = the input's own blurred image b_{k+1} "
+                            "(eq. 9 with x_{k+1} = b_{k+1}); 'reconstruction' = the image composed from the coarser "
+                            "levels' reconstructions x_hat_{k+1} (paper Figure 3), decoded from their posterior "
+                            "means without gradient", one_of(*CONDITIONS))
 
     def __attrs_post_init__(self):
         if not self.widths or min(self.widths) <= 0:
@@ -270,6 +280,14 @@ class LaplacianEncoder(Encoder):
             self.level_shapes.append(tuple(level.output_shape))
         self.feature_sizes = [math.prod(s) for s in self.level_shapes]
         self.output_shape = (sum(self.feature_sizes),)
+        self.__dict__["_parts"] = None  # (encoder, transform, decoder) with condition=reconstruction; not submodules
+
+    def attach(self, model) -> None:
+        if self.options.condition == "reconstruction":
+            try:
+                self.__dict__["_parts"] = pyramid_parts(model)
+            except GenvaeError as exc:
+                raise self.fail(f"condition=reconstruction: {exc}") from None
 
     def level_input(self, k: int, h: Tensor, coarser: Tensor | None) -> Tensor:
         """Level k's encoder input: concat[h_k, u(coarser image)]; h_K alone at the coarsest level."""
@@ -281,16 +299,45 @@ class LaplacianEncoder(Encoder):
         """Flat features of level k from its band h_k and the coarser image x_{k+1} (None at the coarsest)."""
         return self.levels[k](self.level_input(k, h, coarser)).flatten(1)
 
+    def encode_pyramid(self, hs: list[Tensor], bs: list[Tensor]) -> tuple[list[Tensor], list[Tensor | None]]:
+        """Every level's flat features from the pyramid (h_k, b_k), and the coarser image each level was
+        conditioned on (by level k; None at the coarsest).
+
+        ``condition=real``: level k sees the input's own blurred image b_{k+1} (eq. 9 with the input's
+        pyramid, where x_{k+1} = b_{k+1}). ``condition=reconstruction`` (paper Figure 3): coarse to fine,
+        level k+1's posterior mean is decoded (with z_{k+1}..z_K, eq. 11) into h_hat_{k+1}, and level k sees
+        x_hat_{k+1} = h_hat_{k+1} + u(x_hat_{k+2}); that image is computed without gradient, the latent and
+        decoder levels in eval mode (as the m-net prior re-encodes), so it is an input like b_{k+1}.
+        """
+        levels = self.num_levels
+        coarser: list[Tensor | None] = [*bs[1:], None]
+        if self.options.condition == "real":
+            return [self.encode_level(k, hs[k], coarser[k]) for k in range(levels)], coarser
+        if self._parts is None:
+            raise GenvaeError("encoder 'laplacian' with condition=reconstruction is not attached to a model "
+                              "(it needs the laplacian latent transform and decoder)")
+        _, tr, dec = self._parts
+        feats: list[Tensor | None] = [None] * levels
+        coarser = [None] * levels
+        zs: list[Tensor | None] = [None] * levels
+        for k in range(levels - 1, -1, -1):
+            feats[k] = self.encode_level(k, hs[k], coarser[k])
+            if k == 0:
+                break
+            with torch.no_grad(), eval_mode(tr.levels[k], dec.levels[k]):
+                zs[k] = tr.level_posterior(k, feats[k])[0]
+                h_hat = dec.decode_level(k, tr.level_u(k, zs))
+                coarser[k - 1] = h_hat if coarser[k] is None else h_hat + upsample(coarser[k], self.kernel)
+        return feats, coarser
+
     def forward(self, x, state=None):
         bs = gaussian_pyramid(x, self.num_levels, self.kernel)
         hs = decompose(x, self.num_levels, self.kernel, blurred=bs)
+        feats, coarser = self.encode_pyramid(hs, bs)
         if state is not None:
             state.extras[TARGETS] = hs
             state.extras[BLURRED] = bs
-        # training conditions each level on the real coarser blurred image b_{k+1} (eq. 9 with the
-        # input's own pyramid, where x_{k+1} = b_{k+1}); see docs/lapcvae.md
-        feats = [self.encode_level(k, hs[k], bs[k + 1] if k + 1 < self.num_levels else None)
-                 for k in range(self.num_levels)]
+            state.extras[CONDITION] = coarser
         return torch.cat(feats, dim=1)
 
 
@@ -522,9 +569,58 @@ def soft_mask(mask: Tensor, kernel: str = "binomial") -> Tensor:
     return upsample(blur_down(mask, kernel), kernel).clamp(0.0, 1.0) if mask.shape[-1] % 2 == 0 else mask
 
 
+def _neighbour_sum(f: Tensor) -> Tensor:
+    """Sum of each pixel's 4 neighbours inside the image (the ones outside count as 0)."""
+    p = F.pad(f, (1, 1, 1, 1))
+    return p[..., :-2, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :-2] + p[..., 1:-1, 2:]
+
+
+def poisson_blend(source: Tensor, target: Tensor, mask: Tensor, tol: float = 1e-6,
+                  max_iter: int | None = None) -> Tensor:
+    """Gradient-domain compositing (Pérez, Gangnet and Blake, *Poisson image editing*, 2003): ``source``
+    pasted into ``target`` inside ``mask`` (> 0.5 = inside), each channel independently.
+
+    Outside the mask the result is ``target``; inside it is the f whose discrete Laplacian equals the
+    source's, with the target as the boundary value: for every pixel p of the mask, over its 4
+    neighbours N_p within the image (an image border is a Neumann boundary),
+    |N_p| f_p - sum_{q in N_p, inside} f_q = sum_{q in N_p} (s_p - s_q) + sum_{q in N_p, outside} t_q.
+    Solved by conjugate gradients in float64, started from the source, until the residual is below
+    ``tol`` times the right-hand side's norm (or ``max_iter``, default 20 * (H + W), steps).
+    Shapes broadcast: source and target (B, C, H, W) or (1, C, H, W), mask (B or 1, 1 or C, H, W).
+    """
+    s, t = torch.broadcast_tensors(source.double(), target.double())
+    m = (mask > 0.5).double().expand_as(s)
+    count = _neighbour_sum(torch.ones_like(s))
+    b = m * (count * s - _neighbour_sum(s) + _neighbour_sum((1.0 - m) * t))
+
+    def apply(f: Tensor) -> Tensor:  # the system's matrix, on the masked pixels
+        return m * (count * f - _neighbour_sum(m * f))
+
+    dims = (-2, -1)
+    f = m * s
+    r = b - apply(f)
+    p = r.clone()
+    rs = (r * r).sum(dims, keepdim=True)
+    limit = (tol**2 * (b * b).sum(dims, keepdim=True)).clamp_min(1e-24)
+    steps = max_iter if max_iter is not None else 20 * (s.shape[-2] + s.shape[-1])
+    for _ in range(steps):
+        if bool((rs <= limit).all()):
+            break
+        ap = apply(p)
+        pap = (p * ap).sum(dims, keepdim=True)
+        alpha = torch.where(pap > 0, rs / pap.clamp_min(1e-300), torch.zeros_like(pap))
+        f = f + alpha * p
+        r = r - alpha * ap
+        rs_new = (r * r).sum(dims, keepdim=True)
+        beta = torch.where(rs > 0, rs_new / rs.clamp_min(1e-300), torch.zeros_like(rs))
+        p = r + beta * p
+        rs = rs_new
+    return (m * f + (1.0 - m) * t).to(source.dtype)
+
+
 @torch.no_grad()
 def edit_image(model, x: Tensor, coarse: Tensor | None = None, mask: Tensor | None = None, n: int = 8,
-               keep_levels: int = 1, threshold: float = 0.1) -> dict[str, Tensor]:
+               keep_levels: int = 1, threshold: float = 0.1, blend: str = "alpha") -> dict[str, Tensor]:
     """Project ``x`` (1, C, H, W), optionally replace its coarse levels by those of ``coarse`` (a painted
     copy of the image, or a painted coarse image, at the image size), sample the finer levels ``n``
     times and composite the masked region of each sample into the reconstruction.
@@ -532,40 +628,44 @@ def edit_image(model, x: Tensor, coarse: Tensor | None = None, mask: Tensor | No
     ``keep_levels``: how many coarse pyramid levels are kept (their latents fixed); the rest are drawn
     from the prior (the ``m-net`` prior conditions each on the coarser ones). ``mask`` (1, 1, H, W) in
     [0, 1] selects the region to replace; without one, a painted ``coarse`` selects where its blurred
-    levels differ from the input's by more than ``threshold``. Returns tensors in [-1, 1] by name:
-    input, reconstruction, pyramid (the input's levels as images), base (the kept coarse image,
-    upsampled), samples, composites, mask.
+    levels differ from the input's by more than ``threshold``. ``blend``: ``alpha`` mixes sample and
+    reconstruction with the mask softened by one blur; ``poisson`` pastes the sample's gradients inside
+    the mask (> 0.5) with the reconstruction as boundary (:func:`poisson_blend`). Returns tensors by
+    name, images in [-1, 1]: input, reconstruction, pyramid (the input's levels as images), base (the
+    kept coarse image, upsampled), samples, composites, mask; and latents (n, N), the samples' z.
     """
+    if blend not in BLENDS:
+        raise GenvaeError(f"unknown blend '{blend}'; known: {', '.join(BLENDS)}")
     enc, tr, dec = pyramid_parts(model)
     levels = enc.num_levels
     if not 1 <= keep_levels <= levels:
         raise GenvaeError(f"--keep-levels must be in 1..{levels} (the model has {levels} pyramid levels)")
     if coarse is None and mask is None:
         raise GenvaeError("give --coarse PAINTED.png and/or --mask MASK.png")
-    posterior = model.encode(x)
-    fixed = posterior.mean
+    fixed = model.encode(x).mean
     recon = model.generate(fixed)[1]
     size = x.shape[-1]
     first = levels - keep_levels  # the finest kept level
     if coarse is not None:
-        # the painted image's own pyramid replaces the kept levels: re-encode them coarse to fine,
-        # each conditioned on the painted coarser image
-        hs = decompose(coarse, levels, enc.kernel)
-        bs = gaussian_pyramid(coarse, levels, enc.kernel)
+        # the painted image's kept levels replace the input's: its posterior means (each kept level
+        # is encoded from the painted image's pyramid, conditioned on the painted coarser levels)
+        painted = tr.split_levels(model.encode(coarse).mean)
         zs = tr.split_levels(fixed)
-        for k in range(levels - 1, first - 1, -1):
-            mean, _ = tr.level_posterior(k, enc.encode_level(k, hs[k], bs[k + 1] if k + 1 < levels else None))
-            zs[k] = mean
+        zs[first:] = painted[first:]
         fixed = tr.join_levels(zs)
         if mask is None:
+            bs = gaussian_pyramid(coarse, levels, enc.kernel)
             ref = gaussian_pyramid(x, levels, enc.kernel)[first]
             diff = (bs[first] - ref).abs().amax(dim=1, keepdim=True) > threshold
             mask = upsample_to(diff.float(), size, enc.kernel).clamp(0, 1)
             mask = (mask > 0.01).float()
     z = model.prior.sample(n, model, x.device, fixed=fixed, fixed_groups=keep_levels)
     samples = model.generate(z)[1]
-    soft = soft_mask(mask, enc.kernel)
-    composites = soft * samples + (1.0 - soft) * recon
+    if blend == "poisson":
+        composites = poisson_blend(samples, recon, mask)
+    else:
+        soft = soft_mask(mask, enc.kernel)
+        composites = soft * samples + (1.0 - soft) * recon
     fixed_pred = [dec.decode_level(k, tr.level_u(k, tr.split_levels(fixed))) for k in range(levels)]
     base = upsample_to(reconstruct_levels(fixed_pred[first:], enc.kernel)[0], size, enc.kernel)
     # the input's levels at the image size: bands h_k around mid-grey (0), then the coarsest image h_K
@@ -578,6 +678,7 @@ def edit_image(model, x: Tensor, coarse: Tensor | None = None, mask: Tensor | No
         "samples": samples,
         "composites": composites.clamp(-1, 1),
         "mask": mask * 2.0 - 1.0,
+        "latents": z,
     }
 
 
@@ -655,6 +756,11 @@ def _vae(size, channels, width, max_width, depth, latent, lr, batch):
 #: coarsest level (standard normal prior) repeats the first value (see docs/lapcvae.md)
 PAPER_LAMBDAS = [10.0, 10.0, 0.1, 0.01]
 SMALL_LAMBDAS = [1.0, 0.1, 0.01]
+#: the paper's 128x128 model: nz = [128, 128, 64, 64, 64] read in the paper's level order k = 0 (128x128,
+#: finest) ... K = 4 (8x8), here coarsest first; lambda [100, 100, 0.1, 0.01] read as PAPER_LAMBDAS is
+#: (see docs/lapcvae.md, "The 128x128 model")
+PAPER_LATENT_128 = [64, 64, 64, 128, 128]
+PAPER_LAMBDAS_128 = [100.0, 100.0, 100.0, 0.1, 0.01]
 
 
 @hookimpl
@@ -666,6 +772,10 @@ def genvae_register_presets(register):
     register("lapcvae", _lapcvae(prior="m-net", **paper),
              help="LapCVAE (paper, 64x64 RGB): 4 Laplacian levels of conditional conv VAEs, 64-d latent each, "
                   "M-network prior, per-level MSE, lambda [10,10,0.1,0.01]")
+    register("lapcvae-128", _lapcvae(size=128, channels=3, levels=5, widths=[64], latent=PAPER_LATENT_128,
+                                     lambdas=PAPER_LAMBDAS_128, prior="m-net", hidden=[256], lr=3e-4, batch=64),
+             help="LapCVAE (paper, 128x128 RGB): 5 Laplacian levels, latent [64,64,64,128,128] coarsest first "
+                  "(448 in all), M-network prior, per-level MSE, lambda [100,100,100,0.1,0.01]")
     register("lapcvae-no-m", _lapcvae(prior="normal", **paper),
              help="LapCVAE without M (paper ablation, 64x64 RGB): standard normal prior at every level")
     register("lapcvae-vae", _vae(64, 3, 80, 320, 4, 256, 3e-4, 64),
@@ -722,9 +832,12 @@ def genvae_register_commands(cli):
     @click.option("-n", "count", default=8, show_default=True, type=click.IntRange(1, 256),
                   help="Number of variants.")
     @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Folder for the PNGs.")
+    @click.option("--blend", type=click.Choice(BLENDS), default="alpha", show_default=True,
+                  help="Compositing: alpha (mask softened by one blur) or poisson (gradient-domain: the sample's "
+                       "gradients inside the mask, the reconstruction as boundary).")
     @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
     @click.option("--device", default="auto", show_default=True)
-    def edit(folder, image, coarse, mask, keep_levels, count, output, seed, device):
+    def edit(folder, image, coarse, mask, keep_levels, count, blend, output, seed, device):
         """Edit an image with a LapCVAE (paper 5.2): paint its coarse level and/or resample a masked region."""
         from genvae.cli.main import console, load_for_inference, load_image
         from genvae.core.data import check_image_output, save_grid
@@ -738,7 +851,7 @@ def genvae_register_commands(cli):
         x = load_image(image, model)
         painted = load_image(coarse, model) if coarse else None
         region = _load_mask(mask, model) if mask else None
-        out = edit_image(model, x, painted, region, n=count, keep_levels=keep_levels)
+        out = edit_image(model, x, painted, region, n=count, keep_levels=keep_levels, blend=blend)
         folder_out = Path(output)
         folder_out.mkdir(parents=True, exist_ok=True)
         for name in ("input", "reconstruction", "base", "mask"):
