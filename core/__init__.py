@@ -14,6 +14,7 @@ from genvae.core.components import (
     Loss,
     Pass,
     Prior,
+    PriorSample,
 )
 from genvae.core.errors import BuildError, GenvaeError, OptionsError, UnknownNameError
 from genvae.core.model import GenerativeModel, build_model
@@ -37,6 +38,7 @@ __all__ = [
     "OptionsError",
     "Pass",
     "Prior",
+    "PriorSample",
     "TrainConfig",
     "UnknownNameError",
     "build_model",

@@ -127,14 +127,34 @@ class Gaussian:
         return Gaussian(self.mean.detach(), self.logvar.detach(), self.standard)
 
 
+class PriorSample:
+    """One batch of the prior branch: z ~ p(z), u and x = decoder(u), with gradient; ``extras`` is scratch
+    that belongs to this batch (dropped with it when an update asks for fresh samples)."""
+
+    __slots__ = ("z", "u", "x", "extras")
+
+    def __init__(self, z: Tensor, u: Tensor, x: Tensor):
+        self.z, self.u, self.x = z, u, x
+        self.extras: dict[str, Any] = {}
+
+    def __iter__(self):
+        return iter((self.z, self.u, self.x))
+
+
 class Pass:
     """Everything one forward pass computed; losses and context-dependent priors read from it.
 
     ``extras`` holds what a component wants to share beyond the common fields (pyramid targets,
     per-level reconstructions, ...), keyed by a name the producing plugin documents.
+
+    ``branch`` says which terms the trainer's current update wants (``train.schedule``): ``all``,
+    ``posterior`` (terms of x -> q(z|x) -> x_hat) or ``prior`` (terms of z ~ p(z) -> x); a loss asks
+    ``state.wants(branch)``. ``update`` is the index of that update within the step, so a cache can
+    tell one update from the next.
     """
 
-    __slots__ = ("model", "x", "features", "posterior", "z", "u", "logits", "x_hat", "prior", "extras")
+    __slots__ = ("model", "x", "features", "posterior", "z", "u", "logits", "x_hat", "prior", "extras",
+                 "branch", "update", "_prior_sample")
 
     def __init__(self, model: GenerativeModel, x: Tensor):
         self.model = model
@@ -147,6 +167,27 @@ class Pass:
         self.x_hat: Tensor | None = None
         self.prior: Gaussian | None = None
         self.extras: dict[str, Any] = {}
+        self.branch = "all"
+        self.update = 0
+        self._prior_sample: PriorSample | None = None
+
+    def wants(self, branch: str) -> bool:
+        """Whether the current update trains on ``branch`` ("posterior" or "prior")."""
+        return self.branch == "all" or self.branch == branch
+
+    def prior_sample(self) -> PriorSample:
+        """A batch of prior samples as large as x, drawn once and shared by every loss until
+        :meth:`new_prior_sample` (an update with ``fresh`` on the prior branch)."""
+        if self._prior_sample is None:
+            model = self.model
+            z = model.prior.sample(self.x.shape[0], model, self.x.device)
+            u, x = model.generate(z)
+            self._prior_sample = PriorSample(z, u, x)
+        return self._prior_sample
+
+    def new_prior_sample(self) -> None:
+        """Forget the prior batch: the next :meth:`prior_sample` draws a new one with the current weights."""
+        self._prior_sample = None
 
 
 @attrs.define
@@ -319,6 +360,10 @@ class Loss(Component):
     #: reconstruction and divergence loss when the user names none.
     role: ClassVar[str] = "auxiliary"
     phases: ClassVar[tuple[str, ...]] = ("model",)
+    #: the branches this loss has terms on: "posterior" (x -> q(z|x) -> x_hat, the default) and/or
+    #: "prior" (z ~ p(z) -> x). An update of ``train.schedule`` on one branch calls only the losses
+    #: with terms there; inside, ``state.wants(branch)`` says which terms to compute.
+    branches: ClassVar[tuple[str, ...]] = ("posterior",)
 
     def __init__(self, options: Any, ctx: BuildContext, weight: float = 1.0):
         super().__init__(options, ctx)

@@ -14,10 +14,10 @@ import torch
 from torch import Tensor, nn
 
 from genvae.core.components import BuildContext, Component, Gaussian, Loss, Pass
-from genvae.core.errors import BuildError, GenvaeError
+from genvae.core.errors import BuildError, GenvaeError, did_you_mean
 from genvae.core.options import options_from_dict, options_to_dict
 from genvae.core.registry import KIND_NAMES, Registry, get_registry
-from genvae.core.spec import ComponentSpec, LossSpec, ModelSpec
+from genvae.core.spec import BRANCHES, ComponentSpec, LossSpec, ModelSpec
 
 MODEL_PHASE = "model"
 
@@ -35,8 +35,13 @@ class GenerativeModel(nn.Module):
         self.losses = nn.ModuleDict({loss.name: loss for loss in losses})
         self.layout = transform.layout
         self.phases = _phase_order(self.losses.values())
-        # Fixed at build time so a training step does no per-plugin dispatch.
+        # Fixed at build time so a training step does no per-plugin dispatch: the losses of each
+        # (phase, branch) an update of train.schedule can ask for.
         self._phase_losses = {p: [loss for loss in self.losses.values() if p in loss.phases] for p in self.phases}
+        self._update_losses = {
+            (p, branch): [loss for loss in losses if branch == "all" or branch in loss.branches]
+            for p, losses in self._phase_losses.items() for branch in BRANCHES
+        }
 
     # -- the forward contract ------------------------------------------------------------------
     def forward(self, x: Tensor, sample: bool = True) -> Pass:
@@ -75,12 +80,44 @@ class GenerativeModel(nn.Module):
 
     # -- losses and phases ---------------------------------------------------------------------
     def phase_terms(self, state: Pass, phase: str) -> dict[str, Tensor]:
-        """The named loss terms of one phase; their sum is what that phase minimises."""
+        """The named loss terms of one phase on the update's branch (``state.branch``); their sum is what
+        that update minimises."""
         terms: dict[str, Tensor] = {}
-        for loss in self._phase_losses[phase]:
+        for loss in self._update_losses[phase, state.branch]:
             for key, value in loss(state, phase).items():
                 terms[loss.name if key == loss.name else f"{loss.name}.{key}"] = value
         return terms
+
+    def updates(self, schedule: tuple[dict, ...] = (), registry: Registry | None = None) -> list[dict]:
+        """The updates of one training step from ``schedule``, or (empty, ``one-pass``) one update per phase
+        on the ``all`` branch, in phase order.
+
+        One schedule serves a family of models: an update of a phase this model does not have, or of a branch
+        on which none of its losses has terms, is left out (the crVAE schedule also fits crVAE without adv or
+        mi). A phase no registered loss knows is refused (a typo), and so is a schedule that never updates
+        one of the model's phases."""
+        if not schedule:
+            return [{"phase": p, "branch": "all", "fresh": False} for p in self.phases]
+        registry = registry or get_registry()
+        known = {MODEL_PHASE, *self.phases}
+        for entry in registry.entries["loss"].values():
+            known.update(getattr(entry.obj, "phases", ()))
+        plan = []
+        for i, update in enumerate(schedule, 1):
+            phase, branch = update["phase"], update["branch"]
+            if phase not in known:
+                raise BuildError(f"train.schedule: update {i} ({phase}@{branch}) names an unknown phase; "
+                                 f"{did_you_mean(phase, sorted(known))}phases of the installed losses: "
+                                 f"{', '.join(sorted(known))}")
+            if phase in self.phases and self._update_losses[phase, branch]:
+                plan.append(dict(update))
+        _check_stale_branches(plan)
+        missing = [p for p in self.phases if not any(u["phase"] == p for u in plan)]
+        if missing:
+            raise BuildError(f"train.schedule never updates phase '{missing[0]}' of this model (on a branch where "
+                             f"its losses have terms), so it would not train; this model's phases: "
+                             f"{', '.join(self.phases)} (or set train.schedule=one-pass)")
+        return plan
 
     def phase_modules(self) -> dict[str, list[nn.Module]]:
         """Modules trained by each extra phase (the model phase trains everything else)."""
@@ -112,6 +149,26 @@ class GenerativeModel(nn.Module):
             prior=ComponentSpec(self.prior.name, full(self.prior)),
             losses=tuple(LossSpec(loss.name, loss.weight, full(loss)) for loss in self.losses.values()),
         )
+
+
+def _check_stale_branches(plan: list[dict]) -> None:
+    """Refuse a schedule whose model-phase update would backpropagate through a branch computed before an
+    earlier model-phase update changed the weights it ran on (autograd would fail mid-training)."""
+    computed: dict[str, int] = {"posterior": -1}  # update index at which each branch was last computed
+    model_steps: list[int] = []
+    for i, update in enumerate(plan):
+        wanted = ("posterior", "prior") if update["branch"] == "all" else (update["branch"],)
+        for branch in wanted:
+            if update["fresh"] and update["branch"] in (branch, "all"):
+                computed[branch] = i
+            elif branch not in computed:
+                computed[branch] = i  # the prior samples are drawn when first wanted
+            if update["phase"] == MODEL_PHASE and any(computed[branch] < m for m in model_steps):
+                raise BuildError(f"train.schedule: update {i + 1} ({update['phase']}@{update['branch']}) would "
+                                 f"train on the {branch} branch computed before an earlier model update changed "
+                                 f"its weights; add ':fresh' to recompute it first")
+        if update["phase"] == MODEL_PHASE:
+            model_steps.append(i)
 
 
 def _phase_order(losses: Iterable[Loss]) -> list[str]:
@@ -211,6 +268,7 @@ def build_model(spec: ModelSpec, registry: Registry | None = None, check: bool =
     for part in parts:
         part.attach(model)
     model.phase_modules()  # validates ownership (after attach: a loss may build its modules there)
+    model.updates(spec.train.schedule, registry)  # a schedule that cannot train this model fails here
     if check:
         dry_run(model)
     return model

@@ -68,6 +68,49 @@ def _betas(instance, attribute, value) -> None:
         raise ValueError(f"{attribute.name} must be two finite numbers in [0, 1), got {shorten(value)}")
 
 
+BRANCHES = ("all", "posterior", "prior")
+ONE_PASS = "one-pass"
+
+
+@expects("'one-pass' or a list of updates, each 'PHASE[@BRANCH][:fresh]' or {'phase': ..., 'branch': "
+         "all|posterior|prior, 'fresh': true|false}")
+def _schedule(value) -> tuple[dict[str, Any], ...]:
+    """The updates of one training step, in order (empty: one update per phase, ``one-pass``).
+
+    An update steps one phase's optimiser on the terms of one branch: ``posterior`` (x -> z ~ q(z|x)
+    -> x_hat), ``prior`` (z ~ p(z) -> x) or ``all``; ``fresh`` recomputes that branch first with the
+    weights as they are now (a new forward pass, or new prior samples)."""
+    if value is None or value == ONE_PASS or value == "":
+        return ()
+    if isinstance(value, str):
+        value = value.split(",")
+    if isinstance(value, Mapping) or not isinstance(value, tuple | list):
+        raise ValueError(f"expected 'one-pass' or a list of updates, got {shorten(value)}")
+    updates = []
+    for item in value:
+        if isinstance(item, str):
+            text, _, flag = item.strip().partition(":")
+            phase, _, branch = text.partition("@")
+            if flag not in ("", "fresh"):
+                raise ValueError(f"update {shorten(item)}: the only flag is ':fresh'")
+            item = {"phase": phase, "branch": branch or "all", "fresh": flag == "fresh"}
+        if not isinstance(item, Mapping):
+            raise ValueError(f"expected an update 'PHASE@BRANCH' or {{'phase': ..., 'branch': ...}}, "
+                             f"got {shorten(item)}")
+        extra = sorted(str(k) for k in item if k not in ("phase", "branch", "fresh"))
+        if extra:
+            raise ValueError(f"update {shorten(dict(item))}: unknown key {shorten(extra[0])}; "
+                             "allowed: phase, branch, fresh")
+        phase, branch = item.get("phase"), item.get("branch", "all")
+        if not isinstance(phase, str) or not phase.strip():
+            raise ValueError(f"update {shorten(dict(item))}: 'phase' must be a phase name")
+        if branch not in BRANCHES:
+            raise ValueError(f"update {shorten(dict(item))}: branch must be one of {', '.join(BRANCHES)}, "
+                             f"got {shorten(branch)}")
+        updates.append({"phase": phase.strip(), "branch": branch, "fresh": to_bool(item.get("fresh", False))})
+    return tuple(updates)
+
+
 @attrs.frozen
 class TrainConfig:
     """Training settings; presets carry a paper's values, the CLI overrides them per run."""
@@ -109,6 +152,11 @@ class TrainConfig:
     checkpoint_every: int = option(500, "steps between checkpoints (and one at the end)", positive_int, to_int)
     log_every: int = option(25, "steps between metric log lines (the only host syncs)", positive_int, to_int)
     keep_checkpoints: int = option(2, "how many step checkpoints to keep", positive_int, to_int)
+    schedule: tuple[dict[str, Any], ...] = option(
+        (), "the updates of a step in order: 'one-pass' (one update per phase on one forward pass, in the losses' "
+        "phase order) or a list of 'PHASE[@all|posterior|prior][:fresh]' (see docs/architecture.md)",
+        converter=_schedule,
+    )
 
 
 @attrs.frozen

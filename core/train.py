@@ -1,9 +1,13 @@
-"""The training loop: one forward pass per step, then each phase with its own optimiser.
+"""The training loop: one forward pass per step, then the step's updates, each with its phase's optimiser.
 
-Everything that depends on the plugins (phases, parameter groups, learning rates, gradient
-clamps) is resolved once in ``Trainer.__init__``; a step does the same fixed work whatever the
-number of plugins, and it never waits for the device: loss values are accumulated on the device
-and read back only every ``log_every`` steps.
+A step's updates follow ``train.schedule``: by default (``one-pass``) one update per phase, in the
+losses' phase order, on one forward pass; a schedule may instead step a phase several times on
+different branches (posterior, prior), recomputing a branch with the current weights first
+(``fresh``), as the crVAE authors' code does. Everything that depends on the plugins (phases,
+updates, parameter groups, learning rates, gradient clamps) is resolved once in
+``Trainer.__init__``; a step does the same fixed work whatever the number of plugins, and it never
+waits for the device: loss values are accumulated on the device and read back only every
+``log_every`` steps.
 """
 
 from __future__ import annotations
@@ -57,6 +61,27 @@ def resolve_device(name: str = "auto") -> torch.device:
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed % 2**64)  # torch takes 64 bits; any seed >= 0 is valid (smaller ones unchanged)
+
+
+class Update:
+    """One update of a step: a phase's optimiser stepped on the terms of one branch."""
+
+    __slots__ = ("phase", "branch", "fresh", "suffix")
+
+    def __init__(self, phase: Phase, branch: str, fresh: bool, suffix: str):
+        self.phase, self.branch, self.fresh, self.suffix = phase, branch, fresh, suffix
+
+
+def plan_updates(model: GenerativeModel, config: TrainConfig, phases: list[Phase]) -> list[Update]:
+    """The step's updates from ``config.schedule`` (checked against the model), for the phases that have
+    parameters to train; a phase updated more than once logs its terms as ``name@branch``."""
+    by_name = {p.name: p for p in phases}
+    plan = [u for u in model.updates(config.schedule) if u["phase"] in by_name]
+    counts: dict[str, int] = {}
+    for u in plan:
+        counts[u["phase"]] = counts.get(u["phase"], 0) + 1
+    return [Update(by_name[u["phase"]], u["branch"], u["fresh"],
+                   f"@{u['branch']}" if counts[u["phase"]] > 1 else "") for u in plan]
 
 
 class Phase:
@@ -239,6 +264,7 @@ class Trainer:
         self.batch_size = min(config.batch_size, n)
         self.batches_per_epoch = n // self.batch_size
         self.phases = build_phases(self.model, config, device)
+        self.updates = plan_updates(self.model, config, self.phases)
         self.amp_dtype = None
         self.scaler = None
         if config.amp:
@@ -266,23 +292,35 @@ class Trainer:
         model = self.model
         with self._autocast():
             state = model(x)
-        last = len(self.phases) - 1
+        last = len(self.updates) - 1
         all_terms: dict[str, torch.Tensor] = {}
-        for i, phase in enumerate(self.phases):
+        for i, update in enumerate(self.updates):
+            phase, suffix = update.phase, update.suffix
+            if update.fresh:  # recompute the branch with the weights as the previous updates left them
+                if update.branch == "prior":
+                    state.new_prior_sample()
+                else:
+                    with self._autocast():
+                        state = model(x)
+            state.branch, state.update = update.branch, i
             with self._autocast():
                 terms = model.phase_terms(state, phase.name)
             skip = [k for k in terms if k.endswith(Loss.SKIP)]
             if skip:  # the one host sync a loss may ask for; absent unless a loss uses a skip rule
                 flags = [terms.pop(k) for k in skip]
                 skipped = bool(torch.stack([f.reshape(()) for f in flags]).any())
-                all_terms[f"{phase.name}/skipped"] = torch.tensor(float(skipped), device=x.device)
+                all_terms[f"{phase.name}{suffix}/skipped"] = torch.tensor(float(skipped), device=x.device)
+            if not terms:  # nothing on this branch this step (e.g. every term switched off)
+                continue
+            if suffix:
+                terms = {f"{k}{suffix}": v for k, v in terms.items()}
             values = iter(terms.values())
             total = next(values)
             for value in values:
                 total = total + value
             if skip and skipped:  # logged like any step, so every term keeps one value per step
                 all_terms.update({k: v.detach() for k, v in terms.items()})
-                all_terms[f"{phase.name}/total"] = total.detach()
+                all_terms[f"{phase.name}{suffix}/total"] = total.detach()
                 continue
             phase.optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:
@@ -296,10 +334,12 @@ class Trainer:
                 nn.utils.clip_grad_norm_(phase.params, self.config.grad_clip_norm)
             if self.scaler is not None:
                 self.scaler.step(phase.optimizer)
+                if suffix:  # this optimiser steps again in this step: unscale_ needs an update() between
+                    self.scaler.update()
             else:
                 phase.optimizer.step()
             all_terms.update(terms)
-            all_terms[f"{phase.name}/total"] = total
+            all_terms[f"{phase.name}{suffix}/total"] = total
         if self.scaler is not None:
             self.scaler.update()
         return all_terms

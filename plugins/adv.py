@@ -19,9 +19,12 @@ The minibatch discrimination is the authors' ``nn.BatchDiscrimination`` (see
 :class:`MinibatchDiscrimination`): the exp(-L1) terms are averaged over the whole batch, the sample
 itself included.
 
-The prior samples (z, u, x) are made once per step and kept in ``state.extras["adv.prior"]``; the
-trunk features of reconstructions and prior samples in the model phase are kept in
-``state.extras["adv.features"]``, so ``mi`` reuses both without a second generation or trunk pass.
+The prior samples (z, u, x) are the step's ``Pass.prior_sample()`` (drawn once, until an update of
+``train.schedule`` asks for fresh ones); the trunk features of reconstructions and prior samples
+in a model-phase update are kept in ``state.extras["adv.features"]`` for that update, so ``mi``
+reuses both without a second generation or trunk pass. On a schedule's ``posterior`` update the
+generator terms are ``g_recon`` (and ``similarity``), on a ``prior`` update ``g_prior``; the
+discriminator always sees real images, reconstructions and prior samples.
 
 Larsen et al.'s learned similarity (the original VAE-GAN): with ``similarity_layer`` = k, the
 model phase also measures the reconstruction as the mean squared error between the conv outputs
@@ -57,7 +60,6 @@ from genvae.core.options import (
     to_int,
 )
 
-PRIOR_KEY = "adv.prior"
 FEATURES_KEY = "adv.features"
 
 
@@ -205,6 +207,7 @@ class AdversarialLoss(Loss):
     provides = frozenset({"discriminator"})
     phases = ("discriminator", "model")
     phase_order = ("discriminator", "model")
+    branches = ("posterior", "prior")
 
     def __init__(self, options: AdvOptions, ctx: BuildContext, weight: float = 1.0):
         super().__init__(options, ctx, weight)
@@ -231,16 +234,6 @@ class AdversarialLoss(Loss):
         return {"discriminator": self}
 
     # -- shared with mi ------------------------------------------------------------------------------------
-    def prior_batch(self, state):
-        """(z, u, x) for a batch of prior samples, made once per step (with gradient, for the model phase)."""
-        cached = state.extras.get(PRIOR_KEY)
-        if cached is None:
-            model = state.model
-            z = model.prior.sample(state.x.shape[0], model, state.x.device)
-            u, x = model.generate(z)
-            cached = state.extras[PRIOR_KEY] = (z, u, x)
-        return cached
-
     def generator_reconstructions(self, state):
         """The reconstructions the generator's adversarial loss judges: x_hat itself, or (``gan_to_encoder``
         off) x_hat regenerated from z detached, so that loss reaches the generation side and not the encoder.
@@ -259,15 +252,24 @@ class AdversarialLoss(Loss):
             for m in norms:
                 m.track_running_stats = True
 
-    def fake_features(self, state):
-        """Trunk features of (reconstructions, prior samples) for the model phase, one trunk pass for both."""
+    def fake_features(self, state) -> dict[str, torch.Tensor]:
+        """Trunk features of the fakes the current update's generator terms judge, by branch: "recon"
+        (reconstructions) when it wants the posterior branch, "prior" (prior samples) when it wants the prior
+        branch; one trunk pass, made once per update and shared with mi."""
         cached = state.extras.get(FEATURES_KEY)
-        if cached is None:
-            x_prior = self.prior_batch(state)[2]
-            n = state.x_hat.shape[0]
-            features = self.trunk(torch.cat([self.generator_reconstructions(state), x_prior]))
-            cached = state.extras[FEATURES_KEY] = (features[:n], features[n:])
-        return cached
+        if cached is not None and cached[0] == state.update:
+            return cached[1]
+        names, images = [], []
+        if state.wants("posterior"):
+            names.append("recon")
+            images.append(self.generator_reconstructions(state))
+        if state.wants("prior"):
+            names.append("prior")
+            images.append(state.prior_sample().x)
+        features = self.trunk(torch.cat(images)).split([x.shape[0] for x in images])
+        out = dict(zip(names, features, strict=True))
+        state.extras[FEATURES_KEY] = (state.update, out)
+        return out
 
     def discriminate(self, images):
         return self.head(self.trunk(images))
@@ -286,7 +288,7 @@ class AdversarialLoss(Loss):
     def _discriminator_terms(self, state):
         n = state.x.shape[0]
         real, recon, prior = self.batch_counts(n)
-        x_prior = self.prior_batch(state)[2]
+        x_prior = state.prior_sample().x
         batch = torch.cat([state.x[:real], state.x_hat[real : real + recon].detach(),
                            x_prior[real + recon :].detach()])
         labels = torch.cat([torch.ones(real, device=batch.device), torch.zeros(n - real, device=batch.device)])
@@ -300,16 +302,16 @@ class AdversarialLoss(Loss):
 
     def _generator_terms(self, state):
         o = self.options
-        f_recon, f_prior = self.fake_features(state)
+        features = self.fake_features(state)
         scale = self.weight * o.beta
         terms = {}
-        if o.on_recon:
-            logits = self.head(f_recon)
+        if o.on_recon and "recon" in features:
+            logits = self.head(features["recon"])
             terms["g_recon"] = scale * F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
-        if o.on_prior:
-            logits = self.head(f_prior)
+        if o.on_prior and "prior" in features:
+            logits = self.head(features["prior"])
             terms["g_prior"] = scale * F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
-        if o.similarity_layer:
+        if o.similarity_layer and state.wants("posterior"):
             fake = self.trunk.layer_features(state.x_hat, o.similarity_layer)
             with torch.no_grad():
                 real = self.trunk.layer_features(state.x, o.similarity_layer)

@@ -300,16 +300,26 @@ class CRLatent(LatentTransform):
 
 PAPER_KL = [3e-4] * 3 + [2e-4] * 5  # per time step, authors' code (alpha1, alpha2)
 PAPER_MI = [0.1, 1.5, 1.5, 1.25, 0.1, 0.1, 1.0, 1.0]
-PAPER_TRAIN = {
-    "lr": 3e-4, "batch_size": 128, "epochs": 150, "lr_schedule": "step", "lr_step_epochs": 60, "lr_gamma": 0.5,
-    "flip": True, "phase_lr": {"discriminator": 3e-4, "mi": 3e-4},
-}
-# The VAE-GAN baseline (train_test_baseline.lua) runs the whole discriminator, head and trunk, at lr/2.
-PAPER_BASELINE_TRAIN = {**PAPER_TRAIN, "phase_lr": {"discriminator": PAPER_TRAIN["lr"] / 2}}
 # The authors' run commands (README: -eps 1e-6 -mom 0.9) for every BatchNorm of the conv stacks and the MI head;
 # Torch7's momentum weights the new batch, as PyTorch's does. The variance path's BatchNorm1d keeps the defaults
 # (1e-5, 0.1), as in their code.
 PAPER_BN = {"bn_eps": 1e-6, "bn_momentum": 0.9}
+# The authors' update order per iteration (train_test_lstm.lua): the posterior branch (MI head and trunk, then encoder,
+# LSTMs and decoder), then new prior samples through the just-updated generator (MI head and trunk, then decoder and
+# generation LSTM), the discriminator last. Without MI the same order without the mi updates.
+# Updates of phases a model lacks are left out, so the one list serves crvae (model@posterior alone), crvae-gan-no-mi
+# and crvae-gan (and --encoder cr-lstm --loss adv,mi, which starts from crvae).
+AUTHORS_SCHEDULE = ["mi@posterior", "model@posterior", "mi@prior:fresh", "model@prior", "discriminator"]
+# train_test_baseline.lua: encoder and decoder from one forward pass (the decoder on reconstructions and prior
+# samples), the discriminator last.
+BASELINE_SCHEDULE = ["model", "discriminator"]
+PAPER_TRAIN = {
+    "lr": 3e-4, "batch_size": 128, "epochs": 150, "lr_schedule": "step", "lr_step_epochs": 60, "lr_gamma": 0.5,
+    "flip": True, "phase_lr": {"discriminator": 3e-4, "mi": 3e-4}, "schedule": AUTHORS_SCHEDULE,
+}
+# The VAE-GAN baseline (train_test_baseline.lua) runs the whole discriminator, head and trunk, at lr/2.
+PAPER_BASELINE_TRAIN = {**PAPER_TRAIN, "phase_lr": {"discriminator": PAPER_TRAIN["lr"] / 2},
+                        "schedule": BASELINE_SCHEDULE}
 _MSE = {"name": "mse", "options": {"reduction": "mean"}}
 
 
@@ -343,8 +353,9 @@ SMALL_MI = [0.8, 1.375, 0.1, 1.0]  # the paper's 8 weights averaged in pairs
 # Short CPU runs: lr 1e-3 (the paper's 3e-4 learns visibly slower in a few hundred steps), batch 64.
 SMALL_TRAIN = {"lr": 1e-3, "batch_size": 64, "epochs": 20, "lr_schedule": "step", "lr_step_epochs": 8,
                "lr_gamma": 0.5, "flip": False, "phase_lr": {"discriminator": 1e-3, "mi": 1e-3}, "log_every": 25,
-               "checkpoint_every": 500}
-SMALL_BASELINE_TRAIN = {**SMALL_TRAIN, "phase_lr": {"discriminator": SMALL_TRAIN["lr"] / 2}}
+               "checkpoint_every": 500, "schedule": AUTHORS_SCHEDULE}
+SMALL_BASELINE_TRAIN = {**SMALL_TRAIN, "phase_lr": {"discriminator": SMALL_TRAIN["lr"] / 2},
+                        "schedule": BASELINE_SCHEDULE}
 _SMALL_STACK = {"width": 8, "max_width": 64}
 _SMALL_ADV = {"widths": [16, 32, 32], "head_hidden": 256}
 
@@ -364,7 +375,8 @@ PRESETS = {
     ),
     "crvae-gan": (
         _paper(_CR, [_MSE, _KL_STEPS, _ADV, _MI]),
-        "crVAE-GAN (64x64) as in the authors' code: crvae + adversarial loss (beta 0.0125) + MI on u (kappa 0.02)",
+        "crVAE-GAN (64x64) as in the authors' code: crvae + adversarial loss (beta 0.0125) + MI on u (kappa 0.02), "
+        "the authors' update schedule",
     ),
     "crvae-gan-no-mi": (
         _paper(_CR, [_MSE, _KL_STEPS, _ADV]),

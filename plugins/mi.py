@@ -3,8 +3,9 @@
 A head q on the discriminator's trunk predicts, from a generated image x~, what generated it: u,
 the generation LSTM's output, for the ``cr-lstm`` latent (the transform's ``mi_target``), z for
 latents without one (the ``fc`` VAE-GAN baseline), or either by ``target``. z is drawn both from the
-posterior (x~ = the reconstruction) and from the prior (x~ = a sample; the ``adv`` loss makes those
-once per step and this loss reuses them).
+posterior (x~ = the reconstruction) and from the prior (x~ = a sample: the step's
+``Pass.prior_sample()``, shared with ``adv``). On an update of ``train.schedule`` restricted to one
+branch, only that branch's error counts.
 
 * phase ``mi`` (after ``discriminator``, before ``model``): the head (and, with ``train_trunk``,
   the shared trunk at the trunk's learning rate) learns to predict the detached target from the
@@ -119,6 +120,7 @@ class MILoss(Loss):
     requires = frozenset({"discriminator"})
     phases = ("mi", "model")
     phase_order = ("discriminator", "mi", "model")
+    branches = ("posterior", "prior")
 
     def __init__(self, options: MIOptions, ctx: BuildContext, weight: float = 1.0):
         super().__init__(options, ctx, weight)
@@ -172,17 +174,20 @@ class MILoss(Loss):
         return branch == "recon" or self.options.weighted_branches == "both"
 
     def pairs(self, state):
-        """(images, targets) for the posterior branch and the prior branch, as switched on."""
+        """(branch, images, targets) for the posterior branch and the prior branch, as switched on and as the
+        current update wants them."""
         out = []
-        if self.options.on_recon:
+        if self.options.on_recon and state.wants("posterior"):
             out.append(("recon", state.x_hat, self.target(state.z, state.u)))
-        if self.options.on_prior:
-            z, u, x = self._adv.prior_batch(state)
+        if self.options.on_prior and state.wants("prior"):
+            z, u, x = state.prior_sample()
             out.append(("prior", x, self.target(z, u)))
         return out
 
     def forward(self, state, phase):
         pairs = self.pairs(state)
+        if not pairs:
+            return {}
         if phase == "mi":
             images = torch.cat([x.detach() for _, x, _ in pairs])
             if self.options.train_trunk:
@@ -193,8 +198,7 @@ class MILoss(Loss):
             parts = features.split([x.shape[0] for _, x, _ in pairs])
             return {"q": sum(self.error(self.head(f), t, self.weighted(which))
                              for f, (which, _, t) in zip(parts, pairs, strict=True))}
-        f_recon, f_prior = self._adv.fake_features(state)
-        features = {"recon": f_recon, "prior": f_prior}
+        features = self._adv.fake_features(state)
         total = sum(self.error(self.head(features[which]), t, self.weighted(which)) for which, _, t in pairs)
         return {"mi": self.weight * self.options.kappa * total}
 

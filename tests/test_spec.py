@@ -69,6 +69,8 @@ def _changed_train_values() -> dict:
         "checkpoint_every": 99,
         "log_every": 3,
         "keep_checkpoints": 5,
+        "schedule": [{"phase": "model", "branch": "posterior", "fresh": False},
+                     {"phase": "discriminator", "branch": "all", "fresh": True}],
     }
     # every field, so a new TrainConfig field must be added here (and round trip) too
     assert set(values) == set(option_names(TrainConfig)), set(option_names(TrainConfig)) ^ set(values)

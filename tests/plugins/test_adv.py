@@ -138,9 +138,9 @@ def test_generator_terms_and_prior_samples_made_once():
     model.train()
     state = model(torch.rand(8, 3, 16, 16) * 2 - 1)
     d = model.phase_terms(state, "discriminator")
-    z, u, x_prior = state.extras["adv.prior"]
+    z, u, x_prior = state.prior_sample()
     g = model.phase_terms(state, "model")
-    assert state.extras["adv.prior"][2] is x_prior  # the model phase reused the discriminator phase's samples
+    assert state.prior_sample().x is x_prior  # the model phase reused the discriminator phase's samples
     assert {"adv.d", "adv.skip_step"} <= set(d) and {"adv.g_recon", "adv.g_prior", "mse", "kl"} <= set(g)
     assert x_prior.requires_grad and z.shape == (8, *model.layout.shape)
     # the discriminator phase sees detached fakes: its loss gives the generator no gradient
@@ -151,7 +151,7 @@ def test_generator_terms_and_prior_samples_made_once():
     for part in (model.decoder, model.transform.gen, model.encoder):
         grads = torch.autograd.grad(g_total, list(part.parameters()), retain_graph=True, allow_unused=True)
         assert any(gr is not None and gr.abs().sum() > 0 for gr in grads)
-    logits = model.losses["adv"].head(state.extras["adv.features"][0])
+    logits = model.losses["adv"].head(state.extras["adv.features"][1]["recon"])
     expected = 0.0125 * torch.nn.functional.softplus(-logits).mean()
     assert g["adv.g_recon"].item() == pytest.approx(expected.item(), rel=1e-5)
 

@@ -73,7 +73,7 @@ def test_discriminator_loss_is_bce_with_real_one_and_fake_zero():
     model.train()
     state = model(x_batch())
     d = model.phase_terms(state, "discriminator")["adv.d"]
-    x_prior = state.extras["adv.prior"][2]
+    x_prior = state.prior_sample().x
     assert adv.batch_counts(8) == (6, 1, 1)
     batch = torch.cat([state.x[:6], state.x_hat[6:7], x_prior[7:8]]).detach()
     with torch.no_grad():
@@ -132,7 +132,7 @@ def test_generator_loss_is_non_saturating(preset):
     terms = model.phase_terms(state, "model")
     beta = adv.options.beta
     assert beta == {"crvae-gan-no-mi": 0.0125, "vae-gan-small": 0.05}[preset]
-    f_recon, f_prior = state.extras["adv.features"]
+    f_recon, f_prior = state.extras["adv.features"][1].values()
     for key, features in (("adv.g_recon", f_recon), ("adv.g_prior", f_prior)):
         with torch.no_grad():
             logits = adv.head(features)

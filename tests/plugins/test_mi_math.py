@@ -90,7 +90,7 @@ def test_phase_values_by_hand(branches):
     model.phase_terms(state, "discriminator")
     q = model.phase_terms(state, "mi")["mi.q"]
     term = model.phase_terms(state, "model")["mi"]
-    z_p, u_p, x_p = state.extras["adv.prior"]
+    z_p, u_p, x_p = state.prior_sample()
     bias = model.transform.gen.bias
     t_recon, t_prior = (state.u - bias).detach(), (u_p - bias).detach()  # u without its bias
     w = step_weights(AUTHORS_MI, model)
@@ -150,8 +150,8 @@ def test_a_zero_weight_step_gets_no_gradient_in_either_branch():
     state = model(x_batch())
     model.phase_terms(state, "discriminator")
     model.phase_terms(state, "model")
-    f_recon, f_prior = state.extras["adv.features"]
-    for features, target in ((f_recon, state.u), (f_prior, state.extras["adv.prior"][1])):
+    f_recon, f_prior = state.extras["adv.features"][1].values()
+    for features, target in ((f_recon, state.u), (f_prior, state.prior_sample().u)):
         prediction = mi.head(features.detach())
         (g,) = torch.autograd.grad(mi.error(prediction, target.detach()), prediction)
         assert not g[:, 0].any() and g[:, 1:].abs().sum() > 0
