@@ -22,10 +22,12 @@ from genvae.core.components import Decoder, Encoder, Loss
 from genvae.core.hookspecs import hookimpl
 from genvae.core.options import int_tuple, option, positive_int, to_int
 from genvae.testing import (
+    check_branches,
     check_component,
     check_determinism,
     check_gradients,
     check_options_roundtrip,
+    check_sensitivity,
     check_serialisation,
     check_shapes,
     plugin_registry,
@@ -230,6 +232,72 @@ def test_gradients_catches_a_loss_that_moves_no_parameter():
     registry = registry_with(ZeroGradientLoss)
     with pytest.raises(AssertionError, match=fault("loss 'zero-gradient'", "zero gradient to every parameter")):
         check_gradients("loss", "zero-gradient", registry=registry)
+
+
+# -- check_sensitivity and check_branches -------------------------------------------------------------------
+
+
+class SelfComparingLoss(GoodLoss):
+    """A slip: the decoder's weights measured instead of the reconstruction. It has a gradient (the gradient check
+    passes it) but never looks at an image."""
+
+    name = "self-comparing"
+
+    def forward(self, state, phase):
+        return {"l1": self.weight * next(state.model.decoder.parameters()).abs().mean()}
+
+
+class PriorReadingLoss(GoodLoss):
+    """Reads the prior samples but declares only the posterior branch (the default)."""
+
+    name = "prior-reading"
+
+    def forward(self, state, phase):
+        return {"l1": self.weight * (state.x_hat - state.x).abs().mean(), "p": state.prior_sample().x.pow(2).mean()}
+
+
+class BranchBlindLoss(PriorReadingLoss):
+    """Declares both branches but computes both terms whatever the update asks for."""
+
+    name = "branch-blind"
+    branches = ("posterior", "prior")
+
+
+class BranchAwareLoss(PriorReadingLoss):
+    """The same terms, each computed only on its branch."""
+
+    name = "branch-aware"
+    branches = ("posterior", "prior")
+
+    def forward(self, state, phase):
+        terms = {}
+        if state.wants("posterior"):
+            terms["l1"] = self.weight * (state.x_hat - state.x).abs().mean()
+        if state.wants("prior"):
+            terms["p"] = state.prior_sample().x.pow(2).mean()
+        return terms
+
+
+def test_sensitivity_catches_a_term_that_does_not_read_its_inputs():
+    registry = registry_with(SelfComparingLoss)
+    check_gradients("loss", "self-comparing", registry=registry)  # the gradient check alone lets it through
+    with pytest.raises(AssertionError, match=fault("loss 'self-comparing'", "model: l1 is the same for two "
+                                                   "different batches")):
+        check_sensitivity("loss", "self-comparing", registry=registry)
+
+
+@pytest.mark.parametrize(("cls", "message"), [
+    (PriorReadingLoss, "on a posterior update take gradient from the prior samples; declare branches"),
+    (BranchBlindLoss, "on a posterior update take gradient from the prior samples; compute them only when"),
+])
+def test_branches_catches_a_loss_that_ignores_the_update_branch(cls, message):
+    registry = registry_with(cls)
+    with pytest.raises(AssertionError, match=fault(f"loss '{cls.name}'", message)):
+        check_branches("loss", cls.name, registry=registry)
+
+
+def test_branches_passes_a_loss_that_asks_state_wants():
+    check_component("loss", "branch-aware", registry=registry_with(BranchAwareLoss))
 
 
 # -- check_determinism ------------------------------------------------------------------------------------

@@ -34,6 +34,11 @@ The checks, each usable alone:
   gradients for the same input and torch seed.
 * :func:`check_spec_roundtrip`: the spec and the resolved spec survive ``to_dict`` -> JSON ->
   ``from_dict``, and rebuilding from the resolved spec resolves to itself.
+* :func:`check_sensitivity`: every term of a loss changes when the images and random draws change
+  (a term computed from constants fails); for other kinds, x_hat changes with the images.
+* :func:`check_branches`: a loss keeps to the branches of ``train.schedule``: posterior-update terms
+  take no gradient from the prior samples, prior-update terms none from the posterior pass, and
+  its ``all`` terms are those of its branches together.
 
 :func:`check_component` runs them all (``skip=("determinism",)`` leaves some out). Every check
 takes ``kind, name, options=None`` or a ready ``spec=``, plus ``registry=`` and ``seed=``. No
@@ -877,8 +882,90 @@ def check_spec_roundtrip(
         raise _fail(f"{label}: rebuilding from the resolved spec resolves differently: {again!r}")
 
 
+@_one_thread
+def check_sensitivity(
+    kind: str,
+    name: str,
+    options: Mapping[str, Any] | None = None,
+    spec: ModelSpec | None = None,
+    registry: Registry | None = None,
+    seed: int = 0,
+) -> None:
+    """A loss's terms read their inputs: every term of every phase changes when the images and the random
+    draws (z, prior samples, dropout) change. A term computed from constants, or from one tensor compared
+    with itself, fails. Other kinds: x_hat changes with the images."""
+    registry = registry or get_registry()
+    spec, _ = _resolve(kind, name, options, spec, registry)
+    label = _label(kind, name)
+    model = build_tiny(spec, registry, seed)
+    model.train()
+    runs = []
+    for offset in (0, 1):
+        x = random_images(spec, seed=seed + offset)
+        with _rng(seed + offset), torch.no_grad():
+            state = model(x)
+            if kind != "loss":
+                runs.append({"x_hat": state.x_hat})
+                continue
+            loss = model.losses[name]
+            runs.append({f"{phase}: {k}": v for phase in loss.phases for k, v in _summed(loss(state, phase)).items()})
+    first, second = runs
+    same = [k for k in first if k in second and torch.equal(first[k], second[k])]
+    if same:
+        raise _fail(f"{label}: {same[0]} is the same for two different batches (other images, other random draws); "
+                    "a term must depend on what it measures")
+
+
+@_one_thread
+def check_branches(
+    kind: str,
+    name: str,
+    options: Mapping[str, Any] | None = None,
+    spec: ModelSpec | None = None,
+    registry: Registry | None = None,
+    seed: int = 0,
+) -> None:
+    """A loss keeps to the branches of ``train.schedule``: on an update of the posterior branch its terms take
+    no gradient from the prior samples, on a prior update none from the posterior pass (z, x_hat), and its
+    terms on the ``all`` branch are those of its declared branches together (``Loss.branches``)."""
+    if kind != "loss":
+        return
+    registry = registry or get_registry()
+    spec, _ = _resolve(kind, name, options, spec, registry)
+    label = _label(kind, name)
+    model = build_tiny(spec, registry, seed)
+    model.train()
+    loss = model.losses[name]
+    for phase in loss.phases:
+        with _rng(seed):
+            state = model(random_images(spec, seed=seed))
+            terms: dict[str, dict[str, torch.Tensor]] = {}
+            for i, branch in enumerate(("all", "posterior", "prior")):
+                if branch == "all" or branch in loss.branches:
+                    state.branch, state.update = branch, i
+                    terms[branch] = _summed(loss(state, phase))
+        union = {k for b, t in terms.items() if b != "all" for k in t}
+        if set(terms["all"]) != union:
+            raise _fail(f"{label}, phase '{phase}': terms on the all branch {sorted(terms['all'])} differ from those "
+                        f"of its branches {', '.join(loss.branches)} together {sorted(union)}")
+        drawn = state._prior_sample
+        sources = {"posterior": [t for t in (drawn.u, drawn.x) if t.requires_grad] if drawn is not None else [],
+                   "prior": [t for t in (state.z, state.u, state.x_hat) if torch.is_tensor(t) and t.requires_grad]}
+        for branch, other in (("posterior", "prior samples"), ("prior", "posterior pass")):
+            values = [v for v in terms.get(branch, {}).values() if v.requires_grad]
+            if not values or not sources[branch]:
+                continue
+            grads = torch.autograd.grad(sum(values), sources[branch], retain_graph=True, allow_unused=True)
+            if any(g is not None and g.abs().sum() > 0 for g in grads):
+                hint = "compute them only when state.wants(...) says" if branch in loss.branches and \
+                    "prior" in loss.branches else "declare branches = (\"posterior\", \"prior\")"
+                raise _fail(f"{label}, phase '{phase}': its terms on a {branch} update take gradient from the "
+                            f"{other}; {hint}")
+
+
 #: The checks check_component runs, by name (pass names in ``skip`` to leave some out).
-CHECKS = ("registered", "options", "shapes", "serialisation", "gradients", "determinism", "spec")
+CHECKS = ("registered", "options", "shapes", "serialisation", "gradients", "determinism", "spec", "sensitivity",
+          "branches")
 
 
 @_one_thread
@@ -918,5 +1005,9 @@ def check_component(
         check_determinism(kind, name, **common)
     if "spec" not in skip:
         check_spec_roundtrip(kind, name, **common)
+    if "sensitivity" not in skip:
+        check_sensitivity(kind, name, **common)
+    if "branches" not in skip:
+        check_branches(kind, name, **common)
     return spec
 

@@ -278,3 +278,22 @@ def test_tiny_adversarial_run_trains_a_discriminator_above_chance(tmp_path):
     after = discriminator_accuracy(model, held_out)
     assert before <= 0.625
     assert after >= 0.875, f"discriminator accuracy {before} -> {after}"
+
+
+@pytest.mark.parametrize("spatial", [True, False])
+def test_torch7_dropout_scales_at_evaluation_not_in_training(spatial):
+    """Torch7's nn.SpatialDropout / nn.Dropout(p, true): kept values pass unscaled while training (each is x or 0),
+    and evaluation multiplies by 1 - p, so the expected activation matches training's."""
+    from genvae.plugins.adv import Torch7Dropout
+
+    drop = Torch7Dropout(0.5, spatial)
+    x = torch.arange(1.0, 2 * 3 * 4 * 4 + 1).view(2, 3, 4, 4)
+    drop.eval()
+    assert torch.equal(drop(x), x * 0.5)
+    drop.train()
+    torch.manual_seed(0)
+    y = drop(x)
+    assert ((y == x) | (y == 0)).all() and (y == 0).any() and (y == x).any()
+    if spatial:  # whole channels are dropped
+        per_channel = (y == 0).flatten(2)
+        assert (per_channel.all(2) | ~per_channel.any(2)).all()
