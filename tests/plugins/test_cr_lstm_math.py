@@ -177,3 +177,12 @@ def test_batch_norm_momentum_weights_the_new_batch():
         model.train()
         model.encoder(x)
     assert torch.allclose(first.running_mean, 0.1 * 1.0 + 0.9 * pre.mean((0, 2, 3)), atol=1e-6)
+
+
+def test_crelu_by_hand():
+    """CReLU(x) = concat(relu(x), relu(-x)) along channels: the negative part is kept, in the second half."""
+    from genvae.plugins.cr_lstm import CReLU
+
+    x = torch.tensor([[[[1.5, -2.0]], [[0.0, -0.25]]]])  # (1, 2, 1, 2)
+    expected = torch.tensor([[[[1.5, 0.0]], [[0.0, 0.0]], [[0.0, 2.0]], [[0.0, 0.25]]]])
+    assert torch.equal(CReLU()(x), expected)
