@@ -1,0 +1,124 @@
+"""Plant single-line mistakes in the paper plugins, one at a time, and check that a test fails for each.
+
+Each entry replaces one exact line (or expression) of the source; the script applies it in this checkout,
+runs the tests, and restores the file whatever happens (it refuses to start when a file it would touch has
+uncommitted changes). A mistake no test catches is printed as MISSED and makes the exit status 1.
+
+    python tools/planted_mistakes.py                     # all of them (about 40 s each on 2 CPU cores)
+    python tools/planted_mistakes.py --only CReLU        # those whose label contains the text
+    python tools/planted_mistakes.py --list
+"""
+
+# ruff: noqa: E501  (the table holds whole source lines)
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = ["tests/plugins", "tests/test_schedule.py", "tests/test_train.py"]
+
+#: (what the mistake is, file, the exact original text, the mistaken text)
+MISTAKES = [
+    ('discriminator labels swapped (real 0, fake 1)', 'plugins/adv.py', 'labels = torch.cat([torch.ones(real, device=batch.device), torch.zeros(n - real, device=batch.device)])', 'labels = torch.cat([torch.zeros(real, device=batch.device), torch.ones(n - real, device=batch.device)])'),
+    ('generator GAN loss with label 0 (log(1 - D) ascent lost)', 'plugins/adv.py', 'terms["g_recon"] = scale * F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))', 'terms["g_recon"] = scale * F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits))'),
+    ('discriminator batch: reconstructions not detached', 'plugins/adv.py', 'state.x_hat[real : real + recon].detach()', 'state.x_hat[real : real + recon]'),
+    ('minibatch discrimination summed, not averaged', 'plugins/adv.py', 'torch.exp(-dist).mean(1)', 'torch.exp(-dist).sum(1)'),
+    ('gan_to_encoder ignored (baseline encoder gets GAN gradient)', 'plugins/adv.py', '        if self.options.gan_to_encoder:\n            return state.x_hat', '        if True:\n            return state.x_hat'),
+    ('Torch7 dropout: eval output not scaled by 1 - p', 'plugins/adv.py', 'return x * (1.0 - self.p)', 'return x'),
+    ('beta missing from the generator terms', 'plugins/adv.py', 'scale = self.weight * o.beta', 'scale = self.weight'),
+    ('prior-branch generator term computed on the posterior branch', 'plugins/adv.py', '        if state.wants("prior"):\n            names.append("prior")', '        if state.wants("posterior"):\n            names.append("prior")'),
+    ('MI target not detached', 'plugins/mi.py', 'return self._transform.mi_target(z, u).detach()', 'return self._transform.mi_target(z, u)'),
+    ('MI per-step weights not applied', 'plugins/mi.py', 'return (self.element_weights * squared).mean() if weighted else squared.mean()', 'return squared.mean()'),
+    ('kappa missing from the MI term', 'plugins/mi.py', 'return {"mi": self.weight * self.options.kappa * total}', 'return {"mi": self.weight * total}'),
+    ('MI phase: generated images not detached', 'plugins/mi.py', 'images = torch.cat([x.detach() for _, x, _ in pairs])', 'images = torch.cat([x for _, x, _ in pairs])'),
+    ('MI target is u with its bias', 'plugins/cr_lstm.py', '        return u - self.gen.bias', '        return u'),
+    ('KL: -logvar sign flipped', 'core/components.py', 'return 0.5 * (torch.exp(self.logvar) + self.mean.pow(2) - 1.0 - self.logvar)', 'return 0.5 * (torch.exp(self.logvar) + self.mean.pow(2) - 1.0 + self.logvar)'),
+    ('KL per-step weights not applied', 'plugins/kl.py', '            kl = kl * self.element_weights', '            kl = kl'),
+    ('KL averaged over elements instead of summed', 'plugins/kl.py', 'return {"kl": self.weight * kl.sum(1).mean()}', 'return {"kl": self.weight * kl.mean()}'),
+    ('MSE sum reduction averages instead', 'core/layers.py', '    return values.flatten(1).sum(1).mean()', '    return values.flatten(1).mean(1).mean()'),
+    ('CReLU without the negation', 'plugins/cr_lstm.py', 'return F.relu(torch.cat([x, -x], dim=1))', 'return F.relu(torch.cat([x, x], dim=1))'),
+    ('forget-gate bias on the input gate', 'plugins/cr_lstm.py', 'getattr(lstm, f"bias_ih_l{layer}")[h : 2 * h].fill_(value)', 'getattr(lstm, f"bias_ih_l{layer}")[0:h].fill_(value)'),
+    ("paper presets' BatchNorm eps 1e-5", 'plugins/cr_lstm.py', 'PAPER_BN = {"bn_eps": 1e-6, "bn_momentum": 0.9}', 'PAPER_BN = {"bn_eps": 1e-5, "bn_momentum": 0.9}'),
+    ('schedule: every update sees all branches', 'core/train.py', '            state.branch, state.update = update.branch, i', '            state.branch, state.update = "all", i'),
+    ('schedule: fresh ignored', 'core/train.py', '            if update.fresh:  # recompute', '            if False:  # recompute'),
+    ("authors' order: discriminator first", 'plugins/cr_lstm.py', 'AUTHORS_SCHEDULE = ["mi@posterior", "model@posterior", "mi@prior:fresh", "model@prior", "discriminator"]', 'AUTHORS_SCHEDULE = ["discriminator", "mi@posterior", "model@posterior", "mi@prior:fresh", "model@prior"]'),
+    ('baseline discriminator at full lr', 'plugins/cr_lstm.py', 'PAPER_BASELINE_TRAIN = {**PAPER_TRAIN, "phase_lr": {"discriminator": PAPER_TRAIN["lr"] / 2},', 'PAPER_BASELINE_TRAIN = {**PAPER_TRAIN, "phase_lr": {"discriminator": PAPER_TRAIN["lr"]},'),
+    ('REDUCE kernel [1,2,1]/4', 'plugins/laplacian.py', '_BINOMIAL = (1.0, 4.0, 6.0, 4.0, 1.0)  # / 16', '_BINOMIAL = (0.0, 4.0, 8.0, 4.0, 0.0)  # / 16  ([1, 2, 1]/4)'),
+    ('REDUCE zero padding instead of a replicated border', 'plugins/laplacian.py', 'mode="replicate")', 'mode="constant")'),
+    ('EXPAND by nearest neighbour', 'plugins/laplacian.py', '    return _expand_last(_expand_last(x).transpose(-1, -2)).transpose(-1, -2)', '    return F.interpolate(x, scale_factor=2.0, mode="nearest")'),
+    ('h_k = b_k - b_{k+1} (no EXPAND)', 'plugins/laplacian.py', 'return [bs[k] - upsample(bs[k + 1], kernel) for k in range(levels - 1)] + [bs[-1]]', 'return [bs[k] - bs[k + 1] for k in range(levels - 1)] + [bs[-1]]'),
+    ('h_k = b_k - nearest-EXPAND(b_{k+1})', 'plugins/laplacian.py', 'return [bs[k] - upsample(bs[k + 1], kernel) for k in range(levels - 1)] + [bs[-1]]', 'return [bs[k] - F.interpolate(bs[k + 1], scale_factor=2.0) for k in range(levels - 1)] + [bs[-1]]'),
+    ("level k's decoder reads z_{k-1} instead of z_k", 'plugins/laplacian.py', 'return self.levels[k].from_z(torch.cat(zs[k:], dim=1))', 'return self.levels[k].from_z(torch.cat([zs[k - 1] if k else zs[k], *zs[k + 1:]], dim=1))'),
+    ("level k's decoder reads z_k only", 'plugins/laplacian.py', 'return self.levels[k].from_z(torch.cat(zs[k:], dim=1))', 'return self.levels[k].from_z(torch.cat([zs[k]] * (len(zs) - k), dim=1))'),
+    ('per-level lists not reversed', 'plugins/laplacian.py', '    return list(reversed(values))', '    return list(values)'),
+    ('pyramid-mse level weights reversed', 'plugins/laplacian.py', 'self.weights = per_level(options.level_weights or (1.0,), levels, "level_weights")', 'self.weights = per_level(options.level_weights or (1.0,), levels, "level_weights")[::-1]'),
+    ('latent groups finest first', 'plugins/laplacian.py', 'self.layout = LatentLayout((sum(sizes),), group_sizes=tuple(reversed(sizes)), group_label="level")', 'self.layout = LatentLayout((sum(sizes),), group_sizes=tuple(sizes), group_label="level")'),
+    ('no 4^k area scale in pyramid-mse', 'plugins/laplacian.py', 'weight *= full / (target.shape[-2] * target.shape[-1])', 'weight *= 1'),
+    ("M reads the real image's posterior", 'plugins/m_net.py', 'mu, lv = self.reencode(j, preds[j], recon[j + 1] if j + 1 < levels else None)', 'mu, lv = zs[j], tr.split_levels(state.posterior.logvar)[j]'),
+    ('M re-encodes conditioned on the real coarser image', 'plugins/m_net.py', 'mu, lv = self.reencode(j, preds[j], recon[j + 1] if j + 1 < levels else None)', 'mu, lv = self.reencode(j, preds[j], state.extras["laplacian.b"][j + 1] if j + 1 < levels else None)'),
+    ('S_k reads the mean', 'plugins/m_net.py', 'return self.R(mean), self.S(logvar)', 'return self.R(mean), self.S(mean)'),
+    ('m-net detach ignored', 'plugins/m_net.py', 'grad = nullcontext() if not self.options.detach else torch.no_grad()', 'grad = nullcontext()'),
+    ('sampler draws free levels from N(0, I)', 'plugins/m_net.py', 'zs[k] = prior_mean + torch.exp(0.5 * prior_logvar) * torch.randn_like(prior_mean)', 'zs[k] = torch.randn_like(prior_mean)'),
+    ('sampler ignores S_k', 'plugins/m_net.py', 'zs[k] = prior_mean + torch.exp(0.5 * prior_logvar) * torch.randn_like(prior_mean)', 'zs[k] = prior_mean + torch.randn_like(prior_mean)'),
+    ('sampler keeps the finest groups', 'plugins/m_net.py', 'if kept is not None and levels - 1 - k < fixed_groups:', 'if kept is not None and k < fixed_groups:'),
+    ("edit keeps the input's levels, not the painted ones", 'plugins/laplacian.py', 'painted = tr.split_levels(model.encode(coarse).mean)', 'painted = tr.split_levels(model.encode(x).mean)'),
+    ('edit keeps one level too few', 'plugins/laplacian.py', 'z = model.prior.sample(n, model, x.device, fixed=fixed, fixed_groups=keep_levels)', 'z = model.prior.sample(n, model, x.device, fixed=fixed, fixed_groups=keep_levels - 1)'),
+    ('RMSE without the 127.5 scale', 'cli/main.py', 'per_image.append(((x_hat - x) * 127.5).pow(2).flatten(1).mean(1).sqrt().cpu())', 'per_image.append((x_hat - x).pow(2).flatten(1).mean(1).sqrt().cpu())'),
+    ('RMSE pooled over all images', 'cli/main.py', 'per_image.append(((x_hat - x) * 127.5).pow(2).flatten(1).mean(1).sqrt().cpu())', 'per_image.append(((x_hat - x) * 127.5).pow(2).mean().sqrt().expand(len(x)).cpu())'),
+    ('condition=reconstruction reads the real b_{k+1}', 'plugins/laplacian.py', '            feats[k] = self.encode_level(k, hs[k], coarser[k])', '            feats[k] = self.encode_level(k, hs[k], bs[k + 1] if k + 1 < levels else None)'),
+    ('Poisson stencil of 4 neighbours at the border', 'plugins/laplacian.py', 'count = _neighbour_sum(torch.ones_like(s))', 'count = torch.full_like(s, 4.0)'),
+    ("Poisson without the source's guidance", 'plugins/laplacian.py', 'b = m * (count * s - _neighbour_sum(s) + _neighbour_sum((1.0 - m) * t))', 'b = m * _neighbour_sum((1.0 - m) * t)'),
+    ('--blend poisson does an alpha blend', 'plugins/laplacian.py', '        composites = poisson_blend(samples, recon, mask)', '        composites = mask * samples + (1.0 - mask) * recon')
+]
+
+
+def run_tests(tests: list[str]) -> tuple[bool, str]:
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *tests],
+                            cwd=ROOT, capture_output=True, text=True)
+    failed = [line.split()[1] for line in result.stdout.splitlines() if line.startswith(("FAILED", "ERROR"))]
+    return result.returncode != 0, failed[0] if failed else ""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", help="run the mistakes whose label contains this text")
+    parser.add_argument("--list", action="store_true", help="list the mistakes and stop")
+    parser.add_argument("--tests", nargs="*", default=TESTS, help="test paths to run for each mistake")
+    args = parser.parse_args()
+    chosen = [m for m in MISTAKES if not args.only or args.only.lower() in m[0].lower()]
+    if args.list:
+        for label, path, _, _ in chosen:
+            print(f"{path}: {label}")
+        return 0
+    paths = sorted({m[1] for m in chosen})
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", *paths], cwd=ROOT, capture_output=True,
+                           text=True).stdout.strip()
+    if dirty:
+        print(f"refusing to run: uncommitted changes in {dirty.splitlines()[0][3:]}; commit or stash them first")
+        return 2
+    missed = 0
+    for label, path, old, new in chosen:
+        file = ROOT / path
+        text = file.read_text()
+        if text.count(old) != 1:
+            print(f"STALE   {label}: the original text occurs {text.count(old)} times in {path}")
+            missed += 1
+            continue
+        began = time.time()
+        try:
+            file.write_text(text.replace(old, new))
+            caught, first = run_tests(args.tests)
+        finally:
+            file.write_text(text)
+        missed += not caught
+        print(f"{'CAUGHT' if caught else 'MISSED'} {time.time() - began:5.0f}s  {label}: {first}", flush=True)
+    print(f"{len(chosen) - missed} of {len(chosen)} caught")
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
