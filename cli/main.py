@@ -181,6 +181,12 @@ def list_plugins(as_json: bool) -> None:
 # -- build / info ----------------------------------------------------------------------------------
 
 
+def _updates_text(updates) -> str:
+    """A step's updates as ``mi@posterior, model@prior:fresh, discriminator`` (the branch only where it is not all)."""
+    return ", ".join(u["phase"] + (f"@{u['branch']}" if u["branch"] != "all" else "") + (":fresh" if u["fresh"] else "")
+                     for u in updates)
+
+
 def _param_count(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -205,7 +211,7 @@ def print_summary(model, title: str) -> None:
     console.print(
         f"image {spec.channels}x{spec.image_size}x{spec.image_size} | latent {list(layout.shape)} "
         f"({layout.numel} values{groups}) | decoder input {list(model.transform.output_shape)} | "
-        f"phases: {', '.join(model.phases)}"
+        f"updates: {_updates_text(model.updates(spec.train.schedule))}"
     )
     generator = sum(_param_count(m) for m in model.transform.generation_modules()) + _param_count(model.decoder)
     autoencoder = sum(_param_count(m) for m in (model.encoder, model.transform, model.decoder))
@@ -357,8 +363,9 @@ def train(folder, data, data_root, download, epochs, max_steps, batch_size, lr, 
             err_console.print("no checkpoint to resume from; starting at step 0")
         save_model(model, folder)  # records the run's training settings in config.json
         total = trainer.total_steps()
+        updates = _updates_text({"phase": u.phase.name, "branch": u.branch, "fresh": u.fresh} for u in trainer.updates)
         console.print(f"training {folder} on {images.source} ({len(images)} images) | {dev} | step {start} -> "
-                      f"{total} | batch {trainer.batch_size} | phases: {', '.join(p.name for p in trainer.phases)}",
+                      f"{total} | batch {trainer.batch_size} | updates: {updates}",
                       markup=False, highlight=False)
         if start >= total:
             console.print("nothing to do: the run already reached its last step (raise --max-steps or --epochs)")

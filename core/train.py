@@ -66,22 +66,39 @@ def seed_everything(seed: int) -> None:
 class Update:
     """One update of a step: a phase's optimiser stepped on the terms of one branch."""
 
-    __slots__ = ("phase", "branch", "fresh", "suffix")
+    __slots__ = ("phase", "branch", "fresh", "repeated")
 
-    def __init__(self, phase: Phase, branch: str, fresh: bool, suffix: str):
-        self.phase, self.branch, self.fresh, self.suffix = phase, branch, fresh, suffix
+    def __init__(self, phase: Phase, branch: str, fresh: bool, repeated: bool):
+        self.phase, self.branch, self.fresh, self.repeated = phase, branch, fresh, repeated
 
 
 def plan_updates(model: GenerativeModel, config: TrainConfig, phases: list[Phase]) -> list[Update]:
     """The step's updates from ``config.schedule`` (checked against the model), for the phases that have
-    parameters to train; a phase updated more than once logs its terms as ``name@branch``."""
+    parameters to train."""
     by_name = {p.name: p for p in phases}
     plan = [u for u in model.updates(config.schedule) if u["phase"] in by_name]
     counts: dict[str, int] = {}
     for u in plan:
         counts[u["phase"]] = counts.get(u["phase"], 0) + 1
-    return [Update(by_name[u["phase"]], u["branch"], u["fresh"],
-                   f"@{u['branch']}" if counts[u["phase"]] > 1 else "") for u in plan]
+    return [Update(by_name[u["phase"]], u["branch"], u["fresh"], counts[u["phase"]] > 1) for u in plan]
+
+
+def _merge_logged(logged: list[tuple[Update, dict[str, torch.Tensor]]]) -> dict[str, torch.Tensor]:
+    """One step's logged values: a name two updates both produce (``mi.q``, ``model/total``) is logged once per
+    update as ``name@branch`` (``mi.q@prior``, ``model@prior/total``); every other name stays as it is."""
+    seen: set[str] = set()
+    twice: set[str] = set()
+    for _, record in logged:
+        for key in record:
+            (twice if key in seen else seen).add(key)
+    merged: dict[str, torch.Tensor] = {}
+    for update, record in logged:
+        for key, value in record.items():
+            if key in twice:
+                head, slash, tail = key.partition("/")
+                key = f"{head}@{update.branch}{slash}{tail}"
+            merged[key] = value
+    return merged
 
 
 class Phase:
@@ -293,9 +310,9 @@ class Trainer:
         with self._autocast():
             state = model(x)
         last = len(self.updates) - 1
-        all_terms: dict[str, torch.Tensor] = {}
+        logged: list[tuple[Update, dict[str, torch.Tensor]]] = []
         for i, update in enumerate(self.updates):
-            phase, suffix = update.phase, update.suffix
+            phase = update.phase
             if update.fresh:  # recompute the branch with the weights as the previous updates left them
                 if update.branch == "prior":
                     state.new_prior_sample()
@@ -305,22 +322,22 @@ class Trainer:
             state.branch, state.update = update.branch, i
             with self._autocast():
                 terms = model.phase_terms(state, phase.name)
+            record: dict[str, torch.Tensor] = {}
+            logged.append((update, record))
             skip = [k for k in terms if k.endswith(Loss.SKIP)]
             if skip:  # the one host sync a loss may ask for; absent unless a loss uses a skip rule
                 flags = [terms.pop(k) for k in skip]
                 skipped = bool(torch.stack([f.reshape(()) for f in flags]).any())
-                all_terms[f"{phase.name}{suffix}/skipped"] = torch.tensor(float(skipped), device=x.device)
+                record[f"{phase.name}/skipped"] = torch.tensor(float(skipped), device=x.device)
             if not terms:  # nothing on this branch this step (e.g. every term switched off)
                 continue
-            if suffix:
-                terms = {f"{k}{suffix}": v for k, v in terms.items()}
             values = iter(terms.values())
             total = next(values)
             for value in values:
                 total = total + value
             if skip and skipped:  # logged like any step, so every term keeps one value per step
-                all_terms.update({k: v.detach() for k, v in terms.items()})
-                all_terms[f"{phase.name}{suffix}/total"] = total.detach()
+                record.update({k: v.detach() for k, v in terms.items()})
+                record[f"{phase.name}/total"] = total.detach()
                 continue
             phase.optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:
@@ -334,15 +351,17 @@ class Trainer:
                 nn.utils.clip_grad_norm_(phase.params, self.config.grad_clip_norm)
             if self.scaler is not None:
                 self.scaler.step(phase.optimizer)
-                if suffix:  # this optimiser steps again in this step: unscale_ needs an update() between
+                if update.repeated:  # this optimiser steps again in this step: unscale_ needs an update() between
                     self.scaler.update()
             else:
                 phase.optimizer.step()
-            all_terms.update(terms)
-            all_terms[f"{phase.name}{suffix}/total"] = total
+            record.update(terms)
+            record[f"{phase.name}/total"] = total
         if self.scaler is not None:
             self.scaler.update()
-        return all_terms
+        if len(logged) == 1:
+            return logged[0][1]
+        return _merge_logged(logged)
 
     def _batch(self, perm: torch.Tensor, b: int) -> torch.Tensor:
         idx = perm[b * self.batch_size : (b + 1) * self.batch_size]

@@ -154,9 +154,10 @@ def test_authors_schedule_steps_each_part_as_train_test_lstm(tmp_path, tiny_data
     ]
     # the posterior forward ran before any model step; the prior samples through the just-updated decoder
     assert decoder_runs == [0, 1]
-    assert {"mse@posterior", "kl@posterior", "adv.g_recon@posterior", "mi@posterior", "mi.q@posterior",
-            "mi.q@prior", "adv.g_prior@prior", "mi@prior", "adv.d", "model@posterior/total",
-            "model@prior/total", "mi@posterior/total", "mi@prior/total", "discriminator/total"} == set(terms)
+    # a name two updates produce is logged per branch; the others keep their plain names
+    assert {"mse", "kl", "adv.g_recon", "mi@posterior", "mi.q@posterior", "mi.q@prior", "adv.g_prior", "mi@prior",
+            "adv.d", "model@posterior/total", "model@prior/total", "mi@posterior/total", "mi@prior/total",
+            "discriminator/total"} == set(terms)
     # Adam's step counts: twice for what both branches train, once for the encoder side and the discriminator
     assert adam_steps(trainer, "encoder.") == {("model", 1)}
     assert adam_steps(trainer, "transform.var") == {("model", 1)}
