@@ -45,3 +45,12 @@ def genvae_exe() -> list[str]:
     """The installed console script, or ``python -m genvae.cli`` beside this interpreter."""
     script = Path(sys.executable).with_name("genvae")
     return [str(script)] if script.exists() else [sys.executable, "-m", "genvae.cli"]
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one thread for the test (tiny models run faster so); the caller's setting is restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -23,12 +23,7 @@ CR = {"latent_channels": 8, "steps": 4, "hidden": 16, "layers": 1}
 STACK = {"width": 4, "max_width": 16}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster (tests/conftest.py)
 
 
 def gan_spec(adv=None, mi=None, transform=None, **train) -> ModelSpec:

@@ -24,12 +24,7 @@ TINY_FC = [*TINY, "transform.latent_dim=8"]
 TINY_CR = [*TINY, "transform.hidden=16", "transform.layers=1"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster (tests/conftest.py)
 
 
 def tiny(preset: str, *sets: str, seed: int = 0):

@@ -20,13 +20,7 @@ DEC = {"width": 4, "max_width": 16}
 CR = {"latent_channels": 8, "steps": 4, "hidden": 16, "layers": 2}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is fastest, and robust on a machine shared with other jobs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster (tests/conftest.py)
 
 
 def small_spec(image_size=16, losses=("mse", "kl"), transform=None, **kw) -> ModelSpec:

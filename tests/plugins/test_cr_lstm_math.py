@@ -14,13 +14,7 @@ from genvae.core.compose import compose_spec, preset_spec
 from genvae.core.model import build_model
 from genvae.plugins.cr_lstm import CReLU
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

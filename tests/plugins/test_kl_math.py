@@ -19,12 +19,7 @@ TINY = ["image_size=16", "encoder.width=4", "encoder.max_width=16", "decoder.wid
 WEIGHTS = [1.0, 0.5, 2.0, 0.25, 0.0, 3.0, 1.5, 0.75]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster (tests/conftest.py)
 
 
 def kl_loss(weights=WEIGHTS, weight=1.0):

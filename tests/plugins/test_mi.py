@@ -18,12 +18,7 @@ ADV = {"widths": [8, 8], "head_hidden": 16, "minibatch_kernels": 4, "minibatch_d
 STACK = {"width": 4, "max_width": 16}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster (tests/conftest.py)
 
 
 def cr(steps=4, **extra):

@@ -22,12 +22,7 @@ TINY = ["image_size=16", "encoder.width=4", "encoder.max_width=16", "decoder.wid
         "loss.adv.dropout=0", "loss.adv.skip_below=0", "loss.mi.hidden=8", "train.batch_size=8"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster (tests/conftest.py)
 
 
 def tiny(*sets: str, seed: int = 0):
