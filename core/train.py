@@ -228,7 +228,8 @@ class TrainingStopped(GenvaeError):
 class StopRequest:
     """SIGINT/SIGTERM ask training to stop at the next step boundary; a second signal aborts at once.
 
-    Installed only while ``fit`` runs, and only in the main thread (signal handlers live there).
+    Installed only while ``fit`` runs, and only in the main thread (signal handlers live there). A signal the
+    process was started with ignored (SIGINT in a non-interactive shell's background job) stays ignored.
     """
 
     SIGNALS = tuple(s for s in (signal.SIGINT, getattr(signal, "SIGTERM", None)) if s is not None)
@@ -245,6 +246,8 @@ class StopRequest:
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
+                if signal.getsignal(sig) is signal.SIG_IGN:
+                    continue  # started ignored (a shell's background job, nohup): keep it so, as Python does
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 

@@ -326,6 +326,17 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONUNBUFFERED": "1", "GENVAE_LOAD_PLUGINS": ""}
 
 
+def _as_from_a_terminal() -> None:
+    """In the child before exec: SIGINT at its default, as in a terminal. A test run started from a shell's
+    background job has it ignored, and an ignored SIGINT is inherited (and genvae, like Python, keeps ignoring it)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _child() -> dict:
+    """Popen/run arguments for a genvae child: its environment, and SIGINT as from a terminal."""
+    return {"env": _env(), "preexec_fn": _as_from_a_terminal}
+
+
 def _wait_for(predicate, timeout=120.0):
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -338,13 +349,13 @@ def _wait_for(predicate, timeout=120.0):
 def test_second_process_on_one_folder_gets_a_clean_error(model_dir, genvae_exe):
     first = subprocess.Popen([*genvae_exe, "train", str(model_dir), "--max-steps", "100000", "--batch-size", "8",
                               "--quiet", "--log-every", "50"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             env=_env(), text=True)
+                             **_child(), text=True)
     try:
         assert _wait_for(lambda: (model_dir / "metrics.jsonl").exists())
         before = (model_dir / "metrics.jsonl").read_text()
         for args in (["train", str(model_dir), "--resume", "--max-steps", "9"],
                      ["build", "--preset", "cvae", *SETS, "-o", str(model_dir), "--force"]):
-            second = subprocess.run([*genvae_exe, *args], capture_output=True, text=True, timeout=120, env=_env())
+            second = subprocess.run([*genvae_exe, *args], capture_output=True, text=True, timeout=120, **_child())
             assert second.returncode == 1
             lines = second.stderr.strip().splitlines()
             assert len(lines) == 1 and "Traceback" not in second.stderr
@@ -372,7 +383,7 @@ def _metrics(folder: Path) -> list[dict]:
 def _reference(tmp_path: Path, genvae_exe, build_args: list[str], name: str) -> Path:
     folder = tmp_path / name
     subprocess.run([*genvae_exe, "build", *build_args, "-o", str(folder)], check=True, capture_output=True,
-                   timeout=300, env=_env())
+                   timeout=300, **_child())
     return folder
 
 
@@ -390,7 +401,7 @@ def interrupted_run(exe, folder: Path, signals: list[int], rng: random.Random) -
     resume: list[str] = []
     for sig in signals:
         proc = subprocess.Popen([*exe, "train", str(folder), *COMMON, *resume], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, env=_env())
+                                stderr=subprocess.PIPE, **_child())
         assert _wait_for(lambda p=proc: p.poll() is not None or _lock_holder(folder) == str(p.pid), 120)
         time.sleep(rng.uniform(0.0, 0.6))
         proc.send_signal(sig)
@@ -399,7 +410,7 @@ def interrupted_run(exe, folder: Path, signals: list[int], rng: random.Random) -
         assert b"Traceback" not in err, err.decode()
         resume = ["--resume"]
     final = subprocess.run([*exe, "train", str(folder), *COMMON, *resume], capture_output=True, timeout=300,
-                           env=_env())
+                           **_child())
     assert final.returncode == 0, final.stderr.decode()
     return codes
 
@@ -409,7 +420,7 @@ def _soak(tmp_path, genvae_exe, build_args, rounds: int, seed: int) -> dict:
     reference = _reference(tmp_path, genvae_exe, build_args, "reference")
     template = _reference(tmp_path, genvae_exe, build_args, "template")
     subprocess.run([*genvae_exe, "train", str(reference), *COMMON], check=True, capture_output=True, timeout=600,
-                   env=_env())
+                   **_child())
     figures = {"runs": 0, "signals": 0, "stopped_with_checkpoint": 0, "identical": 0}
     for i in range(rounds):
         folder = tmp_path / f"run{i}"
@@ -432,11 +443,11 @@ def test_stop_with_sigint_and_sigterm_then_resume_is_bit_exact(tmp_path, genvae_
     reference = _reference(tmp_path, genvae_exe, ["--preset", "cvae", *SETS], "reference")
     subprocess.run(["cp", "-a", str(reference), str(tmp_path / "b")], check=True)
     subprocess.run([*genvae_exe, "train", str(reference), *COMMON], check=True, capture_output=True, timeout=300,
-                   env=_env())
+                   **_child())
     folder = tmp_path / "b"
     for sig in (signal.SIGTERM, signal.SIGINT):
         proc = subprocess.Popen([*genvae_exe, "train", str(folder), *COMMON, "--resume"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(), text=True)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, **_child(), text=True)
         seen = len(_metrics(folder)) if (folder / "metrics.jsonl").exists() else 0
         assert _wait_for(lambda n=seen: (folder / "metrics.jsonl").exists() and len(_metrics(folder)) >= n + 2)
         proc.send_signal(sig)
@@ -448,7 +459,7 @@ def test_stop_with_sigint_and_sigterm_then_resume_is_bit_exact(tmp_path, genvae_
         assert 0 < step < 60 and ckpt.latest_checkpoint(folder).name == f"step-{step:08d}"
         assert max(r["step"] for r in _metrics(folder)) <= step
     final = subprocess.run([*genvae_exe, "train", str(folder), *COMMON, "--resume"], capture_output=True,
-                           timeout=300, env=_env())
+                           timeout=300, **_child())
     assert final.returncode == 0
     assert same_weights(reference, folder)
     assert _metrics(reference) == _metrics(folder)
@@ -461,17 +472,15 @@ def test_adversarial_model_stopped_and_resumed_is_bit_exact(tmp_path, genvae_exe
 
 def test_second_ctrl_c_aborts_at_once_and_startup_ctrl_c_has_no_traceback(model_dir, genvae_exe):
     proc = subprocess.Popen([*genvae_exe, "train", str(model_dir), *COMMON], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=_env(), text=True)
-    # 0.5 s: past Python's own start-up, still importing torch (about 1.5 s here even with a warm cache). At
-    # 1.0 s a fast machine was once already past the imports, where this test does not aim (docs/reliability.md)
-    time.sleep(0.5)
+                            stderr=subprocess.PIPE, **_child(), text=True)
+    time.sleep(0.5)  # past Python's own start-up, still importing torch (about 1.5 s even with a warm cache)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert len(err.strip().splitlines()) == 1
     # two Ctrl-C in a row while training: the second aborts, nothing half-written is left
     proc = subprocess.Popen([*genvae_exe, "train", str(model_dir), *COMMON[:-1], "--max-steps", "100000",
-                             "--checkpoint-every", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(),
+                             "--checkpoint-every", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, **_child(),
                             text=True)
     assert _wait_for(lambda: ckpt.latest_checkpoint(model_dir) is not None)
     proc.send_signal(signal.SIGINT)
@@ -503,3 +512,25 @@ def test_soak_many_random_stops(tmp_path, genvae_exe):
 def test_lock_file_records_the_holder(model_dir):
     run("train", model_dir, "--max-steps", "2", "--batch-size", "8")
     assert (model_dir / LOCK).read_text().strip() == str(os.getpid())
+
+
+def test_a_run_started_with_sigint_ignored_keeps_ignoring_it(model_dir, genvae_exe):
+    """A shell's background job starts with SIGINT ignored; genvae, like Python, leaves it so (SIGTERM still stops)."""
+    def ignore_sigint():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    proc = subprocess.Popen([*genvae_exe, "train", str(model_dir), *COMMON[:-1], "--max-steps", "100000",
+                             "--checkpoint-every", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(),
+                            text=True, preexec_fn=ignore_sigint)
+    try:
+        assert _wait_for(lambda: ckpt.latest_checkpoint(model_dir) is not None)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(2.0)
+        assert proc.poll() is None  # still training
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 128 + signal.SIGTERM and "stopped by SIGTERM" in err, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
