@@ -7,20 +7,27 @@ traceback instead. Plugins add commands through the ``genvae_register_commands``
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import click
-from rich.console import Console
 from rich.table import Table
 
+from genvae.core.commands import (
+    COUNT,
+    SAMPLE_BATCH,
+    FiniteFloat,
+    console,
+    data_options,
+    err_console,
+    load_for_inference,
+    load_image,
+    registry,
+)
 from genvae.core.errors import GenvaeError, one_line
 
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
 MESSAGE_LIMIT = 400  # characters of one error line; longer messages are cut
 
 
@@ -88,27 +95,7 @@ class GenvaeGroup(click.Group):
         sys.exit(code if isinstance(code, int) else 0)
 
 
-class FiniteFloat(click.ParamType):
-    """A finite number, optionally > 0 (``--lr nan``, ``inf`` and ``0`` are refused)."""
-
-    name = "number"
-
-    def __init__(self, positive: bool = False):
-        self.positive = positive
-
-    def convert(self, value, param, ctx):
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            self.fail(f"{value!r} is not a number", param, ctx)
-        if not math.isfinite(number) or (self.positive and number <= 0):
-            self.fail(f"{value!r} is not a finite number{' > 0' if self.positive else ''}", param, ctx)
-        return number
-
-
-COUNT = click.IntRange(min=1)
 MAX_SAMPLES = 10_000
-SAMPLE_BATCH = 256  # samples are drawn in batches of this many, so -n bounds only the grid's size
 SAMPLE_COUNT = click.IntRange(1, MAX_SAMPLES)
 
 
@@ -126,12 +113,6 @@ def cli(ctx: click.Context, debug: bool, max_memory: str | None) -> None:
 
         parse_limit(max_memory, where="--max-memory")  # a one-line error now, not at the first model load
         os.environ["GENVAE_MAX_MEMORY"] = max_memory
-
-
-def registry():
-    from genvae.core.registry import get_registry
-
-    return get_registry()
 
 
 # -- list-plugins ----------------------------------------------------------------------------------
@@ -285,16 +266,9 @@ def info(folder, as_json) -> None:
 # -- train -----------------------------------------------------------------------------------------
 
 
-def _data_options(fn):
-    fn = click.option("--download", is_flag=True, help="Allow a torchvision dataset to download (needs network).")(fn)
-    fn = click.option("--data-root", type=click.Path(), help="Where a named dataset's files are.")(fn)
-    fn = click.option("--data", help="A folder of images or a dataset name (default: the built-in 'shapes').")(fn)
-    return fn
-
-
 @cli.command()
 @click.argument("folder", type=click.Path())
-@_data_options
+@data_options
 @click.option("--epochs", type=COUNT, help="Passes over the data.")
 @click.option("--max-steps", type=COUNT, help="Stop after this many steps in total.")
 @click.option("--batch-size", type=COUNT, help="Images per step.")
@@ -401,19 +375,6 @@ def _fit_with_progress(trainer, total: int, start: int, quiet: bool) -> dict:
 # -- sample / reconstruct --------------------------------------------------------------------------
 
 
-def load_for_inference(folder, device="auto", seed=0):
-    """(model in eval mode, device): for commands, including plugins' commands."""
-    return _load_for_inference(folder, device, seed)
-
-
-def load_image(path, model):
-    """One image file as a (1, C, H, W) tensor in [-1, 1], fitted to the model's image size and channels."""
-    from genvae.core.data import read_image, to_model_range
-
-    pixels = read_image(path, model.spec.image_size, model.spec.channels)
-    return to_model_range(pixels.unsqueeze(0)).to(model.device)
-
-
 def check_json_output(path: Path) -> None:
     """A JSON report may replace only a JSON file genvae wrote (it carries ``genvae_version``)."""
     from genvae.core.files import check_writable_file
@@ -426,17 +387,6 @@ def check_json_output(path: Path) -> None:
             ours = False
         if not ours:
             raise GenvaeError(f"{path} exists and was not written by genvae; remove it or choose another path")
-
-
-def _load_for_inference(folder, device, seed):
-    from genvae.core.checkpoint import load_model
-    from genvae.core.train import resolve_device, seed_everything
-
-    dev = resolve_device(device)
-    seed_everything(seed)
-    model = load_model(folder, device=dev, registry=registry())
-    model.eval()
-    return model, dev
 
 
 @cli.command()
@@ -464,7 +414,7 @@ def sample(folder, count, output, seed, device, nrow, source, fix) -> None:
     for k in fix if len(fix) > 1 else ():
         check_image_output(out.with_name(f"{out.stem}-fix{k}{out.suffix}"))
     check_image_output(out)
-    model, dev = _load_for_inference(folder, device, seed)
+    model, dev = load_for_inference(folder, device, seed)
     if not fix:
         images = torch.cat([model.sample(min(SAMPLE_BATCH, count - i), dev).float().cpu()
                             for i in range(0, count, SAMPLE_BATCH)])
@@ -490,7 +440,7 @@ def sample(folder, count, output, seed, device, nrow, source, fix) -> None:
 
 @cli.command()
 @click.argument("folder", type=click.Path())
-@_data_options
+@data_options
 @click.option("--metric", type=click.Choice(["rmse"]), default="rmse", show_default=True,
               help="rmse: per-image root mean squared reconstruction error on the 0-255 scale (LapCVAE's table).")
 @click.option("--split", default="test", show_default=True, help="Dataset split (named datasets).")
@@ -507,7 +457,7 @@ def evaluate(folder, data, data_root, download, metric, split, limit, batch_size
 
     if output:
         check_json_output(Path(output))
-    model, dev = _load_for_inference(folder, device, 0)
+    model, dev = load_for_inference(folder, device, 0)
     spec = model.spec
     images = load_data(data, image_size=spec.image_size, channels=spec.channels, split=split, root=data_root,
                        download=download, registry=registry())
@@ -530,7 +480,7 @@ def evaluate(folder, data, data_root, download, metric, split, limit, batch_size
 
 @cli.command()
 @click.argument("folder", type=click.Path())
-@_data_options
+@data_options
 @click.option("-n", "count", default=32, show_default=True, type=click.IntRange(1, 1024), help="Number of images.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Image grid to write; the extension picks the format (png, jpg, webp, bmp, tif).")
@@ -544,7 +494,7 @@ def reconstruct(folder, data, data_root, download, count, output, split, seed, d
     from genvae.core.data import check_image_output, load_data, save_grid, to_model_range
 
     check_image_output(Path(output))
-    model, dev = _load_for_inference(folder, device, seed)
+    model, dev = load_for_inference(folder, device, seed)
     spec = model.spec
     images = load_data(data, image_size=spec.image_size, channels=spec.channels, split=split, root=data_root,
                        download=download, registry=registry())

@@ -4,6 +4,7 @@ The core knows no concrete component: every encoder, prior, latent transform, de
 dataset and preset comes from a plugin (built-in ones live in ``genvae.plugins``).
 """
 
+from genvae.core.checkpoint import load_model, save_model
 from genvae.core.components import (
     Component,
     Decoder,
@@ -16,7 +17,10 @@ from genvae.core.components import (
     Prior,
     PriorSample,
 )
+from genvae.core.compose import compose_spec, preset_spec
+from genvae.core.data import save_grid
 from genvae.core.errors import BuildError, GenvaeError, OptionsError, UnknownNameError
+from genvae.core.hookspecs import hookimpl
 from genvae.core.model import GenerativeModel, build_model
 from genvae.core.options import option
 from genvae.core.spec import ComponentSpec, LossSpec, ModelSpec, TrainConfig
@@ -42,7 +46,13 @@ __all__ = [
     "TrainConfig",
     "UnknownNameError",
     "build_model",
+    "compose_spec",
+    "hookimpl",
+    "load_model",
     "option",
+    "preset_spec",
+    "save_grid",
+    "save_model",
 ]
 
 __version__ = "0.1.0"

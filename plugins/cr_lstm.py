@@ -463,7 +463,7 @@ def _commands():
     def draw(folder, output, rows, seed, device):
         """Progressive drawing (crVAE Figure 8): z starts at zero and its blocks are drawn from the prior one time
         step at a time, a column per step."""
-        from genvae.cli.main import console, load_for_inference
+        from genvae.core.commands import console, load_for_inference
         from genvae.core.data import check_image_output
 
         check_image_output(output)
@@ -488,7 +488,7 @@ def _commands():
     def traverse(folder, step, output, rows, columns, seed, device):
         """Interpolate block z_t towards one new block (the same for every row) while the other blocks stay fixed
         (crVAE Figure 9)."""
-        from genvae.cli.main import console, load_for_inference
+        from genvae.core.commands import console, load_for_inference
         from genvae.core.data import check_image_output
         from genvae.core.errors import GenvaeError
 

@@ -817,7 +817,7 @@ def genvae_register_losses(register):
 def genvae_register_commands(cli):
     import click
 
-    from genvae.cli.main import FiniteFloat, _data_options
+    from genvae.core.commands import FiniteFloat, data_options
 
     @cli.command("edit")
     @click.argument("folder", type=click.Path())
@@ -839,7 +839,7 @@ def genvae_register_commands(cli):
     @click.option("--device", default="auto", show_default=True)
     def edit(folder, image, coarse, mask, keep_levels, count, blend, output, seed, device):
         """Edit an image with a LapCVAE (paper 5.2): paint its coarse level and/or resample a masked region."""
-        from genvae.cli.main import console, load_for_inference, load_image
+        from genvae.core.commands import console, load_for_inference, load_image
         from genvae.core.data import check_image_output, save_grid
 
         names = ["input", "reconstruction", "base", "mask", "pyramid", "samples", "composites",
@@ -866,7 +866,7 @@ def genvae_register_commands(cli):
 
     @cli.command("train-levels")
     @click.argument("folder", type=click.Path())
-    @_data_options
+    @data_options
     @click.option("--greedy", "mode", flag_value="greedy", help="Train level by level, coarsest first, freezing the "
                   "others (each level's M network trains with it).")
     @click.option("--retrain-m", "mode", flag_value="retrain-m", help="Retrain only the M networks of a trained "
@@ -880,8 +880,8 @@ def genvae_register_commands(cli):
     @click.option("--quiet", is_flag=True, help="Only the last metrics of each stage.")
     def train_levels(folder, data, data_root, download, mode, steps, batch_size, lr, device, seed, quiet):
         """Level-wise LapCVAE training: --greedy (coarsest first) or --retrain-m; stages go to FOLDER/stages/."""
-        from genvae.cli.main import console, registry
         from genvae.core.checkpoint import load_model, save_model
+        from genvae.core.commands import console, registry
 
         if mode is None:
             raise GenvaeError("choose --greedy or --retrain-m")

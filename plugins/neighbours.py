@@ -38,11 +38,11 @@ def nearest(samples: torch.Tensor, images: torch.Tensor, k: int) -> tuple[torch.
 def genvae_register_commands(cli):
     import click
 
-    from genvae.cli.main import SAMPLE_BATCH, _data_options, console, load_for_inference
+    from genvae.core.commands import SAMPLE_BATCH, console, data_options, device_option, load_for_inference, seed_option
 
     @cli.command("neighbours")
     @click.argument("folder", type=click.Path())
-    @_data_options
+    @data_options
     @click.option("-n", "count", default=8, show_default=True, type=click.IntRange(1, 256),
                   help="Samples (one row each).")
     @click.option("-k", "k", default=5, show_default=True, type=click.IntRange(1, 32),
@@ -50,18 +50,16 @@ def genvae_register_commands(cli):
     @click.option("--split", default="train", show_default=True, help="Dataset split searched (named datasets).")
     @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
                   help="Image grid: each row a sample, then its k nearest training images (png, jpg, ...).")
-    @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
-    @click.option("--device", default="auto", show_default=True)
+    @seed_option
+    @device_option
     def neighbours(folder, data, data_root, download, count, k, split, output, seed, device):
         """Samples beside their nearest training images (pixel L2), to check that a model does not memorise."""
-        from genvae.cli.main import registry
-        from genvae.core.data import check_image_output, load_data, save_grid, to_model_range, to_uint8
+        from genvae.core.commands import load_command_data
+        from genvae.core.data import check_image_output, save_grid, to_model_range, to_uint8
 
         check_image_output(output)
         model, dev = load_for_inference(folder, device, seed)
-        spec = model.spec
-        data_set = load_data(data, image_size=spec.image_size, channels=spec.channels, split=split, root=data_root,
-                             download=download, registry=registry())
+        data_set = load_command_data(model, data, data_root, download, split)
         with torch.no_grad():
             samples = torch.cat([model.sample(min(SAMPLE_BATCH, count - i), dev).float().cpu()
                                  for i in range(0, count, SAMPLE_BATCH)])

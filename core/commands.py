@@ -1,0 +1,127 @@
+"""What a plugin's command needs, public: the same options, loaders and consoles the built-in commands use.
+
+A plugin adds a command through the ``genvae_register_commands`` hook and builds it from these::
+
+    from genvae.core.commands import console, data_options, device_option, load_for_inference, seed_option
+
+    @hookimpl
+    def genvae_register_commands(cli):
+        @cli.command("my-report")
+        @click.argument("folder", type=click.Path())
+        @data_options
+        @seed_option
+        @device_option
+        def my_report(folder, data, data_root, download, seed, device):
+            model, dev = load_for_inference(folder, device, seed)
+            ...
+
+Raise :class:`~genvae.core.errors.GenvaeError` for anything the user got wrong: genvae prints it as one
+``Error: ...`` line and exits with status 1.
+"""
+
+from __future__ import annotations
+
+import math
+
+import click
+from rich.console import Console
+
+from genvae.core.errors import GenvaeError
+
+__all__ = [
+    "COUNT",
+    "SAMPLE_BATCH",
+    "FiniteFloat",
+    "GenvaeError",
+    "console",
+    "data_options",
+    "device_option",
+    "err_console",
+    "load_command_data",
+    "load_for_inference",
+    "load_image",
+    "registry",
+    "seed_option",
+]
+
+#: standard output (tables, progress) and standard error (warnings); ``genvae`` itself prints through these
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
+
+#: samples are drawn in batches of this many, so a count bounds only the size of what is written
+SAMPLE_BATCH = 256
+#: a count option: an integer >= 1
+COUNT = click.IntRange(min=1)
+
+
+class FiniteFloat(click.ParamType):
+    """A finite number, optionally > 0 (``--lr nan``, ``inf`` and ``0`` are refused)."""
+
+    name = "number"
+
+    def __init__(self, positive: bool = False):
+        self.positive = positive
+
+    def convert(self, value, param, ctx):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number) or (self.positive and number <= 0):
+            self.fail(f"{value!r} is not a finite number{' > 0' if self.positive else ''}", param, ctx)
+        return number
+
+
+def data_options(fn):
+    """``--data``, ``--data-root`` and ``--download``: the command receives ``data, data_root, download``."""
+    fn = click.option("--download", is_flag=True, help="Allow a torchvision dataset to download (needs network).")(fn)
+    fn = click.option("--data-root", type=click.Path(), help="Where a named dataset's files are.")(fn)
+    fn = click.option("--data", help="A folder of images or a dataset name (default: the built-in 'shapes').")(fn)
+    return fn
+
+
+def seed_option(fn):
+    """``--seed`` (default 0): the command receives ``seed``."""
+    return click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+                        help="Seed of every random stream.")(fn)
+
+
+def device_option(fn):
+    """``--device`` (auto, cpu, cuda or cuda:N): the command receives ``device``."""
+    return click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")(fn)
+
+
+def registry():
+    """The registry of installed components (built-ins and entry-point plugins), loaded once per process."""
+    from genvae.core.registry import get_registry
+
+    return get_registry()
+
+
+def load_for_inference(folder, device: str = "auto", seed: int = 0):
+    """(model in eval mode, torch device) from a model folder, with every random stream seeded."""
+    from genvae.core.checkpoint import load_model
+    from genvae.core.train import resolve_device, seed_everything
+
+    dev = resolve_device(device)
+    seed_everything(seed)
+    model = load_model(folder, device=dev, registry=registry())
+    model.eval()
+    return model, dev
+
+
+def load_image(path, model):
+    """One image file as a (1, C, H, W) tensor in [-1, 1], fitted to the model's image size and channels."""
+    from genvae.core.data import read_image, to_model_range
+
+    pixels = read_image(path, model.spec.image_size, model.spec.channels)
+    return to_model_range(pixels.unsqueeze(0)).to(model.device)
+
+
+def load_command_data(model, data, data_root=None, download: bool = False, split: str = "train"):
+    """The images of ``--data`` (as :func:`data_options` gives them) at the model's size and channels, uint8."""
+    from genvae.core.data import load_data
+
+    spec = model.spec
+    return load_data(data, image_size=spec.image_size, channels=spec.channels, split=split, root=data_root,
+                     download=download, registry=registry())
