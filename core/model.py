@@ -274,6 +274,24 @@ def build_model(spec: ModelSpec, registry: Registry | None = None, check: bool =
     return model
 
 
+def _check_terms(loss: Loss, phase: str, terms) -> None:
+    """A loss returns named terms the trainer can sum and backpropagate: 0-dim floating tensors (a skip flag:
+    a one-element bool tensor)."""
+    if not isinstance(terms, dict):
+        raise BuildError(f"loss '{loss.name}' ({phase} phase) returned {type(terms).__name__}, not a dict of "
+                         "named terms")
+    for key, value in terms.items():
+        if key.endswith(Loss.SKIP):
+            ok = torch.is_tensor(value) and value.numel() == 1 and value.dtype == torch.bool
+            want = "a one-element bool tensor"
+        else:
+            ok = torch.is_tensor(value) and value.dim() == 0 and value.is_floating_point()
+            want = "a 0-dim floating tensor (a scalar to minimise)"
+        if not ok:
+            got = f"shape {list(value.shape)}, {value.dtype}" if torch.is_tensor(value) else type(value).__name__
+            raise BuildError(f"loss '{loss.name}' ({phase} phase): term '{key}' must be {want}, got {got}")
+
+
 def dry_run(model: GenerativeModel, batch: int = 2) -> None:
     """Push a small batch through the model (eval mode, no grad) and compare every declared shape."""
     spec = model.spec
@@ -321,7 +339,7 @@ def dry_run(model: GenerativeModel, batch: int = 2) -> None:
             for phase in model.phases:
                 for loss in model._phase_losses[phase]:
                     stage = f"loss '{loss.name}' ({phase} phase)"
-                    loss(state, phase)
+                    _check_terms(loss, phase, loss(state, phase))
     except GenvaeError:
         raise
     except (RuntimeError, ValueError, IndexError, KeyError, AssertionError) as exc:

@@ -333,3 +333,46 @@ def test_phase_order_does_not_depend_on_the_order_of_losses():
     a, b = build_model(spec, check=False), build_model(swapped, check=False)
     assert list(b.losses)[-2:] == ["mi", "adv"]
     assert a.phases == b.phases == ["discriminator", "mi", "model"]
+
+
+def test_a_loss_term_that_is_not_a_scalar_is_refused_at_build_time():
+    """Without this check a vector term passes build and fails in training with "grad can be implicitly
+    created only for scalar outputs"."""
+    import torch
+
+    from genvae.core.components import Loss
+    from genvae.core.errors import BuildError
+    from genvae.core.model import build_model
+    from genvae.testing import plugin_registry, tiny_spec
+
+    class PerImageLoss(Loss):
+        """Forgets the batch mean: one value per image."""
+
+        name = "per-image"
+
+        def forward(self, state, phase):
+            return {"l1": (state.x_hat - state.x).abs().flatten(1).mean(1)}
+
+    class IntegerLoss(PerImageLoss):
+        """Counts instead of measuring."""
+
+        name = "integer"
+
+        def forward(self, state, phase):
+            return {"n": torch.tensor(3)}
+
+    class Plugin:
+        from genvae.core.hookspecs import hookimpl
+
+        @hookimpl
+        def genvae_register_losses(self, register):
+            register(PerImageLoss)
+            register(IntegerLoss)
+
+    registry = plugin_registry(Plugin())
+    for name, got in (("per-image", "got shape [2], torch.float32"), ("integer", "got shape [], torch.int64")):
+        spec = tiny_spec("loss", name, registry=registry)
+        with pytest.raises(BuildError) as info:
+            build_model(spec, registry)
+        assert str(info.value) == (f"loss '{name}' (model phase): term '{'l1' if name == 'per-image' else 'n'}' "
+                                   f"must be a 0-dim floating tensor (a scalar to minimise), {got}")

@@ -41,7 +41,8 @@ def test_plugins_import_only_the_public_surface(path):
 
 def test_the_scan_finds_what_it_forbids(tmp_path):
     bad = tmp_path / "bad.py"
-    bad.write_text("from genvae.cli.main import console\nimport genvae.cli\nfrom genvae.core.data import _load_folder\n")
+    bad.write_text("from genvae.cli.main import console\nimport genvae.cli\n"
+                   "from genvae.core.data import _load_folder\n")
     assert private_imports(bad) == ["genvae.cli.main", "genvae.cli", "genvae.core.data._load_folder"]
 
 
