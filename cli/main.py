@@ -533,10 +533,15 @@ def uninstall(packages, yes) -> None:
     _pip(["uninstall", *(["-y"] if yes else []), *packages])
 
 
-def _add_plugin_commands() -> None:
-    """Let plugins contribute commands; a plugin whose hook fails is marked failed, not fatal."""
-    if os.environ.get("GENVAE_NO_PLUGIN_COMMANDS"):
+_plugin_commands_added = False
+
+
+def add_plugin_commands() -> None:
+    """Let plugins contribute commands (once per process); a plugin whose hook fails is marked failed, not fatal."""
+    global _plugin_commands_added
+    if _plugin_commands_added or os.environ.get("GENVAE_NO_PLUGIN_COMMANDS"):
         return
+    _plugin_commands_added = True
     try:
         reg = registry()
     except Exception as exc:  # the CLI must start even when plugin loading is broken
@@ -550,7 +555,7 @@ def _add_plugin_commands() -> None:
 
 
 def main() -> None:
-    _add_plugin_commands()
+    add_plugin_commands()
     cli(prog_name="genvae")
 
 

@@ -145,11 +145,9 @@ class Invoker:
     def __init__(self) -> None:
         from click.testing import CliRunner
 
-        from genvae.cli.main import _add_plugin_commands, cli
+        from genvae.testing import genvae_cli
 
-        if "draw" not in cli.commands:  # the plugins' commands, as `genvae` itself adds them
-            _add_plugin_commands()
-        self.cli = cli
+        self.cli = genvae_cli()  # with the plugins' commands, as `genvae` itself adds them
         self.runner = CliRunner()
 
     @property

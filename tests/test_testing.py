@@ -510,3 +510,17 @@ def test_shapes_reports_a_train_mode_crash_as_an_assertion_naming_the_component(
     registry = registry_with(MisnumberedInTrainingEncoder)
     with pytest.raises(AssertionError, match=fault("encoder 'misnumbered-in-training'")):
         check_shapes("encoder", "misnumbered-in-training", registry=registry)
+
+
+def test_invoke_cli_runs_plugin_commands_as_genvae_does(tmp_path):
+    """The built-in plugins' commands (here cr-lstm's draw) are there, and errors come back as one line."""
+    from genvae.core.checkpoint import save_model
+    from genvae.core.model import build_model
+    from genvae.testing import invoke_cli, tiny_spec
+
+    save_model(build_model(tiny_spec("transform", "cr-lstm")), tmp_path / "m")
+    result = invoke_cli(["draw", tmp_path / "m", "-n", "2", "-o", tmp_path / "draw.png"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "draw.png").is_file()
+    bad = invoke_cli(["draw", tmp_path / "nowhere", "-o", tmp_path / "x.png"])
+    assert bad.exit_code == 1 and len(bad.output.strip().splitlines()) == 1 and "Error:" in bad.output

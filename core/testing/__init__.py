@@ -81,6 +81,8 @@ __all__ = [
     "check_serialisation",
     "check_shapes",
     "check_spec_roundtrip",
+    "genvae_cli",
+    "invoke_cli",
     "plugin_registry",
     "random_images",
     "single_thread",
@@ -258,6 +260,22 @@ def _all_terms(model, state) -> dict[str, torch.Tensor]:
 
 
 # -- test registries and specs -------------------------------------------------------------------------
+
+
+def genvae_cli():
+    """The ``genvae`` click group with every installed plugin's commands, as the console script builds it."""
+    from genvae.cli.main import add_plugin_commands, cli
+
+    add_plugin_commands()
+    return cli
+
+
+def invoke_cli(args: Iterable[str], **kwargs: Any):
+    """Run ``genvae ARGS`` in this process, as a user would, and return click's result (``exit_code``,
+    ``output``): for testing a plugin's command. ``kwargs`` go to ``CliRunner.invoke`` (e.g. ``input=``)."""
+    from click.testing import CliRunner
+
+    return CliRunner().invoke(genvae_cli(), [str(a) for a in args], **kwargs)
 
 
 def plugin_registry(*plugins: Any, builtin: bool = True) -> Registry:

@@ -275,11 +275,9 @@ def test_frozen_finer_levels_send_no_gradient_to_the_trained_level():
 
 @pytest.fixture(scope="module")
 def cli():
-    from genvae.cli.main import _add_plugin_commands, cli
+    from genvae.testing import genvae_cli
 
-    if "edit" not in cli.commands:
-        _add_plugin_commands()
-    return cli
+    return genvae_cli()
 
 
 @pytest.fixture(scope="module")

@@ -361,11 +361,9 @@ def test_sampler_draws_free_levels_with_M_deviation():
 
 @pytest.fixture(scope="module")
 def cli():
-    from genvae.cli.main import _add_plugin_commands, cli
+    from genvae.testing import genvae_cli
 
-    if "edit" not in cli.commands:
-        _add_plugin_commands()
-    return cli
+    return genvae_cli()
 
 
 def grid_tiles(path, n, size=16, nrow=None):

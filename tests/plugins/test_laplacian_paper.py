@@ -236,10 +236,9 @@ def test_edit_with_poisson_blend():
 
 
 def test_edit_command_blend_option(tmp_path):
-    from genvae.cli.main import _add_plugin_commands, cli
+    from genvae.testing import genvae_cli
 
-    if "edit" not in cli.commands:
-        _add_plugin_commands()
+    cli = genvae_cli()
     save_model(build(tiny(channels=1, condition="reconstruction")), tmp_path / "m")
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(tmp_path / "in.png")

@@ -6,8 +6,8 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from genvae.cli.main import _add_plugin_commands, cli
 from genvae.plugins.neighbours import CHUNK, nearest
+from genvae.testing import genvae_cli
 
 TINY = ["image_size=16", "encoder.width=8", "encoder.depth=2", "decoder.width=8", "decoder.depth=2",
         "transform.latent_channels=2"]
@@ -39,7 +39,7 @@ def test_nearest_across_chunks_matches_brute_force():
 
 
 def test_neighbours_command_writes_rows_of_sample_and_neighbours(tmp_path):
-    _add_plugin_commands()
+    cli = genvae_cli()
     runner = CliRunner()
     args = [a for s in TINY for a in ("--set", s)]
     assert runner.invoke(cli, ["build", "--preset", "cvae", *args, "-o", str(tmp_path / "m")]).exit_code == 0
