@@ -147,6 +147,9 @@ class Pass:
     ``extras`` holds what a component wants to share beyond the common fields (pyramid targets,
     per-level reconstructions, ...), keyed by a name the producing plugin documents.
 
+    ``step`` and ``epoch`` are the training step being taken and its epoch (None outside training), for
+    losses whose weight follows a schedule (KL warm-up).
+
     ``branch`` says which terms the trainer's current update wants (``train.schedule``): ``all``,
     ``posterior`` (terms of x -> q(z|x) -> x_hat) or ``prior`` (terms of z ~ p(z) -> x); a loss asks
     ``state.wants(branch)``. ``update`` is the index of that update within the step, so a cache can
@@ -154,7 +157,7 @@ class Pass:
     """
 
     __slots__ = ("model", "x", "features", "posterior", "z", "u", "logits", "x_hat", "prior", "extras",
-                 "branch", "update", "_prior_sample")
+                 "branch", "update", "step", "epoch", "_prior_sample")
 
     def __init__(self, model: GenerativeModel, x: Tensor):
         self.model = model
@@ -169,6 +172,10 @@ class Pass:
         self.extras: dict[str, Any] = {}
         self.branch = "all"
         self.update = 0
+        #: the training step being taken (0-based) and its epoch; None outside training (evaluation, a
+        #: dry run), where a step-dependent weight takes its final value
+        self.step: int | None = None
+        self.epoch: int | None = None
         self._prior_sample: PriorSample | None = None
 
     def wants(self, branch: str) -> bool:

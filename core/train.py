@@ -312,6 +312,7 @@ class Trainer:
         model = self.model
         with self._autocast():
             state = model(x)
+        state.step, state.epoch = self.step, self.epoch
         last = len(self.updates) - 1
         logged: list[tuple[Update, dict[str, torch.Tensor]]] = []
         for i, update in enumerate(self.updates):
@@ -322,6 +323,7 @@ class Trainer:
                 else:
                     with self._autocast():
                         state = model(x)
+                    state.step, state.epoch = self.step, self.epoch
             state.branch, state.update = update.branch, i
             with self._autocast():
                 terms = model.phase_terms(state, phase.name)

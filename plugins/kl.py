@@ -1,8 +1,17 @@
-"""``kl``: KL(q(z|x) || p(z)), with an optional weight per latent group.
+"""``kl``: KL(q(z|x) || p(z)), with an optional weight per latent group and a weight over training.
 
 This is where the KL weight per time step (crVAE: channel blocks) or per pyramid level (LapCVAE:
 lambda_k) lives: ``group_weights``, one per group of the latent transform's layout, or, in the crVAE
 paper's form (equation 1), ``alphas``: group t is weighted 1 - alpha_t.
+
+Over training the term is multiplied by ``beta`` (beta-VAE, Higgins et al. 2017) and by a warm-up
+factor of the training step s (``Pass.step``; 1 outside training):
+
+* ``warmup: none``: 1;
+* ``warmup: linear`` (Bowman et al. 2016): min(1, s / warmup_steps), from 0 at the first step;
+* ``warmup: cyclical`` (Fu et al. 2019): cycles of ``warmup_steps`` steps; in each, the factor rises
+  linearly from 0 to 1 over the first ``cycle_ratio`` of the cycle and stays 1 for the rest:
+  min(1, (s mod warmup_steps) / (cycle_ratio * warmup_steps)).
 """
 
 from __future__ import annotations
@@ -13,7 +22,11 @@ import torch
 from genvae.core.components import BuildContext, Loss
 from genvae.core.errors import shorten
 from genvae.core.hookspecs import hookimpl
-from genvae.core.options import float_tuple, option
+from genvae.core.options import float_tuple, non_negative, one_of, option, positive_int, to_float, to_int
+
+WARMUPS = ("none", "linear", "cyclical")
+
+
 
 
 @attrs.frozen
@@ -27,13 +40,30 @@ class KLOptions:
         "instead of group_weights", converter=float_tuple,
     )
 
+    beta: float = option(1.0, "beta-VAE: multiplies the KL term (with the loss weight)", non_negative, to_float)
+    warmup: str = option("none", "KL weight over training: none, linear (0 -> 1 over warmup_steps) or cyclical "
+                         "(repeats every warmup_steps: rises over cycle_ratio of it, then 1)", one_of(*WARMUPS))
+    warmup_steps: int = option(1000, "steps of the linear warm-up, or the length of one cycle", positive_int, to_int)
+    cycle_ratio: float = option(0.5, "cyclical: the part of each cycle over which the weight rises, in (0, 1]",
+                                non_negative, to_float)
+
     def __attrs_post_init__(self):
+        if not 0 < self.cycle_ratio <= 1:
+            raise ValueError(f"cycle_ratio must lie in (0, 1], got {shorten(self.cycle_ratio)}")
         if any(w < 0 for w in self.group_weights):
             raise ValueError(f"group_weights must be >= 0, got {shorten(list(self.group_weights))}")
         if any(not 0 <= a <= 1 for a in self.alphas):
             raise ValueError(f"alphas must lie in [0, 1], got {shorten(list(self.alphas))}")
         if self.alphas and self.group_weights:
             raise ValueError("give group_weights or alphas (weights 1 - alpha_t), not both")
+
+    def factor(self, step: int | None) -> float:
+        """beta times the warm-up factor at training step ``step`` (None: outside training, full weight)."""
+        if step is None or self.warmup == "none":
+            return self.beta
+        if self.warmup == "linear":
+            return self.beta * min(1.0, step / self.warmup_steps)
+        return self.beta * min(1.0, (step % self.warmup_steps) / (self.cycle_ratio * self.warmup_steps))
 
     @property
     def weights(self) -> tuple[float, ...]:
@@ -63,12 +93,14 @@ class KLLoss(Loss):
         else:
             self.element_weights = None
         self.layout = layout
+        self._constant = options.warmup == "none" and options.beta == 1.0
 
     def forward(self, state, phase):
         kl = state.posterior.kl(state.prior).flatten(1)
         if self.element_weights is not None:
             kl = kl * self.element_weights
-        return {"kl": self.weight * kl.sum(1).mean()}
+        scale = self.weight if self._constant else self.weight * self.options.factor(state.step)
+        return {"kl": scale * kl.sum(1).mean()}
 
     @torch.no_grad()
     def per_group(self, state) -> torch.Tensor:

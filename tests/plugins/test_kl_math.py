@@ -93,3 +93,55 @@ def test_paper_presets_weight_steps_1_to_3_by_3e4_and_4_to_8_by_2e4():
     model = build_model(compose_spec(preset="crvae", sets=TINY))
     w = model.losses["kl"].element_weights.view(8, 16)
     assert torch.equal(w, torch.tensor([3e-4] * 3 + [2e-4] * 5).view(8, 1).expand(8, 16))
+
+
+# -- weight over training: beta, linear and cyclical warm-up --------------------------------------------------------
+
+
+@pytest.mark.parametrize(("options", "factors"), [
+    ({"warmup": "none", "beta": 4.0}, {0: 4.0, 7: 4.0, None: 4.0}),
+    ({"warmup": "linear", "warmup_steps": 10, "beta": 2.0}, {0: 0.0, 5: 1.0, 10: 2.0, 25: 2.0, None: 2.0}),
+    ({"warmup": "cyclical", "warmup_steps": 10, "cycle_ratio": 0.5},
+     {0: 0.0, 2: 0.4, 5: 1.0, 9: 1.0, 10: 0.0, 12: 0.4, 17: 1.0, None: 1.0}),
+])
+def test_beta_and_warmup_factor_by_hand(options, factors):
+    from genvae.plugins.kl import KLOptions
+
+    o = KLOptions(**options)
+    assert {s: o.factor(s) for s in factors} == pytest.approx(factors)
+
+
+def test_the_term_follows_the_pass_step():
+    sets = [*TINY, "loss.kl.warmup=linear", "loss.kl.warmup_steps=4", "loss.kl.beta=3",
+            f"loss.kl.group_weights={[1.0] * 8}"]
+    model = build_model(compose_spec(preset="crvae", sets=sets))
+    loss = model.losses["kl"]
+    state = posterior_pass(model, torch.full((2, 8, 4, 4), 0.5), torch.zeros(2, 8, 4, 4))
+    full = loss(state, "model")["kl"]  # step None: outside training, the final weight
+    assert full.item() == pytest.approx(3 * 128 * 0.5 * 0.25)  # beta * elements * 0.5 m^2, weights 1
+    for step, factor in ((0, 0.0), (1, 0.25), (3, 0.75), (4, 1.0), (100, 1.0)):
+        state.step = step
+        assert loss(state, "model")["kl"].item() == pytest.approx(factor * full.item())
+
+
+def test_cycle_ratio_outside_0_1_is_refused():
+    from genvae.core.errors import OptionsError
+
+    with pytest.raises(OptionsError, match="cycle_ratio must lie in \\(0, 1\\], got 0.0"):
+        build_model(compose_spec(preset="crvae", sets=[*TINY, "loss.kl.cycle_ratio=0"]))
+
+
+def test_a_warmup_run_from_the_cli_logs_the_kl_rising_from_zero(tmp_path):
+    import json
+
+    from genvae.testing import invoke_cli
+
+    sets = ["image_size=16", "encoder.width=8", "encoder.depth=2", "decoder.width=8", "decoder.depth=2",
+            "transform.latent_channels=2", "loss.kl.warmup=linear", "loss.kl.warmup_steps=3"]
+    build = invoke_cli(["build", "--preset", "cvae", *[a for s in sets for a in ("--set", s)], "-o", tmp_path / "m"])
+    assert build.exit_code == 0, build.output
+    run = invoke_cli(["train", tmp_path / "m", "--max-steps", "5", "--batch-size", "8", "--log-every", "1",
+                      "--quiet"])
+    assert run.exit_code == 0, run.output
+    kl = [json.loads(line)["kl"] for line in (tmp_path / "m" / "metrics.jsonl").read_text().splitlines()]
+    assert kl[0] == 0.0 and all(k > 0 for k in kl[1:])  # factor 0, 1/3, 2/3, 1, 1
