@@ -159,6 +159,57 @@ def list_plugins(as_json: bool) -> None:
     console.print(ptable)
 
 
+COMPONENT_KINDS = ("encoder", "transform", "decoder", "prior", "loss")
+
+
+@cli.command("describe")
+@click.argument("kind", type=click.Choice(COMPONENT_KINDS))
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def describe(kind: str, name: str, as_json: bool) -> None:
+    """A component's purpose, options (type, default, help), capabilities and, for losses, phases and branches."""
+    import inspect
+
+    import attrs
+
+    from genvae.core.options import describe_options
+    from genvae.core.registry import KIND_NAMES
+
+    entry = registry().get(kind, name)
+    cls = entry.obj
+    def type_text(t) -> str:
+        if isinstance(t, str) or getattr(t, "__origin__", None) is not None:
+            return str(t).replace("typing.", "")
+        return getattr(t, "__name__", str(t))
+
+    types = {a.name: type_text(a.type) for a in attrs.fields(cls.Options)}
+    info = {
+        "kind": kind, "name": name, "plugin": entry.plugin, "summary": inspect.getdoc(cls) or "",
+        "options": [{"name": n, "type": types.get(n), "default": d, "help": h}
+                    for n, d, h in describe_options(cls.Options)],
+        "provides": sorted(getattr(cls, "provides", ())), "requires": sorted(getattr(cls, "requires", ())),
+    }
+    if kind == "loss":
+        info.update(role=cls.role, phases=list(cls.phases), branches=list(cls.branches),
+                    phase_order=list(getattr(cls, "phase_order", ()) or ()))
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    console.print(f"[bold]{KIND_NAMES[kind]} '{name}'[/] (plugin {entry.plugin}): {info['summary']}",
+                  highlight=False)
+    extra = [f"{k}: {', '.join(info[k])}" for k in ("provides", "requires", "phases", "branches") if info.get(k)]
+    if kind == "loss":
+        extra.insert(0, f"role: {info['role']}")
+    if extra:
+        console.print(" | ".join(extra), highlight=False)
+    table = Table(title="options")
+    for col in ("option", "type", "default", "help"):
+        table.add_column(col)
+    for o in info["options"]:
+        table.add_row(o["name"], o["type"] or "", o["default"], o["help"])
+    console.print(table)
+
+
 # -- build / info ----------------------------------------------------------------------------------
 
 

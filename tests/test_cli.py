@@ -166,3 +166,23 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path, genvae_exe):
     a = load_file(str(tmp_path / "a" / "model.safetensors"))
     b = load_file(str(tmp_path / "b" / "model.safetensors"))
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+def test_describe_shows_options_with_types_defaults_and_help():
+    runner = CliRunner()
+    result = runner.invoke(cli, ["describe", "loss", "kl", "--json"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    options = {o["name"]: o for o in info["options"]}
+    assert options["warmup"]["type"] == "str" and options["warmup"]["default"] == '"none"'
+    assert options["warmup_steps"] == {"name": "warmup_steps", "type": "int", "default": "1000",
+                                       "help": "steps of the linear warm-up, or the length of one cycle"}
+    assert options["group_weights"]["type"] == "tuple[float, ...]"
+    assert (info["role"], info["phases"], info["branches"]) == ("divergence", ["model"], ["posterior"])
+    adv = json.loads(runner.invoke(cli, ["describe", "loss", "adv", "--json"]).output)
+    assert adv["provides"] == ["discriminator"] and adv["branches"] == ["posterior", "prior"]
+    table = runner.invoke(cli, ["describe", "encoder", "conv"])
+    assert table.exit_code == 0 and "options" in table.output
+    bad = runner.invoke(cli, ["describe", "loss", "kll"])
+    assert bad.exit_code == 1 and bad.output.strip().splitlines() == [
+        "Error: unknown loss 'kll'; did you mean 'kl'? known: adv, bce, gaussian, kl, mi, mse, pyramid-mse"]
