@@ -89,6 +89,9 @@ class LatentLayout:
         return torch.stack([part.sum(1) for part in flat.split(list(self.group_sizes), dim=1)], dim=1)
 
 
+LOG_2PI = math.log(2 * math.pi)
+
+
 class Gaussian:
     """A diagonal Gaussian with mean and log-variance tensors of the latent's shape (batch first)."""
 
@@ -126,6 +129,14 @@ class Gaussian:
     def detach(self) -> Gaussian:
         return Gaussian(self.mean.detach(), self.logvar.detach(), self.standard)
 
+    def log_prob(self, z: Tensor) -> Tensor:
+        """Elementwise log density of z, same shape as the mean (sum it over the latent for log q(z))."""
+        return -0.5 * (LOG_2PI + self.logvar + (z - self.mean).pow(2) * torch.exp(-self.logvar))
+
+    def __getitem__(self, rows) -> Gaussian:
+        """The rows ``rows`` of the batch (a slice or index tensor), as a Gaussian."""
+        return Gaussian(self.mean[rows], self.logvar[rows], self.standard)
+
 
 class PriorSample:
     """One batch of the prior branch: z ~ p(z), u and x = decoder(u), with gradient; ``extras`` is scratch
@@ -157,7 +168,7 @@ class Pass:
     """
 
     __slots__ = ("model", "x", "features", "posterior", "z", "u", "logits", "x_hat", "prior", "extras",
-                 "branch", "update", "step", "epoch", "_prior_sample")
+                 "extra_posterior", "branch", "update", "step", "epoch", "_prior_sample")
 
     def __init__(self, model: GenerativeModel, x: Tensor):
         self.model = model
@@ -170,6 +181,9 @@ class Pass:
         self.x_hat: Tensor | None = None
         self.prior: Gaussian | None = None
         self.extras: dict[str, Any] = {}
+        #: q(z|u) of the prior's extra inputs (``Prior.extra_inputs``, e.g. VampPrior's pseudo-inputs), encoded in
+        #: the same pass as x; None when the prior has none
+        self.extra_posterior: Gaussian | None = None
         self.branch = "all"
         self.update = 0
         #: the training step being taken (0-based) and its epoch; None outside training (evaluation, a
@@ -326,14 +340,24 @@ class Prior(Component):
     """p(z): the distribution the KL term pulls the posterior towards and samples are drawn from."""
 
     kind = "prior"
+    #: False for a prior that is not one diagonal Gaussian (a mixture, a flow): its ``forward`` returns an object
+    #: with ``log_prob(z) -> (batch,)`` (log p(z) summed over the latent) and the ``kl`` loss estimates
+    #: KL(q || p) by Monte Carlo instead of the closed form
+    gaussian: ClassVar[bool] = True
 
     def __init__(self, options: Any, ctx: BuildContext):
         super().__init__(options, ctx)
         self.layout = ctx.layout
 
     @abc.abstractmethod
-    def forward(self, state: Pass) -> Gaussian:
-        """The prior for this pass's posterior (may depend on it: an M-network prior does)."""
+    def forward(self, state: Pass) -> Any:
+        """The prior for this pass's posterior (may depend on it: an M-network prior does): a ``Gaussian``, or
+        (``gaussian = False``) any object with ``log_prob(z)``."""
+
+    def extra_inputs(self) -> Tensor | None:
+        """Images (K, C, H, W) in [-1, 1] the model encodes together with x in each forward pass, so the
+        encoder's batch norms see one batch per step; their posterior arrives as ``state.extra_posterior``."""
+        return None
 
     def sample(self, n: int, model: GenerativeModel, device: torch.device | str,
                fixed: Tensor | None = None, fixed_groups: int = 0) -> Tensor:

@@ -47,14 +47,26 @@ class GenerativeModel(nn.Module):
     def forward(self, x: Tensor, sample: bool = True) -> Pass:
         """One pass: q(z|x), z (sampled, or the posterior mean), u, x_hat and the prior."""
         state = Pass(self, x)
-        state.features = self.encoder(x, state)
-        state.posterior = self.transform.posterior(state.features, state)
+        self.encode_pass(x, state)
         state.z = state.posterior.rsample() if sample else state.posterior.mean
         state.u = self.transform.generate(state.z, state)
         state.logits = self.decoder(state.u, state)
         state.x_hat = torch.tanh(state.logits)
         state.prior = self.prior(state)
         return state
+
+    def encode_pass(self, x: Tensor, state: Pass) -> None:
+        """Encoder and posterior for x into ``state``; with the prior's extra inputs in the same batch."""
+        extra = self.prior.extra_inputs()
+        if extra is None:
+            state.features = self.encoder(x, state)
+            state.posterior = self.transform.posterior(state.features, state)
+            return
+        n = x.shape[0]
+        features = self.encoder(torch.cat([x, extra.to(x.dtype)]), state)
+        posterior = self.transform.posterior(features, state)
+        state.features = features[:n]
+        state.posterior, state.extra_posterior = posterior[:n], posterior[n:]
 
     def generate(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """z -> (u, x_hat): the generation side alone."""
@@ -303,7 +315,7 @@ def dry_run(model: GenerativeModel, batch: int = 2) -> None:
     try:
         with torch.no_grad():
             state = Pass(model, x)
-            state.features = enc(x, state)
+            model.encode_pass(x, state)
             declared = tuple(getattr(enc, "output_shape", None) or ())
             if declared and torch.is_tensor(state.features) and tuple(state.features.shape[1:]) != declared:
                 raise BuildError(
@@ -311,7 +323,6 @@ def dry_run(model: GenerativeModel, batch: int = 2) -> None:
                     f"{list(state.features.shape[1:])}"
                 )
             stage = f"encoder '{enc.name}' -> latent transform '{tr.name}'"
-            state.posterior = tr.posterior(state.features, state)
             expect = (batch, *tr.layout.shape)
             if tuple(state.posterior.mean.shape) != expect:
                 raise BuildError(

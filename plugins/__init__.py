@@ -4,6 +4,7 @@ BUILTIN_PLUGINS = [
     "genvae.plugins.fc",
     "genvae.plugins.conv",
     "genvae.plugins.normal",
+    "genvae.plugins.vamp",
     "genvae.plugins.mse",
     "genvae.plugins.bce",
     "genvae.plugins.gaussian",

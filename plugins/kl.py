@@ -12,6 +12,10 @@ factor of the training step s (``Pass.step``; 1 outside training):
 * ``warmup: cyclical`` (Fu et al. 2019): cycles of ``warmup_steps`` steps; in each, the factor rises
   linearly from 0 to 1 over the first ``cycle_ratio`` of the cycle and stays 1 for the rest:
   min(1, (s mod warmup_steps) / (cycle_ratio * warmup_steps)).
+
+A prior that is not one diagonal Gaussian (``Prior.gaussian = False``: the ``vamp`` mixture) has no
+closed form: the term is then the Monte Carlo estimate log q(z|x) - log p(z) per image, averaged
+over ``mc_samples`` draws of z.
 """
 
 from __future__ import annotations
@@ -46,6 +50,9 @@ class KLOptions:
     warmup_steps: int = option(1000, "steps of the linear warm-up, or the length of one cycle", positive_int, to_int)
     cycle_ratio: float = option(0.5, "cyclical: the part of each cycle over which the weight rises, in (0, 1]",
                                 non_negative, to_float)
+    mc_samples: int = option(1, "draws of z per image for the Monte Carlo KL, used when the prior is not one "
+                             "diagonal Gaussian (a mixture such as vamp); the first draw is the pass's z",
+                             positive_int, to_int)
 
     def __attrs_post_init__(self):
         if not 0 < self.cycle_ratio <= 1:
@@ -82,6 +89,10 @@ class KLLoss(Loss):
         super().__init__(options, ctx, weight)
         layout = ctx.layout
         weights = options.weights
+        self.closed_form = getattr(ctx.prior, "gaussian", True)
+        if weights and not self.closed_form:
+            raise self.fail(f"group weights need a prior that factorises over the latent; prior "
+                            f"'{ctx.prior.name}' is not one diagonal Gaussian (its KL is estimated per image)")
         if weights:
             if len(weights) != layout.num_groups:
                 what = "alphas" if options.alphas else "group_weights"
@@ -96,15 +107,32 @@ class KLLoss(Loss):
         self._constant = options.warmup == "none" and options.beta == 1.0
 
     def forward(self, state, phase):
+        scale = self.weight if self._constant else self.weight * self.options.factor(state.step)
+        if not self.closed_form:
+            return {"kl": scale * self.monte_carlo(state).mean()}
         kl = state.posterior.kl(state.prior).flatten(1)
         if self.element_weights is not None:
             kl = kl * self.element_weights
-        scale = self.weight if self._constant else self.weight * self.options.factor(state.step)
         return {"kl": scale * kl.sum(1).mean()}
+
+    def monte_carlo(self, state) -> torch.Tensor:
+        """Per image, the mean over ``mc_samples`` draws z ~ q(z|x) of log q(z|x) - log p(z) (the first draw is
+        the pass's z), an unbiased estimate of KL(q || p) for a prior with only ``log_prob``."""
+        q, n, draws = state.posterior, state.z.shape[0], self.options.mc_samples
+        z = state.z.unsqueeze(0)
+        if draws > 1:  # all draws in one batch: (draws, n, *latent)
+            z = torch.cat([z, q.mean + q.std * torch.randn((draws - 1, *q.mean.shape), device=z.device,
+                                                            dtype=z.dtype)])
+        log_q = q.log_prob(z).flatten(2).sum(2)
+        log_p = state.prior.log_prob(z.flatten(0, 1)).view(draws, n)
+        return (log_q - log_p).mean(0)
 
     @torch.no_grad()
     def per_group(self, state) -> torch.Tensor:
-        """Unweighted KL per group, batch mean: (G,). For reports, not the training step."""
+        """Unweighted KL per group, batch mean: (G,). For reports, not the training step. A prior that is not
+        one diagonal Gaussian has no per-group KL: one group holding the Monte Carlo estimate."""
+        if not self.closed_form:
+            return self.monte_carlo(state).mean().reshape(1)
         return self.layout.per_group(state.posterior.kl(state.prior)).mean(0)
 
 

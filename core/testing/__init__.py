@@ -651,9 +651,19 @@ def check_shapes(
             if state.x_hat.min() < -1 or state.x_hat.max() > 1:
                 raise _fail(f"{label}: x_hat leaves [-1, 1] ({where})")
             prior = state.prior
-            if not isinstance(prior, Gaussian):
-                raise _fail(f"{label}: prior '{model.prior.name}' returned {type(prior).__name__}, not a Gaussian")
-            for part in ("mean", "logvar"):
+            if not getattr(model.prior, "gaussian", True):
+                log_prob = getattr(prior, "log_prob", None)
+                if log_prob is None:
+                    raise _fail(f"{label}: prior '{model.prior.name}' (gaussian = False) returned "
+                                f"{type(prior).__name__}, which has no log_prob(z)")
+                expect(f"prior '{model.prior.name}' log_prob(z) ({where})", log_prob(state.z), (b,))
+                parts: tuple[str, ...] = ()
+            elif not isinstance(prior, Gaussian):
+                raise _fail(f"{label}: prior '{model.prior.name}' returned {type(prior).__name__}, not a Gaussian "
+                            "(set gaussian = False on a prior that returns another distribution)")
+            else:
+                parts = ("mean", "logvar")
+            for part in parts:
                 value = getattr(prior, part)
                 try:
                     ok = torch.broadcast_shapes(value.shape, latent) == latent

@@ -1,0 +1,97 @@
+"""``vamp``: the VampPrior (Tomczak and Welling, *VAE with a VampPrior*, AISTATS 2018).
+
+p(z) = (1/K) sum_k q(z | u_k): a mixture of the encoder's own posteriors at K learned pseudo-inputs
+u_k. The pseudo-inputs are images, tanh of a learned tensor (so they stay in [-1, 1]); they go
+through the encoder together with the batch (``Prior.extra_inputs``), so the encoder's batch norms
+see one batch per step, and their posteriors arrive as ``state.extra_posterior``. The prior is not
+one diagonal Gaussian (``gaussian = False``): the ``kl`` loss estimates KL(q || p) by Monte Carlo,
+and the mixture's ``log_prob`` reaches the pseudo-inputs, which learn from it.
+
+Sampling picks a component k uniformly and draws z ~ q(z | u_k); the pseudo-inputs are encoded for
+that without touching the batch norms' running statistics.
+"""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+import torch
+from torch import Tensor, nn
+
+from genvae.core.components import BuildContext, Gaussian, Prior
+from genvae.core.hookspecs import hookimpl
+from genvae.core.options import non_negative, option, positive_int, to_float, to_int
+
+
+@attrs.frozen
+class VampOptions:
+    components: int = option(50, "number of pseudo-inputs K (mixture components)", positive_int, to_int)
+    init_std: float = option(0.5, "the pseudo-inputs start as tanh of N(0, init_std^2) noise images", non_negative,
+                             to_float)
+
+
+class VampMixture:
+    """(1/K) sum_k N(mean_k, diag exp(logvar_k)) over the flattened latent; components (K, *latent shape)."""
+
+    def __init__(self, components: Gaussian):
+        self.components = components
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        """log p(z) per row of z (batch, *latent shape) -> (batch,), by log-sum-exp over the components."""
+        mean = self.components.mean.flatten(1).unsqueeze(0)  # (1, K, N)
+        logvar = self.components.logvar.flatten(1).unsqueeze(0)
+        per_component = Gaussian(mean, logvar).log_prob(z.flatten(1).unsqueeze(1)).sum(2)  # (batch, K)
+        return torch.logsumexp(per_component, dim=1) - math.log(per_component.shape[1])
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        mean, logvar = self.components.mean, self.components.logvar
+        k = torch.randint(mean.shape[0], (n,), device=mean.device, generator=generator)
+        return mean[k] + torch.exp(0.5 * logvar[k]) * torch.randn_like(mean[k])
+
+
+class VampPrior(Prior):
+    """Mixture of the posteriors of K learned pseudo-inputs (VampPrior); its KL is a Monte Carlo estimate."""
+
+    name = "vamp"
+    Options = VampOptions
+    gaussian = False
+
+    def __init__(self, options: VampOptions, ctx: BuildContext):
+        super().__init__(options, ctx)
+        self.pseudo = nn.Parameter(torch.randn(options.components, *ctx.image_shape) * options.init_std)
+
+    def attach(self, model) -> None:
+        norms = tuple(m for m in model.encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+        object.__setattr__(self, "_encoder_norms", norms)  # references, not submodules
+
+    def extra_inputs(self) -> Tensor:
+        return torch.tanh(self.pseudo)
+
+    def forward(self, state) -> VampMixture:
+        return VampMixture(state.extra_posterior)
+
+    def mixture(self, model) -> VampMixture:
+        """The mixture from the pseudo-inputs encoded now; batch norms in train mode use these K inputs'
+        statistics without updating their running statistics."""
+        norms = [m for m in getattr(self, "_encoder_norms", ()) if m.training and m.track_running_stats]
+        for m in norms:
+            m.track_running_stats = False
+        try:
+            with torch.no_grad():
+                return VampMixture(model.encode(self.extra_inputs()))
+        finally:
+            for m in norms:
+                m.track_running_stats = True
+
+    def sample(self, n, model, device, fixed=None, fixed_groups=0) -> Tensor:
+        z = self.mixture(model).sample(n).to(device)
+        if fixed is not None and fixed_groups > 0:
+            mask = self.layout.group_mask(range(fixed_groups), device=device)
+            z = torch.where(mask, fixed.to(device).expand_as(z), z)
+        return z
+
+
+@hookimpl
+def genvae_register_priors(register):
+    register(VampPrior)
