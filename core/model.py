@@ -315,14 +315,22 @@ def dry_run(model: GenerativeModel, batch: int = 2) -> None:
     try:
         with torch.no_grad():
             state = Pass(model, x)
-            model.encode_pass(x, state)
+            extra = model.prior.extra_inputs()
+            inputs = x if extra is None else torch.cat([x, extra.to(x.dtype)])
+            features = enc(inputs, state)
             declared = tuple(getattr(enc, "output_shape", None) or ())
-            if declared and torch.is_tensor(state.features) and tuple(state.features.shape[1:]) != declared:
+            if declared and torch.is_tensor(features) and tuple(features.shape[1:]) != declared:
                 raise BuildError(
                     f"encoder '{enc.name}' declares features {list(declared)} but produces "
-                    f"{list(state.features.shape[1:])}"
+                    f"{list(features.shape[1:])}"
                 )
             stage = f"encoder '{enc.name}' -> latent transform '{tr.name}'"
+            posterior = tr.posterior(features, state)
+            if extra is None:
+                state.features, state.posterior = features, posterior
+            else:  # as GenerativeModel.encode_pass: the prior's extra inputs ride in the same batch
+                state.features, state.posterior, state.extra_posterior = features[:batch], posterior[:batch], \
+                    posterior[batch:]
             expect = (batch, *tr.layout.shape)
             if tuple(state.posterior.mean.shape) != expect:
                 raise BuildError(
