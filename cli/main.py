@@ -26,6 +26,7 @@ from genvae.core.commands import (
     load_image,
     registry,
 )
+from genvae.core.components import COMPONENT_KINDS
 from genvae.core.errors import GenvaeError, one_line
 
 MESSAGE_LIMIT = 400  # characters of one error line; longer messages are cut
@@ -157,9 +158,6 @@ def list_plugins(as_json: bool) -> None:
     for p in presets:
         ptable.add_row(p["name"], p["plugin"], p["help"])
     console.print(ptable)
-
-
-COMPONENT_KINDS = ("encoder", "transform", "decoder", "prior", "loss")
 
 
 @cli.command("describe")

@@ -236,7 +236,11 @@ class Component(nn.Module, metaclass=abc.ABCMeta):
     ``discriminator``, which ``adv`` provides).
     """
 
+    #: the kind (``encoder``, ``transform``, ...), how messages name it, and the hook that registers it: set once,
+    #: on each base class below; everything else that lists the kinds derives from ``COMPONENT_BASES``
     kind: ClassVar[str] = ""
+    kind_label: ClassVar[str] = ""
+    hook: ClassVar[str] = ""
     name: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
     provides: ClassVar[frozenset[str]] = frozenset()
@@ -273,15 +277,15 @@ class Component(nn.Module, metaclass=abc.ABCMeta):
 
     def fail(self, message: str) -> BuildError:
         """A build error that names this component."""
-        from genvae.core.registry import KIND_NAMES
-
-        return BuildError(f"{KIND_NAMES.get(self.kind, self.kind)} '{self.name}': {message}")
+        return BuildError(f"{self.kind_label or self.kind} '{self.name}': {message}")
 
 
 class Encoder(Component):
     """Maps an image batch (B, C, H, W) in [-1, 1] to features of ``output_shape``."""
 
     kind = "encoder"
+    kind_label = "encoder"
+    hook = "genvae_register_encoders"
     #: names of the natural partners: {"decoder": ..., "transform": ..., "preset": ...}
     counterparts: ClassVar[dict[str, str]] = {}
     output_shape: Shape
@@ -298,6 +302,8 @@ class LatentTransform(Component):
     """
 
     kind = "transform"
+    kind_label = "latent transform"
+    hook = "genvae_register_transforms"
     layout: LatentLayout
     output_shape: Shape
 
@@ -318,6 +324,8 @@ class Decoder(Component):
     """Maps u to image logits of the image's shape; the model applies tanh to get x_hat in [-1, 1]."""
 
     kind = "decoder"
+    kind_label = "decoder"
+    hook = "genvae_register_decoders"
 
     def upsampling_plan(self, ctx: BuildContext, hint: str = "") -> tuple[int, int]:
         """(input channels, number of x2 upsamplings) from the latent's u to the image, or a build error."""
@@ -340,6 +348,8 @@ class Prior(Component):
     """p(z): the distribution the KL term pulls the posterior towards and samples are drawn from."""
 
     kind = "prior"
+    kind_label = "prior"
+    hook = "genvae_register_priors"
     #: False for a prior that is not one diagonal Gaussian (a mixture, a flow): its ``forward`` returns an object
     #: with ``log_prob(z) -> (batch,)`` (log p(z) summed over the latent) and the ``kl`` loss estimates
     #: KL(q || p) by Monte Carlo instead of the closed form
@@ -384,6 +394,8 @@ class Loss(Component):
     """
 
     kind = "loss"
+    kind_label = "loss"
+    hook = "genvae_register_losses"
     #: a term under this key is not summed: a 0-dim bool tensor, True to skip this phase's update
     #: this step (e.g. the discriminator when it is already too strong). Reading it is a host sync.
     SKIP = "skip_step"
@@ -407,3 +419,11 @@ class Loss(Component):
     @abc.abstractmethod
     def forward(self, state: Pass, phase: str) -> dict[str, Tensor]:
         """Named, weighted terms of ``phase`` (summed by the trainer)."""
+
+
+#: the component bases, in the order of a spec: the one place the kinds are listed
+COMPONENT_BASES: tuple[type[Component], ...] = (Encoder, LatentTransform, Decoder, Prior, Loss)
+#: every component kind; MODEL_PART_KINDS: the kinds a model has exactly one of (all but losses)
+COMPONENT_KINDS: tuple[str, ...] = tuple(base.kind for base in COMPONENT_BASES)
+MODEL_PART_KINDS: tuple[str, ...] = tuple(base.kind for base in COMPONENT_BASES if base is not Loss)
+KIND_LABELS: dict[str, str] = {base.kind: base.kind_label for base in COMPONENT_BASES}

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from genvae.core.components import BuildContext, Component, Gaussian, Loss, Pass
+from genvae.core.components import COMPONENT_KINDS, BuildContext, Component, Gaussian, Loss, Pass
 from genvae.core.errors import BuildError, GenvaeError, did_you_mean
 from genvae.core.options import options_from_dict, options_to_dict
 from genvae.core.registry import KIND_NAMES, Registry, get_registry
@@ -239,7 +239,7 @@ def _check_capabilities(components: list[Component], registry: Registry) -> None
         for need in sorted(comp.requires - provided):
             providers = sorted(
                 f"{KIND_NAMES[kind]} '{name}'"
-                for kind in ("encoder", "transform", "decoder", "prior", "loss")
+                for kind in COMPONENT_KINDS
                 for name, entry in registry.entries[kind].items()
                 if need in getattr(entry.obj, "provides", ())
             )

@@ -20,18 +20,13 @@ import attrs
 import pluggy
 
 from genvae.core import hookspecs
+from genvae.core.components import COMPONENT_BASES, KIND_LABELS
 from genvae.core.errors import GenvaeError, UnknownNameError
 
 ENTRY_POINT_GROUP = "genvae"
-COMPONENT_HOOKS = {
-    "encoder": "genvae_register_encoders",
-    "transform": "genvae_register_transforms",
-    "decoder": "genvae_register_decoders",
-    "prior": "genvae_register_priors",
-    "loss": "genvae_register_losses",
-}
-KIND_NAMES = {"encoder": "encoder", "transform": "latent transform", "decoder": "decoder", "prior": "prior",
-              "loss": "loss", "dataset": "dataset", "preset": "preset"}
+COMPONENT_HOOKS = {base.kind: base.hook for base in COMPONENT_BASES}
+#: how messages name each kind: the components' labels, plus the two other things plugins register
+KIND_NAMES = {**KIND_LABELS, "dataset": "dataset", "preset": "preset"}
 
 
 @attrs.define

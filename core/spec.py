@@ -13,6 +13,7 @@ from typing import Any
 
 import attrs
 
+from genvae.core.components import MODEL_PART_KINDS
 from genvae.core.errors import GenvaeError, OptionsError, did_you_mean, error_text, name_list, shorten
 from genvae.core.options import (
     expects,
@@ -33,7 +34,7 @@ from genvae.core.options import (
 )
 
 SPEC_FORMAT = 1
-COMPONENT_KINDS = ("encoder", "transform", "decoder", "prior")
+COMPONENT_KINDS = MODEL_PART_KINDS  # the kinds a spec names one component of (losses are a list)
 
 
 @expects("a mapping of module name to finite number")

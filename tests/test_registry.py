@@ -372,3 +372,21 @@ def test_entry_point_plugin_can_be_disabled(installed_plugin, monkeypatch):
     registry = PluginManager().load(CORE_PLUGINS)
     assert registry.plugins[installed_plugin].status == "disabled"
     assert "from-ep" not in registry.names("encoder")
+
+
+def test_the_component_kinds_have_one_source_the_base_classes():
+    """Each base class carries its kind, its label in messages and its hook; registry, spec, kit and CLI derive
+    from them, and every hook exists in the hook specs."""
+    from genvae.core import hookspecs
+    from genvae.core.components import COMPONENT_BASES, COMPONENT_KINDS, MODEL_PART_KINDS, Loss
+    from genvae.core.registry import COMPONENT_HOOKS, KIND_NAMES
+    from genvae.core.spec import COMPONENT_KINDS as SPEC_KINDS
+    from genvae.testing import BASES, KINDS
+
+    assert COMPONENT_KINDS == ("encoder", "transform", "decoder", "prior", "loss") == KINDS
+    assert MODEL_PART_KINDS == SPEC_KINDS == COMPONENT_KINDS[:-1]
+    assert BASES == {base.kind: base for base in COMPONENT_BASES} and BASES["loss"] is Loss
+    assert {k: KIND_NAMES[k] for k in COMPONENT_KINDS} == {b.kind: b.kind_label for b in COMPONENT_BASES}
+    assert KIND_NAMES["transform"] == "latent transform"
+    assert COMPONENT_HOOKS == {b.kind: b.hook for b in COMPONENT_BASES}
+    assert all(callable(getattr(hookspecs, hook)) for hook in COMPONENT_HOOKS.values())

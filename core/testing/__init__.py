@@ -63,7 +63,14 @@ from typing import Any
 import attrs
 import torch
 
-from genvae.core.components import Component, Decoder, Encoder, Gaussian, LatentTransform, Loss, Prior
+from genvae.core.components import (
+    COMPONENT_BASES,
+    COMPONENT_KINDS,
+    MODEL_PART_KINDS,
+    Component,
+    Gaussian,
+    Loss,
+)
 from genvae.core.errors import GenvaeError, OptionsError
 from genvae.core.options import options_from_dict, options_to_dict
 from genvae.core.registry import KIND_NAMES, PluginManager, PluginRecord, Registry, get_registry
@@ -89,14 +96,8 @@ __all__ = [
     "tiny_spec",
 ]
 
-KINDS = ("encoder", "transform", "decoder", "prior", "loss")
-BASES: dict[str, type] = {
-    "encoder": Encoder,
-    "transform": LatentTransform,
-    "decoder": Decoder,
-    "prior": Prior,
-    "loss": Loss,
-}
+KINDS = COMPONENT_KINDS
+BASES: dict[str, type] = {base.kind: base for base in COMPONENT_BASES}
 LOSS_ROLES = ("reconstruction", "divergence", "adversarial", "auxiliary")
 DEFAULT_LOSSES = {"reconstruction": "mse", "divergence": "kl"}
 BATCH = 4  # > 1, so batch norm has statistics to use in train mode
@@ -326,7 +327,7 @@ def _provide_capabilities(spec: ModelSpec, registry: Registry) -> ModelSpec:
     """Add registered losses that provide capabilities the spec's components require."""
     losses = list(spec.losses)
     for _ in range(4):
-        classes = [registry.component(k, spec.component(k).name) for k in ("encoder", "transform", "decoder", "prior")]
+        classes = [registry.component(k, spec.component(k).name) for k in MODEL_PART_KINDS]
         classes += [registry.component("loss", s.name) for s in losses]
         provided = {cap for c in classes for cap in getattr(c, "provides", ())}
         missing = sorted({need for c in classes for need in getattr(c, "requires", ())} - provided)
@@ -427,7 +428,7 @@ def tiny_spec(
     entry = _lookup(kind, name, registry)
     cls = entry.obj
     me = ComponentSpec(name, dict(options or {}))
-    for part in ("encoder", "transform", "decoder", "prior"):
+    for part in MODEL_PART_KINDS:
         if isinstance(overrides.get(part), str):
             overrides[part] = _partner(part, overrides[part], registry)
     families = (_SPATIAL, _VECTOR)
