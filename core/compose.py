@@ -41,7 +41,9 @@ def preset_spec(name: str, registry: Registry | None = None) -> ModelSpec:
     return ModelSpec.from_dict(data, where=f"preset '{name}'")
 
 
-def _with_default_losses(losses: list[LossSpec], registry: Registry) -> list[LossSpec]:
+def with_default_losses(losses: list[LossSpec], registry: Registry) -> list[LossSpec]:
+    """``losses`` with ``mse`` first when none has the reconstruction role and ``kl`` last when none is a
+    divergence (what ``genvae build --loss`` does, and what the conformance kit's tiny models get)."""
     roles = {registry.component("loss", s.name).role for s in losses}
     extra = [LossSpec(name) for role, name in DEFAULT_LOSSES.items() if role not in roles]
     recon = [s for s in extra if registry.component("loss", s.name).role == "reconstruction"]
@@ -105,7 +107,7 @@ def compose_spec(
         slot = same.index(True) if any(same) else len(loss_list)
         loss_list = [s for s, hit in zip(loss_list, same, strict=True) if not hit]
         loss_list.insert(min(slot, len(loss_list)), extra)
-    loss_list = _with_default_losses(loss_list, registry)
+    loss_list = with_default_losses(loss_list, registry)
     if spec is None:
         spec = ModelSpec(**parts, losses=tuple(loss_list))
     else:

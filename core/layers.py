@@ -41,6 +41,13 @@ def describe_shape(shape) -> str:
 REDUCTIONS = ("sum", "mean")
 
 
+def reduction_option(help: str = "sum per image then batch mean (ELBO scale), or mean over all"):
+    """The ``reduction`` option of a reconstruction loss (sum or mean, see :func:`reduce_images`), default sum."""
+    from genvae.core.options import one_of, option
+
+    return option("sum", help, one_of(*REDUCTIONS))
+
+
 def reduce_images(values, reduction: str):
     """``sum``: summed over each image's elements, averaged over the batch (the ELBO's scale);
     ``mean``: averaged over every element (the crVAE code's pixel MSE)."""

@@ -11,13 +11,12 @@ import torch.nn.functional as F
 
 from genvae.core.components import Loss
 from genvae.core.hookspecs import hookimpl
-from genvae.core.layers import REDUCTIONS, reduce_images
-from genvae.core.options import one_of, option
+from genvae.core.layers import reduce_images, reduction_option
 
 
 @attrs.frozen
 class BCEOptions:
-    reduction: str = option("sum", "sum per image then batch mean (ELBO scale), or mean over all", one_of(*REDUCTIONS))
+    reduction: str = reduction_option()
 
 
 class BCELoss(Loss):

@@ -41,6 +41,7 @@ from genvae.core.options import (
     to_float,
     to_int,
 )
+from genvae.plugins.mi import PAPER_WEIGHTS
 
 # -- building blocks ---------------------------------------------------------------------------------
 
@@ -299,7 +300,7 @@ class CRLatent(LatentTransform):
 # -- presets ----------------------------------------------------------------------------------------------
 
 PAPER_KL = [3e-4] * 3 + [2e-4] * 5  # per time step, authors' code (alpha1, alpha2)
-PAPER_MI = [0.1, 1.5, 1.5, 1.25, 0.1, 0.1, 1.0, 1.0]
+PAPER_MI = list(PAPER_WEIGHTS)  # the MI weights per time step, as mi holds them
 # The authors' run commands (README: -eps 1e-6 -mom 0.9) for every BatchNorm of the conv stacks and the MI head;
 # Torch7's momentum weights the new batch, as PyTorch's does. The variance path's BatchNorm1d keeps the defaults
 # (1e-5, 0.1), as in their code.

@@ -10,8 +10,8 @@ from torch import nn
 
 from genvae.core.components import BuildContext, Loss
 from genvae.core.hookspecs import hookimpl
-from genvae.core.layers import REDUCTIONS, reduce_images
-from genvae.core.options import finite, one_of, option, to_bool, to_float
+from genvae.core.layers import reduce_images, reduction_option
+from genvae.core.options import finite, option, to_bool, to_float
 
 
 @attrs.frozen
@@ -19,7 +19,7 @@ class GaussianOptions:
     learn_variance: bool = option(True, "learn the log-variance (trained with the model)", converter=to_bool)
     per_channel: bool = option(False, "one variance per image channel instead of one in all", converter=to_bool)
     init_logvar: float = option(-2.0, "initial (or fixed) log-variance of each pixel", finite, to_float)
-    reduction: str = option("sum", "sum per image then batch mean (ELBO scale), or mean over all", one_of(*REDUCTIONS))
+    reduction: str = reduction_option()
 
 
 class GaussianLoss(Loss):

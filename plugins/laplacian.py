@@ -53,7 +53,7 @@ from genvae.core.components import (
 )
 from genvae.core.errors import GenvaeError, shorten
 from genvae.core.hookspecs import hookimpl
-from genvae.core.layers import ACTIVATIONS, REDUCTIONS, activation, reduce_images
+from genvae.core.layers import ACTIVATIONS, activation, reduce_images, reduction_option
 from genvae.core.options import float_tuple, int_tuple, one_of, option, positive_int, to_bool, to_int
 from genvae.plugins.conv import ConvDecoder, ConvEncoder, ConvOptions
 
@@ -501,8 +501,8 @@ class LaplacianDecoder(Decoder):
 
 @attrs.frozen
 class PyramidMSEOptions:
-    reduction: str = option("sum", "per level: sum over each image's elements then batch mean (ELBO scale), or "
-                            "mean over all", one_of(*REDUCTIONS))
+    reduction: str = reduction_option("per level: sum over each image's elements then batch mean (ELBO scale), or "
+                                      "mean over all")
     level_scale: str = option("image", "with reduction=sum: 'image' multiplies level k's sum by its area ratio 4^k, "
                               "so each level's mean squared error counts over the full image's pixels (the paper's "
                               "MSE per level); 'none' keeps plain per-level sums", one_of("image", "none"))

@@ -6,13 +6,12 @@ import attrs
 
 from genvae.core.components import Loss
 from genvae.core.hookspecs import hookimpl
-from genvae.core.layers import REDUCTIONS, reduce_images
-from genvae.core.options import one_of, option
+from genvae.core.layers import reduce_images, reduction_option
 
 
 @attrs.frozen
 class MSEOptions:
-    reduction: str = option("sum", "sum per image then batch mean (ELBO scale), or mean over all", one_of(*REDUCTIONS))
+    reduction: str = reduction_option()
 
 
 class MSELoss(Loss):

@@ -71,6 +71,7 @@ from genvae.core.components import (
     Gaussian,
     Loss,
 )
+from genvae.core.compose import DEFAULT_LOSSES, with_default_losses
 from genvae.core.errors import GenvaeError, OptionsError
 from genvae.core.options import options_from_dict, options_to_dict
 from genvae.core.registry import KIND_NAMES, PluginManager, PluginRecord, Registry, get_registry
@@ -99,7 +100,6 @@ __all__ = [
 KINDS = COMPONENT_KINDS
 BASES: dict[str, type] = {base.kind: base for base in COMPONENT_BASES}
 LOSS_ROLES = ("reconstruction", "divergence", "adversarial", "auxiliary")
-DEFAULT_LOSSES = {"reconstruction": "mse", "divergence": "kl"}
 BATCH = 4  # > 1, so batch norm has statistics to use in train mode
 
 #: Small options for the built-in partners a component is tested among (tiny_spec).
@@ -383,13 +383,6 @@ def _natural_families(kind: str, name: str, cls: type, registry: Registry) -> li
     return out
 
 
-def _default_losses(losses: list[LossSpec], registry: Registry) -> list[LossSpec]:
-    roles = {registry.component("loss", s.name).role for s in losses}
-    recon = [LossSpec(DEFAULT_LOSSES["reconstruction"])] if "reconstruction" not in roles else []
-    div = [LossSpec(DEFAULT_LOSSES["divergence"])] if "divergence" not in roles else []
-    return [*recon, *losses, *div]
-
-
 @_one_thread
 def tiny_spec(
     kind: str,
@@ -464,7 +457,7 @@ def tiny_spec(
         layouts.append({**parts, kind: me} if kind != "loss" else parts)
 
     if kind == "loss":
-        losses = _default_losses([LossSpec(name, weight, dict(options or {}))], registry)
+        losses = with_default_losses([LossSpec(name, weight, dict(options or {}))], registry)
     else:
         losses = [LossSpec(DEFAULT_LOSSES["reconstruction"]), LossSpec(DEFAULT_LOSSES["divergence"])]
 
