@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from torch import nn
 
 ACTIVATIONS = ("relu", "lrelu", "elu", "none")
@@ -54,3 +57,22 @@ def reduce_images(values, reduction: str):
     if reduction == "mean":
         return values.mean()
     return values.flatten(1).sum(1).mean()
+
+
+def batch_norms(*modules: nn.Module) -> tuple[nn.modules.batchnorm._BatchNorm, ...]:
+    """Every batch-norm layer inside ``modules``."""
+    return tuple(m for part in modules for m in part.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+
+
+@contextmanager
+def running_stats_frozen(norms) -> Iterator[None]:
+    """Batch norms in training mode use the batch's statistics but leave their running statistics alone: for
+    an extra pass of the same step (a regeneration, a prior's inputs) that must not update them twice."""
+    frozen = [m for m in norms if m.training and m.track_running_stats]
+    for m in frozen:
+        m.track_running_stats = False
+    try:
+        yield
+    finally:
+        for m in frozen:
+            m.track_running_stats = True

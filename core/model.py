@@ -55,16 +55,19 @@ class GenerativeModel(nn.Module):
         state.prior = self.prior(state)
         return state
 
-    def encode_pass(self, x: Tensor, state: Pass) -> None:
-        """Encoder and posterior for x into ``state``; with the prior's extra inputs in the same batch."""
+    def encode_pass(self, x: Tensor, state: Pass, check_features=None) -> None:
+        """Encoder and posterior for x into ``state``; with the prior's extra inputs in the same batch
+        (``state.extra_posterior``). ``check_features(features)`` runs between encoder and transform (the dry
+        run compares declared shapes there)."""
         extra = self.prior.extra_inputs()
+        features = self.encoder(x if extra is None else torch.cat([x, extra.to(x.dtype)]), state)
+        if check_features is not None:
+            check_features(features)
+        posterior = self.transform.posterior(features, state)
         if extra is None:
-            state.features = self.encoder(x, state)
-            state.posterior = self.transform.posterior(state.features, state)
+            state.features, state.posterior = features, posterior
             return
         n = x.shape[0]
-        features = self.encoder(torch.cat([x, extra.to(x.dtype)]), state)
-        posterior = self.transform.posterior(features, state)
         state.features = features[:n]
         state.posterior, state.extra_posterior = posterior[:n], posterior[n:]
 
@@ -315,22 +318,18 @@ def dry_run(model: GenerativeModel, batch: int = 2) -> None:
     try:
         with torch.no_grad():
             state = Pass(model, x)
-            extra = model.prior.extra_inputs()
-            inputs = x if extra is None else torch.cat([x, extra.to(x.dtype)])
-            features = enc(inputs, state)
-            declared = tuple(getattr(enc, "output_shape", None) or ())
-            if declared and torch.is_tensor(features) and tuple(features.shape[1:]) != declared:
-                raise BuildError(
-                    f"encoder '{enc.name}' declares features {list(declared)} but produces "
-                    f"{list(features.shape[1:])}"
-                )
-            stage = f"encoder '{enc.name}' -> latent transform '{tr.name}'"
-            posterior = tr.posterior(features, state)
-            if extra is None:
-                state.features, state.posterior = features, posterior
-            else:  # as GenerativeModel.encode_pass: the prior's extra inputs ride in the same batch
-                state.features, state.posterior, state.extra_posterior = features[:batch], posterior[:batch], \
-                    posterior[batch:]
+
+            def check_features(features) -> None:
+                nonlocal stage
+                declared = tuple(getattr(enc, "output_shape", None) or ())
+                if declared and torch.is_tensor(features) and tuple(features.shape[1:]) != declared:
+                    raise BuildError(
+                        f"encoder '{enc.name}' declares features {list(declared)} but produces "
+                        f"{list(features.shape[1:])}"
+                    )
+                stage = f"encoder '{enc.name}' -> latent transform '{tr.name}'"
+
+            model.encode_pass(x, state, check_features)
             expect = (batch, *tr.layout.shape)
             if tuple(state.posterior.mean.shape) != expect:
                 raise BuildError(

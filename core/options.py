@@ -115,6 +115,12 @@ def non_negative(instance, attribute, value) -> None:
         raise ValueError(f"{attribute.name} must be a finite number >= 0, got {shorten(value)}")
 
 
+@expects("a number in [0, 1]")
+def unit_interval(instance, attribute, value) -> None:
+    if not (_is_number(value) and 0.0 <= value <= 1.0):
+        raise ValueError(f"{attribute.name} must lie in [0, 1], got {shorten(value)}")
+
+
 @expects("a positive integer")
 def positive_int(instance, attribute, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:

@@ -21,6 +21,7 @@ import signal
 import stat
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
@@ -30,7 +31,7 @@ import torch
 from torch import nn
 
 from genvae.core import checkpoint as ckpt
-from genvae.core.components import Loss
+from genvae.core.components import Loss, Pass
 from genvae.core.errors import CheckpointError, GenvaeError
 from genvae.core.files import UnsafePathError, atomic_write_text, remove_orphans
 from genvae.core.folder import ModelFolder, lock_folder
@@ -77,9 +78,7 @@ def plan_updates(model: GenerativeModel, config: TrainConfig, phases: list[Phase
     parameters to train."""
     by_name = {p.name: p for p in phases}
     plan = [u for u in model.updates(config.schedule) if u["phase"] in by_name]
-    counts: dict[str, int] = {}
-    for u in plan:
-        counts[u["phase"]] = counts.get(u["phase"], 0) + 1
+    counts = Counter(u["phase"] for u in plan)
     return [Update(by_name[u["phase"]], u["branch"], u["fresh"], counts[u["phase"]] > 1) for u in plan]
 
 
@@ -310,9 +309,14 @@ class Trainer:
 
     def train_step(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         model = self.model
-        with self._autocast():
-            state = model(x)
-        state.step, state.epoch = self.step, self.epoch
+
+        def forward() -> Pass:
+            with self._autocast():
+                state = model(x)
+            state.step, state.epoch = self.step, self.epoch
+            return state
+
+        state = forward()
         last = len(self.updates) - 1
         logged: list[tuple[Update, dict[str, torch.Tensor]]] = []
         for i, update in enumerate(self.updates):
@@ -321,9 +325,7 @@ class Trainer:
                 if update.branch == "prior":
                     state.new_prior_sample()
                 else:
-                    with self._autocast():
-                        state = model(x)
-                    state.step, state.epoch = self.step, self.epoch
+                    state = forward()
             state.branch, state.update = update.branch, i
             with self._autocast():
                 terms = model.phase_terms(state, phase.name)

@@ -47,6 +47,7 @@ from torch import nn
 from genvae.core.components import BuildContext, Loss
 from genvae.core.errors import shorten
 from genvae.core.hookspecs import hookimpl
+from genvae.core.layers import batch_norms, running_stats_frozen
 from genvae.core.options import (
     expects,
     float_tuple,
@@ -223,9 +224,7 @@ class AdversarialLoss(Loss):
 
     def attach(self, model) -> None:
         # the generation side's batch norms, whose running statistics the regeneration must not update twice
-        norms = tuple(m for part in (model.transform, model.decoder) for m in part.modules()
-                      if isinstance(m, nn.modules.batchnorm._BatchNorm))
-        object.__setattr__(self, "_generation_norms", norms)  # references, not submodules
+        object.__setattr__(self, "_generation_norms", batch_norms(model.transform, model.decoder))  # not submodules
 
     def lr_multipliers(self) -> dict[str, float]:
         return {"trunk": self.options.trunk_lr} if self.options.trunk_lr != 1.0 else {}
@@ -243,14 +242,8 @@ class AdversarialLoss(Loss):
         their running statistics a second time."""
         if self.options.gan_to_encoder:
             return state.x_hat
-        norms = [m for m in self._generation_norms if m.training and m.track_running_stats]
-        for m in norms:
-            m.track_running_stats = False  # train mode: batch statistics, running statistics left alone
-        try:
+        with running_stats_frozen(self._generation_norms):
             return state.model.generate(state.z.detach())[1]
-        finally:
-            for m in norms:
-                m.track_running_stats = True
 
     def fake_features(self, state) -> dict[str, torch.Tensor]:
         """Trunk features of the fakes the current update's generator terms judge, by branch: "recon"

@@ -30,7 +30,6 @@ from torch import nn
 from genvae.core.components import BuildContext, Decoder, Encoder, Gaussian, LatentLayout, LatentTransform
 from genvae.core.hookspecs import hookimpl
 from genvae.core.options import (
-    expects,
     finite,
     non_negative,
     one_of,
@@ -40,6 +39,7 @@ from genvae.core.options import (
     positive_int,
     to_float,
     to_int,
+    unit_interval,
 )
 from genvae.plugins.mi import PAPER_WEIGHTS
 
@@ -62,12 +62,6 @@ def _torch7_conv_init(module: nn.Module) -> None:
             nn.init.uniform_(m.weight, -bound, bound)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-
-
-@expects("a number in [0, 1]")
-def _momentum(instance, attribute, value) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{attribute.name} must lie in [0, 1], got {value}")
 
 
 BN_EPS_HELP = "eps of the batch norms (PyTorch's default 1e-5; the authors' run commands: 1e-6)"
@@ -103,7 +97,7 @@ class CREncoderOptions:
     latent_size: int = option(4, "spatial size of the features (image size / 2^stages)", positive_int, to_int)
     slope: float = option(0.1, "LeakyReLU slope of the stride-1 convolutions", non_negative, to_float)
     bn_eps: float = option(1e-5, BN_EPS_HELP, positive, to_float)
-    bn_momentum: float = option(0.1, BN_MOMENTUM_HELP, _momentum, to_float)
+    bn_momentum: float = option(0.1, BN_MOMENTUM_HELP, unit_interval, to_float)
 
 
 class CREncoder(Encoder):
@@ -156,7 +150,7 @@ class CRDecoderOptions:
                              "has other channels, as u of cr-lstm), yes or no", one_of("auto", "yes", "no"))
     slope: float = option(0.1, "LeakyReLU slope", non_negative, to_float)
     bn_eps: float = option(1e-5, BN_EPS_HELP, positive, to_float)
-    bn_momentum: float = option(0.1, BN_MOMENTUM_HELP, _momentum, to_float)
+    bn_momentum: float = option(0.1, BN_MOMENTUM_HELP, unit_interval, to_float)
 
 
 class CRDecoder(Decoder):

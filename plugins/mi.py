@@ -39,7 +39,6 @@ from genvae.core.components import BuildContext, LatentLayout, Loss
 from genvae.core.errors import shorten
 from genvae.core.hookspecs import hookimpl
 from genvae.core.options import (
-    expects,
     float_tuple,
     non_negative,
     one_of,
@@ -49,15 +48,10 @@ from genvae.core.options import (
     to_bool,
     to_float,
     to_int,
+    unit_interval,
 )
 
 PAPER_WEIGHTS = (0.1, 1.5, 1.5, 1.25, 0.1, 0.1, 1.0, 1.0)
-
-
-@expects("a number in [0, 1]")
-def _momentum(instance, attribute, value) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{attribute.name} must lie in [0, 1], got {shorten(value)}")
 
 
 @attrs.frozen
@@ -82,7 +76,7 @@ class MIOptions:
     bn_eps: float = option(1e-5, "eps of the head's batch norms (PyTorch's default; the authors ran 1e-6)", positive,
                            to_float)
     bn_momentum: float = option(0.1, "momentum of the head's batch norms: the weight of the new batch in the running "
-                                "statistics, as Torch7's (PyTorch's default; the authors ran 0.9)", _momentum,
+                                "statistics, as Torch7's (PyTorch's default; the authors ran 0.9)", unit_interval,
                                 to_float)
 
     def __attrs_post_init__(self):

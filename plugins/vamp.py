@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from genvae.core.components import BuildContext, Gaussian, Prior
 from genvae.core.hookspecs import hookimpl
+from genvae.core.layers import batch_norms, running_stats_frozen
 from genvae.core.options import non_negative, option, positive_int, to_float, to_int
 
 
@@ -62,8 +63,7 @@ class VampPrior(Prior):
         self.pseudo = nn.Parameter(torch.randn(options.components, *ctx.image_shape) * options.init_std)
 
     def attach(self, model) -> None:
-        norms = tuple(m for m in model.encoder.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
-        object.__setattr__(self, "_encoder_norms", norms)  # references, not submodules
+        object.__setattr__(self, "_encoder_norms", batch_norms(model.encoder))  # references, not submodules
 
     def extra_inputs(self) -> Tensor:
         return torch.tanh(self.pseudo)
@@ -74,15 +74,8 @@ class VampPrior(Prior):
     def mixture(self, model) -> VampMixture:
         """The mixture from the pseudo-inputs encoded now; batch norms in train mode use these K inputs'
         statistics without updating their running statistics."""
-        norms = [m for m in getattr(self, "_encoder_norms", ()) if m.training and m.track_running_stats]
-        for m in norms:
-            m.track_running_stats = False
-        try:
-            with torch.no_grad():
-                return VampMixture(model.encode(self.extra_inputs()))
-        finally:
-            for m in norms:
-                m.track_running_stats = True
+        with running_stats_frozen(getattr(self, "_encoder_norms", ())), torch.no_grad():
+            return VampMixture(model.encode(self.extra_inputs()))
 
     def sample(self, n, model, device, fixed=None, fixed_groups=0) -> Tensor:
         z = self.mixture(model).sample(n).to(device)
