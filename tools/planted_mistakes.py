@@ -38,7 +38,7 @@ MISTAKES = [
     ('MI target is u with its bias', 'plugins/cr_lstm.py', '        return u - self.gen.bias', '        return u'),
     ('KL: -logvar sign flipped', 'core/components.py', 'return 0.5 * (torch.exp(self.logvar) + self.mean.pow(2) - 1.0 - self.logvar)', 'return 0.5 * (torch.exp(self.logvar) + self.mean.pow(2) - 1.0 + self.logvar)'),
     ('KL per-step weights not applied', 'plugins/kl.py', '            kl = kl * self.element_weights', '            kl = kl'),
-    ('KL averaged over elements instead of summed', 'plugins/kl.py', 'return {"kl": self.weight * kl.sum(1).mean()}', 'return {"kl": self.weight * kl.mean()}'),
+    ('KL averaged over elements instead of summed', 'plugins/kl.py', 'return {"kl": scale * kl.sum(1).mean()}', 'return {"kl": scale * kl.mean()}'),
     ('MSE sum reduction averages instead', 'core/layers.py', '    return values.flatten(1).sum(1).mean()', '    return values.flatten(1).mean(1).mean()'),
     ('CReLU without the negation', 'plugins/cr_lstm.py', 'return F.relu(torch.cat([x, -x], dim=1))', 'return F.relu(torch.cat([x, x], dim=1))'),
     ('forget-gate bias on the input gate', 'plugins/cr_lstm.py', 'getattr(lstm, f"bias_ih_l{layer}")[h : 2 * h].fill_(value)', 'getattr(lstm, f"bias_ih_l{layer}")[0:h].fill_(value)'),
