@@ -122,7 +122,7 @@ def cli(ctx: click.Context, debug: bool, max_memory: str | None) -> None:
 @cli.command("list-plugins")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def list_plugins(as_json: bool) -> None:
-    """Plugins with their status and the components, datasets and presets they provide."""
+    """Plugins with their status and the components, datasets, presets and commands they provide."""
     reg = registry()
     plugins = [
         {
@@ -165,7 +165,8 @@ def list_plugins(as_json: bool) -> None:
 @click.argument("name")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def describe(kind: str, name: str, as_json: bool) -> None:
-    """A component's purpose, options (type, default, help), capabilities and, for losses, phases and branches."""
+    """A component's purpose, options (type, default, help), capabilities; a decoder's output space; for losses,
+    role, phases and branches."""
     import inspect
 
     import attrs
@@ -189,13 +190,17 @@ def describe(kind: str, name: str, as_json: bool) -> None:
     }
     if kind == "loss":
         info.update(role=cls.role, phases=list(cls.phases), branches=list(cls.branches),
-                    phase_order=list(getattr(cls, "phase_order", ()) or ()))
+                    phase_order=list(cls.phase_order), may_skip=cls.may_skip)
+    if kind == "decoder":
+        info["output"] = cls.output
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
     console.print(f"[bold]{KIND_NAMES[kind]} '{name}'[/] (plugin {entry.plugin}): {info['summary']}",
                   highlight=False)
     extra = [f"{k}: {', '.join(info[k])}" for k in ("provides", "requires", "phases", "branches") if info.get(k)]
+    if kind == "decoder":
+        extra.insert(0, f"output space: {info['output']}")
     if kind == "loss":
         extra.insert(0, f"role: {info['role']}")
     if extra:
@@ -341,10 +346,8 @@ def train(folder, data, data_root, download, epochs, max_steps, batch_size, lr, 
     one process at a time may train a folder.
     """
     from genvae.core.checkpoint import CHECKPOINTS, METRICS, SAMPLES, latest_checkpoint, load_model, save_model
-    from genvae.core.compose import apply_sets
-    from genvae.core.data import load_data
     from genvae.core.folder import ModelFolder, lock_folder
-    from genvae.core.train import Trainer, resolve_device, seed_everything
+    from genvae.core.train import prepare_training
 
     folder = Path(folder)
     if resume and restart:
@@ -354,28 +357,16 @@ def train(folder, data, data_root, download, epochs, max_steps, batch_size, lr, 
         raise GenvaeError(f"{folder} has a checkpoint at {last.name}; pass --resume to continue it or --restart "
                           "to discard checkpoints and metrics")
     # Everything is validated before anything in the folder is touched.
-    dev = resolve_device(device)
     model = load_model(folder, device="cpu", registry=registry())
     overrides = {k: v for k, v in dict(epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, amp=amp,
                                        seed=seed, flip=flip, checkpoint_every=checkpoint_every,
                                        log_every=log_every).items() if v is not None}
-    bad = [s for s in sets if not s.startswith("train.")]
-    if bad:
-        raise GenvaeError(f"train --set '{bad[0][:60]}': only train.OPTION=VALUE here; change a model with genvae "
-                          "build")
-    spec = apply_sets(model.spec.with_train(**overrides), sets)
-    from genvae.core.budget import check_budget
-
-    check_budget(spec, registry())  # e.g. --batch-size: config.json must stay loadable after this run
-    model.spec = spec
-    config = spec.train
-    seed_everything(config.seed)
-    images = load_data(data, image_size=spec.image_size, channels=spec.channels, split="train", root=data_root,
-                       download=download, registry=registry())
+    trainer = prepare_training(model, folder, data=data, data_root=data_root, download=download,
+                               overrides=overrides, sets=sets, device=device, registry=registry())
+    images, dev = trainer.data, trainer.device
     if images.skipped:
         err_console.print(f"skipped {len(images.skipped)} unreadable file(s), e.g. {images.skipped[0]}",
                           markup=False, highlight=False)
-    trainer = Trainer(model, folder, images, config, dev)
     with lock_folder(folder):
         mf = ModelFolder(folder)
         trainer.prepare_folder(cut_metrics_to_step=False)  # refuses symlinked outputs before anything is deleted
@@ -597,10 +588,15 @@ def add_plugin_commands() -> None:
         err_console.print(f"warning: plugins could not be loaded: {exc}")
         return
     for record, plugin in reg.command_plugins:
+        before = set(cli.commands)
         try:
             plugin.genvae_register_commands(cli=cli)
         except Exception as exc:
             record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
+            continue
+        added = sorted(set(cli.commands) - before)
+        if added:  # list-plugins shows which plugin brought which command
+            record.provides["command"] = added
 
 
 def main() -> None:

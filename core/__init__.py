@@ -6,6 +6,8 @@ dataset and preset comes from a plugin (built-in ones live in ``genvae.plugins``
 
 from genvae.core.checkpoint import load_model, save_model
 from genvae.core.components import (
+    OUTPUT_SPACES,
+    BuildContext,
     Component,
     Decoder,
     Encoder,
@@ -24,8 +26,11 @@ from genvae.core.hookspecs import hookimpl
 from genvae.core.model import GenerativeModel, build_model
 from genvae.core.options import option
 from genvae.core.spec import ComponentSpec, LossSpec, ModelSpec, TrainConfig
+from genvae.core.train import Trainer, prepare_training
 
 __all__ = [
+    "OUTPUT_SPACES",
+    "BuildContext",
     "BuildError",
     "Component",
     "ComponentSpec",
@@ -44,12 +49,14 @@ __all__ = [
     "Prior",
     "PriorSample",
     "TrainConfig",
+    "Trainer",
     "UnknownNameError",
     "build_model",
     "compose_spec",
     "hookimpl",
     "load_model",
     "option",
+    "prepare_training",
     "preset_spec",
     "save_grid",
     "save_model",

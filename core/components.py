@@ -3,7 +3,7 @@
 One training step of a composed model is a walk through these classes (docs/architecture.md):
 
     x --Encoder--> features --LatentTransform.posterior--> q(z|x) --rsample--> z
-    z --LatentTransform.generate--> u --Decoder--> logits --tanh--> x_hat
+    z --LatentTransform.generate--> u --Decoder--> output --(its output space)--> x_hat
     Prior(pass) --> p(z | context)        Loss(pass, phase) --> named terms
 
 A :class:`Pass` records everything one forward computed, so losses read what they need and
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
@@ -26,6 +26,7 @@ from genvae.core.errors import BuildError
 from genvae.core.options import NoOptions
 
 if TYPE_CHECKING:
+    from genvae.core.capabilities import FakeFeatures, PyramidPass
     from genvae.core.model import GenerativeModel
 
 Shape = tuple[int, ...]
@@ -155,8 +156,10 @@ class PriorSample:
 class Pass:
     """Everything one forward pass computed; losses and context-dependent priors read from it.
 
-    ``extras`` holds what a component wants to share beyond the common fields (pyramid targets,
-    per-level reconstructions, ...), keyed by a name the producing plugin documents.
+    What components hand to each other beyond the common fields has typed fields, one per capability
+    (``genvae.core.capabilities``): ``pyramid`` (a Laplacian pyramid's bands, by level) and ``fake_features``
+    (a discriminator trunk's features of the fakes, shared by adv and mi). ``extras`` is a plugin's private
+    scratch for this pass, under keys it prefixes with its own name.
 
     ``step`` and ``epoch`` are the training step being taken and its epoch (None outside training), for
     losses whose weight follows a schedule (KL warm-up).
@@ -168,7 +171,8 @@ class Pass:
     """
 
     __slots__ = ("model", "x", "features", "posterior", "z", "u", "logits", "x_hat", "prior", "extras",
-                 "extra_posterior", "branch", "update", "step", "epoch", "_prior_sample")
+                 "extra_posterior", "pyramid", "fake_features", "branch", "update", "step", "epoch",
+                 "_prior_sample")
 
     def __init__(self, model: GenerativeModel, x: Tensor):
         self.model = model
@@ -184,6 +188,10 @@ class Pass:
         #: q(z|u) of the prior's extra inputs (``Prior.extra_inputs``, e.g. VampPrior's pseudo-inputs), encoded in
         #: the same pass as x; None when the prior has none
         self.extra_posterior: Gaussian | None = None
+        #: the pyramid capability's bands (filled by a pyramid encoder and decoder); None without one
+        self.pyramid: PyramidPass | None = None
+        #: the discriminator capability's trunk features of this update's fakes; None until a loss computes them
+        self.fake_features: FakeFeatures | None = None
         self.branch = "all"
         self.update = 0
         #: the training step being taken (0-based) and its epoch; None outside training (evaluation, a
@@ -245,10 +253,18 @@ class Component(nn.Module, metaclass=abc.ABCMeta):
     Options: ClassVar[type] = NoOptions
     provides: ClassVar[frozenset[str]] = frozenset()
     requires: ClassVar[frozenset[str]] = frozenset()
+    #: small options (a few channels, one narrow layer) the conformance kit (``genvae.testing``) builds this
+    #: component with when it is the partner of a component under test
+    test_options: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(self, options: Any, ctx: BuildContext):
         super().__init__()
         self.options = options
+
+    def refer(self, name: str, value: Any) -> None:
+        """Keep ``value`` (another part of the model, or a list of its modules) as ``self.<name>`` without
+        registering it as a submodule, so it is saved, moved and counted once, under its owner. For ``attach``."""
+        self.__dict__[name] = value
 
     @classmethod
     def summary(cls) -> str:
@@ -320,17 +336,37 @@ class LatentTransform(Component):
         return [self]
 
 
+def _as_image(output: Tensor) -> Tensor:
+    return output
+
+
+def _bernoulli_mean(logits: Tensor) -> Tensor:
+    return torch.tanh(0.5 * logits)  # 2 sigmoid(a) - 1
+
+
+#: How a decoder's output becomes x_hat in [-1, 1], by the name the decoder declares in ``Decoder.output``:
+#: ``tanh`` (unbounded logits a, x_hat = tanh(a); the default), ``bernoulli`` (logits a of the pixels'
+#: Bernoulli probabilities p = sigmoid(a), x_hat = 2p - 1) and ``image`` (the output is x_hat itself, which
+#: the decoder keeps in [-1, 1]). The output itself is ``Pass.logits``; losses that need logits check the space.
+OUTPUT_SPACES: dict[str, Callable[[Tensor], Tensor]] = {"tanh": torch.tanh, "bernoulli": _bernoulli_mean,
+                                                        "image": _as_image}
+
+
 class Decoder(Component):
-    """Maps u to image logits of the image's shape; the model applies tanh to get x_hat in [-1, 1]."""
+    """Maps u to an output of the image's shape, in the space it declares (``output``; tanh logits by default)."""
 
     kind = "decoder"
     kind_label = "decoder"
     hook = "genvae_register_decoders"
+    #: the output space (a key of ``OUTPUT_SPACES``); a class default, or set per instance from an option
+    output: str = "tanh"
 
     def upsampling_plan(self, ctx: BuildContext, hint: str = "") -> tuple[int, int]:
         """(input channels, number of x2 upsamplings) from the latent's u to the image, or a build error."""
-        c_in, h_in, w_in = self.require_spatial(ctx.transform.output_shape,
-                                                f"latent transform '{ctx.transform.name}'", hint)
+        transform = ctx.transform
+        if transform is None:
+            raise self.fail("is built after the latent transform, which is missing")
+        c_in, h_in, w_in = self.require_spatial(transform.output_shape, f"latent transform '{transform.name}'", hint)
         _, h, w = ctx.image_shape
         ups = 0
         while h_in * 2**ups < h:
@@ -341,7 +377,7 @@ class Decoder(Component):
 
     @abc.abstractmethod
     def forward(self, u: Tensor, state: Pass | None = None) -> Tensor:
-        """Image logits (B, C, H, W) from u."""
+        """The output (B, C, H, W) from u, in the declared ``output`` space."""
 
 
 class Prior(Component):
@@ -391,14 +427,22 @@ class Loss(Component):
     default. One that trains networks of its own (a discriminator) lists them in
     ``owned_modules()`` by phase; each phase gets its own optimiser and runs once per step, in
     the order of ``phase_order`` (phases not listed there run after ``model``).
+
+    A loss with ``may_skip = True`` may ask to skip its phase's update this step: its terms then include
+    ``Loss.SKIP``, a one-element bool tensor (True = skip). Reading it is a host sync, so only losses that
+    declare it are asked, and the build refuses the key from any other.
     """
 
     kind = "loss"
     kind_label = "loss"
     hook = "genvae_register_losses"
-    #: a term under this key is not summed: a 0-dim bool tensor, True to skip this phase's update
-    #: this step (e.g. the discriminator when it is already too strong). Reading it is a host sync.
+    #: the key of a skip flag among the terms of a loss with ``may_skip``: not summed; True skips this phase's
+    #: update this step (e.g. the discriminator when it is already too strong)
     SKIP = "skip_step"
+    may_skip: ClassVar[bool] = False
+    #: the order this loss's phases run in within a step, as a chain (``("discriminator", "model")``); the
+    #: model merges every loss's chain, and a phase no chain places runs after ``model``
+    phase_order: ClassVar[tuple[str, ...]] = ()
     #: "reconstruction", "divergence", "adversarial" or "auxiliary": a build adds a default
     #: reconstruction and divergence loss when the user names none.
     role: ClassVar[str] = "auxiliary"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from torch import nn
+from torch import Tensor, nn
 
 ACTIVATIONS = ("relu", "lrelu", "elu", "none")
 
@@ -76,3 +76,23 @@ def running_stats_frozen(norms) -> Iterator[None]:
     finally:
         for m in frozen:
             m.track_running_stats = True
+
+
+@contextmanager
+def eval_mode(*modules: nn.Module) -> Iterator[None]:
+    """Run modules in eval mode (batch-norm running statistics, none updated; dropout off), restoring each
+    submodule's own flag afterwards (a frozen submodule stays in eval mode)."""
+    flags = [(m, m.training) for module in modules for m in module.modules()]
+    for module in modules:
+        module.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
+def straight_through_clamp(x: Tensor, low: float, high: float) -> Tensor:
+    """``x`` clamped to [low, high] in the forward pass, with gradient 1 everywhere: a loss on the clamped
+    values still pulls out-of-range ones back."""
+    return x + (x.clamp(low, high) - x).detach()

@@ -13,7 +13,8 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
-from genvae.core.components import COMPONENT_KINDS, BuildContext, Component, Gaussian, Loss, Pass
+from genvae.core.capabilities import Capability
+from genvae.core.components import COMPONENT_KINDS, OUTPUT_SPACES, BuildContext, Component, Gaussian, Loss, Pass
 from genvae.core.errors import BuildError, GenvaeError, did_you_mean
 from genvae.core.options import options_from_dict, options_to_dict
 from genvae.core.registry import KIND_NAMES, Registry, get_registry
@@ -32,15 +33,18 @@ class GenerativeModel(nn.Module):
         self.transform = transform
         self.decoder = decoder
         self.prior = prior
+        losses = list(losses)
         self.losses = nn.ModuleDict({loss.name: loss for loss in losses})
+        self._loss_list: list[Loss] = losses  # the same losses, typed, in spec order
         self.layout = transform.layout
-        self.phases = _phase_order(self.losses.values())
+        self._to_image = OUTPUT_SPACES[decoder.output]  # the decoder's output space -> x_hat in [-1, 1]
+        self.phases = _phase_order(losses)
         # Fixed at build time so a training step does no per-plugin dispatch: the losses of each
         # (phase, branch) an update of train.schedule can ask for.
-        self._phase_losses = {p: [loss for loss in self.losses.values() if p in loss.phases] for p in self.phases}
+        self._phase_losses = {p: [loss for loss in losses if p in loss.phases] for p in self.phases}
         self._update_losses = {
-            (p, branch): [loss for loss in losses if branch == "all" or branch in loss.branches]
-            for p, losses in self._phase_losses.items() for branch in BRANCHES
+            (p, branch): [loss for loss in phase_losses if branch == "all" or branch in loss.branches]
+            for p, phase_losses in self._phase_losses.items() for branch in BRANCHES
         }
 
     # -- the forward contract ------------------------------------------------------------------
@@ -51,7 +55,7 @@ class GenerativeModel(nn.Module):
         state.z = state.posterior.rsample() if sample else state.posterior.mean
         state.u = self.transform.generate(state.z, state)
         state.logits = self.decoder(state.u, state)
-        state.x_hat = torch.tanh(state.logits)
+        state.x_hat = self._to_image(state.logits)
         state.prior = self.prior(state)
         return state
 
@@ -74,7 +78,7 @@ class GenerativeModel(nn.Module):
     def generate(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """z -> (u, x_hat): the generation side alone."""
         u = self.transform.generate(z)
-        return u, torch.tanh(self.decoder(u))
+        return u, self._to_image(self.decoder(u))
 
     @torch.no_grad()
     def sample(self, n: int, device: torch.device | str | None = None) -> Tensor:
@@ -97,11 +101,20 @@ class GenerativeModel(nn.Module):
     def phase_terms(self, state: Pass, phase: str) -> dict[str, Tensor]:
         """The named loss terms of one phase on the update's branch (``state.branch``); their sum is what
         that update minimises."""
+        return self.update_terms(state, phase)[0]
+
+    def update_terms(self, state: Pass, phase: str) -> tuple[dict[str, Tensor], list[Tensor]]:
+        """:meth:`phase_terms` and the skip flags of the losses that declare ``may_skip`` (empty otherwise)."""
         terms: dict[str, Tensor] = {}
+        skips: list[Tensor] = []
         for loss in self._update_losses[phase, state.branch]:
-            for key, value in loss(state, phase).items():
+            out = loss(state, phase)
+            if loss.may_skip and Loss.SKIP in out:
+                out = dict(out)
+                skips.append(out.pop(Loss.SKIP))
+            for key, value in out.items():
                 terms[loss.name if key == loss.name else f"{loss.name}.{key}"] = value
-        return terms
+        return terms, skips
 
     def updates(self, schedule: tuple[dict, ...] = (), registry: Registry | None = None) -> list[dict]:
         """The updates of one training step from ``schedule``, or (empty, ``one-pass``) one update per phase
@@ -137,7 +150,7 @@ class GenerativeModel(nn.Module):
     def phase_modules(self) -> dict[str, list[nn.Module]]:
         """Modules trained by each extra phase (the model phase trains everything else)."""
         owned: dict[str, list[nn.Module]] = {}
-        for loss in self.losses.values():
+        for loss in self._loss_list:
             for phase, module in loss.owned_modules().items():
                 if phase == MODEL_PHASE:
                     raise BuildError(f"loss '{loss.name}' cannot own modules in the '{MODEL_PHASE}' phase")
@@ -196,7 +209,7 @@ def _phase_order(losses: Iterable[Loss]) -> list[str]:
     edges: set[tuple[str, str]] = set()
     used = {MODEL_PHASE}
     for loss in losses:
-        order = tuple(getattr(loss, "phase_order", None) or ())
+        order = tuple(loss.phase_order)
         used.update(loss.phases)
         for phase in (*order, *loss.phases):
             if phase not in nodes:
@@ -237,6 +250,13 @@ def _line(exc: BaseException) -> str:
 
 
 def _check_capabilities(components: list[Component], registry: Registry) -> None:
+    """Every required capability is provided, and every provider has its capability's protocol members."""
+    for comp in components:
+        for cap in sorted(comp.provides):
+            missing = cap.missing_members(comp) if isinstance(cap, Capability) else []
+            if missing:
+                raise BuildError(f"{KIND_NAMES[comp.kind]} '{comp.name}' provides '{cap}' but lacks "
+                                 f"{', '.join(missing)} of its protocol ({cap.protocols[comp.kind].__name__})")
     provided = {cap for c in components for cap in c.provides}
     for comp in components:
         for need in sorted(comp.requires - provided):
@@ -269,6 +289,9 @@ def build_model(spec: ModelSpec, registry: Registry | None = None, check: bool =
     ctx.encoder = _make("encoder", spec.encoder, ctx, registry)
     ctx.transform = _make("transform", spec.transform, ctx, registry)
     ctx.decoder = _make("decoder", spec.decoder, ctx, registry)
+    if ctx.decoder.output not in OUTPUT_SPACES:
+        raise BuildError(f"decoder '{ctx.decoder.name}' declares output space '{ctx.decoder.output}'; known: "
+                         f"{', '.join(OUTPUT_SPACES)}")
     ctx.prior = _make("prior", spec.prior, ctx, registry)
     names = [s.name for s in spec.losses]
     dupes = sorted({n for n in names if names.count(n) > 1})
@@ -296,7 +319,10 @@ def _check_terms(loss: Loss, phase: str, terms) -> None:
         raise BuildError(f"loss '{loss.name}' ({phase} phase) returned {type(terms).__name__}, not a dict of "
                          "named terms")
     for key, value in terms.items():
-        if key.endswith(Loss.SKIP):
+        if key == Loss.SKIP and not loss.may_skip:
+            raise BuildError(f"loss '{loss.name}' ({phase} phase) returns a skip flag '{key}' but does not declare "
+                             "may_skip = True")
+        if key == Loss.SKIP:
             ok = torch.is_tensor(value) and value.numel() == 1 and value.dtype == torch.bool
             want = "a one-element bool tensor"
         else:
@@ -351,7 +377,7 @@ def dry_run(model: GenerativeModel, batch: int = 2) -> None:
                     f"decoder '{dec.name}' produces images of shape {list(state.logits.shape[1:])}, "
                     f"the model's images are {list(spec.image_shape)}"
                 )
-            state.x_hat = torch.tanh(state.logits)
+            state.x_hat = model._to_image(state.logits)
             stage = f"prior '{model.prior.name}'"
             state.prior = model.prior(state)
             for phase in model.phases:

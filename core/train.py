@@ -22,7 +22,7 @@ import stat
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -31,11 +31,12 @@ import torch
 from torch import nn
 
 from genvae.core import checkpoint as ckpt
-from genvae.core.components import Loss, Pass
+from genvae.core.components import Pass
 from genvae.core.errors import CheckpointError, GenvaeError
 from genvae.core.files import UnsafePathError, atomic_write_text, remove_orphans
 from genvae.core.folder import ModelFolder, lock_folder
 from genvae.core.model import MODEL_PHASE, GenerativeModel
+from genvae.core.registry import Registry
 from genvae.core.spec import TrainConfig
 
 SAMPLE_SEED = 1234  # sample grids use their own RNG stream, so they never shift training's
@@ -268,6 +269,7 @@ class Trainer:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.config = config
         self.device = device
+        self.data = data  # the dataset (source, skipped files); its images are self.images
         self.on_log = on_log
         self.to_model_range = to_model_range
         if config.amp and device.type != "cuda":
@@ -328,13 +330,11 @@ class Trainer:
                     state = forward()
             state.branch, state.update = update.branch, i
             with self._autocast():
-                terms = model.phase_terms(state, phase.name)
+                terms, skip = model.update_terms(state, phase.name)
             record: dict[str, torch.Tensor] = {}
             logged.append((update, record))
-            skip = [k for k in terms if k.endswith(Loss.SKIP)]
-            if skip:  # the one host sync a loss may ask for; absent unless a loss uses a skip rule
-                flags = [terms.pop(k) for k in skip]
-                skipped = bool(torch.stack([f.reshape(()) for f in flags]).any())
+            if skip:  # the one host sync a loss may ask for: only losses that declare may_skip, when their rule is on
+                skipped = bool(torch.stack([f.reshape(()) for f in skip]).any())
                 record[f"{phase.name}/skipped"] = torch.tensor(float(skipped), device=x.device)
             if not terms:  # nothing on this branch this step (e.g. every term switched off)
                 continue
@@ -702,3 +702,31 @@ def _py_random_state() -> list:
 def _set_py_random_state(data: list) -> None:
     version, state, gauss = data
     random.setstate((version, tuple(state), gauss))
+
+
+def prepare_training(model: GenerativeModel, folder: str | Path, *, data: str | None = None,
+                     data_root: str | None = None, download: bool = False, overrides: dict | None = None,
+                     sets: Sequence[str] = (), device: str = "auto", registry: Registry | None = None) -> Trainer:
+    """The one way a run is set up (``genvae train``, a plugin's staged training): the model's training
+    settings with ``overrides`` (TrainConfig fields) and ``sets`` (``train.OPTION=VALUE``) applied and checked
+    against the memory budget, every random stream seeded, the data loaded at the model's image size, and a
+    :class:`Trainer` writing into ``folder``. The model's spec records the settings; nothing is written yet.
+    Everything is validated before the caller touches the folder (the Trainer only creates it)."""
+    from genvae.core.budget import check_budget
+    from genvae.core.compose import apply_sets
+    from genvae.core.data import load_data
+    from genvae.core.registry import get_registry
+
+    registry = registry or get_registry()
+    bad = [s for s in sets if not s.startswith("train.")]
+    if bad:
+        raise GenvaeError(f"train --set '{bad[0][:60]}': only train.OPTION=VALUE here; change a model with genvae "
+                          "build")
+    dev = resolve_device(device)
+    spec = apply_sets(model.spec.with_train(**(overrides or {})), sets)
+    check_budget(spec, registry)  # e.g. a larger batch: config.json must stay loadable after this run
+    model.spec = spec
+    seed_everything(spec.train.seed)
+    images = load_data(data, image_size=spec.image_size, channels=spec.channels, split="train", root=data_root,
+                       download=download, registry=registry)
+    return Trainer(model, folder, images, spec.train, dev)

@@ -5,7 +5,8 @@ As in the crVAE authors' code (``models/allconv_lstm.lua``, ``train_test/train_t
 * the discriminator: a trunk of blocks conv -> maxpool 2 -> ReLU -> spatial dropout 0.5 (5x5
   convolutions, 3x3 in the last block; 64x64 -> 256x4x4), then a GAN head Linear -> L2 normalise
   -> dropout -> ReLU -> minibatch discrimination -> Linear -> one logit. The trunk is shared with
-  the ``mi`` loss (``provides = {"discriminator"}``) and trains at half the learning rate;
+  the ``mi`` loss (``provides = {DISCRIMINATOR}``, the ``DiscriminatorTrunk`` protocol) and trains
+  at half the learning rate;
 * phase ``discriminator`` (runs before the model phase): binary cross-entropy on one batch mixing
   real images, reconstructions and prior samples (64 / 32 / 32 of 128 by default), all detached.
   When the discriminator's error rate on that batch is under ``skip_below`` (0.1) its update is
@@ -21,7 +22,7 @@ itself included.
 
 The prior samples (z, u, x) are the step's ``Pass.prior_sample()`` (drawn once, until an update of
 ``train.schedule`` asks for fresh ones); the trunk features of reconstructions and prior samples
-in a model-phase update are kept in ``state.extras["adv.features"]`` for that update, so ``mi``
+in a model-phase update are kept in ``state.fake_features`` for that update, so ``mi``
 reuses both without a second generation or trunk pass. On a schedule's ``posterior`` update the
 generator terms are ``g_recon`` (and ``similarity``), on a ``prior`` update ``g_prior``; the
 discriminator always sees real images, reconstructions and prior samples.
@@ -44,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genvae.core.capabilities import DISCRIMINATOR, FakeFeatures
 from genvae.core.components import BuildContext, Loss
 from genvae.core.errors import shorten
 from genvae.core.hookspecs import hookimpl
@@ -60,8 +62,6 @@ from genvae.core.options import (
     to_float,
     to_int,
 )
-
-FEATURES_KEY = "adv.features"
 
 
 class Torch7Dropout(nn.Module):
@@ -106,9 +106,10 @@ class Trunk(nn.Module):
 
     def layer_features(self, x, layer: int):
         """The conv output of block ``layer`` (1-based), dropout off on the way: Larsen's learned similarity."""
-        for block in self.blocks[: layer - 1]:
-            x = F.relu(F.max_pool2d(block[0](x), 2))
-        return self.blocks[layer - 1][0](x)
+        convs = [block[0] for block in self.blocks]  # type: ignore[index]
+        for conv in convs[: layer - 1]:
+            x = F.relu(F.max_pool2d(conv(x), 2))
+        return convs[layer - 1](x)
 
 
 class MinibatchDiscrimination(nn.Module):
@@ -205,7 +206,9 @@ class AdversarialLoss(Loss):
     name = "adv"
     Options = AdvOptions
     role = "adversarial"
-    provides = frozenset({"discriminator"})
+    provides = frozenset({DISCRIMINATOR})
+    test_options = {"widths": [8, 16], "head_hidden": 16, "minibatch_kernels": 4, "minibatch_dims": 2}
+    may_skip = True
     phases = ("discriminator", "model")
     phase_order = ("discriminator", "model")
     branches = ("posterior", "prior")
@@ -224,7 +227,7 @@ class AdversarialLoss(Loss):
 
     def attach(self, model) -> None:
         # the generation side's batch norms, whose running statistics the regeneration must not update twice
-        object.__setattr__(self, "_generation_norms", batch_norms(model.transform, model.decoder))  # not submodules
+        self.refer("_generation_norms", batch_norms(model.transform, model.decoder))
 
     def lr_multipliers(self) -> dict[str, float]:
         return {"trunk": self.options.trunk_lr} if self.options.trunk_lr != 1.0 else {}
@@ -249,9 +252,9 @@ class AdversarialLoss(Loss):
         """Trunk features of the fakes the current update's generator terms judge, by branch: "recon"
         (reconstructions) when it wants the posterior branch, "prior" (prior samples) when it wants the prior
         branch; one trunk pass, made once per update and shared with mi."""
-        cached = state.extras.get(FEATURES_KEY)
-        if cached is not None and cached[0] == state.update:
-            return cached[1]
+        cached = state.fake_features
+        if cached is not None and cached.update == state.update:
+            return cached.by_branch
         names, images = [], []
         if state.wants("posterior"):
             names.append("recon")
@@ -261,7 +264,7 @@ class AdversarialLoss(Loss):
             images.append(state.prior_sample().x)
         features = self.trunk(torch.cat(images)).split([x.shape[0] for x in images])
         out = dict(zip(names, features, strict=True))
-        state.extras[FEATURES_KEY] = (state.update, out)
+        state.fake_features = FakeFeatures(state.update, out)
         return out
 
     def discriminate(self, images):

@@ -1,7 +1,9 @@
 """``bce``: Bernoulli reconstruction likelihood on pixels scaled to [0, 1].
 
-The decoder's logits a give x_hat = tanh(a); since (tanh(a) + 1) / 2 = sigmoid(2a), the Bernoulli
-mean is sigmoid(2a) and the loss is computed stably from the logits.
+The loss is computed stably from the decoder's logits, read in the decoder's output space: a ``tanh``
+decoder's logits a give x_hat = tanh(a), and since (tanh(a) + 1) / 2 = sigmoid(2a) the Bernoulli mean is
+sigmoid(2a); a ``bernoulli`` decoder's logits are the Bernoulli logits themselves. A decoder whose output
+is the image (``image``) has no logits, and the build refuses it.
 """
 
 from __future__ import annotations
@@ -9,9 +11,12 @@ from __future__ import annotations
 import attrs
 import torch.nn.functional as F
 
-from genvae.core.components import Loss
+from genvae.core.components import BuildContext, Loss
 from genvae.core.hookspecs import hookimpl
 from genvae.core.layers import reduce_images, reduction_option
+
+#: the factor from a decoder's output to Bernoulli logits, by output space
+LOGIT_SCALE = {"tanh": 2.0, "bernoulli": 1.0}
 
 
 @attrs.frozen
@@ -20,15 +25,23 @@ class BCEOptions:
 
 
 class BCELoss(Loss):
-    """Binary cross-entropy of the pixels in [0, 1] under Bernoulli(sigmoid(2 * logits))."""
+    """Binary cross-entropy of the pixels in [0, 1] under Bernoulli(sigmoid(s * logits)), s = 2 for tanh logits."""
 
     name = "bce"
     Options = BCEOptions
     role = "reconstruction"
 
+    def __init__(self, options: BCEOptions, ctx: BuildContext, weight: float = 1.0):
+        super().__init__(options, ctx, weight)
+        output = ctx.decoder.output if ctx.decoder is not None else "tanh"
+        if output not in LOGIT_SCALE:
+            raise self.fail(f"needs logits, but decoder '{ctx.decoder.name}' outputs the '{output}' space; it "
+                            f"works with decoders whose output is {' or '.join(LOGIT_SCALE)}")
+        self.scale = LOGIT_SCALE[output]
+
     def forward(self, state, phase):
         target = (state.x + 1.0) * 0.5
-        values = F.binary_cross_entropy_with_logits(2.0 * state.logits, target, reduction="none")
+        values = F.binary_cross_entropy_with_logits(self.scale * state.logits, target, reduction="none")
         return {"bce": self.weight * reduce_images(values, self.options.reduction)}
 
 

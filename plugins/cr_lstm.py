@@ -21,12 +21,14 @@ so ``kl`` ``group_weights`` and ``mi`` ``group_weights`` are per time step. The 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import attrs
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genvae.core.capabilities import MI_TARGET
 from genvae.core.components import BuildContext, Decoder, Encoder, Gaussian, LatentLayout, LatentTransform
 from genvae.core.hookspecs import hookimpl
 from genvae.core.options import (
@@ -215,11 +217,30 @@ class CRLatentOptions:
                                to_float)
 
 
+class RecurrentPath(nn.Module):
+    """One recurrent path of the latent: an LSTM over the T blocks, [a batch norm shared over steps,] a Linear
+    per step [and a learnable bias]; a module of its own so its weights keep the names var.lstm, gen.bias, ..."""
+
+    norm: nn.BatchNorm1d
+    bias: nn.Parameter
+
+    def __init__(self, lstm: nn.LSTM, linear: nn.Linear, norm: nn.BatchNorm1d | None = None,
+                 bias: nn.Parameter | None = None):
+        super().__init__()
+        self.lstm = lstm
+        if norm is not None:
+            self.norm = norm
+        self.linear = linear
+        if bias is not None:
+            self.bias = bias
+
+
 class CRLatent(LatentTransform):
     """Channel-recurrent latent: conv mean + bias; LSTM over T feature blocks for log sigma^2; LSTM z -> u + bias."""
 
     name = "cr-lstm"
     Options = CRLatentOptions
+    provides = frozenset({MI_TARGET})
 
     def __init__(self, options: CRLatentOptions, ctx: BuildContext):
         super().__init__(options, ctx)
@@ -241,15 +262,13 @@ class CRLatent(LatentTransform):
         self.mean_bias = nn.Parameter(torch.empty(lc, h, w).uniform_(-options.bias_init, options.bias_init))
         _torch7_conv_init(self.mean_conv)
         # variance path: LSTM over the T blocks of encoder features, BN shared over steps, Linear per step
-        self.var = nn.Module()
-        self.var.lstm = nn.LSTM(self.feature_block, hidden, options.layers, batch_first=True)
-        self.var.norm = nn.BatchNorm1d(hidden)
-        self.var.linear = nn.Linear(hidden, self.latent_block)
+        self.var = RecurrentPath(nn.LSTM(self.feature_block, hidden, options.layers, batch_first=True),
+                                 nn.Linear(hidden, self.latent_block), norm=nn.BatchNorm1d(hidden))
         # generation path: LSTM over z's T blocks, Linear per step -> u, plus a learnable bias
-        self.gen = nn.Module()
-        self.gen.lstm = nn.LSTM(self.latent_block, hidden, options.layers, batch_first=True)
-        self.gen.linear = nn.Linear(hidden, self.latent_block)
-        self.gen.bias = nn.Parameter(torch.empty(lc, h, w).uniform_(-options.bias_init, options.bias_init))
+        self.gen = RecurrentPath(nn.LSTM(self.latent_block, hidden, options.layers, batch_first=True),
+                                 nn.Linear(hidden, self.latent_block),
+                                 bias=nn.Parameter(torch.empty(lc, h, w).uniform_(-options.bias_init,
+                                                                                  options.bias_init)))
         for lstm in (self.var.lstm, self.gen.lstm):
             set_forget_bias(lstm, options.forget_bias)
         for linear in (self.var.linear, self.gen.linear):
@@ -308,7 +327,7 @@ AUTHORS_SCHEDULE = ["mi@posterior", "model@posterior", "mi@prior:fresh", "model@
 # train_test_baseline.lua: encoder and decoder from one forward pass (the decoder on reconstructions and prior
 # samples), the discriminator last.
 BASELINE_SCHEDULE = ["model", "discriminator"]
-PAPER_TRAIN = {
+PAPER_TRAIN: dict[str, Any] = {
     "lr": 3e-4, "batch_size": 128, "epochs": 150, "lr_schedule": "step", "lr_step_epochs": 60, "lr_gamma": 0.5,
     "flip": True, "phase_lr": {"discriminator": 3e-4, "mi": 3e-4}, "schedule": AUTHORS_SCHEDULE,
 }
@@ -346,7 +365,7 @@ _BASELINE_ADV = {"beta": 0.05, "gan_to_encoder": False, "trunk_lr": 1.0}
 SMALL_KL = [3.6e-3, 3.6e-3, 2.4e-3, 2.4e-3]
 SMALL_MI = [0.8, 1.375, 0.1, 1.0]  # the paper's 8 weights averaged in pairs
 # Short CPU runs: lr 1e-3 (the paper's 3e-4 learns visibly slower in a few hundred steps), batch 64.
-SMALL_TRAIN = {"lr": 1e-3, "batch_size": 64, "epochs": 20, "lr_schedule": "step", "lr_step_epochs": 8,
+SMALL_TRAIN: dict[str, Any] = {"lr": 1e-3, "batch_size": 64, "epochs": 20, "lr_schedule": "step", "lr_step_epochs": 8,
                "lr_gamma": 0.5, "flip": False, "phase_lr": {"discriminator": 1e-3, "mi": 1e-3}, "log_every": 25,
                "checkpoint_every": 500, "schedule": AUTHORS_SCHEDULE}
 SMALL_BASELINE_TRAIN = {**SMALL_TRAIN, "phase_lr": {"discriminator": SMALL_TRAIN["lr"] / 2},

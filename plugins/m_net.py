@@ -25,20 +25,12 @@ import attrs
 import torch
 from torch import Tensor, nn
 
+from genvae.core.capabilities import PYRAMID, pyramid_parts
 from genvae.core.components import BuildContext, Gaussian, Prior
 from genvae.core.errors import shorten
 from genvae.core.hookspecs import hookimpl
-from genvae.core.layers import ACTIVATIONS, mlp
+from genvae.core.layers import ACTIVATIONS, eval_mode, mlp
 from genvae.core.options import int_tuple, one_of, option, to_bool
-from genvae.plugins.laplacian import (
-    CAPABILITY,
-    PRED,
-    RECON,
-    LaplacianLatent,
-    eval_mode,
-    pyramid_parts,
-    upsample,
-)
 
 
 @attrs.frozen
@@ -72,23 +64,23 @@ class MNetPrior(Prior):
 
     name = "m-net"
     Options = MNetOptions
-    requires = frozenset({CAPABILITY})
+    requires = frozenset({PYRAMID})
 
     def __init__(self, options: MNetOptions, ctx: BuildContext):
         super().__init__(options, ctx)
         tr = ctx.transform
         self.levels = nn.ModuleList()
         # without pyramid levels nothing is built here: the engine's capability check refuses the model
-        if isinstance(tr, LaplacianLatent):
+        if tr is not None and PYRAMID in tr.provides:
             self.levels.extend(
                 MNetwork(tr.sizes[k + 1], tr.sizes[k], options.hidden, options.activation)
                 for k in range(tr.num_levels - 1)
             )
-        self.__dict__["_parts"] = None  # (encoder, transform, decoder), set in attach; not submodules
+        self.refer("_parts", None)  # (encoder, transform, decoder), set in attach
 
     def attach(self, model) -> None:
         try:
-            self.__dict__["_parts"] = pyramid_parts(model)
+            self.refer("_parts", pyramid_parts(model))
         except Exception as exc:
             raise self.fail(str(exc)) from None
 
@@ -106,7 +98,7 @@ class MNetPrior(Prior):
     def forward(self, state) -> Gaussian:
         _, tr, _ = self._parts
         levels = tr.num_levels
-        preds, recon = state.extras[PRED], state.extras[RECON]
+        preds, recon = state.pyramid.predictions, state.pyramid.reconstructions
         zs = tr.split_levels(state.posterior.mean)
         means: list[Tensor] = [torch.zeros_like(z) for z in zs]
         logvars: list[Tensor] = [torch.zeros_like(z) for z in zs]
@@ -138,7 +130,7 @@ class MNetPrior(Prior):
                 break
             h = dec.decode_level(k, tr.level_u(k, zs))
             coarser = rebuilt[k + 1] if k + 1 < levels else None
-            rebuilt[k] = h if coarser is None else h + upsample(coarser, enc.kernel)
+            rebuilt[k] = h if coarser is None else h + enc.upsample(coarser)
             mean, logvar = self.reencode(k, h, coarser)
         return tr.join_levels(zs)
 

@@ -35,6 +35,7 @@ import attrs
 import torch
 from torch import nn
 
+from genvae.core.capabilities import DISCRIMINATOR, MI_TARGET
 from genvae.core.components import BuildContext, LatentLayout, Loss
 from genvae.core.errors import shorten
 from genvae.core.hookspecs import hookimpl
@@ -111,7 +112,8 @@ class MILoss(Loss):
     name = "mi"
     Options = MIOptions
     role = "auxiliary"
-    requires = frozenset({"discriminator"})
+    requires = frozenset({DISCRIMINATOR})
+    test_options = {"hidden": 8}
     phases = ("mi", "model")
     phase_order = ("discriminator", "mi", "model")
     branches = ("posterior", "prior")
@@ -122,16 +124,15 @@ class MILoss(Loss):
 
     # -- composition ---------------------------------------------------------------------------------------
     def attach(self, model) -> None:
-        adv = next((loss for loss in model.losses.values() if "discriminator" in loss.provides), None)
-        if adv is None or not hasattr(adv, "trunk"):
-            raise self.fail("needs a loss that provides a discriminator trunk (adv)")
-        object.__setattr__(self, "_adv", adv)  # a reference, not a submodule: the trunk is saved once, under adv
+        # the build has checked that a loss provides the discriminator capability (its DiscriminatorTrunk protocol)
+        adv = next(loss for loss in model.losses.values() if DISCRIMINATOR in loss.provides)
+        self.refer("_adv", adv)  # the trunk is saved once, under adv
         transform, layout = model.transform, model.layout
         mode = self.options.target
         if mode == "auto":
-            mode = "transform" if hasattr(transform, "mi_target") else "z"
-        object.__setattr__(self, "_mode", mode)
-        object.__setattr__(self, "_transform", transform)
+            mode = "transform" if MI_TARGET in transform.provides else "z"
+        self.refer("_mode", mode)
+        self.refer("_transform", transform)
         shape = tuple(layout.shape) if mode == "z" else tuple(transform.output_shape)
         groups = layout if shape == tuple(layout.shape) else LatentLayout(shape)
         weights = self.options.group_weights

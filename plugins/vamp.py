@@ -63,7 +63,7 @@ class VampPrior(Prior):
         self.pseudo = nn.Parameter(torch.randn(options.components, *ctx.image_shape) * options.init_std)
 
     def attach(self, model) -> None:
-        object.__setattr__(self, "_encoder_norms", batch_norms(model.encoder))  # references, not submodules
+        self.refer("_encoder_norms", batch_norms(model.encoder))
 
     def extra_inputs(self) -> Tensor:
         return torch.tanh(self.pseudo)

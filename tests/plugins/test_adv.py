@@ -136,7 +136,7 @@ def test_generator_terms_and_prior_samples_made_once():
     z, u, x_prior = state.prior_sample()
     g = model.phase_terms(state, "model")
     assert state.prior_sample().x is x_prior  # the model phase reused the discriminator phase's samples
-    assert {"adv.d", "adv.skip_step"} <= set(d) and {"adv.g_recon", "adv.g_prior", "mse", "kl"} <= set(g)
+    assert set(d) == {"adv.d"} and {"adv.g_recon", "adv.g_prior", "mse", "kl"} <= set(g)
     assert x_prior.requires_grad and z.shape == (8, *model.layout.shape)
     # the discriminator phase sees detached fakes: its loss gives the generator no gradient
     grads = torch.autograd.grad(d["adv.d"], list(model.decoder.parameters()), allow_unused=True)
@@ -146,7 +146,7 @@ def test_generator_terms_and_prior_samples_made_once():
     for part in (model.decoder, model.transform.gen, model.encoder):
         grads = torch.autograd.grad(g_total, list(part.parameters()), retain_graph=True, allow_unused=True)
         assert any(gr is not None and gr.abs().sum() > 0 for gr in grads)
-    logits = model.losses["adv"].head(state.extras["adv.features"][1]["recon"])
+    logits = model.losses["adv"].head(state.fake_features.by_branch["recon"])
     expected = 0.0125 * torch.nn.functional.softplus(-logits).mean()
     assert g["adv.g_recon"].item() == pytest.approx(expected.item(), rel=1e-5)
 
@@ -181,7 +181,9 @@ def test_skip_flag_follows_the_error_rate(threshold, skipped):
     constant_discriminator(model, 5.0)
     model.train()
     state = model(torch.rand(8, 3, 16, 16) * 2 - 1)
-    flag = model.phase_terms(state, "discriminator")["adv.skip_step"]
+    terms, flags = model.update_terms(state, "discriminator")
+    assert set(terms) == {"adv.d"} and len(flags) == 1  # the flag is not a term: declared by may_skip
+    (flag,) = flags
     assert flag.dtype == torch.bool and flag.dim() == 0 and bool(flag) is skipped
 
 
@@ -189,7 +191,8 @@ def test_no_skip_flag_when_the_rule_is_off():
     model = build_model(gan_spec(adv={"skip_below": 0}))
     model.train()
     state = model(torch.rand(8, 3, 16, 16) * 2 - 1)
-    assert not any(k.endswith(Loss.SKIP) for k in model.phase_terms(state, "discriminator"))
+    terms, flags = model.update_terms(state, "discriminator")
+    assert flags == [] and Loss.SKIP not in terms
 
 
 @pytest.mark.parametrize("threshold, d_changes", [(0.6, False), (0.4, True)])

@@ -92,7 +92,7 @@ def test_skip_rule_counts_errors_against_real_one_fake_zero(logit, threshold, sk
         head.out.weight.zero_()
         head.out.bias.fill_(logit)
     model.train()
-    flag = model.phase_terms(model(x_batch()), "discriminator")["adv.skip_step"]
+    (flag,) = model.update_terms(model(x_batch()), "discriminator")[1]
     assert bool(flag) is skipped
 
 
@@ -127,7 +127,7 @@ def test_generator_loss_is_non_saturating(preset):
     terms = model.phase_terms(state, "model")
     beta = adv.options.beta
     assert beta == {"crvae-gan-no-mi": 0.0125, "vae-gan-small": 0.05}[preset]
-    f_recon, f_prior = state.extras["adv.features"][1].values()
+    f_recon, f_prior = state.fake_features.by_branch.values()
     for key, features in (("adv.g_recon", f_recon), ("adv.g_prior", f_prior)):
         with torch.no_grad():
             logits = adv.head(features)

@@ -145,7 +145,7 @@ def test_a_zero_weight_step_gets_no_gradient_in_either_branch():
     state = model(x_batch())
     model.phase_terms(state, "discriminator")
     model.phase_terms(state, "model")
-    f_recon, f_prior = state.extras["adv.features"][1].values()
+    f_recon, f_prior = state.fake_features.by_branch.values()
     for features, target in ((f_recon, state.u), (f_prior, state.prior_sample().u)):
         prediction = mi.head(features.detach())
         (g,) = torch.autograd.grad(mi.error(prediction, target.detach()), prediction)
