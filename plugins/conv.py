@@ -1,4 +1,8 @@
-"""``conv``: fully convolutional encoder/decoder with a spatial latent (the cVAE baseline)."""
+"""``conv``: fully convolutional encoder/decoder with a spatial latent (the cVAE baseline).
+
+The layer stacks are plain builders, :func:`down_stack` and :func:`up_stack`, so other plugins (the
+Laplacian pyramid's per-level networks) build the same stacks without building a component.
+"""
 
 from __future__ import annotations
 
@@ -21,8 +25,43 @@ class ConvOptions:
     batch_norm: bool = option(True, "batch norm after each hidden layer", converter=to_bool)
 
 
+def stack_widths(width: int, depth: int, max_width: int) -> list[int]:
+    """Channels of ``depth`` layers starting at ``width``, doubling each layer, capped at ``max_width``."""
+    return [min(width * 2**i, max_width) for i in range(depth)]
+
+
 def _widths(o: ConvOptions) -> list[int]:
-    return [min(o.width * 2**i, o.max_width) for i in range(o.depth)]
+    return stack_widths(o.width, o.depth, o.max_width)
+
+
+def down_stack(in_channels: int, widths: list[int], act: str = "lrelu", batch_norm: bool = True) -> nn.Sequential:
+    """Stride-2 4x4 convolutions through ``widths``, each halving the size; batch norm after every layer but the
+    first, then ``act``."""
+    layers: list[nn.Module] = []
+    prev = in_channels
+    for i, width in enumerate(widths):
+        layers.append(nn.Conv2d(prev, width, 4, 2, 1, bias=not batch_norm or i == 0))
+        if batch_norm and i > 0:
+            layers.append(nn.BatchNorm2d(width))
+        layers.append(activation(act))
+        prev = width
+    return nn.Sequential(*layers)
+
+
+def up_stack(in_channels: int, widths: list[int], out_channels: int, act: str = "lrelu",
+             batch_norm: bool = True) -> nn.Sequential:
+    """Stride-2 4x4 transposed convolutions through ``widths`` (each doubling the size, batch norm, ``act``),
+    then a 3x3 convolution to ``out_channels`` (the output layer, bare)."""
+    layers: list[nn.Module] = []
+    prev = in_channels
+    for width in widths:
+        layers.append(nn.ConvTranspose2d(prev, width, 4, 2, 1, bias=not batch_norm))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(width))
+        layers.append(activation(act))
+        prev = width
+    layers.append(nn.Conv2d(prev, out_channels, 3, 1, 1))
+    return nn.Sequential(*layers)
 
 
 class ConvEncoder(Encoder):
@@ -30,6 +69,7 @@ class ConvEncoder(Encoder):
 
     name = "conv"
     Options = ConvOptions
+    test_options = {"width": 8, "depth": 2, "max_width": 16}
     counterparts = {"decoder": "conv", "transform": "conv"}
 
     def __init__(self, options: ConvOptions, ctx: BuildContext):
@@ -40,19 +80,17 @@ class ConvEncoder(Encoder):
         factor = 2**options.depth
         if h % factor or w % factor:
             raise self.fail(f"image size {h}x{w} is not divisible by 2^depth = {factor}; lower depth")
-        layers: list[nn.Module] = []
-        prev = c
-        for i, width in enumerate(_widths(options)):
-            layers.append(nn.Conv2d(prev, width, 4, 2, 1, bias=not options.batch_norm or i == 0))
-            if options.batch_norm and i > 0:
-                layers.append(nn.BatchNorm2d(width))
-            layers.append(activation(options.activation))
-            prev = width
-        self.net = nn.Sequential(*layers)
-        self.output_shape = (prev, h // factor, w // factor)
+        widths = _widths(options)
+        self.net = down_stack(c, widths, options.activation, options.batch_norm)
+        self.output_shape = (widths[-1], h // factor, w // factor)
 
     def forward(self, x, state=None):
         return self.net(x)
+
+
+def decoder_widths(width: int, ups: int, max_width: int) -> list[int]:
+    """The widths of ``ups`` upsampling layers that mirror an encoder of that many layers (widest first)."""
+    return list(reversed(stack_widths(width, max(ups, 1), max_width)))[:ups]
 
 
 class ConvDecoder(Decoder):
@@ -60,22 +98,14 @@ class ConvDecoder(Decoder):
 
     name = "conv"
     Options = ConvOptions
+    test_options = {"width": 8, "depth": 2, "max_width": 16}
 
     def __init__(self, options: ConvOptions, ctx: BuildContext):
         super().__init__(options, ctx)
         c_in, ups = self.upsampling_plan(ctx, "use a spatial latent transform such as 'conv'")
         c = ctx.image_shape[0]
-        widths = list(reversed(_widths(attrs.evolve(options, depth=max(ups, 1)))))[:ups]
-        layers: list[nn.Module] = []
-        prev = c_in
-        for width in widths:
-            layers += [nn.ConvTranspose2d(prev, width, 4, 2, 1, bias=not options.batch_norm)]
-            if options.batch_norm:
-                layers.append(nn.BatchNorm2d(width))
-            layers.append(activation(options.activation))
-            prev = width
-        layers.append(nn.Conv2d(prev, c, 3, 1, 1))
-        self.net = nn.Sequential(*layers)
+        self.net = up_stack(c_in, decoder_widths(options.width, ups, options.max_width), c, options.activation,
+                            options.batch_norm)
 
     def forward(self, u, state=None):
         return self.net(u)
@@ -97,6 +127,7 @@ class ConvLatent(LatentTransform):
 
     name = "conv"
     Options = ConvLatentOptions
+    test_options = {"latent_channels": 2}
 
     def __init__(self, options: ConvLatentOptions, ctx: BuildContext):
         super().__init__(options, ctx)

@@ -168,7 +168,7 @@ def test_pyramid_mse_exact_value_with_level_weights(scale, expect):
     with torch.no_grad():
         state = model(x, sample=False)
         terms = model.phase_terms(state, "model")
-    assert all(t.abs().max().item() < 1e-6 for t in state.extras[lap.TARGETS][:2])  # a flat image: no bands
+    assert all(t.abs().max().item() < 1e-6 for t in state.pyramid.targets[:2])  # a flat image: no bands
     assert torch.allclose(terms["pyramid-mse"], torch.tensor(expect), rtol=1e-5)
 
 
@@ -197,8 +197,8 @@ def test_each_level_decodes_from_itself_and_all_coarser_latents_only():
     zs = [torch.randn(2, n, requires_grad=True) for n in tr.sizes]  # by level k
     state = Pass(model, None)
     model.decoder(tr.generate(tr.join_levels(zs)), state)
-    for name in (lap.PRED, lap.RECON):  # the band h_hat_k, and the rebuilt x_hat_k = h_hat_k + u(x_hat_{k+1})
-        for k, out in enumerate(state.extras[name]):
+    for name in ("predictions", "reconstructions"):  # the band h_hat_k, and x_hat_k = h_hat_k + u(x_hat_{k+1})
+        for k, out in enumerate(getattr(state.pyramid, name)):
             grads = torch.autograd.grad(out.pow(2).sum(), zs, retain_graph=True, allow_unused=True)
             reads = [g is not None and g.abs().sum().item() > 0 for g in grads]
             assert reads == [j >= k for j in range(3)], (name, k, reads)

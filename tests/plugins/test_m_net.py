@@ -87,7 +87,7 @@ def test_prior_depends_on_the_coarser_posterior_only():
         state.posterior = Gaussian(z, torch.zeros_like(z))
         state.u = tr.generate(z, state)
         model.decoder(state.u, state)
-        preds, recon = state.extras[lap.PRED], state.extras[lap.RECON]
+        preds, recon = state.pyramid.predictions, state.pyramid.reconstructions
         mu, lv = model.prior.reencode(1, preds[1], recon[2])
         expect_mean, expect_logvar = model.prior.levels[0](mu, lv)
         assert torch.allclose(means[0], expect_mean) and torch.allclose(logvars[0], expect_logvar)
