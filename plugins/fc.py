@@ -34,6 +34,7 @@ class FCEncoder(Encoder):
 
     name = "fc"
     Options = FCOptions
+    test_options = {"hidden": [32]}
     counterparts = {"decoder": "fc", "transform": "fc"}
 
     def __init__(self, options: FCOptions, ctx: BuildContext):
@@ -51,6 +52,7 @@ class FCDecoder(Decoder):
 
     name = "fc"
     Options = FCOptions
+    test_options = {"hidden": [32]}
 
     def __init__(self, options: FCOptions, ctx: BuildContext):
         super().__init__(options, ctx)
@@ -81,6 +83,7 @@ class FCLatent(LatentTransform):
 
     name = "fc"
     Options = FCLatentOptions
+    test_options = {"latent_dim": 4}
 
     def __init__(self, options: FCLatentOptions, ctx: BuildContext):
         super().__init__(options, ctx)

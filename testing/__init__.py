@@ -9,8 +9,9 @@ A plugin's test suite typically needs one line per component::
     def test_my_encoder():
         check_component("encoder", "my-encoder", {"width": 8})
 
-The component under test is placed among small built-in partners by :func:`tiny_spec` (16 px
-images, narrow layers), so a whole check runs in well under a second on a CPU. Components that
+The component under test is placed among small partners by :func:`tiny_spec` (16 px images, the
+partners' own ``test_options``), so a whole check runs in well under a second on a CPU. The kit
+names no plugin: partners are found in the registry. Components that
 are not installed (a plugin under development) are tested through :func:`plugin_registry`::
 
     registry = plugin_registry(my_plugin_module)
@@ -55,6 +56,7 @@ from __future__ import annotations
 import functools
 import json
 import tempfile
+import typing
 from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -79,7 +81,6 @@ from genvae.core.spec import ComponentSpec, LossSpec, ModelSpec, TrainConfig
 
 __all__ = [
     "CHECKS",
-    "PARTNER_OPTIONS",
     "build_tiny",
     "check_component",
     "check_determinism",
@@ -98,21 +99,10 @@ __all__ = [
 ]
 
 KINDS = COMPONENT_KINDS
-BASES: dict[str, type] = {base.kind: base for base in COMPONENT_BASES}
+BASES: dict[str, type[Component]] = {base.kind: base for base in COMPONENT_BASES}
 LOSS_ROLES = ("reconstruction", "divergence", "adversarial", "auxiliary")
 BATCH = 4  # > 1, so batch norm has statistics to use in train mode
 
-#: Small options for the built-in partners a component is tested among (tiny_spec).
-PARTNER_OPTIONS: dict[tuple[str, str], dict[str, Any]] = {
-    ("encoder", "fc"): {"hidden": [32]},
-    ("decoder", "fc"): {"hidden": [32]},
-    ("transform", "fc"): {"latent_dim": 4},
-    ("encoder", "conv"): {"width": 8, "depth": 2, "max_width": 16},
-    ("decoder", "conv"): {"width": 8, "depth": 2, "max_width": 16},
-    ("transform", "conv"): {"latent_channels": 2},
-}
-_SPATIAL = {"encoder": "conv", "transform": "conv", "decoder": "conv"}
-_VECTOR = {"encoder": "fc", "transform": "fc", "decoder": "fc"}
 _TINY_TRAIN = TrainConfig(batch_size=BATCH, epochs=1, checkpoint_every=10, log_every=1)
 
 
@@ -174,7 +164,7 @@ def _rng(seed: int):
         yield
 
 
-def _lookup(kind: str, name: str, registry: Registry):
+def _lookup(kind: str, name: str, registry: Registry) -> Any:
     _check_kind(kind)
     try:
         return registry.get(kind, name)
@@ -248,8 +238,8 @@ def _state_dicts_equal(what: str, a: Mapping[str, torch.Tensor], b: Mapping[str,
 
 
 def _summed(terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The terms a phase minimises: all but the skip flags (``Loss.SKIP``), as the trainer does."""
-    return {k: v for k, v in terms.items() if not k.endswith(Loss.SKIP)}
+    """The terms a loss's phase minimises: all but its skip flag (``Loss.SKIP``, from a loss with ``may_skip``)."""
+    return {k: v for k, v in terms.items() if k != Loss.SKIP}
 
 
 def _all_terms(model, state) -> dict[str, torch.Tensor]:
@@ -309,18 +299,53 @@ def plugin_registry(*plugins: Any, builtin: bool = True) -> Registry:
 
 
 def _partner(kind: str, name: str, registry: Registry) -> ComponentSpec:
-    """A partner component with small options when it is a built-in one."""
-    options: dict[str, Any] = {}
-    small = PARTNER_OPTIONS.get((kind, name))
-    if small is not None:
+    """A partner component with the small options it declares (``Component.test_options``)."""
+    try:
+        cls = registry.component(kind, name)
+    except GenvaeError:  # the build reports it
+        return ComponentSpec(name)
+    known = {a.name for a in attrs.fields(cls.Options)}
+    return ComponentSpec(name, {k: v for k, v in dict(cls.test_options).items() if k in known})
+
+
+#: (encoder class, image size, channels) -> (feature rank, parameter count) of the encoder with its test options
+_ENCODER_SIZES: dict[tuple[type, int, int], tuple[int, int] | None] = {}
+
+
+def _encoder_size(cls: Any, image_size: int, channels: int) -> tuple[int, int] | None:
+    key = (cls, image_size, channels)
+    if key not in _ENCODER_SIZES:
+        from genvae.core.components import BuildContext
+
+        size = None
         try:
-            cls = registry.component(kind, name)
-        except GenvaeError:
-            cls = None
-        if cls is not None and cls.__module__.startswith("genvae.plugins."):
-            known = {a.name for a in attrs.fields(cls.Options)}
-            options = {k: v for k, v in small.items() if k in known}
-    return ComponentSpec(name, options)
+            options = options_from_dict(cls.Options, dict(cls.test_options), cls.name)
+            with _rng(0):
+                encoder = cls(options, BuildContext(image_shape=(channels, image_size, image_size)))
+            size = (len(encoder.output_shape), sum(p.numel() for p in encoder.parameters()))
+        except Exception:  # an encoder that cannot stand alone at this size is no plain partner
+            pass
+        _ENCODER_SIZES[key] = size
+    return _ENCODER_SIZES[key]
+
+
+def _plain_families(registry: Registry, image_size: int, channels: int) -> list[dict[str, str]]:
+    """The partner families: [spatial, vector], each the smallest registered encoder (with its test options) whose
+    counterpart transform and decoder exist and none of the three provides or requires a capability; a rank
+    with no such family is left out. Families of genvae's own plugins come first, so what else is installed
+    does not change the partners."""
+    found: dict[int, tuple[tuple[bool, int], dict[str, str]]] = {}
+    for family, members in _registered_families(registry):
+        if any(m.provides or m.requires for m in members):
+            continue
+        size = _encoder_size(members[0], image_size, channels)
+        if size is None or size[0] not in (1, 3):
+            continue
+        record = registry.plugins.get(registry.get("encoder", family["encoder"]).plugin)
+        rank, key = size[0], (not (record is not None and record.builtin), size[1])
+        if rank not in found or key < found[rank][0]:
+            found[rank] = (key, family)
+    return [found[rank][1] for rank in (3, 1) if rank in found]
 
 
 def _provide_capabilities(spec: ModelSpec, registry: Registry) -> ModelSpec:
@@ -341,7 +366,7 @@ def _provide_capabilities(spec: ModelSpec, registry: Registry) -> ModelSpec:
                 except GenvaeError:
                     continue
                 if need in getattr(cls, "provides", ()) and all(s.name != name for s in losses):
-                    losses.append(LossSpec(name))
+                    losses.append(LossSpec(name, options=_partner("loss", name, registry).options))
                     added = True
                     break
         if not added:
@@ -349,7 +374,7 @@ def _provide_capabilities(spec: ModelSpec, registry: Registry) -> ModelSpec:
     return attrs.evolve(spec, losses=tuple(losses))
 
 
-def _feature_rank(cls: type, cspec: ComponentSpec, image_size: int, channels: int) -> int | None:
+def _feature_rank(cls: Any, cspec: ComponentSpec, image_size: int, channels: int) -> int | None:
     """The rank of an encoder's declared output_shape, or None when it cannot be built alone."""
     from genvae.core.components import BuildContext
 
@@ -362,10 +387,9 @@ def _feature_rank(cls: type, cspec: ComponentSpec, image_size: int, channels: in
         return None
 
 
-def _natural_families(kind: str, name: str, cls: type, registry: Registry) -> list[dict[str, str]]:
-    """Encoder + counterpart transform/decoder families that suit ``cls`` (see tiny_spec)."""
-    needs = set(getattr(cls, "requires", ()))
-    out: list[dict[str, str]] = []
+def _registered_families(registry: Registry) -> list[tuple[dict[str, str], list[Any]]]:
+    """Every registered encoder whose counterpart transform and decoder exist: ({kind: name}, [classes])."""
+    out = []
     for enc_name in registry.names("encoder"):
         try:
             enc = registry.component("encoder", enc_name)
@@ -374,9 +398,17 @@ def _natural_families(kind: str, name: str, cls: type, registry: Registry) -> li
                       "decoder": counterparts.get("decoder", "")}
             if not family["transform"] or not family["decoder"]:
                 continue
-            members = [registry.component(k, n) for k, n in family.items()]
+            out.append((family, [registry.component(k, n) for k, n in family.items()]))
         except GenvaeError:
             continue
+    return out
+
+
+def _natural_families(kind: str, name: str, cls: type, registry: Registry) -> list[dict[str, str]]:
+    """Encoder + counterpart transform/decoder families that suit ``cls`` (see tiny_spec)."""
+    needs = set(getattr(cls, "requires", ()))
+    out: list[dict[str, str]] = []
+    for family, members in _registered_families(registry):
         provided = {cap for c in members for cap in getattr(c, "provides", ())}
         if family.get(kind) == name or (needs and needs & provided):
             out.append(family)
@@ -396,13 +428,19 @@ def tiny_spec(
 ) -> ModelSpec:
     """A small spec that places component ``kind``/``name`` (with ``options``) among small partners.
 
-    * encoder: its ``counterparts`` transform/decoder, else spatial ``conv`` partners (3-D
-      features), else ``fc`` ones (vectors);
-    * transform: ``conv`` or ``fc`` encoder and decoder, whichever pair it builds with;
-    * decoder: a ``conv`` encoder + transform (spatial u), else ``fc`` ones (vector u);
-    * prior: a small ``fc`` model (``conv`` if it needs a spatial latent);
-    * loss (weight ``weight``): a small ``conv`` model, else ``fc``, with ``mse`` and/or ``kl``
-      added for the roles it does not fill.
+    The partners come from two plain families found in the registry: the smallest registered
+    encoder (built with its ``test_options``) with spatial features, and the smallest with vector
+    features, each with its ``counterparts`` transform and decoder, none of the three providing or
+    requiring a capability (with the built-in plugins: ``conv`` and ``fc``). Every partner gets
+    its own ``test_options``.
+
+    * encoder: its ``counterparts`` transform/decoder, else the spatial family's (3-D
+      features), else the vector family's;
+    * transform: the spatial or vector family's encoder and decoder, whichever pair it builds with;
+    * decoder: the spatial family's encoder + transform (spatial u), else the vector family's;
+    * prior: the vector family (the spatial one if it needs a spatial latent);
+    * loss (weight ``weight``): the spatial family, else the vector one, with the default
+      reconstruction and divergence losses added for the roles it does not fill.
 
     After those come the natural families of registered encoders (an encoder with its
     counterpart transform and decoder) whose member is the component under test or that provide
@@ -414,8 +452,8 @@ def tiny_spec(
     none builds, the first that the component itself refuses (its error starts with its name),
     else the first, is returned so that ``build_model`` reports why. ``overrides``
     replace any :class:`ModelSpec` field (``decoder="fc"``, ``losses=[...]``, ``train={...}``,
-    ...) in every candidate. Built-in partners, also those named in ``overrides`` by a plain
-    name (``encoder="conv"``), get the small options of ``PARTNER_OPTIONS``.
+    ...) in every candidate; a partner named there by a plain name (``encoder="conv"``) also
+    gets its ``test_options``. The prior, unless overridden, is ``ModelSpec``'s default.
     """
     registry = registry or get_registry()
     entry = _lookup(kind, name, registry)
@@ -424,7 +462,9 @@ def tiny_spec(
     for part in MODEL_PART_KINDS:
         if isinstance(overrides.get(part), str):
             overrides[part] = _partner(part, overrides[part], registry)
-    families = (_SPATIAL, _VECTOR)
+    plain = _plain_families(registry, image_size, channels)
+    families = tuple(plain)
+    default_prior = attrs.fields(ModelSpec).prior.default
 
     def parts_of(chosen: Mapping[str, str]) -> dict[str, ComponentSpec]:
         return {k: _partner(k, n, registry) for k, n in chosen.items()}
@@ -433,19 +473,21 @@ def tiny_spec(
     if kind == "encoder":
         counterparts = dict(getattr(cls, "counterparts", {}) or {})
         if _feature_rank(cls, me, image_size, channels) not in (None, 3):
-            families = (_VECTOR, _SPATIAL)
+            families = families[::-1]
         for family in families:
             chosen = {k: counterparts.get(k) or family[k] for k in ("transform", "decoder")}
             layouts.append({"encoder": me, **parts_of(chosen)})
     elif kind == "transform":
-        for enc, dec in (("conv", "conv"), ("fc", "fc"), ("conv", "fc"), ("fc", "conv")):
-            layouts.append({"transform": me, **parts_of({"encoder": enc, "decoder": dec})})
+        pairs = [(a, a) for a in plain] + [(a, b) for a in plain for b in plain if a is not b]
+        for enc_family, dec_family in pairs:
+            chosen = {"encoder": enc_family["encoder"], "decoder": dec_family["decoder"]}
+            layouts.append({"transform": me, **parts_of(chosen)})
     elif kind == "decoder":
-        for family in (_SPATIAL, _VECTOR):
+        for family in plain:
             chosen = {"encoder": family["encoder"], "transform": family["transform"]}
             layouts.append({"decoder": me, **parts_of(chosen)})
     elif kind == "prior":
-        for family in (_VECTOR, _SPATIAL):
+        for family in plain[::-1]:
             layouts.append({"prior": me, **parts_of(family)})
     else:
         for family in families:
@@ -467,7 +509,7 @@ def tiny_spec(
             encoder=parts["encoder"],
             transform=parts["transform"],
             decoder=parts["decoder"],
-            prior=parts.get("prior", ComponentSpec("normal")),
+            prior=parts.get("prior", default_prior),
             losses=tuple(losses),
             image_size=image_size,
             channels=channels,
@@ -483,6 +525,9 @@ def tiny_spec(
     from genvae.core.model import build_model
 
     label = _label(kind, name)
+    if not candidates:
+        raise _fail(f"{label}: no partners to test it among: the registry has no encoder with counterpart transform "
+                    "and decoder (give a spec=, or a registry with built-in plugins)")
     refused_by_itself = None
     for spec in candidates:
         try:
@@ -508,6 +553,7 @@ def check_registered(kind: str, name: str, registry: Registry | None = None) -> 
     cls = entry.obj
     if not (isinstance(cls, type) and issubclass(cls, BASES[kind])):
         raise _fail(f"{label} is registered as {cls!r}, not a subclass of {BASES[kind].__name__}")
+    cls = typing.cast(Any, cls)  # a component class of its kind, with that kind's class attributes
     if cls.kind != kind:
         raise _fail(f"{label}: class {cls.__name__} declares kind '{cls.kind}'")
     if not entry.help:
@@ -645,7 +691,7 @@ def check_shapes(
             if state.x_hat.min() < -1 or state.x_hat.max() > 1:
                 raise _fail(f"{label}: x_hat leaves [-1, 1] ({where})")
             prior = state.prior
-            if not getattr(model.prior, "gaussian", True):
+            if not model.prior.gaussian:
                 log_prob = getattr(prior, "log_prob", None)
                 if log_prob is None:
                     raise _fail(f"{label}: prior '{model.prior.name}' (gaussian = False) returned "
@@ -669,13 +715,12 @@ def check_shapes(
                         f"not broadcast to the posterior's {list(latent)} ({where})"
                     )
             for phase in model.phases:
-                terms = model.phase_terms(state, phase)
+                terms, flags = model.update_terms(state, phase)
+                for value in flags:
+                    if not torch.is_tensor(value) or value.numel() != 1 or value.dtype != torch.bool:
+                        raise _fail(f"{label}: a skip flag ({phase} phase) must be a one-element bool tensor, "
+                                    f"got {value!r}")
                 for key, value in terms.items():
-                    if key.endswith(Loss.SKIP):
-                        if not torch.is_tensor(value) or value.numel() != 1 or value.dtype != torch.bool:
-                            raise _fail(f"{label}: skip flag '{key}' ({phase} phase) must be a one-element bool "
-                                        f"tensor, got {value!r}")
-                        continue
                     if not torch.is_tensor(value) or value.dim() != 0 or not value.is_floating_point():
                         raise _fail(f"{label}: loss term '{key}' ({phase} phase) must be a float scalar tensor, "
                                     f"got {value!r}")
@@ -828,7 +873,7 @@ def check_gradients(
         trainable = [t for t in totals if torch.is_tensor(t) and t.requires_grad]
         if not trainable:
             raise _fail(f"{label}: its terms carry no gradient (are they computed from detached tensors?)")
-        sum(trainable).backward()
+        torch.stack(trainable).sum().backward()
         moved = [n for n, p in model.named_parameters() if p.grad is not None and p.grad.any()]
         if not moved:
             raise _fail(f"{label}: its terms give a zero gradient to every parameter of the model")
@@ -856,9 +901,9 @@ def check_determinism(
         with _rng(seed + 1):
             state = model(x)
             terms = _all_terms(model, state)
-        total = sum(t for t in _summed(terms).values() if t.requires_grad)
-        if torch.is_tensor(total):
-            total.backward()
+        trainable = [t for t in terms.values() if t.requires_grad]
+        if trainable:
+            torch.stack(trainable).sum().backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         results.append((state.x_hat.detach(), terms, grads))
     (xa, ta, ga), (xb, tb, gb) = results
@@ -977,7 +1022,8 @@ def check_branches(
             values = [v for v in terms.get(branch, {}).values() if v.requires_grad]
             if not values or not sources[branch]:
                 continue
-            grads = torch.autograd.grad(sum(values), sources[branch], retain_graph=True, allow_unused=True)
+            grads = torch.autograd.grad(torch.stack(values).sum(), sources[branch], retain_graph=True,
+                                        allow_unused=True)
             if any(g is not None and g.abs().sum() > 0 for g in grads):
                 hint = "compute them only when state.wants(...) says" if branch in loss.branches and \
                     "prior" in loss.branches else "declare branches = (\"posterior\", \"prior\")"

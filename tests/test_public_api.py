@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 
 import genvae.core
+import genvae.core.capabilities
 import genvae.core.commands
 
 ROOT = Path(__file__).resolve().parent.parent
-PLUGIN_FILES = sorted((ROOT / "plugins").glob("*.py")) + sorted(
+PLUGIN_FILES = sorted((ROOT / "plugins").rglob("*.py")) + sorted(
     p for p in (ROOT / "examples").rglob("*.py") if "build" not in p.parts and "tests" not in p.parts
 )
 
@@ -46,10 +47,45 @@ def test_the_scan_finds_what_it_forbids(tmp_path):
     assert private_imports(bad) == ["genvae.cli.main", "genvae.cli", "genvae.core.data._load_folder"]
 
 
-@pytest.mark.parametrize("module", [genvae.core, genvae.core.commands], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("module", [genvae.core, genvae.core.commands, genvae.core.capabilities],
+                         ids=lambda m: m.__name__)
 def test_every_exported_name_exists_and_is_documented(module):
     docs = (ROOT / "docs" / "writing-a-plugin.md").read_text(encoding="utf-8")
     for name in module.__all__:
         assert hasattr(module, name), name
     missing = [name for name in module.__all__ if f"`{name}`" not in docs and f"{name}(" not in docs]
     assert missing == [], f"not in docs/writing-a-plugin.md: {missing}"
+
+
+def builtin_names() -> set[str]:
+    """Every name a built-in plugin registers (components, presets, datasets)."""
+    from genvae.testing import plugin_registry
+
+    registry = plugin_registry()
+    return {name for kind in registry.entries for name in registry.names(kind)}
+
+
+def string_constants(path: Path) -> set[str]:
+    return {node.value for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+            if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+
+
+def test_the_conformance_kit_names_no_built_in_plugin():
+    names = builtin_names()
+    assert {"conv", "fc", "normal", "mse", "kl", "laplacian"} <= names  # what the scan looks for
+    from genvae.testing import CHECKS
+
+    found = string_constants(ROOT / "testing" / "__init__.py") - set(CHECKS)  # the check named "shapes" is no plugin
+    assert sorted(found & names) == []
+
+
+def test_the_core_names_no_built_in_component_beyond_the_spec_defaults():
+    """The core knows no concrete plugin; the only names it holds are the defaults a spec falls back on."""
+    # ModelSpec's default prior; the default reconstruction and divergence losses; the default dataset
+    allowed = {"normal", "mse", "kl", "shapes"}
+    found = {}
+    for path in sorted((ROOT / "core").glob("*.py")):
+        hits = string_constants(path) & (builtin_names() - allowed)
+        if hits:
+            found[path.name] = sorted(hits)
+    assert found == {}

@@ -524,3 +524,64 @@ def test_invoke_cli_runs_plugin_commands_as_genvae_does(tmp_path):
     assert (tmp_path / "draw.png").is_file()
     bad = invoke_cli(["draw", tmp_path / "nowhere", "-o", tmp_path / "x.png"])
     assert bad.exit_code == 1 and len(bad.output.strip().splitlines()) == 1 and "Error:" in bad.output
+
+
+# -- partners come from the registry, with their own test options --------------------------------------------
+
+
+class SmallOwnEncoder(GoodEncoder):
+    """A third-party encoder with counterparts and small test options: a plain vector family of its own."""
+
+    name = "own"
+    counterparts = {"transform": "own", "decoder": "own"}
+    test_options = {"width": 4}
+
+
+class OwnDecoder(GoodDecoder):
+    """The family's decoder."""
+
+    name = "own"
+
+
+class OwnTransformPlugin:
+    @hookimpl
+    def genvae_register_transforms(self, register):
+        from genvae.plugins.fc import FCLatent
+
+        class OwnLatent(FCLatent):
+            """The family's latent (fc's, under another name)."""
+
+            name = "own"
+            test_options = {"latent_dim": 3}
+
+        register(OwnLatent)
+
+
+def test_a_partner_gets_the_test_options_it_declares():
+    from genvae.testing import tiny_spec
+
+    registry = plugin_registry(Plugin(SmallOwnEncoder, OwnDecoder), OwnTransformPlugin())
+    spec = tiny_spec("loss", "mse", registry=registry, encoder="own")
+    assert spec.encoder.name == "own" and dict(spec.encoder.options) == {"width": 4}
+    # the built-in families come first, whatever else is installed
+    assert tiny_spec("loss", "mse", registry=registry).encoder.name == "conv"
+
+
+def test_without_built_ins_the_kit_finds_a_third_party_family():
+    from genvae.testing import tiny_spec
+
+    registry = plugin_registry("genvae.plugins.normal", "genvae.plugins.mse", "genvae.plugins.kl",
+                               Plugin(SmallOwnEncoder, OwnDecoder, GoodLoss), OwnTransformPlugin(), builtin=False)
+    spec = tiny_spec("loss", "good", registry=registry)
+    assert (spec.encoder.name, spec.transform.name, spec.decoder.name) == ("own", "own", "own")
+    assert dict(spec.transform.options) == {"latent_dim": 3}
+    check_component("loss", "good", registry=registry)
+
+
+def test_without_any_family_the_kit_says_so():
+    from genvae.testing import tiny_spec
+
+    registry = plugin_registry("genvae.plugins.normal", "genvae.plugins.mse", "genvae.plugins.kl", Plugin(GoodLoss),
+                               builtin=False)
+    with pytest.raises(AssertionError, match="no partners to test it among"):
+        tiny_spec("loss", "good", registry=registry)

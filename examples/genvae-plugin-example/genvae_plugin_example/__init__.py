@@ -12,8 +12,8 @@ Provides:
   Its output is spatial, (width * 2^(stages-1), H / 2^stages, W / 2^stages), so it pairs with
   the built-in spatial latent transform ``conv``.
 * decoder ``resnet``: the mirror image: residual blocks, then nearest-neighbour x2 upsampling
-  and a 3x3 conv per stage, and a final 3x3 conv to the image channels (logits; the engine
-  applies tanh).
+  and a 3x3 conv per stage, and a final 3x3 conv to the image channels: logits in the ``tanh``
+  output space (declared by ``output``; the engine makes x_hat = tanh(logits)).
 * preset ``resnet-vae``: 32x32 RGB, resnet encoder/decoder, ``conv`` latent with 4 channels
   (a 4x4x4 = 64-value latent), MSE + KL.
 """
@@ -23,8 +23,7 @@ from __future__ import annotations
 import attrs
 from torch import nn
 
-from genvae.core.components import BuildContext, Decoder, Encoder
-from genvae.core.hookspecs import hookimpl
+from genvae.core import BuildContext, Decoder, Encoder, hookimpl
 from genvae.core.options import non_negative_int, option, positive_int, to_int
 
 __version__ = "0.1.0"
@@ -89,6 +88,7 @@ class ResNetEncoder(Encoder):
     name = "resnet"
     Options = ResNetOptions
     counterparts = {"decoder": "resnet", "transform": "conv"}
+    test_options = {"width": 4, "stages": 2, "blocks_per_stage": 1}  # as a partner in genvae.testing's checks
 
     def __init__(self, options: ResNetOptions, ctx: BuildContext):
         super().__init__(options, ctx)
@@ -114,11 +114,14 @@ class ResNetDecoder(Decoder):
 
     name = "resnet"
     Options = ResNetDecoderOptions
+    test_options = {"width": 4, "blocks_per_stage": 1}
+    output = "tanh"  # the output space: logits; x_hat = tanh(logits)
 
     def __init__(self, options: ResNetDecoderOptions, ctx: BuildContext):
         super().__init__(options, ctx)
         c_in, ups = self.upsampling_plan(ctx, "use a spatial latent transform such as 'conv'")
         c, h, w = ctx.image_shape
+        assert ctx.transform is not None  # upsampling_plan has read it
         h_in, w_in = ctx.transform.output_shape[1:]
         if options.stages is not None and options.stages != ups:
             raise self.fail(
@@ -131,7 +134,7 @@ class ResNetDecoder(Decoder):
             layers += [ResidualBlock(widths[i]) for _ in range(options.blocks_per_stage)]
             layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
             layers += _conv_bn_relu(widths[i], widths[max(i - 1, 0)])
-        layers.append(nn.Conv2d(widths[0], c, 3, 1, 1))  # logits: the engine applies tanh
+        layers.append(nn.Conv2d(widths[0], c, 3, 1, 1))  # logits in the declared tanh space
         self.net = nn.Sequential(*layers)
         self.upsampling_stages = ups
 
