@@ -76,7 +76,7 @@ def create_file(path: Path, mode: int = 0o666) -> int:
     return os.open(path, flags, mode)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
     """Call ``write(tmp_path)`` then rename the result onto ``path`` (same folder: the rename is atomic).
 
     ``write`` receives the path of an empty file it may overwrite. On any failure the temporary file

@@ -10,9 +10,11 @@ none) and ``GENVAE_DISABLE_PLUGINS`` (comma list of plugin names, built-in or no
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata as metadata
 import os
+import typing
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -93,11 +95,12 @@ class Registry:
 
 
 def _component_register(kind: str, plugin: str, staged: list[Entry]) -> Callable:
-    def register(cls: type, name: str | None = None) -> type:
+    def register(cls: Any, name: str | None = None) -> type:
         from genvae.core.components import Component
 
         if not (isinstance(cls, type) and issubclass(cls, Component)):
             raise TypeError(f"register() takes a Component subclass, got {cls!r}")
+        cls = typing.cast("type[Component]", cls)
         if cls.kind != kind:
             raise TypeError(f"{cls.__name__} is a {cls.kind or 'component without kind'}, registered as {kind}")
         name = name or cls.name
@@ -143,7 +146,7 @@ class PluginManager:
             name = module_name.rsplit(".", 1)[-1].replace("_", "-")
             record = PluginRecord(name=name, module=module_name, builtin=True, distribution="genvae",
                                   version=_version("genvae"))
-            self._load_one(record, lambda m=module_name: importlib.import_module(m), disabled)
+            self._load_one(record, functools.partial(importlib.import_module, module_name), disabled)
         if entry_points:
             only = _env_list("GENVAE_LOAD_PLUGINS")
             for ep in _entry_points():

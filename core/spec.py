@@ -102,13 +102,13 @@ def _schedule(value) -> tuple[dict[str, Any], ...]:
         if extra:
             raise ValueError(f"update {shorten(dict(item))}: unknown key {shorten(extra[0])}; "
                              "allowed: phase, branch, fresh")
-        phase, branch = item.get("phase"), item.get("branch", "all")
-        if not isinstance(phase, str) or not phase.strip():
+        phase_name, branch = item.get("phase"), str(item.get("branch", "all"))
+        if not isinstance(phase_name, str) or not phase_name.strip():
             raise ValueError(f"update {shorten(dict(item))}: 'phase' must be a phase name")
         if branch not in BRANCHES:
             raise ValueError(f"update {shorten(dict(item))}: branch must be one of {', '.join(BRANCHES)}, "
                              f"got {shorten(branch)}")
-        updates.append({"phase": phase.strip(), "branch": branch, "fresh": to_bool(item.get("fresh", False))})
+        updates.append({"phase": phase_name.strip(), "branch": branch, "fresh": to_bool(item.get("fresh", False))})
     return tuple(updates)
 
 
