@@ -127,6 +127,12 @@ def positive_int(instance, attribute, value) -> None:
         raise ValueError(f"{attribute.name} must be a positive integer, got {shorten(value)}")
 
 
+@expects("a non-empty list of positive integers")
+def positive_ints(instance, attribute, value) -> None:
+    if not value or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in value):
+        raise ValueError(f"{attribute.name} must list positive integers, got {shorten(list(value))}")
+
+
 @expects("an integer >= 0")
 def non_negative_int(instance, attribute, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:

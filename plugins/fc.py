@@ -12,21 +12,16 @@ import attrs
 from torch import nn
 
 from genvae.core.components import BuildContext, Decoder, Encoder, Gaussian, LatentLayout, LatentTransform
-from genvae.core.errors import shorten
 from genvae.core.hookspecs import hookimpl
 from genvae.core.layers import ACTIVATIONS, activation, describe_shape, mlp
-from genvae.core.options import int_tuple, one_of, option, positive_int, to_bool, to_int
+from genvae.core.options import int_tuple, one_of, option, positive_int, positive_ints, to_bool, to_int
 
 
 @attrs.frozen
 class FCOptions:
-    hidden: tuple[int, ...] = option((512, 256), "widths of the hidden layers", converter=int_tuple)
+    hidden: tuple[int, ...] = option((512, 256), "widths of the hidden layers", positive_ints, int_tuple)
     activation: str = option("relu", "activation between layers", one_of(*ACTIVATIONS))
     batch_norm: bool = option(False, "batch norm after each hidden layer", converter=to_bool)
-
-    def __attrs_post_init__(self):
-        if not self.hidden or min(self.hidden) <= 0:
-            raise ValueError(f"hidden must list positive widths, got {shorten(list(self.hidden))}")
 
 
 class FCEncoder(Encoder):

@@ -24,9 +24,9 @@ from torch import Tensor, nn
 
 from genvae.core.capabilities import PYRAMID, PyramidPass, pyramid_parts
 from genvae.core.components import BuildContext, Decoder, Encoder, Gaussian, LatentLayout, LatentTransform
-from genvae.core.errors import GenvaeError, shorten
+from genvae.core.errors import GenvaeError
 from genvae.core.layers import ACTIVATIONS, activation, eval_mode, straight_through_clamp
-from genvae.core.options import int_tuple, one_of, option, positive_int, to_bool, to_int
+from genvae.core.options import int_tuple, one_of, option, positive_int, positive_ints, to_bool, to_int
 from genvae.plugins.conv import decoder_widths, down_stack, stack_widths, up_stack
 from genvae.plugins.laplacian.pyramid import (
     KERNELS,
@@ -70,7 +70,7 @@ class LaplacianEncoderOptions:
     kernel: str = option("binomial", "pyramid kernel of d() and u(): binomial (5-tap [1,4,6,4,1]/16) or bilinear",
                          one_of(*KERNELS))
     widths: tuple[int, ...] = option((64,), "channels of each level's first conv layer, coarsest first (one value: "
-                                     "every level); doubles at each further layer", converter=int_tuple)
+                                     "every level); doubles at each further layer", positive_ints, int_tuple)
     max_width: int = option(256, "cap on a level's channel count", positive_int, to_int)
     feature_size: int = option(4, "spatial size of each level's features: a level of S pixels gets "
                                "log2(S / feature_size) stride-2 layers (at least one)", positive_int, to_int)
@@ -80,10 +80,6 @@ class LaplacianEncoderOptions:
                             "(eq. 9 with x_{k+1} = b_{k+1}); 'reconstruction' = the image composed from the coarser "
                             "levels' reconstructions x_hat_{k+1} (paper Figure 3), decoded from their posterior "
                             "means without gradient", one_of(*CONDITIONS))
-
-    def __attrs_post_init__(self):
-        if not self.widths or min(self.widths) <= 0:
-            raise ValueError(f"widths must list positive channel counts, got {shorten(list(self.widths))}")
 
 
 class LaplacianEncoder(Encoder):
@@ -190,13 +186,9 @@ class LaplacianEncoder(Encoder):
 @attrs.frozen
 class LaplacianLatentOptions:
     latent_sizes: tuple[int, ...] = option((64,), "latent size of each level, coarsest first (one value: every "
-                                           "level)", converter=int_tuple)
+                                           "level)", positive_ints, int_tuple)
     output_activation: str = option("lrelu", "activation after each level's z -> features layer",
                                     one_of(*ACTIVATIONS))
-
-    def __attrs_post_init__(self):
-        if not self.latent_sizes or min(self.latent_sizes) <= 0:
-            raise ValueError(f"latent_sizes must list positive sizes, got {shorten(list(self.latent_sizes))}")
 
 
 class LevelLatent(nn.Module):
@@ -277,14 +269,10 @@ class LaplacianLatent(LatentTransform):
 @attrs.frozen
 class LaplacianDecoderOptions:
     widths: tuple[int, ...] = option((64,), "channels of each level's last transposed-conv layer, coarsest first "
-                                     "(one value: every level); doubles towards the input", converter=int_tuple)
+                                     "(one value: every level); doubles towards the input", positive_ints, int_tuple)
     max_width: int = option(256, "cap on a level's channel count", positive_int, to_int)
     activation: str = option("lrelu", "activation after each transposed-conv layer", one_of(*ACTIVATIONS))
     batch_norm: bool = option(True, "batch norm after each hidden layer", converter=to_bool)
-
-    def __attrs_post_init__(self):
-        if not self.widths or min(self.widths) <= 0:
-            raise ValueError(f"widths must list positive channel counts, got {shorten(list(self.widths))}")
 
 
 class LaplacianDecoder(Decoder):
