@@ -124,6 +124,7 @@ def cli(ctx: click.Context, debug: bool, max_memory: str | None) -> None:
 def list_plugins(as_json: bool) -> None:
     """Plugins with their status and the components, datasets, presets and commands they provide."""
     reg = registry()
+    commands = plugin_commands(reg)
     plugins = [
         {
             "name": p.name,
@@ -133,7 +134,8 @@ def list_plugins(as_json: bool) -> None:
             "builtin": p.builtin,
             "status": p.status,
             "error": p.error,
-            "provides": {k: sorted(v) for k, v in p.provides.items()},
+            "provides": {k: sorted(v) for k, v in p.provides.items()}
+            | ({"command": commands[p.name]} if p.name in commands else {}),
         }
         for p in reg.plugins.values()
     ]
@@ -588,15 +590,24 @@ def add_plugin_commands() -> None:
         err_console.print(f"warning: plugins could not be loaded: {exc}")
         return
     for record, plugin in reg.command_plugins:
-        before = set(cli.commands)
         try:
             plugin.genvae_register_commands(cli=cli)
         except Exception as exc:
             record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
+
+
+def plugin_commands(reg) -> dict[str, list[str]]:
+    """The commands each plugin adds, by plugin name: its hook run on an empty group (a failing hook adds none)."""
+    out: dict[str, list[str]] = {}
+    for record, plugin in reg.command_plugins:
+        probe = click.Group()
+        try:
+            plugin.genvae_register_commands(cli=probe)
+        except Exception:  # add_plugin_commands marks the plugin failed
             continue
-        added = sorted(set(cli.commands) - before)
-        if added:  # list-plugins shows which plugin brought which command
-            record.provides["command"] = added
+        if probe.commands:
+            out[record.name] = sorted(probe.commands)
+    return out
 
 
 def main() -> None:
