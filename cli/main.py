@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.table import Table
@@ -480,44 +481,95 @@ def sample(folder, count, output, seed, device, nrow, source, fix) -> None:
                           "(first image: the input)")
 
 
+def _metric_list(value: str | None) -> list[str]:
+    names = [m.strip() for m in (value or "").split(",") if m.strip()]
+    return list(dict.fromkeys(names))
+
+
 @cli.command()
 @click.argument("folder", type=click.Path())
 @data_options
-@click.option("--metric", type=click.Choice(["rmse"]), default="rmse", show_default=True,
-              help="rmse: per-image root mean squared reconstruction error on the 0-255 scale (LapCVAE's table).")
+@click.option("--metrics", "metrics", default=None, metavar="NAMES",
+              help="Comma-separated metrics (genvae list-plugins lists them): rmse, fid, kid, is, pr. [default: rmse]")
+@click.option("--metric", "metrics_alias", default=None, hidden=True, help="Same as --metrics.")
+@click.option("--classifier", type=click.Path(), help="Feature network for fid/kid/is/pr: a folder from genvae "
+              "train-classifier (or a local Inception-v3 .safetensors file).")
+@click.option("--compare", "others", multiple=True, type=click.Path(), help="Another model folder, scored the same "
+              "way beside FOLDER (repeatable).")
 @click.option("--split", default="test", show_default=True, help="Dataset split (named datasets).")
 @click.option("--limit", type=COUNT, help="Evaluate only the first N images.")
+@click.option("--samples", "n_samples", type=COUNT, help="Samples per model for the sample metrics [default: as many "
+              "as real images].")
 @click.option("--batch-size", default=256, show_default=True, type=COUNT)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the samples.")
 @click.option("--device", default="auto", show_default=True)
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the result as JSON here too.")
-def evaluate(folder, data, data_root, download, metric, split, limit, batch_size, device, output) -> None:
-    """Score reconstructions (posterior mean) on a dataset; prints and writes JSON."""
-    import torch
-
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the report as JSON here too.")
+def evaluate(folder, data, data_root, download, metrics, metrics_alias, classifier, others, split, limit, n_samples,
+             batch_size, seed, device, output) -> None:
+    """Score models on a dataset: reconstruction RMSE and sample quality (FID, KID, IS, precision/recall) in a
+    feature network's space; several models side by side with --compare. Prints a table and JSON."""
     from genvae.core.checkpoint import write_json
-    from genvae.core.data import load_data, to_model_range
+    from genvae.core.data import load_data
+    from genvae.core.evaluation import EvalData, metric_needs, open_feature_network
 
+    if metrics and metrics_alias:
+        raise GenvaeError("give --metrics once (--metric is its old name)")
+    names = _metric_list(metrics or metrics_alias or "rmse")
+    reg = registry()
+    known = reg.names("metric")
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise GenvaeError(f"unknown metric '{unknown[0] if unknown else ''}'; metrics: {', '.join(known)}")
     if output:
         check_json_output(Path(output))
-    model, dev = load_for_inference(folder, device, 0)
-    spec = model.spec
-    images = load_data(data, image_size=spec.image_size, channels=spec.channels, split=split, root=data_root,
-                       download=download, registry=registry())
-    pixels = images.images if limit is None else images.images[:limit]
-    per_image = []
-    with torch.no_grad():
-        for i in range(0, len(pixels), batch_size):
-            x = to_model_range(pixels[i : i + batch_size].to(dev))
-            x_hat = model.reconstruct(x)
-            per_image.append(((x_hat - x) * 127.5).pow(2).flatten(1).mean(1).sqrt().cpu())
-    values = torch.cat(per_image).double()
+    needs = metric_needs(names, reg)
+    if "features" in needs and classifier is None:
+        wanting = [n for n in names if "features" in reg.get("metric", n).extra.get("needs", ())]
+        raise GenvaeError(f"{', '.join(wanting)} need a feature network: train one with genvae train-classifier "
+                          "--data DATA -o CLF and pass --classifier CLF")
+    folders = [folder, *others]
+    results: list[dict[str, Any]] = []
+    network, source, count = None, None, 0
+    for path in folders:
+        model, dev = load_for_inference(path, device, seed)
+        if network is None and classifier is not None:
+            network = open_feature_network(classifier, reg, dev)
+        spec = model.spec
+        images = load_data(data, image_size=spec.image_size, channels=spec.channels, split=split, root=data_root,
+                           download=download, registry=reg)
+        real = images.images if limit is None else images.images[:limit]
+        source, count = images.source, len(real)
+        batch = EvalData(model, real, dev, features=network, n_samples=n_samples or len(real), batch_size=batch_size,
+                         seed=seed)
+        scores: dict[str, dict[str, float]] = {}
+        for name in names:
+            scores[name] = reg.get("metric", name).obj(batch)
+        results.append({"model": str(path), "metrics": scores, "samples": batch.n_samples if "samples" in needs
+                        else 0})
     from genvae.core import __version__
 
-    result = {"genvae_version": __version__, "metric": metric, "model": str(folder), "data": images.source,
-              "split": split, "images": len(values), "mean": values.mean().item(), "std": values.std().item()}
+    feature_label = network.label if network is not None else None
+    labels = {}
+    for name in names:
+        label = reg.get("metric", name).extra.get("label", name)
+        uses_features = "features" in reg.get("metric", name).extra.get("needs", ())
+        labels[name] = f"{label} ({feature_label})" if uses_features and feature_label else label
+    report = {"genvae_version": __version__, "data": source, "split": split, "images": count, "seed": seed,
+              "feature_network": feature_label, "classifier": str(classifier) if classifier else None,
+              "labels": labels, "models": results}
     if output:
-        write_json(Path(output), result)
-    click.echo(json.dumps(result))
+        write_json(Path(output), report)
+    table = Table(title=f"{source}, {count} images" + (f"; features: {feature_label}" if feature_label else ""))
+    table.add_column("metric")
+    for r in results:
+        table.add_column(r["model"], justify="right")
+    for name in names:
+        for key in results[0]["metrics"][name]:
+            row = [f"{labels[name]}: {key}" if key != name else labels[name]]
+            row += [f"{r['metrics'][name][key]:.4g}" for r in results]
+            table.add_row(*row)
+    err_console.print(table)
+    click.echo(json.dumps(report))
 
 
 @cli.command()

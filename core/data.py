@@ -580,3 +580,27 @@ def load_data(
         f"unknown data '{name}': not a folder and not a dataset; {hint}datasets: {listing} "
         "(or give a folder of images)"
     )
+
+
+def load_labels(data: str | os.PathLike | None, *, split: str = "train", root: str | os.PathLike | None = None,
+                registry=None) -> tuple[torch.Tensor, tuple[str, ...]]:
+    """The class labels of a registered dataset, int64 (N,) in the order of its images, and its class names.
+
+    A dataset has labels when its plugin registered a ``labels`` loader (``register(name, loader,
+    labels=load_labels, classes=(...))``); anything else is a one-line error."""
+    if registry is None:
+        from genvae.core.registry import get_registry
+
+        registry = get_registry()
+    name = DEFAULT_DATASET if data is None else os.fspath(data)
+    labelled = [n for n in registry.names("dataset") if registry.get("dataset", n).extra.get("labels")]
+    if name not in registry.names("dataset") or name not in labelled:
+        raise DataError(f"'{name}' has no class labels; datasets with labels: {', '.join(labelled) or 'none'}")
+    entry = registry.get("dataset", name)
+    root = os.path.abspath(os.path.expanduser(os.fspath(root))) if root is not None else None
+    labels = entry.extra["labels"](root=root, split=split)
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 1:
+        raise DataError(f"dataset '{name}' (plugin '{entry.plugin}') returned labels that are not a 1-D tensor")
+    classes = tuple(str(c) for c in entry.extra.get("classes", ())) or tuple(
+        str(c) for c in range(int(labels.max()) + 1))
+    return labels.long(), classes

@@ -60,6 +60,25 @@ def genvae_register_datasets(register):
 
 
 @hookspec
+def genvae_register_metrics(register):
+    """Register evaluation metrics: ``register(name, compute, help=..., needs=...)``.
+
+    ``compute(data: genvae.core.evaluation.EvalData) -> dict[str, float]`` scores one model; ``needs`` lists
+    what it reads (``"reconstructions"``, ``"samples"``, ``"features"``) so ``genvae evaluate`` prepares only
+    that. See docs/evaluation.md.
+    """
+
+
+@hookspec
+def genvae_register_feature_networks(register):
+    """Register feature networks for metrics: ``register(name, load, help=...)``.
+
+    ``load(path) -> genvae.core.evaluation.FeatureNetwork`` opens a saved network (a folder or a weights file);
+    a folder's ``config.json`` names its loader under ``"feature_network"``.
+    """
+
+
+@hookspec
 def genvae_register_presets(register):
     """Register presets: ``register(name, spec_dict, help=...)``; a preset is data (a model spec)."""
 

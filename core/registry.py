@@ -28,7 +28,11 @@ from genvae.core.errors import GenvaeError, UnknownNameError
 ENTRY_POINT_GROUP = "genvae"
 COMPONENT_HOOKS = {base.kind: base.hook for base in COMPONENT_BASES}
 #: how messages name each kind: the components' labels, plus the two other things plugins register
-KIND_NAMES = {**KIND_LABELS, "dataset": "dataset", "preset": "preset"}
+KIND_NAMES = {**KIND_LABELS, "dataset": "dataset", "preset": "preset", "metric": "metric",
+              "features": "feature network"}
+#: the hooks of the kinds registered by name (``register(name, obj, help=..., **extra)``)
+NAMED_HOOKS = {"dataset": "genvae_register_datasets", "preset": "genvae_register_presets",
+               "metric": "genvae_register_metrics", "features": "genvae_register_feature_networks"}
 
 
 @attrs.define
@@ -54,6 +58,8 @@ class Entry:
     obj: Any
     plugin: str
     help: str = ""
+    #: what a named registration adds beyond help (a dataset's ``labels`` loader, a metric's ``needs``)
+    extra: dict[str, Any] = attrs.field(factory=dict)
 
 
 class Registry:
@@ -113,8 +119,8 @@ def _component_register(kind: str, plugin: str, staged: list[Entry]) -> Callable
 
 
 def _named_register(kind: str, plugin: str, staged: list[Entry]) -> Callable:
-    def register(name: str, obj: Any, help: str = "") -> Any:
-        staged.append(Entry(kind, name, obj, plugin, help))
+    def register(name: str, obj: Any, help: str = "", **extra: Any) -> Any:
+        staged.append(Entry(kind, name, obj, plugin, help, dict(extra)))
         return obj
 
     return register
@@ -190,8 +196,8 @@ class PluginManager:
         try:
             for kind, hook_name in COMPONENT_HOOKS.items():
                 self._call(plugin, hook_name, register=_component_register(kind, record.name, staged))
-            self._call(plugin, "genvae_register_datasets", register=_named_register("dataset", record.name, staged))
-            self._call(plugin, "genvae_register_presets", register=_named_register("preset", record.name, staged))
+            for kind, hook_name in NAMED_HOOKS.items():
+                self._call(plugin, hook_name, register=_named_register(kind, record.name, staged))
         except Exception as exc:
             self.pm.unregister(plugin)
             record.status, record.error = "failed", _first_line(exc)

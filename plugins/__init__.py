@@ -17,4 +17,6 @@ BUILTIN_PLUGINS = [
     "genvae.plugins.laplacian",
     "genvae.plugins.m_net",
     "genvae.plugins.neighbours",
+    "genvae.plugins.metrics",
+    "genvae.plugins.classifier",
 ]

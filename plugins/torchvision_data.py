@@ -23,6 +23,7 @@ from genvae.core.hookspecs import hookimpl
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 IDX_IMAGES_MAGIC = 2051
+IDX_LABELS_MAGIC = 2049
 # name -> (torchvision class and folder name, default roots searched when no --data-root is given)
 IDX_DATASETS = {
     "mnist": ("MNIST", ["/usr/share/datasets/mnist"]),
@@ -72,14 +73,33 @@ def read_idx_images(path: str) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, count=need, offset=16).reshape(n, h, w).copy()
 
 
+def read_idx_labels(path: str) -> np.ndarray:
+    """An idx1 label file (gzip or raw; magic 2049) -> uint8 (N,)."""
+    try:
+        with open(path, "rb") as f:
+            gz = f.read(2) == b"\x1f\x8b"
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+            data = f.read()
+    except (OSError, EOFError) as exc:
+        raise DataError(f"cannot read idx file {path}: {_first_line(exc)}") from None
+    if len(data) < 8:
+        raise DataError(f"{path} is not an idx label file (only {len(data)} bytes)")
+    magic, n = struct.unpack(">II", data[:8])
+    if magic != IDX_LABELS_MAGIC:
+        raise DataError(f"{path} is not an idx label file (magic {magic}, expected {IDX_LABELS_MAGIC})")
+    if len(data) - 8 < n:
+        raise DataError(f"{path} is truncated: header says {n} labels, file holds {len(data) - 8}")
+    return np.frombuffer(data, dtype=np.uint8, count=n, offset=8).copy()
+
+
 def _idx_dirs(name: str, root: str | None) -> list[str]:
     folder, defaults = IDX_DATASETS[name]
     bases = [root] if root is not None else [d for d in defaults if os.path.isdir(d)]
     return [d for b in bases for d in (b, os.path.join(b, folder, "raw"))]  # plain and torchvision layout
 
 
-def _find_idx(dirs: list[str], prefix: str) -> str | None:
-    names = [f"{prefix}-images-idx3-ubyte", f"{prefix}-images.idx3-ubyte"]
+def _find_idx(dirs: list[str], prefix: str, what: str = "images", idx: int = 3) -> str | None:
+    names = [f"{prefix}-{what}-idx{idx}-ubyte", f"{prefix}-{what}.idx{idx}-ubyte"]
     for d in dirs:
         for n in names:
             for candidate in (os.path.join(d, n + ".gz"), os.path.join(d, n)):
@@ -114,6 +134,17 @@ def _load_idx(name: str, root, image_size: int, channels: int, split: str, downl
     return fit_tensor(images, image_size, channels, mode="pad")
 
 
+def _load_idx_labels(name: str, root, split: str) -> torch.Tensor:
+    if split not in IDX_SPLITS:
+        raise DataError(f"dataset '{name}' has no split '{split}'; splits: {', '.join(IDX_SPLITS)}")
+    dirs = _idx_dirs(name, os.fspath(root) if root is not None else None)
+    path = _find_idx(dirs, IDX_SPLITS[split], "labels", 1)
+    if path is None:
+        raise DataError(f"'{name}' {split} labels not found: looked for {IDX_SPLITS[split]}-labels-idx1-ubyte[.gz] "
+                        f"in {', '.join(dirs) or 'no default location'}")
+    return torch.from_numpy(read_idx_labels(path)).long()
+
+
 def load_mnist(root=None, image_size: int = 32, channels: int = 1, split: str = "train",
                download: bool = False) -> torch.Tensor:
     """MNIST digits, 60000 train / 10000 test, 28x28 grey."""
@@ -124,6 +155,21 @@ def load_fashion_mnist(root=None, image_size: int = 32, channels: int = 1, split
                        download: bool = False) -> torch.Tensor:
     """Fashion-MNIST, 60000 train / 10000 test, 28x28 grey; found in the Debian package by default."""
     return _load_idx("fashion-mnist", root, image_size, channels, split, download)
+
+
+def load_mnist_labels(root=None, split: str = "train") -> torch.Tensor:
+    """MNIST's digit labels 0-9, in the order of its images."""
+    return _load_idx_labels("mnist", root, split)
+
+
+def load_fashion_mnist_labels(root=None, split: str = "train") -> torch.Tensor:
+    """Fashion-MNIST's class labels 0-9 (FASHION_CLASSES), in the order of its images."""
+    return _load_idx_labels("fashion-mnist", root, split)
+
+
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                   "Ankle boot")
+MNIST_CLASSES = tuple(str(d) for d in range(10))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -243,9 +289,11 @@ def _decode_chunk(db: str, chunk: list[bytes], image_size: int, channels: int) -
 
 @hookimpl
 def genvae_register_datasets(register):
-    register("mnist", load_mnist, help="MNIST digits, 28x28 grey (padded to 32); idx files in --data-root")
+    register("mnist", load_mnist, help="MNIST digits, 28x28 grey (padded to 32); idx files in --data-root",
+             labels=load_mnist_labels, classes=MNIST_CLASSES)
     register("fashion-mnist", load_fashion_mnist,
-             help=f"Fashion-MNIST, 28x28 grey (padded to 32); default root {DEBIAN_FASHION_MNIST}")
+             help=f"Fashion-MNIST, 28x28 grey (padded to 32); default root {DEBIAN_FASHION_MNIST}",
+             labels=load_fashion_mnist_labels, classes=FASHION_CLASSES)
     register("cifar10", load_cifar10, help="CIFAR-10, 32x32 RGB; --data-root DIR, --download via torchvision")
     register("celeba", load_celeba, help="CelebA aligned faces; --data-root DIR, --download via torchvision")
     register("lsun", load_lsun, help="LSUN scenes from lmdb folders; split: train/val/test or a category; needs lmdb")

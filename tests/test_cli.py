@@ -108,9 +108,9 @@ def test_train_sample_reconstruct_evaluate(model_dir, tmp_path):
     assert Image.open(tmp_path / "s.png").size == (4 * 18 + 2, 4 * 18 + 2)
     run("reconstruct", model_dir, "-n", "8", "-o", tmp_path / "r.png")
     assert Image.open(tmp_path / "r.png").size == (8 * 18 + 2, 2 * 18 + 2)
-    out = run("evaluate", model_dir, "--metric", "rmse", "--limit", "64", "-o", tmp_path / "e.json").output
-    result = json.loads(out)
-    assert result["images"] == 64 and 0 < result["mean"] < 255
+    out = run("evaluate", model_dir, "--metrics", "rmse", "--limit", "64", "-o", tmp_path / "e.json").stdout
+    result = json.loads(out)  # stdout is the JSON report; the table goes to stderr
+    assert result["images"] == 64 and 0 < result["models"][0]["metrics"]["rmse"]["rmse"] < 255
     assert json.loads((tmp_path / "e.json").read_text()) == result
 
 

@@ -14,6 +14,7 @@ import pytest
 import genvae.core
 import genvae.core.capabilities
 import genvae.core.commands
+import genvae.core.evaluation
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGIN_FILES = sorted((ROOT / "plugins").rglob("*.py")) + sorted(
@@ -47,7 +48,8 @@ def test_the_scan_finds_what_it_forbids(tmp_path):
     assert private_imports(bad) == ["genvae.cli.main", "genvae.cli", "genvae.core.data._load_folder"]
 
 
-@pytest.mark.parametrize("module", [genvae.core, genvae.core.commands, genvae.core.capabilities],
+@pytest.mark.parametrize("module", [genvae.core, genvae.core.commands, genvae.core.capabilities,
+                                    genvae.core.evaluation],
                          ids=lambda m: m.__name__)
 def test_every_exported_name_exists_and_is_documented(module):
     docs = (ROOT / "docs" / "writing-a-plugin.md").read_text(encoding="utf-8")

@@ -352,8 +352,9 @@ def test_evaluate_rmse_json(cli, model_dir, tmp_path):
                                       "-o", str(out), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
-    assert {"metric", "mean", "std", "images"} <= set(data) and data["images"] == 8
-    assert 0 < data["mean"] < 255
+    rmse = data["models"][0]["metrics"]["rmse"]
+    assert set(rmse) == {"rmse", "rmse_std"} and data["images"] == 8 and data["labels"]["rmse"] == "RMSE (0-255)"
+    assert 0 < rmse["rmse"] < 255
 
 
 def test_train_levels_command(cli, model_dir, tmp_path):

@@ -450,5 +450,6 @@ def test_evaluate_rmse_exact_value(cli, tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert report["images"] == 3
-    assert report["mean"] == pytest.approx(10.0, abs=1e-3)
-    assert report["std"] == pytest.approx(10.0, abs=1e-3)
+    rmse = report["models"][0]["metrics"]["rmse"]
+    assert rmse["rmse"] == pytest.approx(10.0, abs=1e-3)
+    assert rmse["rmse_std"] == pytest.approx(10.0, abs=1e-3)

@@ -1,0 +1,186 @@
+"""Scoring models: what a metric reads (:class:`EvalData`), feature networks, and the evaluation driver.
+
+A metric is a function registered by a plugin (``genvae_register_metrics``) that takes an :class:`EvalData`
+and returns named numbers. ``EvalData`` computes what metrics ask for once and shares it: the real images,
+the model's reconstructions (posterior mean) and samples, and their features in a feature network's space.
+Feature networks are registered too (``genvae_register_feature_networks``) and opened from a path; every
+score computed in one says so in its label (``FID (fashion-mnist classifier features)``), so a score in a
+small classifier's space is never mistaken for an Inception one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from genvae.core.errors import GenvaeError
+
+#: what a metric may read: the model's reconstructions of the real images, its samples, feature-space views
+NEEDS = ("reconstructions", "samples", "features")
+
+
+@runtime_checkable
+class FeatureNetwork(Protocol):
+    """A frozen network whose features (and class logits) metrics are computed in."""
+
+    #: how scores in its space are labelled, e.g. "fashion-mnist classifier features"
+    label: str
+    #: the images it takes: (channels, size, size); others are fitted (resized, grey <-> RGB)
+    image_shape: tuple[int, int, int]
+
+    def features(self, x: Tensor) -> Tensor:
+        """(B, F) features of images in [-1, 1]."""
+        ...
+
+    def logits(self, x: Tensor) -> Tensor:
+        """(B, K) class logits of images in [-1, 1] (the Inception-Score-style metric's classifier)."""
+        ...
+
+
+def fit_to(x: Tensor, shape: tuple[int, int, int]) -> Tensor:
+    """Images in [-1, 1] fitted to a network's (channels, size, size): bilinear resize, grey <-> RGB."""
+    c, h, w = shape
+    if x.shape[1] != c:
+        x = x.mean(1, keepdim=True) if c == 1 else x.expand(-1, c, -1, -1) if x.shape[1] == 1 else x
+        if x.shape[1] != c:
+            raise GenvaeError(f"cannot fit {x.shape[1]}-channel images to a {c}-channel feature network")
+    if tuple(x.shape[-2:]) != (h, w):
+        x = torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+    return x
+
+
+class EvalData:
+    """One model's evaluation inputs, computed lazily and once: real images (uint8, the model's size), the
+    reconstructions (posterior mean) and ``n_samples`` samples (images in [-1, 1], on the CPU), and with a
+    feature network their features and logits. Random draws follow ``seed``."""
+
+    def __init__(self, model: Any, real: Tensor, device: torch.device, *, features: FeatureNetwork | None = None,
+                 n_samples: int | None = None, batch_size: int = 256, seed: int = 0):
+        self.model = model
+        self.real = real
+        self.device = device
+        self.network = features
+        self.n_samples = n_samples or len(real)
+        self.batch_size = batch_size
+        self.seed = seed
+        self._cache: dict[str, Tensor] = {}
+
+    # -- images -------------------------------------------------------------------------------------
+    def real_images(self) -> Tensor:
+        """The real images in [-1, 1], (N, C, H, W) float on the CPU."""
+        if "real" not in self._cache:
+            self._cache["real"] = self.real.float() / 127.5 - 1.0
+        return self._cache["real"]
+
+    @torch.no_grad()
+    def reconstructions(self) -> Tensor:
+        """The model's reconstructions of the real images (posterior mean), in [-1, 1], on the CPU."""
+        if "recon" not in self._cache:
+            parts = [self.model.reconstruct(batch.to(self.device)).float().cpu() for batch in self._batches()]
+            self._cache["recon"] = torch.cat(parts)
+        return self._cache["recon"]
+
+    @torch.no_grad()
+    def samples(self) -> Tensor:
+        """``n_samples`` images drawn from the model (prior samples), in [-1, 1], on the CPU."""
+        if "samples" not in self._cache:
+            generator_state = torch.random.get_rng_state()
+            cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+            torch.manual_seed(self.seed)
+            try:
+                parts, left = [], self.n_samples
+                while left > 0:
+                    n = min(self.batch_size, left)
+                    parts.append(self.model.sample(n, self.device).float().cpu())
+                    left -= n
+            finally:
+                torch.random.set_rng_state(generator_state)
+                if cuda_state is not None:
+                    torch.cuda.set_rng_state_all(cuda_state)
+            self._cache["samples"] = torch.cat(parts)
+        return self._cache["samples"]
+
+    def _batches(self) -> Iterable[Tensor]:
+        real = self.real_images()
+        for i in range(0, len(real), self.batch_size):
+            yield real[i : i + self.batch_size]
+
+    # -- feature space ------------------------------------------------------------------------------
+    def require_network(self, metric: str) -> FeatureNetwork:
+        if self.network is None:
+            raise GenvaeError(f"metric '{metric}' needs a feature network: train one with genvae train-classifier "
+                              "and pass --classifier DIR")
+        return self.network
+
+    @torch.no_grad()
+    def _in_network(self, which: str, images: Tensor, method: str) -> Tensor:
+        key = f"{method}:{which}"
+        if key not in self._cache:
+            net = self.require_network(method)
+            out = []
+            for i in range(0, len(images), self.batch_size):
+                batch = fit_to(images[i : i + self.batch_size].to(self.device), net.image_shape)
+                out.append(getattr(net, method)(batch).double().cpu())
+            self._cache[key] = torch.cat(out)
+        return self._cache[key]
+
+    def features(self, which: str) -> Tensor:
+        """(N, F) float64 features of ``which``: ``real``, ``samples`` or ``reconstructions``."""
+        return self._in_network(which, self._images(which), "features")
+
+    def logits(self, which: str) -> Tensor:
+        """(N, K) float64 class logits of ``which`` (``real``, ``samples`` or ``reconstructions``)."""
+        return self._in_network(which, self._images(which), "logits")
+
+    def _images(self, which: str) -> Tensor:
+        if which == "real":
+            return self.real_images()
+        if which == "samples":
+            return self.samples()
+        if which == "reconstructions":
+            return self.reconstructions()
+        raise ValueError(f"unknown image set '{which}'; known: real, samples, reconstructions")
+
+    @property
+    def feature_label(self) -> str | None:
+        return self.network.label if self.network is not None else None
+
+
+def open_feature_network(path: str | Path, registry: Any, device: torch.device | str = "cpu") -> FeatureNetwork:
+    """A feature network from a path: a folder whose ``config.json`` names its loader (``"feature_network"``),
+    or a file a registered loader accepts (its extension). One-line errors for anything else."""
+    import json
+
+    path = Path(path)
+    names = registry.names("features")
+    if path.is_dir():
+        config = path / "config.json"
+        try:
+            kind = json.loads(config.read_text(encoding="utf-8")).get("feature_network")
+        except (OSError, ValueError, AttributeError):
+            kind = None
+        if kind not in names:
+            raise GenvaeError(f"{path} is not a feature network folder (its config.json names no feature network of "
+                              f"{', '.join(names) or 'none installed'}); make one with genvae train-classifier")
+        network = registry.get("features", kind).obj(path)
+    elif path.is_file():
+        loaders = [n for n in names if path.suffix in registry.get("features", n).extra.get("suffixes", ())]
+        if not loaders:
+            raise GenvaeError(f"no feature network reads {path.name}; installed: {', '.join(names) or 'none'}")
+        network = registry.get("features", loaders[0]).obj(path)
+    else:
+        raise GenvaeError(f"feature network {path} does not exist")
+    if isinstance(network, torch.nn.Module):
+        network = network.to(device).eval()
+    return network
+
+
+def metric_needs(names: Sequence[str], registry: Any) -> set[str]:
+    return {need for name in names for need in registry.get("metric", name).extra.get("needs", ())}
+
+
+__all__ = ["NEEDS", "EvalData", "FeatureNetwork", "fit_to", "metric_needs", "open_feature_network"]

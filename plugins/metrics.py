@@ -1,0 +1,157 @@
+"""``metrics``: the scores of ``genvae evaluate``.
+
+* ``rmse``: per-image root mean squared reconstruction error on the 0-255 scale (LapCVAE's table), mean and std;
+* ``fid``: Fréchet distance between Gaussians fitted to the features of real images and of samples (Heusel et al.
+  2017), computed by torchmetrics' ``FrechetInceptionDistance`` on the feature network's features;
+* ``kid``: kernel distance (Bińkowski et al. 2018; cubic polynomial kernel, unbiased MMD over random subsets), by
+  torchmetrics' ``KernelInceptionDistance``: mean and std over subsets;
+* ``is``: the Inception-Score-style score exp(E KL(p(y|x) || p(y))) of the samples under the feature network's
+  classifier (Salimans et al. 2016), by torchmetrics' ``InceptionScore``: mean and std over splits;
+* ``pr``: improved precision and recall (Kynkäänniemi et al. 2019): each set's manifold is the union of balls
+  around its points reaching their k-th nearest neighbour (k = 3); precision = share of samples inside the real
+  manifold, recall = share of real images inside the samples' manifold (no library implements it; written here
+  and tested against hand-computed cases).
+
+Every feature-space score is labelled with the network it was computed in (``--classifier``): a score in a small
+classifier's space is comparable only with scores in the same network.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+from genvae.core.evaluation import EvalData
+from genvae.core.hookspecs import hookimpl
+
+PR_NEIGHBOURS = 3
+
+
+class _Given(nn.Module):
+    """torchmetrics' feature extractor for features computed beforehand: the input is the output."""
+
+    def __init__(self, num_features: int):
+        super().__init__()
+        self.num_features = num_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """torchmetrics warns that it keeps features in memory: genvae passes them precomputed, by design."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module="torchmetrics")
+        warnings.filterwarnings("ignore", message=".*save all extracted features.*")
+        yield
+
+
+def rmse(data: EvalData) -> dict[str, float]:
+    x, x_hat = data.real_images(), data.reconstructions()
+    per_image = ((x_hat.double() - x.double()) * 127.5).pow(2).flatten(1).mean(1).sqrt()
+    return {"rmse": per_image.mean().item(), "rmse_std": per_image.std().item() if len(per_image) > 1 else 0.0}
+
+
+def fid_of(real: Tensor, fake: Tensor) -> float:
+    """FID between two (N, F) feature sets (torchmetrics)."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    with _quiet():
+        metric = FrechetInceptionDistance(feature=_Given(real.shape[1]))
+        metric.update(real, real=True)
+        metric.update(fake, real=False)
+        return float(metric.compute())
+
+
+def fid(data: EvalData) -> dict[str, float]:
+    return {"fid": fid_of(data.features("real"), data.features("samples"))}
+
+
+def kid_of(real: Tensor, fake: Tensor, subsets: int = 100, subset_size: int = 1000, seed: int = 0
+           ) -> tuple[float, float]:
+    """KID mean and std between two (N, F) feature sets (torchmetrics) over ``subsets`` random subsets of
+    ``subset_size`` (at most half the smaller set, so that subsets differ)."""
+    from torchmetrics.image.kid import KernelInceptionDistance
+
+    size = max(2, min(subset_size, min(len(real), len(fake)) // 2))
+    with _quiet(), torch.random.fork_rng(devices=[]):
+        metric = KernelInceptionDistance(feature=_Given(real.shape[1]), subsets=subsets, subset_size=size)
+        metric.update(real, real=True)
+        metric.update(fake, real=False)
+        torch.manual_seed(seed)
+        mean, std = metric.compute()
+    return float(mean), float(std)
+
+
+def kid(data: EvalData) -> dict[str, float]:
+    mean, std = kid_of(data.features("real"), data.features("samples"), seed=data.seed)
+    return {"kid": mean, "kid_std": std}
+
+
+def inception_score_of(logits: Tensor, splits: int = 10, seed: int = 0) -> tuple[float, float]:
+    """The IS of (N, K) class logits: exp(mean KL(p(y|x) || p(y))) per split, mean and std (torchmetrics)."""
+    from torchmetrics.image.inception import InceptionScore
+
+    with _quiet(), torch.random.fork_rng(devices=[]):
+        metric = InceptionScore(feature=_Given(logits.shape[1]), splits=min(splits, len(logits)))
+        metric.update(logits)
+        torch.manual_seed(seed)  # torchmetrics shuffles before splitting
+        mean, std = metric.compute()
+    return float(mean), float(std)
+
+
+def inception_score(data: EvalData) -> dict[str, float]:
+    mean, std = inception_score_of(data.logits("samples"), seed=data.seed)
+    return {"is": mean, "is_std": std}
+
+
+def _kth_radius(points: Tensor, k: int, chunk: int = 1024) -> Tensor:
+    """Distance from each point to its k-th nearest other point of the same set."""
+    out = []
+    for i in range(0, len(points), chunk):
+        d = torch.cdist(points[i : i + chunk], points)
+        out.append(d.kthvalue(k + 1, dim=1).values)  # the 1st smallest is the point itself (0)
+    return torch.cat(out)
+
+
+def _inside(queries: Tensor, centres: Tensor, radii: Tensor, chunk: int = 1024) -> Tensor:
+    """For each query, whether it lies within some centre's ball (distance <= radius)."""
+    out = []
+    for i in range(0, len(queries), chunk):
+        d = torch.cdist(queries[i : i + chunk], centres)
+        out.append((d <= radii.unsqueeze(0)).any(1))
+    return torch.cat(out)
+
+
+def precision_recall_of(real: Tensor, fake: Tensor, k: int = PR_NEIGHBOURS) -> tuple[float, float]:
+    """Improved precision and recall of (N, F) fake features against (M, F) real features (Kynkäänniemi et al.)."""
+    if min(len(real), len(fake)) <= k:
+        raise ValueError(f"precision/recall with k={k} needs more than {k} real and generated images")
+    real, fake = real.double(), fake.double()
+    precision = _inside(fake, real, _kth_radius(real, k)).double().mean().item()
+    recall = _inside(real, fake, _kth_radius(fake, k)).double().mean().item()
+    return precision, recall
+
+
+def precision_recall(data: EvalData) -> dict[str, float]:
+    precision, recall = precision_recall_of(data.features("real"), data.features("samples"))
+    return {"precision": precision, "recall": recall}
+
+
+@hookimpl
+def genvae_register_metrics(register):
+    register("rmse", rmse, help="reconstruction RMSE per image on the 0-255 scale (posterior mean), mean and std",
+             needs=("reconstructions",), label="RMSE (0-255)")
+    register("fid", fid, help="Fréchet distance between real and sample features (lower is better)",
+             needs=("samples", "features"), label="FID")
+    register("kid", kid, help="kernel distance between real and sample features, mean and std over subsets",
+             needs=("samples", "features"), label="KID")
+    register("is", inception_score, help="Inception-Score-style exp(E KL(p(y|x) || p(y))) of the samples under "
+             "the feature network's classifier (higher is better)", needs=("samples", "features"), label="IS")
+    register("pr", precision_recall, help="improved precision (samples inside the real manifold) and recall (real "
+             "images inside the samples' manifold), k = 3", needs=("samples", "features"), label="precision/recall")
