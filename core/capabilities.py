@@ -72,6 +72,11 @@ class DiscriminatorTrunk(Protocol):
         ``"prior"``; computed once per update (``state.fake_features``) and shared."""
         ...
 
+    def discriminate(self, images: Tensor) -> Tensor:
+        """The discriminator's logits (B, 1) for images in [-1, 1] (real = positive): image completion's
+        log(1 - D(x_hat)) term."""
+        ...
+
 
 DISCRIMINATOR = Capability("discriminator", "a discriminator trunk other losses may reuse (adv -> mi)",
                            loss=DiscriminatorTrunk)

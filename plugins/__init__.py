@@ -19,4 +19,5 @@ BUILTIN_PLUGINS = [
     "genvae.plugins.neighbours",
     "genvae.plugins.metrics",
     "genvae.plugins.classifier",
+    "genvae.plugins.completion",
 ]
