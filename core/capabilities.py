@@ -66,10 +66,16 @@ class DiscriminatorTrunk(Protocol):
     #: the trunk (images -> features of ``trunk_shape``); saved once, under its owner
     trunk: nn.Module
     trunk_shape: tuple[int, ...]
+    #: how many layers (blocks) the trunk has, for layer_features
+    trunk_layers: int
 
     def fake_features(self, state: Pass) -> dict[str, Tensor]:
         """Trunk features of the generated images the current update judges, by branch: ``"recon"`` and/or
         ``"prior"``; computed once per update (``state.fake_features``) and shared."""
+        ...
+
+    def layer_features(self, images: Tensor, layer: int) -> Tensor:
+        """The trunk's features at ``layer`` (1-based), dropout off: a perceptual loss's learned similarity."""
         ...
 
     def discriminate(self, images: Tensor) -> Tensor:

@@ -20,4 +20,5 @@ BUILTIN_PLUGINS = [
     "genvae.plugins.metrics",
     "genvae.plugins.classifier",
     "genvae.plugins.completion",
+    "genvae.plugins.perceptual",
 ]

@@ -222,6 +222,7 @@ class AdversarialLoss(Loss):
             raise self.fail(f"the trunk's {blocks} blocks halve {h}x{w} {blocks} times; use fewer widths")
         self.trunk = Trunk(c, options.widths, options.dropout)
         self.trunk_shape = (options.widths[-1], size, size)
+        self.trunk_layers = blocks
         self.head = GANHead(math.prod(self.trunk_shape), options.head_hidden, options.dropout,
                             options.minibatch_kernels, options.minibatch_dims)
 
@@ -266,6 +267,10 @@ class AdversarialLoss(Loss):
         out = dict(zip(names, features, strict=True))
         state.fake_features = FakeFeatures(state.update, out)
         return out
+
+    def layer_features(self, images, layer: int):
+        """The conv output of trunk block ``layer`` (1-based), dropout off (Larsen's learned similarity)."""
+        return self.trunk.layer_features(images, layer)
 
     def discriminate(self, images):
         return self.head(self.trunk(images))

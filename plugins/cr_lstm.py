@@ -423,6 +423,12 @@ PRESETS = {
                 {"name": "mi", "options": {"kappa": 0.02, "group_weights": SMALL_MI, "hidden": 16}}]),
         "crVAE-GAN for 32x32 grey images on a CPU (Fashion-MNIST): quarter widths, latent 16x4x4 in T=4 steps",
     ),
+    "crvae-gan-no-mi-small": (
+        _small({"name": "cr-lstm", "options": {"latent_channels": 16, "steps": 4, "hidden": 128, "layers": 2}},
+               [_MSE, {"name": "kl", "options": {"group_weights": SMALL_KL}},
+                {"name": "adv", "options": {"beta": 0.0125, **_SMALL_ADV}}]),
+        "crvae-gan-small without the MI regulariser (Table 1's middle row at CPU size)",
+    ),
     "vae-gan-small": (
         _small({"name": "fc", "options": {"latent_dim": 256, "output_activation": "none"}},
                [_MSE, {"name": "kl", "weight": 2.4e-3},

@@ -123,7 +123,8 @@ def spec(decoder="conv", losses=("mse", "kl")) -> ModelSpec:
 def test_a_capability_is_its_name_and_knows_its_protocols():
     assert DISCRIMINATOR == "discriminator" and PYRAMID == "pyramid" and MI_TARGET == "mi-target"
     assert DISCRIMINATOR.protocols == {"loss": DiscriminatorTrunk}
-    assert protocol_members(DiscriminatorTrunk) == ["trunk", "trunk_shape", "fake_features", "discriminate"]
+    assert protocol_members(DiscriminatorTrunk) == ["trunk", "trunk_shape", "trunk_layers", "fake_features",
+                                                    "layer_features", "discriminate"]
     assert protocol_members(PyramidDecoder) == ["num_levels", "levels", "decode_level"]
     custom = Capability("my-cap", "a test capability")
     assert custom == "my-cap" and custom.missing_members(object()) == []
@@ -132,8 +133,8 @@ def test_a_capability_is_its_name_and_knows_its_protocols():
 def test_a_provider_without_its_protocols_members_is_refused_at_build(registry):
     with pytest.raises(BuildError) as exc:
         build_model(spec(losses=("mse", "kl", "half-trunk")), registry)
-    assert str(exc.value) == ("loss 'half-trunk' provides 'discriminator' but lacks fake_features, discriminate of "
-                              "its protocol (DiscriminatorTrunk)")
+    assert str(exc.value) == ("loss 'half-trunk' provides 'discriminator' but lacks trunk_layers, fake_features, "
+                              "layer_features, discriminate of its protocol (DiscriminatorTrunk)")
 
 
 def test_the_built_in_providers_meet_their_protocols():

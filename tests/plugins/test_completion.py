@@ -113,8 +113,8 @@ def test_the_best_start_is_kept_per_image():
 
 @pytest.mark.parametrize("preset", ["crvae-gan-small", "vae-gan-small"])
 def test_the_complete_command_with_every_named_mask(preset, tmp_path):
-    s = apply_sets(preset_spec(preset), ["image_size=16"] + (["transform.latent_dim=16"] if preset == "vae-gan-small" else
-                                                             []))
+    smaller = ["transform.latent_dim=16"] if preset == "vae-gan-small" else []
+    s = apply_sets(preset_spec(preset), ["image_size=16", *smaller])
     torch.manual_seed(0)
     save_model(build_model(s), tmp_path / "m")
     for mask in c.MASKS:
