@@ -28,7 +28,7 @@ from genvae.core.commands import (
     registry,
 )
 from genvae.core.components import COMPONENT_KINDS
-from genvae.core.errors import GenvaeError, one_line
+from genvae.core.errors import GenvaeError, one_line, shorten
 
 MESSAGE_LIMIT = 400  # characters of one error line; longer messages are cut
 
@@ -240,7 +240,8 @@ def print_summary(model, title: str) -> None:
         kind = KIND_NAMES.get(comp.kind, comp.kind)
         from genvae.core.options import options_to_dict
 
-        opts = ", ".join(f"{k}={v}" for k, v in options_to_dict(comp.options).items())
+        opts = ", ".join(f"{k}={shorten(v, 60) if isinstance(v, dict) else v}"
+                         for k, v in options_to_dict(comp.options).items())
         label = comp.name if comp.kind != "loss" else f"{comp.name} (weight {comp.weight:g})"
         table.add_row(kind, label, f"{_param_count(comp):,}", opts)
     console.print(table)
@@ -269,11 +270,14 @@ def print_summary(model, title: str) -> None:
 @click.option("--channels", type=click.Choice(["1", "3"]), help="Image channels, 1 or 3.")
 @click.option("--set", "sets", multiple=True, metavar="KIND.OPTION=VALUE",
               help="Override an option: encoder.width=32, loss.kl.weight=0.5, train.lr=3e-4 (repeatable).")
+@click.option("--stage1", type=click.Path(file_okay=False, exists=True),
+              help="A trained model the new one builds on (--preset stage2): sets encoder.stage1.")
 @click.option("-o", "--output", "folder", required=True, type=click.Path(file_okay=False),
               help="Model folder to write (config.json + model.safetensors).")
 @click.option("--force", is_flag=True, help="Replace the model in an existing genvae model folder (only files genvae "
               "wrote there are removed; other folders are never built into).")
-def build(preset, encoder, decoder, prior, transform, losses, image_size, channels, sets, folder, force) -> None:
+def build(preset, encoder, decoder, prior, transform, losses, image_size, channels, sets, stage1, folder,
+          force) -> None:
     """Compose a model from components, check it, and write a freshly initialised model folder."""
     from genvae.core.checkpoint import CONFIG, WEIGHTS, save_model
     from genvae.core.compose import compose_spec
@@ -286,6 +290,8 @@ def build(preset, encoder, decoder, prior, transform, losses, image_size, channe
     ModelFolder(out).check_can_build_into()
     if (out / CONFIG).exists() and not force:
         raise GenvaeError(f"{out} already holds a model; choose another -o folder or pass --force")
+    if stage1 is not None:  # a model that builds on a trained one (Stage2): its encoder's stage1 option
+        sets = (*sets, f"encoder.stage1={json.dumps(str(stage1))}")
     spec = compose_spec(preset=preset, encoder=encoder, transform=transform, decoder=decoder, prior=prior,
                         losses=losses, image_size=image_size, channels=int(channels) if channels else None,
                         sets=sets, registry=registry())

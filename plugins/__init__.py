@@ -21,4 +21,5 @@ BUILTIN_PLUGINS = [
     "genvae.plugins.classifier",
     "genvae.plugins.completion",
     "genvae.plugins.perceptual",
+    "genvae.plugins.stage2",
 ]
