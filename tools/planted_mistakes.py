@@ -67,12 +67,22 @@ MISTAKES = [
     ('sampler keeps the finest groups', 'plugins/m_net.py', 'if kept is not None and levels - 1 - k < fixed_groups:', 'if kept is not None and k < fixed_groups:'),
     ("edit keeps the input's levels, not the painted ones", 'plugins/laplacian/editing.py', 'painted = tr.split_levels(model.encode(coarse).mean)', 'painted = tr.split_levels(model.encode(x).mean)'),
     ('edit keeps one level too few', 'plugins/laplacian/editing.py', 'z = model.prior.sample(n, model, x.device, fixed=fixed, fixed_groups=keep_levels)', 'z = model.prior.sample(n, model, x.device, fixed=fixed, fixed_groups=keep_levels - 1)'),
-    ('RMSE without the 127.5 scale', 'cli/main.py', 'per_image.append(((x_hat - x) * 127.5).pow(2).flatten(1).mean(1).sqrt().cpu())', 'per_image.append((x_hat - x).pow(2).flatten(1).mean(1).sqrt().cpu())'),
-    ('RMSE pooled over all images', 'cli/main.py', 'per_image.append(((x_hat - x) * 127.5).pow(2).flatten(1).mean(1).sqrt().cpu())', 'per_image.append(((x_hat - x) * 127.5).pow(2).mean().sqrt().expand(len(x)).cpu())'),
+    ('RMSE without the 127.5 scale', 'plugins/metrics.py', '((x_hat.double() - x.double()) * 127.5)', '((x_hat.double() - x.double()))'),
+    ('RMSE pooled over all images', 'plugins/metrics.py', '* 127.5).pow(2).flatten(1).mean(1).sqrt()', '* 127.5).pow(2).mean().sqrt().expand(len(x))'),
     ('condition=reconstruction reads the real b_{k+1}', 'plugins/laplacian/components.py', '            feats.append(self.encode_level(k, hs[k], coarser[k]))', '            feats.append(self.encode_level(k, hs[k], bs[k + 1] if k + 1 < levels else None))'),
     ('Poisson stencil of 4 neighbours at the border', 'plugins/laplacian/editing.py', 'count = _neighbour_sum(torch.ones_like(s))', 'count = torch.full_like(s, 4.0)'),
     ("Poisson without the source's guidance", 'plugins/laplacian/editing.py', 'b = m * (count * s - _neighbour_sum(s) + _neighbour_sum((1.0 - m) * t))', 'b = m * _neighbour_sum((1.0 - m) * t)'),
-    ('--blend poisson does an alpha blend', 'plugins/laplacian/editing.py', '        composites = poisson_blend(samples, recon, mask)', '        composites = mask * samples + (1.0 - mask) * recon')
+    ('--blend poisson does an alpha blend', 'plugins/laplacian/editing.py', '        composites = poisson_blend(samples, recon, mask)', '        composites = mask * samples + (1.0 - mask) * recon'),
+    # evaluation, completion, perceptual loss, Stage2
+    ('PR radius: k-th neighbour counting the point itself', 'plugins/metrics.py', 'd.kthvalue(k + 1, dim=1)', 'd.kthvalue(k, dim=1)'),
+    ('precision and recall swapped', 'plugins/metrics.py', 'precision = _inside(fake, real, _kth_radius(real, k))', 'precision = _inside(real, fake, _kth_radius(fake, k))'),
+    ('KID subsets as large as the sets', 'plugins/metrics.py', 'size = max(2, min(subset_size, min(len(real), len(fake)) // 2))', 'size = min(subset_size, len(real), len(fake))'),
+    ('completion: log(1 - D) with the wrong sign', 'plugins/completion.py', 'value = value - tau * F.softplus(logits)', 'value = value + tau * F.softplus(logits)'),
+    ('completion: error over the whole image, not the visible part', 'plugins/completion.py', 'value = ((x_hat - x) * m).pow(2)', 'value = (x_hat - x).pow(2)'),
+    ('completion keeps the worst start', 'plugins/completion.py', 'best = value.view(starts, b).argmin(0)', 'best = value.view(starts, b).argmax(0)'),
+    ('completion: prior term without gamma', 'plugins/completion.py', '+ gamma * 0.5 * z.pow(2)', '+ 0.5 * z.pow(2)'),
+    ('perceptual: layer weights ignored', 'plugins/perceptual.py', 'total = sum(w * (f - r).pow(2).mean()', 'total = sum((f - r).pow(2).mean()'),
+    ('Stage2 encoder does not shrink the image to Stage1 size', 'plugins/stage2.py', 'low = F.adaptive_avg_pool2d(x, self.low_size)', 'low = F.interpolate(x, size=self.low_size, mode="nearest")'),
 ]
 
 
