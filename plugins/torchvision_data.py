@@ -52,15 +52,20 @@ def _require_root(name: str, root: str | None) -> str:
 # mnist, fashion-mnist: idx files
 
 
-def read_idx_images(path: str) -> np.ndarray:
-    """An idx3 image file (gzip or raw; magic 2051) -> uint8 (N, H, W)."""
+def _read_idx_bytes(path: str) -> bytes:
+    """The bytes of an idx file, gunzipped when it is gzip (by content, not by name)."""
     try:
         with open(path, "rb") as f:
-            gz = f.read(2) == b"\x1f\x8b"  # by content, not by name
+            gz = f.read(2) == b"\x1f\x8b"
         with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
-            data = f.read()
+            return f.read()
     except (OSError, EOFError) as exc:
         raise DataError(f"cannot read idx file {path}: {_first_line(exc)}") from None
+
+
+def read_idx_images(path: str) -> np.ndarray:
+    """An idx3 image file (gzip or raw; magic 2051) -> uint8 (N, H, W)."""
+    data = _read_idx_bytes(path)
     if len(data) < 16:
         raise DataError(f"{path} is not an idx image file (only {len(data)} bytes)")
     magic, n, h, w = struct.unpack(">IIII", data[:16])
@@ -75,13 +80,7 @@ def read_idx_images(path: str) -> np.ndarray:
 
 def read_idx_labels(path: str) -> np.ndarray:
     """An idx1 label file (gzip or raw; magic 2049) -> uint8 (N,)."""
-    try:
-        with open(path, "rb") as f:
-            gz = f.read(2) == b"\x1f\x8b"
-        with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
-            data = f.read()
-    except (OSError, EOFError) as exc:
-        raise DataError(f"cannot read idx file {path}: {_first_line(exc)}") from None
+    data = _read_idx_bytes(path)
     if len(data) < 8:
         raise DataError(f"{path} is not an idx label file (only {len(data)} bytes)")
     magic, n = struct.unpack(">II", data[:8])
