@@ -24,6 +24,7 @@ from genvae.core.hookspecs import hookimpl
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 IDX_IMAGES_MAGIC = 2051
 IDX_LABELS_MAGIC = 2049
+IDX_FRAME = 32  # MNIST-style 28x28 images sit in a 32x32 black frame
 # name -> (torchvision class and folder name, default roots searched when no --data-root is given)
 IDX_DATASETS = {
     "mnist": ("MNIST", ["/usr/share/datasets/mnist"]),
@@ -129,7 +130,10 @@ def _load_idx(name: str, root, image_size: int, channels: int, split: str, downl
         raise DataError(f"'{name}' {split} images not found: looked for {prefix}-images-idx3-ubyte[.gz] in "
                         f"{where}; {DOWNLOAD_HINT}")
     images = torch.from_numpy(read_idx_images(path)).unsqueeze(1)
-    # 28 -> 32 (or any even margin): pad with black, keeping each digit's pixels exact; else resize
+    # 28 -> 32: pad with black, keeping each pixel exact; larger sizes are that 32 frame resized, so every size
+    # shows the same framing (a 64 image is the 32 one at twice the size, as Stage2 needs); smaller ones resize
+    if image_size > IDX_FRAME:
+        return fit_tensor(fit_tensor(images, IDX_FRAME, channels, mode="pad"), image_size, channels)
     return fit_tensor(images, image_size, channels, mode="pad")
 
 
