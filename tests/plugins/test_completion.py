@@ -109,6 +109,13 @@ def test_the_best_start_is_kept_per_image():
     with torch.no_grad():
         value, _ = c.objective(model, out["latents"], x[:2], m, 0.1, 1.0)
     assert torch.allclose(value, out["objective"], atol=1e-4)
+    # without steps the starts are the seeded draws: the kept one is each image's lowest
+    out = c.complete(model, x[:3], m, starts=4, steps=0, seed=5)
+    z = torch.randn(4 * 3, *model.layout.shape, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        every, _ = c.objective(model, z, x[:3].repeat(4, 1, 1, 1), m, 0.1, 1.0)
+    best = every.view(4, 3).min(0).values
+    assert torch.allclose(out["objective"], best, atol=1e-5) and (every.view(4, 3).max(0).values > best).all()
 
 
 @pytest.mark.parametrize("preset", ["crvae-gan-small", "vae-gan-small"])
