@@ -86,8 +86,7 @@ def main() -> int:
         for metric, key in SCORES:
             values = [reports[f"{preset}-s{s}"][metric][key] for s in args.seeds]
             sd = statistics.stdev(values) if len(values) > 1 else 0.0
-            scale = 1000.0 if key == "kid" else 1.0  # KID x 1000, as usually printed
-            cells.append(f"{statistics.mean(values) * scale:.3g} ± {sd * scale:.2g}")
+            cells.append(f"{statistics.mean(values):.3f} ± {sd:.3f}")
         print(f"| `{preset}` | " + " | ".join(cells) + " |")
     return 0
 

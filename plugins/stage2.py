@@ -233,7 +233,9 @@ def genvae_register_decoders(register):
 def genvae_register_presets(register):
     register("stage2", _stage2_preset(128, 3, 64, 4, [64, 128, 256, 256, 256], 2e-4),
              help="crVAE paper Stage2 (64 -> 128, RGB) on a trained Stage1 (genvae build --preset stage2 --stage1 "
-                  "DIR): StackGAN-like up-sampler, adversarial + perceptual (discriminator features) + small MSE")
+                  "DIR): StackGAN-like up-sampler, adversarial + perceptual (discriminator features) + small MSE",
+             builds_on="--stage1 DIR")
     register("stage2-small", _stage2_preset(64, 1, 16, 2, [16, 32, 64, 64], 1e-3),
-             help="Stage2 for CPUs (32 -> 64, grey) on a -small Stage1 such as crvae-gan-small")
+             help="Stage2 for CPUs (32 -> 64, grey) on a -small Stage1 such as crvae-gan-small",
+             builds_on="--stage1 DIR")
 

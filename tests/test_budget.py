@@ -106,7 +106,10 @@ def test_activations_grow_with_the_batch():
 
 
 def test_every_preset_is_sized_on_meta_and_fits_8g():
-    for name in get_registry().names("preset"):
+    registry = get_registry()
+    for name in registry.names("preset"):
+        if registry.get("preset", name).extra.get("builds_on"):
+            continue  # needs a trained model to build on (stage2: --stage1 DIR); sized in its own tests
         spec = compose_spec(preset=name)
         est = check_budget(spec, limit="8G")
         assert est is not None and est.measured, (name, est)
