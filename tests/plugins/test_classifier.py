@@ -124,3 +124,32 @@ def test_evaluate_says_what_is_missing(tmp_path, mnist_root):
     assert "fid need a feature network: train one with genvae train-classifier" in result.output
     result = invoke_cli(["evaluate", a, "--metrics", "rmse,fidd"])
     assert result.exit_code == 1 and "unknown metric 'fidd'; metrics: fid, is, kid, pr, rmse" in result.output
+
+
+def test_a_local_inception_weights_file_is_a_labelled_feature_network(tmp_path):
+    from safetensors.torch import save_file
+    from torchvision.models import inception_v3
+
+    from genvae.core.evaluation import open_feature_network
+    from genvae.core.registry import get_registry
+
+    torch.manual_seed(0)
+    net = inception_v3(weights=None, aux_logits=True, init_weights=False)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / "inception.safetensors"))
+    features = open_feature_network(tmp_path / "inception.safetensors", get_registry())
+    assert features.label == "Inception-v3 features (torchvision ImageNet weights)"
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    from genvae.core.evaluation import fit_to
+
+    x = fit_to(x, features.image_shape)
+    with torch.no_grad():
+        f, logits = features.features(x), features.logits(x)
+        net.eval()
+        expect = net(((x + 1) / 2 - features.mean) / features.std)
+    assert f.shape == (2, 2048) and torch.allclose(logits, expect, atol=1e-4)
+    (tmp_path / "other.safetensors").write_bytes(b"not a file")
+    with pytest.raises(GenvaeError, match="cannot read Inception weights"):
+        open_feature_network(tmp_path / "other.safetensors", get_registry())
+    with pytest.raises(GenvaeError, match="no feature network reads x.bin"):
+        (tmp_path / "x.bin").write_bytes(b"")
+        open_feature_network(tmp_path / "x.bin", get_registry())
