@@ -55,7 +55,7 @@ MISTAKES = [
     ("level k's decoder reads z_{k-1} instead of z_k", 'plugins/laplacian/components.py', 'return self.level(k).from_z(torch.cat(zs[k:], dim=1))', 'return self.level(k).from_z(torch.cat([zs[k - 1] if k else zs[k], *zs[k + 1:]], dim=1))'),
     ("level k's decoder reads z_k only", 'plugins/laplacian/components.py', 'return self.level(k).from_z(torch.cat(zs[k:], dim=1))', 'return self.level(k).from_z(torch.cat([zs[k]] * (len(zs) - k), dim=1))'),
     ('per-level lists not reversed', 'plugins/laplacian/pyramid.py', '    return list(reversed(values))', '    return list(values)'),
-    ('pyramid-mse level weights reversed', 'plugins/laplacian/loss.py', 'self.weights = per_level(options.level_weights or (1.0,), levels, "level_weights")', 'self.weights = per_level(options.level_weights or (1.0,), levels, "level_weights")[::-1]'),
+    ('pyramid-mse level weights reversed', 'plugins/laplacian/loss.py', 'self.weights = levels_option(self, options.level_weights or (1.0,), levels, "level_weights")', 'self.weights = levels_option(self, options.level_weights or (1.0,), levels, "level_weights")[::-1]'),
     ('latent groups finest first', 'plugins/laplacian/components.py', 'self.layout = LatentLayout((sum(sizes),), group_sizes=tuple(reversed(sizes)), group_label="level")', 'self.layout = LatentLayout((sum(sizes),), group_sizes=tuple(sizes), group_label="level")'),
     ('no 4^k area scale in pyramid-mse', 'plugins/laplacian/loss.py', 'weight *= full / (target.shape[-2] * target.shape[-1])', 'weight *= 1'),
     ("M reads the real image's posterior", 'plugins/m_net.py', 'mu, lv = self.reencode(j, preds[j], recon[j + 1] if j + 1 < levels else None)', 'mu, lv = zs[j], tr.split_levels(state.posterior.logvar)[j]'),

@@ -33,6 +33,7 @@ from genvae.plugins.laplacian.pyramid import (
     check_pyramid_size,
     decompose,
     gaussian_pyramid,
+    levels_option,
     per_level,
     reconstruct_levels,
     upsample,
@@ -213,10 +214,7 @@ class LaplacianLatent(LatentTransform):
         if not isinstance(enc, LaplacianEncoder):
             raise self.fail(f"needs the 'laplacian' encoder (per-level features), not '{enc.name}'")
         levels = enc.num_levels
-        try:
-            sizes = per_level(options.latent_sizes, levels, "latent_sizes")
-        except ValueError as exc:
-            raise self.fail(str(exc)) from None
+        sizes = levels_option(self, options.latent_sizes, levels, "latent_sizes")
         self.num_levels = levels
         self.sizes = sizes  # by level k
         self.feature_sizes = list(enc.feature_sizes)
@@ -289,10 +287,7 @@ class LaplacianDecoder(Decoder):
         if not isinstance(tr, LaplacianLatent):
             raise self.fail(f"needs the 'laplacian' latent transform (per-level decoder inputs), not '{tr.name}'")
         levels = tr.num_levels
-        try:
-            widths = per_level(options.widths, levels, "widths")
-        except ValueError as exc:
-            raise self.fail(str(exc)) from None
+        widths = levels_option(self, options.widths, levels, "widths")
         c, h, _ = ctx.image_shape
         self.num_levels = levels
         self.kernel = enc.kernel

@@ -9,7 +9,7 @@ from genvae.core.components import BuildContext, Loss
 from genvae.core.errors import shorten
 from genvae.core.layers import reduce_images, reduction_option
 from genvae.core.options import float_tuple, one_of, option, to_bool
-from genvae.plugins.laplacian.pyramid import per_level
+from genvae.plugins.laplacian.pyramid import levels_option
 
 
 @attrs.frozen
@@ -46,10 +46,7 @@ class PyramidMSELoss(Loss):
             raise self.fail(f"needs a pyramid encoder, latent transform and decoder such as 'laplacian' (this "
                             f"model's decoder is '{getattr(dec, 'name', None)}')")
         levels = dec.num_levels
-        try:
-            self.weights = per_level(options.level_weights or (1.0,), levels, "level_weights")
-        except ValueError as exc:
-            raise self.fail(str(exc)) from None
+        self.weights = levels_option(self, options.level_weights or (1.0,), levels, "level_weights")
         self.refer("_level_modules", [])  # (encoder, latent, decoder) level modules by level, set in attach
 
     def attach(self, model) -> None:

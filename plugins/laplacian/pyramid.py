@@ -108,6 +108,14 @@ def reconstruct(hs: list[Tensor], kernel: str = "binomial") -> Tensor:
 # -- shared helpers -------------------------------------------------------------------------------------
 
 
+def levels_option(component, values: tuple, levels: int, what: str) -> list:
+    """:func:`per_level` for a component's option: a bad length is the component's one-line build error."""
+    try:
+        return per_level(values, levels, what)
+    except ValueError as exc:
+        raise component.fail(str(exc)) from None
+
+
 def per_level(values: tuple, levels: int, what: str) -> list:
     """A coarsest-first option list (or one value for all) -> a list indexed by level k (0 = finest)."""
     values = tuple(values)
