@@ -40,6 +40,7 @@ __all__ = [
     "load_command_data",
     "load_for_inference",
     "load_image",
+    "load_mask",
     "registry",
     "seed_option",
 ]
@@ -116,6 +117,22 @@ def load_image(path, model):
 
     pixels = read_image(path, model.spec.image_size, model.spec.channels)
     return to_model_range(pixels.unsqueeze(0)).to(model.device)
+
+
+def load_mask(path, size: int):
+    """A black/white image file as a (1, 1, size, size) float mask: 1 where it is white (above mid-grey), 0 elsewhere;
+    an unreadable file is a one-line error."""
+    from PIL import Image, UnidentifiedImageError
+
+    from genvae.core.data import fit_image
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            pixels = fit_image(img, size, 1)
+    except (OSError, UnidentifiedImageError) as exc:
+        raise GenvaeError(f"cannot read mask {path}: {exc}") from None
+    return (pixels.float() / 255.0 > 0.5).float().unsqueeze(0)
 
 
 def load_command_data(model, data, data_root=None, download: bool = False, split: str = "train"):

@@ -88,19 +88,14 @@ class EvalData:
     def samples(self) -> Tensor:
         """``n_samples`` images drawn from the model (prior samples), in [-1, 1], on the CPU."""
         if "samples" not in self._cache:
-            generator_state = torch.random.get_rng_state()
-            cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-            torch.manual_seed(self.seed)
-            try:
+            devices = [self.device] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):  # the caller's random streams are left as they were
+                torch.manual_seed(self.seed)
                 parts, left = [], self.n_samples
                 while left > 0:
                     n = min(self.batch_size, left)
                     parts.append(self.model.sample(n, self.device).float().cpu())
                     left -= n
-            finally:
-                torch.random.set_rng_state(generator_state)
-                if cuda_state is not None:
-                    torch.cuda.set_rng_state_all(cuda_state)
             self._cache["samples"] = torch.cat(parts)
         return self._cache["samples"]
 

@@ -64,17 +64,9 @@ def named_mask(name: str, size: int, seed: int = 0) -> Tensor:
 
 def mask_from_file(path: str | Path, size: int) -> Tensor:
     """A black/white image file as a mask at ``size``: white marks what is occluded (mask 0), black stays visible."""
-    from PIL import Image, UnidentifiedImageError
+    from genvae.core.commands import load_mask
 
-    from genvae.core.data import fit_image
-
-    try:
-        with Image.open(path) as img:
-            img.load()
-            pixels = fit_image(img, size, 1)
-    except (OSError, UnidentifiedImageError) as exc:
-        raise GenvaeError(f"cannot read mask {path}: {exc}") from None
-    return (pixels.float() / 255.0 <= 0.5).float().unsqueeze(0)
+    return 1.0 - load_mask(path, size)
 
 
 def discriminator_of(model):

@@ -141,16 +141,8 @@ def edit_image(model, x: Tensor, coarse: Tensor | None = None, mask: Tensor | No
 
 def load_mask(path, model) -> Tensor:
     """A black/white image file as a (1, 1, H, W) mask of 0/1 at the model's image size (white = 1)."""
-    from PIL import Image, UnidentifiedImageError
+    from genvae.core.commands import load_mask as read_mask
 
-    from genvae.core.data import fit_image
-
-    try:
-        with Image.open(path) as img:
-            img.load()
-            pixels = fit_image(img, model.spec.image_size, 1)
-    except (OSError, UnidentifiedImageError) as exc:
-        raise GenvaeError(f"cannot read mask {path}: {exc}") from None
-    return (pixels.float() / 255.0 > 0.5).float().unsqueeze(0).to(model.device)
+    return read_mask(path, model.spec.image_size).to(model.device)
 
 
