@@ -6,6 +6,7 @@ traceback instead. Plugins add commands through the ``genvae_register_commands``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -355,6 +356,7 @@ def train(folder, data, data_root, download, epochs, max_steps, batch_size, lr, 
     one process at a time may train a folder.
     """
     from genvae.core.checkpoint import CHECKPOINTS, METRICS, SAMPLES, latest_checkpoint, load_model, save_model
+    from genvae.core.distributed import shutdown
     from genvae.core.folder import ModelFolder, lock_folder
     from genvae.core.train import prepare_training
 
@@ -373,32 +375,45 @@ def train(folder, data, data_root, download, epochs, max_steps, batch_size, lr, 
     trainer = prepare_training(model, folder, data=data, data_root=data_root, download=download,
                                overrides=overrides, sets=sets, device=device, registry=registry())
     images, dev = trainer.data, trainer.device
-    if images.skipped:
+    main = trainer.is_main  # under torchrun only rank 0 writes and prints
+    if images.skipped and main:
         err_console.print(f"skipped {len(images.skipped)} unreadable file(s), e.g. {images.skipped[0]}",
                           markup=False, highlight=False)
-    with lock_folder(folder):
+    with lock_folder(folder) if main else contextlib.nullcontext():
         mf = ModelFolder(folder)
         trainer.prepare_folder(cut_metrics_to_step=False)  # refuses symlinked outputs before anything is deleted
-        if restart:
+        if restart and main:
             mf.remove(f for f in mf.files() if f == METRICS or f.startswith((f"{CHECKPOINTS}/", f"{SAMPLES}/")))
+        if trainer.dist is not None:
+            trainer.dist.barrier()  # rank 0 has prepared the folder before any process reads a checkpoint
         start = trainer.resume() if resume else 0
-        if resume and start == 0 and last is None:
+        if resume and start == 0 and last is None and main:
             err_console.print("no checkpoint to resume from; starting at step 0")
-        save_model(model, folder)  # records the run's training settings in config.json
+        if main:
+            save_model(model, folder)  # records the run's training settings in config.json
         total = trainer.total_steps()
         updates = _updates_text({"phase": u.phase.name, "branch": u.branch, "fresh": u.fresh} for u in trainer.updates)
-        console.print(f"training {folder} on {images.source} ({len(images)} images) | {dev} | step {start} -> "
-                      f"{total} | batch {trainer.batch_size} | updates: {updates}",
-                      markup=False, highlight=False)
+        processes = f" | {trainer.dist.world_size} processes ({trainer.dist.backend})" if trainer.dist else ""
+        if main:
+            console.print(f"training {folder} on {images.source} ({len(images)} images) | {dev}{processes} | step "
+                          f"{start} -> {total} | batch {trainer.batch_size} | updates: {updates}",
+                          markup=False, highlight=False)
         if start >= total:
-            console.print("nothing to do: the run already reached its last step (raise --max-steps or --epochs)")
+            if main:
+                console.print("nothing to do: the run already reached its last step (raise --max-steps or --epochs)")
             return
-        last_metrics = _fit_with_progress(trainer, total, start, quiet)
-    console.print(f"done at step {trainer.step}: " + ", ".join(
-        f"{k} {v:.4g}" for k, v in last_metrics.items() if k not in ("step", "epoch")))
+        try:
+            last_metrics = _fit_with_progress(trainer, total, start, quiet, silent=not main)
+        finally:
+            shutdown()  # leave the process group (a no-op for one process)
+    if main:
+        console.print(f"done at step {trainer.step}: " + ", ".join(
+            f"{k} {v:.4g}" for k, v in last_metrics.items() if k not in ("step", "epoch")))
 
 
-def _fit_with_progress(trainer, total: int, start: int, quiet: bool) -> dict:
+def _fit_with_progress(trainer, total: int, start: int, quiet: bool, silent: bool = False) -> dict:
+    if silent:
+        return trainer.fit()
     if quiet or not console.is_terminal:
         def on_log(record):
             terms = "  ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("step", "epoch", "lr"))

@@ -42,6 +42,7 @@ __all__ = [
     "load_image",
     "load_mask",
     "registry",
+    "require_single_process",
     "seed_option",
 ]
 
@@ -142,3 +143,15 @@ def load_command_data(model, data, data_root=None, download: bool = False, split
     spec = model.spec
     return load_data(data, image_size=spec.image_size, channels=spec.channels, split=split, root=data_root,
                      download=download, registry=registry())
+
+
+def require_single_process(command: str) -> None:
+    """Refuse to run ``command`` under a torchrun launch of several processes (each would write the same files).
+
+    For commands that train outside :class:`~genvae.core.Trainer`'s own data-parallel support."""
+    from genvae.core.distributed import launched_world_size
+
+    world = launched_world_size()
+    if world > 1:
+        raise GenvaeError(f"{command} runs in one process, not under torchrun ({world} processes); launch it with "
+                          "plain python, or train with genvae train, which supports torchrun")

@@ -32,6 +32,7 @@ from torch import nn
 
 from genvae.core import checkpoint as ckpt
 from genvae.core.components import Pass
+from genvae.core.distributed import Distributed, init_distributed, process_device, rank_seed
 from genvae.core.errors import CheckpointError, GenvaeError
 from genvae.core.files import UnsafePathError, atomic_write_text, remove_orphans
 from genvae.core.folder import ModelFolder, lock_folder
@@ -261,7 +262,8 @@ class Trainer:
     """Trains a model in its folder: metrics, sample grids, checkpoints, exact resume."""
 
     def __init__(self, model: GenerativeModel, folder: str | Path, data, config: TrainConfig,
-                 device: torch.device, on_log: Callable[[dict], None] | None = None):
+                 device: torch.device, on_log: Callable[[dict], None] | None = None,
+                 dist: Distributed | None = None):
         from genvae.core.data import to_model_range
 
         self.model = model.to(device)
@@ -282,8 +284,19 @@ class Trainer:
         if device.type == "cuda" and images.numel() < 4 * 2**30:
             images = images.to(device)
         self.images = images
-        self.batch_size = min(config.batch_size, n)
+        self.batch_size = min(config.batch_size, n)  # the global batch: all processes together
         self.batches_per_epoch = n // self.batch_size
+        self.dist = dist
+        self.local_batch = self.batch_size
+        if dist is not None:
+            if self.batch_size % dist.world_size:
+                raise GenvaeError(f"batch size {self.batch_size} is not a multiple of the {dist.world_size} processes; "
+                                  "--batch-size is the global batch, split evenly between them")
+            self.local_batch = self.batch_size // dist.world_size
+            # identical replicas: rank 0's weights and buffers everywhere, then each rank its own noise
+            dist.broadcast_([*self.model.parameters(), *self.model.buffers()])
+            if dist.rank:
+                seed_everything(rank_seed(config.seed, dist.rank))
         self.phases = build_phases(self.model, config, device)
         self.updates = plan_updates(self.model, config, self.phases)
         self.amp_dtype = None
@@ -334,7 +347,8 @@ class Trainer:
             record: dict[str, torch.Tensor] = {}
             logged.append((update, record))
             if skip:  # the one host sync a loss may ask for: only losses that declare may_skip, when their rule is on
-                skipped = bool(torch.stack([f.reshape(()) for f in skip]).any())
+                flag = torch.stack([f.reshape(()) for f in skip]).any()
+                skipped = bool(flag if self.dist is None else self.dist.any(flag))  # every replica skips alike
                 record[f"{phase.name}/skipped"] = torch.tensor(float(skipped), device=x.device)
             if not terms:  # nothing on this branch this step (e.g. every term switched off)
                 continue
@@ -347,11 +361,11 @@ class Trainer:
                 record[f"{phase.name}/total"] = total.detach()
                 continue
             phase.optimizer.zero_grad(set_to_none=True)
-            if self.scaler is not None:
-                self.scaler.scale(total).backward(retain_graph=i < last)
+            (total if self.scaler is None else self.scaler.scale(total)).backward(retain_graph=i < last)
+            if self.dist is not None:  # the gradient of the mean over the global batch, on every replica
+                self.dist.average_([p.grad for p in phase.params if p.grad is not None])
+            if self.scaler is not None:  # after the average: an overflow on any replica skips the step on all
                 self.scaler.unscale_(phase.optimizer)
-            else:
-                total.backward(retain_graph=i < last)
             for params, value in phase.clamps:
                 nn.utils.clip_grad_value_(params, value)
             if self.config.grad_clip_norm is not None:
@@ -371,7 +385,8 @@ class Trainer:
         return _merge_logged(logged)
 
     def _batch(self, perm: torch.Tensor, b: int) -> torch.Tensor:
-        idx = perm[b * self.batch_size : (b + 1) * self.batch_size]
+        start = b * self.batch_size + (self.dist.rank * self.local_batch if self.dist is not None else 0)
+        idx = perm[start : start + self.local_batch]  # this process's share of the global batch
         x = self.to_model_range(self.images[idx].to(self.device, non_blocking=True))
         if self.config.flip:
             flip = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < 0.5
@@ -400,12 +415,36 @@ class Trainer:
         checkpoint (:class:`TrainingStopped`); non-finite terms or weights stop with
         :class:`~genvae.core.checkpoint.DivergedError` before anything diverged is written.
         """
-        with lock_folder(self.folder), self.stop:
+        with lock_folder(self.folder) if self.is_main else nullcontext(), self.stop:
             return self._fit()
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes the folder (the only process, or rank 0 of a torchrun launch)."""
+        return self.dist is None or self.dist.is_main
+
+    def _stopping(self, synced: bool) -> bool:
+        """Whether to stop at this step boundary. Under torchrun the processes agree first, at log and checkpoint
+        steps only (a signal reaches them at different steps; a check every step would cost a collective)."""
+        if self.dist is None:
+            return self.stop.signum is not None
+        if not synced:
+            return False
+        agreed = bool(self.dist.any(torch.tensor(self.stop.signum is not None, device=self.device)))
+        if agreed and self.stop.signum is None:
+            self.stop.signum = signal.SIGTERM  # another process was signalled: stop with it, checkpoint and all
+        return agreed
+
+    def _sync_buffers(self) -> None:
+        """Average the replicas' floating-point buffers (BatchNorm running statistics) before they are read."""
+        if self.dist is not None:
+            self.dist.average_([b for b in self.model.buffers() if b.is_floating_point()])
 
     def prepare_folder(self, cut_metrics_to_step: bool = True) -> None:
         """Before the first step: refuse unsafe output paths, remove orphaned temporary files, and cut
-        ``metrics.jsonl`` back to the step training starts from (after :meth:`resume`)."""
+        ``metrics.jsonl`` back to the step training starts from (after :meth:`resume`). Rank 0's job."""
+        if not self.is_main:
+            return
         mf = ModelFolder(self.folder)
         mf.check_outputs([ckpt.METRICS, ckpt.CONFIG, ckpt.WEIGHTS])
         for sub in (ckpt.CHECKPOINTS, ckpt.SAMPLES):
@@ -423,8 +462,9 @@ class Trainer:
         frozen = apply_freeze(self.model, self.config)
         tick, tick_step = time.perf_counter(), self.step
         self.checked_step = self.step
+        stopping = False
         try:
-            while self.step < total and self.epoch < self.config.epochs and self.stop.signum is None:
+            while self.step < total and self.epoch < self.config.epochs and not stopping:
                 self._set_lr()
                 perm = self._permutation(self.epoch)
                 while self.batch_in_epoch < self.batches_per_epoch and self.step < total:
@@ -432,13 +472,16 @@ class Trainer:
                     self.batch_in_epoch += 1
                     self.step += 1
                     self._accumulate(terms)
+                    synced = False
                     if self.step % self.config.log_every == 0 or self.step == total:
                         now = time.perf_counter()
                         last = self._log((self.step - tick_step) * self.batch_size / max(now - tick, 1e-9))
-                        tick, tick_step = time.perf_counter(), self.step
+                        tick, tick_step, synced = time.perf_counter(), self.step, True
                     if self.step % self.config.checkpoint_every == 0 and self.step < total:
                         self.save_checkpoint()
-                    if self.stop.signum is not None:
+                        synced = True
+                    stopping = self._stopping(synced)
+                    if stopping:
                         break
                 if self.batch_in_epoch >= self.batches_per_epoch:
                     self.save_samples(self.epoch + 1)
@@ -447,7 +490,7 @@ class Trainer:
         finally:  # the model leaves training as it came: a later run may train other parts
             for p in frozen:
                 p.requires_grad_(True)
-        if self.stop.signum is not None:
+        if stopping and self.stop.signum is not None:
             self.save_checkpoint()
             raise TrainingStopped(self.stop.signum, self.step, self.folder)
         if self.batch_in_epoch:  # stopped mid-epoch: still leave a grid of where training got to
@@ -471,7 +514,11 @@ class Trainer:
 
     def check_finite(self) -> None:
         """Raise :class:`DivergedError` naming every non-finite term of the window (one host sync)."""
+        if self.dist is not None:  # every replica decides alike
+            self.dist.max_(self.first_nonfinite)
         bad = sorted(k for k, v in self.running.items() if not math.isfinite(float(v)))
+        if self.dist is not None and bool(self.dist.any(torch.tensor(bool(bad), device=self.device))) and not bad:
+            bad = ["loss terms (on another process)"]
         if bad or int(self.first_nonfinite) >= 0:
             raise self._diverged(bad or ["loss terms"])
         self.checked_step = self.step
@@ -486,6 +533,9 @@ class Trainer:
         )
 
     def _log(self, images_per_s: float) -> dict[str, float]:
+        if self.dist is not None:  # the mean over every process's images
+            self.dist.average_(list(self.running.values()))
+            self.dist.max_(self.first_nonfinite)
         values = {k: (v / self.running_count).item() for k, v in self.running.items()}
         record = {
             "step": self.step,
@@ -498,7 +548,8 @@ class Trainer:
         for k in bad:
             record[k] = None  # JSON has no NaN; the error names the terms
         self.running, self.running_count = {}, 0
-        append_metrics(self.metrics_path, record, ModelFolder(self.folder))
+        if self.is_main:
+            append_metrics(self.metrics_path, record, ModelFolder(self.folder))
         if self.on_log is not None and not bad:
             self.on_log(record)
         if bad:
@@ -510,6 +561,10 @@ class Trainer:
     def save_samples(self, epoch: int, n: int = 64, name: str | None = None) -> Path:
         from genvae.core.data import save_grid
 
+        self._sync_buffers()
+        rel = f"{ckpt.SAMPLES}/{name or f'epoch-{epoch:04d}'}.png"
+        if not self.is_main:
+            return self.folder / rel
         was_training = self.model.training
         self.model.eval()
         devices = [self.device] if self.device.type == "cuda" else []
@@ -519,7 +574,6 @@ class Trainer:
         self.model.train(was_training)
         apply_freeze(self.model, self.config, grads=False)  # frozen modules back to eval mode
         mf = ModelFolder(self.folder)
-        rel = f"{ckpt.SAMPLES}/{name or f'epoch-{epoch:04d}'}.png"
         mf.subdir(ckpt.SAMPLES)
         mf.record(rel)
         save_grid(images.float().cpu(), self.folder / rel)
@@ -533,6 +587,12 @@ class Trainer:
         diverged run raises :class:`DivergedError` and writes nothing.
         """
         self.check_finite()
+        self._sync_buffers()
+        if self.dist is not None:  # the open log window as its mean over the processes (exact: sums are linear)
+            self.dist.average_(list(self.running.values()))
+        rng_by_rank = self._rng_by_rank()
+        if not self.is_main:
+            return ckpt.latest_checkpoint(self.folder) or self.folder
         optim_tensors: dict[str, torch.Tensor] = {}
         optim_meta = {}
         for phase in self.phases:
@@ -543,6 +603,7 @@ class Trainer:
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         optim_tensors.update({f"rng/{k}": v for k, v in rng.items()})
+        optim_tensors.update(rng_by_rank)
         optim_tensors.update({f"{RUNNING}{k}": v.reshape(()) for k, v in self.running.items()})
         trainer = {
             "step": self.step,
@@ -554,11 +615,40 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "running_count": self.running_count,
             "running_terms": list(self.running),
+            "world_size": self.dist.world_size if self.dist is not None else 1,
         }
         path = ckpt.write_checkpoint(self.folder, self.step, self.model.state_dict(), optim_tensors, trainer,
                                      self.config.keep_checkpoints)
         ckpt.save_model(self.model, self.folder)
         return path
+
+    def _rng_by_rank(self) -> dict[str, torch.Tensor]:
+        """Under torchrun, every process's random streams (collected on rank 0), so a resume is exact."""
+        if self.dist is None:
+            return {}
+        out = {}
+        states = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            states["cuda"] = torch.cuda.get_rng_state(self.device)
+        for kind, state in states.items():
+            where = self.device if self.dist.backend == "nccl" else torch.device("cpu")
+            for rank, got in enumerate(self.dist.gather(state.to(where))):
+                if rank:
+                    out[RANK_RNG.format(rank=rank, kind=kind)] = got.cpu()
+        return out
+
+    def _restore_rank_rng(self, tensors: dict[str, torch.Tensor], step: int) -> None:
+        """This process's own random streams; a checkpoint from another number of processes has none for it, and
+        the process starts a fresh stream of its own."""
+        assert self.dist is not None
+        key = RANK_RNG.format(rank=self.dist.rank, kind="torch")
+        if key not in tensors:
+            seed_everything(rank_seed(self.config.seed + step, self.dist.rank))
+            return
+        torch.set_rng_state(tensors[key].cpu())
+        cuda = RANK_RNG.format(rank=self.dist.rank, kind="cuda")
+        if cuda in tensors and self.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors[cuda].cpu(), self.device)
 
     def resume(self) -> int:
         """Load the latest checkpoint; returns its step (0 when there is none)."""
@@ -582,6 +672,8 @@ class Trainer:
             torch.set_rng_state(tensors["rng/torch"].cpu())
             if "rng/cuda" in tensors and self.device.type == "cuda":
                 torch.cuda.set_rng_state(tensors["rng/cuda"].cpu(), self.device)
+            if self.dist is not None and self.dist.rank:
+                self._restore_rank_rng(tensors, trainer["step"])
             _set_py_random_state(trainer["python_random"])
             if self.scaler is not None and trainer.get("scaler"):
                 self.scaler.load_state_dict(trainer["scaler"])
@@ -595,6 +687,7 @@ class Trainer:
 
 
 RUNNING = "trainer.running/"  # tensor-name prefix of the open log window's sums in optimizer.safetensors
+RANK_RNG = "rng@rank{rank}/{kind}"  # the other processes' random streams of a torchrun launch
 
 
 def _is_count(value) -> bool:
@@ -722,11 +815,12 @@ def prepare_training(model: GenerativeModel, folder: str | Path, *, data: str | 
     if bad:
         raise GenvaeError(f"train --set '{bad[0][:60]}': only train.OPTION=VALUE here; change a model with genvae "
                           "build")
-    dev = resolve_device(device)
+    dev = process_device(resolve_device(device))
+    dist = init_distributed(dev)
     spec = apply_sets(model.spec.with_train(**(overrides or {})), sets)
     check_budget(spec, registry)  # e.g. a larger batch: config.json must stay loadable after this run
     model.spec = spec
     seed_everything(spec.train.seed)
     images = load_data(data, image_size=spec.image_size, channels=spec.channels, split="train", root=data_root,
                        download=download, registry=registry)
-    return Trainer(model, folder, images, spec.train, dev)
+    return Trainer(model, folder, images, spec.train, dev, dist=dist)

@@ -80,8 +80,9 @@ def add_commands(cli) -> None:
     def train_levels(folder, data, data_root, download, mode, steps, batch_size, lr, device, seed, quiet):
         """Level-wise LapCVAE training: --greedy (coarsest first) or --retrain-m; stages go to FOLDER/stages/."""
         from genvae.core.checkpoint import load_model, save_model
-        from genvae.core.commands import console, registry
+        from genvae.core.commands import console, registry, require_single_process
 
+        require_single_process("genvae train-levels")
         if mode is None:
             raise GenvaeError("choose --greedy or --retrain-m")
         model = load_model(folder, device="cpu", registry=registry())
