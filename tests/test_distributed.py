@@ -134,6 +134,6 @@ def test_commands_that_write_outside_the_trainer_refuse_torchrun(tmp_path, monke
     from genvae.testing import invoke_cli
 
     monkeypatch.setenv("WORLD_SIZE", "2")
-    result = invoke_cli(["train-levels", tmp_path / "m", "--greedy"])
+    result = invoke_cli(["train-levels", tmp_path / "m", "--greedy", "--steps", "1"])
     assert result.exit_code != 0
     assert "genvae train-levels runs in one process, not under torchrun (2 processes)" in result.output
