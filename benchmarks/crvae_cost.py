@@ -1,7 +1,7 @@
-"""Cost of channel recurrency: crVAE-GAN vs VAE-GAN at the paper's 64x64 config, side by side in one run.
+"""Model cost: crVAE-GAN vs VAE-GAN at the paper's 64x64 config (and LapCVAE beside them), side by side in one run.
 
-Both models (presets ``crvae-gan`` and ``vae-gan``, batch 128, eval mode, no grad) are timed in one
-process, interleaved repetition by repetition, so machine load drifts hit both alike:
+The models (presets ``crvae-gan``, ``vae-gan`` and ``lapcvae``, batch 128, eval mode, no grad) are timed in
+one process, interleaved repetition by repetition, so machine load drifts hit them alike:
 
 * inference: x -> q(z|x) (encoder + the latent transform's posterior), ms per batch;
 * generation: z -> x (the latent transform's generate + decoder + tanh), ms per batch;
@@ -36,7 +36,7 @@ import subprocess
 import sys
 import time
 
-MODELS = ("crvae-gan", "vae-gan")
+MODELS = ("crvae-gan", "vae-gan", "lapcvae")  # the ratio column is the first over the second
 PAPER_MS = {"inference_ms": (5.8, 2.6), "generation_ms": (4.0, 2.2)}  # (crVAE-GAN, VAE-GAN), Titan X
 
 
@@ -233,12 +233,14 @@ def main() -> None:
     }
     print(f"device: {where} | batch {args.batch} | image 3x64x64 | timing: medians of {args.reps} interleaved "
           f"runs after {args.warmup} warm-up")
-    print(f"{'':26s}{'crVAE-GAN':>14s}{'VAE-GAN':>14s}{'ratio':>9s}{'paper ratio':>13s}")
+    lap = summary["lapcvae"]
+    print(f"{'':26s}{'crVAE-GAN':>14s}{'VAE-GAN':>14s}{'ratio':>9s}{'paper ratio':>13s}{'LapCVAE':>14s}")
     for key in keys:
         label, fmt = labels[key]
         ratio = f"{ratios[key]:.2f}" if key in ratios else ""
         ref = f"{paper[key]:.2f}" if key in paper else ""
-        print(f"{label:26s}{fmt.format(cr[key]):>14s}{fmt.format(fc[key]):>14s}{ratio:>9s}{ref:>13s}")
+        print(f"{label:26s}{fmt.format(cr[key]):>14s}{fmt.format(fc[key]):>14s}{ratio:>9s}{ref:>13s}"
+              f"{fmt.format(lap[key]):>14s}")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"device": where, "batch": args.batch, "models": summary, "ratios": ratios,

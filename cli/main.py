@@ -339,6 +339,9 @@ def info(folder, as_json) -> None:
 @click.option("--lr", type=FiniteFloat(positive=True), help="Learning rate of the model phase.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--amp", is_flag=True, default=None, help="Mixed precision (CUDA).")
+@click.option("--channels-last", is_flag=True, default=None, help="Channels-last memory layout (faster convs on GPUs).")
+@click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the encoder, transform and "
+              "decoder.")
 @click.option("--seed", type=click.IntRange(min=0), help="Seed of every random stream.")
 @click.option("--flip/--no-flip", default=None, help="Random horizontal flips.")
 @click.option("--checkpoint-every", type=COUNT, help="Steps between checkpoints.")
@@ -348,8 +351,8 @@ def info(folder, as_json) -> None:
 @click.option("--restart", is_flag=True, help="Discard genvae's checkpoints, metrics and sample grids in the folder "
               "and train on from model.safetensors (checked before anything is deleted).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(folder, data, data_root, download, epochs, max_steps, batch_size, lr, device, amp, seed, flip,
-          checkpoint_every, log_every, sets, resume, restart, quiet) -> None:
+def train(folder, data, data_root, download, epochs, max_steps, batch_size, lr, device, amp, channels_last, compile_,
+          seed, flip, checkpoint_every, log_every, sets, resume, restart, quiet) -> None:
     """Train a model folder; checkpoints, metrics.jsonl and a sample grid per epoch go into it.
 
     Ctrl-C or SIGTERM stops at the next step with a checkpoint (a second Ctrl-C aborts at once);
@@ -370,8 +373,9 @@ def train(folder, data, data_root, download, epochs, max_steps, batch_size, lr, 
     # Everything is validated before anything in the folder is touched.
     model = load_model(folder, device="cpu", registry=registry())
     overrides = {k: v for k, v in dict(epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, amp=amp,
-                                       seed=seed, flip=flip, checkpoint_every=checkpoint_every,
-                                       log_every=log_every).items() if v is not None}
+                                       channels_last=channels_last, compile=compile_, seed=seed, flip=flip,
+                                       checkpoint_every=checkpoint_every, log_every=log_every).items()
+                 if v is not None}
     trainer = prepare_training(model, folder, data=data, data_root=data_root, download=download,
                                overrides=overrides, sets=sets, device=device, registry=registry())
     images, dev = trainer.data, trainer.device
@@ -646,6 +650,41 @@ def install(packages) -> None:
 def uninstall(packages, yes) -> None:
     """Uninstall packages from genvae's environment with pip."""
     _pip(["uninstall", *(["-y"] if yes else []), *packages])
+
+
+@cli.group("cache")
+def cache_group() -> None:
+    """The on-disk cache of decoded training images (GENVAE_CACHE; 'off' keeps images in memory)."""
+
+
+@cache_group.command("list")
+def cache_list() -> None:
+    """What the cache holds: source, images, size on disk."""
+    from genvae.core import cache
+
+    root = cache.cache_root()
+    if root is None:
+        console.print("the image cache is off (GENVAE_CACHE=off)")
+        return
+    found = cache.entries(root)
+    table = Table("source", "images", "size", "folder", title=f"image cache {root}")
+    for entry in found:
+        n, c, h, w = entry["shape"]
+        table.add_row(str(entry["source"]), f"{n:,} x {c}x{h}x{w}", f"{entry['bytes'] / 2**20:,.1f} MiB",
+                      Path(entry["folder"]).name)
+    console.print(table if found else f"the image cache {root} is empty")
+
+
+@cache_group.command("clear")
+def cache_clear() -> None:
+    """Remove every cached data set (they are decoded again when next used)."""
+    from genvae.core import cache
+
+    root = cache.cache_root()
+    if root is None:
+        console.print("the image cache is off (GENVAE_CACHE=off); nothing to clear")
+        return
+    console.print(f"removed {cache.clear(root)} cached data set(s) from {root}")
 
 
 _plugin_commands_added = False

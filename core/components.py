@@ -114,7 +114,8 @@ class Gaussian:
 
     def rsample(self) -> Tensor:
         """A reparameterised sample, z = mean + std * eps, differentiable in mean and logvar."""
-        return self.mean + self.std * torch.randn_like(self.mean)
+        # randn, not randn_like: the same draws whatever the memory layout (channels-last keeps it)
+        return self.mean + self.std * torch.randn(self.mean.shape, dtype=self.mean.dtype, device=self.mean.device)
 
     def kl(self, prior: Gaussian) -> Tensor:
         """Elementwise KL(self || prior), same shape as the mean."""

@@ -1,8 +1,11 @@
-"""The data layer: turns ``--data`` (a folder of images or a dataset name) into one uint8 tensor.
+"""The data layer: turns ``--data`` (a folder of images, tar shards or a dataset name) into one uint8 tensor.
 
 The engine knows no concrete dataset: names come from plugins (``genvae_register_datasets``).
-Everything is decoded once, into memory, as uint8 (N, C, H, W) at the training size; the model
-sees ``to_model_range(batch)`` in [-1, 1]. Images of any size are fitted the same way everywhere
+Everything is decoded once as uint8 (N, C, H, W) at the training size: a folder (loose images and
+uncompressed ``.tar`` shards, WebDataset style, read in place without extracting) goes to the
+on-disk cache of ``genvae.core.cache`` and is memory-mapped from there, so it may be larger than
+memory; a dataset plugin's tensor stays in memory. The model sees ``to_model_range(batch)`` in [-1, 1].
+Images of any size are fitted the same way everywhere
 (``fit_image`` / ``fit_tensor``): the central square (side = the shorter side) is cropped and
 resized to image_size x image_size, which is the same as "resize the shorter side, centre-crop".
 """
@@ -15,10 +18,11 @@ import io
 import math
 import os
 import stat
+import tarfile
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 import numpy as np
@@ -181,8 +185,48 @@ def _decode_and_fit(source: Any, image_size: int, channels: int) -> torch.Tensor
         return fit_image(img, image_size, channels)
 
 
+class TarMember(NamedTuple):
+    """One image inside an uncompressed tar shard: read in place (seek + read), never extracted."""
+
+    tar: str
+    offset: int
+    size: int
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.tar}:{self.name}"
+
+    def read(self) -> bytes:
+        with open_regular(self.tar) as f:
+            f.seek(self.offset)
+            data = f.read(self.size)
+        if len(data) != self.size:
+            raise OSError(f"{self.name} is cut short in {self.tar} ({len(data)} of {self.size} bytes)")
+        return data
+
+
+def tar_members(path: str) -> tuple[list[TarMember], list[tuple[str, str]]]:
+    """The image members of an uncompressed tar shard (by extension, hidden names skipped, in archive order),
+    and ``(shard, reason)`` when the shard itself cannot be read (compressed, broken)."""
+    members: list[TarMember] = []
+    try:
+        with open_regular(path) as f, tarfile.open(fileobj=f, mode="r:") as tar:
+            for m in tar:
+                base = m.name.rsplit("/", 1)[-1]
+                if m.isfile() and not base.startswith(".") and base.lower().endswith(IMAGE_EXTENSIONS):
+                    members.append(TarMember(path, m.offset_data, m.size, m.name))
+    except (OSError, tarfile.TarError) as exc:
+        reason = "not an uncompressed tar (compressed shards cannot be read in place)" if isinstance(
+            exc, tarfile.ReadError) else _reason(exc)
+        return members, [(path, reason)]
+    return members, []
+
+
 def _open_and_fit(source: Any, image_size: int, channels: int) -> torch.Tensor:
-    """Decode one file (path, bytes or file object) and fit it; paths are opened with ``open_regular``."""
+    """Decode one file (path, bytes, file object or tar member) and fit it; paths are opened with
+    ``open_regular``."""
+    if isinstance(source, TarMember):
+        source = source.read()
     if isinstance(source, bytes | bytearray | memoryview):
         source = io.BytesIO(source)
     if not isinstance(source, str | os.PathLike):
@@ -209,6 +253,20 @@ def read_image(path: str | os.PathLike, image_size: int, channels: int) -> torch
         raise
     except Exception as exc:  # PIL raises many types for broken files: all mean "unreadable"
         raise DataError(f"cannot read image {os.fspath(path)}: {_reason(exc)}") from None
+
+
+def decode_block(sources: Sequence[Any], out: Any, start: int, image_size: int, channels: int) -> list[tuple[int, str]]:
+    """Decode ``sources`` into rows ``start:`` of the uint8 array ``out`` (a memory map); ``(index, reason)`` per
+    source that could not be read. Runs in the image cache's worker processes."""
+    failures = []
+    for i, source in enumerate(sources):
+        try:
+            out[start + i] = _open_and_fit(source, image_size, channels).numpy()
+        except MemoryError:
+            raise
+        except Exception as exc:  # PIL raises many types for broken files: all mean "unreadable"
+            failures.append((i, _reason(exc)))
+    return failures
 
 
 def decode_images(
@@ -440,21 +498,28 @@ def clear_cache() -> None:
     _CACHE.clear()
 
 
-def _image_files(folder: str) -> tuple[list[str], list[tuple[str, str]]]:
+def _image_files(folder: str, shards: list[str] | None = None) -> tuple[list[str], list[tuple[str, str]]]:
     """Image files under folder, recursive, sorted by path parts; hidden files and folders skipped.
 
     Returns ``(paths, rejected)``: ``paths`` are regular files (or symlinks to regular files);
     ``rejected`` holds ``(path, reason)`` for every other entry with an image extension (a FIFO,
     device, socket, folder or broken link), which is reported as skipped, never opened. A folder
-    with an image extension is still searched (its files are listed as usual).
+    with an image extension is still searched (its files are listed as usual). Regular ``.tar`` files are
+    appended to ``shards`` when it is given.
     """
     found: list[tuple[tuple[str, ...], str]] = []
+    found_shards: list[tuple[tuple[str, ...], str]] = []
     rejected: list[tuple[tuple[str, ...], str, str]] = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # .git, .ipynb_checkpoints ...
         rel = os.path.relpath(dirpath, folder)
         parts = () if rel == os.curdir else tuple(rel.split(os.sep))
         for name in (*filenames, *dirnames):
+            if shards is not None and name.lower().endswith(".tar") and not name.startswith("."):
+                path = os.path.join(dirpath, name)
+                if os.path.isfile(path):
+                    found_shards.append(((*parts, name), path))
+                continue
             if name.startswith(".") or not name.lower().endswith(IMAGE_EXTENSIONS):
                 continue
             path = os.path.join(dirpath, name)
@@ -469,6 +534,8 @@ def _image_files(folder: str) -> tuple[list[str], list[tuple[str, str]]]:
                 rejected.append(((*parts, name), path, _not_regular(mode)))
     found.sort()
     rejected.sort()
+    if shards is not None:
+        shards.extend(path for _, path in sorted(found_shards))
     return [path for _, path in found], [(path, reason) for _, path, reason in rejected]
 
 
@@ -485,20 +552,44 @@ def _signature(paths: list[str]) -> str:
 
 
 def _load_folder(folder: str, image_size: int, channels: int) -> ImageData:
-    paths, rejected = _image_files(folder)
-    key = ("folder", folder, _signature(paths), tuple(rejected), image_size, channels)
+    from functools import partial
+
+    from genvae.core import cache
+
+    shards: list[str] = []
+    paths, rejected = _image_files(folder, shards)
+    signature = _signature(paths + shards)
+    key = ("folder", folder, signature, tuple(rejected), image_size, channels)
     if key in _CACHE:
         return _CACHE[key]
     exts = ", ".join(e.lstrip(".") for e in IMAGE_EXTENSIONS)
-    if not paths and not rejected:
-        raise DataError(f"no image files in folder '{folder}' (looked recursively for {exts})")
-    images, failures = decode_images(paths, image_size, channels)
-    failed = sorted([*rejected, *((paths[i], reason) for i, reason in failures)])
+    if not paths and not rejected and not shards:
+        raise DataError(f"no image files in folder '{folder}' (looked recursively for {exts}, and .tar shards)")
+    sources: list[Any] = list(paths)
+    for shard in shards:
+        members, bad_shard = tar_members(shard)
+        sources.extend(members)
+        rejected.extend(bad_shard)
+    root = cache.cache_root()
+    if root is None:  # GENVAE_CACHE=off: decode into memory
+        images, failures = decode_images(sources, image_size, channels)
+        skipped_with_reasons = [(str(sources[i]), reason) for i, reason in failures]
+    else:
+        entry = cache.CachedImages(root, cache.cache_key("folder", folder, signature, image_size, channels),
+                                   f"folder {folder}")
+        loaded = entry.load()
+        if loaded is not None:
+            images, skipped_with_reasons = loaded
+        else:
+            images, skipped_with_reasons = entry.build(
+                sources, image_size, channels, partial(decode_block, image_size=image_size, channels=channels),
+                describe=lambda i: str(sources[i]))
+    failed = sorted([*rejected, *skipped_with_reasons])
     skipped = [path for path, _ in failed]
     if not len(images):
         raise DataError(
             f"no readable image in folder '{folder}': all {len(failed)} files failed "
-            f"(first: {skipped[0]}: {failed[0][1]}); accepted: {exts}"
+            f"(first: {skipped[0]}: {failed[0][1]}); accepted: {exts}, uncompressed .tar shards of them"
         )
     if failed:
         warnings.warn(

@@ -149,6 +149,10 @@ class TrainConfig:
     flip: bool = option(False, "random horizontal flips", converter=to_bool)
     amp: bool = option(False, "mixed precision on CUDA (bf16 where supported, else fp16 with scaling)",
                        converter=to_bool)
+    channels_last: bool = option(False, "channels-last memory layout for the conv stacks (faster convolutions on "
+                                 "tensor cores; the same results)", converter=to_bool)
+    compile: bool = option(False, "torch.compile the encoder, latent transform and decoder (first steps are slow "
+                           "while it compiles)", converter=to_bool)
     seed: int = option(0, "seed of every random stream (init, data order, sampling)", non_negative_int, to_int)
     checkpoint_every: int = option(500, "steps between checkpoints (and one at the end)", positive_int, to_int)
     log_every: int = option(25, "steps between metric log lines (the only host syncs)", positive_int, to_int)

@@ -23,6 +23,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -284,6 +285,9 @@ class Trainer:
         if device.type == "cuda" and images.numel() < 4 * 2**30:
             images = images.to(device)
         self.images = images
+        # Batches gathered on the host go to a GPU from pinned memory, without blocking; they are gathered one
+        # step ahead, in a thread, while the device computes (or, on the CPU, while a memory-mapped cache is read).
+        self.pin = images.device.type == "cpu" and device.type == "cuda"
         self.batch_size = min(config.batch_size, n)  # the global batch: all processes together
         self.batches_per_epoch = n // self.batch_size
         self.dist = dist
@@ -297,6 +301,12 @@ class Trainer:
             dist.broadcast_([*self.model.parameters(), *self.model.buffers()])
             if dist.rank:
                 seed_everything(rank_seed(config.seed, dist.rank))
+        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        if config.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        if config.compile:  # in place: the modules keep their names, so checkpoints are as without it
+            for module in (self.model.encoder, self.model.transform, self.model.decoder):
+                module.compile()
         self.phases = build_phases(self.model, config, device)
         self.updates = plan_updates(self.model, config, self.phases)
         self.amp_dtype = None
@@ -376,18 +386,28 @@ class Trainer:
                     self.scaler.update()
             else:
                 phase.optimizer.step()
-            record.update(terms)
-            record[f"{phase.name}/total"] = total
+            # detached: what is returned must not keep this step's graph alive into the next step
+            record.update({k: v.detach() for k, v in terms.items()})
+            record[f"{phase.name}/total"] = total.detach()
         if self.scaler is not None:
             self.scaler.update()
         if len(logged) == 1:
             return logged[0][1]
         return _merge_logged(logged)
 
-    def _batch(self, perm: torch.Tensor, b: int) -> torch.Tensor:
+    def _host_batch(self, perm: torch.Tensor, b: int) -> torch.Tensor:
+        """The uint8 images of batch ``b`` of the epoch, where the data lives (pinned when bound for a GPU)."""
         start = b * self.batch_size + (self.dist.rank * self.local_batch if self.dist is not None else 0)
         idx = perm[start : start + self.local_batch]  # this process's share of the global batch
-        x = self.to_model_range(self.images[idx].to(self.device, non_blocking=True))
+        images = self.images[idx]
+        return images.pin_memory() if self.pin else images
+
+    def _batch(self, perm: torch.Tensor, b: int, host: torch.Tensor | None = None) -> torch.Tensor:
+        if host is None:
+            host = self._host_batch(perm, b)
+        x = self.to_model_range(host.to(self.device, non_blocking=True))
+        if self.memory_format is not torch.contiguous_format:
+            x = x.contiguous(memory_format=self.memory_format)
         if self.config.flip:
             flip = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < 0.5
             x = torch.where(flip, x.flip(3), x)
@@ -463,12 +483,19 @@ class Trainer:
         tick, tick_step = time.perf_counter(), self.step
         self.checked_step = self.step
         stopping = False
+        on_host = self.images.device.type == "cpu"
+        loader = ThreadPoolExecutor(1, thread_name_prefix="genvae-batches") if on_host else None
         try:
             while self.step < total and self.epoch < self.config.epochs and not stopping:
                 self._set_lr()
                 perm = self._permutation(self.epoch)
+                ahead = None if loader is None else loader.submit(self._host_batch, perm, self.batch_in_epoch)
                 while self.batch_in_epoch < self.batches_per_epoch and self.step < total:
-                    terms = self.train_step(self._batch(perm, self.batch_in_epoch))
+                    host = None if ahead is None else ahead.result()
+                    x = self._batch(perm, self.batch_in_epoch, host)
+                    if loader is not None and self.batch_in_epoch + 1 < self.batches_per_epoch:
+                        ahead = loader.submit(self._host_batch, perm, self.batch_in_epoch + 1)
+                    terms = self.train_step(x)
                     self.batch_in_epoch += 1
                     self.step += 1
                     self._accumulate(terms)
@@ -488,6 +515,8 @@ class Trainer:
                     self.epoch += 1
                     self.batch_in_epoch = 0
         finally:  # the model leaves training as it came: a later run may train other parts
+            if loader is not None:
+                loader.shutdown(wait=True, cancel_futures=True)
             for p in frozen:
                 p.requires_grad_(True)
         if stopping and self.stop.signum is not None:

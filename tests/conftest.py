@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,8 @@ import torch
 
 # Plugins installed in the test environment by hand must not change what the tests see.
 os.environ.setdefault("GENVAE_LOAD_PLUGINS", "")
+# The decoded-image cache of the test run lives in a folder of its own, never in the user's ~/.cache.
+os.environ.setdefault("GENVAE_CACHE", tempfile.mkdtemp(prefix="genvae-test-cache-"))
 
 TINY_CVAE = [  # a 16-px conv VAE small enough to train in a blink
     "image_size=16",

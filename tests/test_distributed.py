@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -30,9 +31,22 @@ def env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "GENVAE_LOAD_PLUGINS": ""}
 
 
+def launch(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run a command in its own process group; on a timeout the whole group (torchrun's workers too) is killed."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def torchrun(*args, cwd: Path) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *map(str, args)]
-    result = subprocess.run(cmd, cwd=cwd, env=env(), capture_output=True, text=True, timeout=120)
+    result = launch([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                     *map(str, args)], cwd=cwd)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return result
 
@@ -47,7 +61,8 @@ def run_worker(model: Path, out: Path, steps: int, batch: int, *, processes: int
     if processes == 2:
         torchrun(*args, cwd=out.parent)
     else:
-        subprocess.run([sys.executable, *map(str, args)], check=True, env=env(), capture_output=True, timeout=120)
+        result = launch([sys.executable, *map(str, args)])
+        assert result.returncode == 0, result.stderr[-3000:]
 
 
 @pytest.mark.parametrize("spec_args", [TINY_FC, TINY_GAN], ids=["vae", "crvae-gan"])
@@ -125,7 +140,7 @@ def test_global_batch_must_split_evenly(tmp_path, genvae_exe):
     build(genvae_exe, tmp_path / "m", TINY_FC)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
            "-m", "genvae.cli", "train", "m", "--device", "cpu", "--batch-size", "15", "--max-steps", "1"]
-    result = subprocess.run(cmd, cwd=tmp_path, env=env(), capture_output=True, text=True, timeout=120)
+    result = launch(cmd, cwd=tmp_path)
     assert result.returncode != 0
     assert "batch size 15 is not a multiple of the 2 processes" in result.stdout + result.stderr
 

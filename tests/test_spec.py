@@ -65,6 +65,8 @@ def _changed_train_values() -> dict:
         "lr_gamma": 0.1,
         "flip": True,
         "amp": True,
+        "channels_last": True,
+        "compile": True,
         "seed": 42,
         "checkpoint_every": 99,
         "log_every": 3,
