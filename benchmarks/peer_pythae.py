@@ -30,11 +30,11 @@ import json
 import logging
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -43,9 +43,30 @@ import torch
 VARIANTS = {"plain": {}, "channels-last": {"channels_last": True}, "compile": {"compile": True}}
 
 
-def _peak_rss_mb() -> float:
-    """This process's peak resident set, MB (``ru_maxrss`` is in kilobytes on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class PeakRSS:
+    """The highest resident set seen while the block runs, sampled every 2 ms (ru_maxrss would also count
+    loading the data set before the run)."""
+
+    def __enter__(self) -> PeakRSS:
+        self.base = self.peak = _rss_mb()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+        return self
+
+    def _watch(self) -> None:
+        while not self.done.wait(0.002):
+            self.peak = max(self.peak, _rss_mb())
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.thread.join()
+        self.peak = max(self.peak, _rss_mb())
 
 
 def build(args, device):
@@ -134,18 +155,21 @@ def make(args, which: str, device):
 
 
 def memory_child(args) -> dict:
-    """Peak memory of one run in a fresh process: on CUDA the most allocated; on the CPU the process's peak
-    resident set (model, data as each trainer holds it, and training)."""
+    """Peak memory of one run in a fresh process, over what the process held before it (the model and the
+    uint8 images both trainers start from): on CUDA the most allocated, on the CPU the resident set."""
     device = torch.device(args.device)
     runner = make(args, args.child, device)
+    runner.run()  # warm-up: first-run allocations (and compilation) are not the steady state
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    runner.run()
-    if device.type == "cuda":
+        base = torch.cuda.memory_allocated()
+        runner.run()
         torch.cuda.synchronize()
-        return {"peak_mb": torch.cuda.max_memory_allocated() / 2**20}
-    return {"peak_mb": _peak_rss_mb()}
+        return {"peak_mb": (torch.cuda.max_memory_allocated() - base) / 2**20}
+    with PeakRSS() as rss:
+        runner.run()
+    return {"peak_mb": rss.peak - rss.base}
 
 
 def main() -> None:
@@ -202,7 +226,7 @@ def main() -> None:
 
     print(f"cvae 3x32x32, latent 2x4x4 | batch {args.batch_size} | {args.steps} steps per run | {where} | "
           f"torch {torch.__version__} | pythae {version('pythae')}")
-    peak = "peak MB" if device.type == "cuda" else "peak RSS MB"
+    peak = "peak +MB" if device.type == "cuda" else "peak +RSS MB"
     print(f"{'trainer':24s}{'samples/s':>12s}{'vs pythae':>11s}{peak:>13s}")
     for name in names:
         label = "pythae BaseTrainer" if name == "pythae" else f"genvae ({name})"

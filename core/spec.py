@@ -153,6 +153,10 @@ class TrainConfig:
                                  "tensor cores; the same results)", converter=to_bool)
     compile: bool = option(False, "torch.compile the encoder, latent transform and decoder (first steps are slow "
                            "while it compiles)", converter=to_bool)
+    retain_graph: str = option(
+        "auto", "keep a step's autograd graph after an update's backward pass: 'auto' (only for updates whose graph a "
+        "later update of the step goes through again, found on the first step) or 'always'",
+        one_of("auto", "always"))
     seed: int = option(0, "seed of every random stream (init, data order, sampling)", non_negative_int, to_int)
     checkpoint_every: int = option(500, "steps between checkpoints (and one at the end)", positive_int, to_int)
     log_every: int = option(25, "steps between metric log lines (the only host syncs)", positive_int, to_int)

@@ -76,6 +76,31 @@ class Update:
         self.phase, self.branch, self.fresh, self.repeated = phase, branch, fresh, repeated
 
 
+def graph_nodes(total: torch.Tensor) -> set:
+    """The autograd nodes a backward pass from ``total`` goes through, the parameters' accumulators left out
+    (every update may reach those; they keep nothing that a backward pass frees)."""
+    seen: set = set()
+    stack = [total.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return {node for node in seen if type(node).__name__ != "AccumulateGrad"}
+
+
+def shared_graphs(graphs: list[set]) -> list[bool]:
+    """For each update's graph: does a later update of the step go through any of it again (so its backward pass
+    must keep it)?"""
+    later: set = set()
+    keep = [False] * len(graphs)
+    for i in range(len(graphs) - 1, -1, -1):
+        keep[i] = not graphs[i].isdisjoint(later)
+        later |= graphs[i]
+    return keep
+
+
 def plan_updates(model: GenerativeModel, config: TrainConfig, phases: list[Phase]) -> list[Update]:
     """The step's updates from ``config.schedule`` (checked against the model), for the phases that have
     parameters to train."""
@@ -325,6 +350,11 @@ class Trainer:
         self.checked_step = 0  # the last step at which the terms were known to be finite
         self.stop = StopRequest()
         self.metrics_path = self.folder / ckpt.METRICS
+        # Per update: keep the graph after its backward pass? Found on the first step (see _shared_graphs); a kept
+        # graph holds every activation of the step until its end, which costs memory and, on the CPU, time.
+        last = len(self.updates) - 1
+        self.retain: list[bool] | None = [i < last for i in range(len(self.updates))] if (
+            config.retain_graph == "always") else None
 
     # -- the hot path -------------------------------------------------------------------------------
     def _autocast(self):
@@ -343,6 +373,7 @@ class Trainer:
 
         state = forward()
         last = len(self.updates) - 1
+        probe: list[set] | None = [] if self.retain is None else None  # the first step: keep all, note the graphs
         logged: list[tuple[Update, dict[str, torch.Tensor]]] = []
         for i, update in enumerate(self.updates):
             phase = update.phase
@@ -371,7 +402,21 @@ class Trainer:
                 record[f"{phase.name}/total"] = total.detach()
                 continue
             phase.optimizer.zero_grad(set_to_none=True)
-            (total if self.scaler is None else self.scaler.scale(total)).backward(retain_graph=i < last)
+            if probe is not None:
+                probe.extend([set()] * (i - len(probe)))  # updates with nothing to backpropagate this step
+                probe.append(graph_nodes(total))
+                retain = i < last
+            else:
+                retain = self.retain[i]  # type: ignore[index]
+            try:
+                (total if self.scaler is None else self.scaler.scale(total)).backward(retain_graph=retain)
+            except RuntimeError as exc:
+                if "second time" not in str(exc):
+                    raise
+                raise GenvaeError(
+                    f"update {i + 1} ({update.phase.name}@{update.branch}) went back through a graph an earlier update "
+                    "of the step had freed, which it did not on the first step; train with --set "
+                    "train.retain_graph=always (resume from the last checkpoint)") from None
             if self.dist is not None:  # the gradient of the mean over the global batch, on every replica
                 self.dist.average_([p.grad for p in phase.params if p.grad is not None])
             if self.scaler is not None:  # after the average: an overflow on any replica skips the step on all
@@ -391,6 +436,9 @@ class Trainer:
             record[f"{phase.name}/total"] = total.detach()
         if self.scaler is not None:
             self.scaler.update()
+        if probe is not None:
+            probe.extend([set()] * (len(self.updates) - len(probe)))
+            self.retain = shared_graphs(probe)
         if len(logged) == 1:
             return logged[0][1]
         return _merge_logged(logged)

@@ -67,6 +67,7 @@ def _changed_train_values() -> dict:
         "amp": True,
         "channels_last": True,
         "compile": True,
+        "retain_graph": "always",
         "seed": 42,
         "checkpoint_every": 99,
         "log_every": 3,

@@ -1,4 +1,5 @@
-"""Plant single-line mistakes in the paper plugins, one at a time, and check that a test fails for each.
+"""Plant single-line mistakes in the paper plugins and the engine, one at a time, and check that a test fails for
+each.
 
 Each entry replaces one exact line (or expression) of the source; the script applies it in this checkout,
 runs the tests, and restores the file whatever happens (it refuses to start when a file it would touch has
@@ -20,8 +21,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = ["tests/plugins", "tests/test_schedule.py", "tests/test_train.py"]
+DDP_TESTS = ["tests/test_distributed.py"]
+CACHE_TESTS = ["tests/test_cache.py"]
+FAST_TESTS = ["tests/test_fast_path.py"]
 
-#: (what the mistake is, file, the exact original text, the mistaken text)
+#: (what the mistake is, file, the exact original text, the mistaken text[, the tests to run instead of TESTS])
 MISTAKES = [
     ('discriminator labels swapped (real 0, fake 1)', 'plugins/adv.py', 'labels = torch.cat([torch.ones(real, device=batch.device), torch.zeros(n - real, device=batch.device)])', 'labels = torch.cat([torch.zeros(real, device=batch.device), torch.ones(n - real, device=batch.device)])'),
     ('generator GAN loss with label 0 (log(1 - D) ascent lost)', 'plugins/adv.py', 'terms["g_recon"] = scale * F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))', 'terms["g_recon"] = scale * F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits))'),
@@ -83,6 +87,18 @@ MISTAKES = [
     ('completion: prior term without gamma', 'plugins/completion.py', '+ gamma * 0.5 * z.pow(2)', '+ 0.5 * z.pow(2)'),
     ('perceptual: layer weights ignored', 'plugins/perceptual.py', 'total = sum(w * (f - r).pow(2).mean()', 'total = sum((f - r).pow(2).mean()'),
     ('Stage2 encoder does not shrink the image to Stage1 size', 'plugins/stage2.py', 'low = F.adaptive_avg_pool2d(x, self.low_size)', 'low = F.interpolate(x, size=self.low_size, mode="nearest")'),
+    # data-parallel training, the image cache, the fast path (each with the tests that cover it)
+    ('DDP: gradients summed over processes, not averaged', 'core/distributed.py', '        flat.div_(self.world_size)', '        flat.div_(1)', DDP_TESTS),
+    ('DDP: gradients not exchanged', 'core/train.py', '            if self.dist is not None:  # the gradient of the mean over the global batch, on every replica', '            if False:  # the gradient of the mean over the global batch, on every replica', DDP_TESTS),
+    ('DDP: every process reads the same images', 'core/train.py', '        start = b * self.batch_size + (self.dist.rank * self.local_batch if self.dist is not None else 0)', '        start = b * self.batch_size', DDP_TESTS),
+    ("DDP: every process draws rank 0's noise", 'core/train.py', '            if dist.rank:\n                seed_everything(rank_seed(config.seed, dist.rank))', '            if False:\n                seed_everything(rank_seed(config.seed, dist.rank))', DDP_TESTS),
+    ('DDP: logged losses are rank 0\'s, not the mean', 'core/train.py', '            self.dist.average_(list(self.running.values()))\n            self.dist.max_(self.first_nonfinite)', '            self.dist.max_(self.first_nonfinite)', DDP_TESTS),
+    ('cache: failed images left in place', 'core/cache.py', '        array[j:j + len(idx)] = array[idx]', '        array[j:j + len(idx)] = array[j:j + len(idx)]', CACHE_TESTS),
+    ('cache key ignores the folder signature', 'core/data.py', 'cache.cache_key("folder", folder, signature, image_size, channels)', 'cache.cache_key("folder", folder, image_size, channels)', CACHE_TESTS),
+    ('cache key ignores the image size', 'core/data.py', 'cache.cache_key("folder", folder, signature, image_size, channels)', 'cache.cache_key("folder", folder, signature, channels)', CACHE_TESTS),
+    ('tar member read from its header', 'core/data.py', 'members.append(TarMember(path, m.offset_data, m.size, m.name))', 'members.append(TarMember(path, m.offset, m.size, m.name))', CACHE_TESTS),
+    ('noise drawn in memory order (channels-last changes the draws)', 'core/components.py', 'torch.randn(self.mean.shape, dtype=self.mean.dtype, device=self.mean.device)', 'torch.randn_like(self.mean)', FAST_TESTS),
+    ('prefetch thread fetches the current batch again', 'core/train.py', 'ahead = loader.submit(self._host_batch, perm, self.batch_in_epoch + 1)', 'ahead = loader.submit(self._host_batch, perm, self.batch_in_epoch)', FAST_TESTS),
 ]
 
 
@@ -97,11 +113,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", help="run the mistakes whose label contains this text")
     parser.add_argument("--list", action="store_true", help="list the mistakes and stop")
-    parser.add_argument("--tests", nargs="*", default=TESTS, help="test paths to run for each mistake")
+    parser.add_argument("--tests", nargs="*", default=TESTS, help="test paths to run for each mistake (those that "
+                        "name their own tests run those)")
     args = parser.parse_args()
     chosen = [m for m in MISTAKES if not args.only or args.only.lower() in m[0].lower()]
     if args.list:
-        for label, path, _, _ in chosen:
+        for label, path, *_ in chosen:
             print(f"{path}: {label}")
         return 0
     paths = sorted({m[1] for m in chosen})
@@ -111,7 +128,7 @@ def main() -> int:
         print(f"refusing to run: uncommitted changes in {dirty.splitlines()[0][3:]}; commit or stash them first")
         return 2
     missed = 0
-    for label, path, old, new in chosen:
+    for label, path, old, new, *only in chosen:
         file = ROOT / path
         text = file.read_text()
         if text.count(old) != 1:
@@ -121,7 +138,7 @@ def main() -> int:
         began = time.time()
         try:
             file.write_text(text.replace(old, new))
-            caught, first = run_tests(args.tests)
+            caught, first = run_tests(only[0] if only else args.tests)
         finally:
             file.write_text(text)
         missed += not caught
