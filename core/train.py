@@ -287,6 +287,9 @@ class StopRequest:
 class Trainer:
     """Trains a model in its folder: metrics, sample grids, checkpoints, exact resume."""
 
+    #: uint8 data sets smaller than this (bytes) are moved to a GPU whole; larger ones stay on the host
+    DEVICE_DATA_LIMIT = 4 * 2**30
+
     def __init__(self, model: GenerativeModel, folder: str | Path, data, config: TrainConfig,
                  device: torch.device, on_log: Callable[[dict], None] | None = None,
                  dist: Distributed | None = None):
@@ -307,7 +310,7 @@ class Trainer:
             raise GenvaeError("the training data holds no images")
         # Small uint8 datasets live on the device: batches are gathered there, no copy per step.
         images = data.images
-        if device.type == "cuda" and images.numel() < 4 * 2**30:
+        if device.type == "cuda" and images.numel() < self.DEVICE_DATA_LIMIT:
             images = images.to(device)
         self.images = images
         # Batches gathered on the host go to a GPU from pinned memory, without blocking; they are gathered one
