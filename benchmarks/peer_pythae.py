@@ -40,7 +40,8 @@ from pathlib import Path
 
 import torch
 
-VARIANTS = {"plain": {}, "channels-last": {"channels_last": True}, "compile": {"compile": True}}
+VARIANTS = {"plain": {}, "channels-last": {"channels_last": True}, "compile": {"compile": True},
+            "channels-last+compile": {"channels_last": True, "compile": True}}
 
 
 def _rss_mb() -> float:

@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PEER_PYTHON = ROOT / ".venv-peer" / "bin" / "python"
 ENGINE_PRESETS = {  # preset: (batch size, steps per block, blocks)
-    "cvae": (64, 20, 11),
+    "cvae": (64, 10, 7),
     "crvae-gan-small": (64, 4, 5),
     "lapcvae-small": (64, 10, 9),
 }
@@ -78,7 +78,8 @@ def main() -> None:
     if "peer" in parts:
         if PEER_PYTHON.exists():
             path = out / "peer-pythae.json"
-            run([HERE / "peer_pythae.py", *common, "--json", path], "against pythae", python=PEER_PYTHON)
+            run([HERE / "peer_pythae.py", "--steps", "40", "--blocks", "4", *common, "--json", path], "against pythae",
+                python=PEER_PYTHON)
             if path.exists():
                 summary["parts"]["peer pythae"] = json.loads(path.read_text())
         else:
