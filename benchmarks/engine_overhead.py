@@ -8,6 +8,7 @@ Prints ms per step for each and the ratio (target: <= 1.03), from the fastest bl
 disturbed by the rest of the machine) and from the medians.
 
     python benchmarks/engine_overhead.py                                  # cvae, 32 px, batch 64, CPU
+    python benchmarks/engine_overhead.py --preset vae --set encoder.hidden=[8] --set decoder.hidden=[8]
     python benchmarks/engine_overhead.py --preset crvae-gan-small --steps 4 --blocks 5
     python benchmarks/engine_overhead.py --device cuda --preset crvae-gan --batch-size 128
 """
@@ -36,7 +37,8 @@ from handwritten_parity import hand_step  # noqa: E402
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="cvae", help="cvae, crvae-gan-small, crvae-gan, lapcvae-small, lapcvae")
+    ap.add_argument("--preset", default="cvae", help="vae, cvae, crvae-gan-small, crvae-gan, lapcvae-small, lapcvae")
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="spec edits, as genvae build takes them")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--steps", type=int, default=20, help="steps per timed block")
@@ -48,7 +50,7 @@ def main() -> None:
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
     seed_everything(0)
-    spec = compose_spec(preset=args.preset).with_train(batch_size=args.batch_size, log_every=10**9,
+    spec = compose_spec(preset=args.preset, sets=args.sets).with_train(batch_size=args.batch_size, log_every=10**9,
                                                        checkpoint_every=10**9)
     engine_model = build_model(spec).to(device).train()
     plain_model = copy.deepcopy(engine_model)

@@ -116,9 +116,12 @@ def lapcvae_hyper(model) -> dict:
 
 def hand_step(preset: str, model):
     """The hand-written step of ``preset`` over ``model``'s networks."""
-    if preset == "cvae":
-        names = [(loss.name, loss.weight) for loss in model.losses.values()]
-        assert names == [("mse", 1.0), ("kl", 1.0)] and model.spec.train.betas == (0.9, 0.999), names
+    names = [(loss.name, loss.weight) for loss in model.losses.values()]
+    if names == [("mse", 1.0), ("kl", 1.0)]:  # a plain VAE (vae, cvae): MSE summed per image + KL, tanh output
+        mse, kl = model.losses.values()
+        assert mse.options.reduction == "sum" and model.decoder.output == "tanh", preset
+        assert not (kl.options.group_weights or kl.options.warmup != "none" or kl.options.beta != 1.0), preset
+        assert model.prior.name == "normal" and model.spec.train.betas == (0.9, 0.999), preset
         return vae_step_factory(model.encoder, model.transform, model.decoder, model.spec.train.lr)
     if preset.startswith("crvae-gan"):
         adv, mi = model.losses["adv"], model.losses["mi"]
