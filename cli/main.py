@@ -657,14 +657,23 @@ def cache_group() -> None:
     """The on-disk cache of decoded training images (GENVAE_CACHE; 'off' keeps images in memory)."""
 
 
-@cache_group.command("list")
-def cache_list() -> None:
-    """What the cache holds: source, images, size on disk."""
+def _cache_root() -> Path | None:
+    """The image cache's folder, or None (after saying so) when GENVAE_CACHE=off."""
     from genvae.core import cache
 
     root = cache.cache_root()
     if root is None:
         console.print("the image cache is off (GENVAE_CACHE=off)")
+    return root
+
+
+@cache_group.command("list")
+def cache_list() -> None:
+    """What the cache holds: source, images, size on disk."""
+    from genvae.core import cache
+
+    root = _cache_root()
+    if root is None:
         return
     found = cache.entries(root)
     table = Table("source", "images", "size", "folder", title=f"image cache {root}")
@@ -680,11 +689,9 @@ def cache_clear() -> None:
     """Remove every cached data set (they are decoded again when next used)."""
     from genvae.core import cache
 
-    root = cache.cache_root()
-    if root is None:
-        console.print("the image cache is off (GENVAE_CACHE=off); nothing to clear")
-        return
-    console.print(f"removed {cache.clear(root)} cached data set(s) from {root}")
+    root = _cache_root()
+    if root is not None:
+        console.print(f"removed {cache.clear(root)} cached data set(s) from {root}")
 
 
 _plugin_commands_added = False
