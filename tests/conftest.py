@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -12,8 +14,11 @@ import torch
 
 # Plugins installed in the test environment by hand must not change what the tests see.
 os.environ.setdefault("GENVAE_LOAD_PLUGINS", "")
-# The decoded-image cache of the test run lives in a folder of its own, never in the user's ~/.cache.
-os.environ.setdefault("GENVAE_CACHE", tempfile.mkdtemp(prefix="genvae-test-cache-"))
+# The decoded-image cache of the test run lives in a folder of its own, never in the user's ~/.cache, and goes
+# with the run.
+if "GENVAE_CACHE" not in os.environ:
+    os.environ["GENVAE_CACHE"] = tempfile.mkdtemp(prefix="genvae-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["GENVAE_CACHE"], ignore_errors=True)
 
 TINY_CVAE = [  # a 16-px conv VAE small enough to train in a blink
     "image_size=16",
