@@ -59,9 +59,10 @@ def cache_key(*parts: Any) -> str:
 class CachedImages:
     """One entry of the cache: its folder, and how to read or build it."""
 
-    def __init__(self, root: Path, key: str, source: str):
+    def __init__(self, root: Path, key: str, source: str, image_shape: tuple[int, int, int]):
         self.folder = root / key
         self.source = source
+        self.image_shape = tuple(image_shape)  # (C, S, S): an entry of any other shape is not this one
 
     def load(self) -> tuple[torch.Tensor, list[tuple[str, str]]] | None:
         """The cached images (memory-mapped, copy-on-write) and ``(source, reason)`` per skipped one, or None when
@@ -69,7 +70,7 @@ class CachedImages:
         try:
             meta = json.loads((self.folder / META).read_text(encoding="utf-8"))
             shape = tuple(int(d) for d in meta["shape"])
-            if meta.get("format") != FORMAT or meta.get("mark") != MARK or len(shape) != 4:
+            if meta.get("format") != FORMAT or meta.get("mark") != MARK or shape[1:] != self.image_shape:
                 return None
             path = self.folder / IMAGES
             if path.stat().st_size != int(np.prod(shape)):

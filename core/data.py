@@ -576,7 +576,7 @@ def _load_folder(folder: str, image_size: int, channels: int) -> ImageData:
         skipped_with_reasons = [(str(sources[i]), reason) for i, reason in failures]
     else:
         entry = cache.CachedImages(root, cache.cache_key("folder", folder, signature, image_size, channels),
-                                   f"folder {folder}")
+                                   f"folder {folder}", (channels, image_size, image_size))
         loaded = entry.load()
         if loaded is not None:
             images, skipped_with_reasons = loaded

@@ -73,8 +73,10 @@ def test_a_changed_folder_is_decoded_again(tmp_path, cache_dir):
     data = load_data(tmp_path / "imgs", image_size=8, channels=3)
     assert len(data) == 7 and len(cache.entries(cache_dir)) == 2
     # another size or channel count is another entry
-    assert load_data(tmp_path / "imgs", image_size=4, channels=1).images.shape == (7, 1, 4, 4)
+    assert load_data(tmp_path / "imgs", image_size=4, channels=3).images.shape == (7, 3, 4, 4)
     assert len(cache.entries(cache_dir)) == 3
+    assert load_data(tmp_path / "imgs", image_size=4, channels=1).images.shape == (7, 1, 4, 4)
+    assert len(cache.entries(cache_dir)) == 4
 
 
 def test_worker_processes_decode_and_compact_like_one_thread(tmp_path, cache_dir, monkeypatch):
