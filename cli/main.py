@@ -346,13 +346,15 @@ def info(folder, as_json) -> None:
 @click.option("--flip/--no-flip", default=None, help="Random horizontal flips.")
 @click.option("--checkpoint-every", type=COUNT, help="Steps between checkpoints.")
 @click.option("--log-every", type=COUNT, help="Steps between metric lines.")
+@click.option("--logger", "loggers", metavar="NAME[,NAME]", help="Experiment loggers besides metrics.jsonl: "
+              "tensorboard, mlflow, or a plugin's (genvae list-plugins).")
 @click.option("--set", "sets", multiple=True, metavar="train.OPTION=VALUE", help="Any training option.")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint (same step, same RNG streams).")
 @click.option("--restart", is_flag=True, help="Discard genvae's checkpoints, metrics and sample grids in the folder "
               "and train on from model.safetensors (checked before anything is deleted).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(folder, data, data_root, download, epochs, max_steps, batch_size, lr, device, amp, channels_last, compile_,
-          seed, flip, checkpoint_every, log_every, sets, resume, restart, quiet) -> None:
+          seed, flip, checkpoint_every, log_every, loggers, sets, resume, restart, quiet) -> None:
     """Train a model folder; checkpoints, metrics.jsonl and a sample grid per epoch go into it.
 
     Ctrl-C or SIGTERM stops at the next step with a checkpoint (a second Ctrl-C aborts at once);
@@ -376,6 +378,8 @@ def train(folder, data, data_root, download, epochs, max_steps, batch_size, lr, 
                                        channels_last=channels_last, compile=compile_, seed=seed, flip=flip,
                                        checkpoint_every=checkpoint_every, log_every=log_every).items()
                  if v is not None}
+    if loggers is not None:
+        overrides["loggers"] = tuple(name.strip() for name in loggers.split(",") if name.strip())
     trainer = prepare_training(model, folder, data=data, data_root=data_root, download=download,
                                overrides=overrides, sets=sets, device=device, registry=registry())
     images, dev = trainer.data, trainer.device

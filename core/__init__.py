@@ -23,6 +23,7 @@ from genvae.core.compose import compose_spec, preset_spec
 from genvae.core.data import save_grid
 from genvae.core.errors import BuildError, GenvaeError, OptionsError, UnknownNameError
 from genvae.core.hookspecs import hookimpl
+from genvae.core.loggers import Logger
 from genvae.core.model import GenerativeModel, build_model
 from genvae.core.options import option
 from genvae.core.spec import ComponentSpec, LossSpec, ModelSpec, TrainConfig
@@ -41,6 +42,7 @@ __all__ = [
     "GenvaeError",
     "LatentLayout",
     "LatentTransform",
+    "Logger",
     "Loss",
     "LossSpec",
     "ModelSpec",

@@ -79,6 +79,15 @@ def genvae_register_feature_networks(register):
 
 
 @hookspec
+def genvae_register_loggers(register):
+    """Register experiment loggers: ``register(name, open, help=...)``.
+
+    ``open(folder, config) -> genvae.core.Logger`` starts logging a run into ``folder`` (created for it)
+    with the model's resolved spec ``config``; chosen with ``genvae train --logger NAME``.
+    """
+
+
+@hookspec
 def genvae_register_presets(register):
     """Register presets: ``register(name, spec_dict, help=...)``; a preset is data (a model spec)."""
 

@@ -29,10 +29,11 @@ ENTRY_POINT_GROUP = "genvae"
 COMPONENT_HOOKS = {base.kind: base.hook for base in COMPONENT_BASES}
 #: how messages name each kind: the components' labels, plus the two other things plugins register
 KIND_NAMES = {**KIND_LABELS, "dataset": "dataset", "preset": "preset", "metric": "metric",
-              "features": "feature network"}
+              "features": "feature network", "logger": "logger"}
 #: the hooks of the kinds registered by name (``register(name, obj, help=..., **extra)``)
 NAMED_HOOKS = {"dataset": "genvae_register_datasets", "preset": "genvae_register_presets",
-               "metric": "genvae_register_metrics", "features": "genvae_register_feature_networks"}
+               "metric": "genvae_register_metrics", "features": "genvae_register_feature_networks",
+               "logger": "genvae_register_loggers"}
 
 
 @attrs.define

@@ -153,6 +153,9 @@ class TrainConfig:
                                  "tensor cores; the same results)", converter=to_bool)
     compile: bool = option(False, "torch.compile the encoder, latent transform and decoder (first steps are slow "
                            "while it compiles)", converter=to_bool)
+    loggers: tuple[str, ...] = option(
+        (), "experiment loggers besides metrics.jsonl (always written), e.g. ['tensorboard', 'mlflow']; "
+        "genvae list-plugins shows the installed ones", converter=_str_tuple)
     retain_graph: str = option(
         "auto", "keep a step's autograd graph after an update's backward pass: 'auto' (only for updates whose graph a "
         "later update of the step goes through again, found on the first step) or 'always'",

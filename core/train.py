@@ -292,7 +292,7 @@ class Trainer:
 
     def __init__(self, model: GenerativeModel, folder: str | Path, data, config: TrainConfig,
                  device: torch.device, on_log: Callable[[dict], None] | None = None,
-                 dist: Distributed | None = None):
+                 dist: Distributed | None = None, registry: Registry | None = None):
         from genvae.core.data import to_model_range
 
         self.model = model.to(device)
@@ -353,6 +353,8 @@ class Trainer:
         self.checked_step = 0  # the last step at which the terms were known to be finite
         self.stop = StopRequest()
         self.metrics_path = self.folder / ckpt.METRICS
+        self.registry = registry
+        self.loggers: list = []  # opened by fit, on the process that writes the folder
         # Per update: keep the graph after its backward pass? Found on the first step (see _shared_graphs); a kept
         # graph holds every activation of the step until its end, which costs memory and, on the CPU, time.
         last = len(self.updates) - 1
@@ -534,6 +536,12 @@ class Trainer:
         tick, tick_step = time.perf_counter(), self.step
         self.checked_step = self.step
         stopping = False
+        if self.config.loggers and self.is_main:
+            from genvae.core.loggers import open_loggers
+            from genvae.core.registry import get_registry
+
+            self.loggers = open_loggers(self.config.loggers, self.folder, self.model.resolved_spec().to_dict(),
+                                        self.registry or get_registry())
         on_host = self.images.device.type == "cpu"
         loader = ThreadPoolExecutor(1, thread_name_prefix="genvae-batches") if on_host else None
         try:
@@ -568,6 +576,13 @@ class Trainer:
         finally:  # the model leaves training as it came: a later run may train other parts
             if loader is not None:
                 loader.shutdown(wait=True, cancel_futures=True)
+            if self.loggers:
+                from genvae.core.loggers import record_logs
+
+                for logger in self.loggers:
+                    logger.close()
+                self.loggers = []
+                record_logs(self.folder)
             for p in frozen:
                 p.requires_grad_(True)
         if stopping and self.stop.signum is not None:
@@ -630,6 +645,8 @@ class Trainer:
         self.running, self.running_count = {}, 0
         if self.is_main:
             append_metrics(self.metrics_path, record, ModelFolder(self.folder))
+            for logger in self.loggers:
+                logger.log_metrics(record, self.step)
         if self.on_log is not None and not bad:
             self.on_log(record)
         if bad:
@@ -657,6 +674,8 @@ class Trainer:
         mf.subdir(ckpt.SAMPLES)
         mf.record(rel)
         save_grid(images.float().cpu(), self.folder / rel)
+        for logger in self.loggers:
+            logger.log_image(rel.removesuffix(".png"), self.folder / rel, self.step)
         return self.folder / rel
 
     # -- checkpoints --------------------------------------------------------------------------------
@@ -899,8 +918,10 @@ def prepare_training(model: GenerativeModel, folder: str | Path, *, data: str | 
     dist = init_distributed(dev)
     spec = apply_sets(model.spec.with_train(**(overrides or {})), sets)
     check_budget(spec, registry)  # e.g. a larger batch: config.json must stay loadable after this run
+    for name in spec.train.loggers:  # an unknown logger is refused before anything is loaded or written
+        registry.get("logger", name)
     model.spec = spec
     seed_everything(spec.train.seed)
     images = load_data(data, image_size=spec.image_size, channels=spec.channels, split="train", root=data_root,
                        download=download, registry=registry)
-    return Trainer(model, folder, images, spec.train, dev, dist=dist)
+    return Trainer(model, folder, images, spec.train, dev, dist=dist, registry=registry)

@@ -22,4 +22,6 @@ BUILTIN_PLUGINS = [
     "genvae.plugins.completion",
     "genvae.plugins.perceptual",
     "genvae.plugins.stage2",
+    "genvae.plugins.tensorboard_logger",
+    "genvae.plugins.mlflow_logger",
 ]

@@ -68,6 +68,7 @@ def _changed_train_values() -> dict:
         "channels_last": True,
         "compile": True,
         "retain_graph": "always",
+        "loggers": ["tensorboard", "mlflow"],
         "seed": 42,
         "checkpoint_every": 99,
         "log_every": 3,
