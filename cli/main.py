@@ -352,9 +352,10 @@ def info(folder, as_json) -> None:
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint (same step, same RNG streams).")
 @click.option("--restart", is_flag=True, help="Discard genvae's checkpoints, metrics and sample grids in the folder "
               "and train on from model.safetensors (checked before anything is deleted).")
+@click.option("--report", "write_report", is_flag=True, help="Write FOLDER/report.html at the end (genvae report).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def train(folder, data, data_root, download, epochs, max_steps, batch_size, lr, device, amp, channels_last, compile_,
-          seed, flip, checkpoint_every, log_every, loggers, sets, resume, restart, quiet) -> None:
+          seed, flip, checkpoint_every, log_every, loggers, sets, resume, restart, write_report, quiet) -> None:
     """Train a model folder; checkpoints, metrics.jsonl and a sample grid per epoch go into it.
 
     Ctrl-C or SIGTERM stops at the next step with a checkpoint (a second Ctrl-C aborts at once);
@@ -399,6 +400,7 @@ def train(folder, data, data_root, download, epochs, max_steps, batch_size, lr, 
             err_console.print("no checkpoint to resume from; starting at step 0")
         if main:
             save_model(model, folder)  # records the run's training settings in config.json
+            _record_command(folder)
         total = trainer.total_steps()
         updates = _updates_text({"phase": u.phase.name, "branch": u.branch, "fresh": u.fresh} for u in trainer.updates)
         processes = f" | {trainer.dist.world_size} processes ({trainer.dist.backend})" if trainer.dist else ""
@@ -416,7 +418,45 @@ def train(folder, data, data_root, download, epochs, max_steps, batch_size, lr, 
             shutdown()  # leave the process group (a no-op for one process)
     if main:
         console.print(f"done at step {trainer.step}: " + ", ".join(
-            f"{k} {v:.4g}" for k, v in last_metrics.items() if k not in ("step", "epoch")))
+            f"{k} {v:.4g}" for k, v in last_metrics.items() if k not in ("step", "epoch", "wall_time")))
+        if write_report:
+            from genvae.cli.report import build_report, write_page
+
+            write_page(build_report([folder], data=data, data_root=data_root, download=download),
+                       folder / "report.html")
+            ModelFolder(folder).record("report.html")
+            console.print(f"report: {folder / 'report.html'}")
+
+
+def _record_command(folder: Path) -> None:
+    """Append this command, as given on the command line, to FOLDER/commands.jsonl (the report's "commands")."""
+    import shlex
+    import time
+
+    from click.core import ParameterSource
+
+    from genvae.cli.report import HISTORY
+    from genvae.core.folder import ModelFolder
+    from genvae.core.train import append_metrics
+
+    ctx = click.get_current_context()
+    words = [ctx.command_path.split()[-1]]
+    for param in ctx.command.params:
+        if ctx.get_parameter_source(param.name) is not ParameterSource.COMMANDLINE:
+            continue
+        value = ctx.params[param.name]
+        if isinstance(param, click.Argument):
+            words.append(str(value))
+        elif getattr(param, "is_flag", False):
+            words.append(param.opts[0] if value else (param.secondary_opts or param.opts)[0])
+        else:
+            for item in value if getattr(param, "multiple", False) else [value]:
+                words += [param.opts[0], str(item)]
+    command = "genvae " + " ".join(shlex.quote(w) for w in words)
+    append_metrics(folder / HISTORY, {"command": command, "time": round(time.time(), 3)}, ModelFolder(folder))
+
+
+NOT_TERMS = ("step", "epoch", "lr", "wall_time")  # a metrics line's other keys, not shown as terms
 
 
 def _fit_with_progress(trainer, total: int, start: int, quiet: bool, silent: bool = False) -> dict:
@@ -424,7 +464,7 @@ def _fit_with_progress(trainer, total: int, start: int, quiet: bool, silent: boo
         return trainer.fit()
     if quiet or not console.is_terminal:
         def on_log(record):
-            terms = "  ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("step", "epoch", "lr"))
+            terms = "  ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in NOT_TERMS)
             click.echo(f"step {record['step']}/{total}  {terms}")
 
         trainer.on_log = on_log
@@ -437,11 +477,47 @@ def _fit_with_progress(trainer, total: int, start: int, quiet: bool, silent: boo
             task = progress.add_task("train", total=total, completed=start, terms="")
 
             def on_log(record):
-                terms = "  ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in ("step", "epoch", "lr"))
+                terms = "  ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in NOT_TERMS)
                 progress.update(task, completed=record["step"], terms=terms)
 
             trainer.on_log = on_log
             return trainer.fit()
+
+
+# -- report / plot ---------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("folders", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--output", default="report.html", show_default=True, type=click.Path(dir_okay=False),
+              help="The HTML page to write.")
+@data_options
+def report(folders, output, data, data_root, download) -> None:
+    """One self-contained HTML page per set of model folders: components, loss curves (several folders overlay),
+    every epoch's samples, reconstructions, evaluation scores, commands and config."""
+    from genvae.cli.report import build_report, write_page
+
+    page = build_report([Path(f) for f in folders], data=data, data_root=data_root, download=download)
+    write_page(page, Path(output))
+    console.print(f"wrote the report of {len(folders)} model(s) to {output}")
+
+
+@cli.command()
+@click.argument("folders", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--term", required=True, help="The logged term to plot, e.g. kl, mse, model/total, adv.d.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The PNG file to write.")
+def plot(folders, term, output) -> None:
+    """One plot of a logged term over the steps of one or several runs (overlaid), as a PNG."""
+    from genvae.cli.report import plot_png
+    from genvae.core.data import check_image_output
+    from genvae.core.files import atomic_write
+
+    if not str(output).lower().endswith(".png"):
+        raise GenvaeError(f"plot -o {output}: the plot is a PNG file; name it something.png")
+    check_image_output(Path(output))
+    png = plot_png([Path(f) for f in folders], term)
+    atomic_write(Path(output), lambda tmp: tmp.write_bytes(png))
+    console.print(f"wrote {term} of {len(folders)} run(s) to {output}")
 
 
 # -- sample / reconstruct --------------------------------------------------------------------------

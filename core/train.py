@@ -638,6 +638,7 @@ class Trainer:
             "lr": self.config.lr * lr_factor(self.config, self.epoch),  # the model phase's base rate
             **{k: round(v, 6) for k, v in values.items()},
             "images_per_s": round(images_per_s, 1),
+            "wall_time": round(time.time(), 3),  # Unix seconds: reports put steps and wall-clock side by side
         }
         bad = sorted(k for k, v in values.items() if not math.isfinite(v))
         for k in bad:

@@ -24,7 +24,7 @@ from typing import Any
 
 from genvae.core import hookimpl
 
-SKIP = ("step",)
+SKIP = ("step", "wall_time")  # MLflow keeps its own timestamps
 
 
 def metric_name(key: str) -> str:

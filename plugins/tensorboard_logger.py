@@ -17,7 +17,7 @@ from PIL import Image
 
 from genvae.core import hookimpl
 
-SKIP = ("step", "epoch")  # the x axis, not a curve
+SKIP = ("step", "epoch", "wall_time")  # the axes, not curves
 
 
 class TensorBoardLogger:

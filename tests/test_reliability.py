@@ -377,6 +377,7 @@ def _metrics(folder: Path) -> list[dict]:
     rows = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
     for row in rows:
         row.pop("images_per_s")
+        row.pop("wall_time")
     return rows
 
 

@@ -57,7 +57,7 @@ def run_stage(model, folder: Path, name: str, paths: list[str], steps: int, data
     model.spec = spec  # the stage's settings stay with the stage; the model keeps its own
     if echo is not None:
         trainer.on_log = lambda r: echo(f"{name} step {r['step']}/{steps}  " + "  ".join(
-            f"{k} {v:.4g}" for k, v in r.items() if k not in ("step", "epoch", "lr")))
+            f"{k} {v:.4g}" for k, v in r.items() if k not in ("step", "epoch", "lr", "wall_time")))
     with lock_folder(stage_dir):
         stage.remove_all()  # the previous run of this stage, genvae's files only
         last = trainer.fit()

@@ -1,0 +1,289 @@
+"""``genvae report`` and ``genvae plot``: what a run looks like, as one self-contained HTML page or one PNG.
+
+The page inlines everything (plots and images as base64 PNG, CSS in the page), so it opens offline in any
+browser and can be mailed as one file. Per model folder: the components with their parameter counts, a
+curve of every logged term (steps on the bottom axis, wall-clock minutes on the top one), the sample grid
+of every epoch (drawn from the same z each epoch, so their stability shows), reconstructions of a few
+images, the scores of ``genvae evaluate -o DIR/evaluation.json`` when present, the commands that trained
+it and its config. With several folders the same term's curves overlay in one plot, and the tables stand
+side by side. Plots are drawn by matplotlib.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+GENERATOR = '<meta name="generator" content="genvae report">'  # marks the pages genvae may overwrite
+AXES = ("step", "epoch", "lr", "images_per_s", "wall_time")  # a metrics line's keys that are not loss terms
+EVALUATION = "evaluation.json"
+HISTORY = "commands.jsonl"
+
+
+def read_metrics(folder: Path) -> list[dict[str, Any]]:
+    """``metrics.jsonl``'s records; a torn last line is skipped."""
+    path = folder / "metrics.jsonl"
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int):
+            records.append(record)
+    return records
+
+
+def terms_of(records: Sequence[dict]) -> list[str]:
+    """Every loss term logged, phase totals after the terms, in first-seen order."""
+    seen: dict[str, None] = {}
+    for record in records:
+        for key, value in record.items():
+            if key not in AXES and isinstance(value, int | float | type(None)):
+                seen.setdefault(key, None)
+    return sorted(seen, key=lambda k: (k.endswith("/total") or "/" in k, list(seen).index(k)))
+
+
+def _figure_png(fig) -> bytes:
+    buf = io.BytesIO()
+    # marked as genvae's (a PNG text chunk), so a later plot may replace it and nothing else
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight", metadata={"Software": "genvae"})
+    return buf.getvalue()
+
+
+def plot_term(runs: dict[str, list[dict]], term: str, ax) -> bool:
+    """The curves of ``term`` for every run on ``ax`` (steps on x; wall-clock minutes on a top axis when there is
+    one run); False when no run logged it."""
+    drawn = False
+    for label, records in runs.items():
+        points = [(r["step"], r[term]) for r in records if isinstance(r.get(term), int | float)]
+        if points:
+            ax.plot(*zip(*points, strict=True), label=label, linewidth=1.4)
+            drawn = True
+    ax.set_title(term, fontsize=10)
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    if len(runs) == 1:
+        records = next(iter(runs.values()))
+        timed = [(r["step"], r["wall_time"]) for r in records if isinstance(r.get("wall_time"), int | float)]
+        if len(timed) >= 2:
+            steps, times = zip(*timed, strict=True)
+            start = times[0]
+            minutes = [(t - start) / 60 for t in times]
+
+            def to_min(x):
+                import numpy as np
+
+                return np.interp(x, steps, minutes)
+
+            def to_step(m):
+                import numpy as np
+
+                return np.interp(m, minutes, steps)
+
+            top = ax.secondary_xaxis("top", functions=(to_min, to_step))
+            top.set_xlabel("wall-clock minutes", fontsize=8)
+    if len(runs) > 1 and drawn:
+        ax.legend(fontsize=7)
+    return drawn
+
+
+def curves_png(runs: dict[str, list[dict]], terms: Sequence[str]) -> bytes | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not terms:
+        return None
+    cols = min(3, len(terms))
+    rows = math.ceil(len(terms) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    for ax, term in zip(axes.flat, terms, strict=False):
+        plot_term(runs, term, ax)
+    for ax in list(axes.flat)[len(terms):]:
+        ax.axis("off")
+    fig.tight_layout()
+    png = _figure_png(fig)
+    plt.close(fig)
+    return png
+
+
+def _img(data: bytes, alt: str, css: str = "") -> str:
+    return (f'<img alt="{html.escape(alt)}" class="{css}" '
+            f'src="data:image/png;base64,{base64.b64encode(data).decode()}">')
+
+
+def _components(model) -> str:
+    rows = []
+    for prefix, comp in model.components().items():
+        count = sum(p.numel() for p in comp.parameters())
+        label = comp.name if comp.kind != "loss" else f"{comp.name} (weight {comp.weight:g})"
+        rows.append(f"<tr><td>{html.escape(prefix)}</td><td>{html.escape(label)}</td><td class=num>{count:,}</td></tr>")
+    total = sum(p.numel() for p in model.parameters())
+    rows.append(f"<tr class=total><td>all</td><td></td><td class=num>{total:,}</td></tr>")
+    return "<table><tr><th>component</th><th>name</th><th>parameters</th></tr>" + "".join(rows) + "</table>"
+
+
+def _reconstructions(model, data, data_root, download, count: int = 16) -> bytes | None:
+    import torch
+
+    from genvae.core.commands import load_command_data
+    from genvae.core.data import save_grid, to_model_range
+
+    images = load_command_data(model, data, data_root, download)
+    x = to_model_range(images.images[:count])
+    with torch.no_grad():
+        x_hat = model.reconstruct(x)
+    rows = []
+    for i in range(0, x.shape[0], 8):
+        rows += [x[i : i + 8], x_hat[i : i + 8]]
+    with io.BytesIO() as buf:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "recon.png"
+            save_grid(torch.cat(rows).float(), path, nrow=8)
+            buf.write(path.read_bytes())
+        return buf.getvalue()
+
+
+def _evaluation(folder: Path) -> str:
+    path = folder / EVALUATION
+    if not path.exists():
+        return f"<p class=note>no {EVALUATION} (write one with <code>genvae evaluate {html.escape(str(folder))} -o " \
+               f"{html.escape(str(path))}</code>)</p>"
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+        scores = report["results"][0]["metrics"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return f"<p class=note>{EVALUATION} is not a genvae evaluate report</p>"
+    rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td class=num>{_fmt(v)}</td></tr>" for k, v in scores.items())
+    return f"<table><tr><th>metric</th><th>value</th></tr>{rows}</table>"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_fmt(v)}" for k, v in value.items())
+    return html.escape(str(value))
+
+
+def _commands(folder: Path) -> str:
+    path = folder / HISTORY
+    lines = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                lines.append(json.loads(line)["command"])
+            except (ValueError, KeyError, TypeError):
+                continue
+    if not lines:
+        return "<p class=note>no commands recorded</p>"
+    return "<pre>" + "\n".join(html.escape(c) for c in lines) + "</pre>"
+
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1400px}
+h1{font-size:22px} h2{font-size:18px;border-bottom:1px solid #ddd;padding-bottom:4px;margin-top:28px}
+h3{font-size:15px;margin:14px 0 6px}
+table{border-collapse:collapse;font-size:13px;margin:6px 0}
+td,th{border:1px solid #ddd;padding:3px 8px;text-align:left} td.num{text-align:right}
+tr.total td{font-weight:600}
+.runs{display:flex;gap:24px;flex-wrap:wrap;align-items:flex-start} .run{flex:1;min-width:340px}
+.grids{display:flex;gap:10px;flex-wrap:wrap} figure{margin:0} figcaption{font-size:12px;color:#555}
+img.grid{width:220px;image-rendering:pixelated;border:1px solid #ccc} img.curves{max-width:100%}
+pre{background:#f6f6f6;padding:8px;font-size:12px;overflow:auto;max-height:360px}
+.note{color:#777;font-size:13px}
+"""
+
+
+def build_report(folders: Sequence[Path], *, data=None, data_root=None, download=False) -> str:
+    """The report page for ``folders``, as HTML text."""
+    from genvae.core import load_model
+
+    names = [f.name or str(f) for f in folders]
+    if len(set(names)) < len(names):
+        names = [str(f) for f in folders]
+    runs = {name: read_metrics(folder) for name, folder in zip(names, folders, strict=True)}
+    terms: list[str] = []
+    for records in runs.values():
+        terms += [t for t in terms_of(records) if t not in terms]
+    title = html.escape(", ".join(names))
+    parts = [f"<!doctype html><html><head><meta charset=utf-8>{GENERATOR}<title>genvae report: {title}</title>"
+             f"<style>{CSS}</style></head><body>",
+             f"<h1>genvae report: {html.escape(', '.join(names))}</h1>"]
+    curves = curves_png(runs, terms)
+    parts.append("<h2 id=curves>Loss curves</h2>")
+    parts.append(_img(curves, "loss curves", "curves") if curves else "<p class=note>no metrics.jsonl yet</p>")
+    columns = []
+    for name, folder in zip(names, folders, strict=True):
+        model = load_model(folder, device="cpu")
+        model.eval()
+        col = [f"<div class=run><h2>{html.escape(name)}</h2>",
+               f"<p>{html.escape(model.spec.description or model.spec.preset or '')}</p>",
+               "<h3>Components</h3>", _components(model)]
+        last = runs[name][-1] if runs[name] else None
+        if last:
+            col.append("<h3>Last logged values</h3><table>" + "".join(
+                f"<tr><td>{html.escape(k)}</td><td class=num>{_fmt(v)}</td></tr>" for k, v in last.items()
+                if k != "wall_time") + "</table>")
+        col.append("<h3>Evaluation</h3>" + _evaluation(folder))
+        grids = sorted((folder / "samples").glob("*.png")) if (folder / "samples").is_dir() else []
+        col.append("<h3>Samples, every epoch (the same z each time)</h3><div class=grids>" + "".join(
+            f"<figure>{_img(p.read_bytes(), p.stem, 'grid')}<figcaption>{html.escape(p.stem)}</figcaption></figure>"
+            for p in grids) + "</div>" if grids else "<p class=note>no sample grids yet</p>")
+        try:
+            recon = _reconstructions(model, data, data_root, download)
+            col.append("<h3>Reconstructions (rows: originals, reconstructions)</h3>" + _img(recon, "reconstructions",
+                                                                                          "grid"))
+        except Exception as exc:  # the data may be elsewhere: the rest of the report still stands
+            col.append(f"<h3>Reconstructions</h3><p class=note>not drawn: {html.escape(str(exc).splitlines()[0])}</p>")
+        col.append("<h3>Commands</h3>" + _commands(folder))
+        config = json.dumps(model.resolved_spec().to_dict(), indent=2)
+        col.append(f"<h3>Config</h3><pre>{html.escape(config)}</pre></div>")
+        columns.append("".join(col))
+    parts.append("<div class=runs>" + "".join(columns) + "</div></body></html>")
+    return "".join(parts)
+
+
+def plot_png(folders: Sequence[Path], term: str) -> bytes:
+    """One plot of ``term`` over steps for every folder (overlaid), as PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from genvae.core.errors import GenvaeError
+
+    runs = {(f.name or str(f)): read_metrics(f) for f in folders}
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    if not plot_term(runs, term, ax):
+        plt.close(fig)
+        known = sorted({t for records in runs.values() for t in terms_of(records)})
+        raise GenvaeError(f"no run logged '{term}'; logged terms: {', '.join(known) or 'none'}")
+    png = _figure_png(fig)
+    plt.close(fig)
+    return png
+
+
+def write_page(text: str, path: Path) -> None:
+    """Write the page atomically; an existing file is replaced only when genvae wrote it."""
+    from genvae.core.errors import GenvaeError
+    from genvae.core.files import atomic_write_text, check_writable_file
+
+    check_writable_file(path)
+    if path.exists():
+        head = path.read_bytes()[:400].decode("utf-8", "replace")
+        if GENERATOR not in head:
+            raise GenvaeError(f"{path} exists and was not written by genvae report; remove it or choose another path")
+    atomic_write_text(path, text)

@@ -1,0 +1,86 @@
+"""genvae report and genvae plot: a self-contained page with every section, overlaid curves, safe overwrites."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from genvae.cli.report import plot_term, read_metrics, terms_of
+from genvae.testing import invoke_cli
+
+TINY = ["--preset", "cvae", "--set", "image_size=16", "--set", "encoder.width=8", "--set", "encoder.depth=2",
+        "--set", "decoder.width=8", "--set", "decoder.depth=2", "--set", "transform.latent_channels=2"]
+
+
+@pytest.fixture
+def two_runs(tmp_path):
+    for name, lr in (("fast", "1e-3"), ("slow", "1e-4")):
+        assert invoke_cli(["build", *TINY, "-o", tmp_path / name]).exit_code == 0
+        result = invoke_cli(["train", tmp_path / name, "--max-steps", "12", "--batch-size", "8", "--log-every", "3",
+                             "--lr", lr, "--quiet", "--device", "cpu", *(["--report"] if name == "fast" else [])])
+        assert result.exit_code == 0, result.output
+    return tmp_path / "fast", tmp_path / "slow"
+
+
+def test_report_page_is_self_contained_with_every_section(two_runs, tmp_path):
+    fast, slow = two_runs
+    result = invoke_cli(["report", fast, slow, "-o", tmp_path / "report.html"])
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "report.html").read_text()
+    for section in ("Loss curves", "Components", "Samples, every epoch", "Reconstructions", "Evaluation",
+                    "Commands", "Config", "Last logged values"):
+        assert section in page, section
+    assert page.count("<div class=run>") == 2 and ">fast</h2>" in page and ">slow</h2>" in page
+    sources = re.findall(r'src="([^"]+)"', page)
+    assert sources and all(s.startswith("data:image/png;base64,") for s in sources)  # nothing to fetch
+    assert not re.search(r'(href|src)="(https?:)?//', page)
+    assert "genvae train " in page and "--lr 0.0001" in page  # the commands that trained each run
+    # train --report wrote the first run's page into its folder, and genvae owns it
+    assert (fast / "report.html").exists()
+    assert "report.html" in (fast / ".genvae-manifest.json").read_text()
+
+
+def test_report_refuses_to_overwrite_a_file_it_did_not_write(two_runs, tmp_path):
+    mine = tmp_path / "notes.html"
+    mine.write_text("<html>my notes</html>")
+    result = invoke_cli(["report", two_runs[0], "-o", mine])
+    assert result.exit_code != 0 and "was not written by genvae report" in result.output
+    assert mine.read_text() == "<html>my notes</html>"
+
+
+def test_curves_overlay_the_same_term_of_every_run(two_runs):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = {folder.name: read_metrics(folder) for folder in two_runs}
+    assert terms_of(runs["fast"]) == ["mse", "kl", "model/total"]
+    fig, ax = plt.subplots()
+    assert plot_term(runs, "kl", ax)
+    lines = ax.get_lines()
+    assert [line.get_label() for line in lines] == ["fast", "slow"]
+    for line, folder in zip(lines, two_runs, strict=True):
+        records = read_metrics(folder)
+        assert list(line.get_xdata()) == [r["step"] for r in records]
+        assert list(line.get_ydata()) == pytest.approx([r["kl"] for r in records])
+    plt.close(fig)
+
+
+def test_plot_writes_one_png_and_names_the_logged_terms(two_runs, tmp_path):
+    out = tmp_path / "kl.png"
+    assert invoke_cli(["plot", *two_runs, "--term", "kl", "-o", out]).exit_code == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert invoke_cli(["plot", *two_runs, "--term", "kl", "-o", out]).exit_code == 0  # its own file: replaced
+    bad = invoke_cli(["plot", *two_runs, "--term", "adv.d", "-o", out])
+    assert bad.exit_code != 0 and "no run logged 'adv.d'; logged terms: kl, model/total, mse" in bad.output
+
+
+def test_metrics_lines_carry_wall_clock_time(two_runs):
+    records = read_metrics(two_runs[0])
+    times = [r["wall_time"] for r in records]
+    assert times == sorted(times) and times[-1] - times[0] < 3600
+    assert json.loads((two_runs[0] / "commands.jsonl").read_text().splitlines()[0])["command"].startswith(
+        "genvae train ")
