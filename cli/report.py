@@ -133,7 +133,7 @@ def _components(model) -> str:
     return "<table><tr><th>component</th><th>name</th><th>parameters</th></tr>" + "".join(rows) + "</table>"
 
 
-def _reconstructions(model, data, data_root, download, count: int = 16) -> bytes | None:
+def _reconstructions(model, data, data_root, download, count: int = 16) -> bytes:
     import torch
 
     from genvae.core.commands import load_command_data
