@@ -419,6 +419,7 @@ def train(folder, data, data_root, download, epochs, max_steps, batch_size, lr, 
     if main:
         console.print(f"done at step {trainer.step}: " + ", ".join(
             f"{k} {v:.4g}" for k, v in last_metrics.items() if k not in ("step", "epoch", "wall_time")))
+        _print_run_summary(folder, start)
         if write_report:
             from genvae.cli.report import build_report, write_page
 
@@ -457,6 +458,24 @@ def _record_command(folder: Path) -> None:
 
 
 NOT_TERMS = ("step", "epoch", "lr", "wall_time")  # a metrics line's other keys, not shown as terms
+
+
+def _print_run_summary(folder: Path, start: int) -> None:
+    """A table of this run's terms: the first and last logged values, and the wall-clock time it took."""
+    from genvae.cli.report import read_metrics, terms_of
+
+    records = [r for r in read_metrics(folder) if r["step"] > start]
+    if not records:
+        return
+    first, last = records[0], records[-1]
+    table = Table(title=f"{folder}: steps {start} -> {last['step']}", title_justify="left")
+    for col in ("term", f"step {first['step']}", f"step {last['step']}"):
+        table.add_column(col, justify="left" if col == "term" else "right")
+    for term in terms_of(records):
+        table.add_row(term, *(f"{r[term]:.4g}" if isinstance(r.get(term), int | float) else "-" for r in (first, last)))
+    if isinstance(first.get("wall_time"), int | float) and isinstance(last.get("wall_time"), int | float):
+        table.caption = f"{last['wall_time'] - first['wall_time']:.1f} s between the first and last log lines"
+    console.print(table)
 
 
 def _fit_with_progress(trainer, total: int, start: int, quiet: bool, silent: bool = False) -> dict:

@@ -84,3 +84,15 @@ def test_metrics_lines_carry_wall_clock_time(two_runs):
     assert times == sorted(times) and times[-1] - times[0] < 3600
     assert json.loads((two_runs[0] / "commands.jsonl").read_text().splitlines()[0])["command"].startswith(
         "genvae train ")
+
+
+def test_train_ends_with_a_summary_table_of_the_run(tmp_path):
+    assert invoke_cli(["build", *TINY, "-o", tmp_path / "m"]).exit_code == 0
+    result = invoke_cli(["train", tmp_path / "m", "--max-steps", "6", "--batch-size", "8", "--log-every", "2",
+                         "--quiet", "--device", "cpu"])
+    assert result.exit_code == 0
+    tail = result.output[result.output.index("done at step 6"):]
+    first, last = (read_metrics(tmp_path / "m")[i] for i in (0, -1))
+    assert "steps 0 -> 6" in tail and "step 2" in tail and "step 6" in tail
+    row = next(line for line in tail.splitlines() if line.startswith("│ kl "))  # the table's kl row
+    assert f"{first['kl']:.4g}" in row and f"{last['kl']:.4g}" in row
