@@ -429,6 +429,26 @@ def train(folder, data, data_root, download, epochs, max_steps, batch_size, lr, 
             console.print(f"report: {folder / 'report.html'}")
 
 
+@contextlib.contextmanager
+def _work_progress(title: str):
+    """A ``progress(task, done, total)`` callback drawing one bar per task on a terminal's stderr (None elsewhere)."""
+    if not err_console.is_terminal:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn(f"{title}: {{task.description}}"), BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=err_console, transient=True) as bars:
+        tasks: dict[str, Any] = {}
+
+        def progress(task: str, done: int, total: int) -> None:
+            if task not in tasks:
+                tasks[task] = bars.add_task(task, total=total)
+            bars.update(tasks[task], completed=done)
+
+        yield progress
+
+
 def _record_command(folder: Path) -> None:
     """Append this command, as given on the command line, to FOLDER/commands.jsonl (the report's "commands")."""
     import shlex
@@ -663,11 +683,12 @@ def evaluate(folder, data, data_root, download, metrics, metrics_alias, classifi
                            download=download, registry=reg)
         real = images.images if limit is None else images.images[:limit]
         source, count = images.source, len(real)
-        batch = EvalData(model, real, dev, features=network, n_samples=n_samples or len(real), batch_size=batch_size,
-                         seed=seed)
-        scores: dict[str, dict[str, float]] = {}
-        for name in names:
-            scores[name] = reg.get("metric", name).obj(batch)
+        with _work_progress(f"evaluate {path}") as progress:
+            batch = EvalData(model, real, dev, features=network, n_samples=n_samples or len(real),
+                             batch_size=batch_size, seed=seed, progress=progress)
+            scores: dict[str, dict[str, float]] = {}
+            for name in names:
+                scores[name] = reg.get("metric", name).obj(batch)
         results.append({"model": str(path), "metrics": scores, "samples": batch.n_samples if "samples" in needs
                         else 0})
     from genvae.core import __version__

@@ -10,7 +10,7 @@ small classifier's space is never mistaken for an Inception one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -56,10 +56,12 @@ def fit_to(x: Tensor, shape: tuple[int, int, int]) -> Tensor:
 class EvalData:
     """One model's evaluation inputs, computed lazily and once: real images (uint8, the model's size), the
     reconstructions (posterior mean) and ``n_samples`` samples (images in [-1, 1], on the CPU), and with a
-    feature network their features and logits. Random draws follow ``seed``."""
+    feature network their features and logits. Random draws follow ``seed``. ``progress(task, done, total)``, when
+    given, hears of every batch of long work (a progress bar)."""
 
     def __init__(self, model: Any, real: Tensor, device: torch.device, *, features: FeatureNetwork | None = None,
-                 n_samples: int | None = None, batch_size: int = 256, seed: int = 0):
+                 n_samples: int | None = None, batch_size: int = 256, seed: int = 0,
+                 progress: Callable[[str, int, int], None] | None = None):
         self.model = model
         self.real = real
         self.device = device
@@ -67,7 +69,12 @@ class EvalData:
         self.n_samples = n_samples or len(real)
         self.batch_size = batch_size
         self.seed = seed
+        self.progress = progress
         self._cache: dict[str, Tensor] = {}
+
+    def _tell(self, task: str, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(task, done, total)
 
     # -- images -------------------------------------------------------------------------------------
     def real_images(self) -> Tensor:
@@ -80,7 +87,10 @@ class EvalData:
     def reconstructions(self) -> Tensor:
         """The model's reconstructions of the real images (posterior mean), in [-1, 1], on the CPU."""
         if "recon" not in self._cache:
-            parts = [self.model.reconstruct(batch.to(self.device)).float().cpu() for batch in self._batches()]
+            parts: list[Tensor] = []
+            for batch in self._batches():
+                parts.append(self.model.reconstruct(batch.to(self.device)).float().cpu())
+                self._tell("reconstructions", sum(len(p) for p in parts), len(self.real))
             self._cache["recon"] = torch.cat(parts)
         return self._cache["recon"]
 
@@ -96,6 +106,7 @@ class EvalData:
                     n = min(self.batch_size, left)
                     parts.append(self.model.sample(n, self.device).float().cpu())
                     left -= n
+                    self._tell("samples", self.n_samples - left, self.n_samples)
             self._cache["samples"] = torch.cat(parts)
         return self._cache["samples"]
 
@@ -120,6 +131,7 @@ class EvalData:
             for i in range(0, len(images), self.batch_size):
                 batch = fit_to(images[i : i + self.batch_size].to(self.device), net.image_shape)
                 out.append(getattr(net, method)(batch).double().cpu())
+                self._tell(f"{method} of {which}", min(i + self.batch_size, len(images)), len(images))
             self._cache[key] = torch.cat(out)
         return self._cache[key]
 

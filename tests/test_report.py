@@ -96,3 +96,21 @@ def test_train_ends_with_a_summary_table_of_the_run(tmp_path):
     assert "steps 0 -> 6" in tail and "step 2" in tail and "step 6" in tail
     row = next(line for line in tail.splitlines() if line.startswith("│ kl "))  # the table's kl row
     assert f"{first['kl']:.4g}" in row and f"{last['kl']:.4g}" in row
+
+
+def test_evaluation_reports_progress_batch_by_batch(tiny_spec):
+    import torch
+
+    from genvae.core import build_model
+    from genvae.core.evaluation import EvalData
+
+    model = build_model(tiny_spec).eval()
+    real = torch.randint(0, 256, (10, *tiny_spec.image_shape), dtype=torch.uint8)
+    heard: list[tuple[str, int, int]] = []
+    data = EvalData(model, real, torch.device("cpu"), n_samples=7, batch_size=4,
+                    progress=lambda *a: heard.append(a))
+    data.reconstructions()
+    data.samples()
+    data.reconstructions()  # cached: no second pass
+    assert heard == [("reconstructions", 4, 10), ("reconstructions", 8, 10), ("reconstructions", 10, 10),
+                     ("samples", 4, 7), ("samples", 7, 7)]
