@@ -728,8 +728,7 @@ def evaluate(folder, data, data_root, download, metrics, metrics_alias, classifi
 @click.option("--device", default="auto", show_default=True)
 def reconstruct(folder, data, data_root, download, count, output, split, seed, device) -> None:
     """Reconstruct images (posterior mean): rows alternate originals and reconstructions."""
-    import torch
-
+    from genvae.cli.report import paired_rows
     from genvae.core.data import check_image_output, load_data, save_grid, to_model_range
 
     check_image_output(Path(output))
@@ -739,11 +738,7 @@ def reconstruct(folder, data, data_root, download, count, output, split, seed, d
                        download=download, registry=registry())
     x = to_model_range(images.images[:count]).to(dev)
     x_hat = model.reconstruct(x)
-    nrow = 8
-    rows = []
-    for i in range(0, x.shape[0], nrow):
-        rows += [x[i : i + nrow], x_hat[i : i + nrow]]
-    save_grid(torch.cat(rows).float().cpu(), output, nrow=nrow)
+    save_grid(paired_rows(x, x_hat).float().cpu(), output, nrow=8)
     mse = (x_hat - x).pow(2).mean().item()
     console.print(f"wrote {x.shape[0]} reconstructions to {output} (pixel MSE {mse:.4f} in [-1, 1] units)")
 

@@ -133,7 +133,19 @@ def _components(model) -> str:
     return "<table><tr><th>component</th><th>name</th><th>parameters</th></tr>" + "".join(rows) + "</table>"
 
 
+def paired_rows(x, x_hat, nrow: int = 8):
+    """Originals and their reconstructions as alternating rows of ``nrow`` (one grid, ``save_grid(..., nrow)``)."""
+    import torch
+
+    rows = []
+    for i in range(0, x.shape[0], nrow):
+        rows += [x[i : i + nrow], x_hat[i : i + nrow]]
+    return torch.cat(rows)
+
+
 def _reconstructions(model, data, data_root, download, count: int = 16) -> bytes:
+    import tempfile
+
     import torch
 
     from genvae.core.commands import load_command_data
@@ -143,17 +155,10 @@ def _reconstructions(model, data, data_root, download, count: int = 16) -> bytes
     x = to_model_range(images.images[:count])
     with torch.no_grad():
         x_hat = model.reconstruct(x)
-    rows = []
-    for i in range(0, x.shape[0], 8):
-        rows += [x[i : i + 8], x_hat[i : i + 8]]
-    with io.BytesIO() as buf:
-        import tempfile
-
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "recon.png"
-            save_grid(torch.cat(rows).float(), path, nrow=8)
-            buf.write(path.read_bytes())
-        return buf.getvalue()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "recon.png"
+        save_grid(paired_rows(x, x_hat).float(), path, nrow=8)
+        return path.read_bytes()
 
 
 def _evaluation(folder: Path) -> str:

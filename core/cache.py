@@ -81,7 +81,7 @@ class CachedImages:
         return torch.from_numpy(array), [(str(s), str(r)) for s, r in zip(meta.get("skipped", []),
                                                                             meta.get("reasons", []), strict=False)]
 
-    def build(self, sources: Sequence[Any], image_size: int, channels: int, decode_block: Callable,
+    def build(self, sources: Sequence[Any], decode_block: Callable,
               describe: Callable[[int], str] = str) -> tuple[torch.Tensor, list[tuple[str, str]]]:
         """Decode ``sources`` into the cache; returns the mapped images and ``(source, reason)`` per failure.
 
@@ -97,16 +97,16 @@ class CachedImages:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
             try:
-                failures = _decode_into(tmp / IMAGES, sources, image_size, channels, decode_block, self.source)
+                failures = _decode_into(tmp / IMAGES, sources, self.image_shape, decode_block, self.source)
                 bad = {i for i, _ in failures}
                 good = len(sources) - len(bad)
                 if good == 0:
-                    return torch.empty((0, channels, image_size, image_size), dtype=torch.uint8), [
+                    return torch.empty((0, *self.image_shape), dtype=torch.uint8), [
                         (describe(i), reason) for i, reason in failures]
-                _compact(tmp / IMAGES, len(sources), bad, channels * image_size * image_size)
+                _compact(tmp / IMAGES, len(sources), bad, int(np.prod(self.image_shape)))
                 skipped = [(describe(i), reason) for i, reason in sorted(failures)]
-                meta = {"mark": MARK, "format": FORMAT, "source": self.source, "shape": [good, channels, image_size,
-                        image_size], "skipped": [s for s, _ in skipped], "reasons": [r for _, r in skipped]}
+                meta = {"mark": MARK, "format": FORMAT, "source": self.source, "shape": [good, *self.image_shape],
+                        "skipped": [s for s, _ in skipped], "reasons": [r for _, r in skipped]}
                 (tmp / META).write_text(json.dumps(meta), encoding="utf-8")
                 if self.folder.exists():  # a broken earlier entry (genvae's own: it is in genvae's cache)
                     shutil.rmtree(self.folder)
@@ -158,9 +158,9 @@ def _worker_block(path: str, shape: tuple[int, ...], start: int, sources: Sequen
         del out
 
 
-def _decode_into(path: Path, sources: Sequence[Any], image_size: int, channels: int, decode_block: Callable,
+def _decode_into(path: Path, sources: Sequence[Any], image_shape: tuple[int, ...], decode_block: Callable,
                  what: str) -> list[tuple[int, str]]:
-    shape = (len(sources), channels, image_size, image_size)
+    shape = (len(sources), *image_shape)
     out = np.memmap(path, dtype=np.uint8, mode="w+", shape=shape)
     del out  # the file exists at its full size; workers map it themselves
     starts = range(0, len(sources), _BLOCK)

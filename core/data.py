@@ -256,12 +256,12 @@ def read_image(path: str | os.PathLike, image_size: int, channels: int) -> torch
 
 
 def decode_block(sources: Sequence[Any], out: Any, start: int, image_size: int, channels: int) -> list[tuple[int, str]]:
-    """Decode ``sources`` into rows ``start:`` of the uint8 array ``out`` (a memory map); ``(index, reason)`` per
-    source that could not be read. Runs in the image cache's worker processes."""
+    """Decode ``sources`` into rows ``start:`` of ``out`` (a uint8 tensor, or a memory-mapped array in the image
+    cache's worker processes); ``(index into sources, reason)`` per source that could not be read."""
     failures = []
     for i, source in enumerate(sources):
         try:
-            out[start + i] = _open_and_fit(source, image_size, channels).numpy()
+            out[start + i] = _open_and_fit(source, image_size, channels)
         except MemoryError:
             raise
         except Exception as exc:  # PIL raises many types for broken files: all mean "unreadable"
@@ -281,17 +281,9 @@ def decode_images(
     out = torch.empty((len(sources), channels, image_size, image_size), dtype=torch.uint8)
     failures: list[tuple[int, str]] = []
 
-    def one(i: int) -> None:
-        try:
-            out[i] = _open_and_fit(sources[i], image_size, channels)
-        except MemoryError:
-            raise
-        except Exception as exc:  # PIL raises many types for broken files: all mean "unreadable"
-            failures.append((i, _reason(exc)))
-
     def block(start: int) -> None:
-        for i in range(start, min(start + _BLOCK, len(sources))):
-            one(i)
+        chunk = sources[start : start + _BLOCK]
+        failures.extend((start + i, reason) for i, reason in decode_block(chunk, out, start, image_size, channels))
 
     workers = workers or min(8, os.cpu_count() or 1)
     if workers > 1 and len(sources) >= _PARALLEL_MIN:
@@ -582,7 +574,7 @@ def _load_folder(folder: str, image_size: int, channels: int) -> ImageData:
             images, skipped_with_reasons = loaded
         else:
             images, skipped_with_reasons = entry.build(
-                sources, image_size, channels, partial(decode_block, image_size=image_size, channels=channels),
+                sources, partial(decode_block, image_size=image_size, channels=channels),
                 describe=lambda i: str(sources[i]))
     failed = sorted([*rejected, *skipped_with_reasons])
     skipped = [path for path, _ in failed]

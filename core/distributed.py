@@ -49,14 +49,13 @@ class Distributed:
     @torch.no_grad()
     def average_(self, tensors: Sequence[torch.Tensor]) -> None:
         """Replace each tensor by its mean over the processes, in one all-reduce of one flat buffer."""
+        def mean(flat: torch.Tensor) -> None:
+            tdist.all_reduce(flat)
+            flat.div_(self.world_size)
+
         tensors = [t for t in tensors if t is not None]
-        if not tensors:
-            return
-        flat = torch.cat([t.reshape(-1).to(torch.float32) for t in tensors])
-        tdist.all_reduce(flat)
-        flat.div_(self.world_size)
-        torch._foreach_copy_(tensors, [part.view_as(t) for part, t in zip(flat.split([t.numel() for t in tensors]),
-                                                                             tensors, strict=True)])
+        if tensors:
+            _through_flat(tensors, torch.float32, mean)
 
     @torch.no_grad()
     def broadcast_(self, tensors: Sequence[torch.Tensor], src: int = 0) -> None:
@@ -64,11 +63,8 @@ class Distributed:
         by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
         for t in tensors:
             by_dtype.setdefault(t.dtype, []).append(t)
-        for group in by_dtype.values():
-            flat = torch.cat([t.reshape(-1) for t in group])
-            tdist.broadcast(flat, src)
-            torch._foreach_copy_(group, [part.view_as(t) for part, t in zip(flat.split([t.numel() for t in group]),
-                                                                               group, strict=True)])
+        for dtype, group in by_dtype.items():
+            _through_flat(group, dtype, lambda flat: tdist.broadcast(flat, src))
 
     def any(self, flag: torch.Tensor) -> torch.Tensor:
         """True on every process when ``flag`` is true on any (a max all-reduce)."""
@@ -87,6 +83,15 @@ class Distributed:
 
     def barrier(self) -> None:
         tdist.barrier()
+
+
+def _through_flat(tensors: Sequence[torch.Tensor], dtype: torch.dtype, collective) -> None:
+    """Run ``collective`` in place on one flat ``dtype`` buffer holding all of ``tensors``, then copy its parts back:
+    one message per call, however many tensors."""
+    flat = torch.cat([t.reshape(-1).to(dtype) for t in tensors])
+    collective(flat)
+    parts = flat.split([t.numel() for t in tensors])
+    torch._foreach_copy_(list(tensors), [part.view_as(t) for part, t in zip(parts, tensors, strict=True)])
 
 
 def launched_world_size() -> int:

@@ -44,8 +44,6 @@ def open_loggers(names: Sequence[str], folder: Path, config: dict, registry) -> 
         target = ModelFolder(folder).subdir(f"{LOGS}/{name}")
         try:
             logger = entry.obj(folder=target, config=config)
-        except GenvaeError:
-            raise
         except ImportError as exc:
             raise GenvaeError(f"logger '{name}' (plugin '{entry.plugin}') needs a package that is not installed: "
                               f"{exc.name or exc}; install genvae's extra: pip install 'genvae[{name}]'") from None

@@ -355,7 +355,7 @@ class Trainer:
         self.metrics_path = self.folder / ckpt.METRICS
         self.registry = registry
         self.loggers: list = []  # opened by fit, on the process that writes the folder
-        # Per update: keep the graph after its backward pass? Found on the first step (see _shared_graphs); a kept
+        # Per update: keep the graph after its backward pass? Found on the first step (see shared_graphs); a kept
         # graph holds every activation of the step until its end, which costs memory and, on the CPU, time.
         last = len(self.updates) - 1
         self.retain: list[bool] | None = [i < last for i in range(len(self.updates))] if (
