@@ -308,6 +308,7 @@ def build(preset, encoder, decoder, prior, transform, losses, image_size, channe
         if force:
             mf.remove_all(keep=(CONFIG, WEIGHTS))  # replaced atomically below
         save_model(model, out)
+        _record_command(out)
     print_summary(model, f"built {out}" + (f" from preset '{spec.preset}'" if spec.preset else ""))
 
 

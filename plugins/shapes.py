@@ -1,9 +1,12 @@
 """``shapes``: the built-in default dataset, drawn on the fly so that genvae runs with nothing downloaded.
 
-Each image holds 1-3 filled circles, rectangles or triangles in random colours on a random-colour
-background. Drawing is deterministic per split (train and test use different seeds) and is done at
-up to 4x the size, then box-downsampled, for antialiased edges. Geometry is in fractions of the
-image, so the data set looks the same at every image_size.
+Each image holds one filled circle, square or upright triangle in one of six bright colours, at a
+random position and size, on black. The data set is kept this simple on purpose: five factors
+(kind, colour, x, y, size) that a small convolutional VAE learns on a 2-core CPU in about three
+minutes (the ``cvae-vamp`` preset), so a first run shows samples in which a person sees circles,
+squares and triangles rather than colour blobs. Drawing is deterministic per split (train and test use different
+seeds) and is done at up to 4x the size, then box-downsampled, for antialiased edges. Geometry is in
+fractions of the image, so the data set looks the same at every image_size.
 """
 
 from __future__ import annotations
@@ -16,44 +19,28 @@ from genvae.core.errors import DataError
 from genvae.core.hookspecs import hookimpl
 
 SPLITS = {"train": (4096, 20240601), "test": (512, 20240602)}  # split -> (count, seed)
-MIN_LUMA_CONTRAST = 48  # a shape this close to its background in grey would vanish at channels=1
-
-
-def _luma(c: np.ndarray) -> float:
-    return 0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2]
-
-
-def _colour(rng: np.random.Generator, background: np.ndarray) -> tuple[int, int, int]:
-    """A random colour visible against the background, in RGB and in grey."""
-    for _ in range(32):
-        c = rng.integers(0, 256, 3)
-        if abs(_luma(c) - _luma(background)) >= MIN_LUMA_CONTRAST:
-            break
-    else:  # practically unreachable: fall back to the inverse of the background
-        c = 255 - background
-    return int(c[0]), int(c[1]), int(c[2])
+# Red, green, blue, yellow, cyan, magenta; each at least 100 grey levels above black, so shapes stay
+# visible at channels=1.
+PALETTE = ((230, 60, 60), (60, 200, 80), (70, 120, 255), (240, 210, 60), (60, 210, 220), (220, 90, 220))
+KINDS = ("circle", "square", "triangle")
 
 
 def _draw_one(rng: np.random.Generator, big: int) -> Image.Image:
-    background = rng.integers(0, 256, 3)
-    img = Image.new("RGB", (big, big), tuple(int(v) for v in background))
+    img = Image.new("RGB", (big, big), (0, 0, 0))
     draw = ImageDraw.Draw(img)
-    for _ in range(int(rng.integers(1, 4))):
-        kind = int(rng.integers(0, 3))
-        fill = _colour(rng, background)
-        cx, cy = rng.uniform(0.2, 0.8, 2) * big
-        if kind == 0:  # circle
-            r = rng.uniform(0.1, 0.3) * big
-            draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=fill)
-        elif kind == 1:  # axis-aligned rectangle
-            hw, hh = rng.uniform(0.08, 0.3, 2) * big
-            draw.rectangle((cx - hw, cy - hh, cx + hw, cy + hh), fill=fill)
-        else:  # triangle: three vertices at spread-out angles around the centre
-            r = rng.uniform(0.15, 0.35) * big
-            angles = rng.uniform(0, 2 * np.pi) + np.array([0, 2 * np.pi / 3, 4 * np.pi / 3])
-            angles += rng.uniform(-0.4, 0.4, 3)
-            pts = [(float(cx + r * np.cos(a)), float(cy + r * np.sin(a))) for a in angles]
-            draw.polygon(pts, fill=fill)
+    kind = KINDS[int(rng.integers(0, len(KINDS)))]
+    fill = PALETTE[int(rng.integers(0, len(PALETTE)))]
+    cx, cy = rng.uniform(0.35, 0.65, 2) * big
+    size = rng.uniform(0.18, 0.32) * big  # radius of a circle; the others are scaled to look as big
+    if kind == "circle":
+        draw.ellipse((cx - size, cy - size, cx + size, cy + size), fill=fill)
+    elif kind == "square":  # axis-aligned
+        half = 0.85 * size
+        draw.rectangle((cx - half, cy - half, cx + half, cy + half), fill=fill)
+    else:  # equilateral triangle, apex up (image y grows downwards)
+        r = 1.2 * size
+        angles = -np.pi / 2 + np.array([0, 2 * np.pi / 3, 4 * np.pi / 3])
+        draw.polygon([(float(cx + r * np.cos(a)), float(cy + r * np.sin(a))) for a in angles], fill=fill)
     return img
 
 
@@ -84,4 +71,5 @@ def load_shapes(root=None, image_size: int = 32, channels: int = 3, split: str =
 @hookimpl
 def genvae_register_datasets(register):
     register("shapes", load_shapes,
-             help="built-in: 4096 train / 512 test procedural images of coloured shapes; needs no download")
+             help="built-in: 4096 train / 512 test procedural images, one coloured circle, square or "
+                  "triangle on black; needs no download")

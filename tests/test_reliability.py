@@ -175,7 +175,9 @@ def test_force_removes_only_what_genvae_wrote(model_dir):
     assert sorted(os.listdir(model_dir / "samples")) == ["hand-picked.png"]
     assert sorted(os.listdir(model_dir / "checkpoints")) == ["README", "step-00000008"]
     assert sorted(os.listdir(model_dir / "checkpoints" / "step-00000008")) == ["extra.bin"]
-    assert ModelFolder(model_dir).files() == {"config.json", "model.safetensors"}
+    assert ModelFolder(model_dir).files() == {"config.json", "model.safetensors", "commands.jsonl"}
+    history = (model_dir / "commands.jsonl").read_text().splitlines()  # started afresh: the new build alone
+    assert len(history) == 1 and json.loads(history[0])["command"].startswith("genvae build --preset cvae")
 
 
 def test_folder_of_an_older_genvae_is_adopted(model_dir):

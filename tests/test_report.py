@@ -82,8 +82,11 @@ def test_metrics_lines_carry_wall_clock_time(two_runs):
     records = read_metrics(two_runs[0])
     times = [r["wall_time"] for r in records]
     assert times == sorted(times) and times[-1] - times[0] < 3600
-    assert json.loads((two_runs[0] / "commands.jsonl").read_text().splitlines()[0])["command"].startswith(
-        "genvae train ")
+    commands = [json.loads(line)["command"] for line in (two_runs[0] / "commands.jsonl").read_text().splitlines()]
+    assert len(commands) == 2  # the build, then the train, each as given
+    assert commands[0].startswith("genvae build --preset cvae --set image_size=16 ")
+    assert commands[0].endswith(f"-o {two_runs[0]}")
+    assert commands[1].startswith(f"genvae train {two_runs[0]} --max-steps 12 ")
 
 
 def test_train_ends_with_a_summary_table_of_the_run(tmp_path):
