@@ -546,8 +546,11 @@ def report(folders, output, data, data_root, download) -> None:
 @click.argument("folders", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--term", required=True, help="The logged term to plot, e.g. kl, mse, model/total, adv.d.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The PNG file to write.")
-def plot(folders, term, output) -> None:
-    """One plot of a logged term over the steps of one or several runs (overlaid), as a PNG."""
+@click.option("--x", "x_axis", type=click.Choice(["step", "time"]), default="step", show_default=True,
+              help="What the x axis counts: optimisation steps, or wall-clock minutes since each run's first "
+                   "logged line.")
+def plot(folders, term, output, x_axis) -> None:
+    """One plot of a logged term over the steps (or wall-clock time) of one or several runs (overlaid), as a PNG."""
     from genvae.cli.report import plot_png
     from genvae.core.data import check_image_output
     from genvae.core.files import atomic_write
@@ -555,7 +558,7 @@ def plot(folders, term, output) -> None:
     if not str(output).lower().endswith(".png"):
         raise GenvaeError(f"plot -o {output}: the plot is a PNG file; name it something.png")
     check_image_output(Path(output))
-    png = plot_png([Path(f) for f in folders], term)
+    png = plot_png([Path(f) for f in folders], term, x_axis)
     atomic_write(Path(output), lambda tmp: tmp.write_bytes(png))
     console.print(f"wrote {term} of {len(folders)} run(s) to {output}")
 

@@ -59,19 +59,30 @@ def _figure_png(fig) -> bytes:
     return buf.getvalue()
 
 
-def plot_term(runs: dict[str, list[dict]], term: str, ax) -> bool:
-    """The curves of ``term`` for every run on ``ax`` (steps on x; wall-clock minutes on a top axis when there is
-    one run); False when no run logged it."""
+def plot_term(runs: dict[str, list[dict]], term: str, ax, x: str = "step") -> bool:
+    """The curves of ``term`` for every run on ``ax``; False when no run logged it.
+
+    ``x="step"``: steps on x, and wall-clock minutes on a top axis when there is one run (runs of
+    different speeds share no such axis). ``x="time"``: wall-clock minutes since each run's first
+    logged line on x, to compare runs by what they cost.
+    """
+    if x not in ("step", "time"):
+        raise ValueError(f"x must be 'step' or 'time', got {x!r}")
     drawn = False
     for label, records in runs.items():
-        points = [(r["step"], r[term]) for r in records if isinstance(r.get(term), int | float)]
+        if x == "step":
+            points = [(r["step"], r[term]) for r in records if isinstance(r.get(term), int | float)]
+        else:
+            timed = [r for r in records if isinstance(r.get("wall_time"), int | float)]
+            start = timed[0]["wall_time"] if timed else 0.0
+            points = [((r["wall_time"] - start) / 60, r[term]) for r in timed if isinstance(r.get(term), int | float)]
         if points:
             ax.plot(*zip(*points, strict=True), label=label, linewidth=1.4)
             drawn = True
     ax.set_title(term, fontsize=10)
-    ax.set_xlabel("step")
+    ax.set_xlabel("step" if x == "step" else "wall-clock minutes (from the first logged line)")
     ax.grid(alpha=0.3)
-    if len(runs) == 1:
+    if len(runs) == 1 and x == "step":
         records = next(iter(runs.values()))
         timed = [(r["step"], r["wall_time"]) for r in records if isinstance(r.get("wall_time"), int | float)]
         if len(timed) >= 2:
@@ -96,7 +107,7 @@ def plot_term(runs: dict[str, list[dict]], term: str, ax) -> bool:
     return drawn
 
 
-def curves_png(runs: dict[str, list[dict]], terms: Sequence[str]) -> bytes | None:
+def curves_png(runs: dict[str, list[dict]], terms: Sequence[str], x: str = "step") -> bytes | None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -108,7 +119,7 @@ def curves_png(runs: dict[str, list[dict]], terms: Sequence[str]) -> bytes | Non
     rows = math.ceil(len(terms) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
     for ax, term in zip(axes.flat, terms, strict=False):
-        plot_term(runs, term, ax)
+        plot_term(runs, term, ax, x)
     for ax in list(axes.flat)[len(terms):]:
         ax.axis("off")
     fig.tight_layout()
@@ -230,6 +241,9 @@ def build_report(folders: Sequence[Path], *, data=None, data_root=None, download
     curves = curves_png(runs, terms)
     parts.append("<h2 id=curves>Loss curves</h2>")
     parts.append(_img(curves, "loss curves", "curves") if curves else "<p class=note>no metrics.jsonl yet</p>")
+    if len(runs) > 1 and curves:  # one step axis cannot carry several runs' clocks: a second set by time
+        parts.append("<h2 id=curves-time>Loss curves by wall-clock time</h2>")
+        parts.append(_img(curves_png(runs, terms, "time") or b"", "loss curves by wall-clock time", "curves"))
     columns = []
     for name, folder in zip(names, folders, strict=True):
         model = load_model(folder, device="cpu")
@@ -261,8 +275,8 @@ def build_report(folders: Sequence[Path], *, data=None, data_root=None, download
     return "".join(parts)
 
 
-def plot_png(folders: Sequence[Path], term: str) -> bytes:
-    """One plot of ``term`` over steps for every folder (overlaid), as PNG bytes."""
+def plot_png(folders: Sequence[Path], term: str, x: str = "step") -> bytes:
+    """One plot of ``term`` over steps (or wall-clock minutes) for every folder (overlaid), as PNG bytes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -272,7 +286,7 @@ def plot_png(folders: Sequence[Path], term: str) -> bytes:
 
     runs = {(f.name or str(f)): read_metrics(f) for f in folders}
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    if not plot_term(runs, term, ax):
+    if not plot_term(runs, term, ax, x):
         plt.close(fig)
         known = sorted({t for records in runs.values() for t in terms_of(records)})
         raise GenvaeError(f"no run logged '{term}'; logged terms: {', '.join(known) or 'none'}")

@@ -50,6 +50,18 @@ def with_default_losses(losses: list[LossSpec], registry: Registry) -> list[Loss
     return [*recon, *losses, *[s for s in extra if s not in recon]]
 
 
+def _amended_description(preset: ModelSpec, parts: dict[str, ComponentSpec], losses: list[LossSpec]) -> str:
+    """The preset's description, plus the components chosen in its place (so it never describes a model
+    the folder does not hold)."""
+    changed = [f"{kind} {part.name}" for kind, part in parts.items()
+               if (base := preset.component(kind)) is None or base.name != part.name]
+    if [s.name for s in losses] != [s.name for s in preset.losses]:
+        changed.append("losses " + ",".join(s.name for s in losses))
+    if not changed or not preset.description:
+        return preset.description
+    return f"{preset.description} (changed from preset '{preset.preset}': {'; '.join(changed)})"
+
+
 def compose_spec(
     preset: str | None = None,
     encoder: str | None = None,
@@ -111,7 +123,8 @@ def compose_spec(
     if spec is None:
         spec = ModelSpec(**parts, losses=tuple(loss_list))
     else:
-        spec = attrs.evolve(spec, **parts, losses=tuple(loss_list))
+        spec = attrs.evolve(spec, **parts, losses=tuple(loss_list),
+                            description=_amended_description(spec, parts, loss_list))
     if image_size is not None:
         spec = attrs.evolve(spec, image_size=image_size)
     if channels is not None:

@@ -116,6 +116,15 @@ def test_preset_with_another_encoder_takes_its_counterparts():
     assert spec.train == preset_spec("vae").train
 
 
+def test_description_names_what_replaced_the_presets_components():
+    base = preset_spec("cvae-vamp").description
+    assert compose_spec(preset="cvae-vamp").description == base  # nothing changed, nothing added
+    assert compose_spec(preset="cvae-vamp", sets=["transform.latent_dim=8"]).description == base  # options only
+    changed = compose_spec(preset="cvae-vamp", prior="normal", losses="bce").description
+    assert changed == f"{base} (changed from preset 'cvae-vamp': prior normal; losses bce,kl)"
+    assert compose_spec(preset="cvae-vamp", prior="vamp").description == base  # the preset's own choice
+
+
 def test_preset_keeps_its_options_for_the_same_encoder():
     spec = compose_spec(preset="cvae", encoder="conv")
     assert spec.encoder == preset_spec("cvae").encoder

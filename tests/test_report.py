@@ -29,7 +29,8 @@ def test_report_page_is_self_contained_with_every_section(two_runs, tmp_path):
     result = invoke_cli(["report", fast, slow, "-o", tmp_path / "report.html"])
     assert result.exit_code == 0, result.output
     page = (tmp_path / "report.html").read_text()
-    for section in ("Loss curves", "Components", "Samples, every epoch", "Reconstructions", "Evaluation",
+    for section in ("Loss curves", "Loss curves by wall-clock time", "Components",
+                    "Samples, every epoch", "Reconstructions", "Evaluation",
                     "Commands", "Config", "Last logged values"):
         assert section in page, section
     assert page.count("<div class=run>") == 2 and ">fast</h2>" in page and ">slow</h2>" in page
@@ -40,6 +41,8 @@ def test_report_page_is_self_contained_with_every_section(two_runs, tmp_path):
     # train --report wrote the first run's page into its folder, and genvae owns it
     assert (fast / "report.html").exists()
     assert "report.html" in (fast / ".genvae-manifest.json").read_text()
+    alone = (fast / "report.html").read_text()  # one run: wall-clock is the top axis, no second set of curves
+    assert "Loss curves" in alone and "Loss curves by wall-clock time" not in alone
 
 
 def test_report_refuses_to_overwrite_a_file_it_did_not_write(two_runs, tmp_path):
@@ -69,11 +72,34 @@ def test_curves_overlay_the_same_term_of_every_run(two_runs):
     plt.close(fig)
 
 
+def test_curves_by_wall_clock_start_at_each_runs_first_line(two_runs):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = {folder.name: read_metrics(folder) for folder in two_runs}
+    fig, ax = plt.subplots()
+    assert plot_term(runs, "mse", ax, x="time")
+    for line, records in zip(ax.get_lines(), runs.values(), strict=True):
+        start = records[0]["wall_time"]
+        assert list(line.get_xdata()) == pytest.approx([(r["wall_time"] - start) / 60 for r in records])
+        assert list(line.get_ydata()) == pytest.approx([r["mse"] for r in records])
+    assert "wall-clock minutes" in ax.get_xlabel()
+    plt.close(fig)
+    with pytest.raises(ValueError, match="x must be 'step' or 'time'"):
+        plot_term(runs, "mse", ax, x="epoch")
+
+
 def test_plot_writes_one_png_and_names_the_logged_terms(two_runs, tmp_path):
     out = tmp_path / "kl.png"
     assert invoke_cli(["plot", *two_runs, "--term", "kl", "-o", out]).exit_code == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert invoke_cli(["plot", *two_runs, "--term", "kl", "-o", out]).exit_code == 0  # its own file: replaced
+    assert invoke_cli(["plot", *two_runs, "--term", "kl", "--x", "time", "-o", out]).exit_code == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    wrong = invoke_cli(["plot", *two_runs, "--term", "kl", "--x", "epoch", "-o", out])
+    assert wrong.exit_code != 0 and "'epoch' is not one of 'step', 'time'" in wrong.output
     bad = invoke_cli(["plot", *two_runs, "--term", "adv.d", "-o", out])
     assert bad.exit_code != 0 and "no run logged 'adv.d'; logged terms: kl, model/total, mse" in bad.output
 
