@@ -143,3 +143,35 @@ def test_evaluation_reports_progress_batch_by_batch(tiny_spec):
     data.reconstructions()  # cached: no second pass
     assert heard == [("reconstructions", 4, 10), ("reconstructions", 8, 10), ("reconstructions", 10, 10),
                      ("samples", 4, 7), ("samples", 7, 7)]
+
+
+def test_on_a_terminal_train_draws_a_bar_with_terms_speed_and_eta(tmp_path):
+    """The rich bar path, in a real pseudo-terminal (what a person at a shell sees), not the log-line path."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    assert invoke_cli(["build", *TINY, "-o", tmp_path / "m"]).exit_code == 0
+    leader, follower = pty.openpty()
+    env = {**os.environ, "TERM": "xterm", "COLUMNS": "220", "GENVAE_CACHE": "off"}
+    env.pop("NO_COLOR", None)
+    proc = subprocess.Popen([sys.executable, "-m", "genvae.cli", "train", str(tmp_path / "m"), "--max-steps", "12",
+                             "--batch-size", "8", "--log-every", "3", "--device", "cpu"],
+                            stdin=follower, stdout=follower, stderr=follower, env=env)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the terminal closed: the process is done
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    assert proc.wait(timeout=120) == 0
+    screen = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode("utf-8", "replace"))
+    assert "step 3/12" not in screen  # not the log lines of a pipe
+    assert re.search(r"train .*12/12 .*0:00:00 .*mse \S+ +kl \S+ +model/total \S+ +images_per_s \S+", screen), screen
+    assert "done at step 12" in screen and "┃ term" in screen  # the summary table follows the bar
