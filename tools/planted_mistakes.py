@@ -24,6 +24,8 @@ TESTS = ["tests/plugins", "tests/test_schedule.py", "tests/test_train.py"]
 DDP_TESTS = ["tests/test_distributed.py"]
 CACHE_TESTS = ["tests/test_cache.py"]
 FAST_TESTS = ["tests/test_fast_path.py"]
+SHAPES_TESTS = ["tests/plugins/test_shapes.py"]
+REPORT_TESTS = ["tests/test_report.py", "tests/test_compose.py"]
 
 #: (what the mistake is, file, the exact original text, the mistaken text[, the tests to run instead of TESTS])
 MISTAKES = [
@@ -99,6 +101,14 @@ MISTAKES = [
     ('tar member read from its header', 'core/data.py', 'members.append(TarMember(path, m.offset_data, m.size, m.name))', 'members.append(TarMember(path, m.offset, m.size, m.name))', CACHE_TESTS),
     ('noise drawn in memory order (channels-last changes the draws)', 'core/components.py', 'torch.randn(self.mean.shape, dtype=self.mean.dtype, device=self.mean.device)', 'torch.randn_like(self.mean)', FAST_TESTS),
     ('prefetch thread fetches the current batch again', 'core/train.py', 'ahead = loader.submit(self._host_batch, perm, self.batch_in_epoch + 1)', 'ahead = loader.submit(self._host_batch, perm, self.batch_in_epoch)', FAST_TESTS),
+    ('shapes: triangles point down', 'plugins/shapes.py', 'angles = -np.pi / 2 + np.array', 'angles = np.pi / 2 + np.array', SHAPES_TESTS),
+    ('shapes: circles drawn as squares', 'plugins/shapes.py', 'draw.ellipse((cx - size, cy - size, cx + size, cy + size), fill=fill)', 'draw.rectangle((cx - size, cy - size, cx + size, cy + size), fill=fill)', SHAPES_TESTS),
+    ('shapes: squares smaller than the other kinds', 'plugins/shapes.py', 'half = 0.85 * size', 'half = 0.7 * size', SHAPES_TESTS),
+    ('shapes: the last palette colour never drawn', 'plugins/shapes.py', 'fill = PALETTE[int(rng.integers(0, len(PALETTE)))]', 'fill = PALETTE[int(rng.integers(0, len(PALETTE) - 1))]', SHAPES_TESTS),
+    ('report: wall-clock curves not shifted to each run\'s start', 'cli/report.py', 'points = [((r["wall_time"] - start) / 60, r[term])', 'points = [(r["wall_time"] / 60, r[term])', REPORT_TESTS),
+    ('report: a preset\'s changed prior not named', 'core/compose.py', 'if (base := preset.component(kind)) is None or base.name != part.name]', 'if (base := preset.component(kind)) is None]', REPORT_TESTS),
+    ('build not recorded in commands.jsonl', 'cli/main.py', '        save_model(model, out)\n        _record_command(out)', '        save_model(model, out)', REPORT_TESTS),
+    ('train bar without its ETA', 'cli/main.py', 'MofNCompleteColumn(), TimeRemainingColumn(),\n', 'MofNCompleteColumn(),\n', REPORT_TESTS),
 ]
 
 
