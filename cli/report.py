@@ -73,9 +73,10 @@ def plot_term(runs: dict[str, list[dict]], term: str, ax, x: str = "step") -> bo
         if x == "step":
             points = [(r["step"], r[term]) for r in records if isinstance(r.get(term), int | float)]
         else:
-            timed = [r for r in records if isinstance(r.get("wall_time"), int | float)]
-            start = timed[0]["wall_time"] if timed else 0.0
-            points = [((r["wall_time"] - start) / 60, r[term]) for r in timed if isinstance(r.get(term), int | float)]
+            clocked = [r for r in records if isinstance(r.get("wall_time"), int | float)]
+            start = clocked[0]["wall_time"] if clocked else 0.0
+            points = [((r["wall_time"] - start) / 60, r[term]) for r in clocked
+                      if isinstance(r.get(term), int | float)]
         if points:
             ax.plot(*zip(*points, strict=True), label=label, linewidth=1.4)
             drawn = True

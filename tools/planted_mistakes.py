@@ -105,7 +105,7 @@ MISTAKES = [
     ('shapes: circles drawn as squares', 'plugins/shapes.py', 'draw.ellipse((cx - size, cy - size, cx + size, cy + size), fill=fill)', 'draw.rectangle((cx - size, cy - size, cx + size, cy + size), fill=fill)', SHAPES_TESTS),
     ('shapes: squares smaller than the other kinds', 'plugins/shapes.py', 'half = 0.85 * size', 'half = 0.7 * size', SHAPES_TESTS),
     ('shapes: the last palette colour never drawn', 'plugins/shapes.py', 'fill = PALETTE[int(rng.integers(0, len(PALETTE)))]', 'fill = PALETTE[int(rng.integers(0, len(PALETTE) - 1))]', SHAPES_TESTS),
-    ('report: wall-clock curves not shifted to each run\'s start', 'cli/report.py', 'points = [((r["wall_time"] - start) / 60, r[term])', 'points = [(r["wall_time"] / 60, r[term])', REPORT_TESTS),
+    ('report: wall-clock curves not shifted to each run\'s start', 'cli/report.py', 'points = [((r["wall_time"] - start) / 60, r[term]) for r in clocked', 'points = [(r["wall_time"] / 60, r[term]) for r in clocked', REPORT_TESTS),
     ('report: a preset\'s changed prior not named', 'core/compose.py', 'if (base := preset.component(kind)) is None or base.name != part.name]', 'if (base := preset.component(kind)) is None]', REPORT_TESTS),
     ('build not recorded in commands.jsonl', 'cli/main.py', '        save_model(model, out)\n        _record_command(out)', '        save_model(model, out)', REPORT_TESTS),
     ('train bar without its ETA', 'cli/main.py', 'MofNCompleteColumn(), TimeRemainingColumn(),\n', 'MofNCompleteColumn(),\n', REPORT_TESTS),
