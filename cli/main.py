@@ -27,6 +27,7 @@ from genvae.core.commands import (
     load_for_inference,
     load_image,
     registry,
+    terms_text,
 )
 from genvae.core.components import COMPONENT_KINDS
 from genvae.core.errors import GenvaeError, one_line, shorten
@@ -424,9 +425,9 @@ def train(folder, data, data_root, download, epochs, max_steps, batch_size, lr, 
         if write_report:
             from genvae.cli.report import build_report, write_page
 
-            write_page(build_report([folder], data=data, data_root=data_root, download=download),
-                       folder / "report.html")
-            ModelFolder(folder).record("report.html")
+            page = build_report([folder], data=data, data_root=data_root, download=download)
+            ModelFolder(folder).record("report.html")  # recorded before it is written, as every genvae file is
+            write_page(page, folder / "report.html")
             console.print(f"report: {folder / 'report.html'}")
 
 
@@ -478,9 +479,6 @@ def _record_command(folder: Path) -> None:
     append_metrics(folder / HISTORY, {"command": command, "time": round(time.time(), 3)}, ModelFolder(folder))
 
 
-NOT_TERMS = ("step", "epoch", "lr", "wall_time")  # a metrics line's other keys, not shown as terms
-
-
 def _print_run_summary(folder: Path, start: int) -> None:
     """A table of this run's terms: the first and last logged values, and the wall-clock time it took."""
     from genvae.cli.report import read_metrics, terms_of
@@ -504,8 +502,7 @@ def _fit_with_progress(trainer, total: int, start: int, quiet: bool, silent: boo
         return trainer.fit()
     if quiet or not console.is_terminal:
         def on_log(record):
-            terms = "  ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in NOT_TERMS)
-            click.echo(f"step {record['step']}/{total}  {terms}")
+            click.echo(f"step {record['step']}/{total}  {terms_text(record)}")
 
         trainer.on_log = on_log
         return trainer.fit()
@@ -517,8 +514,7 @@ def _fit_with_progress(trainer, total: int, start: int, quiet: bool, silent: boo
             task = progress.add_task("train", total=total, completed=start, terms="")
 
             def on_log(record):
-                terms = "  ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in NOT_TERMS)
-                progress.update(task, completed=record["step"], terms=terms)
+                progress.update(task, completed=record["step"], terms=terms_text(record))
 
             trainer.on_log = on_log
             return trainer.fit()

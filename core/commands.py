@@ -44,6 +44,7 @@ __all__ = [
     "registry",
     "require_single_process",
     "seed_option",
+    "terms_text",
 ]
 
 #: standard output (tables, progress) and standard error (warnings); ``genvae`` itself prints through these
@@ -143,6 +144,15 @@ def load_command_data(model, data, data_root=None, download: bool = False, split
     spec = model.spec
     return load_data(data, image_size=spec.image_size, channels=spec.channels, split=split, root=data_root,
                      download=download, registry=registry())
+
+
+#: a metrics line's keys that are not loss terms (the one place the log lines of every command leave them out)
+NOT_TERMS = ("step", "epoch", "lr", "wall_time")
+
+
+def terms_text(record: dict) -> str:
+    """A metrics line's terms (and images/s) as ``mse 16.81  kl 20.58  ...``: what a progress line shows."""
+    return "  ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in NOT_TERMS)
 
 
 def require_single_process(command: str) -> None:

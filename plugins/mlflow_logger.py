@@ -64,7 +64,6 @@ class MLflowLogger:
             path = Path(tmp) / "config.json"
             path.write_text(json.dumps(config, indent=2), encoding="utf-8")
             self.client.log_artifact(self.run_id, str(path))
-        self.status = "FINISHED"
 
     def log_metrics(self, record: Mapping[str, Any], step: int) -> None:
         from mlflow.entities import Metric
@@ -79,7 +78,7 @@ class MLflowLogger:
         self.client.log_artifact(self.run_id, str(path), artifact_path=str(Path(tag).parent))
 
     def close(self) -> None:
-        self.client.set_terminated(self.run_id, self.status)
+        self.client.set_terminated(self.run_id, "FINISHED")
 
 
 @hookimpl

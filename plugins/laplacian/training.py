@@ -42,6 +42,7 @@ def run_stage(model, folder: Path, name: str, paths: list[str], steps: int, data
               download=False, batch_size=None, lr=None, device="auto", seed=None, echo=None, registry=None) -> dict:
     """Train only ``paths`` of ``model`` for ``steps`` steps; the stage's checkpoints, metrics and samples
     go to ``folder/stages/<name>`` (the model itself is left in memory for the caller to save)."""
+    from genvae.core.commands import terms_text
     from genvae.core.folder import ModelFolder, lock_folder
     from genvae.core.train import prepare_training
 
@@ -56,8 +57,7 @@ def run_stage(model, folder: Path, name: str, paths: list[str], steps: int, data
                                device=device, registry=registry)
     model.spec = spec  # the stage's settings stay with the stage; the model keeps its own
     if echo is not None:
-        trainer.on_log = lambda r: echo(f"{name} step {r['step']}/{steps}  " + "  ".join(
-            f"{k} {v:.4g}" for k, v in r.items() if k not in ("step", "epoch", "lr", "wall_time")))
+        trainer.on_log = lambda r: echo(f"{name} step {r['step']}/{steps}  {terms_text(r)}")
     with lock_folder(stage_dir):
         stage.remove_all()  # the previous run of this stage, genvae's files only
         last = trainer.fit()
