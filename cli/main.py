@@ -281,9 +281,9 @@ def print_summary(model, title: str) -> None:
 def build(preset, encoder, decoder, prior, transform, losses, image_size, channels, sets, stage1, folder,
           force) -> None:
     """Compose a model from components, check it, and write a freshly initialised model folder."""
+    from genvae.cli.report import HISTORY
     from genvae.core.checkpoint import CONFIG, WEIGHTS, save_model
     from genvae.core.compose import compose_spec
-    from genvae.core.files import remove_orphans
     from genvae.core.folder import ModelFolder, lock_folder
     from genvae.core.model import build_model
     from genvae.core.train import seed_everything
@@ -305,7 +305,8 @@ def build(preset, encoder, decoder, prior, transform, losses, image_size, channe
         mf.check_can_build_into()  # again, now that no other genvae process can change it
         if (out / CONFIG).exists() and not force:
             raise GenvaeError(f"{out} already holds a model; choose another -o folder or pass --force")
-        remove_orphans(out)
+        mf.check_outputs([CONFIG, WEIGHTS, HISTORY])  # a file of the user's at one of them: refused, nothing changed
+        mf.remove_orphans()
         if force:
             mf.remove_all(keep=(CONFIG, WEIGHTS))  # replaced atomically below
         save_model(model, out)
@@ -363,6 +364,7 @@ def train(folder, data, data_root, download, epochs, max_steps, batch_size, lr, 
     Ctrl-C or SIGTERM stops at the next step with a checkpoint (a second Ctrl-C aborts at once);
     one process at a time may train a folder.
     """
+    from genvae.cli.report import HISTORY, REPORT
     from genvae.core.checkpoint import CHECKPOINTS, METRICS, SAMPLES, latest_checkpoint, load_model, save_model
     from genvae.core.distributed import shutdown
     from genvae.core.folder import ModelFolder, lock_folder
@@ -392,12 +394,14 @@ def train(folder, data, data_root, download, epochs, max_steps, batch_size, lr, 
                           markup=False, highlight=False)
     with lock_folder(folder) if main else contextlib.nullcontext():
         mf = ModelFolder(folder)
-        trainer.prepare_folder(cut_metrics_to_step=False)  # refuses symlinked outputs before anything is deleted
+        start = trainer.resume() if resume else 0  # the whole trainer state is checked before anything is written
+        # every output of the run is checked (links, files genvae did not write) before anything is deleted
+        trainer.prepare_folder(cut_metrics_to_step=False, start=start,
+                               extra=(HISTORY, *((REPORT,) if write_report else ())))
         if restart and main:
             mf.remove(f for f in mf.files() if f == METRICS or f.startswith((f"{CHECKPOINTS}/", f"{SAMPLES}/")))
         if trainer.dist is not None:
-            trainer.dist.barrier()  # rank 0 has prepared the folder before any process reads a checkpoint
-        start = trainer.resume() if resume else 0
+            trainer.dist.barrier()  # rank 0 has prepared the folder before any process goes on
         if resume and start == 0 and last is None and main:
             err_console.print("no checkpoint to resume from; starting at step 0")
         if main:
@@ -423,12 +427,11 @@ def train(folder, data, data_root, download, epochs, max_steps, batch_size, lr, 
             f"{k} {v:.4g}" for k, v in last_metrics.items() if k not in ("step", "epoch", "wall_time")))
         _print_run_summary(folder, start)
         if write_report:
-            from genvae.cli.report import build_report, write_page
+            from genvae.cli.report import build_report
 
             page = build_report([folder], data=data, data_root=data_root, download=download)
-            ModelFolder(folder).record("report.html")  # recorded before it is written, as every genvae file is
-            write_page(page, folder / "report.html")
-            console.print(f"report: {folder / 'report.html'}")
+            ModelFolder(folder).write_text(REPORT, page)  # recorded before it is written, as every genvae file is
+            console.print(f"report: {folder / REPORT}")
 
 
 @contextlib.contextmanager
@@ -460,7 +463,7 @@ def _record_command(folder: Path) -> None:
 
     from genvae.cli.report import HISTORY
     from genvae.core.folder import ModelFolder
-    from genvae.core.train import append_metrics
+    from genvae.core.train import append_json_line
 
     ctx = click.get_current_context()
     words = [ctx.command_path.split()[-1]]
@@ -476,7 +479,7 @@ def _record_command(folder: Path) -> None:
             for item in value if getattr(param, "multiple", False) else [value]:
                 words += [param.opts[0], str(item)]
     command = "genvae " + " ".join(shlex.quote(w) for w in words)
-    append_metrics(folder / HISTORY, {"command": command, "time": round(time.time(), 3)}, ModelFolder(folder))
+    append_json_line(ModelFolder(folder), HISTORY, {"command": command, "time": round(time.time(), 3)})
 
 
 def _print_run_summary(folder: Path, start: int) -> None:
@@ -555,7 +558,7 @@ def plot(folders, term, output, x_axis) -> None:
         raise GenvaeError(f"plot -o {output}: the plot is a PNG file; name it something.png")
     check_image_output(Path(output))
     png = plot_png([Path(f) for f in folders], term, x_axis)
-    atomic_write(Path(output), lambda tmp: tmp.write_bytes(png))
+    atomic_write(Path(output), lambda f: f.write(png))
     console.print(f"wrote {term} of {len(folders)} run(s) to {output}")
 
 

@@ -24,6 +24,7 @@ GENERATOR = '<meta name="generator" content="genvae report">'  # marks the pages
 AXES = ("step", "epoch", "lr", "images_per_s", "wall_time")  # a metrics line's keys that are not loss terms
 EVALUATION = "evaluation.json"
 HISTORY = "commands.jsonl"
+REPORT = "report.html"  # what train --report writes into the model folder
 
 
 def read_metrics(folder: Path) -> list[dict[str, Any]]:

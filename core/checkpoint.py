@@ -23,11 +23,12 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
+from genvae.core import files as fs
 from genvae.core.errors import CheckpointError, GenvaeError
-from genvae.core.files import atomic_write, atomic_write_text, make_temp_dir
-from genvae.core.folder import ModelFolder
+from genvae.core.files import atomic_write, atomic_write_text
+from genvae.core.folder import ModelFolder, as_model_folder
 from genvae.core.spec import ModelSpec
 
 CONFIG = "config.json"
@@ -53,13 +54,28 @@ def nonfinite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
     return [k for k, ok in zip(names, flags.tolist(), strict=True) if not ok]
 
 
+def json_text(data: Any) -> str:
+    return json.dumps(data, indent=2) + "\n"
+
+
 def write_json(path: Path, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+    """A JSON file at a path the user named (inside a model folder: ``ModelFolder.write_text``)."""
+    atomic_write_text(path, json_text(data))
+
+
+def tensors_writer(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None):
+    """A function writing ``tensors`` as safetensors to an open binary file (see ``genvae.core.files``)."""
+    plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+
+    def write(f) -> None:  # serialised in memory and written to the file genvae holds open (no path to redirect)
+        f.write(save(plain, metadata=metadata))
+
+    return write
 
 
 def write_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    plain = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(plain, str(tmp), metadata=metadata))
+    """A safetensors file at a path the user named (inside a model folder: ``ModelFolder.write``)."""
+    atomic_write(path, tensors_writer(tensors, metadata))
 
 
 def read_json(path: Path, max_bytes: int = MAX_JSON_BYTES) -> Any:
@@ -99,21 +115,20 @@ def read_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, to
 # -- model folders ---------------------------------------------------------------------------------
 
 
-def save_model(model, folder: str | Path) -> None:
+def save_model(model, folder: str | Path | ModelFolder) -> None:
     """Write ``config.json`` (resolved spec) and ``model.safetensors`` into ``folder``."""
     from genvae.core import __version__
 
-    folder = Path(folder)
+    mf = as_model_folder(folder)
     state = model.state_dict()
     bad = nonfinite_tensors(state)
     if bad:
-        raise DivergedError(f"not saving {folder / WEIGHTS}: {len(bad)} weight tensor(s) hold NaN or inf "
+        raise DivergedError(f"not saving {mf.path / WEIGHTS}: {len(bad)} weight tensor(s) hold NaN or inf "
                             f"(first: {bad[0]}); the file on disk is left as it was")
-    folder.mkdir(parents=True, exist_ok=True)
+    mf.check_outputs([CONFIG, WEIGHTS])
     config = {"genvae_version": __version__, **model.resolved_spec().to_dict()}
-    ModelFolder(folder).record(CONFIG, WEIGHTS)
-    write_json(folder / CONFIG, config)
-    write_tensors(folder / WEIGHTS, state, {"format": "pt"})
+    mf.write_text(CONFIG, json_text(config))
+    mf.write(WEIGHTS, tensors_writer(state, {"format": "pt"}))
 
 
 def load_spec(folder: str | Path) -> ModelSpec:
@@ -181,59 +196,69 @@ def optimizer_from_tensors(name: str, tensors: dict[str, torch.Tensor], meta: di
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def checkpoint_dirs(folder: str | Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
-    root = Path(folder) / CHECKPOINTS
-    if not root.is_dir():
+def checkpoint_dirs(folder: str | Path | ModelFolder) -> list[Path]:
+    """Complete checkpoints, oldest first: real folders ``checkpoints/step-N`` holding a ``trainer.json`` (a link
+    there is never taken for one of genvae's checkpoints)."""
+    mf = as_model_folder(folder)
+    try:
+        entries = mf.entries(CHECKPOINTS)
+    except fs.UnsafePathError:
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and (p / TRAINER).is_file()]
+    found = []
+    for entry in entries:
+        number = entry.name[5:]
+        if entry.name.startswith("step-") and number.isdigit() and entry.is_dir(follow_symlinks=False):
+            st = mf.lstat(f"{CHECKPOINTS}/{entry.name}/{TRAINER}")
+            if st is not None and stat.S_ISREG(st.st_mode):
+                found.append(mf.path / CHECKPOINTS / entry.name)
     return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
 
 
-def latest_checkpoint(folder: str | Path) -> Path | None:
+def latest_checkpoint(folder: str | Path | ModelFolder) -> Path | None:
     dirs = checkpoint_dirs(folder)
     return dirs[-1] if dirs else None
 
 
-def write_checkpoint(folder: Path, step: int, model_state: dict, optim_tensors: dict, trainer: dict, keep: int) -> Path:
+def checkpoint_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+def write_checkpoint(folder: str | Path | ModelFolder, step: int, model_state: dict, optim_tensors: dict,
+                     trainer: dict, keep: int) -> Path:
     """Write ``checkpoints/step-N`` completely under a temporary name, then rename it into place.
 
     Non-finite weights or optimiser state are refused (:class:`DivergedError`) before anything is
-    written, so rotation can never replace a good checkpoint with a diverged one. Rotation removes
-    only the files genvae wrote in the old checkpoints.
+    written, so rotation can never replace a good checkpoint with a diverged one. A file genvae did not
+    write in the step folder is refused before anything is written; rotation removes only the files
+    genvae wrote in the old checkpoints.
     """
     bad = nonfinite_tensors({**model_state, **optim_tensors})
     if bad:
         raise DivergedError(f"not writing a checkpoint at step {step}: {len(bad)} tensor(s) hold NaN or inf "
                             f"(first: {bad[0]})")
-    mf = ModelFolder(folder)
-    root = mf.subdir(CHECKPOINTS)
-    name = f"step-{step:08d}"
-    final = root / name
-    files = [f"{CHECKPOINTS}/{name}/{f}" for f in (WEIGHTS, OPTIMIZER, TRAINER)]
-    if final.exists() and any(p.name not in (WEIGHTS, OPTIMIZER, TRAINER) for p in final.iterdir()):
-        raise GenvaeError(f"{final} holds files genvae did not write; move them away")
+    mf = as_model_folder(folder)
+    mf.subdir(CHECKPOINTS)
+    rel = f"{CHECKPOINTS}/{checkpoint_name(step)}"
+    mf.check_tree(rel)  # a user's file in the step folder: refused, nothing written
+    writers = {WEIGHTS: tensors_writer(model_state, {"format": "pt"}), OPTIMIZER: tensors_writer(optim_tensors),
+               TRAINER: lambda f: f.write(json_text(trainer).encode())}
+    files = [f"{rel}/{name}" for name in writers]
     mf.record(*files)
-    tmp = make_temp_dir(final)
+    tmp = mf.make_temp_folder(rel)
     try:
-        write_tensors(tmp / WEIGHTS, model_state, {"format": "pt"})
-        write_tensors(tmp / OPTIMIZER, optim_tensors)
-        write_json(tmp / TRAINER, trainer)
-        if final.exists():
-            mf.remove_under(f"{CHECKPOINTS}/{name}")
+        for name, write in writers.items():
+            fs.write_file_in(mf.root, mf.full(f"{tmp}/{name}"), write)
+        if mf.lstat(rel) is not None:
+            mf.remove_under(rel)
             mf.record(*files)
-            if final.exists():
-                final.rmdir()
-        os.replace(tmp, final)
+            fs.remove_empty_folder_in(mf.root, mf.full(rel))
+        mf.rename(tmp, rel)
     except BaseException:
-        for child in tmp.iterdir() if tmp.exists() else ():
-            child.unlink(missing_ok=True)
-        if tmp.exists():
-            tmp.rmdir()
+        mf.remove_temp_folder(tmp)
         raise
-    for old in checkpoint_dirs(folder)[:-keep]:
+    for old in checkpoint_dirs(mf)[:-keep]:
         mf.remove_under(f"{CHECKPOINTS}/{old.name}")
-    return final
+    return mf.path / rel
 
 
 def read_checkpoint(path: Path, device="cpu") -> tuple[dict, dict, dict]:

@@ -20,9 +20,9 @@ import os
 import stat
 import tarfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 import attrs
 import numpy as np
@@ -394,6 +394,23 @@ def _output_format(path: str | os.PathLike) -> str:
     return OUTPUT_FORMATS[ext][0]
 
 
+def carries_genvae_mark(f: BinaryIO) -> bool:
+    """Whether the image open at ``f`` carries genvae's mark (written by ``save_grid``)."""
+    try:
+        head = f.read(_BMP_MARK_OFFSET + len(_BMP_MARK))
+        if head[:2] == b"BM":
+            return head[_BMP_MARK_OFFSET:] == _BMP_MARK
+        f.seek(0)
+        with Image.open(f) as img:
+            if img.format == "PNG":
+                return getattr(img, "text", {}).get("Software") == SOFTWARE
+            return img.getexif().get(_EXIF_SOFTWARE) == SOFTWARE
+    except MemoryError:
+        raise
+    except Exception:
+        return False
+
+
 def written_by_genvae(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a regular file carrying genvae's mark (written by ``save_grid``).
 
@@ -402,14 +419,7 @@ def written_by_genvae(path: str | os.PathLike) -> bool:
     """
     try:
         with open_regular(path) as f:
-            head = f.read(_BMP_MARK_OFFSET + len(_BMP_MARK))
-            if head[:2] == b"BM":
-                return head[_BMP_MARK_OFFSET:] == _BMP_MARK
-            f.seek(0)
-            with Image.open(f) as img:
-                if img.format == "PNG":
-                    return getattr(img, "text", {}).get("Software") == SOFTWARE
-                return img.getexif().get(_EXIF_SOFTWARE) == SOFTWARE
+            return carries_genvae_mark(f)
     except MemoryError:
         raise
     except Exception:
@@ -434,20 +444,12 @@ def check_image_output(path: str | os.PathLike) -> None:
     _check_not_foreign(path)
 
 
-def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None) -> None:
-    """Write images in [-1, 1] (N, C, H, W) as one grid image, atomically; nrow defaults to ~sqrt(N).
-
-    The format follows the extension (see ``OUTPUT_FORMATS``; JPEG at quality 95) and the file is
-    marked as genvae's. ``path`` is checked first (``check_image_output``): an unknown extension,
-    a symlink or a file genvae did not write is refused before any work; genvae's own outputs are
-    replaced. The image is written to a temporary file in the same folder and renamed over
-    ``path`` (``genvae.core.files.atomic_write``), so a reader (or a crash) never sees half a file.
-    """
+def grid_writer(images: torch.Tensor, ext: str, nrow: int | None = None) -> Callable[[BinaryIO], None]:
+    """Images in [-1, 1] (N, C, H, W) as one grid image marked as genvae's, in the format of extension ``ext``
+    (``.png``, ...; see ``OUTPUT_FORMATS``; JPEG at quality 95): a function writing it to a binary file."""
     from torchvision.utils import make_grid
 
-    check_image_output(path)
-    fmt = _output_format(path)
-    options = dict(OUTPUT_FORMATS[os.path.splitext(os.fspath(path))[1].lower()][1])
+    fmt, options = OUTPUT_FORMATS[ext.lower()][0], dict(OUTPUT_FORMATS[ext.lower()][1])
     if images.dim() == 3:
         images = images.unsqueeze(0)
     n, c = images.shape[:2]
@@ -468,15 +470,33 @@ def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = 
         exif[_EXIF_SOFTWARE] = SOFTWARE
         options["exif"] = exif
 
-    def write(tmp) -> None:
-        pil.save(tmp, format=fmt, **options)
-        if fmt == "BMP":
-            with open(tmp, "r+b") as f:
-                f.seek(_BMP_MARK_OFFSET)
-                f.write(_BMP_MARK)
+    def write(f: BinaryIO) -> None:
+        pil.save(f, format=fmt, **options)
+        if fmt == "BMP":  # BMP has no metadata field: the mark goes in the header's reserved bytes
+            f.seek(_BMP_MARK_OFFSET)
+            f.write(_BMP_MARK)
+            f.seek(0, os.SEEK_END)
+
+    return write
+
+
+def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None) -> None:
+    """Write images in [-1, 1] (N, C, H, W) as one grid image, atomically; nrow defaults to ~sqrt(N).
+
+    The format follows the extension (see ``OUTPUT_FORMATS``) and the file is marked as genvae's.
+    ``path`` is checked first (``check_image_output``): an unknown extension, a symlink or a file
+    genvae did not write is refused before any work; genvae's own outputs are replaced. The image is
+    written to a temporary file in the same folder and renamed over ``path``
+    (``genvae.core.files.atomic_write``), so a reader (or a crash) never sees half a file.
+    """
+    check_image_output(path)
+    write = grid_writer(images, os.path.splitext(os.fspath(path))[1], nrow)
+
+    def guarded(f: BinaryIO) -> None:
+        write(f)
         _check_not_foreign(path)  # nothing of the user's appeared there while this was written
 
-    atomic_write(path, write)
+    atomic_write(path, guarded)
 
 
 # ---------------------------------------------------------------------------------------------

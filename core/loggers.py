@@ -34,14 +34,18 @@ class Logger(Protocol):
         """The run ended (finished, stopped or failed): flush and release."""
 
 
-def open_loggers(names: Sequence[str], folder: Path, config: dict, registry) -> list[Logger]:
-    """Open the named loggers for a run in ``folder``; an unknown name lists the known ones."""
-    from genvae.core.folder import ModelFolder
+def open_loggers(names: Sequence[str], folder, config: dict, registry) -> list[Logger]:
+    """Open the named loggers for a run in ``folder`` (a path or ``ModelFolder``); an unknown name lists the known
+    ones. Each logger's folder is checked just before its library opens it: a real folder inside the model folder
+    (no link on the way) holding only files genvae's loggers wrote."""
+    from genvae.core.folder import as_model_folder
 
+    mf = as_model_folder(folder)
     loggers: list[Logger] = []
     for name in names:
         entry = registry.get("logger", name)  # UnknownNameError: one line with the known loggers
-        target = ModelFolder(folder).subdir(f"{LOGS}/{name}")
+        mf.check_tree(f"{LOGS}/{name}")
+        target = mf.subdir(f"{LOGS}/{name}")
         try:
             logger = entry.obj(folder=target, config=config)
         except ImportError as exc:
@@ -54,14 +58,16 @@ def open_loggers(names: Sequence[str], folder: Path, config: dict, registry) -> 
     return loggers
 
 
-def record_logs(folder: Path) -> None:
+def record_logs(folder) -> None:
     """Record what the loggers wrote under ``logs/`` in the folder's manifest, so genvae owns (and may later
-    remove, with ``--restart`` or ``build --force``) exactly those files."""
-    from genvae.core.folder import ModelFolder
+    remove, with ``--restart`` or ``build --force``) exactly those files (walked without following links)."""
+    from genvae.core.files import UnsafePathError
+    from genvae.core.folder import as_model_folder
 
-    logs = folder / LOGS
-    if not logs.is_dir():
+    mf = as_model_folder(folder)
+    try:
+        files = list(mf.walk_files(LOGS))
+    except UnsafePathError:  # logs/ became a link while the run went on: nothing there is genvae's
         return
-    files = [p.relative_to(folder).as_posix() for p in logs.rglob("*") if p.is_file() and not p.is_symlink()]
     if files:
-        ModelFolder(folder).record(*files)
+        mf.record(*files)

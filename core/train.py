@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import re
 import signal
-import stat
 import threading
 import time
 from collections import Counter
@@ -35,8 +33,7 @@ from genvae.core import checkpoint as ckpt
 from genvae.core.components import Pass
 from genvae.core.distributed import Distributed, init_distributed, process_device, rank_seed
 from genvae.core.errors import CheckpointError, GenvaeError
-from genvae.core.files import UnsafePathError, atomic_write_text, remove_orphans
-from genvae.core.folder import ModelFolder, lock_folder
+from genvae.core.folder import ModelFolder, as_model_folder, lock_folder
 from genvae.core.model import MODEL_PHASE, GenerativeModel
 from genvae.core.registry import Registry
 from genvae.core.spec import TrainConfig
@@ -290,14 +287,14 @@ class Trainer:
     #: uint8 data sets smaller than this (bytes) are moved to a GPU whole; larger ones stay on the host
     DEVICE_DATA_LIMIT = 4 * 2**30
 
-    def __init__(self, model: GenerativeModel, folder: str | Path, data, config: TrainConfig,
+    def __init__(self, model: GenerativeModel, folder: str | Path | ModelFolder, data, config: TrainConfig,
                  device: torch.device, on_log: Callable[[dict], None] | None = None,
                  dist: Distributed | None = None, registry: Registry | None = None):
         from genvae.core.data import to_model_range
 
         self.model = model.to(device)
-        self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.files = as_model_folder(folder)  # every write and deletion in the folder goes through it
+        self.folder = self.files.path
         self.config = config
         self.device = device
         self.data = data  # the dataset (source, skipped files); its images are self.images
@@ -352,7 +349,6 @@ class Trainer:
         self.first_nonfinite = torch.full((), -1, dtype=torch.long, device=device)
         self.checked_step = 0  # the last step at which the terms were known to be finite
         self.stop = StopRequest()
-        self.metrics_path = self.folder / ckpt.METRICS
         self.registry = registry
         self.loggers: list = []  # opened by fit, on the process that writes the folder
         # Per update: keep the graph after its backward pass? Found on the first step (see shared_graphs); a kept
@@ -488,7 +484,7 @@ class Trainer:
         checkpoint (:class:`TrainingStopped`); non-finite terms or weights stop with
         :class:`~genvae.core.checkpoint.DivergedError` before anything diverged is written.
         """
-        with lock_folder(self.folder) if self.is_main else nullcontext(), self.stop:
+        with lock_folder(self.files) if self.is_main else nullcontext(), self.stop:
             return self._fit()
 
     @property
@@ -513,19 +509,47 @@ class Trainer:
         if self.dist is not None:
             self.dist.average_([b for b in self.model.buffers() if b.is_floating_point()])
 
-    def prepare_folder(self, cut_metrics_to_step: bool = True) -> None:
-        """Before the first step: refuse unsafe output paths, remove orphaned temporary files, and cut
-        ``metrics.jsonl`` back to the step training starts from (after :meth:`resume`). Rank 0's job."""
+    def check_outputs(self, start: int, extra: Sequence[str] = ()) -> None:
+        """Before a run starting at step ``start`` touches anything: every file it may write (config, weights,
+        metrics, the sample grids and checkpoints of its steps, its loggers' folders, and ``extra``) is absent or
+        genvae's, reached through real folders; anything else is refused in one line. Rank 0's job."""
         if not self.is_main:
             return
-        mf = ModelFolder(self.folder)
-        mf.check_outputs([ckpt.METRICS, ckpt.CONFIG, ckpt.WEIGHTS])
-        for sub in (ckpt.CHECKPOINTS, ckpt.SAMPLES):
-            if (self.folder / sub).exists() or (self.folder / sub).is_symlink():
-                mf.subdir(sub)
-        remove_orphans(self.folder)
+        mf = self.files
+        mf.check_outputs([ckpt.CONFIG, ckpt.WEIGHTS, ckpt.METRICS, *extra])
+        total, per_epoch = self.total_steps(), max(self.batches_per_epoch, 1)
+        epochs = range(start // per_epoch + 1, total // per_epoch + 1)
+        for sub in (ckpt.SAMPLES, ckpt.CHECKPOINTS):
+            if mf.lstat(sub) is not None:
+                mf.subdir(sub)  # a link or a file in place of the folder is refused
+        for entry in mf.entries(ckpt.SAMPLES):
+            match = re.fullmatch(r"(epoch|step)-(\d+)\.png", entry.name)
+            if match and int(match[2]) in (epochs if match[1] == "epoch" else range(start + 1, total + 1)):
+                mf.check_outputs([f"{ckpt.SAMPLES}/{entry.name}"])
+        for entry in mf.entries(ckpt.CHECKPOINTS):
+            match = re.fullmatch(r"step-(\d+)", entry.name)
+            if match and start < int(match[1]) <= total:
+                mf.check_tree(f"{ckpt.CHECKPOINTS}/{entry.name}")
+        for name in self.config.loggers:
+            from genvae.core.loggers import LOGS
+
+            mf.check_tree(f"{LOGS}/{name}")
+
+    def prepare_folder(self, cut_metrics_to_step: bool = True, start: int | None = None,
+                       extra: Sequence[str] = ()) -> None:
+        """Before the first step: refuse outputs genvae may not write (:meth:`check_outputs`, from step
+        ``start``, default the current step), remove orphaned temporary files, and cut ``metrics.jsonl`` back to
+        the step training starts from (after :meth:`resume`). Rank 0's job."""
+        if not self.is_main:
+            return
+        if self.files.prefix:
+            self.files.subdir("")
+        else:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        self.check_outputs(self.step if start is None else start, extra)
+        self.files.remove_orphans()
         if cut_metrics_to_step:
-            cut_metrics(self.metrics_path, self.step, mf)
+            cut_metrics(self.files, self.step)
 
     def _fit(self) -> dict[str, float]:
         self.prepare_folder()
@@ -540,7 +564,7 @@ class Trainer:
             from genvae.core.loggers import open_loggers
             from genvae.core.registry import get_registry
 
-            self.loggers = open_loggers(self.config.loggers, self.folder, self.model.resolved_spec().to_dict(),
+            self.loggers = open_loggers(self.config.loggers, self.files, self.model.resolved_spec().to_dict(),
                                         self.registry or get_registry())
         on_host = self.images.device.type == "cpu"
         loader = ThreadPoolExecutor(1, thread_name_prefix="genvae-batches") if on_host else None
@@ -582,7 +606,7 @@ class Trainer:
                 for logger in self.loggers:
                     logger.close()
                 self.loggers = []
-                record_logs(self.folder)
+                record_logs(self.files)
             for p in frozen:
                 p.requires_grad_(True)
         if stopping and self.stop.signum is not None:
@@ -619,7 +643,7 @@ class Trainer:
         self.checked_step = self.step
 
     def _diverged(self, bad: list[str]) -> ckpt.DivergedError:
-        last = ckpt.latest_checkpoint(self.folder)
+        last = ckpt.latest_checkpoint(self.files)
         kept = f"the last finite checkpoint {last.name} is kept" if last else "no checkpoint was written"
         first = int(self.first_nonfinite)
         return ckpt.DivergedError(
@@ -645,7 +669,7 @@ class Trainer:
             record[k] = None  # JSON has no NaN; the error names the terms
         self.running, self.running_count = {}, 0
         if self.is_main:
-            append_metrics(self.metrics_path, record, ModelFolder(self.folder))
+            append_json_line(self.files, ckpt.METRICS, record)
             for logger in self.loggers:
                 logger.log_metrics(record, self.step)
         if self.on_log is not None and not bad:
@@ -657,7 +681,7 @@ class Trainer:
 
     @torch.no_grad()
     def save_samples(self, epoch: int, n: int = 64, name: str | None = None) -> Path:
-        from genvae.core.data import save_grid
+        from genvae.core.data import grid_writer
 
         self._sync_buffers()
         rel = f"{ckpt.SAMPLES}/{name or f'epoch-{epoch:04d}'}.png"
@@ -671,10 +695,8 @@ class Trainer:
             images = self.model.sample(n, self.device)
         self.model.train(was_training)
         apply_freeze(self.model, self.config, grads=False)  # frozen modules back to eval mode
-        mf = ModelFolder(self.folder)
-        mf.subdir(ckpt.SAMPLES)
-        mf.record(rel)
-        save_grid(images.float().cpu(), self.folder / rel)
+        self.files.subdir(ckpt.SAMPLES)
+        self.files.write(rel, grid_writer(images.float().cpu(), ".png"))
         for logger in self.loggers:
             logger.log_image(rel.removesuffix(".png"), self.folder / rel, self.step)
         return self.folder / rel
@@ -692,7 +714,7 @@ class Trainer:
             self.dist.average_(list(self.running.values()))
         rng_by_rank = self._rng_by_rank()
         if not self.is_main:
-            return ckpt.latest_checkpoint(self.folder) or self.folder
+            return ckpt.latest_checkpoint(self.files) or self.folder
         optim_tensors: dict[str, torch.Tensor] = {}
         optim_meta = {}
         for phase in self.phases:
@@ -717,9 +739,9 @@ class Trainer:
             "running_terms": list(self.running),
             "world_size": self.dist.world_size if self.dist is not None else 1,
         }
-        path = ckpt.write_checkpoint(self.folder, self.step, self.model.state_dict(), optim_tensors, trainer,
+        path = ckpt.write_checkpoint(self.files, self.step, self.model.state_dict(), optim_tensors, trainer,
                                      self.config.keep_checkpoints)
-        ckpt.save_model(self.model, self.folder)
+        ckpt.save_model(self.model, self.files)
         return path
 
     def _rng_by_rank(self) -> dict[str, torch.Tensor]:
@@ -752,7 +774,7 @@ class Trainer:
 
     def resume(self) -> int:
         """Load the latest checkpoint; returns its step (0 when there is none)."""
-        path = ckpt.latest_checkpoint(self.folder)
+        path = ckpt.latest_checkpoint(self.files)
         if path is None:
             return 0
         weights, tensors, trainer = ckpt.read_checkpoint(path, self.device)
@@ -831,42 +853,19 @@ def validate_trainer_state(trainer: dict, where: Path, phases: list[str], tensor
         raise fail("'running_count' must be an integer >= 0")
 
 
-def _open_regular(path: Path, flags: int) -> int:
-    """Open a file genvae writes without following a symlink; refuse anything but a regular file."""
-    try:
-        fd = os.open(path, flags | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0), 0o666)
-    except OSError as exc:
-        if os.path.islink(path):
-            raise UnsafePathError(f"{path} is a symlink; genvae does not write through links") from None
-        raise GenvaeError(f"cannot open {path}: {exc.strerror}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise UnsafePathError(f"{path} is not a regular file; genvae writes only regular files")
-    return fd
+def append_json_line(folder: ModelFolder, rel: str, record: dict) -> None:
+    """Append one JSON line to a file of genvae's with a single write (a crash can tear only the last line)."""
+    folder.append(rel, (json.dumps(record, allow_nan=False) + "\n").encode())
 
 
-def append_metrics(path: Path, record: dict, folder: ModelFolder) -> None:
-    """Append one JSON line with a single write (a crash can tear only the last line)."""
-    folder.record(path.name)
-    fd = _open_regular(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-    try:
-        os.write(fd, (json.dumps(record, allow_nan=False) + "\n").encode())
-    finally:
-        os.close(fd)
-
-
-def cut_metrics(path: Path, step: int, folder: ModelFolder) -> int:
+def cut_metrics(folder: ModelFolder, step: int) -> int:
     """Keep the lines of ``metrics.jsonl`` up to ``step`` (the step training restarts from), drop a torn
-    last line; returns how many lines were dropped. Rewritten atomically, only when something changes."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
+    last line; returns how many lines were dropped. Rewritten atomically, only when something changes;
+    a ``metrics.jsonl`` genvae did not write is refused, never rewritten."""
+    if folder.lstat(ckpt.METRICS) is None:
         return 0
-    if not stat.S_ISREG(st.st_mode):
-        raise UnsafePathError(f"{path} is a symlink or not a regular file; genvae does not write through it")
-    fd = _open_regular(path, os.O_RDONLY)
-    with os.fdopen(fd, "rb") as fh:
-        data = fh.read()
+    folder.check_outputs([ckpt.METRICS])
+    data = folder.read(ckpt.METRICS, 1 << 40) or b""
     kept: list[bytes] = []
     dropped = 0
     for line in data.split(b"\n"):
@@ -882,8 +881,7 @@ def cut_metrics(path: Path, step: int, folder: ModelFolder) -> int:
         else:
             dropped += 1
     if dropped or (data and not data.endswith(b"\n")):
-        folder.record(path.name)
-        atomic_write_text(path, "".join(line.decode() + "\n" for line in kept))
+        folder.write_bytes(ckpt.METRICS, b"".join(line + b"\n" for line in kept))
     return dropped
 
 
@@ -897,7 +895,7 @@ def _set_py_random_state(data: list) -> None:
     random.setstate((version, tuple(state), gauss))
 
 
-def prepare_training(model: GenerativeModel, folder: str | Path, *, data: str | None = None,
+def prepare_training(model: GenerativeModel, folder: str | Path | ModelFolder, *, data: str | None = None,
                      data_root: str | None = None, download: bool = False, overrides: dict | None = None,
                      sets: Sequence[str] = (), device: str = "auto", registry: Registry | None = None) -> Trainer:
     """The one way a run is set up (``genvae train``, a plugin's staged training): the model's training

@@ -69,13 +69,14 @@ class Classifier(nn.Module):
 
 def save_classifier(net: Classifier, folder: Path, config: dict) -> None:
     """``config.json`` + ``model.safetensors`` into ``folder``, atomically, recorded as genvae's files."""
-    from genvae.core.checkpoint import write_json, write_tensors
+    from genvae.core.checkpoint import json_text, tensors_writer
     from genvae.core.folder import ModelFolder
 
     folder.mkdir(parents=True, exist_ok=True)
-    ModelFolder(folder).record(CONFIG, WEIGHTS)
-    write_json(folder / CONFIG, config)
-    write_tensors(folder / WEIGHTS, net.state_dict())
+    mf = ModelFolder(folder)
+    mf.check_outputs([CONFIG, WEIGHTS])
+    mf.write_text(CONFIG, json_text(config))
+    mf.write(WEIGHTS, tensors_writer(net.state_dict()))
 
 
 def load_classifier(folder: str | Path) -> Classifier:

@@ -106,8 +106,8 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     target = tmp_path / "data.json"
     target.write_text("old")
 
-    def fail(tmp: Path):
-        tmp.write_text("half-writ")
+    def fail(f):
+        f.write(b"half-writ")
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
@@ -118,7 +118,7 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
 
 def test_atomic_write_creates_folders(tmp_path):
     target = tmp_path / "a" / "b" / "x.txt"
-    atomic_write(target, lambda tmp: tmp.write_text("new"))
+    atomic_write(target, lambda f: f.write(b"new"))
     assert target.read_text() == "new"
     assert [p.name for p in target.parent.iterdir()] == ["x.txt"]
 

@@ -5,16 +5,21 @@ with ``Error: `` and has at most 400 characters; input errors exit 1, click usag
 ``internal error`` (an unexpected exception) and never a traceback; a hostile config.json never makes
 genvae allocate much memory; a command given bad input changes nothing in the model folder.
 
-Both fuzzes are deterministic (seeded ``random.Random``) and run in one child process, so that its
+A third fuzz breaks a trained model folder as a hostile or unlucky user would (a folder or file swapped for a
+link to the user's files, the user's files at the names genvae writes, a manifest claiming paths behind
+links) and runs the commands that write and delete on it: nothing behind a link and none of the user's
+files may change, and a refused command changes nothing at all.
+
+The fuzzes are deterministic (seeded ``random.Random``) and run in one child process, so that its
 peak RSS growth measures what the hostile inputs made genvae allocate. Run them by hand with::
 
     python tests/test_fuzz.py --run WORKDIR             # prints a JSON summary as its last line
     python tests/test_fuzz.py --show-config-case 17     # the config.json of config case 17
     python tests/test_fuzz.py --show-args-case 17       # the argument list of argument case 17
 
-``GENVAE_FUZZ_CONFIG_CASES`` / ``GENVAE_FUZZ_ARG_CASES`` change the number of cases (1000 each by
-default), ``GENVAE_FUZZ_SEED`` the seed, ``GENVAE_FUZZ_REPORT`` names a file for the summary. The
-inputs of the bugs the fuzz once found are always added (see the regression tests at the end).
+``GENVAE_FUZZ_CONFIG_CASES`` / ``GENVAE_FUZZ_ARG_CASES`` / ``GENVAE_FUZZ_FOLDER_CASES`` change the number of
+cases (1000, 1000 and 30 by default), ``GENVAE_FUZZ_SEED`` the seed, ``GENVAE_FUZZ_REPORT`` names a file for the
+summary. The inputs of the bugs the fuzz once found are always added (see the regression tests at the end).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import pytest
 SEED = 20240611
 CONFIG_CASES = 1000
 ARG_CASES = 1000
+FOLDER_CASES = 30
 MAX_LINE = 400
 RSS_LIMIT_MB = 300
 TINY = ["image_size=16", "encoder.width=8", "encoder.depth=2", "decoder.width=8", "decoder.depth=2",
@@ -884,6 +890,169 @@ def run_arg_fuzz(invoke: Invoker, base_folder: Path, work: Path, count: int, see
     }
 
 
+# -- model-folder fuzz: links and files of the user's where genvae writes ----------------------------------------
+
+
+class FolderWorld:
+    """A trained model folder (checkpoints at steps 2 and 4, grids, metrics, history) beside a folder and a file of
+    the user's (the *victims* links point at), plus the user's files put inside the model folder by a case."""
+
+    def __init__(self, root: Path, template: Path, rng: random.Random):
+        self.root = root
+        self.model = root / "model"
+        shutil.copytree(template, self.model, symlinks=True)
+        self.victim = root / "victim"
+        self.victim.mkdir()
+        (self.victim / "vacation.png").write_bytes(b"a photo")
+        (self.victim / "step-00000002").mkdir()
+        (self.victim / "step-00000002" / "model.safetensors").write_bytes(b"an archive copy")
+        self.victim_file = root / "thesis.txt"
+        self.victim_file.write_text("chapter 1\n")
+        self.users: dict[str, bytes] = {}  # relative path in the model folder -> the user's bytes there
+        self.rng = rng
+
+    def manifest(self) -> dict:
+        return json.loads((self.model / ".genvae-manifest.json").read_text())
+
+    def claim(self, *rels: str) -> None:
+        data = self.manifest()
+        data["files"] = sorted({*data["files"], *rels})
+        (self.model / ".genvae-manifest.json").write_text(json.dumps(data))
+
+    def disown(self, rel: str) -> None:
+        data = self.manifest()
+        data["files"] = [f for f in data["files"] if f != rel]
+        (self.model / ".genvae-manifest.json").write_text(json.dumps(data))
+
+    def replace_with_link(self, rel: str, target: Path) -> None:
+        self.users = {k: v for k, v in self.users.items() if k != rel and not k.startswith(rel + "/")}
+        path = self.model / rel
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(target if self.rng.random() < 0.5 else os.path.relpath(target, path.parent), path)
+
+    def put_users_file(self, rel: str) -> None:
+        path = self.model / rel
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+        elif path.is_dir():
+            shutil.rmtree(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = f"the user's {rel}\n".encode()
+        path.write_bytes(data)
+        self.disown(rel)
+        self.users[rel] = data
+
+    def victims(self) -> dict[str, bytes]:
+        return {**snapshot(self.victim), "thesis.txt": self.victim_file.read_bytes()}
+
+
+LINKED_DIRS = ["samples", "checkpoints", "checkpoints/step-00000002", "checkpoints/step-00000004", "logs", "stages"]
+LINKED_FILES = ["metrics.jsonl", "commands.jsonl", "samples/epoch-0001.png", "checkpoints/step-00000004/trainer.json",
+                "report.html"]
+USERS_FILES = ["metrics.jsonl", "commands.jsonl", "report.html", "samples/epoch-0002.png", "samples/epoch-0003.png",
+               "samples/step-00000007.png", "checkpoints/step-00000006/model.safetensors",
+               "checkpoints/step-00000008/trainer.json", "logs/tensorboard/notes.txt", "config.json.bak",
+               "checkpoints/step-00000006/notes.txt"]
+
+
+def folder_case(w: FolderWorld, rng: random.Random) -> list[str]:
+    """Break the model folder with 1-3 link or foreign-file mutations; returns what was done."""
+    done = []
+    for _ in range(rng.choice([1, 1, 2, 3])):
+        kind = rng.choice(["link_dir", "link_dir", "link_file", "users_file", "users_file", "claim"])
+        if kind == "link_dir":
+            rel = rng.choice(LINKED_DIRS)
+            target = rng.choice([w.victim, w.victim / "step-00000002"])
+            w.replace_with_link(rel, target)
+            done.append(f"{rel} -> {target.name}/")
+        elif kind == "link_file":
+            rel = rng.choice(LINKED_FILES)
+            if (w.model / rel).parent.is_symlink():
+                continue
+            w.replace_with_link(rel, w.victim_file)
+            done.append(f"{rel} -> thesis.txt")
+        elif kind == "users_file":
+            rel = rng.choice(USERS_FILES)
+            if any((w.model / p).is_symlink() for p in Path(rel).parents if str(p) != "."):
+                continue
+            w.put_users_file(rel)
+            done.append(f"user's {rel}")
+        else:
+            rel = rng.choice(["samples/vacation.png", "checkpoints/step-00000002/model.safetensors",
+                              "logs/vacation.png", "../thesis.txt", "stages/level-0/vacation.png"])
+            w.claim(rel)
+            done.append(f"manifest claims {rel}")
+    return done
+
+
+def folder_commands(w: FolderWorld, images: Path, rng: random.Random) -> list[str]:
+    m = str(w.model)
+    train = ["--data", str(images), "--batch-size", "4", "--checkpoint-every", "2", "--log-every", "2", "--quiet"]
+    return rng.choice([
+        [*BUILD_ARGS, "-o", m, "--force"],
+        ["train", m, "--resume", "--max-steps", "8", *train],
+        ["train", m, "--restart", "--max-steps", "4", *train],
+        ["train", m, "--resume", "--max-steps", "6", "--report", *train],
+        ["train", m, "--restart", "--max-steps", "2", "--logger", "tensorboard", *train],
+        ["train", m, "--max-steps", "2", *train],
+        ["sample", m, "-n", "2", "-o", str(w.root / "grid.png")],
+        ["info", m],
+    ])
+
+
+def run_folder_fuzz(invoke: Invoker, base_folder: Path, work: Path, count: int, seed: int) -> dict:
+    """Hostile model folders (links to the user's files and folders, the user's files at genvae's names, a
+    manifest claiming paths behind links) under the commands that write and delete: nothing of the user's may
+    change, and a refused command changes nothing at all."""
+    stats = Stats()
+    rng = random.Random(seed)
+    template = work / "template"
+    shutil.copytree(base_folder, template)
+    images = _images(work)
+    trained = invoke(["train", template, "--data", images, "--max-steps", "4", "--batch-size", "4",
+                      "--checkpoint-every", "2", "--log-every", "2", "--quiet"])
+    assert trained.exit_code == 0, trained.output
+    outcomes: Counter = Counter()
+    for i in range(count):
+        case_root = work / f"case-{i}"
+        w = FolderWorld(case_root, template, rng)
+        done = folder_case(w, rng)
+        args = folder_commands(w, images, rng)
+        victims, before = w.victims(), snapshot(w.model)
+        before.pop(".genvae.lock", None)
+        result = invoke(args)
+        stats.record(args[0], result)
+        problems = result_problems(result)
+        if w.victims() != victims:
+            problems.append(f"the user's files behind a link changed: {differences(victims, w.victims())[:5]}")
+        after = snapshot(w.model)
+        after.pop(".genvae.lock", None)
+        for rel, data in w.users.items():
+            if after.get(rel) != data:
+                problems.append(f"the user's {rel} was {'changed' if rel in after else 'deleted'}")
+        if result.exit_code != 0:
+            changes = differences(before, after)
+            if changes:
+                stats.folder_changes += 1
+                problems.append(f"refused, yet the folder changed: {', '.join(changes[:5])}")
+        outcomes["refused" if result.exit_code else "ran"] += 1
+        if problems:
+            stats.fail(f"folder case {i} (seed {seed}): {'; '.join(done)}", [str(a) for a in args], problems, result)
+        shutil.rmtree(case_root)
+    return {
+        "folders": count,
+        "runs": dict(sorted(stats.runs.items())),
+        "outcomes": dict(outcomes),
+        "max_error_line_chars": stats.max_line,
+        "folder_changes": stats.folder_changes,
+        "failures": stats.failures,
+    }
+
+
 # -- the child process ---------------------------------------------------------------------------------------------
 
 
@@ -894,8 +1063,8 @@ def _rss_mb() -> float:
     return peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
 
 
-def fuzz(work: Path, config_count: int, arg_count: int, seed: int) -> dict:
-    """Both fuzzes in this process; returns the summary (failures listed, not raised)."""
+def fuzz(work: Path, config_count: int, arg_count: int, seed: int, folder_count: int = 0) -> dict:
+    """The three fuzzes in this process; returns the summary (failures listed, not raised)."""
     start = time.perf_counter()
     import torch  # noqa: F401
 
@@ -915,14 +1084,19 @@ def fuzz(work: Path, config_count: int, arg_count: int, seed: int) -> dict:
     t1 = time.perf_counter()
     arguments = run_arg_fuzz(invoke, base_folder, work / "arg-fuzz", arg_count, seed + 1)
     t2 = time.perf_counter()
+    (work / "folder-fuzz").mkdir()
+    folders = run_folder_fuzz(invoke, base_folder, work / "folder-fuzz", folder_count, seed + 2)
+    t3 = time.perf_counter()
     rss_after = _rss_mb()
-    failures = config.pop("failures") + arguments.pop("failures")
+    failures = config.pop("failures") + arguments.pop("failures") + folders.pop("failures")
     return {
         "seed": seed,
         "config_fuzz": {**config, "seconds": round(t1 - t0, 1)},
         "argument_fuzz": {**arguments, "seconds": round(t2 - t1, 1)},
-        "max_error_line_chars": max(config["max_error_line_chars"], arguments["max_error_line_chars"]),
-        "folder_changes": config["folder_changes"] + arguments["folder_changes"],
+        "folder_fuzz": {**folders, "seconds": round(t3 - t2, 1)},
+        "max_error_line_chars": max(config["max_error_line_chars"], arguments["max_error_line_chars"],
+                                    folders["max_error_line_chars"]),
+        "folder_changes": config["folder_changes"] + arguments["folder_changes"] + folders["folder_changes"],
         "rss_before_mb": round(rss_before, 1),
         "rss_after_mb": round(rss_after, 1),
         "peak_rss_growth_mb": round(rss_after - rss_before, 1),
@@ -938,12 +1112,16 @@ def _counts() -> tuple[int, int, int]:
             int(os.environ.get("GENVAE_FUZZ_SEED", SEED)))
 
 
+def _folder_count() -> int:
+    return int(os.environ.get("GENVAE_FUZZ_FOLDER_CASES", FOLDER_CASES))
+
+
 def main(argv: list[str]) -> int:
     configs, args, seed = _counts()
     if argv[:1] == ["--run"] and len(argv) == 2:
         work = Path(argv[1])
         work.mkdir(parents=True, exist_ok=True)
-        summary = fuzz(work, configs, args, seed)
+        summary = fuzz(work, configs, args, seed, _folder_count())
         print(json.dumps(summary))
         return 0
     if argv[:1] == ["--show-config-case"] and len(argv) == 2:
@@ -1004,6 +1182,7 @@ def test_cli_fuzz_config_files_and_arguments(tmp_path):
     configs, args, _ = _counts()
     assert summary["config_fuzz"]["config_files"] >= min(configs, CONFIG_CASES)
     assert summary["argument_fuzz"]["argument_lists"] >= min(args, ARG_CASES)
+    assert summary["folder_fuzz"]["folders"] >= min(_folder_count(), FOLDER_CASES)
     assert summary["failure_count"] == 0, json.dumps(summary["failures"][:10], indent=1)
     assert summary["folder_changes"] == 0
     assert summary["max_error_line_chars"] <= MAX_LINE
@@ -1015,6 +1194,7 @@ def test_cli_fuzz_ten_times_longer(tmp_path, monkeypatch):
     """The same fuzz with 10,000 config files and 10,000 argument lists at another seed (a few minutes)."""
     monkeypatch.setenv("GENVAE_FUZZ_CONFIG_CASES", os.environ.get("GENVAE_FUZZ_CONFIG_CASES", "10000"))
     monkeypatch.setenv("GENVAE_FUZZ_ARG_CASES", os.environ.get("GENVAE_FUZZ_ARG_CASES", "10000"))
+    monkeypatch.setenv("GENVAE_FUZZ_FOLDER_CASES", os.environ.get("GENVAE_FUZZ_FOLDER_CASES", "600"))
     monkeypatch.setenv("GENVAE_FUZZ_SEED", os.environ.get("GENVAE_FUZZ_SEED", "777"))
     test_cli_fuzz_config_files_and_arguments(tmp_path)
 

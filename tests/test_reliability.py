@@ -181,13 +181,31 @@ def test_force_removes_only_what_genvae_wrote(model_dir):
 
 
 def test_folder_of_an_older_genvae_is_adopted(model_dir):
-    """A model folder written before the manifest existed: genvae's files are recognised by name."""
+    """A model folder written before the manifest existed: genvae's files are recognised by name and content."""
     run("train", model_dir, "--max-steps", "5", "--batch-size", "8", "--checkpoint-every", "4")
     (model_dir / MANIFEST).unlink()
+    (model_dir / "commands.jsonl").unlink()  # newer than the manifest: an older genvae never wrote it
     (model_dir / "samples" / "mine.png").write_bytes(b"x")
+    (model_dir / "samples" / "epoch-0009.png").write_bytes(b"a user's image at one of genvae's names")
     run("build", "--preset", "cvae", *SETS, "-o", model_dir, "--force")
-    assert sorted(os.listdir(model_dir / "samples")) == ["mine.png"]
+    assert sorted(os.listdir(model_dir / "samples")) == ["epoch-0009.png", "mine.png"]
     assert not (model_dir / "checkpoints").exists() and not (model_dir / "metrics.jsonl").exists()
+
+
+def test_a_copied_config_alone_does_not_make_a_folder_genvaes(tmp_path):
+    """A folder whose only genvae-looking file is a config.json copied into it is not adopted: build --force
+    refuses it and the user's metrics.jsonl and sample PNGs stay (they were deleted before)."""
+    source = tmp_path / "m"
+    run("build", "--preset", "cvae", *SETS, "-o", source)
+    user = tmp_path / "thesis"
+    (user / "samples").mkdir(parents=True)
+    (user / "config.json").write_bytes((source / "config.json").read_bytes())
+    (user / "metrics.jsonl").write_text('{"step": 1, "mine": true}\n')
+    (user / "samples" / "epoch-0001.png").write_bytes(b"my figure")
+    before = snapshot(user)
+    result = run("build", "--preset", "cvae", *SETS, "-o", user, "--force", ok=False)
+    assert result.exit_code == 1 and "is not a genvae model folder" in one_error_line(result)
+    assert snapshot(user) == before
 
 
 # -- train --restart validates first -------------------------------------------------------------------
@@ -398,11 +416,36 @@ def _lock_holder(folder: Path) -> str:
         return ""
 
 
-def interrupted_run(exe, folder: Path, signals: list[int], rng: random.Random) -> list[int]:
-    """Train ``folder`` to the end, sending each signal at a random moment of one attempt; returns exit codes."""
+def plant_users_files(folder: Path, victim: Path, rng: random.Random) -> dict[str, bytes]:
+    """Between two attempts, as a user would: a note in the latest checkpoint folder (which rotation will empty of
+    genvae's files), an image of theirs in samples/, and links to a folder of theirs in samples/ and at the top.
+    Returns what must still be there, byte for byte, when the run ends."""
+    planted: dict[str, bytes] = {}
+    last = ckpt.latest_checkpoint(folder)
+    if last is not None:
+        (last / "notes.txt").write_text(f"why {last.name} matters\n")
+        planted[f"checkpoints/{last.name}/notes.txt"] = (last / "notes.txt").read_bytes()
+    (folder / "samples").mkdir(exist_ok=True)
+    name = f"mine-{rng.randrange(10**6)}.png"
+    (folder / "samples" / name).write_bytes(b"the user's figure")
+    planted[f"samples/{name}"] = b"the user's figure"
+    for rel in ("samples/holiday", "archive"):
+        if not (folder / rel).is_symlink():
+            os.symlink(victim, folder / rel)
+        planted[rel] = b"link:" + os.readlink(folder / rel).encode()
+    return planted
+
+
+def interrupted_run(exe, folder: Path, signals: list[int], rng: random.Random, victim: Path | None = None
+                    ) -> tuple[list[int], dict[str, bytes]]:
+    """Train ``folder`` to the end, sending each signal at a random moment of one attempt; returns the exit codes,
+    and, with a ``victim`` folder, the user's files and links planted after each stop (see plant_users_files)."""
     codes = []
     resume: list[str] = []
+    planted: dict[str, bytes] = {}
     for sig in signals:
+        if resume and victim is not None:
+            planted.update(plant_users_files(folder, victim, rng))
         proc = subprocess.Popen([*exe, "train", str(folder), *COMMON, *resume], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, **_child())
         assert _wait_for(lambda p=proc: p.poll() is not None or _lock_holder(folder) == str(p.pid), 120)
@@ -412,32 +455,47 @@ def interrupted_run(exe, folder: Path, signals: list[int], rng: random.Random) -
         codes.append(proc.returncode)
         assert b"Traceback" not in err, err.decode()
         resume = ["--resume"]
+    if resume and victim is not None:
+        planted.update(plant_users_files(folder, victim, rng))
     final = subprocess.run([*exe, "train", str(folder), *COMMON, *resume], capture_output=True, timeout=300,
                            **_child())
     assert final.returncode == 0, final.stderr.decode()
-    return codes
+    return codes, planted
 
 
-def _soak(tmp_path, genvae_exe, build_args, rounds: int, seed: int) -> dict:
+def _soak(tmp_path, genvae_exe, build_args, rounds: int, seed: int, hostile_every: int = 2) -> dict:
+    """``rounds`` interrupted runs compared with an uninterrupted one; every ``hostile_every``-th round the user's
+    files and links appear in the folder between the attempts (plant_users_files)."""
     rng = random.Random(seed)
     reference = _reference(tmp_path, genvae_exe, build_args, "reference")
     template = _reference(tmp_path, genvae_exe, build_args, "template")
     subprocess.run([*genvae_exe, "train", str(reference), *COMMON], check=True, capture_output=True, timeout=600,
                    **_child())
-    figures = {"runs": 0, "signals": 0, "stopped_with_checkpoint": 0, "identical": 0}
+    figures = {"runs": 0, "signals": 0, "stopped_with_checkpoint": 0, "identical": 0, "with_users_files": 0,
+               "users_files_kept": 0}
+    victim = tmp_path / "users-folder"
+    victim.mkdir()
+    (victim / "vacation.png").write_bytes(b"a photo")
+    theirs = snapshot(victim)
     for i in range(rounds):
         folder = tmp_path / f"run{i}"
         subprocess.run(["cp", "-a", str(template), str(folder)], check=True)
         signals = [rng.choice([signal.SIGINT, signal.SIGTERM, signal.SIGKILL]) for _ in range(rng.randint(1, 3))]
-        codes = interrupted_run(genvae_exe, folder, signals, rng)
+        hostile = i % hostile_every == hostile_every - 1
+        codes, planted = interrupted_run(genvae_exe, folder, signals, rng, victim if hostile else None)
         for sig, code in zip(signals, codes, strict=True):
             assert code in (0, 128 + sig, -sig, 130), (sig, code)  # 0: finished before the signal arrived
             figures["stopped_with_checkpoint"] += code == 128 + sig and sig != signal.SIGKILL
         assert same_weights(reference, folder), f"run {i}: weights differ after {signals}"
         assert _metrics(reference) == _metrics(folder), f"run {i}: metrics differ after {signals}"
+        after = snapshot(folder)
+        assert {k: after.get(k) for k in planted} == planted, f"run {i}: the user's files changed"
+        assert snapshot(victim) == theirs, f"run {i}: the folder behind the links changed"
         figures["runs"] += 1
         figures["signals"] += len(signals)
         figures["identical"] += 1
+        figures["with_users_files"] += hostile
+        figures["users_files_kept"] += len(planted)
     return figures
 
 
@@ -469,8 +527,8 @@ def test_stop_with_sigint_and_sigterm_then_resume_is_bit_exact(tmp_path, genvae_
 
 
 def test_adversarial_model_stopped_and_resumed_is_bit_exact(tmp_path, genvae_exe):
-    figures = _soak(tmp_path, genvae_exe, ADV_SETS, rounds=1, seed=3)
-    assert figures["identical"] == 1
+    figures = _soak(tmp_path, genvae_exe, ADV_SETS, rounds=1, seed=3, hostile_every=1)
+    assert figures["identical"] == 1 and figures["with_users_files"] == 1
 
 
 def test_second_ctrl_c_aborts_at_once_and_startup_ctrl_c_has_no_traceback(model_dir, genvae_exe):

@@ -100,9 +100,11 @@ def add_commands(cli) -> None:
                 raise GenvaeError("--greedy needs the 'pyramid-mse' loss (with skip_frozen_levels) as the "
                                   "reconstruction loss, so untrained levels send no gradient to trained ones")
             stages = greedy_stages(model)
-        from genvae.core.folder import lock_folder
+        from genvae.core.folder import ModelFolder, lock_folder
 
         with lock_folder(folder):  # one process at a time writes this model folder
+            for name, _ in stages:  # every stage's folder is checked before the first stage writes anything
+                ModelFolder(folder).child(f"stages/{name}").check_can_build_into()
             for name, paths in stages:
                 run_stage(model, Path(folder), name, paths, steps, data=data, data_root=data_root,
                           download=download, batch_size=batch_size, lr=lr, device=device, seed=seed,

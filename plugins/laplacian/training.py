@@ -48,17 +48,16 @@ def run_stage(model, folder: Path, name: str, paths: list[str], steps: int, data
 
     spec = model.spec
     overrides = {k: v for k, v in dict(batch_size=batch_size, lr=lr, seed=seed).items() if v is not None}
-    stage_dir = folder / "stages" / name
-    stage = ModelFolder(stage_dir)
+    stage = ModelFolder(folder).child(f"stages/{name}")  # walked to from the model folder: no link on the way
     stage.check_can_build_into()  # a stage folder holds only what genvae wrote there
     unfreeze(model)
-    trainer = prepare_training(model, stage_dir, data=data, data_root=data_root, download=download,
+    trainer = prepare_training(model, stage, data=data, data_root=data_root, download=download,
                                overrides={**overrides, "max_steps": steps, "epochs": 10**6, "train_only": list(paths)},
                                device=device, registry=registry)
     model.spec = spec  # the stage's settings stay with the stage; the model keeps its own
     if echo is not None:
         trainer.on_log = lambda r: echo(f"{name} step {r['step']}/{steps}  {terms_text(r)}")
-    with lock_folder(stage_dir):
+    with lock_folder(stage):
         stage.remove_all()  # the previous run of this stage, genvae's files only
         last = trainer.fit()
     unfreeze(model)
