@@ -385,6 +385,7 @@ def train(folder, data, data_root, download, epochs, max_steps, batch_size, lr, 
         overrides["loggers"] = tuple(name.strip() for name in loggers.split(",") if name.strip())
     trainer = prepare_training(model, folder, data=data, data_root=data_root, download=download,
                                overrides=overrides, sets=sets, device=device, registry=registry())
+    state = trainer.read_resume_state() if resume else None  # the whole checkpoint, checked before anything is written
     images, dev = trainer.data, trainer.device
     main = trainer.is_main  # under torchrun only rank 0 writes and prints
     if images.skipped and main:
@@ -397,7 +398,7 @@ def train(folder, data, data_root, download, epochs, max_steps, batch_size, lr, 
             mf.remove(f for f in mf.files() if f == METRICS or f.startswith((f"{CHECKPOINTS}/", f"{SAMPLES}/")))
         if trainer.dist is not None:
             trainer.dist.barrier()  # rank 0 has prepared the folder before any process reads a checkpoint
-        start = trainer.resume() if resume else 0
+        start = trainer.resume(state) if resume else 0
         if resume and start == 0 and last is None and main:
             err_console.print("no checkpoint to resume from; starting at step 0")
         if main:

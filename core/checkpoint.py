@@ -25,7 +25,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from genvae.core.errors import CheckpointError, GenvaeError
+from genvae.core.errors import CheckpointError, GenvaeError, name_list
 from genvae.core.files import atomic_write, atomic_write_text, make_temp_dir
 from genvae.core.folder import ModelFolder
 from genvae.core.spec import ModelSpec
@@ -127,9 +127,35 @@ def load_spec(folder: str | Path) -> ModelSpec:
     return ModelSpec.from_dict(data, where=str(folder / CONFIG))
 
 
+def check_weights(model, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse weights that do not fit ``model`` exactly: names, shapes and dtypes (a float64 or uint8 tensor is not
+    silently cast into a float32 parameter)."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = ([f"missing {name_list(missing, most=3, max_chars=120)}"] if missing else []) + (
+            [f"unexpected {name_list(unexpected, most=3, max_chars=120)}"] if unexpected else [])
+        raise CheckpointError(f"{path} does not match the model in config.json ({'; '.join(parts)})")
+    for key, want in expected.items():
+        got = state[key]
+        if got.dtype != want.dtype:
+            raise CheckpointError(f"{path}: tensor '{key}' is {_dtype(got)}, the model's is {_dtype(want)}; genvae "
+                                  "loads weights of the model's own dtype only")
+        if got.shape != want.shape:
+            raise CheckpointError(f"{path} does not match the model in config.json (tensor '{key}' has shape "
+                                  f"{list(got.shape)}, the model's {list(want.shape)})")
+
+
+def _dtype(t: torch.Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
 def load_weights(model, path: Path, device="cpu", state: dict | None = None) -> None:
-    """Load weights strictly; ``state`` skips reading ``path`` again when it was already read."""
+    """Load weights strictly (names, shapes, dtypes); ``state`` skips reading ``path`` again when it was already
+    read."""
     state = read_tensors(path, device) if state is None else state
+    check_weights(model, state, path)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -156,7 +182,8 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu", registry=
 
 
 def optimizer_to_tensors(name: str, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """Split an optimizer state into tensors (for safetensors) and JSON (hyper-parameters, counters)."""
+    """Split an optimizer state into tensors (for safetensors) and JSON (hyper-parameters, counters, and which
+    parameters have a state: ``with_state``, so a resume can tell a lost state from one never made)."""
     state = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     plain: dict[str, dict[str, Any]] = {}
@@ -166,7 +193,8 @@ def optimizer_to_tensors(name: str, optimizer: torch.optim.Optimizer) -> tuple[d
                 tensors[f"{name}/{idx}/{key}"] = value
             else:
                 plain.setdefault(str(idx), {})[key] = value
-    return tensors, {"param_groups": state["param_groups"], "plain": plain}
+    return tensors, {"param_groups": state["param_groups"], "plain": plain,
+                     "with_state": sorted(int(idx) for idx, values in state["state"].items() if values)}
 
 
 def optimizer_from_tensors(name: str, tensors: dict[str, torch.Tensor], meta: dict) -> dict:
