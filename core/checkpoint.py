@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, load_file, save_file
 
 from genvae.core.errors import CheckpointError, GenvaeError, name_list
 from genvae.core.files import atomic_write, atomic_write_text, make_temp_dir
@@ -86,14 +86,53 @@ def _no_constant(name: str):
     raise ValueError(f"{name} is not a JSON number")
 
 
-def read_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path} is missing")
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "a special file"
+
+
+def _open_tensor_file(path: Path) -> int:
+    """A descriptor of ``path`` opened for reading: never through a symlink, never blocking (a FIFO), and only if it
+    is a regular file (checked on the descriptor, so nothing can be swapped in after the check)."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
     try:
-        return load_file(str(path), device=str(device))
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing") from None
+    except OSError as exc:
+        if os.path.islink(path):
+            raise CheckpointError(f"{path} is a symlink; genvae reads weights only from regular files, never "
+                                  "through links") from None
+        raise CheckpointError(f"{path} cannot be read ({exc.strerror})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise CheckpointError(f"{path} is not a regular file ({_kind(mode)}); genvae reads weights only from "
+                              "regular files")
+    return fd
+
+
+def read_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """A safetensors file genvae wrote; refuses a missing, linked, non-regular or corrupt one in one line.
+
+    The file is opened here and safetensors reads it through the descriptor (``/proc/self/fd/N`` on Linux, else
+    its bytes), so a path that is not UTF-8 (a folder named with bytes b'm\\xff') reads like any other."""
+    path = Path(path)
+    fd = _open_tensor_file(path)
+    try:
+        proc = f"/proc/self/fd/{fd}"
+        if os.path.exists(proc):
+            return load_file(proc, device=str(device))
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read()
+        return {k: v.to(device) for k, v in load(data).items()}
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is corrupt or truncated ({str(exc).splitlines()[0]})") from None
+    finally:
+        os.close(fd)
 
 
 # -- model folders ---------------------------------------------------------------------------------
