@@ -613,7 +613,7 @@ def _load_folder(folder: str, image_size: int, channels: int) -> ImageData:
             f"({failed[0][1]})",
             stacklevel=3,
         )
-    data = ImageData(images, f"folder {folder} ({len(images)} images)", skipped)
+    data = ImageData(images, f"folder {folder}", skipped)  # the count is len(data): callers print it once
     _CACHE[key] = data
     return data
 
