@@ -20,6 +20,7 @@ from rich.table import Table
 from genvae.core.commands import (
     COUNT,
     SAMPLE_BATCH,
+    SEED,
     FiniteFloat,
     console,
     data_options,
@@ -344,7 +345,7 @@ def info(folder, as_json) -> None:
 @click.option("--channels-last", is_flag=True, default=None, help="Channels-last memory layout (faster convs on GPUs).")
 @click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the encoder, transform and "
               "decoder.")
-@click.option("--seed", type=click.IntRange(min=0), help="Seed of every random stream.")
+@click.option("--seed", type=SEED, help="Seed of every random stream.")
 @click.option("--flip/--no-flip", default=None, help="Random horizontal flips.")
 @click.option("--checkpoint-every", type=COUNT, help="Steps between checkpoints.")
 @click.option("--log-every", type=COUNT, help="Steps between metric lines.")
@@ -582,7 +583,7 @@ def check_json_output(path: Path) -> None:
 @click.option("-n", "count", default=64, show_default=True, type=SAMPLE_COUNT, help="Number of samples.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Image grid to write; the extension picks the format (png, jpg, webp, bmp, tif).")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--nrow", type=COUNT, help="Images per row (default: square grid).")
 @click.option("--from", "source", type=click.Path(dir_okay=False, exists=True),
@@ -646,7 +647,7 @@ def _metric_list(value: str | None) -> list[str]:
 @click.option("--samples", "n_samples", type=COUNT, help="Samples per model for the sample metrics [default: as many "
               "as real images].")
 @click.option("--batch-size", default=256, show_default=True, type=COUNT)
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the samples.")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of the samples.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the report as JSON here too.")
 def evaluate(folder, data, data_root, download, metrics, metrics_alias, classifier, others, split, limit, n_samples,
@@ -725,7 +726,7 @@ def evaluate(folder, data, data_root, download, metrics, metrics_alias, classifi
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Image grid to write; the extension picks the format (png, jpg, webp, bmp, tif).")
 @click.option("--split", default="test", show_default=True, help="Dataset split (named datasets).")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--device", default="auto", show_default=True)
 def reconstruct(folder, data, data_root, download, count, output, split, seed, device) -> None:
     """Reconstruct images (posterior mean): rows alternate originals and reconstructions."""

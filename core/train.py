@@ -34,10 +34,11 @@ from torch import nn
 from genvae.core import checkpoint as ckpt
 from genvae.core.components import Pass
 from genvae.core.distributed import Distributed, init_distributed, process_device, rank_seed
-from genvae.core.errors import CheckpointError, GenvaeError
+from genvae.core.errors import CheckpointError, GenvaeError, shorten
 from genvae.core.files import UnsafePathError, atomic_write_text, remove_orphans
 from genvae.core.folder import ModelFolder, lock_folder
 from genvae.core.model import MODEL_PHASE, GenerativeModel
+from genvae.core.options import MAX_SEED
 from genvae.core.registry import Registry
 from genvae.core.resume import RANK_RNG, RUNNING, ResumeState, read_resume_state
 from genvae.core.resume import validate_trainer_state as validate_trainer_state  # (its home before genvae.core.resume)
@@ -65,8 +66,11 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's and torch's random streams; a seed outside 0..2**64-1 is refused (torch would reduce it)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise GenvaeError(f"seed {shorten(seed, 30)}: a seed is an integer in 0..2**64-1")
     random.seed(seed)
-    torch.manual_seed(seed % 2**64)  # torch takes 64 bits; any seed >= 0 is valid (smaller ones unchanged)
+    torch.manual_seed(seed)
 
 
 class Update:
