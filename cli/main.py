@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,11 @@ def print_error(message: str) -> None:
                       soft_wrap=True, emoji=False)
 
 
+def _stopped(signum: int) -> str:
+    """What a stop signal did, as the shell says it: ``Interrupted`` (SIGINT) or ``Terminated`` (SIGTERM)."""
+    return "Terminated" if signum == getattr(signal, "SIGTERM", None) else "Interrupted"
+
+
 class GenvaeGroup(click.Group):
     """A command group whose every error is one line (``--debug`` shows the traceback).
 
@@ -65,9 +71,11 @@ class GenvaeGroup(click.Group):
                 raise
             print_error(str(exc))
             ctx.exit(1)
-        except KeyboardInterrupt:
-            err_console.print("Interrupted; nothing was written after the last checkpoint (resume with --resume).")
-            ctx.exit(130)
+        except KeyboardInterrupt as exc:  # a second stop signal, or one before training's own handler was in place
+            signum = getattr(exc, "signum", signal.SIGINT)
+            err_console.print(f"{_stopped(signum)}; nothing was written after the last checkpoint (resume with "
+                              "--resume).")
+            ctx.exit(128 + signum)
         except OSError as exc:  # a path the file system refuses (too long, permission denied, read-only ...)
             if ctx.meta.get("genvae.debug"):
                 raise
@@ -94,9 +102,10 @@ class GenvaeGroup(click.Group):
         except click.ClickException as exc:
             print_error(exc.format_message())
             sys.exit(exc.exit_code)
-        except (click.exceptions.Abort, KeyboardInterrupt):
-            err_console.print("Interrupted.")
-            sys.exit(130)
+        except (click.exceptions.Abort, KeyboardInterrupt) as exc:
+            signum = getattr(exc, "signum", signal.SIGINT)
+            err_console.print(f"{_stopped(signum)}.")
+            sys.exit(128 + signum)
         sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -34,7 +34,7 @@ from torch import nn
 from genvae.core import checkpoint as ckpt
 from genvae.core.components import Pass
 from genvae.core.distributed import Distributed, init_distributed, process_device, rank_seed
-from genvae.core.errors import CheckpointError, GenvaeError, shorten
+from genvae.core.errors import CheckpointError, GenvaeError, Interrupted, shorten
 from genvae.core.files import UnsafePathError, atomic_write_text, remove_orphans
 from genvae.core.folder import ModelFolder, lock_folder
 from genvae.core.model import MODEL_PHASE, GenerativeModel
@@ -273,7 +273,7 @@ class StopRequest:
 
     def _handle(self, signum, frame) -> None:
         if self.signum is not None:  # the second signal: abort now, without writing anything
-            raise KeyboardInterrupt
+            raise Interrupted(signum)
         self.signum = signum
 
     def __enter__(self) -> StopRequest:

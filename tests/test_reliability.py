@@ -495,6 +495,32 @@ def test_second_ctrl_c_aborts_at_once_and_startup_ctrl_c_has_no_traceback(model_
     assert not list(model_dir.rglob(f"{TEMP_PREFIX}*"))
 
 
+def test_sigterm_during_start_up_and_as_a_second_signal_exits_143(model_dir, genvae_exe):
+    """A SIGTERM while torch and the plugins import used to kill genvae without a word (status -15), and a SIGTERM as
+    the second signal while training exited 130 "Interrupted": the status now always says which signal it was."""
+    proc = subprocess.Popen([*genvae_exe, "train", str(model_dir), *COMMON], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, **_child(), text=True)
+    time.sleep(0.5)  # past Python's own start-up, still importing torch
+    before = snapshot(model_dir)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, (proc.returncode, err)
+    assert err.strip().splitlines() == ["Terminated."], err
+    assert snapshot(model_dir) == before
+    # a second signal while training aborts at once, with its own status: a SIGTERM after a Ctrl-C is 143, not 130
+    # (two SIGTERMs sent at once may reach Python as one, as two Ctrl-C may; a SIGINT and a SIGTERM never do)
+    proc = subprocess.Popen([*genvae_exe, "train", str(model_dir), *COMMON[:-1], "--max-steps", "100000",
+                             "--checkpoint-every", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, **_child(),
+                            text=True)
+    assert _wait_for(lambda: ckpt.latest_checkpoint(model_dir) is not None)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err, (proc.returncode, err)
+    assert err.strip().splitlines()[-1].startswith("Terminated"), err
+    assert not list(model_dir.rglob(f"{TEMP_PREFIX}*"))
+
+
 def ckpt_step(folder: Path) -> int:
     return int(ckpt.latest_checkpoint(folder).name.split("-")[1])
 
