@@ -375,12 +375,13 @@ def train(folder, data, data_root, download, epochs, max_steps, batch_size, lr, 
     """
     from genvae.core.checkpoint import CHECKPOINTS, METRICS, SAMPLES, latest_checkpoint, load_model, save_model
     from genvae.core.distributed import shutdown
-    from genvae.core.folder import ModelFolder, lock_folder
+    from genvae.core.folder import ModelFolder, check_not_in_use, lock_folder
     from genvae.core.train import prepare_training
 
     folder = Path(folder)
     if resume and restart:
         raise GenvaeError("--resume and --restart exclude each other")
+    check_not_in_use(folder)  # a folder another run is training says so, not what its files look like meanwhile
     last = latest_checkpoint(folder)
     if last is not None and not (resume or restart):
         raise GenvaeError(f"{folder} has a checkpoint at {last.name}; pass --resume to continue it or --restart "

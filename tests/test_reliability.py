@@ -371,6 +371,25 @@ def test_second_process_on_one_folder_gets_a_clean_error(model_dir, genvae_exe):
     run("train", model_dir, "--restart", "--max-steps", "2", "--batch-size", "8")
 
 
+def test_a_plain_train_on_a_busy_folder_is_told_it_is_busy(model_dir, genvae_exe):
+    """The running process has written a checkpoint: the second one got "has a checkpoint ... pass --resume",
+    which invites a --resume that would then be refused anyway; the lock is tested first."""
+    first = subprocess.Popen([*genvae_exe, "train", str(model_dir), "--max-steps", "100000", "--batch-size", "8",
+                              "--quiet", "--log-every", "50", "--checkpoint-every", "1"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, **_child(), text=True)
+    try:
+        assert _wait_for(lambda: ckpt.latest_checkpoint(model_dir) is not None)
+        second = subprocess.run([*genvae_exe, "train", str(model_dir), "--max-steps", "9"], capture_output=True,
+                                text=True, timeout=120, **_child())
+        assert second.returncode == 1
+        lines = second.stderr.strip().splitlines()
+        assert lines == [f"Error: model folder {model_dir} is in use by another genvae process (pid {first.pid}); "
+                         "wait for it to finish or stop it, then retry"], second.stderr
+    finally:
+        first.kill()
+        first.wait()
+
+
 # -- stopping and resuming: SIGINT, SIGTERM, SIGKILL at random points -----------------------------------
 
 COMMON = ["--max-steps", "60", "--batch-size", "8", "--checkpoint-every", "1000", "--log-every", "5", "--quiet"]
