@@ -628,9 +628,11 @@ class Trainer:
         last = ckpt.latest_checkpoint(self.folder)
         kept = f"the last finite checkpoint {last.name} is kept" if last else "no checkpoint was written"
         first = int(self.first_nonfinite)
+        # config.json records the settings of the latest run, so a plain --resume would take the same rate again
         return ckpt.DivergedError(
             f"training diverged at step {first if first >= 0 else self.step}: non-finite {', '.join(bad)}; "
-            f"nothing from the diverged state was saved, {kept} (lower --lr, then --resume or --restart)"
+            f"nothing from the diverged state was saved, {kept}; config.json keeps this run's settings "
+            f"(lr {self.config.lr:g}): pass a lower --lr with --resume or --restart"
         )
 
     def _log(self, images_per_s: float) -> dict[str, float]:

@@ -93,6 +93,10 @@ def test_diverging_run_keeps_the_last_finite_checkpoint(model_dir):
     line = one_error_line(result)
     assert "training diverged at step 10: non-finite kl, model/total, mse;" in line, line
     assert "the last finite checkpoint step-00000008 is kept" in line
+    # config.json records the settings of the latest run, lr 1e12 included: the message says how to resume
+    assert line.endswith("config.json keeps this run's settings (lr 1e+12): pass a lower --lr with --resume or "
+                         "--restart"), line
+    assert json.loads((model_dir / "config.json").read_text())["train"]["lr"] == 1e12
     assert snapshot(model_dir / "checkpoints") == good
     assert (model_dir / "model.safetensors").read_bytes() == good_model
     assert all(torch.isfinite(v).all() for v in weights(model_dir).values() if v.is_floating_point())
