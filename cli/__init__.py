@@ -11,6 +11,7 @@ one line and status 143 (training installs its own handler, which stops at a ste
 
 import signal
 import sys
+from typing import Any
 
 _STOP_SIGNALS = tuple(s for s in (signal.SIGINT, getattr(signal, "SIGTERM", None)) if s is not None)
 
@@ -23,7 +24,7 @@ def _terminate(signum, frame) -> None:
 
 def main() -> None:
     caught: list[int] = []
-    previous: dict[int, object] = {}
+    previous: dict[int, Any] = {}
     for sig in _STOP_SIGNALS:
         handler = signal.getsignal(sig)
         if handler is signal.SIG_IGN:  # an ignored signal (SIGINT in a background job) stays ignored

@@ -188,20 +188,20 @@ def optimizer_state(phase: Phase, tensors: dict[str, torch.Tensor], meta: dict, 
     for key, value in tensors.items():
         if not key.startswith(prefix):
             continue
-        index, _, field = key[len(prefix):].partition("/")
-        if not _INDEX.fullmatch(index) or int(index) >= len(params) or field not in wanted:
+        digits, _, field = key[len(prefix):].partition("/")
+        if not _INDEX.fullmatch(digits) or int(digits) >= len(params) or field not in wanted:
             raise CheckpointError(f"{tensor_file}: {shorten(key, 80)} is not an optimiser state of this model's "
                                   f"phase '{name}' (parameters 0..{len(params) - 1}, keys {', '.join(sorted(wanted))})")
-        found.setdefault(int(index), {})[field] = value
-    for index, values in meta.get("plain", {}).items():
-        if not (isinstance(index, str) and _INDEX.fullmatch(index) and int(index) < len(params)
+        found.setdefault(int(digits), {})[field] = value
+    for digits, values in meta.get("plain", {}).items():
+        if not (isinstance(digits, str) and _INDEX.fullmatch(digits) and int(digits) < len(params)
                 and isinstance(values, dict) and set(values) <= {"step"}):
             raise CheckpointError(f"{json_file}: the optimiser state of phase '{name}' has a malformed 'plain' "
-                                  f"entry {shorten(index, 40)}")
-        if "step" in values and "step" in found.get(int(index), {}):
-            raise CheckpointError(f"{json_file}: parameter {index} of phase '{name}' has a 'step' in both "
+                                  f"entry {shorten(digits, 40)}")
+        if "step" in values and "step" in found.get(int(digits), {}):
+            raise CheckpointError(f"{json_file}: parameter {digits} of phase '{name}' has a 'step' in both "
                                   f"trainer.json and {ckpt.OPTIMIZER}")
-        found.setdefault(int(index), {}).update(values)
+        found.setdefault(int(digits), {}).update(values)
     listed = meta.get("with_state")  # the parameters that had a state (not in checkpoints of earlier genvae)
     if listed is not None:
         if not isinstance(listed, list) or not all(_is_count(i) and i < len(params) for i in listed):
@@ -211,8 +211,8 @@ def optimizer_state(phase: Phase, tensors: dict[str, torch.Tensor], meta: dict, 
             found[index] = {}  # reported as its first missing key below
         extra = sorted(set(found) - set(listed))
         if extra:
-            key = sorted(k for k in tensors if k.startswith(f"{prefix}{extra[0]}/"))
-            shown = f"'{key[0]}'" if key else f"a state of parameter {extra[0]}"
+            keys = sorted(k for k in tensors if k.startswith(f"{prefix}{extra[0]}/"))
+            shown = f"'{keys[0]}'" if keys else f"a state of parameter {extra[0]}"
             raise CheckpointError(f"{tensor_file}: {shown} is there, but trainer.json lists no state for parameter "
                                   f"{extra[0]} of phase '{name}'")
     nonfinite = set(ckpt.nonfinite_tensors({k: v for k, v in tensors.items() if k.startswith(prefix)}))
