@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from rich.table import Table
 from genvae.core.commands import (
     COUNT,
     SAMPLE_BATCH,
+    SEED,
     FiniteFloat,
     console,
     data_options,
@@ -40,6 +42,11 @@ def print_error(message: str) -> None:
     err_console.print("[bold red]Error:[/] ", end="", highlight=False, soft_wrap=True)
     err_console.print(one_line(message, MESSAGE_LIMIT - len("Error: ")), markup=False, highlight=False,
                       soft_wrap=True, emoji=False)
+
+
+def _stopped(signum: int) -> str:
+    """What a stop signal did, as the shell says it: ``Interrupted`` (SIGINT) or ``Terminated`` (SIGTERM)."""
+    return "Terminated" if signum == getattr(signal, "SIGTERM", None) else "Interrupted"
 
 
 class GenvaeGroup(click.Group):
@@ -64,9 +71,11 @@ class GenvaeGroup(click.Group):
                 raise
             print_error(str(exc))
             ctx.exit(1)
-        except KeyboardInterrupt:
-            err_console.print("Interrupted; nothing was written after the last checkpoint (resume with --resume).")
-            ctx.exit(130)
+        except KeyboardInterrupt as exc:  # a second stop signal, or one before training's own handler was in place
+            signum = getattr(exc, "signum", signal.SIGINT)
+            err_console.print(f"{_stopped(signum)}; nothing was written after the last checkpoint (resume with "
+                              "--resume).")
+            ctx.exit(128 + signum)
         except OSError as exc:  # a path the file system refuses (too long, permission denied, read-only ...)
             if ctx.meta.get("genvae.debug"):
                 raise
@@ -93,9 +102,10 @@ class GenvaeGroup(click.Group):
         except click.ClickException as exc:
             print_error(exc.format_message())
             sys.exit(exc.exit_code)
-        except (click.exceptions.Abort, KeyboardInterrupt):
-            err_console.print("Interrupted.")
-            sys.exit(130)
+        except (click.exceptions.Abort, KeyboardInterrupt) as exc:
+            signum = getattr(exc, "signum", signal.SIGINT)
+            err_console.print(f"{_stopped(signum)}.")
+            sys.exit(128 + signum)
         sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -345,7 +355,7 @@ def info(folder, as_json) -> None:
 @click.option("--channels-last", is_flag=True, default=None, help="Channels-last memory layout (faster convs on GPUs).")
 @click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the encoder, transform and "
               "decoder.")
-@click.option("--seed", type=click.IntRange(min=0), help="Seed of every random stream.")
+@click.option("--seed", type=SEED, help="Seed of every random stream.")
 @click.option("--flip/--no-flip", default=None, help="Random horizontal flips.")
 @click.option("--checkpoint-every", type=COUNT, help="Steps between checkpoints.")
 @click.option("--log-every", type=COUNT, help="Steps between metric lines.")
@@ -367,12 +377,13 @@ def train(folder, data, data_root, download, epochs, max_steps, batch_size, lr, 
     from genvae.cli.report import HISTORY, REPORT
     from genvae.core.checkpoint import CHECKPOINTS, METRICS, SAMPLES, latest_checkpoint, load_model, save_model
     from genvae.core.distributed import shutdown
-    from genvae.core.folder import ModelFolder, lock_folder
+    from genvae.core.folder import ModelFolder, check_not_in_use, lock_folder
     from genvae.core.train import prepare_training
 
     folder = Path(folder)
     if resume and restart:
         raise GenvaeError("--resume and --restart exclude each other")
+    check_not_in_use(folder)  # a folder another run is training says so, not what its files look like meanwhile
     last = latest_checkpoint(folder)
     if last is not None and not (resume or restart):
         raise GenvaeError(f"{folder} has a checkpoint at {last.name}; pass --resume to continue it or --restart "
@@ -387,6 +398,7 @@ def train(folder, data, data_root, download, epochs, max_steps, batch_size, lr, 
         overrides["loggers"] = tuple(name.strip() for name in loggers.split(",") if name.strip())
     trainer = prepare_training(model, folder, data=data, data_root=data_root, download=download,
                                overrides=overrides, sets=sets, device=device, registry=registry())
+    state = trainer.read_resume_state() if resume else None  # the whole checkpoint, checked before anything is written
     images, dev = trainer.data, trainer.device
     main = trainer.is_main  # under torchrun only rank 0 writes and prints
     if images.skipped and main:
@@ -394,7 +406,7 @@ def train(folder, data, data_root, download, epochs, max_steps, batch_size, lr, 
                           markup=False, highlight=False)
     with lock_folder(folder) if main else contextlib.nullcontext():
         mf = ModelFolder(folder)
-        start = trainer.resume() if resume else 0  # the whole trainer state is checked before anything is written
+        start = trainer.resume(state) if resume else 0  # applies the state checked above
         # every output of the run is checked (links, files genvae did not write) before anything is deleted
         trainer.prepare_folder(cut_metrics_to_step=False, start=start,
                                extra=(HISTORY, *((REPORT,) if write_report else ())))
@@ -584,7 +596,7 @@ def check_json_output(path: Path) -> None:
 @click.option("-n", "count", default=64, show_default=True, type=SAMPLE_COUNT, help="Number of samples.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Image grid to write; the extension picks the format (png, jpg, webp, bmp, tif).")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--nrow", type=COUNT, help="Images per row (default: square grid).")
 @click.option("--from", "source", type=click.Path(dir_okay=False, exists=True),
@@ -648,7 +660,7 @@ def _metric_list(value: str | None) -> list[str]:
 @click.option("--samples", "n_samples", type=COUNT, help="Samples per model for the sample metrics [default: as many "
               "as real images].")
 @click.option("--batch-size", default=256, show_default=True, type=COUNT)
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the samples.")
+@click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of the samples.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the report as JSON here too.")
 def evaluate(folder, data, data_root, download, metrics, metrics_alias, classifier, others, split, limit, n_samples,
@@ -727,7 +739,7 @@ def evaluate(folder, data, data_root, download, metrics, metrics_alias, classifi
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
               help="Image grid to write; the extension picks the format (png, jpg, webp, bmp, tif).")
 @click.option("--split", default="test", show_default=True, help="Dataset split (named datasets).")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
+@click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--device", default="auto", show_default=True)
 def reconstruct(folder, data, data_root, download, count, output, split, seed, device) -> None:
     """Reconstruct images (posterior mean): rows alternate originals and reconstructions."""

@@ -23,10 +23,10 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save
+from safetensors.torch import load, load_file, save
 
 from genvae.core import files as fs
-from genvae.core.errors import CheckpointError, GenvaeError
+from genvae.core.errors import CheckpointError, GenvaeError, name_list
 from genvae.core.files import atomic_write, atomic_write_text
 from genvae.core.folder import ModelFolder, as_model_folder
 from genvae.core.spec import ModelSpec
@@ -102,14 +102,53 @@ def _no_constant(name: str):
     raise ValueError(f"{name} is not a JSON number")
 
 
-def read_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path} is missing")
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "a special file"
+
+
+def _open_tensor_file(path: Path) -> int:
+    """A descriptor of ``path`` opened for reading: never through a symlink, never blocking (a FIFO), and only if it
+    is a regular file (checked on the descriptor, so nothing can be swapped in after the check)."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
     try:
-        return load_file(str(path), device=str(device))
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing") from None
+    except OSError as exc:
+        if os.path.islink(path):
+            raise CheckpointError(f"{path} is a symlink; genvae reads weights only from regular files, never "
+                                  "through links") from None
+        raise CheckpointError(f"{path} cannot be read ({exc.strerror})") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise CheckpointError(f"{path} is not a regular file ({_kind(mode)}); genvae reads weights only from "
+                              "regular files")
+    return fd
+
+
+def read_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """A safetensors file genvae wrote; refuses a missing, linked, non-regular or corrupt one in one line.
+
+    The file is opened here and safetensors reads it through the descriptor (``/proc/self/fd/N`` on Linux, else
+    its bytes), so a path that is not UTF-8 (a folder named with bytes b'm\\xff') reads like any other."""
+    path = Path(path)
+    fd = _open_tensor_file(path)
+    try:
+        proc = f"/proc/self/fd/{fd}"
+        if os.path.exists(proc):
+            return load_file(proc, device=str(device))
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read()
+        return {k: v.to(device) for k, v in load(data).items()}
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is corrupt or truncated ({str(exc).splitlines()[0]})") from None
+    finally:
+        os.close(fd)
 
 
 # -- model folders ---------------------------------------------------------------------------------
@@ -142,9 +181,35 @@ def load_spec(folder: str | Path) -> ModelSpec:
     return ModelSpec.from_dict(data, where=str(folder / CONFIG))
 
 
+def check_weights(model, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Refuse weights that do not fit ``model`` exactly: names, shapes and dtypes (a float64 or uint8 tensor is not
+    silently cast into a float32 parameter)."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        parts = ([f"missing {name_list(missing, most=3, max_chars=120)}"] if missing else []) + (
+            [f"unexpected {name_list(unexpected, most=3, max_chars=120)}"] if unexpected else [])
+        raise CheckpointError(f"{path} does not match the model in config.json ({'; '.join(parts)})")
+    for key, want in expected.items():
+        got = state[key]
+        if got.dtype != want.dtype:
+            raise CheckpointError(f"{path}: tensor '{key}' is {_dtype(got)}, the model's is {_dtype(want)}; genvae "
+                                  "loads weights of the model's own dtype only")
+        if got.shape != want.shape:
+            raise CheckpointError(f"{path} does not match the model in config.json (tensor '{key}' has shape "
+                                  f"{list(got.shape)}, the model's {list(want.shape)})")
+
+
+def _dtype(t: torch.Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
 def load_weights(model, path: Path, device="cpu", state: dict | None = None) -> None:
-    """Load weights strictly; ``state`` skips reading ``path`` again when it was already read."""
+    """Load weights strictly (names, shapes, dtypes); ``state`` skips reading ``path`` again when it was already
+    read."""
     state = read_tensors(path, device) if state is None else state
+    check_weights(model, state, path)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -171,7 +236,8 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu", registry=
 
 
 def optimizer_to_tensors(name: str, optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    """Split an optimizer state into tensors (for safetensors) and JSON (hyper-parameters, counters)."""
+    """Split an optimizer state into tensors (for safetensors) and JSON (hyper-parameters, counters, and which
+    parameters have a state: ``with_state``, so a resume can tell a lost state from one never made)."""
     state = optimizer.state_dict()
     tensors: dict[str, torch.Tensor] = {}
     plain: dict[str, dict[str, Any]] = {}
@@ -181,7 +247,8 @@ def optimizer_to_tensors(name: str, optimizer: torch.optim.Optimizer) -> tuple[d
                 tensors[f"{name}/{idx}/{key}"] = value
             else:
                 plain.setdefault(str(idx), {})[key] = value
-    return tensors, {"param_groups": state["param_groups"], "plain": plain}
+    return tensors, {"param_groups": state["param_groups"], "plain": plain,
+                     "with_state": sorted(int(idx) for idx, values in state["state"].items() if values)}
 
 
 def optimizer_from_tensors(name: str, tensors: dict[str, torch.Tensor], meta: dict) -> dict:

@@ -26,11 +26,13 @@ import math
 import click
 from rich.console import Console
 
-from genvae.core.errors import GenvaeError
+from genvae.core.errors import GenvaeError, shorten
+from genvae.core.options import MAX_SEED
 
 __all__ = [
     "COUNT",
     "SAMPLE_BATCH",
+    "SEED",
     "FiniteFloat",
     "GenvaeError",
     "console",
@@ -75,6 +77,29 @@ class FiniteFloat(click.ParamType):
         return number
 
 
+class SeedType(click.ParamType):
+    """A seed: an integer in 0..2**64-1 (torch's generators take 64 bits; a larger seed would equal a smaller one)."""
+
+    name = "integer"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) and not isinstance(value, bool):
+            number = value
+        else:
+            try:
+                number = int(value)
+            except (TypeError, ValueError):
+                self.fail(f"{shorten(value)} is not an integer; a seed is an integer in 0..2**64-1", param, ctx)
+        if not 0 <= number <= MAX_SEED:
+            self.fail(f"{shorten(number)} is not a seed; a seed is an integer in 0..2**64-1 (0..{MAX_SEED})",
+                      param, ctx)
+        return number
+
+
+#: a ``--seed`` option's type: an integer in 0..2**64-1
+SEED = SeedType()
+
+
 def data_options(fn):
     """``--data``, ``--data-root`` and ``--download``: the command receives ``data, data_root, download``."""
     fn = click.option("--download", is_flag=True, help="Allow a torchvision dataset to download (needs network).")(fn)
@@ -85,7 +110,7 @@ def data_options(fn):
 
 def seed_option(fn):
     """``--seed`` (default 0): the command receives ``seed``."""
-    return click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0),
+    return click.option("--seed", default=0, show_default=True, type=SEED,
                         help="Seed of every random stream.")(fn)
 
 

@@ -185,6 +185,11 @@ def _decode_and_fit(source: Any, image_size: int, channels: int) -> torch.Tensor
         return fit_image(img, image_size, channels)
 
 
+#: the most bytes one image inside a tar shard may claim; a larger member is skipped (a crafted header claiming
+#: 10**15 bytes must not become one read of that size)
+MAX_MEMBER_BYTES = 256 * 2**20
+
+
 class TarMember(NamedTuple):
     """One image inside an uncompressed tar shard: read in place (seek + read), never extracted."""
 
@@ -197,7 +202,13 @@ class TarMember(NamedTuple):
         return f"{self.tar}:{self.name}"
 
     def read(self) -> bytes:
+        if self.size > MAX_MEMBER_BYTES:
+            raise OSError(f"{self.name} claims {self.size:,} bytes, over the {MAX_MEMBER_BYTES // 2**20} MiB genvae "
+                          "reads for one image")
         with open_regular(self.tar) as f:
+            end = os.fstat(f.fileno()).st_size
+            if self.offset + self.size > end:
+                raise OSError(f"{self.name} claims {self.size:,} bytes, past the end of the {end:,}-byte shard")
             f.seek(self.offset)
             data = f.read(self.size)
         if len(data) != self.size:
@@ -207,19 +218,32 @@ class TarMember(NamedTuple):
 
 def tar_members(path: str) -> tuple[list[TarMember], list[tuple[str, str]]]:
     """The image members of an uncompressed tar shard (by extension, hidden names skipped, in archive order),
-    and ``(shard, reason)`` when the shard itself cannot be read (compressed, broken)."""
+    and ``(source, reason)`` for what cannot be read: the shard itself (compressed, broken), or a member whose
+    header claims more bytes than the shard holds after it (skipped, and the shard's members before it are read;
+    none can be found after it) or than :data:`MAX_MEMBER_BYTES` (skipped; the members after it are read)."""
     members: list[TarMember] = []
+    bad: list[tuple[str, str]] = []
     try:
         with open_regular(path) as f, tarfile.open(fileobj=f, mode="r:") as tar:
+            end = os.fstat(f.fileno()).st_size
             for m in tar:
+                member = TarMember(path, m.offset_data, m.size, m.name)
+                if m.isfile() and m.offset_data + m.size > end:  # nothing after it can be found: the next header
+                    bad.append((str(member), f"claims {m.size:,} bytes, past the end of the {end:,}-byte shard"))
+                    break  # would lie past the end too
                 base = m.name.rsplit("/", 1)[-1]
-                if m.isfile() and not base.startswith(".") and base.lower().endswith(IMAGE_EXTENSIONS):
-                    members.append(TarMember(path, m.offset_data, m.size, m.name))
+                if not (m.isfile() and not base.startswith(".") and base.lower().endswith(IMAGE_EXTENSIONS)):
+                    continue
+                if m.size > MAX_MEMBER_BYTES:
+                    bad.append((str(member), f"claims {m.size:,} bytes, over the {MAX_MEMBER_BYTES // 2**20} MiB "
+                                             "genvae reads for one image"))
+                else:
+                    members.append(member)
     except (OSError, tarfile.TarError) as exc:
         reason = "not an uncompressed tar (compressed shards cannot be read in place)" if isinstance(
             exc, tarfile.ReadError) else _reason(exc)
-        return members, [(path, reason)]
-    return members, []
+        return members, [*bad, (path, reason)]
+    return members, bad
 
 
 def _open_and_fit(source: Any, image_size: int, channels: int) -> torch.Tensor:
@@ -609,7 +633,7 @@ def _load_folder(folder: str, image_size: int, channels: int) -> ImageData:
             f"({failed[0][1]})",
             stacklevel=3,
         )
-    data = ImageData(images, f"folder {folder} ({len(images)} images)", skipped)
+    data = ImageData(images, f"folder {folder}", skipped)  # the count is len(data): callers print it once
     _CACHE[key] = data
     return data
 

@@ -80,6 +80,17 @@ def did_you_mean(name: Any, known: Iterable[Any]) -> str:
     return f"did you mean {shorten(close[0])}? " if close else ""
 
 
+class Interrupted(KeyboardInterrupt):
+    """A stop signal (SIGINT, SIGTERM) that ends a command at once; genvae exits with status 128 + ``signum``.
+
+    A KeyboardInterrupt, so that everything that cleans up after a Ctrl-C (temporary files, locks) does so for a
+    SIGTERM too."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 class GenvaeError(Exception):
     """An error caused by input (names, options, files): the CLI prints it as one line, no traceback."""
 

@@ -424,10 +424,7 @@ def lock_folder(folder: str | os.PathLike | ModelFolder) -> Iterator[None]:
     except BlockingIOError:
         holder = _holder(fd)
         os.close(fd)
-        raise FolderInUseError(
-            f"model folder {mf.path} is in use by another genvae process (pid {holder}); wait for it to "
-            "finish or stop it, then retry"
-        ) from None
+        raise _in_use(mf.path, holder) from None
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
@@ -436,6 +433,38 @@ def lock_folder(folder: str | os.PathLike | ModelFolder) -> Iterator[None]:
     finally:
         _HELD.pop(key, None)
         _unlock_fd(fd)
+        os.close(fd)
+
+
+def _in_use(folder: Path, holder: str) -> FolderInUseError:
+    return FolderInUseError(f"model folder {folder} is in use by another genvae process (pid {holder}); wait "
+                            "for it to finish or stop it, then retry")
+
+
+def check_not_in_use(folder: str | os.PathLike) -> None:
+    """Raise :class:`FolderInUseError` at once if another process holds the folder's lock, writing nothing.
+
+    A command calls it first, so that a busy folder is reported as busy rather than by whatever other check the
+    running process's files would fail (``train`` on a folder another run has just checkpointed). The lock is
+    tested by taking and dropping it on a read-only descriptor; :func:`lock_folder` still guards the writes.
+    """
+    folder = Path(folder)
+    if os.path.realpath(folder) in _HELD:
+        return
+    path = folder / LOCK
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:  # no lock file: nobody holds it (anything odd there is lock_folder's to report)
+        return
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return
+        try:
+            _lock_fd(fd)
+        except BlockingIOError:
+            raise _in_use(folder, _holder(fd)) from None
+        _unlock_fd(fd)
+    finally:
         os.close(fd)
 
 

@@ -133,6 +133,16 @@ def positive_ints(instance, attribute, value) -> None:
         raise ValueError(f"{attribute.name} must list positive integers, got {shorten(list(value))}")
 
 
+#: the largest seed: torch's generators take 64 bits, and a larger seed would silently equal a smaller one
+MAX_SEED = 2**64 - 1
+
+
+@expects("an integer in 0..2**64-1")
+def seed_int(instance, attribute, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        raise ValueError(f"{attribute.name} must be an integer in 0..2**64-1 (a 64-bit seed), got {shorten(value)}")
+
+
 @expects("an integer >= 0")
 def non_negative_int(instance, attribute, value) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:

@@ -20,13 +20,13 @@ from genvae.core.options import (
     find_invalid,
     finite,
     non_negative,
-    non_negative_int,
     one_of,
     option,
     optional_float,
     optional_int,
     positive,
     positive_int,
+    seed_int,
     split_list,
     to_bool,
     to_float,
@@ -160,7 +160,7 @@ class TrainConfig:
         "auto", "keep a step's autograd graph after an update's backward pass: 'auto' (only for updates whose graph a "
         "later update of the step goes through again, found on the first step) or 'always'",
         one_of("auto", "always"))
-    seed: int = option(0, "seed of every random stream (init, data order, sampling)", non_negative_int, to_int)
+    seed: int = option(0, "seed of every random stream (init, data order, sampling), 0..2**64-1", seed_int, to_int)
     checkpoint_every: int = option(500, "steps between checkpoints (and one at the end)", positive_int, to_int)
     log_every: int = option(25, "steps between metric log lines (the only host syncs)", positive_int, to_int)
     keep_checkpoints: int = option(2, "how many step checkpoints to keep", positive_int, to_int)

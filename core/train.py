@@ -32,10 +32,13 @@ from torch import nn
 from genvae.core import checkpoint as ckpt
 from genvae.core.components import Pass
 from genvae.core.distributed import Distributed, init_distributed, process_device, rank_seed
-from genvae.core.errors import CheckpointError, GenvaeError
+from genvae.core.errors import CheckpointError, GenvaeError, Interrupted, shorten
 from genvae.core.folder import ModelFolder, as_model_folder, lock_folder
 from genvae.core.model import MODEL_PHASE, GenerativeModel
+from genvae.core.options import MAX_SEED
 from genvae.core.registry import Registry
+from genvae.core.resume import RANK_RNG, RUNNING, ResumeState, read_resume_state
+from genvae.core.resume import validate_trainer_state as validate_trainer_state  # (its home before genvae.core.resume)
 from genvae.core.spec import TrainConfig
 
 SAMPLE_SEED = 1234  # sample grids use their own RNG stream, so they never shift training's
@@ -60,8 +63,11 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's and torch's random streams; a seed outside 0..2**64-1 is refused (torch would reduce it)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise GenvaeError(f"seed {shorten(seed, 30)}: a seed is an integer in 0..2**64-1")
     random.seed(seed)
-    torch.manual_seed(seed % 2**64)  # torch takes 64 bits; any seed >= 0 is valid (smaller ones unchanged)
+    torch.manual_seed(seed)
 
 
 class Update:
@@ -264,7 +270,7 @@ class StopRequest:
 
     def _handle(self, signum, frame) -> None:
         if self.signum is not None:  # the second signal: abort now, without writing anything
-            raise KeyboardInterrupt
+            raise Interrupted(signum)
         self.signum = signum
 
     def __enter__(self) -> StopRequest:
@@ -646,9 +652,11 @@ class Trainer:
         last = ckpt.latest_checkpoint(self.files)
         kept = f"the last finite checkpoint {last.name} is kept" if last else "no checkpoint was written"
         first = int(self.first_nonfinite)
+        # config.json records the settings of the latest run, so a plain --resume would take the same rate again
         return ckpt.DivergedError(
             f"training diverged at step {first if first >= 0 else self.step}: non-finite {', '.join(bad)}; "
-            f"nothing from the diverged state was saved, {kept} (lower --lr, then --resume or --restart)"
+            f"nothing from the diverged state was saved, {kept}; config.json keeps this run's settings "
+            f"(lr {self.config.lr:g}): pass a lower --lr with --resume or --restart"
         )
 
     def _log(self, images_per_s: float) -> dict[str, float]:
@@ -772,25 +780,26 @@ class Trainer:
         if cuda in tensors and self.device.type == "cuda":
             torch.cuda.set_rng_state(tensors[cuda].cpu(), self.device)
 
-    def resume(self) -> int:
-        """Load the latest checkpoint; returns its step (0 when there is none)."""
-        path = ckpt.latest_checkpoint(self.files)
-        if path is None:
+    def read_resume_state(self) -> ResumeState | None:
+        """The latest checkpoint, read and checked completely against this run (model, phases, batch size, data);
+        None when there is none. Writes nothing: ``genvae train --resume`` calls it before it touches the folder."""
+        return read_resume_state(self.files, self.model, self.phases, batch_size=self.batch_size,
+                                 num_images=len(self.images), device=self.device)
+
+    def resume(self, state: ResumeState | None = None) -> int:
+        """Continue from the latest checkpoint; returns its step (0 when there is none).
+
+        ``state`` is what :meth:`read_resume_state` returned; it is read again when it is not given or is no longer
+        the latest checkpoint. Applying a checked state cannot fail half-way."""
+        if state is None or state.path != ckpt.latest_checkpoint(self.files):
+            state = self.read_resume_state()
+        if state is None:
             return 0
-        weights, tensors, trainer = ckpt.read_checkpoint(path, self.device)
-        where = path / ckpt.TRAINER
-        validate_trainer_state(trainer, where, [p.name for p in self.phases], tensors)
-        if trainer["batch_size"] != self.batch_size:
-            raise GenvaeError(f"--resume: the checkpoint was trained with batch size {trainer['batch_size']}, "
-                              f"this run uses {self.batch_size}; resume with the same --batch-size")
-        bad = ckpt.nonfinite_tensors(weights)
-        if bad:
-            raise CheckpointError(f"{path} holds non-finite weights ({bad[0]}); it cannot be resumed")
-        ckpt.load_weights(self.model, path / ckpt.WEIGHTS, self.device, state=weights)
+        tensors, trainer = state.tensors, state.trainer
+        ckpt.load_weights(self.model, state.path / ckpt.WEIGHTS, self.device, state=state.weights)
         try:
             for phase in self.phases:
-                meta = trainer["optimizers"][phase.name]
-                phase.optimizer.load_state_dict(ckpt.optimizer_from_tensors(phase.name, tensors, meta))
+                phase.optimizer.load_state_dict(state.optimizers[phase.name])
             torch.set_rng_state(tensors["rng/torch"].cpu())
             if "rng/cuda" in tensors and self.device.type == "cuda":
                 torch.cuda.set_rng_state(tensors["rng/cuda"].cpu(), self.device)
@@ -799,58 +808,18 @@ class Trainer:
             _set_py_random_state(trainer["python_random"])
             if self.scaler is not None and trainer.get("scaler"):
                 self.scaler.load_state_dict(trainer["scaler"])
-        except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as exc:
+        except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as exc:  # a check missed something
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-            raise CheckpointError(f"{path} does not match this model's training state ({first})") from None
-        self.running = {k: tensors[f"{RUNNING}{k}"].float().to(self.device) for k in trainer.get("running_terms", [])}
+            raise CheckpointError(f"{state.path} does not match this model's training state ({first})") from None
+        self.running = {k: tensors[f"{RUNNING}{k}"].float().reshape(()).to(self.device)
+                        for k in trainer.get("running_terms", [])}
         self.running_count = int(trainer.get("running_count", 0)) if self.running else 0
         self.step, self.epoch, self.batch_in_epoch = trainer["step"], trainer["epoch"], trainer["batch_in_epoch"]
         return self.step
 
 
-RUNNING = "trainer.running/"  # tensor-name prefix of the open log window's sums in optimizer.safetensors
-RANK_RNG = "rng@rank{rank}/{kind}"  # the other processes' random streams of a torchrun launch
-
-
 def _is_count(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def validate_trainer_state(trainer: dict, where: Path, phases: list[str], tensors: dict) -> None:
-    """Check trainer.json's fields and types before any of it is used; one specific line per problem."""
-
-    def fail(message: str) -> CheckpointError:
-        return CheckpointError(f"{where}: {message}")
-
-    for key in ("step", "epoch", "batch_in_epoch", "batch_size"):
-        if key not in trainer:
-            raise fail(f"missing '{key}'")
-        if not _is_count(trainer[key]):
-            raise fail(f"'{key}' must be an integer >= 0, got {str(trainer[key])[:40]!r}")
-    optimizers = trainer.get("optimizers")
-    if not isinstance(optimizers, dict):
-        raise fail("missing 'optimizers' (a mapping of phase name to optimiser state)")
-    for phase in phases:
-        meta = optimizers.get(phase)
-        if meta is None:
-            raise fail(f"no optimiser state for phase '{phase}'")
-        if not isinstance(meta, dict) or not isinstance(meta.get("param_groups"), list) or not all(
-                isinstance(g, dict) and isinstance(g.get("params"), list) for g in meta["param_groups"]):
-            raise fail(f"the optimiser state of phase '{phase}' has no valid 'param_groups' list")
-        if not isinstance(meta.get("plain", {}), dict):
-            raise fail(f"the optimiser state of phase '{phase}' has a malformed 'plain' entry")
-    rnd = trainer.get("python_random")
-    if not (isinstance(rnd, list) and len(rnd) == 3 and isinstance(rnd[1], list)
-            and all(isinstance(v, int) for v in rnd[1])):
-        raise fail("'python_random' must be Python's random state [version, [ints], gauss]")
-    rng = tensors.get("rng/torch")
-    if rng is None or rng.dtype != torch.uint8:
-        raise fail("the checkpoint's optimizer.safetensors has no uint8 'rng/torch' state")
-    terms = trainer.get("running_terms", [])
-    if not isinstance(terms, list) or any(f"{RUNNING}{k}" not in tensors for k in terms):
-        raise fail("'running_terms' does not match the log window saved in optimizer.safetensors")
-    if not _is_count(trainer.get("running_count", 0)):
-        raise fail("'running_count' must be an integer >= 0")
 
 
 def append_json_line(folder: ModelFolder, rel: str, record: dict) -> None:

@@ -465,6 +465,8 @@ def _traverse_latents(model, step: int, rows: int, columns: int, device) -> torc
 def _commands():
     import click
 
+    from genvae.core.commands import SEED
+
     def render(model, z, output, nrow):
         from genvae.core.data import save_grid
 
@@ -478,7 +480,7 @@ def _commands():
                   help="Image grid to write (png, jpg, webp, bmp, tif).")
     @click.option("-n", "rows", default=8, show_default=True, type=click.IntRange(1, 256),
                   help="Rows (independent samples).")
-    @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
+    @click.option("--seed", default=0, show_default=True, type=SEED)
     @click.option("--device", default="auto", show_default=True)
     def draw(folder, output, rows, seed, device):
         """Progressive drawing (crVAE Figure 8): z starts at zero and its blocks are drawn from the prior one time
@@ -503,7 +505,7 @@ def _commands():
                   help="Rows (independent samples z).")
     @click.option("--columns", default=8, show_default=True, type=click.IntRange(2, 256),
                   help="Interpolation points from z_t to the new z_t.")
-    @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
+    @click.option("--seed", default=0, show_default=True, type=SEED)
     @click.option("--device", default="auto", show_default=True)
     def traverse(folder, step, output, rows, columns, seed, device):
         """Interpolate block z_t towards one new block (the same for every row) while the other blocks stay fixed

@@ -134,6 +134,76 @@ def test_a_compressed_tar_is_reported_not_fatal(tmp_path, cache_dir):
     assert len(data) == 4
 
 
+def crafted_shard(path: Path, claimed: int) -> None:
+    """A shard of a.png then big.png, big.png's header patched to claim ``claimed`` bytes (checksum recomputed)."""
+    first = png_bytes(picture(20))
+    with tarfile.open(path, "w", format=tarfile.GNU_FORMAT) as tar:
+        for name, data in (("a.png", first), ("big.png", png_bytes(picture(21)))):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    offset = 512 + -(-len(first) // 512) * 512  # big.png's header, after a.png's header and data
+    raw = bytearray(path.read_bytes())
+    raw[offset + 124:offset + 136] = b"\x80" + claimed.to_bytes(11, "big")  # GNU base-256 size field
+    raw[offset + 148:offset + 156] = b" " * 8
+    raw[offset + 148:offset + 156] = b"%06o\0 " % sum(raw[offset:offset + 512])
+    path.write_bytes(bytes(raw[:offset + 512]))  # up to the crafted header: 1.5 KB in all
+    assert tarfile.TarInfo.frombuf(bytes(raw[offset:offset + 512]), "utf-8", "strict").size == claimed  # as tarfile
+    # reads it (the checksum is right)
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_a_member_claiming_more_than_the_shard_holds_is_skipped(tmp_path, cache_dir, monkeypatch, cached):
+    """A 1.5 KB shard whose header claims 10**15 bytes ended the run with MemoryError (one read of that size)."""
+    if not cached:
+        monkeypatch.setenv(cache.ENV, "off")
+    folder = tmp_path / "data"
+    write_folder(folder, 4)
+    crafted_shard(folder / "crafted.tar", 10**15)
+    with pytest.warns(UserWarning, match="skipped 1 unreadable") as warned:
+        data = load_data(folder, image_size=8, channels=3)
+    assert len(data) == 5  # the four loose images and the shard's a.png, read before the crafted member
+    assert data.skipped == [f"{folder / 'crafted.tar'}:big.png"]
+    assert "claims 1,000,000,000,000,000 bytes, past the end of the 1,536-byte shard" in str(warned[0].message)
+
+
+def test_a_member_over_the_size_limit_is_skipped_and_the_rest_of_the_shard_read(tmp_path, cache_dir):
+    """A member that does lie in the shard but claims more than MAX_MEMBER_BYTES (a sparse file here)."""
+    from genvae.core.data import MAX_MEMBER_BYTES
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    after = png_bytes(picture(30))
+    with open(folder / "sparse.tar", "wb") as f:
+        huge = tarfile.TarInfo("huge.png")
+        huge.size = MAX_MEMBER_BYTES + 1
+        f.write(huge.tobuf(format=tarfile.GNU_FORMAT))
+        f.seek(512 + -(-huge.size // 512) * 512)  # a hole: the file is sparse, nothing is written
+        info = tarfile.TarInfo("after.png")
+        info.size = len(after)
+        f.write(info.tobuf(format=tarfile.GNU_FORMAT) + after + bytes(-len(after) % 512) + bytes(1024))
+    with pytest.warns(UserWarning, match="skipped 1 unreadable") as warned:
+        data = load_data(folder, image_size=8, channels=3)
+    assert len(data) == 1 and data.skipped == [f"{folder / 'sparse.tar'}:huge.png"]
+    assert "claims 268,435,457 bytes, over the 256 MiB genvae reads for one image" in str(warned[0].message)
+
+
+def test_train_on_a_crafted_shard_reports_the_skip_and_trains(tmp_path, cache_dir):
+    from genvae.testing import invoke_cli
+
+    folder = tmp_path / "data"
+    write_folder(folder, 8)
+    crafted_shard(folder / "crafted.tar", 10**15)
+    sets = [a for s in ("image_size=8", "encoder.width=4", "encoder.depth=2", "decoder.width=4", "decoder.depth=2")
+            for a in ("--set", s)]
+    assert invoke_cli(["build", "--preset", "cvae", *sets, "-o", str(tmp_path / "m")]).exit_code == 0
+    with pytest.warns(UserWarning, match="claims 1,000,000,000,000,000 bytes"):
+        result = invoke_cli(["train", str(tmp_path / "m"), "--data", str(folder), "--max-steps", "2", "--batch-size",
+                             "4", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert f"skipped 1 unreadable file(s), e.g. {folder / 'crafted.tar'}:big.png" in result.stderr
+
+
 def test_cache_command_lists_and_clears_only_its_entries(tmp_path, cache_dir):
     from genvae.testing import invoke_cli
 

@@ -192,6 +192,61 @@ def test_weights_of_another_model(folder):
     assert "does not match the model in config.json" in one_line(info)
 
 
+def test_a_folder_whose_name_is_not_utf8_loads(tmp_path, genvae_exe):
+    """Named with bytes (b'm\\xff'): it was built, then info, sample and train called its good weights corrupt."""
+    import subprocess
+
+    folder = os.fsencode(tmp_path) + b"/m\xff"
+    sets = [a for s in ("image_size=16", "encoder.width=8", "encoder.depth=2", "decoder.width=8", "decoder.depth=2")
+            for a in ("--set", s)]
+    env = {**os.environ, "GENVAE_LOAD_PLUGINS": ""}
+    for args in (["build", "--preset", "cvae", *sets, "-o", folder], ["info", folder],
+                 ["sample", folder, "-n", "2", "-o", str(tmp_path / "s.png")],
+                 ["train", folder, "--max-steps", "2", "--batch-size", "4", "--quiet"]):
+        result = subprocess.run([*genvae_exe, *args], capture_output=True, timeout=300, env=env)
+        assert result.returncode == 0, (args[0], result.stderr.decode(errors="replace"))
+    path = Path(os.fsdecode(folder))
+    assert ckpt.latest_checkpoint(path).name == "step-00000002"
+    assert load_model(path) is not None
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs os.mkfifo (POSIX)")
+def test_weights_that_are_not_a_regular_file(folder, tmp_path):
+    """A FIFO is named as one (it was 'missing'), and is never opened blocking; a symlink is not followed."""
+    (folder / WEIGHTS).unlink()
+    os.mkfifo(folder / WEIGHTS)
+    with pytest.raises(CheckpointError) as info:
+        load_model(folder)  # O_NONBLOCK: a regression would hang here, not return
+    assert one_line(info) == (f"{folder / WEIGHTS} is not a regular file (a FIFO); genvae reads weights only from "
+                              "regular files")
+    (folder / WEIGHTS).unlink()
+    (folder / WEIGHTS).mkdir()
+    with pytest.raises(CheckpointError, match="is not a regular file \\(a folder\\)"):
+        load_model(folder)
+    (folder / WEIGHTS).rmdir()
+    save_model(build_model(small_spec()), tmp_path / "other")
+    (folder / WEIGHTS).symlink_to(tmp_path / "other" / WEIGHTS)
+    with pytest.raises(CheckpointError) as info:
+        load_model(folder)
+    assert one_line(info).startswith(f"{folder / WEIGHTS} is a symlink; genvae reads weights only from regular files")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.uint8, torch.float16])
+def test_weights_of_another_dtype_are_refused(folder, dtype):
+    """They used to be cast into the float32 parameters without a word."""
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(folder / WEIGHTS))
+    name = "decoder.net.0.weight" if "decoder.net.0.weight" in state else sorted(state)[0]
+    state[name] = state[name].to(dtype)
+    save_file(state, str(folder / WEIGHTS))
+    with pytest.raises(CheckpointError) as info:
+        load_model(folder)
+    shown = str(dtype).removeprefix("torch.")
+    assert one_line(info) == (f"{folder / WEIGHTS}: tensor '{name}' is {shown}, the model's is float32; genvae loads "
+                              "weights of the model's own dtype only")
+
+
 # -- optimizer state -----------------------------------------------------------------------------------------
 
 

@@ -114,6 +114,18 @@ def test_train_sample_reconstruct_evaluate(model_dir, tmp_path):
     assert json.loads((tmp_path / "e.json").read_text()) == result
 
 
+def test_the_run_header_names_the_data_and_its_count_once(model_dir, tmp_path):
+    """It read 'on folder D (16 images) (16 images)': the folder's source carried the count too."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(16):
+        Image.new("RGB", (16, 16), (i * 15, 0, 0)).save(data / f"{i}.png")
+    out = run("train", model_dir, "--data", data, "--max-steps", "1", "--batch-size", "8", "--quiet").output
+    header = next(line for line in out.splitlines() if line.startswith("training "))
+    assert header.startswith(f"training {model_dir} on folder {data} (16 images) | cpu | step 0 -> 1"), header
+    assert header.count("images)") == 1
+
+
 def test_sample_with_fixed_groups(model_dir, tmp_path):
     img = tmp_path / "in.png"
     Image.new("RGB", (40, 30), (200, 30, 30)).save(img)

@@ -36,6 +36,7 @@ import traceback
 from collections import Counter
 from pathlib import Path
 
+import click
 import pytest
 
 SEED = 20240611
@@ -47,6 +48,7 @@ RSS_LIMIT_MB = 300
 TINY = ["image_size=16", "encoder.width=8", "encoder.depth=2", "decoder.width=8", "decoder.depth=2",
         "transform.latent_channels=2"]
 BUILD_ARGS = ["build", "--preset", "cvae", *(a for s in TINY for a in ("--set", s))]
+MAX_SEED = 2**64 - 1  # seeds are 64-bit (genvae.core.options.MAX_SEED); larger ones are usage errors
 
 
 
@@ -620,30 +622,30 @@ def _cmd_specs(w: World, commands: set[str]) -> dict[str, dict]:
         "train": {"pos": [m], "opts": {"--max-steps": "1", "--batch-size": "4", "--quiet": None,
                                        "--data": str(w.images)},
                   "ints": [("--epochs", 1, None), ("--max-steps", 1, None), ("--batch-size", 1, None),
-                           ("--checkpoint-every", 1, None), ("--log-every", 1, None), ("--seed", 0, None)],
+                           ("--checkpoint-every", 1, None), ("--log-every", 1, None), ("--seed", 0, MAX_SEED)],
                   "floats": ["--lr"], "data": True, "device": True, "loads": True},
         "sample": {"pos": [m], "opts": {"-n": "2", "-o": str(w.out), "--device": "cpu"},
-                   "ints": [("-n", 1, 10_000), ("--nrow", 1, None), ("--seed", 0, None)], "image_out": "-o",
+                   "ints": [("-n", 1, 10_000), ("--nrow", 1, None), ("--seed", 0, MAX_SEED)], "image_out": "-o",
                    "device": True, "loads": True},
         "reconstruct": {"pos": [m], "opts": {"--data": str(w.images), "-n": "2", "-o": str(w.out)},
-                        "ints": [("-n", 1, 1024), ("--seed", 0, None)], "image_out": "-o", "data": True,
+                        "ints": [("-n", 1, 1024), ("--seed", 0, MAX_SEED)], "image_out": "-o", "data": True,
                         "device": True, "loads": True},
         "evaluate": {"pos": [m], "opts": {"--data": str(w.images), "--limit": "2"},
                      "ints": [("--limit", 1, None), ("--batch-size", 1, None)], "data": True, "device": True,
                      "loads": True},
         "info": {"pos": [m], "opts": {}, "ints": [], "loads": True},
         "list-plugins": {"pos": [], "opts": {}, "ints": []},
-        "draw": {"pos": [m], "opts": {"-o": str(w.out), "-n": "2"}, "ints": [("-n", 1, 256), ("--seed", 0, None)],
+        "draw": {"pos": [m], "opts": {"-o": str(w.out), "-n": "2"}, "ints": [("-n", 1, 256), ("--seed", 0, MAX_SEED)],
                  "image_out": "-o", "device": True, "loads": True},
         "traverse": {"pos": [m], "opts": {"--step": "1", "-o": str(w.out), "-n": "2", "--columns": "2"},
-                     "ints": [("--step", 1, None), ("-n", 1, 256), ("--columns", 2, 256), ("--seed", 0, None)],
+                     "ints": [("--step", 1, None), ("-n", 1, 256), ("--columns", 2, 256), ("--seed", 0, MAX_SEED)],
                      "image_out": "-o", "device": True, "loads": True},
         # never valid on a conv VAE (no Laplacian pyramid): every case is bad twice over
         "edit": {"pos": [m, str(w.image)], "opts": {"-o": str(w.out_dir)},
-                 "ints": [("--keep-levels", 1, None), ("-n", 1, 256), ("--seed", 0, None)], "device": True,
+                 "ints": [("--keep-levels", 1, None), ("-n", 1, 256), ("--seed", 0, MAX_SEED)], "device": True,
                  "loads": True},
         "train-levels": {"pos": [m], "opts": {"--greedy": None, "--steps": "1", "--data": str(w.images)},
-                         "ints": [("--steps", 1, None), ("--batch-size", 1, None), ("--seed", 0, None)],
+                         "ints": [("--steps", 1, None), ("--batch-size", 1, None), ("--seed", 0, MAX_SEED)],
                          "floats": ["--lr"], "data": True, "device": True, "loads": True},
     }
     return {k: v for k, v in specs.items() if k in commands}
@@ -1228,16 +1230,43 @@ def _images(tmp_path: Path) -> Path:
 # -- bugs the fuzz found that are fixed: regression tests -----------------------------------------------------------
 
 
-def test_huge_seeds_are_valid_seeds(fuzz_model, tmp_path):
-    """Seeds >= 2**64 (torch.manual_seed) or >= ~1.8e13 (the data-order stream) were internal errors."""
+def test_seeds_are_64_bit(fuzz_model, tmp_path):
+    """Seeds >= 2**64 (torch.manual_seed) or >= ~1.8e13 (the data-order stream) were internal errors; then seeds of
+    2**64 or more were reduced mod 2**64, so --seed 2**64 silently equalled --seed 0. Now they are refused in one line,
+    on the command line (a usage error) and in train.seed, and every seed up to 2**64-1 works."""
     invoke = Invoker()
-    result = invoke(["sample", fuzz_model, "-n", "2", "-o", tmp_path / "s.png", "--seed", str(2**64 + 5)])
+    result = invoke(["sample", fuzz_model, "-n", "2", "-o", tmp_path / "s.png", "--seed", str(2**64 - 1)])
     assert result.exit_code == 0, result.output
     folder = tmp_path / "m"
     shutil.copytree(fuzz_model, folder)
     result = invoke(["train", folder, "--data", _images(tmp_path), "--max-steps", "1", "--batch-size", "4",
                      "--seed", str(2 * 10**13), "--quiet"])
     assert result.exit_code == 0, result.output
+    before = json.loads((folder / "config.json").read_text())
+    for args in (["sample", fuzz_model, "-n", "2", "-o", tmp_path / "t.png", "--seed", str(2**64)],
+                 ["train", folder, "--restart", "--max-steps", "1", "--seed", str(2**64 + 5)]):
+        result = invoke(args)
+        _refused_cleanly(result)
+        assert result.exit_code == 2
+        assert "is not a seed; a seed is an integer in 0..2**64-1" in result.stderr, result.stderr
+    result = invoke(["train", folder, "--restart", "--max-steps", "1", "--set", f"train.seed={2**64}"])
+    _refused_cleanly(result)
+    assert "train option 'seed': expected an integer in 0..2**64-1" in result.stderr, result.stderr
+    assert json.loads((folder / "config.json").read_text()) == before and not (tmp_path / "t.png").exists()
+
+
+def test_every_seed_option_takes_64_bit_seeds_only():
+    """--seed of every command, the plugins' included, has the same type (0..2**64-1)."""
+    from genvae.core.commands import SEED
+
+    seeds = {name: param for name, command in Invoker().commands.items() for param in command.params
+             if param.name == "seed"}
+    assert {"train", "sample", "evaluate", "reconstruct", "draw", "traverse", "edit", "train-levels"} <= set(seeds)
+    for name, param in seeds.items():
+        assert param.type is SEED, name
+        assert param.type.convert(str(2**64 - 1), param, None) == 2**64 - 1
+        with pytest.raises(click.BadParameter, match=r"0\.\.2\*\*64-1"):
+            param.type.convert(str(2**64), param, None)
 
 
 @pytest.mark.parametrize("setting", ["train.batch_size=1" + "0" * 400, "image_size=1" + "0" * 200])

@@ -93,6 +93,10 @@ def test_diverging_run_keeps_the_last_finite_checkpoint(model_dir):
     line = one_error_line(result)
     assert "training diverged at step 10: non-finite kl, model/total, mse;" in line, line
     assert "the last finite checkpoint step-00000008 is kept" in line
+    # config.json records the settings of the latest run, lr 1e12 included: the message says how to resume
+    assert line.endswith("config.json keeps this run's settings (lr 1e+12): pass a lower --lr with --resume or "
+                         "--restart"), line
+    assert json.loads((model_dir / "config.json").read_text())["train"]["lr"] == 1e12
     assert snapshot(model_dir / "checkpoints") == good
     assert (model_dir / "model.safetensors").read_bytes() == good_model
     assert all(torch.isfinite(v).all() for v in weights(model_dir).values() if v.is_floating_point())
@@ -316,7 +320,8 @@ def test_orphaned_temporary_files_are_removed_and_umask_honoured(model_dir):
     (lambda t: t["optimizers"].pop("model"), "no optimiser state for phase 'model'"),
     (lambda t: t["optimizers"]["model"].update(param_groups="x"), "no valid 'param_groups' list"),
     (lambda t: t.update(python_random=[1, 2]), "'python_random' must be"),
-    (lambda t: t["optimizers"]["model"]["param_groups"][0].update(params=[0]), "does not match this model's"),
+    (lambda t: t["optimizers"]["model"]["param_groups"][0].update(params=[0]),
+     "the optimiser state of phase 'model' has 1 parameter group(s) of [1] parameters, this model's phase has 1 of"),
 ])
 def test_damaged_trainer_state_gives_a_specific_message(model_dir, edit, message):
     run("train", model_dir, "--max-steps", "4", "--batch-size", "8")
@@ -386,6 +391,25 @@ def test_second_process_on_one_folder_gets_a_clean_error(model_dir, genvae_exe):
         first.wait()
     # the OS released the lock with the killed process: the folder trains again
     run("train", model_dir, "--restart", "--max-steps", "2", "--batch-size", "8")
+
+
+def test_a_plain_train_on_a_busy_folder_is_told_it_is_busy(model_dir, genvae_exe):
+    """The running process has written a checkpoint: the second one got "has a checkpoint ... pass --resume",
+    which invites a --resume that would then be refused anyway; the lock is tested first."""
+    first = subprocess.Popen([*genvae_exe, "train", str(model_dir), "--max-steps", "100000", "--batch-size", "8",
+                              "--quiet", "--log-every", "50", "--checkpoint-every", "1"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, **_child(), text=True)
+    try:
+        assert _wait_for(lambda: ckpt.latest_checkpoint(model_dir) is not None)
+        second = subprocess.run([*genvae_exe, "train", str(model_dir), "--max-steps", "9"], capture_output=True,
+                                text=True, timeout=120, **_child())
+        assert second.returncode == 1
+        lines = second.stderr.strip().splitlines()
+        assert lines == [f"Error: model folder {model_dir} is in use by another genvae process (pid {first.pid}); "
+                         "wait for it to finish or stop it, then retry"], second.stderr
+    finally:
+        first.kill()
+        first.wait()
 
 
 # -- stopping and resuming: SIGINT, SIGTERM, SIGKILL at random points -----------------------------------
@@ -549,6 +573,32 @@ def test_second_ctrl_c_aborts_at_once_and_startup_ctrl_c_has_no_traceback(model_
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in err, err
     run("train", model_dir, "--resume", "--max-steps", str(ckpt_step(model_dir) + 1), "--batch-size", "8")
+    assert not list(model_dir.rglob(f"{TEMP_PREFIX}*"))
+
+
+def test_sigterm_during_start_up_and_as_a_second_signal_exits_143(model_dir, genvae_exe):
+    """A SIGTERM while torch and the plugins import used to kill genvae without a word (status -15), and a SIGTERM as
+    the second signal while training exited 130 "Interrupted": the status now always says which signal it was."""
+    proc = subprocess.Popen([*genvae_exe, "train", str(model_dir), *COMMON], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, **_child(), text=True)
+    time.sleep(0.5)  # past Python's own start-up, still importing torch
+    before = snapshot(model_dir)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, (proc.returncode, err)
+    assert err.strip().splitlines() == ["Terminated."], err
+    assert snapshot(model_dir) == before
+    # a second signal while training aborts at once, with its own status: a SIGTERM after a Ctrl-C is 143, not 130
+    # (two SIGTERMs sent at once may reach Python as one, as two Ctrl-C may; a SIGINT and a SIGTERM never do)
+    proc = subprocess.Popen([*genvae_exe, "train", str(model_dir), *COMMON[:-1], "--max-steps", "100000",
+                             "--checkpoint-every", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, **_child(),
+                            text=True)
+    assert _wait_for(lambda: ckpt.latest_checkpoint(model_dir) is not None)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM and "Traceback" not in err, (proc.returncode, err)
+    assert err.strip().splitlines()[-1].startswith("Terminated"), err
     assert not list(model_dir.rglob(f"{TEMP_PREFIX}*"))
 
 

@@ -16,7 +16,7 @@ from genvae.plugins.laplacian.training import greedy_stages, run_stage
 def add_commands(cli) -> None:
     """Add ``genvae edit`` and ``genvae train-levels`` to the CLI group (the plugin's genvae_register_commands)."""
 
-    from genvae.core.commands import FiniteFloat, data_options
+    from genvae.core.commands import SEED, FiniteFloat, data_options
 
     @cli.command("edit")
     @click.argument("folder", type=click.Path())
@@ -34,7 +34,7 @@ def add_commands(cli) -> None:
     @click.option("--blend", type=click.Choice(BLENDS), default="alpha", show_default=True,
                   help="Compositing: alpha (mask softened by one blur) or poisson (gradient-domain: the sample's "
                        "gradients inside the mask, the reconstruction as boundary).")
-    @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0))
+    @click.option("--seed", default=0, show_default=True, type=SEED)
     @click.option("--device", default="auto", show_default=True)
     def edit(folder, image, coarse, mask, keep_levels, count, blend, output, seed, device):
         """Edit an image with a LapCVAE (paper 5.2): paint its coarse level and/or resample a masked region."""
@@ -75,7 +75,7 @@ def add_commands(cli) -> None:
     @click.option("--batch-size", type=click.IntRange(min=1), help="Images per step.")
     @click.option("--lr", type=FiniteFloat(positive=True), help="Learning rate.")
     @click.option("--device", default="auto", show_default=True)
-    @click.option("--seed", type=click.IntRange(min=0), help="Seed of every random stream.")
+    @click.option("--seed", type=SEED, help="Seed of every random stream.")
     @click.option("--quiet", is_flag=True, help="Only the last metrics of each stage.")
     def train_levels(folder, data, data_root, download, mode, steps, batch_size, lr, device, seed, quiet):
         """Level-wise LapCVAE training: --greedy (coarsest first) or --retrain-m; stages go to FOLDER/stages/."""
