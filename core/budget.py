@@ -673,9 +673,10 @@ def image_bytes(model_or_spec, count: int = 1, element_size: int = 4) -> int:
 
 
 def grid_bytes(model_or_spec, count: int) -> int:
-    """Bytes :func:`genvae.core.data.save_grid` needs to write ``count`` images as one grid (besides its input)."""
+    """Bytes :func:`genvae.core.data.save_grid` needs to write ``count`` images as one grid, besides its input:
+    the grid with its padding (an image's worth more, for the rounding of rows), and one image converted at a time."""
     c, h, w = _image_shape(model_or_spec)
-    return count * (h + 2) * (w + 2) * GRID_PIXEL_BYTES.get(c, 3 * c) + image_bytes(model_or_spec)
+    return (count + 1) * (h + 2) * (w + 2) * GRID_PIXEL_BYTES.get(c, 3 * c) + 2 * image_bytes(model_or_spec)
 
 
 def _limit(limit: int | str | None) -> tuple[int | None, str]:
