@@ -45,10 +45,11 @@ def sample_chunks(model, count: int, *, block: int = SAMPLE_BATCH, dtype: torch.
     ``count`` images kept (``dtype``), before anything is drawn."""
     kept = held + image_bytes(model, count, torch.empty((), dtype=dtype).element_size())
     holding = holding or f"the {count:,} images it keeps"
-    z_block = inference_batch(model, min(count, block), what="prior", held=kept, holding=holding, command=command)
-    chunk = inference_batch(model, z_block, what="generate", held=kept + _latent_bytes(model, z_block),
+    first = min(count, block)
+    chunk = inference_batch(model, first, what="generate", held=kept + _latent_bytes(model, first),
                             holding=holding, command=command)
-    return z_block, chunk
+    z_block = inference_batch(model, first, what="prior", held=kept, holding=holding, command=command)
+    return z_block, min(chunk, z_block)
 
 
 @torch.no_grad()
