@@ -691,6 +691,7 @@ def inference_batch(model_or_spec, requested: int, *, what: str = "sample", per:
     """The largest number of images, at most ``requested``, that one pass of ``what`` may take under the memory
     limit, beside ``held`` bytes the command keeps meanwhile (the images it collects, the grid it writes:
     ``holding`` names them in the error). Each image runs ``per`` rows through the model (completion's starts).
+    A chunk smaller than ``requested`` is a multiple of 8 images (4, 2 when fewer fit).
 
     Raises a one-line :class:`BudgetError` when even one image does not fit. ``limit`` defaults to
     :func:`memory_limit`; with ``GENVAE_MAX_MEMORY=off`` this returns ``requested`` and sizes nothing.
@@ -703,8 +704,13 @@ def inference_batch(model_or_spec, requested: int, *, what: str = "sample", per:
     est = inference_estimate(model_or_spec, what, registry=registry, program=program)
     room = lim - est.batch_bytes(0) - held
     fits = room // (per * est.image_bytes) if room > 0 else 0
+    if fits >= requested:
+        return requested
     if fits >= 1:
-        return int(min(requested, fits))
+        # a multiple of 8 (4, 2) images: CPU kernels work on the batch in pairs, and a chunk of an odd size
+        # rounds differently from the batch it is cut from (by a float's last bit)
+        step = next(s for s in (8, 4, 2, 1) if fits >= s)
+        return int(fits - fits % step)
     shape = "x".join(str(d) for d in _image_shape(model_or_spec))
     rows = f" ({per} rows)" if per > 1 else ""
     parts = f"{format_size(est.batch_bytes(per))} to run the model on one {shape} image{rows}"
