@@ -139,7 +139,7 @@ def complete(model, x: Tensor, m: Tensor, *, starts: int = 4, steps: int = 300, 
             "latents": z_best, "objective": v_best}
 
 
-def _completion_program(model, rows: int):
+def completion_program(model, rows: int):
     """What one Adam step of :func:`complete` runs on ``rows`` latents (sized on meta by genvae.core.budget):
     the objective's forward with the graph kept, its backward to z, and Adam's two moments of z."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -163,7 +163,7 @@ def completion_batch(model, count: int, starts: int, held: int = 0) -> int:
     from genvae.core.budget import inference_batch
 
     return inference_batch(model, count, what="complete", per=starts, held=held, command="complete",
-                           holding="the images and the grid it keeps", program=_completion_program)
+                           holding="the images and the grid it keeps", program=completion_program)
 
 
 @hookimpl

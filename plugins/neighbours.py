@@ -22,10 +22,10 @@ def chunk_rows(shape) -> int:
     return max(1, min(CHUNK, CHUNK_BYTES // (8 * math.prod(shape))))
 
 
-def nearest_bytes(count: int, shape) -> int:
-    """What :func:`nearest` allocates for ``count`` samples of ``shape``: them and a chunk in float64 (and
-    their squares), and the distances."""
-    rows = chunk_rows(shape)
+def nearest_bytes(count: int, shape, images: int) -> int:
+    """What :func:`nearest` allocates for ``count`` samples of ``shape`` among ``images`` training images: the
+    samples and a chunk in float64 (and their squares), and the distances."""
+    rows = min(chunk_rows(shape), images)
     return 2 * 8 * (count + rows) * math.prod(shape) + 4 * 8 * count * (rows + CHUNK)
 
 
@@ -81,7 +81,7 @@ def genvae_register_commands(cli):
         shape = model.spec.image_shape
         shown = count * (min(k, len(data_set)) + 1)
         # kept beside the samples being made: the search's scratch, the grid's images (uint8) and the grid
-        held = nearest_bytes(count, shape) + image_bytes(model, shown, 1) + grid_bytes(model, shown)
+        held = nearest_bytes(count, shape, len(data_set)) + image_bytes(model, shown, 1) + grid_bytes(model, shown)
         pixels = draw_samples(model, count, dev, block=SAMPLE_BATCH, held=held, command="neighbours",
                               holding=f"the nearest-image search and the grid of {shown:,} images")
         dist, idx = nearest(pixels, data_set.images, k)

@@ -85,7 +85,7 @@ def composite(samples: Tensor, recon: Tensor, mask: Tensor, blend: str, kernel: 
     return soft * samples + (1.0 - soft) * recon
 
 
-def _edit_program(blend: str):
+def edit_program(blend: str):
     """What :func:`edit_image` runs per chunk of variants (sized on meta by genvae.core.budget): their
     generation, then their compositing (two conjugate-gradient steps stand for all of them)."""
 
@@ -107,7 +107,7 @@ def edit_batch(model, n: int, blend: str = "alpha", held: int = 0) -> int:
     from genvae.core.budget import inference_batch
 
     return inference_batch(model, n, what=f"edit-{blend}", held=held, command="edit",
-                           holding="the variants and grids it keeps", program=_edit_program(blend))
+                           holding="the variants and grids it keeps", program=edit_program(blend))
 
 
 def edit_prior_batch(model, n: int, held: int = 0) -> int:
