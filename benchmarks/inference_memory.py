@@ -11,14 +11,22 @@ beside what the estimate counts for the same work beyond the weights (runtime, a
 kernel scratch, margin included: ``InferenceEstimate.batch_bytes(B)`` or ``Estimate.training_bytes``,
 less the parameters and buffers), and their ratio, which must stay below 1. Linux only.
 
+``--commands`` measures whole ``genvae sample`` runs instead, each in a process of its own whose peak
+resident set is reset once the interpreter, the CLI and torch's meta kernels are imported: the growth
+over that baseline (model load, dry run, chunks, grid) beside what the memory check counts for the
+command (the larger of the load's dry run and the chunk with everything the command keeps).
+
     python benchmarks/inference_memory.py              # every case (a few minutes on 2 cores)
     python benchmarks/inference_memory.py --quick      # the width-1 2048 px model only
+    python benchmarks/inference_memory.py --commands   # genvae sample at 256, 512 and 2048 px (~10 minutes)
+    python benchmarks/inference_memory.py --commands --only 2048
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -48,6 +56,95 @@ CASES = [
     ("lapcvae", "sample", 64), ("lapcvae", "train", 32),
 ]
 QUICK = [c for c in CASES if c[0] == "cvae w1 2048"]
+# genvae sample runs: (label, -n, GENVAE_MAX_MEMORY)
+COMMANDS = [
+    ("grey w1 256", 64, "off"), ("grey w1 256", 64, "180M"),
+    ("cvae w1 512", 16, "off"), ("cvae w1 512", 64, "off"), ("cvae w1 512", 64, "400M"),
+    ("cvae w1 2048", 1, "off"), ("cvae w1 2048", 4, "off"), ("cvae w1 2048", 16, "2G"),
+    ("cvae w1 2048", 10_000, "6G"),
+]
+MODELS["grey w1 256"] = ("cvae", ["image_size=256", "channels=1", "encoder.width=1", "decoder.width=1",
+                                  "encoder.depth=1", "decoder.depth=1", "train.batch_size=1"])
+MODELS["cvae w1 512"] = ("cvae", ["image_size=512", "encoder.width=1", "decoder.width=1", "train.batch_size=1"])
+PROCESS = r"""
+import json, sys
+from genvae.cli.main import add_plugin_commands, cli
+from genvae.core.budget import estimate
+from genvae.core.compose import compose_spec
+import PIL.PngImagePlugin
+
+def status(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field))
+
+add_plugin_commands()
+estimate(compose_spec(preset="cvae", sets=["image_size=8", "encoder.depth=1", "decoder.depth=1"]))
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+base, code = status("VmRSS:"), 0
+try:
+    cli.main(sys.argv[1:], prog_name="genvae")
+except SystemExit as exc:
+    code = exc.code
+print(json.dumps({"growth": status("VmHWM:") - base, "code": code}), file=sys.stderr)
+"""
+
+
+def command_estimate(folder, count: int, limit: str) -> tuple[int, int]:
+    """(chunk, bytes) the memory check counts for ``genvae sample FOLDER -n COUNT`` under ``limit``."""
+    from genvae.core import budget
+    from genvae.core.checkpoint import load_model
+    from genvae.core.inference import sample_chunks
+
+    os.environ["GENVAE_MAX_MEMORY"] = limit if limit != "off" else "1P"
+    model = load_model(folder)
+    held = budget.grid_bytes(model, count)
+    try:
+        _, chunk = sample_chunks(model, count, held=held)
+    except budget.BudgetError:
+        return 0, 0
+    kept = held + budget.image_bytes(model, count, 1) + min(count, 256) * 4 * math.prod(model.layout.shape)
+    sampling = budget.inference_estimate(model, "generate").batch_bytes(chunk) + kept
+    return chunk, max(sampling, budget._dry_run_bytes(model.spec, None))
+
+
+def commands(only: str = "") -> int:
+    import tempfile
+
+    import torch
+
+    from genvae.core.checkpoint import save_model
+    from genvae.core.compose import compose_spec
+    from genvae.core.model import build_model
+
+    print("| model | command | GENVAE_MAX_MEMORY | chunk | measured growth | estimate | measured / estimate |")
+    print("|---|---|---|---:|---:|---:|---:|")
+    worst = 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        built: dict[str, str] = {}
+        for label, count, limit in COMMANDS:
+            if only not in label:
+                continue
+            if label not in built:
+                preset, sets = MODELS[label]
+                built[label] = os.path.join(tmp, label.replace(" ", "-"))
+                torch.manual_seed(0)
+                save_model(build_model(compose_spec(preset=preset, sets=sets), check=False), built[label])
+            chunk, estimated = command_estimate(built[label], count, limit)
+            out = subprocess.run([sys.executable, "-c", PROCESS, "sample", built[label], "-n", str(count), "-o",
+                                  os.path.join(tmp, "s.png")], capture_output=True, text=True,
+                                 env={**os.environ, "GENVAE_MAX_MEMORY": limit})
+            r = json.loads(out.stderr.strip().splitlines()[-1])
+            shown = f"sample -n {count}"
+            if r["code"]:
+                print(f"| {label} | {shown} | {limit} | refused | {r['growth'] / 2**20:,.0f} MB | - | - |", flush=True)
+                continue
+            ratio = r["growth"] / estimated
+            worst = max(worst, ratio)
+            print(f"| {label} | {shown} | {limit} | {chunk} | {r['growth'] / 2**20:,.0f} MB | "
+                  f"{estimated / 2**20:,.0f} MB | {ratio:.2f} |", flush=True)
+    print(f"\nlargest measured / estimate: {worst:.2f}")
+    return 0 if worst < 1 else 1
 
 
 def _rss(field: str) -> int:
@@ -104,8 +201,12 @@ def child(label: str, work: str, batch: int) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="Only the width-1 2048 px model.")
+    parser.add_argument("--commands", action="store_true", help="Whole genvae sample runs.")
+    parser.add_argument("--only", default="", help="Only the models whose label contains this (e.g. 2048).")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.commands:
+        return commands(args.only)
     if args.child:
         label, work, batch = args.child
         print(json.dumps(child(label, work, int(batch))))

@@ -605,7 +605,7 @@ def sample(folder, count, output, seed, device, nrow, source, fix) -> None:
     check_image_output(out)
     model, dev = load_for_inference(folder, device, seed)
     shown = count + bool(fix)  # with --from, the input comes first
-    budget = {"held": grid_bytes(model, shown), "holding": f"the grid of {shown:,} images it writes"}
+    budget = {"held": grid_bytes(model, shown), "holding": f"the {shown:,} images and the grid it writes"}
     if not fix:
         save_grid(draw_samples(model, count, dev, block=SAMPLE_BATCH, **budget), output, nrow=nrow)
         console.print(f"wrote {count} samples to {output}")

@@ -216,7 +216,7 @@ def test_sample_10000_at_a_large_size_is_refused_before_any_work(folders, tmp_pa
     assert record["code"] == 1
     line = one_line_error(err)
     assert re.match(r"Error: sample needs about [\d.]+ GB even one image at a time \(.* to run the model on one "
-                    r"1x256x256 image, [\d.]+ GB for the grid of 10,000 images it writes\), over the limit of "
+                    r"1x256x256 image, [\d.]+ GB for the 10,000 images and the grid it writes\), over the limit of "
                     r"1\.0 GB \(GENVAE_MAX_MEMORY\); lower the sizes", line), line
     assert record["growth"] < 64 * 2**20, format_size(record["growth"])  # the model ran on 2 images: its dry run
     assert not (tmp_path / "s.png").exists()
