@@ -29,6 +29,7 @@ import re
 import weakref
 from collections.abc import Callable
 from fractions import Fraction
+from typing import Any
 
 import attrs
 import torch
@@ -304,10 +305,6 @@ class _Tracker(TorchDispatchMode):
     def _free(self, nbytes: int) -> None:
         self.live -= nbytes
 
-    def reset(self) -> None:
-        self.peak = self.live
-        self.workspace = 0
-
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         for t in tree_leaves(out):
@@ -420,19 +417,19 @@ def _measure_forward(model, spec, batch: int, mode: _MetaMode) -> tuple[int, int
     return forward + max(phases), tracker.workspace
 
 
-# estimates by registry, then by (batch, spec as JSON): building the same spec again costs nothing
+# estimates (and meta models) by registry, then by (what, spec as JSON): sizing a spec again costs nothing
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _CACHE_SIZE = 64
 
 
-def _cached(registry, key: tuple | None) -> Estimate | None:
+def _cached(registry, key: tuple | None) -> Any:
     try:
         return _CACHE.get(registry, {}).get(key) if key is not None else None
     except TypeError:  # a registry that cannot be weakly referenced: no cache
         return None
 
 
-def _remember(registry, key: tuple | None, result: Estimate) -> None:
+def _remember(registry, key: tuple | None, result: object) -> None:
     if key is None:
         return
     try:
@@ -444,9 +441,10 @@ def _remember(registry, key: tuple | None, result: Estimate) -> None:
     table[key] = result
 
 
-def _cache_key(spec, batch: int) -> tuple | None:
+def _cache_key(spec, what: object) -> tuple | None:
+    """(what is cached: a training batch, a program's name, ..., the spec as JSON); None: not cacheable."""
     try:
-        return batch, json.dumps(spec.to_dict(), sort_keys=True, default=repr)
+        return what, json.dumps(spec.to_dict(), sort_keys=True, default=repr)
     except (TypeError, ValueError):
         return None
 
@@ -526,7 +524,7 @@ def check_budget(spec, registry=None, limit: int | str | None = None, batch_size
 # -- inference: the batch a command runs -----------------------------------------------------------
 
 #: a program: what a command runs on ``batch`` images of a model, on whatever device the model is on
-Program = Callable[[nn.Module, int], object]
+Program = Callable[[Any, int], object]
 #: the per-image bytes of a program that does not run on meta, in float32 images of the model's size
 FALLBACK_IMAGE_COPIES = 32
 #: the second batch a program is measured at: the slope holds up to 1 + this many images at once
@@ -691,7 +689,8 @@ def inference_batch(model_or_spec, requested: int, *, what: str = "sample", per:
     """The largest number of images, at most ``requested``, that one pass of ``what`` may take under the memory
     limit, beside ``held`` bytes the command keeps meanwhile (the images it collects, the grid it writes:
     ``holding`` names them in the error). Each image runs ``per`` rows through the model (completion's starts).
-    A chunk smaller than ``requested`` is a multiple of 8 images (4, 2 when fewer fit).
+    A chunk smaller than ``requested`` is a multiple of 8 images (4, 2 when fewer fit), of at most
+    :data:`SLOPE_BATCH` rows.
 
     Raises a one-line :class:`BudgetError` when even one image does not fit. ``limit`` defaults to
     :func:`memory_limit`; with ``GENVAE_MAX_MEMORY=off`` this returns ``requested`` and sizes nothing.
@@ -704,6 +703,7 @@ def inference_batch(model_or_spec, requested: int, *, what: str = "sample", per:
     est = inference_estimate(model_or_spec, what, registry=registry, program=program)
     room = lim - est.batch_bytes(0) - held
     fits = room // (per * est.image_bytes) if room > 0 else 0
+    fits = min(fits, max(SLOPE_BATCH // per, 1))  # past 1 + SLOPE_BATCH rows the slope is an extrapolation
     if fits >= requested:
         return requested
     if fits >= 1:
