@@ -605,10 +605,12 @@ def check_json_output(path: Path) -> None:
               help="Keep the first K latent groups (coarsest pyramid levels / first time steps) of --from and "
               "sample the rest; repeat for one grid per K.")
 def sample(folder, count, output, seed, device, nrow, source, fix) -> None:
-    """Draw samples from the prior and write them as a grid."""
+    """Draw samples from the prior and write them as a grid (generated in chunks that fit the memory limit)."""
     import torch
 
-    from genvae.core.data import check_image_output, save_grid
+    from genvae.core.budget import grid_bytes
+    from genvae.core.data import check_image_output, save_grid, to_uint8
+    from genvae.core.inference import draw_samples
 
     if bool(source) != bool(fix):
         raise GenvaeError("--from IMAGE and --fix-levels K go together")
@@ -617,10 +619,10 @@ def sample(folder, count, output, seed, device, nrow, source, fix) -> None:
         check_image_output(out.with_name(f"{out.stem}-fix{k}{out.suffix}"))
     check_image_output(out)
     model, dev = load_for_inference(folder, device, seed)
+    shown = count + bool(fix)  # with --from, the input comes first
+    budget = {"held": grid_bytes(model, shown), "holding": f"the {shown:,} images and the grid it writes"}
     if not fix:
-        images = torch.cat([model.sample(min(SAMPLE_BATCH, count - i), dev).float().cpu()
-                            for i in range(0, count, SAMPLE_BATCH)])
-        save_grid(images, output, nrow=nrow)
+        save_grid(draw_samples(model, count, dev, block=SAMPLE_BATCH, **budget), output, nrow=nrow)
         console.print(f"wrote {count} samples to {output}")
         return
     layout = model.layout
@@ -632,10 +634,10 @@ def sample(folder, count, output, seed, device, nrow, source, fix) -> None:
     with torch.no_grad():
         fixed = model.encode(x).mean
         for k in fix:
-            z = model.prior.sample(count, model, dev, fixed=fixed, fixed_groups=k)
-            images = torch.cat([x, model.generate(z)[1]])
+            # every latent drawn at once (block=count), as they always were
+            images = draw_samples(model, count, dev, block=count, fixed=fixed, fixed_groups=k, **budget)
             path = out if len(fix) == 1 else out.with_name(f"{out.stem}-fix{k}{out.suffix}")
-            save_grid(images.float().cpu(), path, nrow=nrow)
+            save_grid(torch.cat([to_uint8(x.cpu()), images]), path, nrow=nrow)
             console.print(f"wrote {count} samples keeping {k} {layout.group_label}(s) of {source} to {path} "
                           "(first image: the input)")
 
@@ -744,18 +746,23 @@ def evaluate(folder, data, data_root, download, metrics, metrics_alias, classifi
 def reconstruct(folder, data, data_root, download, count, output, split, seed, device) -> None:
     """Reconstruct images (posterior mean): rows alternate originals and reconstructions."""
     from genvae.cli.report import paired_rows
-    from genvae.core.data import check_image_output, load_data, save_grid, to_model_range
+    from genvae.core.budget import grid_bytes, image_bytes
+    from genvae.core.data import check_image_output, load_data, save_grid, to_model_range, to_uint8
+    from genvae.core.inference import reconstruct_images
 
     check_image_output(Path(output))
     model, dev = load_for_inference(folder, device, seed)
     spec = model.spec
     images = load_data(data, image_size=spec.image_size, channels=spec.channels, split=split, root=data_root,
                        download=download, registry=registry())
-    x = to_model_range(images.images[:count]).to(dev)
-    x_hat = model.reconstruct(x)
-    save_grid(paired_rows(x, x_hat).float().cpu(), output, nrow=8)
-    mse = (x_hat - x).pow(2).mean().item()
-    console.print(f"wrote {x.shape[0]} reconstructions to {output} (pixel MSE {mse:.4f} in [-1, 1] units)")
+    pixels = images.images[:count]
+    n = len(pixels)
+    # kept beside the model: the originals in [-1, 1], the pairs as uint8 and the grid they make
+    held = image_bytes(model, n) + image_bytes(model, 2 * n, 1) + grid_bytes(model, 2 * n)
+    x_hat = reconstruct_images(model, pixels, dev, held=held, holding=f"the {n:,} images and the grid it keeps")
+    save_grid(paired_rows(pixels, to_uint8(x_hat)), output, nrow=8)
+    mse = (x_hat - to_model_range(pixels)).pow(2).mean().item()
+    console.print(f"wrote {n} reconstructions to {output} (pixel MSE {mse:.4f} in [-1, 1] units)")
 
 
 # -- install / uninstall ---------------------------------------------------------------------------

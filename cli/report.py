@@ -159,18 +159,18 @@ def paired_rows(x, x_hat, nrow: int = 8):
 def _reconstructions(model, data, data_root, download, count: int = 16) -> bytes:
     import tempfile
 
-    import torch
-
+    from genvae.core.budget import grid_bytes, image_bytes
     from genvae.core.commands import load_command_data
-    from genvae.core.data import save_grid, to_model_range
+    from genvae.core.data import save_grid, to_uint8
+    from genvae.core.inference import reconstruct_images
 
     images = load_command_data(model, data, data_root, download)
-    x = to_model_range(images.images[:count])
-    with torch.no_grad():
-        x_hat = model.reconstruct(x)
+    pixels = images.images[:count]
+    held = image_bytes(model, 2 * len(pixels), 1) + grid_bytes(model, 2 * len(pixels))
+    x_hat = reconstruct_images(model, pixels, "cpu", held=held, holding="the grid it draws", command="report")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "recon.png"
-        save_grid(paired_rows(x, x_hat).float(), path, nrow=8)
+        save_grid(paired_rows(pixels, to_uint8(x_hat)), path, nrow=8)
         return path.read_bytes()
 
 

@@ -7,6 +7,15 @@ meta forward pass at the training batch size, adding up the outputs of every lea
 :func:`check_budget` refuses a spec whose training footprint is over :func:`memory_limit` with one
 line; ``build_model`` runs it before every real build (``genvae build`` and every model folder load).
 
+Every command that runs a model sizes the batch it runs the same way: :func:`inference_estimate` runs
+the command's work (a *program*: ``sample``, ``reconstruct``, ...) on the meta device at two batch
+sizes, following the bytes alive after every operation (plus the scratch memory the CPU kernels take
+for a convolution), and splits the peak into a fixed part and a part per image. :func:`inference_batch`
+gives the largest chunk of images that fits the limit beside what the command keeps on the host
+(the images it collects, the grid it writes), or refuses in one line when even one image does not.
+The real peaks these estimates bound were measured (docs/reliability.md, "A model folder is untrusted
+input"; ``benchmarks/inference_memory.py``).
+
 The limit is ``GENVAE_MAX_MEMORY`` (``8G``, ``512M``, ``1.5GB``, plain bytes; ``off`` skips the check),
 else half of the memory available now. Sizes use binary multiples: ``1G`` is 2**30 bytes.
 """
@@ -18,12 +27,18 @@ import math
 import os
 import re
 import weakref
+from collections.abc import Callable
+from fractions import Fraction
+from typing import Any
 
 import attrs
 import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._device import _device_constructors
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.weak import WeakIdKeyDictionary
 
 from genvae.core.errors import BuildError, GenvaeError
 
@@ -37,6 +52,16 @@ TRAINING_COPIES = 4
 BACKWARD_FACTOR = 2
 #: a spec that creates more tensors than this while building is refused (depth / levels / steps gone wild)
 MAX_TENSORS = 10_000
+#: the real kernels' peak over what the meta device counts (allocator slack, kernel temporaries it cannot see);
+#: measured peaks stay under 1 / KERNEL_MARGIN of the estimates (docs/reliability.md)
+KERNEL_MARGIN = Fraction(5, 4)
+#: what running a model costs once, whatever the batch: the CPU kernels' code, caches and scratch pads
+RUNTIME_BYTES = 96 * 2**20
+#: a CPU convolution writes its output in blocks of this many channels before reordering it (oneDNN's blocked
+#: layouts: 16 floats, one AVX-512 register); a 1-channel output of W x H pixels takes 16 x W x H floats first
+CONV_BLOCK = 16
+#: images the build's dry run pushes through the model (genvae.core.model.dry_run)
+DRY_RUN_BATCH = 2
 #: a repeat_interleave on real (CPU) tensors above this many elements runs on meta instead
 _SMALL = 1 << 16
 _OFF = ("off", "none", "unlimited", "no")
@@ -60,10 +85,12 @@ class Estimate:
     batch_size: int
     measured: bool = True  # False: the meta forward failed; activations are the image batch only
     note: str = ""  # why the meta forward failed
+    workspace_bytes: int = 0  # the largest scratch a convolution of the step takes (forward or backward)
 
     @property
     def training_bytes(self) -> int:
-        return TRAINING_COPIES * self.parameter_bytes + self.buffer_bytes + BACKWARD_FACTOR * self.activation_bytes
+        working = BACKWARD_FACTOR * self.activation_bytes + self.workspace_bytes
+        return TRAINING_COPIES * self.parameter_bytes + self.buffer_bytes + RUNTIME_BYTES + _margin(working)
 
     def describe(self) -> str:
         return (f"about {format_size(self.training_bytes)} to train ({format_count(self.parameters)} parameters; "
@@ -219,6 +246,81 @@ class _MetaMode(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
+def _margin(n: int) -> int:
+    """``n`` bytes counted on meta, with the real kernels' slack on top (exact integers: sizes may be huge)."""
+    return math.ceil(n * KERNEL_MARGIN)
+
+
+_aten = torch.ops.aten
+
+
+def _onednn(x: Tensor, weight: Tensor, groups: int) -> bool:
+    """Whether PyTorch's CPU convolution takes oneDNN's path for these shapes (``at::native::use_mkldnn``)."""
+    return (torch.backends.mkldnn.is_available() and bool(torch.backends.mkldnn.enabled) and x.dtype == torch.float32
+            and (groups > 1 or min(weight.shape[2:]) > 3 or x.shape[0] > 1 or x.numel() > 20480))
+
+
+def conv_workspace(func, args, out, backward: bool = False) -> int:
+    """Scratch bytes a CPU kernel takes for ``func`` (an aten op) beside its inputs and outputs; 0 for every op
+    but a convolution's. oneDNN's kernels (float32, most shapes) write the output in :data:`CONV_BLOCK`-channel
+    blocks before reordering it (a 1-channel output takes 16 channels first); PyTorch's own kernels (the other
+    shapes and dtypes) unfold the input into an im2col buffer of ``C_in/groups x kH x kW x H_out x W_out``
+    values per image (transposed: a col2im buffer of ``C_out/groups x kH x kW x H_in x W_in``). ``backward``:
+    the scratch of the convolution's backward too, whose input gradient is written in blocks as well."""
+    if func is _aten.convolution.default:
+        x, weight, y = args[0], args[1], out
+        transposed, groups = args[6], args[8]
+    elif func is _aten.convolution_backward.default:
+        y, x, weight = args[0], args[1], args[2]
+        transposed, groups, backward = args[7], args[9], True
+    else:
+        return 0
+    if not all(isinstance(t, Tensor) for t in (x, weight, y)) or x.dim() < 3:
+        return 0
+    groups = max(int(groups), 1)
+    space_in, space_out = math.prod(x.shape[2:]), math.prod(y.shape[2:])
+    blocked = -(-y.shape[1] // CONV_BLOCK) * CONV_BLOCK * space_out
+    if backward:
+        blocked = max(blocked, -(-x.shape[1] // CONV_BLOCK) * CONV_BLOCK * space_in)
+    per_image = blocked
+    if not _onednn(x, weight, groups):  # weight (C_out, C_in / groups, k...); transposed: (C_in, C_out / groups, k...)
+        columns = weight.shape[1] * math.prod(weight.shape[2:]) * (space_in if transposed else space_out)
+        per_image = max(blocked, columns)
+    return x.shape[0] * per_image * x.element_size()
+
+
+class _Tracker(TorchDispatchMode):
+    """The bytes of the tensors created under it that are still alive after every op, and their peak, with a
+    convolution's scratch (:func:`conv_workspace`) on top while it runs. A tensor is freed when the last
+    reference to its storage goes, as on a real device; tensors made before (parameters) are not counted."""
+
+    def __init__(self, backward: bool = False):
+        super().__init__()
+        self.backward = backward  # count each forward convolution's backward scratch too (a training step)
+        self.live = 0
+        self.peak = 0
+        self.workspace = 0  # the largest scratch of one op
+        self._seen: WeakIdKeyDictionary = WeakIdKeyDictionary()
+
+    def _free(self, nbytes: int) -> None:
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, Tensor):
+                storage = t.untyped_storage()
+                if storage not in self._seen:
+                    nbytes = storage.nbytes()
+                    self._seen[storage] = True
+                    self.live += nbytes
+                    weakref.finalize(storage, self._free, nbytes)
+        scratch = conv_workspace(func, args, out, self.backward)
+        self.workspace = max(self.workspace, scratch)
+        self.peak = max(self.peak, self.live + scratch)
+        return out
+
+
 def _line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return (lines[0] if lines else type(exc).__name__)[:200]
@@ -279,12 +381,14 @@ def _fresh_outputs(output, inputs) -> int:
     return output.numel() * output.element_size()
 
 
-def _measure_forward(model, spec, batch: int, mode: _MetaMode) -> int:
-    """Bytes a training step keeps for backward, from one training-mode meta forward at ``batch``.
+def _measure_forward(model, spec, batch: int, mode: _MetaMode) -> tuple[int, int]:
+    """(bytes a training step keeps for backward, the largest convolution scratch of the step), from one
+    training-mode meta forward at ``batch``.
 
     The outputs of every leaf module (less in-place results and views) are added up: those of the
     forward pass, which live through the whole step, plus those of the largest phase (the trainer
-    runs the phases one after another on the same forward).
+    runs the phases one after another on the same forward). Each convolution's scratch is counted for its
+    forward and its backward (:func:`conv_workspace`).
     """
     count = [0]
     hooks = []
@@ -295,8 +399,9 @@ def _measure_forward(model, spec, batch: int, mode: _MetaMode) -> int:
     for module in model.modules():
         if next(module.children(), None) is None:
             hooks.append(module.register_forward_hook(record))
+    tracker = _Tracker(backward=True)
     try:
-        with mode, torch.no_grad():
+        with mode, torch.no_grad(), tracker:
             x = torch.zeros(batch, *spec.image_shape, device=META)
             model.train()
             state = model(x)
@@ -309,22 +414,22 @@ def _measure_forward(model, spec, batch: int, mode: _MetaMode) -> int:
     finally:
         for hook in hooks:
             hook.remove()
-    return forward + max(phases)
+    return forward + max(phases), tracker.workspace
 
 
-# estimates by registry, then by (batch, spec as JSON): building the same spec again costs nothing
+# estimates (and meta models) by registry, then by (what, spec as JSON): sizing a spec again costs nothing
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _CACHE_SIZE = 64
 
 
-def _cached(registry, key: tuple | None) -> Estimate | None:
+def _cached(registry, key: tuple | None) -> Any:
     try:
         return _CACHE.get(registry, {}).get(key) if key is not None else None
     except TypeError:  # a registry that cannot be weakly referenced: no cache
         return None
 
 
-def _remember(registry, key: tuple | None, result: Estimate) -> None:
+def _remember(registry, key: tuple | None, result: object) -> None:
     if key is None:
         return
     try:
@@ -336,9 +441,10 @@ def _remember(registry, key: tuple | None, result: Estimate) -> None:
     table[key] = result
 
 
-def _cache_key(spec, batch: int) -> tuple | None:
+def _cache_key(spec, what: object) -> tuple | None:
+    """(what is cached: a training batch, a program's name, ..., the spec as JSON); None: not cacheable."""
     try:
-        return batch, json.dumps(spec.to_dict(), sort_keys=True, default=repr)
+        return what, json.dumps(spec.to_dict(), sort_keys=True, default=repr)
     except (TypeError, ValueError):
         return None
 
@@ -357,6 +463,7 @@ def _estimate(spec, registry, batch_size: int | None, cap: int | None) -> Estima
         return cached
     mode = _MetaMode(cap)
     model = _build_meta(spec, registry, mode)
+    _remember(registry, _cache_key(spec, "meta model"), model)  # the inference estimates run on it too
     params = list(model.parameters())
     parameters = sum(p.numel() for p in params)
     parameter_bytes = sum(p.numel() * p.element_size() for p in params)
@@ -365,7 +472,8 @@ def _estimate(spec, registry, batch_size: int | None, cap: int | None) -> Estima
         # over already: the forward would only add to it (and this partial estimate is not cached)
         return Estimate(parameters, parameter_bytes, buffer_bytes, image_bytes, batch, False, "not measured")
     try:
-        result = Estimate(parameters, parameter_bytes, buffer_bytes, _measure_forward(model, spec, batch, mode), batch)
+        activations, workspace = _measure_forward(model, spec, batch, mode)
+        result = Estimate(parameters, parameter_bytes, buffer_bytes, activations, batch, workspace_bytes=workspace)
     except Exception as exc:  # noqa: BLE001 - a plugin whose forward does not run on meta: size it without
         result = Estimate(parameters, parameter_bytes, buffer_bytes, image_bytes, batch, False, _line(exc))
     _remember(registry, key, result)
@@ -383,19 +491,15 @@ def estimate(spec, registry=None, batch_size: int | None = None) -> Estimate:
 
 
 def check_budget(spec, registry=None, limit: int | str | None = None, batch_size: int | None = None) -> Estimate | None:
-    """Refuse ``spec`` with a one-line :class:`BudgetError` when training it needs more than ``limit``.
+    """Refuse ``spec`` with a one-line :class:`BudgetError` when training it, or the build's dry run on
+    :data:`DRY_RUN_BATCH` images, needs more than ``limit``.
 
     ``limit`` defaults to :func:`memory_limit` (``GENVAE_MAX_MEMORY``, else half of the available
     memory). Returns the estimate, or None when the check is off (``GENVAE_MAX_MEMORY=off``).
     """
+    limit, source = _limit(limit)
     if limit is None:
-        limit, source = memory_limit_and_source()
-        if limit is None:
-            return None
-    else:
-        limit, source = parse_limit(limit, "limit"), "the given limit"
-        if limit is None:
-            return None
+        return None
     batch = int(batch_size if batch_size is not None else spec.train.batch_size)
     over = f"over the limit of {format_size(limit)} ({source}); {LIMIT_HINT}"
     try:
@@ -409,4 +513,208 @@ def check_budget(spec, registry=None, limit: int | str | None = None, batch_size
                           f"of {format_count(batch)} x {list(spec.image_shape)} alone), {over}") from None
     if est.training_bytes > limit:
         raise BudgetError(f"model spec needs {est.describe()}, {over}")
+    check = _dry_run_bytes(spec, registry) if est.measured else None  # every build and load runs one
+    if check is not None and check > limit:
+        shape = "x".join(str(d) for d in spec.image_shape)
+        raise BudgetError(f"model spec needs about {format_size(check)} to check it on {DRY_RUN_BATCH} images "
+                          f"of {shape} (the dry run of every build and load), {over}")
     return est
+
+
+# -- inference: the batch a command runs -----------------------------------------------------------
+
+#: a program: what a command runs on ``batch`` images of a model, on whatever device the model is on
+Program = Callable[[Any, int], object]
+#: the per-image bytes of a program that does not run on meta, in float32 images of the model's size
+FALLBACK_IMAGE_COPIES = 32
+#: the second batch a program is measured at: the slope holds up to 1 + this many images at once
+SLOPE_BATCH = 1024
+#: bytes per grid pixel while :func:`genvae.core.data.save_grid` writes a grid, by channels: the uint8
+#: grid, PIL's copy of it (4 bytes per RGB pixel) and an encoder's working copies (WebP: ARGB and YUV)
+GRID_PIXEL_BYTES = {1: 1 + 1 + 6, 3: 3 + 4 + 6}
+
+
+def _image_shape(model_or_spec) -> tuple[int, ...]:
+    return tuple(getattr(model_or_spec, "spec", model_or_spec).image_shape)
+
+
+def _images(model, batch: int) -> Tensor:
+    return torch.zeros(batch, *model.spec.image_shape)
+
+
+def _program_check(model, batch: int) -> object:
+    """What the build's dry run does (genvae.core.model.dry_run): a pass at the posterior mean and every loss."""
+    state = model(_images(model, batch), sample=False)
+    return state, [loss(state, phase) for phase, losses in model._phase_losses.items() for loss in losses]
+
+
+#: the programs genvae's commands run; a plugin passes its own to :func:`inference_batch` (``program=``)
+PROGRAMS: dict[str, Program] = {
+    "sample": lambda model, batch: model.sample(batch, META),  # prior draws, then generation
+    "prior": lambda model, batch: model.prior.sample(batch, model, META),
+    "generate": lambda model, batch: model.generate(torch.zeros(batch, *model.layout.shape)),
+    "reconstruct": lambda model, batch: model.reconstruct(_images(model, batch)),
+    "encode": lambda model, batch: model.encode(_images(model, batch)).mean,
+    "check": _program_check,
+}
+
+
+@attrs.frozen
+class InferenceEstimate:
+    """What running a program on a batch of images needs: model, runtime, and activations that grow
+    with the batch (meta counts, kernel scratch included; :meth:`batch_bytes` adds the kernels' margin)."""
+
+    what: str
+    parameter_bytes: int
+    buffer_bytes: int
+    fixed_bytes: int  # the activation peak's part that does not grow with the batch
+    per_image_bytes: int  # the activation peak's part per image
+    measured: bool = True  # False: the program failed on meta; per image is FALLBACK_IMAGE_COPIES images
+    note: str = ""
+
+    @property
+    def image_bytes(self) -> int:
+        """What one more image adds, margin included."""
+        return _margin(self.per_image_bytes)
+
+    def batch_bytes(self, batch: int) -> int:
+        """Bytes to run the program on ``batch`` images with the model loaded (0: the model and runtime alone)."""
+        return (self.parameter_bytes + self.buffer_bytes + RUNTIME_BYTES + _margin(self.fixed_bytes)
+                + batch * self.image_bytes)
+
+
+def _meta_model(spec, registry) -> nn.Module:
+    """``spec`` built on meta, once per registry and spec (a meta model holds no data)."""
+    key = _cache_key(spec, "meta model")
+    model = _cached(registry, key)
+    if model is None:
+        mode = _MetaMode()
+        model = _build_meta(spec, registry, mode)
+        _remember(registry, key, model)
+    return model
+
+
+def _peak(model, run: Program, batch: int) -> int:
+    mode = _MetaMode()
+    mode.counting = False  # the build's caps are behind us; a program may make many small tensors
+    tracker = _Tracker()
+    was_training = model.training
+    model.eval()
+    try:
+        with mode, torch.no_grad(), tracker:
+            out = run(model, batch)
+            del out
+    finally:
+        model.train(was_training)
+    return tracker.peak
+
+
+def _dry_run_bytes(spec, registry) -> int | None:
+    """What the build's dry run needs (one meta run at its batch; None: it does not run on meta)."""
+    from genvae.core.registry import get_registry
+
+    registry = registry or get_registry()
+    key = _cache_key(spec, "dry run")
+    cached = _cached(registry, key)
+    if cached is not None:
+        return cached
+    model = _meta_model(spec, registry)
+    try:
+        peak = _peak(model, _program_check, DRY_RUN_BATCH)
+    except Exception:  # noqa: BLE001 - sized as the training forward was: not at all
+        return None
+    weights = sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+    result = weights + RUNTIME_BYTES + _margin(peak)
+    _remember(registry, key, result)
+    return result
+
+
+def inference_estimate(model_or_spec, what: str = "sample", *, registry=None,
+                       program: Program | None = None) -> InferenceEstimate:
+    """What running ``what`` (a name of :data:`PROGRAMS`, or ``program`` under that name) needs, measured on
+    meta at batches of 1 and 1 + :data:`SLOPE_BATCH` images (a batch costs the meta device nothing). Cached per
+    spec: a second call costs nothing. A program that does not run on meta is sized as
+    :data:`FALLBACK_IMAGE_COPIES` images per image."""
+    from genvae.core.registry import get_registry
+
+    spec = getattr(model_or_spec, "spec", model_or_spec)
+    run = program or PROGRAMS.get(what)
+    if run is None:
+        raise GenvaeError(f"no inference program '{what}'; known: {', '.join(PROGRAMS)} (or pass program=)")
+    registry = registry or get_registry()
+    key = _cache_key(spec, ("inference", what))
+    cached = _cached(registry, key)
+    if cached is not None:
+        return cached
+    image = math.prod(spec.image_shape) * 4
+    model = _meta_model(spec, registry)
+    parameter_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    buffer_bytes = sum(b.numel() * b.element_size() for b in model.buffers())
+    try:
+        one, many = _peak(model, run, 1), _peak(model, run, 1 + SLOPE_BATCH)
+    except Exception as exc:  # noqa: BLE001 - a plugin that reads values: sized by its images alone
+        result = InferenceEstimate(what, parameter_bytes, buffer_bytes, 0, FALLBACK_IMAGE_COPIES * image, False,
+                                   _line(exc))
+    else:
+        # The peak is the largest of the program's moments, each linear in the batch: convex, so the line
+        # through batches 1 and 1 + SLOPE_BATCH bounds it from above between them (a fixed part such as
+        # VampPrior's pseudo-inputs may dominate small batches and the images large ones).
+        per_image = max(-(-(many - one) // SLOPE_BATCH), 1)
+        result = InferenceEstimate(what, parameter_bytes, buffer_bytes, max(one - per_image, 0), per_image)
+    _remember(registry, key, result)
+    return result
+
+
+def image_bytes(model_or_spec, count: int = 1, element_size: int = 4) -> int:
+    """Bytes of ``count`` images of the model's shape (float32; ``element_size=1``: uint8)."""
+    return count * math.prod(_image_shape(model_or_spec)) * element_size
+
+
+def grid_bytes(model_or_spec, count: int) -> int:
+    """Bytes :func:`genvae.core.data.save_grid` needs to write ``count`` images as one grid, besides its input:
+    the grid with its padding (an image's worth more, for the rounding of rows), and one image converted at a time."""
+    c, h, w = _image_shape(model_or_spec)
+    return (count + 1) * (h + 2) * (w + 2) * GRID_PIXEL_BYTES.get(c, 3 * c) + 2 * image_bytes(model_or_spec)
+
+
+def _limit(limit: int | str | None) -> tuple[int | None, str]:
+    if limit is None:
+        return memory_limit_and_source()
+    return parse_limit(limit, "limit"), "the given limit"
+
+
+def inference_batch(model_or_spec, requested: int, *, what: str = "sample", per: int = 1, held: int = 0,
+                    holding: str = "", command: str = "", registry=None, program: Program | None = None,
+                    limit: int | str | None = None) -> int:
+    """The largest number of images, at most ``requested``, that one pass of ``what`` may take under the memory
+    limit, beside ``held`` bytes the command keeps meanwhile (the images it collects, the grid it writes:
+    ``holding`` names them in the error). Each image runs ``per`` rows through the model (completion's starts).
+    A chunk smaller than ``requested`` is a multiple of 8 images (4, 2 when fewer fit), of at most
+    :data:`SLOPE_BATCH` rows.
+
+    Raises a one-line :class:`BudgetError` when even one image does not fit. ``limit`` defaults to
+    :func:`memory_limit`; with ``GENVAE_MAX_MEMORY=off`` this returns ``requested`` and sizes nothing.
+    """
+    if requested < 1:
+        return requested
+    lim, source = _limit(limit)
+    if lim is None:
+        return requested
+    est = inference_estimate(model_or_spec, what, registry=registry, program=program)
+    room = lim - est.batch_bytes(0) - held
+    fits = room // (per * est.image_bytes) if room > 0 else 0
+    fits = min(fits, max(SLOPE_BATCH // per, 1))  # past 1 + SLOPE_BATCH rows the slope is an extrapolation
+    if fits >= requested:
+        return requested
+    if fits >= 1:
+        # a multiple of 8 (4, 2) images: CPU kernels work on the batch in pairs, and a chunk of an odd size
+        # rounds differently from the batch it is cut from (by a float's last bit)
+        step = next(s for s in (8, 4, 2, 1) if fits >= s)
+        return int(fits - fits % step)
+    shape = "x".join(str(d) for d in _image_shape(model_or_spec))
+    rows = f" ({per} rows)" if per > 1 else ""
+    parts = f"{format_size(est.batch_bytes(per))} to run the model on one {shape} image{rows}"
+    if held:
+        parts += f", {format_size(held)} for {holding or 'what it keeps'}"
+    raise BudgetError(f"{command or what} needs about {format_size(est.batch_bytes(per) + held)} even one image at "
+                      f"a time ({parts}), over the limit of {format_size(lim)} ({source}); {LIMIT_HINT}")

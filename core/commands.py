@@ -27,6 +27,7 @@ import click
 from rich.console import Console
 
 from genvae.core.errors import GenvaeError, shorten
+from genvae.core.inference import SAMPLE_BATCH as _SAMPLE_BATCH
 from genvae.core.options import MAX_SEED
 
 __all__ = [
@@ -53,8 +54,8 @@ __all__ = [
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
-#: samples are drawn in batches of this many, so a count bounds only the size of what is written
-SAMPLE_BATCH = 256
+#: samples are drawn in batches of this many (generated in chunks that fit the memory limit: genvae.core.inference)
+SAMPLE_BATCH = _SAMPLE_BATCH
 #: a count option: an integer >= 1
 COUNT = click.IntRange(min=1)
 

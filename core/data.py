@@ -468,11 +468,32 @@ def check_image_output(path: str | os.PathLike) -> None:
     _check_not_foreign(path)
 
 
-def grid_writer(images: torch.Tensor, ext: str, nrow: int | None = None) -> Callable[[BinaryIO], None]:
-    """Images in [-1, 1] (N, C, H, W) as one grid image marked as genvae's, in the format of extension ``ext``
-    (``.png``, ...; see ``OUTPUT_FORMATS``; JPEG at quality 95): a function writing it to a binary file."""
-    from torchvision.utils import make_grid
+def grid_array(images: torch.Tensor, nrow: int) -> np.ndarray:
+    """The uint8 grid of images (N, C, H, W) in [-1, 1] (or uint8), as torchvision's ``make_grid`` lays it out
+    (2 black pixels between and around the images; one image alone, unpadded): (H', W', C), or (H', W') for
+    grey. Each image is converted on its own, so the grid and one float image are all that is allocated."""
+    n, c, h, w = images.shape
 
+    def tile(k: int) -> np.ndarray:
+        one = images[k].cpu()
+        pixels = (one if one.dtype == torch.uint8 else to_uint8(one)).permute(1, 2, 0).numpy()
+        return pixels[:, :, 0] if c == 1 else pixels
+
+    if n == 1:
+        return np.ascontiguousarray(tile(0))
+    across = min(nrow, n)
+    down = math.ceil(n / across)
+    grid = np.zeros(((h + 2) * down + 2, (w + 2) * across + 2, *((c,) if c > 1 else ())), dtype=np.uint8)
+    for k in range(n):
+        y, x = divmod(k, across)
+        grid[y * (h + 2) + 2 : y * (h + 2) + 2 + h, x * (w + 2) + 2 : x * (w + 2) + 2 + w] = tile(k)
+    return grid
+
+
+def grid_writer(images: torch.Tensor, ext: str, nrow: int | None = None) -> Callable[[BinaryIO], None]:
+    """Images in [-1, 1] (N, C, H, W), or uint8 images, as one grid image marked as genvae's, in the format of
+    extension ``ext`` (``.png``, ...; see ``OUTPUT_FORMATS``; JPEG at quality 95): a function writing it to a
+    binary file. What it allocates besides its input is bounded (:func:`genvae.core.budget.grid_bytes`)."""
     fmt, options = OUTPUT_FORMATS[ext.lower()][0], dict(OUTPUT_FORMATS[ext.lower()][1])
     if images.dim() == 3:
         images = images.unsqueeze(0)
@@ -480,9 +501,9 @@ def grid_writer(images: torch.Tensor, ext: str, nrow: int | None = None) -> Call
     if c not in (1, 3):
         raise ValueError(f"save_grid takes 1 or 3 channels, got {c}")
     nrow = nrow or max(1, math.ceil(math.sqrt(n)))
-    grid = make_grid(to_uint8(images.cpu()), nrow=nrow, padding=2, pad_value=0)
-    arr = grid.permute(1, 2, 0).numpy()
-    pil = Image.fromarray(np.ascontiguousarray(arr[:, :, 0] if c == 1 else arr), "L" if c == 1 else "RGB")
+    grid = grid_array(images, nrow)
+    pil = Image.fromarray(grid, "L" if c == 1 else "RGB")
+    del grid
     if fmt == "PNG":
         from PIL.PngImagePlugin import PngInfo
 
@@ -505,7 +526,8 @@ def grid_writer(images: torch.Tensor, ext: str, nrow: int | None = None) -> Call
 
 
 def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None) -> None:
-    """Write images in [-1, 1] (N, C, H, W) as one grid image, atomically; nrow defaults to ~sqrt(N).
+    """Write images in [-1, 1] (N, C, H, W), or uint8 images, as one grid image, atomically; nrow defaults to
+    ~sqrt(N).
 
     The format follows the extension (see ``OUTPUT_FORMATS``) and the file is marked as genvae's.
     ``path`` is checked first (``check_image_output``): an unknown extension, a symlink or a file

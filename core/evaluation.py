@@ -57,7 +57,10 @@ class EvalData:
     """One model's evaluation inputs, computed lazily and once: real images (uint8, the model's size), the
     reconstructions (posterior mean) and ``n_samples`` samples (images in [-1, 1], on the CPU), and with a
     feature network their features and logits. Random draws follow ``seed``. ``progress(task, done, total)``, when
-    given, hears of every batch of long work (a progress bar)."""
+    given, hears of every batch of long work (a progress bar).
+
+    The model sees ``batch_size`` images at a time, or fewer: the chunk that fits the memory limit beside the
+    image sets kept here (:func:`genvae.core.budget.inference_batch`); the results are the same either way."""
 
     def __init__(self, model: Any, real: Tensor, device: torch.device, *, features: FeatureNetwork | None = None,
                  n_samples: int | None = None, batch_size: int = 256, seed: int = 0,
@@ -83,31 +86,50 @@ class EvalData:
             self._cache["real"] = self.real.float() / 127.5 - 1.0
         return self._cache["real"]
 
+    def held_bytes(self) -> int:
+        """What an evaluation keeps on the host while the model runs: the real images (uint8 and in [-1, 1]),
+        the reconstructions and the samples (float)."""
+        from genvae.core.budget import image_bytes
+
+        return image_bytes(self.model, len(self.real), 1 + 4 + 4) + image_bytes(self.model, self.n_samples)
+
     @torch.no_grad()
     def reconstructions(self) -> Tensor:
         """The model's reconstructions of the real images (posterior mean), in [-1, 1], on the CPU."""
+        from genvae.core.inference import reconstruct_images
+
         if "recon" not in self._cache:
-            parts: list[Tensor] = []
+            out = torch.empty(len(self.real), *self.real.shape[1:])
+            done = 0
             for batch in self._batches():
-                parts.append(self.model.reconstruct(batch.to(self.device)).float().cpu())
-                self._tell("reconstructions", sum(len(p) for p in parts), len(self.real))
-            self._cache["recon"] = torch.cat(parts)
+                out[done : done + len(batch)] = reconstruct_images(
+                    self.model, batch, self.device, held=self.held_bytes(), holding="the image sets it scores",
+                    command="evaluate")
+                done += len(batch)
+                self._tell("reconstructions", done, len(self.real))
+            self._cache["recon"] = out
         return self._cache["recon"]
 
     @torch.no_grad()
     def samples(self) -> Tensor:
         """``n_samples`` images drawn from the model (prior samples), in [-1, 1], on the CPU."""
+        from genvae.core.inference import draw_samples, sample_chunks
+
         if "samples" not in self._cache:
             devices = [self.device] if self.device.type == "cuda" else []
+            budget = {"block": self.batch_size, "dtype": torch.float32, "held": self.held_bytes(),
+                      "holding": "the image sets it scores", "command": "evaluate"}
+            sample_chunks(self.model, self.n_samples, **budget)  # refused before any draw if one does not fit
             with torch.random.fork_rng(devices=devices):  # the caller's random streams are left as they were
                 torch.manual_seed(self.seed)
-                parts, left = [], self.n_samples
-                while left > 0:
-                    n = min(self.batch_size, left)
-                    parts.append(self.model.sample(n, self.device).float().cpu())
-                    left -= n
-                    self._tell("samples", self.n_samples - left, self.n_samples)
-            self._cache["samples"] = torch.cat(parts)
+                out = torch.empty(self.n_samples, *self.real.shape[1:])
+                done = 0
+                while done < self.n_samples:  # latents drawn batch_size at a time, as always
+                    n = min(self.batch_size, self.n_samples - done)
+                    out[done : done + n] = draw_samples(self.model, n, self.device, **budget)
+                    done += n
+                    self._tell("samples", done, self.n_samples)
+            self._cache["samples"] = out
         return self._cache["samples"]
 
     def _batches(self) -> Iterable[Tensor]:

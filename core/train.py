@@ -42,6 +42,18 @@ from genvae.core.resume import validate_trainer_state as validate_trainer_state 
 from genvae.core.spec import TrainConfig
 
 SAMPLE_SEED = 1234  # sample grids use their own RNG stream, so they never shift training's
+SAMPLE_GRID = 64  # images in the sample grid each epoch ends with
+
+
+def sample_grid_budget(model: GenerativeModel, n: int = SAMPLE_GRID) -> dict[str, Any]:
+    """What an epoch's sample grid is drawn beside (``genvae.core.inference.draw_samples`` keywords): the
+    run's gradients and optimiser states, and the grid it writes. At large image sizes the grid, not the
+    training batch, is a run's peak: it is drawn in chunks that fit the memory limit."""
+    from genvae.core.budget import TRAINING_COPIES, grid_bytes
+
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    return {"held": (TRAINING_COPIES - 1) * weights + grid_bytes(model, n), "command": "train's sample grid",
+            "holding": f"the optimiser's state and the grid of {n} images"}
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -688,8 +700,9 @@ class Trainer:
         return record
 
     @torch.no_grad()
-    def save_samples(self, epoch: int, n: int = 64, name: str | None = None) -> Path:
+    def save_samples(self, epoch: int, n: int = SAMPLE_GRID, name: str | None = None) -> Path:
         from genvae.core.data import grid_writer
+        from genvae.core.inference import draw_samples
 
         self._sync_buffers()
         rel = f"{ckpt.SAMPLES}/{name or f'epoch-{epoch:04d}'}.png"
@@ -700,11 +713,11 @@ class Trainer:
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(SAMPLE_SEED)
-            images = self.model.sample(n, self.device)
+            images = draw_samples(self.model, n, self.device, **sample_grid_budget(self.model, n))
         self.model.train(was_training)
         apply_freeze(self.model, self.config, grads=False)  # frozen modules back to eval mode
         self.files.subdir(ckpt.SAMPLES)
-        self.files.write(rel, grid_writer(images.float().cpu(), ".png"))
+        self.files.write(rel, grid_writer(images, ".png"))
         for logger in self.loggers:
             logger.log_image(rel.removesuffix(".png"), self.folder / rel, self.step)
         return self.folder / rel
@@ -875,6 +888,7 @@ def prepare_training(model: GenerativeModel, folder: str | Path | ModelFolder, *
     from genvae.core.budget import check_budget
     from genvae.core.compose import apply_sets
     from genvae.core.data import load_data
+    from genvae.core.inference import sample_chunks
     from genvae.core.registry import get_registry
 
     registry = registry or get_registry()
@@ -889,6 +903,7 @@ def prepare_training(model: GenerativeModel, folder: str | Path | ModelFolder, *
     for name in spec.train.loggers:  # an unknown logger is refused before anything is loaded or written
         registry.get("logger", name)
     model.spec = spec
+    sample_chunks(model, SAMPLE_GRID, **sample_grid_budget(model))  # each epoch's grid: refused now, not then
     seed_everything(spec.train.seed)
     images = load_data(data, image_size=spec.image_size, channels=spec.channels, split="train", root=data_root,
                        download=download, registry=registry)

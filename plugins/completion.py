@@ -20,6 +20,7 @@ tau 1, 300 steps, lr 0.05, 4 starts. The masks for faces (eyes, mouth) assume al
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
@@ -85,11 +86,33 @@ def objective(model, z: Tensor, x: Tensor, m: Tensor, gamma: float, tau: float) 
     return value, x_hat
 
 
+def _optimise(model, z: Tensor, x: Tensor, m: Tensor, starts: int, steps: int, lr: float, gamma: float,
+              tau: float) -> tuple[Tensor, Tensor, Tensor]:
+    """Adam on z (starts x b rows, start-major) for images x and masks m (b each); per image, the best start's
+    (x_hat, z, objective). Each row's updates depend on that row alone (elementwise Adam, eval mode)."""
+    b = x.shape[0]
+    xs, ms = x.repeat(starts, 1, 1, 1), m.repeat(starts, 1, 1, 1)
+    z = z.requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=lr)
+    for _ in range(steps):
+        value, _ = objective(model, z, xs, ms, gamma, tau)
+        opt.zero_grad(set_to_none=True)
+        value.sum().backward()
+        opt.step()
+    with torch.no_grad():
+        value, x_hat = objective(model, z, xs, ms, gamma, tau)
+        pick = value.view(starts, b).argmin(0) * b + torch.arange(b, device=x.device)  # per image, the best start
+        return x_hat[pick], z[pick].detach(), value[pick]
+
+
 def complete(model, x: Tensor, m: Tensor, *, starts: int = 4, steps: int = 300, lr: float = 0.05,
-             gamma: float = 0.1, tau: float = 1.0, seed: int = 0) -> dict[str, Tensor]:
+             gamma: float = 0.1, tau: float = 1.0, seed: int = 0, batch: int | None = None) -> dict[str, Tensor]:
     """Complete images x (B, C, H, W) in [-1, 1] where m (1 or B, 1, H, W) is 0. Returns ``completion`` (x_hat),
     ``composite`` (visible input, x_hat where occluded), ``occluded`` (the input with the hidden part grey),
-    ``latents`` (the best z) and ``objective`` (the best per-image value), all detached."""
+    ``latents`` (the best z) and ``objective`` (the best per-image value), all detached.
+
+    ``batch``: images optimised at once, each with its ``starts`` rows (default: all); the random starts are
+    drawn for all images first, so the results do not depend on it (:func:`completion_batch` picks it)."""
     was_training = model.training
     model.eval()
     params = [p for p in model.parameters() if p.requires_grad]
@@ -97,27 +120,50 @@ def complete(model, x: Tensor, m: Tensor, *, starts: int = 4, steps: int = 300, 
         p.requires_grad_(False)
     try:
         b = x.shape[0]
-        xs, ms = x.repeat(starts, 1, 1, 1), m.expand(b, -1, -1, -1).repeat(starts, 1, 1, 1)
         g = torch.Generator(device="cpu").manual_seed(seed)
-        z = torch.randn(starts * b, *model.layout.shape, generator=g).to(x.device).requires_grad_(True)
-        opt = torch.optim.Adam([z], lr=lr)
-        for _ in range(steps):
-            value, _ = objective(model, z, xs, ms, gamma, tau)
-            opt.zero_grad(set_to_none=True)
-            value.sum().backward()
-            opt.step()
-        with torch.no_grad():
-            value, x_hat = objective(model, z, xs, ms, gamma, tau)
-            best = value.view(starts, b).argmin(0)  # per image, the best start
-            pick = best * b + torch.arange(b, device=x.device)
-            x_hat, z_best, v_best = x_hat[pick], z[pick], value[pick]
-            mask = m.expand(b, -1, -1, -1)
+        z_all = torch.randn(starts * b, *model.layout.shape, generator=g)  # row s * b + i: start s of image i
+        mask = m.expand(b, -1, -1, -1)
+        chunk = max(1, min(batch or b, b))
+        parts = []
+        for lo in range(0, b, chunk):
+            idx = torch.arange(lo, min(lo + chunk, b))
+            rows = (torch.arange(starts)[:, None] * b + idx[None, :]).reshape(-1)
+            parts.append(_optimise(model, z_all[rows].to(x.device), x[lo : lo + chunk], mask[lo : lo + chunk],
+                                   starts, steps, lr, gamma, tau))
+        x_hat, z_best, v_best = (torch.cat(t) for t in zip(*parts, strict=True))
     finally:
         for p in params:
             p.requires_grad_(True)
         model.train(was_training)
     return {"completion": x_hat, "composite": mask * x + (1 - mask) * x_hat, "occluded": mask * x,
-            "latents": z_best.detach(), "objective": v_best}
+            "latents": z_best, "objective": v_best}
+
+
+def completion_program(model, rows: int):
+    """What one Adam step of :func:`complete` runs on ``rows`` latents (sized on meta by genvae.core.budget):
+    the objective's forward with the graph kept, its backward to z, and Adam's two moments of z."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        with torch.enable_grad():
+            z = torch.zeros(rows, *model.layout.shape, requires_grad=True)
+            x = torch.zeros(rows, *model.spec.image_shape)
+            value, _ = objective(model, z, x, torch.ones(rows, 1, *model.spec.image_shape[1:]), 1.0, 1.0)
+            value.sum().backward()
+            return z.grad, torch.zeros_like(z), torch.zeros_like(z)
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def completion_batch(model, count: int, starts: int, held: int = 0) -> int:
+    """Images :func:`complete` may optimise at once (each with ``starts`` rows) under the memory limit, beside
+    ``held`` bytes; a one-line BudgetError when even one image does not fit."""
+    from genvae.core.budget import inference_batch
+
+    return inference_batch(model, count, what="complete", per=starts, held=held, command="complete",
+                           holding="the images and the grid it keeps", program=completion_program)
 
 
 @hookimpl
@@ -155,6 +201,7 @@ def genvae_register_commands(cli):
                          seed, device):
         """Fill in the occluded part of images by optimising the latent (crVAE paper 4.4)."""
         from genvae.core import save_grid
+        from genvae.core.budget import grid_bytes, image_bytes
         from genvae.core.data import check_image_output, to_model_range
 
         check_image_output(Path(output))
@@ -167,7 +214,14 @@ def genvae_register_commands(cli):
         m = mask_from_file(mask, size) if Path(mask).is_file() else named_mask(mask, size, seed)
         if m.min() > 0:
             raise GenvaeError(f"mask '{mask}' occludes nothing at {size}x{size}")
-        out = complete(model, x, m.to(dev), starts=starts, steps=steps, lr=lr, gamma=gamma, tau=tau, seed=seed)
+        # kept beside the optimisation: the inputs, the outputs, the rows of the grid and the grid, every
+        # image's random starts
+        n = len(x)
+        held = (image_bytes(model, 7 * n) + grid_bytes(model, 3 * n)
+                + n * starts * math.prod(model.layout.shape) * 4)
+        batch = completion_batch(model, n, starts, held)
+        out = complete(model, x, m.to(dev), starts=starts, steps=steps, lr=lr, gamma=gamma, tau=tau, seed=seed,
+                       batch=batch)
         rows = torch.cat([x, out["occluded"], out["composite"]])  # occluded pixels show as mid-grey (0)
         save_grid(rows.float().cpu(), output, nrow=len(x))
         hidden = ((out["completion"] - x).pow(2) * (1 - m.to(dev))).sum() / ((1 - m).sum() * x.shape[0] * x.shape[1])

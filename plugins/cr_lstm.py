@@ -467,12 +467,15 @@ def _commands():
 
     from genvae.core.commands import SEED
 
-    def render(model, z, output, nrow):
+    def render(model, z, output, nrow, command):
+        """The images of ``z`` as one grid, generated in chunks that fit the memory limit beside the grid."""
+        from genvae.core.budget import grid_bytes
         from genvae.core.data import save_grid
+        from genvae.core.inference import generate_images
 
-        with torch.no_grad():
-            images = torch.cat([model.generate(part)[1] for part in z.split(256)])
-        save_grid(images.float().cpu(), output, nrow=nrow)
+        images = generate_images(model, z, held=grid_bytes(model, len(z)), command=command,
+                                 holding=f"the grid of {len(z):,} images it writes")
+        save_grid(images, output, nrow=nrow)
 
     @click.command("draw")
     @click.argument("folder", type=click.Path())
@@ -491,7 +494,9 @@ def _commands():
         check_image_output(output)
         model, dev = load_for_inference(folder, device, seed)
         layout = model.layout
-        render(model, _draw_latents(model, rows, dev), output, layout.num_groups)
+        with torch.no_grad():
+            z = _draw_latents(model, rows, dev)
+        render(model, z, output, layout.num_groups, "draw")
         console.print(f"wrote {rows} rows x {layout.num_groups} {layout.group_label}s to {output} "
                       f"(column t: the first t {layout.group_label}s sampled, the rest zero)")
 
@@ -520,7 +525,9 @@ def _commands():
         if not 1 <= step <= layout.num_groups:
             raise GenvaeError(f"--step {step}: the model's latent has {layout.num_groups} {layout.group_label}s; "
                               f"use 1..{layout.num_groups}")
-        render(model, _traverse_latents(model, step - 1, rows, columns, dev), output, columns)
+        with torch.no_grad():
+            z = _traverse_latents(model, step - 1, rows, columns, dev)
+        render(model, z, output, columns, "traverse")
         console.print(f"wrote {rows} rows x {columns} columns to {output} ({layout.group_label} {step} interpolated "
                       f"towards one new block, the others fixed)")
 

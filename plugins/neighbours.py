@@ -7,11 +7,26 @@ scale, the same space the images are stored in) shows whether it does.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from genvae.core.hookspecs import hookimpl
 
 CHUNK = 4096  # training images compared per matrix product: bounds memory on large data sets
+CHUNK_BYTES = 512 * 2**20  # ... and so does this: at most this many bytes of them in float64 (large images)
+
+
+def chunk_rows(shape) -> int:
+    """Training images of ``shape`` (C, H, W) that :func:`nearest` compares per matrix product."""
+    return max(1, min(CHUNK, CHUNK_BYTES // (8 * math.prod(shape))))
+
+
+def nearest_bytes(count: int, shape, images: int) -> int:
+    """What :func:`nearest` allocates for ``count`` samples of ``shape`` among ``images`` training images: the
+    samples and a chunk in float64 (and their squares), and the distances."""
+    rows = min(chunk_rows(shape), images)
+    return 2 * 8 * (count + rows) * math.prod(shape) + 4 * 8 * count * (rows + CHUNK)
 
 
 def nearest(samples: torch.Tensor, images: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -24,8 +39,9 @@ def nearest(samples: torch.Tensor, images: torch.Tensor, k: int) -> tuple[torch.
     s_sq = s.pow(2).sum(1, keepdim=True)
     best_d = torch.full((s.shape[0], 0), 0.0, dtype=torch.float64)
     best_i = torch.zeros((s.shape[0], 0), dtype=torch.long)
-    for start in range(0, images.shape[0], CHUNK):
-        chunk = images[start : start + CHUNK].flatten(1).double()
+    rows = chunk_rows(images.shape[1:])
+    for start in range(0, images.shape[0], rows):
+        chunk = images[start : start + rows].flatten(1).double()
         d2 = (s_sq + chunk.pow(2).sum(1)[None] - 2.0 * s @ chunk.T).clamp_min_(0.0)
         d = torch.cat([best_d, d2.sqrt()], 1)
         i = torch.cat([best_i, torch.arange(start, start + chunk.shape[0]).expand(s.shape[0], -1)], 1)
@@ -54,20 +70,23 @@ def genvae_register_commands(cli):
     @device_option
     def neighbours(folder, data, data_root, download, count, k, split, output, seed, device):
         """Samples beside their nearest training images (pixel L2), to check that a model does not memorise."""
+        from genvae.core.budget import grid_bytes, image_bytes
         from genvae.core.commands import load_command_data
-        from genvae.core.data import check_image_output, save_grid, to_model_range, to_uint8
+        from genvae.core.data import check_image_output, save_grid
+        from genvae.core.inference import draw_samples
 
         check_image_output(output)
         model, dev = load_for_inference(folder, device, seed)
         data_set = load_command_data(model, data, data_root, download, split)
-        with torch.no_grad():
-            samples = torch.cat([model.sample(min(SAMPLE_BATCH, count - i), dev).float().cpu()
-                                 for i in range(0, count, SAMPLE_BATCH)])
-        pixels = to_uint8(samples)
+        shape = model.spec.image_shape
+        shown = count * (min(k, len(data_set)) + 1)
+        # kept beside the samples being made: the search's scratch, the grid's images (uint8) and the grid
+        held = nearest_bytes(count, shape, len(data_set)) + image_bytes(model, shown, 1) + grid_bytes(model, shown)
+        pixels = draw_samples(model, count, dev, block=SAMPLE_BATCH, held=held, command="neighbours",
+                              holding=f"the nearest-image search and the grid of {shown:,} images")
         dist, idx = nearest(pixels, data_set.images, k)
-        rows = [torch.cat([to_model_range(pixels[r : r + 1]), to_model_range(data_set.images[idx[r]])])
-                for r in range(count)]
-        save_grid(torch.cat(rows), output, nrow=idx.shape[1] + 1)
+        rows = torch.cat([torch.cat([pixels[r : r + 1], data_set.images[idx[r]]]) for r in range(count)])
+        save_grid(rows, output, nrow=idx.shape[1] + 1)
         rms = dist[:, 0] / (pixels[0].numel() ** 0.5)  # per-pixel RMS difference to the nearest image
         console.print(f"wrote {count} samples with their {idx.shape[1]} nearest images of {data_set.source} to "
                       f"{output}; nearest-image RMS difference per pixel (0-255): mean {rms.mean():.2f}, "

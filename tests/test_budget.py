@@ -315,6 +315,18 @@ def test_a_forward_that_cannot_run_on_meta_falls_back_to_the_parameters(registry
     assert est.parameters == sum(p.numel() for p in model.parameters())
 
 
+def test_a_program_that_cannot_run_on_meta_is_sized_by_its_images(registry, limit_4g):
+    from genvae.core.budget import FALLBACK_IMAGE_COPIES, inference_batch, inference_estimate
+
+    spec = small_spec("value-reader")
+    assert inference_estimate(spec, "reconstruct", registry=registry).measured  # the loss is not part of it
+    est = inference_estimate(spec, "check", registry=registry)  # the dry run's losses are
+    assert not est.measured and "meta" in est.note
+    assert (est.fixed_bytes, est.per_image_bytes) == (0, FALLBACK_IMAGE_COPIES * 3 * 16 * 16 * 4)
+    room = 4 * 2**30 - est.batch_bytes(0)
+    assert inference_batch(spec, 10**6, what="check", registry=registry) == min(room // est.image_bytes, 1024)
+
+
 def test_a_plugin_that_cannot_be_built_on_meta_is_named_with_the_way_out(registry, monkeypatch):
     monkeypatch.setenv("GENVAE_MAX_MEMORY", "4G")
     with pytest.raises(BuildError) as info:

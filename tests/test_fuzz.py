@@ -18,7 +18,7 @@ peak RSS growth measures what the hostile inputs made genvae allocate. Run them 
     python tests/test_fuzz.py --show-args-case 17       # the argument list of argument case 17
 
 ``GENVAE_FUZZ_CONFIG_CASES`` / ``GENVAE_FUZZ_ARG_CASES`` / ``GENVAE_FUZZ_FOLDER_CASES`` change the number of
-cases (1000, 1000 and 30 by default), ``GENVAE_FUZZ_SEED`` the seed, ``GENVAE_FUZZ_REPORT`` names a file for the
+cases (1000, 1000 and 60 by default), ``GENVAE_FUZZ_SEED`` the seed, ``GENVAE_FUZZ_REPORT`` names a file for the
 summary. The inputs of the bugs the fuzz once found are always added (see the regression tests at the end).
 """
 
@@ -42,7 +42,7 @@ import pytest
 SEED = 20240611
 CONFIG_CASES = 1000
 ARG_CASES = 1000
-FOLDER_CASES = 30
+FOLDER_CASES = 60
 MAX_LINE = 400
 RSS_LIMIT_MB = 300
 TINY = ["image_size=16", "encoder.width=8", "encoder.depth=2", "decoder.width=8", "decoder.depth=2",

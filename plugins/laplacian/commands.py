@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
 
 from genvae.core.capabilities import pyramid_parts
 from genvae.core.errors import GenvaeError
-from genvae.plugins.laplacian.editing import BLENDS, edit_image, load_mask
+from genvae.plugins.laplacian.editing import BLENDS, edit_batch, edit_image, edit_prior_batch, load_mask
 from genvae.plugins.laplacian.loss import PyramidMSELoss
 from genvae.plugins.laplacian.training import greedy_stages, run_stage
 
@@ -38,6 +39,7 @@ def add_commands(cli) -> None:
     @click.option("--device", default="auto", show_default=True)
     def edit(folder, image, coarse, mask, keep_levels, count, blend, output, seed, device):
         """Edit an image with a LapCVAE (paper 5.2): paint its coarse level and/or resample a masked region."""
+        from genvae.core.budget import grid_bytes, image_bytes
         from genvae.core.commands import console, load_for_inference, load_image
         from genvae.core.data import check_image_output, save_grid
 
@@ -50,7 +52,11 @@ def add_commands(cli) -> None:
         x = load_image(image, model)
         painted = load_image(coarse, model) if coarse else None
         region = load_mask(mask, model) if mask else None
-        out = edit_image(model, x, painted, region, n=count, keep_levels=keep_levels, blend=blend)
+        # kept beside the variants being made: every variant's sample and composite, their latents, the grid
+        held = image_bytes(model, 2 * count) + count * math.prod(model.layout.shape) * 4 + grid_bytes(model, count)
+        batch, prior_batch = edit_batch(model, count, blend, held), edit_prior_batch(model, count, held)
+        out = edit_image(model, x, painted, region, n=count, keep_levels=keep_levels, blend=blend, batch=batch,
+                         prior_batch=prior_batch)
         folder_out = Path(output)
         folder_out.mkdir(parents=True, exist_ok=True)
         for name in ("input", "reconstruction", "base", "mask"):

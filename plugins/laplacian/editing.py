@@ -41,7 +41,8 @@ def poisson_blend(source: Tensor, target: Tensor, mask: Tensor, tol: float = 1e-
     neighbours N_p within the image (an image border is a Neumann boundary),
     |N_p| f_p - sum_{q in N_p, inside} f_q = sum_{q in N_p} (s_p - s_q) + sum_{q in N_p, outside} t_q.
     Solved by conjugate gradients in float64, started from the source, until the residual is below
-    ``tol`` times the right-hand side's norm (or ``max_iter``, default 20 * (H + W), steps).
+    ``tol`` times the right-hand side's norm (or ``max_iter``, default 20 * (H + W), steps); each channel of
+    each image stops on its own, so its result does not depend on the others in the batch.
     Shapes broadcast: source and target (B, C, H, W) or (1, C, H, W), mask (B or 1, 1 or C, H, W).
     """
     s, t = torch.broadcast_tensors(source.double(), target.double())
@@ -60,11 +61,12 @@ def poisson_blend(source: Tensor, target: Tensor, mask: Tensor, tol: float = 1e-
     limit = (tol**2 * (b * b).sum(dims, keepdim=True)).clamp_min(1e-24)
     steps = max_iter if max_iter is not None else 20 * (s.shape[-2] + s.shape[-1])
     for _ in range(steps):
-        if bool((rs <= limit).all()):
+        if not s.is_meta and bool((rs <= limit).all()):  # sized on meta (genvae.core.budget): every step runs
             break
         ap = apply(p)
         pap = (p * ap).sum(dims, keepdim=True)
-        alpha = torch.where(pap > 0, rs / pap.clamp_min(1e-300), torch.zeros_like(pap))
+        # a channel that has converged stays as it is, so each image's result is the same in any batch
+        alpha = torch.where((pap > 0) & (rs > limit), rs / pap.clamp_min(1e-300), torch.zeros_like(pap))
         f = f + alpha * p
         r = r - alpha * ap
         rs_new = (r * r).sum(dims, keepdim=True)
@@ -74,9 +76,53 @@ def poisson_blend(source: Tensor, target: Tensor, mask: Tensor, tol: float = 1e-
     return (m * f + (1.0 - m) * t).to(source.dtype)
 
 
+def composite(samples: Tensor, recon: Tensor, mask: Tensor, blend: str, kernel: str) -> Tensor:
+    """Samples pasted into the reconstruction inside ``mask``: ``alpha`` (the mask softened by one blur) or
+    ``poisson`` (:func:`poisson_blend`)."""
+    if blend == "poisson":
+        return poisson_blend(samples, recon, mask)
+    soft = soft_mask(mask, kernel)
+    return soft * samples + (1.0 - soft) * recon
+
+
+def edit_program(blend: str):
+    """What :func:`edit_image` runs per chunk of variants (sized on meta by genvae.core.budget): their
+    generation, then their compositing (two conjugate-gradient steps stand for all of them)."""
+
+    def run(model, batch: int):
+        enc, _, _ = pyramid_parts(model)
+        samples = model.generate(torch.zeros(batch, *model.layout.shape))[1]
+        recon = torch.zeros(1, *model.spec.image_shape)
+        mask = torch.zeros(1, 1, *model.spec.image_shape[1:])
+        if blend == "poisson":
+            return samples, poisson_blend(samples, recon, mask, max_iter=2)
+        return samples, composite(samples, recon, mask, blend, enc.kernel)
+
+    return run
+
+
+def edit_batch(model, n: int, blend: str = "alpha", held: int = 0) -> int:
+    """Variants :func:`edit_image` may generate and composite at once under the memory limit, beside ``held``
+    bytes; a one-line BudgetError when even one does not fit."""
+    from genvae.core.budget import inference_batch
+
+    return inference_batch(model, n, what=f"edit-{blend}", held=held, command="edit",
+                           holding="the variants and grids it keeps", program=edit_program(blend))
+
+
+def edit_prior_batch(model, n: int, held: int = 0) -> int:
+    """Variants whose latents :func:`edit_image` may draw at once (the prior's own work: an M-network decodes
+    every coarser level) under the memory limit, beside ``held`` bytes."""
+    from genvae.core.budget import inference_batch
+
+    return inference_batch(model, n, what="prior", held=held, command="edit",
+                           holding="the variants and grids it keeps")
+
+
 @torch.no_grad()
 def edit_image(model, x: Tensor, coarse: Tensor | None = None, mask: Tensor | None = None, n: int = 8,
-               keep_levels: int = 1, threshold: float = 0.1, blend: str = "alpha") -> dict[str, Tensor]:
+               keep_levels: int = 1, threshold: float = 0.1, blend: str = "alpha", batch: int | None = None,
+               prior_batch: int | None = None) -> dict[str, Tensor]:
     """Project ``x`` (1, C, H, W), optionally replace its coarse levels by those of ``coarse`` (a painted
     copy of the image, or a painted coarse image, at the image size), sample the finer levels ``n``
     times and composite the masked region of each sample into the reconstruction.
@@ -89,6 +135,9 @@ def edit_image(model, x: Tensor, coarse: Tensor | None = None, mask: Tensor | No
     the mask (> 0.5) with the reconstruction as boundary (:func:`poisson_blend`). Returns tensors by
     name, images in [-1, 1]: input, reconstruction, pyramid (the input's levels as images), base (the
     kept coarse image, upsampled), samples, composites, mask; and latents (n, N), the samples' z.
+    ``batch``: variants generated and composited at once (default: all; :func:`edit_batch` picks it); the
+    latents are drawn first, all at once (``prior_batch`` at a time when the memory limit asks for it), so
+    the results do not depend on ``batch``.
     """
     if blend not in BLENDS:
         raise GenvaeError(f"unknown blend '{blend}'; known: {', '.join(BLENDS)}")
@@ -116,13 +165,15 @@ def edit_image(model, x: Tensor, coarse: Tensor | None = None, mask: Tensor | No
             mask = upsample_to(diff.float(), size, enc.kernel).clamp(0, 1)
             mask = (mask > 0.01).float()
     assert mask is not None  # given, or derived from the painted image above
-    z = model.prior.sample(n, model, x.device, fixed=fixed, fixed_groups=keep_levels)
-    samples = model.generate(z)[1]
-    if blend == "poisson":
-        composites = poisson_blend(samples, recon, mask)
-    else:
-        soft = soft_mask(mask, enc.kernel)
-        composites = soft * samples + (1.0 - soft) * recon
+    block = max(1, prior_batch or n)
+    z = torch.cat([model.prior.sample(min(block, n - lo), model, x.device, fixed=fixed, fixed_groups=keep_levels)
+                   for lo in range(0, n, block)])
+    samples = torch.empty(n, *x.shape[1:], device=x.device)
+    composites = torch.empty_like(samples)
+    for lo in range(0, n, max(1, batch or n)):
+        part = model.generate(z[lo : lo + (batch or n)])[1]
+        samples[lo : lo + len(part)] = part
+        composites[lo : lo + len(part)] = composite(part, recon, mask, blend, enc.kernel)
     fixed_pred = [dec.decode_level(k, tr.level_u(k, tr.split_levels(fixed))) for k in range(levels)]
     base = upsample_to(reconstruct_levels(fixed_pred[first:], enc.kernel)[0], size, enc.kernel)
     # the input's levels at the image size: bands h_k around mid-grey (0), then the coarsest image h_K
