@@ -15,7 +15,8 @@ import time
 import torch
 
 from genvae.core.checkpoint import load_model
-from genvae.core.data import load_data, to_model_range
+from genvae.core.data import load_data
+from genvae.core.decode import to_model_range
 from genvae.plugins.completion import MASKS, complete, named_mask
 
 

@@ -118,7 +118,7 @@ def memory_child(args) -> dict:
         import tempfile
 
         from genvae.core.data import ImageData
-        from genvae.core.train import Trainer
+        from genvae.core.training import Trainer
 
         model.train()
         pixels = ((x.cpu() + 1) * 127.5).round().to(torch.uint8)

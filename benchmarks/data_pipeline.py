@@ -5,7 +5,7 @@ Measured in one run:
 
 * folder, first load: decoding N PNG files into the cache (worker processes), images/s;
 * folder, later load: mapping the cache in a new process's place (the in-process cache cleared), seconds;
-* batches: the trainer's own gather (``Trainer._host_batch`` + ``_batch``: index the uint8 images by the
+* batches: the trainer's own gather (``BatchFeeder.host_batch`` + ``batch``: index the uint8 images by the
   epoch's permutation, convert to [-1, 1]) over a whole epoch, images/s, first epoch and later epochs;
 * the training step: ``crvae-gan-small`` (32x32 grey), images/s, on the same threads;
 * the ratio loader / step (target: >= 5 on the CPU, so later epochs never starve the step).
@@ -43,10 +43,10 @@ def epoch_rate(trainer, epochs: int) -> list[float]:
     """images/s of the trainer's batch path over whole epochs (each epoch its own permutation)."""
     rates = []
     for epoch in range(epochs):
-        perm = trainer._permutation(epoch)
+        perm = trainer.feeder.permutation(epoch)
         began = time.perf_counter()
         for b in range(trainer.batches_per_epoch):
-            trainer._batch(perm, b)
+            trainer.feeder.batch(perm, b)
         rates.append(trainer.batches_per_epoch * trainer.batch_size / (time.perf_counter() - began))
     return rates
 
@@ -66,7 +66,7 @@ def main() -> None:
     from genvae.core.compose import compose_spec
     from genvae.core.data import clear_cache, load_data
     from genvae.core.model import build_model
-    from genvae.core.train import Trainer
+    from genvae.core.training import Trainer
 
     results: dict = {"images": args.images, "batch_size": args.batch_size, "threads": args.threads}
     spec = compose_spec(preset="crvae-gan-small").with_train(batch_size=args.batch_size, log_every=10**9,
@@ -95,8 +95,8 @@ def main() -> None:
         results["fashion-mnist"] = {"images": len(fm), "epoch1_images_per_s": fm_rates[0],
                                     "later_images_per_s": fm_rates[1]}
         # the training step it feeds
-        perm = trainer._permutation(0)
-        x = trainer._batch(perm, 0)
+        perm = trainer.feeder.permutation(0)
+        x = trainer.feeder.batch(perm, 0)
         trainer.train_step(x)  # warm-up
         began = time.perf_counter()
         for _ in range(args.steps):

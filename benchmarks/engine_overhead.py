@@ -29,7 +29,7 @@ import torch
 from genvae.core.compose import compose_spec
 from genvae.core.data import ImageData
 from genvae.core.model import build_model
-from genvae.core.train import Trainer, seed_everything
+from genvae.core.training import Trainer, seed_everything
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from handwritten_parity import hand_step  # noqa: E402
@@ -58,10 +58,10 @@ def main() -> None:
                      source="random")
     trainer = Trainer(engine_model, tempfile.mkdtemp(prefix="genvae-bench-"), data, spec.train, device)
     plain_step = hand_step(args.preset, plain_model)
-    x = trainer._batch(trainer._permutation(0), 0)
+    x = trainer.feeder.batch(trainer.feeder.permutation(0), 0)
 
     def engine_step(x):
-        trainer._accumulate(trainer.train_step(x))
+        trainer.sink.accumulate(trainer.train_step(x), trainer.step)
 
     def timed(fn) -> float:
         if device.type == "cuda":

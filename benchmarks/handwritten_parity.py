@@ -39,9 +39,10 @@ from pathlib import Path
 import torch
 
 from genvae.core.compose import compose_spec
-from genvae.core.data import ImageData, to_model_range
+from genvae.core.data import ImageData
+from genvae.core.decode import to_model_range
 from genvae.core.model import build_model
-from genvae.core.train import Trainer
+from genvae.core.training import Trainer
 from genvae.plugins.mi import PAPER_WEIGHTS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

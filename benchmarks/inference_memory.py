@@ -164,7 +164,7 @@ def child(label: str, work: str, batch: int) -> dict:
     from genvae.core.compose import compose_spec
     from genvae.core.data import ImageData
     from genvae.core.model import build_model
-    from genvae.core.train import Trainer
+    from genvae.core.training import Trainer
 
     preset, sets = MODELS[label]
     spec = compose_spec(preset=preset, sets=sets)

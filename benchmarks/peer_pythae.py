@@ -95,7 +95,7 @@ class GenvaeRun:
         self.block = 0
 
     def run(self) -> None:
-        from genvae.core.train import Trainer
+        from genvae.core.training import Trainer
 
         self.block += 1
         trainer = Trainer(self.model, Path(self.tmp) / f"b{self.block}", self.data, self.spec.train, self.device)

@@ -23,7 +23,7 @@ from genvae.core import checkpoint as ckpt
 from genvae.core.compose import compose_spec
 from genvae.core.data import load_data
 from genvae.core.model import build_model
-from genvae.core.train import Trainer, seed_everything
+from genvae.core.training import Trainer, seed_everything
 
 
 def make(preset: str, schedule, batch: int, data, folder: Path, device: torch.device) -> Trainer:

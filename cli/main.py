@@ -6,7 +6,6 @@ traceback instead. Plugins add commands through the ``genvae_register_commands``
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -18,7 +17,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from genvae.core.commands import (
+from genvae.cli.commands import (
     COUNT,
     SAMPLE_BATCH,
     SEED,
@@ -57,10 +56,12 @@ class GenvaeGroup(click.Group):
     """
 
     def invoke(self, ctx: click.Context):
-        from genvae.core.train import TrainingStopped
+        from genvae.cli.progress import terminal_progress
+        from genvae.core.training import TrainingStopped
 
         try:
-            return super().invoke(ctx)
+            with terminal_progress(err_console):  # the engine's progress reports as bars on a terminal
+                return super().invoke(ctx)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except TrainingStopped as exc:
@@ -291,12 +292,11 @@ def print_summary(model, title: str) -> None:
 def build(preset, encoder, decoder, prior, transform, losses, image_size, channels, sets, stage1, folder,
           force) -> None:
     """Compose a model from components, check it, and write a freshly initialised model folder."""
-    from genvae.cli.report import HISTORY
-    from genvae.core.checkpoint import CONFIG, WEIGHTS, save_model
+    from genvae.core.checkpoint import CONFIG, HISTORY, WEIGHTS, save_model
     from genvae.core.compose import compose_spec
     from genvae.core.folder import ModelFolder, lock_folder
     from genvae.core.model import build_model
-    from genvae.core.train import seed_everything
+    from genvae.core.training import seed_everything
 
     out = Path(folder)
     ModelFolder(out).check_can_build_into()
@@ -374,108 +374,94 @@ def train(folder, data, data_root, download, epochs, max_steps, batch_size, lr, 
     Ctrl-C or SIGTERM stops at the next step with a checkpoint (a second Ctrl-C aborts at once);
     one process at a time may train a folder.
     """
-    from genvae.cli.report import HISTORY, REPORT
-    from genvae.core.checkpoint import CHECKPOINTS, METRICS, SAMPLES, latest_checkpoint, load_model, save_model
-    from genvae.core.distributed import shutdown
-    from genvae.core.folder import ModelFolder, check_not_in_use, lock_folder
-    from genvae.core.train import prepare_training
+    from genvae.cli.report import REPORT
+    from genvae.core.folder import ModelFolder
+    from genvae.core.training import train_run
 
     folder = Path(folder)
-    if resume and restart:
-        raise GenvaeError("--resume and --restart exclude each other")
-    check_not_in_use(folder)  # a folder another run is training says so, not what its files look like meanwhile
-    last = latest_checkpoint(folder)
-    if last is not None and not (resume or restart):
-        raise GenvaeError(f"{folder} has a checkpoint at {last.name}; pass --resume to continue it or --restart "
-                          "to discard checkpoints and metrics")
-    # Everything is validated before anything in the folder is touched.
-    model = load_model(folder, device="cpu", registry=registry())
     overrides = {k: v for k, v in dict(epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, amp=amp,
                                        channels_last=channels_last, compile=compile_, seed=seed, flip=flip,
                                        checkpoint_every=checkpoint_every, log_every=log_every).items()
                  if v is not None}
     if loggers is not None:
         overrides["loggers"] = tuple(name.strip() for name in loggers.split(",") if name.strip())
-    trainer = prepare_training(model, folder, data=data, data_root=data_root, download=download,
-                               overrides=overrides, sets=sets, device=device, registry=registry())
-    state = trainer.read_resume_state() if resume else None  # the whole checkpoint, checked before anything is written
-    images, dev = trainer.data, trainer.device
-    main = trainer.is_main  # under torchrun only rank 0 writes and prints
-    if images.skipped and main:
-        err_console.print(f"skipped {len(images.skipped)} unreadable file(s), e.g. {images.skipped[0]}",
-                          markup=False, highlight=False)
-    with lock_folder(folder) if main else contextlib.nullcontext():
-        mf = ModelFolder(folder)
-        start = trainer.resume(state) if resume else 0  # applies the state checked above
-        # every output of the run is checked (links, files genvae did not write) before anything is deleted
-        trainer.prepare_folder(cut_metrics_to_step=False, start=start,
-                               extra=(HISTORY, *((REPORT,) if write_report else ())))
-        if restart and main:
-            mf.remove(f for f in mf.files() if f == METRICS or f.startswith((f"{CHECKPOINTS}/", f"{SAMPLES}/")))
-        if trainer.dist is not None:
-            trainer.dist.barrier()  # rank 0 has prepared the folder before any process goes on
-        if resume and start == 0 and last is None and main:
-            err_console.print("no checkpoint to resume from; starting at step 0")
-        if main:
-            save_model(model, folder)  # records the run's training settings in config.json
-            _record_command(folder)
-        total = trainer.total_steps()
-        updates = _updates_text({"phase": u.phase.name, "branch": u.branch, "fresh": u.fresh} for u in trainer.updates)
-        processes = f" | {trainer.dist.world_size} processes ({trainer.dist.backend})" if trainer.dist else ""
-        if main:
-            console.print(f"training {folder} on {images.source} ({len(images)} images) | {dev}{processes} | step "
-                          f"{start} -> {total} | batch {trainer.batch_size} | updates: {updates}",
-                          markup=False, highlight=False)
-        if start >= total:
-            if main:
-                console.print("nothing to do: the run already reached its last step (raise --max-steps or --epochs)")
-            return
-        try:
-            last_metrics = _fit_with_progress(trainer, total, start, quiet, silent=not main)
-        finally:
-            shutdown()  # leave the process group (a no-op for one process)
-    if main:
-        console.print(f"done at step {trainer.step}: " + ", ".join(
-            f"{k} {v:.4g}" for k, v in last_metrics.items() if k not in ("step", "epoch", "wall_time")))
-        _print_run_summary(folder, start)
-        if write_report:
-            from genvae.cli.report import build_report
-
-            page = build_report([folder], data=data, data_root=data_root, download=download)
-            ModelFolder(folder).write_text(REPORT, page)  # recorded before it is written, as every genvae file is
-            console.print(f"report: {folder / REPORT}")
-
-
-@contextlib.contextmanager
-def _work_progress(title: str):
-    """A ``progress(task, done, total)`` callback drawing one bar per task on a terminal's stderr (None elsewhere)."""
-    if not err_console.is_terminal:
-        yield None
+    with _RunDisplay(quiet, resume) as display:
+        result = train_run(folder, data=data, data_root=data_root, download=download, overrides=overrides,
+                           sets=sets, device=device, resume=resume, restart=restart, command=_command_record(),
+                           extra_outputs=(REPORT,) if write_report else (), registry=registry(),
+                           on_start=display.start, on_log=display.log)
+    if not result.is_main:  # under torchrun only rank 0 prints
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    if result.step == result.start:
+        console.print("nothing to do: the run already reached its last step (raise --max-steps or --epochs)")
+        return
+    console.print(f"done at step {result.step}: {terms_text(result.metrics, ', ')}")
+    _print_run_summary(folder, result.start)
+    if write_report:
+        from genvae.cli.report import build_report
 
-    with Progress(TextColumn(f"{title}: {{task.description}}"), BarColumn(), MofNCompleteColumn(),
-                  TimeRemainingColumn(), console=err_console, transient=True) as bars:
-        tasks: dict[str, Any] = {}
-
-        def progress(task: str, done: int, total: int) -> None:
-            if task not in tasks:
-                tasks[task] = bars.add_task(task, total=total)
-            bars.update(tasks[task], completed=done)
-
-        yield progress
+        page = build_report([folder], data=data, data_root=data_root, download=download)
+        ModelFolder(folder).write_text(REPORT, page)  # recorded before it is written, as every genvae file is
+        console.print(f"report: {folder / REPORT}")
 
 
-def _record_command(folder: Path) -> None:
-    """Append this command, as given on the command line, to FOLDER/commands.jsonl (the report's "commands")."""
+class _RunDisplay:
+    """What ``genvae train`` shows of a run: the header once it is checked, then a rich bar on a terminal (terms,
+    images/s, the ETA) or one line per metrics line elsewhere (``--quiet`` too); nothing on torchrun's other
+    ranks."""
+
+    def __init__(self, quiet: bool, resume: bool):
+        self.quiet, self.resume = quiet, resume
+        self.bar = None
+        self.task = None
+        self.total = 0
+        self.silent = False
+
+    def __enter__(self) -> _RunDisplay:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def start(self, run) -> None:
+        trainer, images = run.trainer, run.trainer.data
+        self.silent, self.total = not trainer.is_main, run.total
+        if self.silent:
+            return
+        if images.skipped:
+            err_console.print(f"skipped {len(images.skipped)} unreadable file(s), e.g. {images.skipped[0]}",
+                              markup=False, highlight=False)
+        if self.resume and not run.resumed:
+            err_console.print("no checkpoint to resume from; starting at step 0")
+        processes = f" | {trainer.dist.world_size} processes ({trainer.dist.backend})" if trainer.dist else ""
+        console.print(f"training {run.folder} on {images.source} ({len(images)} images) | {trainer.device}{processes} "
+                      f"| step {run.start} -> {run.total} | batch {trainer.batch_size} | updates: {run.updates_text}",
+                      markup=False, highlight=False)
+        if run.start < run.total and not self.quiet and console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                                TextColumn("{task.fields[terms]}"), console=console)
+            self.bar.start()
+            self.task = self.bar.add_task("train", total=run.total, completed=run.start, terms="")
+
+    def log(self, record: dict) -> None:
+        if self.silent:
+            return
+        if self.bar is not None:
+            self.bar.update(self.task, completed=record["step"], terms=terms_text(record))
+        else:
+            click.echo(f"step {record['step']}/{self.total}  {terms_text(record)}")
+
+
+def _command_record() -> dict:
+    """This command, as given on the command line, for the model folder's commands.jsonl (the report's
+    "commands")."""
     import shlex
     import time
 
     from click.core import ParameterSource
-
-    from genvae.cli.report import HISTORY
-    from genvae.core.folder import ModelFolder
-    from genvae.core.train import append_json_line
 
     ctx = click.get_current_context()
     words = [ctx.command_path.split()[-1]]
@@ -490,8 +476,16 @@ def _record_command(folder: Path) -> None:
         else:
             for item in value if getattr(param, "multiple", False) else [value]:
                 words += [param.opts[0], str(item)]
-    command = "genvae " + " ".join(shlex.quote(w) for w in words)
-    append_json_line(ModelFolder(folder), HISTORY, {"command": command, "time": round(time.time(), 3)})
+    return {"command": "genvae " + " ".join(shlex.quote(w) for w in words), "time": round(time.time(), 3)}
+
+
+def _record_command(folder: Path) -> None:
+    """Append this command to FOLDER/commands.jsonl."""
+    from genvae.core.checkpoint import HISTORY
+    from genvae.core.folder import ModelFolder
+    from genvae.core.training.metrics import append_json_line
+
+    append_json_line(ModelFolder(folder), HISTORY, _command_record())
 
 
 def _print_run_summary(folder: Path, start: int) -> None:
@@ -510,29 +504,6 @@ def _print_run_summary(folder: Path, start: int) -> None:
     if isinstance(first.get("wall_time"), int | float) and isinstance(last.get("wall_time"), int | float):
         table.caption = f"{last['wall_time'] - first['wall_time']:.1f} s between the first and last log lines"
     console.print(table)
-
-
-def _fit_with_progress(trainer, total: int, start: int, quiet: bool, silent: bool = False) -> dict:
-    if silent:
-        return trainer.fit()
-    if quiet or not console.is_terminal:
-        def on_log(record):
-            click.echo(f"step {record['step']}/{total}  {terms_text(record)}")
-
-        trainer.on_log = on_log
-        return trainer.fit()
-    else:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        with Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      TextColumn("{task.fields[terms]}"), console=console) as progress:
-            task = progress.add_task("train", total=total, completed=start, terms="")
-
-            def on_log(record):
-                progress.update(task, completed=record["step"], terms=terms_text(record))
-
-            trainer.on_log = on_log
-            return trainer.fit()
 
 
 # -- report / plot ---------------------------------------------------------------------------------
@@ -563,8 +534,8 @@ def report(folders, output, data, data_root, download) -> None:
 def plot(folders, term, output, x_axis) -> None:
     """One plot of a logged term over the steps (or wall-clock time) of one or several runs (overlaid), as a PNG."""
     from genvae.cli.report import plot_png
-    from genvae.core.data import check_image_output
     from genvae.core.files import atomic_write
+    from genvae.core.images import check_image_output
 
     if not str(output).lower().endswith(".png"):
         raise GenvaeError(f"plot -o {output}: the plot is a PNG file; name it something.png")
@@ -609,7 +580,8 @@ def sample(folder, count, output, seed, device, nrow, source, fix) -> None:
     import torch
 
     from genvae.core.budget import grid_bytes
-    from genvae.core.data import check_image_output, save_grid, to_uint8
+    from genvae.core.decode import to_uint8
+    from genvae.core.images import check_image_output, save_grid
     from genvae.core.inference import draw_samples
 
     if bool(source) != bool(fix):
@@ -672,6 +644,7 @@ def evaluate(folder, data, data_root, download, metrics, metrics_alias, classifi
     from genvae.core.checkpoint import write_json
     from genvae.core.data import load_data
     from genvae.core.evaluation import EvalData, metric_needs, open_feature_network
+    from genvae.core.progress import report as report_progress
 
     if metrics and metrics_alias:
         raise GenvaeError("give --metrics once (--metric is its old name)")
@@ -700,15 +673,18 @@ def evaluate(folder, data, data_root, download, metrics, metrics_alias, classifi
                            download=download, registry=reg)
         real = images.images if limit is None else images.images[:limit]
         source, count = images.source, len(real)
-        with _work_progress(f"evaluate {path}") as progress:
-            batch = EvalData(model, real, dev, features=network, n_samples=n_samples or len(real),
-                             batch_size=batch_size, seed=seed, progress=progress)
-            scores: dict[str, dict[str, float]] = {}
-            for name in names:
-                scores[name] = reg.get("metric", name).obj(batch)
+
+        def progress(task: str, done: int, total: int, where: str = str(path)) -> None:
+            report_progress(f"evaluate {where}: {task}", done, total)
+
+        batch = EvalData(model, real, dev, features=network, n_samples=n_samples or len(real),
+                         batch_size=batch_size, seed=seed, progress=progress)
+        scores: dict[str, dict[str, float]] = {}
+        for name in names:
+            scores[name] = reg.get("metric", name).obj(batch)
         results.append({"model": str(path), "metrics": scores, "samples": batch.n_samples if "samples" in needs
                         else 0})
-    from genvae.core import __version__
+    from genvae import __version__
 
     feature_label = network.label if network is not None else None
     labels = {}
@@ -747,7 +723,9 @@ def reconstruct(folder, data, data_root, download, count, output, split, seed, d
     """Reconstruct images (posterior mean): rows alternate originals and reconstructions."""
     from genvae.cli.report import paired_rows
     from genvae.core.budget import grid_bytes, image_bytes
-    from genvae.core.data import check_image_output, load_data, save_grid, to_model_range, to_uint8
+    from genvae.core.data import load_data
+    from genvae.core.decode import to_model_range, to_uint8
+    from genvae.core.images import check_image_output, save_grid
     from genvae.core.inference import reconstruct_images
 
     check_image_output(Path(output))
@@ -847,7 +825,7 @@ def add_plugin_commands() -> None:
         return
     for record, plugin in reg.command_plugins:
         try:
-            plugin.genvae_register_commands(cli=cli)
+            reg.add_commands(record, plugin, cli)
         except Exception as exc:
             record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
 
@@ -858,7 +836,7 @@ def plugin_commands(reg) -> dict[str, list[str]]:
     for record, plugin in reg.command_plugins:
         probe = click.Group()
         try:
-            plugin.genvae_register_commands(cli=probe)
+            reg.add_commands(record, plugin, probe)
         except Exception:  # add_plugin_commands marks the plugin failed
             continue
         if probe.commands:

@@ -20,10 +20,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from genvae.core.checkpoint import HISTORY
+from genvae.core.training.metrics import is_term
+
 GENERATOR = '<meta name="generator" content="genvae report">'  # marks the pages genvae may overwrite
-AXES = ("step", "epoch", "lr", "images_per_s", "wall_time")  # a metrics line's keys that are not loss terms
 EVALUATION = "evaluation.json"
-HISTORY = "commands.jsonl"
 REPORT = "report.html"  # what train --report writes into the model folder
 
 
@@ -48,7 +49,7 @@ def terms_of(records: Sequence[dict]) -> list[str]:
     seen: dict[str, None] = {}
     for record in records:
         for key, value in record.items():
-            if key not in AXES and isinstance(value, int | float | type(None)):
+            if is_term(key) and isinstance(value, int | float | type(None)):
                 seen.setdefault(key, None)
     return sorted(seen, key=lambda k: (k.endswith("/total") or "/" in k, list(seen).index(k)))
 
@@ -160,8 +161,9 @@ def _reconstructions(model, data, data_root, download, count: int = 16) -> bytes
     import tempfile
 
     from genvae.core.budget import grid_bytes, image_bytes
-    from genvae.core.commands import load_command_data
-    from genvae.core.data import save_grid, to_uint8
+    from genvae.cli.commands import load_command_data
+    from genvae.core.decode import to_uint8
+    from genvae.core.images import save_grid
     from genvae.core.inference import reconstruct_images
 
     images = load_command_data(model, data, data_root, download)
@@ -227,7 +229,7 @@ pre{background:#f6f6f6;padding:8px;font-size:12px;overflow:auto;max-height:360px
 
 def build_report(folders: Sequence[Path], *, data=None, data_root=None, download=False) -> str:
     """The report page for ``folders``, as HTML text."""
-    from genvae.core import load_model
+    from genvae.api import load_model
 
     names = [f.name or str(f) for f in folders]
     if len(set(names)) < len(names):

@@ -404,12 +404,12 @@ def _measure_forward(model, spec, batch: int, mode: _MetaMode) -> tuple[int, int
         with mode, torch.no_grad(), tracker:
             x = torch.zeros(batch, *spec.image_shape, device=META)
             model.train()
-            state = model(x)
-            forward = x.numel() * x.element_size() + _nbytes(state.x_hat) + count[0]
+            fwd = model(x)
+            forward = x.numel() * x.element_size() + _nbytes(fwd.x_hat) + count[0]
             phases = [0]
             for phase in model.phases:
                 count[0] = 0
-                model.phase_terms(state, phase)
+                model.phase_terms(fwd, phase)
                 phases.append(count[0])
     finally:
         for hook in hooks:
@@ -529,7 +529,7 @@ Program = Callable[[Any, int], object]
 FALLBACK_IMAGE_COPIES = 32
 #: the second batch a program is measured at: the slope holds up to 1 + this many images at once
 SLOPE_BATCH = 1024
-#: bytes per grid pixel while :func:`genvae.core.data.save_grid` writes a grid, by channels: the uint8
+#: bytes per grid pixel while :func:`genvae.core.images.save_grid` writes a grid, by channels: the uint8
 #: grid, PIL's copy of it (4 bytes per RGB pixel) and an encoder's working copies (WebP: ARGB and YUV)
 GRID_PIXEL_BYTES = {1: 1 + 1 + 6, 3: 3 + 4 + 6}
 
@@ -544,8 +544,8 @@ def _images(model, batch: int) -> Tensor:
 
 def _program_check(model, batch: int) -> object:
     """What the build's dry run does (genvae.core.model.dry_run): a pass at the posterior mean and every loss."""
-    state = model(_images(model, batch), sample=False)
-    return state, [loss(state, phase) for phase, losses in model._phase_losses.items() for loss in losses]
+    fwd = model(_images(model, batch), sample=False)
+    return fwd, [loss(fwd, phase) for phase, losses in model._phase_losses.items() for loss in losses]
 
 
 #: the programs genvae's commands run; a plugin passes its own to :func:`inference_batch` (``program=``)
@@ -671,7 +671,7 @@ def image_bytes(model_or_spec, count: int = 1, element_size: int = 4) -> int:
 
 
 def grid_bytes(model_or_spec, count: int) -> int:
-    """Bytes :func:`genvae.core.data.save_grid` needs to write ``count`` images as one grid, besides its input:
+    """Bytes :func:`genvae.core.images.save_grid` needs to write ``count`` images as one grid, besides its input:
     the grid with its padding (an image's worth more, for the rounding of rows), and one image converted at a time."""
     c, h, w = _image_shape(model_or_spec)
     return (count + 1) * (h + 2) * (w + 2) * GRID_PIXEL_BYTES.get(c, 3 * c) + 2 * image_bytes(model_or_spec)

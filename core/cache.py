@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import shutil
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 
 from genvae.core.errors import DataError
+from genvae.core.progress import report
 
 ENV = "GENVAE_CACHE"
 FORMAT = 1
@@ -135,19 +135,6 @@ def _locked(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _progress(total: int, what: str):
-    """A progress bar on a terminal's standard error; nothing otherwise."""
-    if not sys.stderr.isatty():
-        return None
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    progress = Progress(TextColumn(f"decoding {what}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                        console=Console(stderr=True), transient=True)
-    progress.add_task("decode", total=total)
-    return progress
-
-
 def _worker_block(path: str, shape: tuple[int, ...], start: int, sources: Sequence[Any],
                   decode_block: Callable) -> list[tuple[int, str]]:
     out = np.memmap(path, dtype=np.uint8, mode="r+", shape=shape)
@@ -166,7 +153,7 @@ def _decode_into(path: Path, sources: Sequence[Any], image_shape: tuple[int, ...
     starts = range(0, len(sources), _BLOCK)
     workers = max(1, min(8, os.cpu_count() or 1))
     failures: list[tuple[int, str]] = []
-    progress = _progress(len(sources), what)
+    task = f"decoding {what}"
     if len(sources) >= _PROCESS_MIN and workers > 1:
         import multiprocessing
 
@@ -174,13 +161,12 @@ def _decode_into(path: Path, sources: Sequence[Any], image_shape: tuple[int, ...
         pool: Any = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
     else:
         pool = ThreadPoolExecutor(workers)
-    with pool, progress if progress is not None else contextlib.nullcontext():
+    with pool:
         futures = [pool.submit(_worker_block, str(path), shape, s, sources[s:s + _BLOCK], decode_block)
                    for s in starts]
-        for future in futures:
+        for done, future in enumerate(futures, 1):
             failures.extend(future.result())
-            if progress is not None:
-                progress.advance(progress.task_ids[0], _BLOCK)
+            report(task, min(done * _BLOCK, len(sources)), len(sources))
     return failures
 
 

@@ -7,8 +7,8 @@ every provider has the members its protocol names (one-line error otherwise, bef
 
 A third-party capability is made the same way: ``MY_CAP = Capability("my-cap", "what it means", loss=MyProto)``.
 
-What providers hand to consumers during a pass goes into typed fields of :class:`~genvae.core.Pass`
-(``state.pyramid``, ``state.fake_features``); ``Pass.extras`` is only a plugin's private scratch.
+What providers hand to consumers during a pass goes into typed fields of :class:`~genvae.core.ForwardPass`
+(``fwd.pyramid``, ``fwd.fake_features``); ``ForwardPass.extras`` is only a plugin's private scratch.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import attrs
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
-    from genvae.core.components import Pass
+    from genvae.core.components import ForwardPass
 
 
 class Capability(str):
@@ -69,9 +69,9 @@ class DiscriminatorTrunk(Protocol):
     #: how many layers (blocks) the trunk has, for layer_features
     trunk_layers: int
 
-    def fake_features(self, state: Pass) -> dict[str, Tensor]:
+    def fake_features(self, fwd: ForwardPass) -> dict[str, Tensor]:
         """Trunk features of the generated images the current update judges, by branch: ``"recon"`` and/or
-        ``"prior"``; computed once per update (``state.fake_features``) and shared."""
+        ``"prior"``; computed once per update (``fwd.fake_features``) and shared."""
         ...
 
     def layer_features(self, images: Tensor, layer: int) -> Tensor:
@@ -90,7 +90,7 @@ DISCRIMINATOR = Capability("discriminator", "a discriminator trunk other losses 
 
 @attrs.define
 class FakeFeatures:
-    """``Pass.fake_features``: the trunk features of one update's fakes, by branch (see DiscriminatorTrunk)."""
+    """``ForwardPass.fake_features``: the trunk features of one update's fakes, by branch (see DiscriminatorTrunk)."""
 
     update: int
     by_branch: dict[str, Tensor]
@@ -175,7 +175,7 @@ PYRAMID = Capability("pyramid", "a Laplacian pyramid of per-level encoders, late
 
 @attrs.define
 class PyramidPass:
-    """``Pass.pyramid``: one pass's pyramid, lists indexed by level k (0 = finest).
+    """``ForwardPass.pyramid``: one pass's pyramid, lists indexed by level k (0 = finest).
 
     The encoder fills ``targets`` (the input's bands h_k), ``blurred`` (b_k) and ``condition`` (the coarser
     image each level was conditioned on, None at the coarsest); the decoder fills ``predictions`` (h_hat_k)

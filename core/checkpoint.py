@@ -29,7 +29,7 @@ from genvae.core import files as fs
 from genvae.core.errors import CheckpointError, GenvaeError, name_list
 from genvae.core.files import atomic_write, atomic_write_text
 from genvae.core.folder import ModelFolder, as_model_folder
-from genvae.core.spec import ModelSpec
+from genvae.core.spec import ModelSpec, TrainConfig
 
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
@@ -38,6 +38,7 @@ TRAINER = "trainer.json"
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
 SAMPLES = "samples"
+HISTORY = "commands.jsonl"  # one JSON line per command that wrote the folder (the report's "commands")
 MAX_JSON_BYTES = 4 << 20  # config.json and trainer.json are a few KB; refuse anything absurd before parsing
 
 
@@ -154,9 +155,10 @@ def read_tensors(path: Path, device: str | torch.device = "cpu") -> dict[str, to
 # -- model folders ---------------------------------------------------------------------------------
 
 
-def save_model(model, folder: str | Path | ModelFolder) -> None:
-    """Write ``config.json`` (resolved spec) and ``model.safetensors`` into ``folder``."""
-    from genvae.core import __version__
+def save_model(model, folder: str | Path | ModelFolder, train: TrainConfig | None = None) -> None:
+    """Write ``config.json`` (resolved spec; ``train``: a run's training settings) and ``model.safetensors``
+    into ``folder``."""
+    from genvae import __version__
 
     mf = as_model_folder(folder)
     state = model.state_dict()
@@ -165,7 +167,7 @@ def save_model(model, folder: str | Path | ModelFolder) -> None:
         raise DivergedError(f"not saving {mf.path / WEIGHTS}: {len(bad)} weight tensor(s) hold NaN or inf "
                             f"(first: {bad[0]}); the file on disk is left as it was")
     mf.check_outputs([CONFIG, WEIGHTS])
-    config = {"genvae_version": __version__, **model.resolved_spec().to_dict()}
+    config = {"genvae_version": __version__, **model.resolved_spec(train).to_dict()}
     mf.write_text(CONFIG, json_text(config))
     mf.write(WEIGHTS, tensors_writer(state, {"format": "pt"}))
 

@@ -6,7 +6,7 @@ One training step of a composed model is a walk through these classes (docs/arch
     z --LatentTransform.generate--> u --Decoder--> output --(its output space)--> x_hat
     Prior(pass) --> p(z | context)        Loss(pass, phase) --> named terms
 
-A :class:`Pass` records everything one forward computed, so losses read what they need and
+A :class:`ForwardPass` records everything one forward computed, so losses read what they need and
 components that depend on each other (an M-network prior re-encoding the coarser level) can do so
 without the engine knowing about them.
 """
@@ -154,7 +154,7 @@ class PriorSample:
         return iter((self.z, self.u, self.x))
 
 
-class Pass:
+class ForwardPass:
     """Everything one forward pass computed; losses and context-dependent priors read from it.
 
     What components hand to each other beyond the common fields has typed fields, one per capability
@@ -167,11 +167,11 @@ class Pass:
 
     ``branch`` says which terms the trainer's current update wants (``train.schedule``): ``all``,
     ``posterior`` (terms of x -> q(z|x) -> x_hat) or ``prior`` (terms of z ~ p(z) -> x); a loss asks
-    ``state.wants(branch)``. ``update`` is the index of that update within the step, so a cache can
+    ``fwd.wants(branch)``. ``update`` is the index of that update within the step, so a cache can
     tell one update from the next.
     """
 
-    __slots__ = ("model", "x", "features", "posterior", "z", "u", "logits", "x_hat", "prior", "extras",
+    __slots__ = ("model", "x", "features", "posterior", "z", "u", "decoder_output", "x_hat", "prior", "extras",
                  "extra_posterior", "pyramid", "fake_features", "branch", "update", "step", "epoch",
                  "_prior_sample")
 
@@ -182,7 +182,9 @@ class Pass:
         self.posterior: Gaussian | None = None
         self.z: Tensor | None = None
         self.u: Tensor | None = None
-        self.logits: Tensor | None = None
+        #: the decoder's output, in the output space it declares (``Decoder.output``: tanh logits, Bernoulli
+        #: logits, or the image itself); ``x_hat`` is that output as an image in [-1, 1]
+        self.decoder_output: Tensor | None = None
         self.x_hat: Tensor | None = None
         self.prior: Gaussian | None = None
         self.extras: dict[str, Any] = {}
@@ -200,6 +202,15 @@ class Pass:
         self.step: int | None = None
         self.epoch: int | None = None
         self._prior_sample: PriorSample | None = None
+
+    @property
+    def logits(self) -> Tensor | None:
+        """Deprecated since 0.2 (goes in 0.3): ``decoder_output``, which holds any decoder's output."""
+        import warnings
+
+        warnings.warn("ForwardPass.logits is deprecated; use ForwardPass.decoder_output", DeprecationWarning,
+                      stacklevel=2)
+        return self.decoder_output
 
     def wants(self, branch: str) -> bool:
         """Whether the current update trains on ``branch`` ("posterior" or "prior")."""
@@ -308,7 +319,7 @@ class Encoder(Component):
     output_shape: Shape
 
     @abc.abstractmethod
-    def forward(self, x: Tensor, state: Pass | None = None) -> Tensor:
+    def forward(self, x: Tensor, fwd: ForwardPass | None = None) -> Tensor:
         """Features of the batch, (B, *output_shape)."""
 
 
@@ -325,11 +336,11 @@ class LatentTransform(Component):
     output_shape: Shape
 
     @abc.abstractmethod
-    def posterior(self, features: Tensor, state: Pass | None = None) -> Gaussian:
+    def posterior(self, features: Tensor, fwd: ForwardPass | None = None) -> Gaussian:
         """q(z|x) from the encoder's features, a Gaussian of shape (B, *layout.shape)."""
 
     @abc.abstractmethod
-    def generate(self, z: Tensor, state: Pass | None = None) -> Tensor:
+    def generate(self, z: Tensor, fwd: ForwardPass | None = None) -> Tensor:
         """u, the decoder's input (B, *output_shape), from z."""
 
     def generation_modules(self) -> list[nn.Module]:
@@ -348,7 +359,8 @@ def _bernoulli_mean(logits: Tensor) -> Tensor:
 #: How a decoder's output becomes x_hat in [-1, 1], by the name the decoder declares in ``Decoder.output``:
 #: ``tanh`` (unbounded logits a, x_hat = tanh(a); the default), ``bernoulli`` (logits a of the pixels'
 #: Bernoulli probabilities p = sigmoid(a), x_hat = 2p - 1) and ``image`` (the output is x_hat itself, which
-#: the decoder keeps in [-1, 1]). The output itself is ``Pass.logits``; losses that need logits check the space.
+#: the decoder keeps in [-1, 1]). The output itself is ``ForwardPass.decoder_output``; losses that need logits check
+#: the space.
 OUTPUT_SPACES: dict[str, Callable[[Tensor], Tensor]] = {"tanh": torch.tanh, "bernoulli": _bernoulli_mean,
                                                         "image": _as_image}
 
@@ -377,7 +389,7 @@ class Decoder(Component):
         return c_in, ups
 
     @abc.abstractmethod
-    def forward(self, u: Tensor, state: Pass | None = None) -> Tensor:
+    def forward(self, u: Tensor, fwd: ForwardPass | None = None) -> Tensor:
         """The output (B, C, H, W) from u, in the declared ``output`` space."""
 
 
@@ -397,13 +409,13 @@ class Prior(Component):
         self.layout = ctx.layout
 
     @abc.abstractmethod
-    def forward(self, state: Pass) -> Any:
+    def forward(self, fwd: ForwardPass) -> Any:
         """The prior for this pass's posterior (may depend on it: an M-network prior does): a ``Gaussian``, or
         (``gaussian = False``) any object with ``log_prob(z)``."""
 
     def extra_inputs(self) -> Tensor | None:
         """Images (K, C, H, W) in [-1, 1] the model encodes together with x in each forward pass, so the
-        encoder's batch norms see one batch per step; their posterior arrives as ``state.extra_posterior``."""
+        encoder's batch norms see one batch per step; their posterior arrives as ``fwd.extra_posterior``."""
         return None
 
     def sample(self, n: int, model: GenerativeModel, device: torch.device | str,
@@ -422,7 +434,7 @@ class Prior(Component):
 
 
 class Loss(Component):
-    """A training objective. ``forward(state, phase)`` returns named terms that are summed.
+    """A training objective. ``forward(fwd, phase)`` returns named terms that are summed.
 
     A loss contributes to the ``model`` phase (encoder, transform, decoder, prior parameters) by
     default. One that trains networks of its own (a discriminator) lists them in
@@ -450,7 +462,7 @@ class Loss(Component):
     phases: ClassVar[tuple[str, ...]] = ("model",)
     #: the branches this loss has terms on: "posterior" (x -> q(z|x) -> x_hat, the default) and/or
     #: "prior" (z ~ p(z) -> x). An update of ``train.schedule`` on one branch calls only the losses
-    #: with terms there; inside, ``state.wants(branch)`` says which terms to compute.
+    #: with terms there; inside, ``fwd.wants(branch)`` says which terms to compute.
     branches: ClassVar[tuple[str, ...]] = ("posterior",)
 
     def __init__(self, options: Any, ctx: BuildContext, weight: float = 1.0):
@@ -462,7 +474,7 @@ class Loss(Component):
         return {}
 
     @abc.abstractmethod
-    def forward(self, state: Pass, phase: str) -> dict[str, Tensor]:
+    def forward(self, fwd: ForwardPass, phase: str) -> dict[str, Tensor]:
         """Named, weighted terms of ``phase`` (summed by the trainer)."""
 
 

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from genvae.core.errors import GenvaeError
+from genvae.core.progress import report
 
 #: what a metric may read: the model's reconstructions of the real images, its samples, feature-space views
 NEEDS = ("reconstructions", "samples", "features")
@@ -56,8 +57,9 @@ def fit_to(x: Tensor, shape: tuple[int, int, int]) -> Tensor:
 class EvalData:
     """One model's evaluation inputs, computed lazily and once: real images (uint8, the model's size), the
     reconstructions (posterior mean) and ``n_samples`` samples (images in [-1, 1], on the CPU), and with a
-    feature network their features and logits. Random draws follow ``seed``. ``progress(task, done, total)``, when
-    given, hears of every batch of long work (a progress bar).
+    feature network their features and logits. Random draws follow ``seed``. Every batch of long work is
+    reported to ``progress(task, done, total)`` when given, else to the engine's reporter
+    (:func:`genvae.core.progress.report`: the command line's bars).
 
     The model sees ``batch_size`` images at a time, or fewer: the chunk that fits the memory limit beside the
     image sets kept here (:func:`genvae.core.budget.inference_batch`); the results are the same either way."""
@@ -76,8 +78,7 @@ class EvalData:
         self._cache: dict[str, Tensor] = {}
 
     def _tell(self, task: str, done: int, total: int) -> None:
-        if self.progress is not None:
-            self.progress(task, done, total)
+        (self.progress or report)(task, done, total)
 
     # -- images -------------------------------------------------------------------------------------
     def real_images(self) -> Tensor:

@@ -99,7 +99,7 @@ def _legacy_file_is_genvaes(root: Path, rel: str) -> bool:
             with fs.open_file_in(root, rel) as f:
                 return f is not None and _is_safetensors(f)
         if rel.endswith(".png"):
-            from genvae.core.data import carries_genvae_mark
+            from genvae.core.images import carries_genvae_mark
 
             with fs.open_file_in(root, rel) as f:
                 return f is not None and carries_genvae_mark(f)
@@ -441,14 +441,14 @@ def _in_use(folder: Path, holder: str) -> FolderInUseError:
                             "for it to finish or stop it, then retry")
 
 
-def check_not_in_use(folder: str | os.PathLike) -> None:
+def check_not_in_use(folder: str | os.PathLike | ModelFolder) -> None:
     """Raise :class:`FolderInUseError` at once if another process holds the folder's lock, writing nothing.
 
     A command calls it first, so that a busy folder is reported as busy rather than by whatever other check the
     running process's files would fail (``train`` on a folder another run has just checkpointed). The lock is
     tested by taking and dropping it on a read-only descriptor; :func:`lock_folder` still guards the writes.
     """
-    folder = Path(folder)
+    folder = as_model_folder(folder).path
     if os.path.realpath(folder) in _HELD:
         return
     path = folder / LOCK

@@ -31,7 +31,7 @@ def _output(model, count: int, dtype: torch.dtype) -> Tensor:
 
 def _store(out: Tensor, start: int, images: Tensor) -> int:
     """Write images in [-1, 1] into ``out`` (uint8 or float, on the CPU) from ``start``; returns the next index."""
-    from genvae.core.data import to_uint8
+    from genvae.core.decode import to_uint8
 
     images = images.detach()
     out[start : start + len(images)] = to_uint8(images.cpu()) if out.dtype == torch.uint8 else images.float().cpu()
@@ -94,7 +94,7 @@ def reconstruct_images(model, images: Tensor, device: torch.device | str | None 
                        holding: str = "", command: str = "reconstruct") -> Tensor:
     """Reconstructions (posterior mean) of ``images`` (uint8, or float in [-1, 1]) as float in [-1, 1] on the
     CPU, in chunks that fit the memory limit beside ``held`` bytes."""
-    from genvae.core.data import to_model_range
+    from genvae.core.decode import to_model_range
 
     device = device or model.device
     kept = held + image_bytes(model, len(images))

@@ -96,3 +96,46 @@ def straight_through_clamp(x: Tensor, low: float, high: float) -> Tensor:
     """``x`` clamped to [low, high] in the forward pass, with gradient 1 everywhere: a loss on the clamped
     values still pulls out-of-range ones back."""
     return x + (x.clamp(low, high) - x).detach()
+
+
+# -- convolution stacks (the conv, Laplacian and example plugins build theirs from these) --------------------
+
+
+def stack_widths(width: int, depth: int, max_width: int) -> list[int]:
+    """Channels of ``depth`` layers starting at ``width``, doubling each layer, capped at ``max_width``."""
+    return [min(width * 2**i, max_width) for i in range(depth)]
+
+
+def down_stack(in_channels: int, widths: list[int], act: str = "lrelu", batch_norm: bool = True) -> nn.Sequential:
+    """Stride-2 4x4 convolutions through ``widths``, each halving the size; batch norm after every layer but the
+    first, then ``act``."""
+    layers: list[nn.Module] = []
+    prev = in_channels
+    for i, width in enumerate(widths):
+        layers.append(nn.Conv2d(prev, width, 4, 2, 1, bias=not batch_norm or i == 0))
+        if batch_norm and i > 0:
+            layers.append(nn.BatchNorm2d(width))
+        layers.append(activation(act))
+        prev = width
+    return nn.Sequential(*layers)
+
+
+def up_stack(in_channels: int, widths: list[int], out_channels: int, act: str = "lrelu",
+             batch_norm: bool = True) -> nn.Sequential:
+    """Stride-2 4x4 transposed convolutions through ``widths`` (each doubling the size, batch norm, ``act``),
+    then a 3x3 convolution to ``out_channels`` (the output layer, bare)."""
+    layers: list[nn.Module] = []
+    prev = in_channels
+    for width in widths:
+        layers.append(nn.ConvTranspose2d(prev, width, 4, 2, 1, bias=not batch_norm))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(width))
+        layers.append(activation(act))
+        prev = width
+    layers.append(nn.Conv2d(prev, out_channels, 3, 1, 1))
+    return nn.Sequential(*layers)
+
+
+def decoder_widths(width: int, ups: int, max_width: int) -> list[int]:
+    """The widths of ``ups`` upsampling layers that mirror an encoder of that many layers (widest first)."""
+    return list(reversed(stack_widths(width, max(ups, 1), max_width)))[:ups]

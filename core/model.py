@@ -14,11 +14,11 @@ import torch
 from torch import Tensor, nn
 
 from genvae.core.capabilities import Capability
-from genvae.core.components import COMPONENT_KINDS, OUTPUT_SPACES, BuildContext, Component, Gaussian, Loss, Pass
+from genvae.core.components import COMPONENT_KINDS, OUTPUT_SPACES, BuildContext, Component, ForwardPass, Gaussian, Loss
 from genvae.core.errors import BuildError, GenvaeError, did_you_mean
 from genvae.core.options import options_from_dict, options_to_dict
 from genvae.core.registry import KIND_NAMES, Registry, get_registry
-from genvae.core.spec import BRANCHES, ComponentSpec, LossSpec, ModelSpec
+from genvae.core.spec import BRANCHES, ComponentSpec, LossSpec, ModelSpec, TrainConfig
 
 MODEL_PHASE = "model"
 
@@ -48,32 +48,32 @@ class GenerativeModel(nn.Module):
         }
 
     # -- the forward contract ------------------------------------------------------------------
-    def forward(self, x: Tensor, sample: bool = True) -> Pass:
+    def forward(self, x: Tensor, sample: bool = True) -> ForwardPass:
         """One pass: q(z|x), z (sampled, or the posterior mean), u, x_hat and the prior."""
-        state = Pass(self, x)
-        self.encode_pass(x, state)
-        state.z = state.posterior.rsample() if sample else state.posterior.mean
-        state.u = self.transform.generate(state.z, state)
-        state.logits = self.decoder(state.u, state)
-        state.x_hat = self._to_image(state.logits)
-        state.prior = self.prior(state)
-        return state
+        fwd = ForwardPass(self, x)
+        self.encode_pass(x, fwd)
+        fwd.z = fwd.posterior.rsample() if sample else fwd.posterior.mean
+        fwd.u = self.transform.generate(fwd.z, fwd)
+        fwd.decoder_output = self.decoder(fwd.u, fwd)
+        fwd.x_hat = self._to_image(fwd.decoder_output)
+        fwd.prior = self.prior(fwd)
+        return fwd
 
-    def encode_pass(self, x: Tensor, state: Pass, check_features=None) -> None:
+    def encode_pass(self, x: Tensor, fwd: ForwardPass, check_features=None) -> None:
         """Encoder and posterior for x into ``state``; with the prior's extra inputs in the same batch
-        (``state.extra_posterior``). ``check_features(features)`` runs between encoder and transform (the dry
+        (``fwd.extra_posterior``). ``check_features(features)`` runs between encoder and transform (the dry
         run compares declared shapes there)."""
         extra = self.prior.extra_inputs()
-        features = self.encoder(x if extra is None else torch.cat([x, extra.to(x.dtype)]), state)
+        features = self.encoder(x if extra is None else torch.cat([x, extra.to(x.dtype)]), fwd)
         if check_features is not None:
             check_features(features)
-        posterior = self.transform.posterior(features, state)
+        posterior = self.transform.posterior(features, fwd)
         if extra is None:
-            state.features, state.posterior = features, posterior
+            fwd.features, fwd.posterior = features, posterior
             return
         n = x.shape[0]
-        state.features = features[:n]
-        state.posterior, state.extra_posterior = posterior[:n], posterior[n:]
+        fwd.features = features[:n]
+        fwd.posterior, fwd.extra_posterior = posterior[:n], posterior[n:]
 
     def generate(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """z -> (u, x_hat): the generation side alone."""
@@ -98,17 +98,17 @@ class GenerativeModel(nn.Module):
         return next(self.parameters()).device
 
     # -- losses and phases ---------------------------------------------------------------------
-    def phase_terms(self, state: Pass, phase: str) -> dict[str, Tensor]:
-        """The named loss terms of one phase on the update's branch (``state.branch``); their sum is what
+    def phase_terms(self, fwd: ForwardPass, phase: str) -> dict[str, Tensor]:
+        """The named loss terms of one phase on the update's branch (``fwd.branch``); their sum is what
         that update minimises."""
-        return self.update_terms(state, phase)[0]
+        return self.update_terms(fwd, phase)[0]
 
-    def update_terms(self, state: Pass, phase: str) -> tuple[dict[str, Tensor], list[Tensor]]:
+    def update_terms(self, fwd: ForwardPass, phase: str) -> tuple[dict[str, Tensor], list[Tensor]]:
         """:meth:`phase_terms` and the skip flags of the losses that declare ``may_skip`` (empty otherwise)."""
         terms: dict[str, Tensor] = {}
         skips: list[Tensor] = []
-        for loss in self._update_losses[phase, state.branch]:
-            out = loss(state, phase)
+        for loss in self._update_losses[phase, fwd.branch]:
+            out = loss(fwd, phase)
             if loss.may_skip and Loss.SKIP in out:
                 out = dict(out)
                 skips.append(out.pop(Loss.SKIP))
@@ -162,8 +162,9 @@ class GenerativeModel(nn.Module):
         out.update({f"loss.{k}": v for k, v in self.losses.items()})
         return out
 
-    def resolved_spec(self) -> ModelSpec:
-        """The spec with every option filled in (defaults made explicit), as written to config.json."""
+    def resolved_spec(self, train: TrainConfig | None = None) -> ModelSpec:
+        """The spec with every option filled in (defaults made explicit), as written to config.json; ``train``
+        replaces its training settings (a run's own)."""
         import attrs
 
         def full(c: Component) -> dict:
@@ -171,6 +172,7 @@ class GenerativeModel(nn.Module):
 
         return attrs.evolve(
             self.spec,
+            train=self.spec.train if train is None else train,
             encoder=ComponentSpec(self.encoder.name, full(self.encoder)),
             transform=ComponentSpec(self.transform.name, full(self.transform)),
             decoder=ComponentSpec(self.decoder.name, full(self.decoder)),
@@ -343,7 +345,7 @@ def dry_run(model: GenerativeModel, batch: int = 2) -> None:
     stage = f"encoder '{enc.name}'"
     try:
         with torch.no_grad():
-            state = Pass(model, x)
+            fwd = ForwardPass(model, x)
 
             def check_features(features) -> None:
                 nonlocal stage
@@ -355,35 +357,35 @@ def dry_run(model: GenerativeModel, batch: int = 2) -> None:
                     )
                 stage = f"encoder '{enc.name}' -> latent transform '{tr.name}'"
 
-            model.encode_pass(x, state, check_features)
+            model.encode_pass(x, fwd, check_features)
             expect = (batch, *tr.layout.shape)
-            if tuple(state.posterior.mean.shape) != expect:
+            if tuple(fwd.posterior.mean.shape) != expect:
                 raise BuildError(
                     f"latent transform '{tr.name}' declares latent {list(tr.layout.shape)} but its posterior "
-                    f"has shape {list(state.posterior.mean.shape[1:])}"
+                    f"has shape {list(fwd.posterior.mean.shape[1:])}"
                 )
-            state.z = state.posterior.mean
+            fwd.z = fwd.posterior.mean
             stage = f"latent transform '{tr.name}' -> decoder '{dec.name}'"
-            state.u = tr.generate(state.z, state)
+            fwd.u = tr.generate(fwd.z, fwd)
             declared = tuple(getattr(tr, "output_shape", None) or ())
-            if declared and torch.is_tensor(state.u) and tuple(state.u.shape[1:]) != declared:
+            if declared and torch.is_tensor(fwd.u) and tuple(fwd.u.shape[1:]) != declared:
                 raise BuildError(
                     f"latent transform '{tr.name}' declares output {list(declared)} but generates "
-                    f"{list(state.u.shape[1:])}"
+                    f"{list(fwd.u.shape[1:])}"
                 )
-            state.logits = dec(state.u, state)
-            if tuple(state.logits.shape) != (batch, *spec.image_shape):
+            fwd.decoder_output = dec(fwd.u, fwd)
+            if tuple(fwd.decoder_output.shape) != (batch, *spec.image_shape):
                 raise BuildError(
-                    f"decoder '{dec.name}' produces images of shape {list(state.logits.shape[1:])}, "
+                    f"decoder '{dec.name}' produces images of shape {list(fwd.decoder_output.shape[1:])}, "
                     f"the model's images are {list(spec.image_shape)}"
                 )
-            state.x_hat = model._to_image(state.logits)
+            fwd.x_hat = model._to_image(fwd.decoder_output)
             stage = f"prior '{model.prior.name}'"
-            state.prior = model.prior(state)
+            fwd.prior = model.prior(fwd)
             for phase in model.phases:
                 for loss in model._phase_losses[phase]:
                     stage = f"loss '{loss.name}' ({phase} phase)"
-                    _check_terms(loss, phase, loss(state, phase))
+                    _check_terms(loss, phase, loss(fwd, phase))
     except GenvaeError:
         raise
     except (RuntimeError, ValueError, IndexError, KeyError, AssertionError) as exc:

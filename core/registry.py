@@ -71,6 +71,12 @@ class Registry:
         self.conflicts: dict[tuple[str, str], list[str]] = {}
         self.plugins: dict[str, PluginRecord] = {}
         self.command_plugins: list[Any] = []
+        self.hooks: pluggy.PluginManager | None = None  # the plugin manager the plugins are registered with
+
+    def add_commands(self, record: PluginRecord, plugin: Any, cli: Any) -> None:
+        """Run ``plugin``'s ``genvae_register_commands`` hook on the click group ``cli`` (pluggy's dispatch)."""
+        assert self.hooks is not None
+        call_hook(self.hooks, plugin, "genvae_register_commands", cli=cli)
 
     # -- lookup ------------------------------------------------------------------------------
     def names(self, kind: str) -> list[str]:
@@ -146,6 +152,7 @@ class PluginManager:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT_NAME)
         self.pm.add_hookspecs(hookspecs)
         self.registry = Registry()
+        self.registry.hooks = self.pm
 
     def load(self, builtin: Iterable[str], entry_points: bool = True) -> Registry:
         disabled = set(_env_list("GENVAE_DISABLE_PLUGINS") or [])
@@ -216,9 +223,16 @@ class PluginManager:
             registry.command_plugins.append((record, plugin))
 
     def _call(self, plugin: Any, hook_name: str, **kwargs: Any) -> None:
-        for impl in self.pm.hook.__getattribute__(hook_name).get_hookimpls():
-            if impl.plugin is plugin:
-                impl.function(**kwargs)
+        """Call ``plugin``'s implementation of one hook through pluggy's own dispatch (a caller over that plugin
+        alone, so its ``register`` callback is bound to it)."""
+        call_hook(self.pm, plugin, hook_name, **kwargs)
+
+
+def call_hook(pm: pluggy.PluginManager, plugin: Any, hook_name: str, **kwargs: Any) -> None:
+    """``plugin``'s implementation of ``hook_name`` called through pluggy (validation, ordering, wrappers), with
+    every other registered plugin left out."""
+    others = [p for p in pm.get_plugins() if p is not plugin]
+    pm.subset_hook_caller(hook_name, remove_plugins=others)(**kwargs)
 
 
 def _entry_points():

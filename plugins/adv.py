@@ -20,9 +20,9 @@ The minibatch discrimination is the authors' ``nn.BatchDiscrimination`` (see
 :class:`MinibatchDiscrimination`): the exp(-L1) terms are averaged over the whole batch, the sample
 itself included.
 
-The prior samples (z, u, x) are the step's ``Pass.prior_sample()`` (drawn once, until an update of
+The prior samples (z, u, x) are the step's ``ForwardPass.prior_sample()`` (drawn once, until an update of
 ``train.schedule`` asks for fresh ones); the trunk features of reconstructions and prior samples
-in a model-phase update are kept in ``state.fake_features`` for that update, so ``mi``
+in a model-phase update are kept in ``fwd.fake_features`` for that update, so ``mi``
 reuses both without a second generation or trunk pass. On a schedule's ``posterior`` update the
 generator terms are ``g_recon`` (and ``similarity``), on a ``prior`` update ``g_prior``; the
 discriminator always sees real images, reconstructions and prior samples.
@@ -45,19 +45,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genvae.core.capabilities import DISCRIMINATOR, FakeFeatures
-from genvae.core.components import BuildContext, Loss
-from genvae.core.errors import shorten
-from genvae.core.hookspecs import hookimpl
-from genvae.core.layers import batch_norms, running_stats_frozen
-from genvae.core.options import (
+from genvae.api import (
+    DISCRIMINATOR,
+    BuildContext,
+    FakeFeatures,
+    Loss,
+    batch_norms,
     expects,
     float_tuple,
+    hookimpl,
     int_tuple,
     non_negative,
     non_negative_int,
     option,
     positive_int,
+    running_stats_frozen,
+    shorten,
     to_bool,
     to_float,
     to_int,
@@ -237,7 +240,7 @@ class AdversarialLoss(Loss):
         return {"discriminator": self}
 
     # -- shared with mi ------------------------------------------------------------------------------------
-    def generator_reconstructions(self, state):
+    def generator_reconstructions(self, fwd):
         """The reconstructions the generator's adversarial loss judges: x_hat itself, or (``gan_to_encoder``
         off) x_hat regenerated from z detached, so that loss reaches the generation side and not the encoder.
 
@@ -245,27 +248,27 @@ class AdversarialLoss(Loss):
         generation side's batch norms use the batch's statistics as in the forward pass but do not update
         their running statistics a second time."""
         if self.options.gan_to_encoder:
-            return state.x_hat
+            return fwd.x_hat
         with running_stats_frozen(self._generation_norms):
-            return state.model.generate(state.z.detach())[1]
+            return fwd.model.generate(fwd.z.detach())[1]
 
-    def fake_features(self, state) -> dict[str, torch.Tensor]:
+    def fake_features(self, fwd) -> dict[str, torch.Tensor]:
         """Trunk features of the fakes the current update's generator terms judge, by branch: "recon"
         (reconstructions) when it wants the posterior branch, "prior" (prior samples) when it wants the prior
         branch; one trunk pass, made once per update and shared with mi."""
-        cached = state.fake_features
-        if cached is not None and cached.update == state.update:
+        cached = fwd.fake_features
+        if cached is not None and cached.update == fwd.update:
             return cached.by_branch
         names, images = [], []
-        if state.wants("posterior"):
+        if fwd.wants("posterior"):
             names.append("recon")
-            images.append(self.generator_reconstructions(state))
-        if state.wants("prior"):
+            images.append(self.generator_reconstructions(fwd))
+        if fwd.wants("prior"):
             names.append("prior")
-            images.append(state.prior_sample().x)
+            images.append(fwd.prior_sample().x)
         features = self.trunk(torch.cat(images)).split([x.shape[0] for x in images])
         out = dict(zip(names, features, strict=True))
-        state.fake_features = FakeFeatures(state.update, out)
+        fwd.fake_features = FakeFeatures(fwd.update, out)
         return out
 
     def layer_features(self, images, layer: int):
@@ -281,16 +284,16 @@ class AdversarialLoss(Loss):
         return n - recon - prior, recon, prior
 
     # -- the loss ------------------------------------------------------------------------------------------
-    def forward(self, state, phase):
+    def forward(self, fwd, phase):
         if phase == "discriminator":
-            return self._discriminator_terms(state)
-        return self._generator_terms(state)
+            return self._discriminator_terms(fwd)
+        return self._generator_terms(fwd)
 
-    def _discriminator_terms(self, state):
-        n = state.x.shape[0]
+    def _discriminator_terms(self, fwd):
+        n = fwd.x.shape[0]
         real, recon, prior = self.batch_counts(n)
-        x_prior = state.prior_sample().x
-        batch = torch.cat([state.x[:real], state.x_hat[real : real + recon].detach(),
+        x_prior = fwd.prior_sample().x
+        batch = torch.cat([fwd.x[:real], fwd.x_hat[real : real + recon].detach(),
                            x_prior[real + recon :].detach()])
         labels = torch.cat([torch.ones(real, device=batch.device), torch.zeros(n - real, device=batch.device)])
         logits = self.discriminate(batch)
@@ -301,9 +304,9 @@ class AdversarialLoss(Loss):
             terms[Loss.SKIP] = error_rate < self.options.skip_below
         return terms
 
-    def _generator_terms(self, state):
+    def _generator_terms(self, fwd):
         o = self.options
-        features = self.fake_features(state)
+        features = self.fake_features(fwd)
         scale = self.weight * o.beta
         terms = {}
         if o.on_recon and "recon" in features:
@@ -312,10 +315,10 @@ class AdversarialLoss(Loss):
         if o.on_prior and "prior" in features:
             logits = self.head(features["prior"])
             terms["g_prior"] = scale * F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
-        if o.similarity_layer and state.wants("posterior"):
-            fake = self.trunk.layer_features(state.x_hat, o.similarity_layer)
+        if o.similarity_layer and fwd.wants("posterior"):
+            fake = self.trunk.layer_features(fwd.x_hat, o.similarity_layer)
             with torch.no_grad():
-                real = self.trunk.layer_features(state.x, o.similarity_layer)
+                real = self.trunk.layer_features(fwd.x, o.similarity_layer)
             terms["similarity"] = self.weight * o.similarity_weight * (fake - real).pow(2).mean()
         return terms
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 import attrs
 import torch.nn.functional as F
 
-from genvae.core.components import BuildContext, Loss
-from genvae.core.hookspecs import hookimpl
-from genvae.core.layers import reduce_images, reduction_option
+from genvae.api import BuildContext, Loss, hookimpl, reduce_images, reduction_option
 
 #: the factor from a decoder's output to Bernoulli logits, by output space
 LOGIT_SCALE = {"tanh": 2.0, "bernoulli": 1.0}
@@ -39,9 +37,9 @@ class BCELoss(Loss):
                             f"works with decoders whose output is {' or '.join(LOGIT_SCALE)}")
         self.scale = LOGIT_SCALE[output]
 
-    def forward(self, state, phase):
-        target = (state.x + 1.0) * 0.5
-        values = F.binary_cross_entropy_with_logits(self.scale * state.logits, target, reduction="none")
+    def forward(self, fwd, phase):
+        target = (fwd.x + 1.0) * 0.5
+        values = F.binary_cross_entropy_with_logits(self.scale * fwd.decoder_output, target, reduction="none")
         return {"bce": self.weight * reduce_images(values, self.options.reduction)}
 
 

@@ -27,8 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genvae.core.errors import GenvaeError
-from genvae.core.hookspecs import hookimpl
+from genvae.api import GenvaeError, hookimpl
 
 FEATURE_NETWORK = "genvae-classifier"
 CONFIG = "config.json"
@@ -69,8 +68,7 @@ class Classifier(nn.Module):
 
 def save_classifier(net: Classifier, folder: Path, config: dict) -> None:
     """``config.json`` + ``model.safetensors`` into ``folder``, atomically, recorded as genvae's files."""
-    from genvae.core.checkpoint import json_text, tensors_writer
-    from genvae.core.folder import ModelFolder
+    from genvae.api import ModelFolder, json_text, tensors_writer
 
     folder.mkdir(parents=True, exist_ok=True)
     mf = ModelFolder(folder)
@@ -81,7 +79,7 @@ def save_classifier(net: Classifier, folder: Path, config: dict) -> None:
 
 def load_classifier(folder: str | Path) -> Classifier:
     """A classifier folder written by ``genvae train-classifier``; never unpickles anything."""
-    from genvae.core.checkpoint import read_json, read_tensors
+    from genvae.api import read_json, read_tensors
 
     folder = Path(folder)
     config = read_json(folder / CONFIG)
@@ -116,10 +114,10 @@ class InceptionFeatures(nn.Module):
 
         self.net = inception_v3(weights=None, aux_logits=True, init_weights=False)
         try:
-            state = load_file(str(path))
+            weights = load_file(str(path))
         except Exception as exc:  # SafetensorError, OSError
             raise GenvaeError(f"cannot read Inception weights {path}: {str(exc).splitlines()[0]}") from None
-        missing, unexpected = self.net.load_state_dict(state, strict=False)
+        missing, unexpected = self.net.load_state_dict(weights, strict=False)
         if unexpected or [k for k in missing if not k.startswith("AuxLogits.")]:
             raise GenvaeError(f"{path} is not torchvision Inception-v3 weights ({len(missing)} missing, "
                               f"{len(unexpected)} unexpected tensors)")
@@ -199,7 +197,7 @@ def genvae_register_feature_networks(register):
 
 @hookimpl
 def genvae_register_commands(cli):
-    from genvae.core.commands import FiniteFloat, console, data_options, device_option, seed_option
+    from genvae.api import FiniteFloat, console, data_options, device_option, seed_option
 
     @cli.command("train-classifier")
     @data_options
@@ -219,11 +217,7 @@ def genvae_register_commands(cli):
     def train_classifier_command(data, data_root, download, output, image_size, channels, epochs, batch_size, lr,
                                  width, n_features, limit, force, seed, device):
         """Train the feature network of genvae evaluate's FID/KID/IS/PR on a labelled dataset (e.g. fashion-mnist)."""
-        from genvae.core import __version__
-        from genvae.core.commands import registry
-        from genvae.core.data import load_data, load_labels
-        from genvae.core.folder import ModelFolder
-        from genvae.core.train import resolve_device
+        from genvae.api import ModelFolder, __version__, load_data, load_labels, registry, resolve_device
 
         out = Path(output)
         folder = ModelFolder(out)

@@ -28,9 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from genvae.core.capabilities import DISCRIMINATOR
-from genvae.core.errors import GenvaeError
-from genvae.core.hookspecs import hookimpl
+from genvae.api import DISCRIMINATOR, GenvaeError, hookimpl
 
 #: occluded region of each named mask, as fractions of the image (row0, row1, col0, col1); "blocks" is drawn
 NAMED_MASKS: dict[str, tuple[float, float, float, float]] = {
@@ -65,7 +63,7 @@ def named_mask(name: str, size: int, seed: int = 0) -> Tensor:
 
 def mask_from_file(path: str | Path, size: int) -> Tensor:
     """A black/white image file as a mask at ``size``: white marks what is occluded (mask 0), black stays visible."""
-    from genvae.core.commands import load_mask
+    from genvae.api import load_mask
 
     return 1.0 - load_mask(path, size)
 
@@ -160,7 +158,7 @@ def completion_program(model, rows: int):
 def completion_batch(model, count: int, starts: int, held: int = 0) -> int:
     """Images :func:`complete` may optimise at once (each with ``starts`` rows) under the memory limit, beside
     ``held`` bytes; a one-line BudgetError when even one image does not fit."""
-    from genvae.core.budget import inference_batch
+    from genvae.api import inference_batch
 
     return inference_batch(model, count, what="complete", per=starts, held=held, command="complete",
                            holding="the images and the grid it keeps", program=completion_program)
@@ -168,7 +166,7 @@ def completion_batch(model, count: int, starts: int, held: int = 0) -> int:
 
 @hookimpl
 def genvae_register_commands(cli):
-    from genvae.core.commands import (
+    from genvae.api import (
         FiniteFloat,
         console,
         data_options,
@@ -200,9 +198,7 @@ def genvae_register_commands(cli):
     def complete_command(folder, image, data, data_root, download, count, mask, starts, steps, lr, gamma, tau, output,
                          seed, device):
         """Fill in the occluded part of images by optimising the latent (crVAE paper 4.4)."""
-        from genvae.core import save_grid
-        from genvae.core.budget import grid_bytes, image_bytes
-        from genvae.core.data import check_image_output, to_model_range
+        from genvae.api import check_image_output, grid_bytes, image_bytes, save_grid, to_model_range
 
         check_image_output(Path(output))
         model, dev = load_for_inference(folder, device, seed)

@@ -9,10 +9,26 @@ from __future__ import annotations
 import attrs
 from torch import nn
 
-from genvae.core.components import BuildContext, Decoder, Encoder, Gaussian, LatentLayout, LatentTransform
-from genvae.core.hookspecs import hookimpl
-from genvae.core.layers import ACTIVATIONS, activation
-from genvae.core.options import one_of, option, positive_int, to_bool, to_int
+from genvae.api import (
+    ACTIVATIONS,
+    BuildContext,
+    Decoder,
+    Encoder,
+    Gaussian,
+    LatentLayout,
+    LatentTransform,
+    activation,
+    decoder_widths,
+    down_stack,
+    hookimpl,
+    one_of,
+    option,
+    positive_int,
+    stack_widths,
+    to_bool,
+    to_int,
+    up_stack,
+)
 
 
 @attrs.frozen
@@ -25,43 +41,8 @@ class ConvOptions:
     batch_norm: bool = option(True, "batch norm after each hidden layer", converter=to_bool)
 
 
-def stack_widths(width: int, depth: int, max_width: int) -> list[int]:
-    """Channels of ``depth`` layers starting at ``width``, doubling each layer, capped at ``max_width``."""
-    return [min(width * 2**i, max_width) for i in range(depth)]
-
-
 def _widths(o: ConvOptions) -> list[int]:
     return stack_widths(o.width, o.depth, o.max_width)
-
-
-def down_stack(in_channels: int, widths: list[int], act: str = "lrelu", batch_norm: bool = True) -> nn.Sequential:
-    """Stride-2 4x4 convolutions through ``widths``, each halving the size; batch norm after every layer but the
-    first, then ``act``."""
-    layers: list[nn.Module] = []
-    prev = in_channels
-    for i, width in enumerate(widths):
-        layers.append(nn.Conv2d(prev, width, 4, 2, 1, bias=not batch_norm or i == 0))
-        if batch_norm and i > 0:
-            layers.append(nn.BatchNorm2d(width))
-        layers.append(activation(act))
-        prev = width
-    return nn.Sequential(*layers)
-
-
-def up_stack(in_channels: int, widths: list[int], out_channels: int, act: str = "lrelu",
-             batch_norm: bool = True) -> nn.Sequential:
-    """Stride-2 4x4 transposed convolutions through ``widths`` (each doubling the size, batch norm, ``act``),
-    then a 3x3 convolution to ``out_channels`` (the output layer, bare)."""
-    layers: list[nn.Module] = []
-    prev = in_channels
-    for width in widths:
-        layers.append(nn.ConvTranspose2d(prev, width, 4, 2, 1, bias=not batch_norm))
-        if batch_norm:
-            layers.append(nn.BatchNorm2d(width))
-        layers.append(activation(act))
-        prev = width
-    layers.append(nn.Conv2d(prev, out_channels, 3, 1, 1))
-    return nn.Sequential(*layers)
 
 
 class ConvEncoder(Encoder):
@@ -84,13 +65,8 @@ class ConvEncoder(Encoder):
         self.net = down_stack(c, widths, options.activation, options.batch_norm)
         self.output_shape = (widths[-1], h // factor, w // factor)
 
-    def forward(self, x, state=None):
+    def forward(self, x, fwd=None):
         return self.net(x)
-
-
-def decoder_widths(width: int, ups: int, max_width: int) -> list[int]:
-    """The widths of ``ups`` upsampling layers that mirror an encoder of that many layers (widest first)."""
-    return list(reversed(stack_widths(width, max(ups, 1), max_width)))[:ups]
 
 
 class ConvDecoder(Decoder):
@@ -107,7 +83,7 @@ class ConvDecoder(Decoder):
         self.net = up_stack(c_in, decoder_widths(options.width, ups, options.max_width), c, options.activation,
                             options.batch_norm)
 
-    def forward(self, u, state=None):
+    def forward(self, u, fwd=None):
         return self.net(u)
 
 
@@ -140,11 +116,11 @@ class ConvLatent(LatentTransform):
         self.to_params = nn.Conv2d(c, 2 * lc, k, 1, k // 2)
         self.from_z = nn.Sequential(nn.Conv2d(lc, c, k, 1, k // 2), activation(options.output_activation))
 
-    def posterior(self, features, state=None) -> Gaussian:
+    def posterior(self, features, fwd=None) -> Gaussian:
         mean, logvar = self.to_params(features).chunk(2, dim=1)
         return Gaussian(mean, logvar)
 
-    def generate(self, z, state=None):
+    def generate(self, z, fwd=None):
         return self.from_z(z)
 
 

@@ -11,10 +11,26 @@ import math
 import attrs
 from torch import nn
 
-from genvae.core.components import BuildContext, Decoder, Encoder, Gaussian, LatentLayout, LatentTransform
-from genvae.core.hookspecs import hookimpl
-from genvae.core.layers import ACTIVATIONS, activation, describe_shape, mlp
-from genvae.core.options import int_tuple, one_of, option, positive_int, positive_ints, to_bool, to_int
+from genvae.api import (
+    ACTIVATIONS,
+    BuildContext,
+    Decoder,
+    Encoder,
+    Gaussian,
+    LatentLayout,
+    LatentTransform,
+    activation,
+    describe_shape,
+    hookimpl,
+    int_tuple,
+    mlp,
+    one_of,
+    option,
+    positive_int,
+    positive_ints,
+    to_bool,
+    to_int,
+)
 
 
 @attrs.frozen
@@ -38,7 +54,7 @@ class FCEncoder(Encoder):
         self.net = mlp(sizes, options.activation, options.batch_norm)
         self.output_shape = (options.hidden[-1],)
 
-    def forward(self, x, state=None):
+    def forward(self, x, fwd=None):
         return self.net(x.flatten(1))
 
 
@@ -59,7 +75,7 @@ class FCDecoder(Decoder):
             nn.Linear(hidden[-1], math.prod(ctx.image_shape)),
         )
 
-    def forward(self, u, state=None):
+    def forward(self, u, fwd=None):
         return self.net(u.flatten(1)).view(-1, *self.image_shape)
 
 
@@ -95,11 +111,11 @@ class FCLatent(LatentTransform):
     def generation_modules(self):
         return [self.from_z]
 
-    def posterior(self, features, state=None) -> Gaussian:
+    def posterior(self, features, fwd=None) -> Gaussian:
         mean, logvar = self.to_params(features.flatten(1)).chunk(2, dim=1)
         return Gaussian(mean, logvar)
 
-    def generate(self, z, state=None):
+    def generate(self, z, fwd=None):
         return self.act(self.from_z(z)).view(-1, *self.output_shape)
 
 

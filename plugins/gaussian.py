@@ -8,10 +8,7 @@ import attrs
 import torch
 from torch import nn
 
-from genvae.core.components import BuildContext, Loss
-from genvae.core.hookspecs import hookimpl
-from genvae.core.layers import reduce_images, reduction_option
-from genvae.core.options import finite, option, to_bool, to_float
+from genvae.api import BuildContext, Loss, finite, hookimpl, option, reduce_images, reduction_option, to_bool, to_float
 
 
 @attrs.frozen
@@ -38,8 +35,8 @@ class GaussianLoss(Loss):
         else:
             self.register_buffer("logvar", init)
 
-    def forward(self, state, phase):
-        nll = 0.5 * ((state.x - state.x_hat).pow(2) * torch.exp(-self.logvar) + self.logvar + math.log(2 * math.pi))
+    def forward(self, fwd, phase):
+        nll = 0.5 * ((fwd.x - fwd.x_hat).pow(2) * torch.exp(-self.logvar) + self.logvar + math.log(2 * math.pi))
         return {"gaussian": self.weight * reduce_images(nll, self.options.reduction)}
 
 

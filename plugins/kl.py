@@ -5,7 +5,7 @@ lambda_k) lives: ``group_weights``, one per group of the latent transform's layo
 paper's form (equation 1), ``alphas``: group t is weighted 1 - alpha_t.
 
 Over training the term is multiplied by ``beta`` (beta-VAE, Higgins et al. 2017) and by a warm-up
-factor of the training step s (``Pass.step``; 1 outside training):
+factor of the training step s (``ForwardPass.step``; 1 outside training):
 
 * ``warmup: none``: 1;
 * ``warmup: linear`` (Bowman et al. 2016): min(1, s / warmup_steps), from 0 at the first step;
@@ -23,10 +23,19 @@ from __future__ import annotations
 import attrs
 import torch
 
-from genvae.core.components import BuildContext, Loss
-from genvae.core.errors import shorten
-from genvae.core.hookspecs import hookimpl
-from genvae.core.options import float_tuple, non_negative, one_of, option, positive_int, to_float, to_int
+from genvae.api import (
+    BuildContext,
+    Loss,
+    float_tuple,
+    hookimpl,
+    non_negative,
+    one_of,
+    option,
+    positive_int,
+    shorten,
+    to_float,
+    to_int,
+)
 
 WARMUPS = ("none", "linear", "cyclical")
 
@@ -106,34 +115,34 @@ class KLLoss(Loss):
         self.layout = layout
         self._constant = options.warmup == "none" and options.beta == 1.0
 
-    def forward(self, state, phase):
-        scale = self.weight if self._constant else self.weight * self.options.factor(state.step)
+    def forward(self, fwd, phase):
+        scale = self.weight if self._constant else self.weight * self.options.factor(fwd.step)
         if not self.closed_form:
-            return {"kl": scale * self.monte_carlo(state).mean()}
-        kl = state.posterior.kl(state.prior).flatten(1)
+            return {"kl": scale * self.monte_carlo(fwd).mean()}
+        kl = fwd.posterior.kl(fwd.prior).flatten(1)
         if self.element_weights is not None:
             kl = kl * self.element_weights
         return {"kl": scale * kl.sum(1).mean()}
 
-    def monte_carlo(self, state) -> torch.Tensor:
+    def monte_carlo(self, fwd) -> torch.Tensor:
         """Per image, the mean over ``mc_samples`` draws z ~ q(z|x) of log q(z|x) - log p(z) (the first draw is
         the pass's z), an unbiased estimate of KL(q || p) for a prior with only ``log_prob``."""
-        q, n, draws = state.posterior, state.z.shape[0], self.options.mc_samples
-        z = state.z.unsqueeze(0)
+        q, n, draws = fwd.posterior, fwd.z.shape[0], self.options.mc_samples
+        z = fwd.z.unsqueeze(0)
         if draws > 1:  # all draws in one batch: (draws, n, *latent)
             z = torch.cat([z, q.mean + q.std * torch.randn((draws - 1, *q.mean.shape), device=z.device,
                                                             dtype=z.dtype)])
         log_q = q.log_prob(z).flatten(2).sum(2)
-        log_p = state.prior.log_prob(z.flatten(0, 1)).view(draws, n)
+        log_p = fwd.prior.log_prob(z.flatten(0, 1)).view(draws, n)
         return (log_q - log_p).mean(0)
 
     @torch.no_grad()
-    def per_group(self, state) -> torch.Tensor:
+    def per_group(self, fwd) -> torch.Tensor:
         """Unweighted KL per group, batch mean: (G,). For reports, not the training step. A prior that is not
         one diagonal Gaussian has no per-group KL: one group holding the Monte Carlo estimate."""
         if not self.closed_form:
-            return self.monte_carlo(state).mean().reshape(1)
-        return self.layout.per_group(state.posterior.kl(state.prior)).mean(0)
+            return self.monte_carlo(fwd).mean().reshape(1)
+        return self.layout.per_group(fwd.posterior.kl(fwd.prior)).mean(0)
 
 
 @hookimpl

@@ -25,12 +25,22 @@ import attrs
 import torch
 from torch import Tensor, nn
 
-from genvae.core.capabilities import PYRAMID, pyramid_parts
-from genvae.core.components import BuildContext, Gaussian, Prior
-from genvae.core.errors import shorten
-from genvae.core.hookspecs import hookimpl
-from genvae.core.layers import ACTIVATIONS, eval_mode, mlp
-from genvae.core.options import int_tuple, one_of, option, to_bool
+from genvae.api import (
+    ACTIVATIONS,
+    PYRAMID,
+    BuildContext,
+    Gaussian,
+    Prior,
+    eval_mode,
+    hookimpl,
+    int_tuple,
+    mlp,
+    one_of,
+    option,
+    pyramid_parts,
+    shorten,
+    to_bool,
+)
 
 
 @attrs.frozen
@@ -95,11 +105,11 @@ class MNetPrior(Prior):
         """Prior (mean, log-variance) of z_k from the coarser level's (mu_{k+1}, log sigma_{k+1}^2)."""
         return self.levels[k](mean, logvar)
 
-    def forward(self, state) -> Gaussian:
+    def forward(self, fwd) -> Gaussian:
         _, tr, _ = self._parts
         levels = tr.num_levels
-        preds, recon = state.pyramid.predictions, state.pyramid.reconstructions
-        zs = tr.split_levels(state.posterior.mean)
+        preds, recon = fwd.pyramid.predictions, fwd.pyramid.reconstructions
+        zs = tr.split_levels(fwd.posterior.mean)
         means: list[Tensor] = [torch.zeros_like(z) for z in zs]
         logvars: list[Tensor] = [torch.zeros_like(z) for z in zs]
         for k in range(levels - 1):

@@ -25,8 +25,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from genvae.core.evaluation import EvalData
-from genvae.core.hookspecs import hookimpl
+from genvae.api import EvalData, hookimpl
 
 PR_NEIGHBOURS = 3
 

@@ -4,7 +4,7 @@ A head q on the discriminator's trunk predicts, from a generated image x~, what 
 the generation LSTM's output, for the ``cr-lstm`` latent (the transform's ``mi_target``), z for
 latents without one (the ``fc`` VAE-GAN baseline), or either by ``target``. z is drawn both from the
 posterior (x~ = the reconstruction) and from the prior (x~ = a sample: the step's
-``Pass.prior_sample()``, shared with ``adv``). On an update of ``train.schedule`` restricted to one
+``ForwardPass.prior_sample()``, shared with ``adv``). On an update of ``train.schedule`` restricted to one
 branch, only that branch's error counts.
 
 * phase ``mi`` (after ``discriminator``, before ``model``): the head (and, with ``train_trunk``,
@@ -35,17 +35,20 @@ import attrs
 import torch
 from torch import nn
 
-from genvae.core.capabilities import DISCRIMINATOR, MI_TARGET
-from genvae.core.components import BuildContext, LatentLayout, Loss
-from genvae.core.errors import shorten
-from genvae.core.hookspecs import hookimpl
-from genvae.core.options import (
+from genvae.api import (
+    DISCRIMINATOR,
+    MI_TARGET,
+    BuildContext,
+    LatentLayout,
+    Loss,
     float_tuple,
+    hookimpl,
     non_negative,
     one_of,
     option,
     positive,
     positive_int,
+    shorten,
     to_bool,
     to_float,
     to_int,
@@ -168,19 +171,19 @@ class MILoss(Loss):
     def weighted(self, branch: str) -> bool:
         return branch == "recon" or self.options.weighted_branches == "both"
 
-    def pairs(self, state):
+    def pairs(self, fwd):
         """(branch, images, targets) for the posterior branch and the prior branch, as switched on and as the
         current update wants them."""
         out = []
-        if self.options.on_recon and state.wants("posterior"):
-            out.append(("recon", state.x_hat, self.target(state.z, state.u)))
-        if self.options.on_prior and state.wants("prior"):
-            z, u, x = state.prior_sample()
+        if self.options.on_recon and fwd.wants("posterior"):
+            out.append(("recon", fwd.x_hat, self.target(fwd.z, fwd.u)))
+        if self.options.on_prior and fwd.wants("prior"):
+            z, u, x = fwd.prior_sample()
             out.append(("prior", x, self.target(z, u)))
         return out
 
-    def forward(self, state, phase):
-        pairs = self.pairs(state)
+    def forward(self, fwd, phase):
+        pairs = self.pairs(fwd)
         if not pairs:
             return {}
         if phase == "mi":
@@ -193,7 +196,7 @@ class MILoss(Loss):
             parts = features.split([x.shape[0] for _, x, _ in pairs])
             return {"q": sum(self.error(self.head(f), t, self.weighted(which))
                              for f, (which, _, t) in zip(parts, pairs, strict=True))}
-        features = self._adv.fake_features(state)
+        features = self._adv.fake_features(fwd)
         total = sum(self.error(self.head(features[which]), t, self.weighted(which)) for which, _, t in pairs)
         return {"mi": self.weight * self.options.kappa * total}
 

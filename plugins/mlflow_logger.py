@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from genvae.core import hookimpl
+from genvae.api import hookimpl
 
 SKIP = ("step", "wall_time")  # MLflow keeps its own timestamps
 

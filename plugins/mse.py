@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import attrs
 
-from genvae.core.components import Loss
-from genvae.core.hookspecs import hookimpl
-from genvae.core.layers import reduce_images, reduction_option
+from genvae.api import Loss, hookimpl, reduce_images, reduction_option
 
 
 @attrs.frozen
@@ -21,8 +19,8 @@ class MSELoss(Loss):
     Options = MSEOptions
     role = "reconstruction"
 
-    def forward(self, state, phase):
-        return {"mse": self.weight * reduce_images((state.x_hat - state.x).pow(2), self.options.reduction)}
+    def forward(self, fwd, phase):
+        return {"mse": self.weight * reduce_images((fwd.x_hat - fwd.x).pow(2), self.options.reduction)}
 
 
 @hookimpl

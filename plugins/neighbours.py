@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from genvae.core.hookspecs import hookimpl
+from genvae.api import hookimpl
 
 CHUNK = 4096  # training images compared per matrix product: bounds memory on large data sets
 CHUNK_BYTES = 512 * 2**20  # ... and so does this: at most this many bytes of them in float64 (large images)
@@ -54,7 +54,7 @@ def nearest(samples: torch.Tensor, images: torch.Tensor, k: int) -> tuple[torch.
 def genvae_register_commands(cli):
     import click
 
-    from genvae.core.commands import SAMPLE_BATCH, console, data_options, device_option, load_for_inference, seed_option
+    from genvae.api import SAMPLE_BATCH, console, data_options, device_option, load_for_inference, seed_option
 
     @cli.command("neighbours")
     @click.argument("folder", type=click.Path())
@@ -70,10 +70,7 @@ def genvae_register_commands(cli):
     @device_option
     def neighbours(folder, data, data_root, download, count, k, split, output, seed, device):
         """Samples beside their nearest training images (pixel L2), to check that a model does not memorise."""
-        from genvae.core.budget import grid_bytes, image_bytes
-        from genvae.core.commands import load_command_data
-        from genvae.core.data import check_image_output, save_grid
-        from genvae.core.inference import draw_samples
+        from genvae.api import check_image_output, draw_samples, grid_bytes, image_bytes, load_command_data, save_grid
 
         check_image_output(output)
         model, dev = load_for_inference(folder, device, seed)

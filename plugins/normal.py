@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from genvae.core.components import Gaussian, Prior
-from genvae.core.hookspecs import hookimpl
+from genvae.api import Gaussian, Prior, hookimpl
 
 
 class NormalPrior(Prior):
@@ -18,8 +17,8 @@ class NormalPrior(Prior):
         # expanded views of one zero: the prior costs no kernel launch per step
         self.register_buffer("zero", torch.zeros(()), persistent=False)
 
-    def forward(self, state) -> Gaussian:
-        zero = self.zero.expand_as(state.posterior.mean)
+    def forward(self, fwd) -> Gaussian:
+        zero = self.zero.expand_as(fwd.posterior.mean)
         return Gaussian(zero, zero, standard=True)
 
 

@@ -26,12 +26,19 @@ import attrs
 import torch
 from torch import Tensor, nn
 
-from genvae.core.capabilities import DISCRIMINATOR
-from genvae.core.components import BuildContext, Loss
-from genvae.core.errors import GenvaeError
-from genvae.core.evaluation import fit_to
-from genvae.core.hookspecs import hookimpl
-from genvae.core.options import float_tuple, int_tuple, one_of, option, positive_ints
+from genvae.api import (
+    DISCRIMINATOR,
+    BuildContext,
+    GenvaeError,
+    Loss,
+    fit_to,
+    float_tuple,
+    hookimpl,
+    int_tuple,
+    one_of,
+    option,
+    positive_ints,
+)
 
 NETWORKS = ("discriminator", "classifier", "vgg16")
 #: the VGG16 feature indices after relu1_2, relu2_2, relu3_3, relu4_3 (torchvision's vgg16().features)
@@ -70,12 +77,12 @@ class VGG16Features(nn.Module):
             raise GenvaeError(f"VGG16 weights {path} not found; genvae does not download them: save torchvision's "
                               "vgg16 ImageNet state_dict as a .safetensors file there")
         try:
-            state = {k[len("features."):]: v for k, v in load_file(str(path)).items() if k.startswith("features.")}
+            weights = {k[len("features."):]: v for k, v in load_file(str(path)).items() if k.startswith("features.")}
         except Exception as exc:
             raise GenvaeError(f"cannot read VGG16 weights {path}: {str(exc).splitlines()[0]}") from None
         self.features = vgg.make_layers(vgg.cfgs["D"])[: VGG_RELUS[-1] + 1]  # VGG16's conv stack up to relu4_3
         try:
-            self.features.load_state_dict({k: v for k, v in state.items() if int(k.split(".")[0]) <= VGG_RELUS[-1]})
+            self.features.load_state_dict({k: v for k, v in weights.items() if int(k.split(".")[0]) <= VGG_RELUS[-1]})
         except RuntimeError as exc:
             raise GenvaeError(f"{path} is not torchvision VGG16 weights: {str(exc).splitlines()[0]}") from None
         self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), persistent=False)
@@ -115,8 +122,7 @@ class PerceptualLoss(Loss):
                                     f"{max(options.layers)}")
                 self.refer("_network", VGG16Features(options.path))
             elif options.network == "classifier":
-                from genvae.core.evaluation import open_feature_network
-                from genvae.core.registry import get_registry
+                from genvae.api import get_registry, open_feature_network
 
                 self.refer("_network", open_feature_network(options.path, get_registry()))
 
@@ -143,12 +149,12 @@ class PerceptualLoss(Loss):
             return net.layer_outputs(x, self.options.layers)
         return [net.features(fit_to(x, net.image_shape))]
 
-    def forward(self, state, phase):
-        if not state.wants("posterior"):
+    def forward(self, fwd, phase):
+        if not fwd.wants("posterior"):
             return {}
-        fake = self._outputs(state.x_hat)
+        fake = self._outputs(fwd.x_hat)
         with torch.no_grad():
-            real = self._outputs(state.x)
+            real = self._outputs(fwd.x)
         total = sum(w * (f - r).pow(2).mean() for w, f, r in zip(self.layer_weights, fake, real, strict=False))
         return {"perceptual": self.weight * total}
 

@@ -15,8 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from genvae.core.errors import DataError
-from genvae.core.hookspecs import hookimpl
+from genvae.api import DataError, hookimpl
 
 SPLITS = {"train": (4096, 20240601), "test": (512, 20240602)}  # split -> (count, seed)
 # Red, green, blue, yellow, cyan, magenta; each at least 100 grey levels above black, so shapes stay

@@ -39,9 +39,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genvae.core.components import BuildContext, Decoder, Encoder, Gaussian, LatentTransform
-from genvae.core.hookspecs import hookimpl
-from genvae.core.options import non_negative_int, option, positive_int, to_int
+from genvae.api import (
+    BuildContext,
+    Decoder,
+    Encoder,
+    Gaussian,
+    LatentTransform,
+    hookimpl,
+    non_negative_int,
+    option,
+    positive_int,
+    to_int,
+)
 
 
 def _mapping(value: Any) -> dict:
@@ -73,9 +82,7 @@ class Stage1Encoder(Encoder):
 
     def __init__(self, options: Stage1Options, ctx: BuildContext):
         super().__init__(options, ctx)
-        from genvae.core.checkpoint import load_spec, load_weights
-        from genvae.core.model import build_model
-        from genvae.core.spec import ModelSpec
+        from genvae.api import ModelSpec, build_model, load_spec, load_weights
 
         fresh = not options.spec
         if fresh:
@@ -106,7 +113,7 @@ class Stage1Encoder(Encoder):
         self.low_size = spec.image_size
         self.output_shape = tuple(stage1.encoder.output_shape)
 
-    def forward(self, x, state=None):
+    def forward(self, x, fwd=None):
         low = F.adaptive_avg_pool2d(x, self.low_size) if x.shape[-1] != self.low_size else x
         return self.stage1.encoder(low)
 
@@ -125,10 +132,10 @@ class Stage1Latent(LatentTransform):
         self.layout = enc.stage1.layout
         self.output_shape = tuple(enc.stage1.spec.image_shape)
 
-    def posterior(self, features, state=None) -> Gaussian:
+    def posterior(self, features, fwd=None) -> Gaussian:
         return self._stage1.transform.posterior(features)
 
-    def generate(self, z, state=None):
+    def generate(self, z, fwd=None):
         return self._stage1.generate(z)[1]
 
     def generation_modules(self) -> list[nn.Module]:
@@ -192,7 +199,7 @@ class Stage2Decoder(Decoder):
         layers.append(nn.Conv2d(prev, c, 3, 1, 1))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, u, state=None):
+    def forward(self, u, fwd=None):
         return self.net(u)
 
 

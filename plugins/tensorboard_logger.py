@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from genvae.core import hookimpl
+from genvae.api import hookimpl
 
 SKIP = ("step", "epoch", "wall_time")  # the axes, not curves
 

@@ -17,9 +17,7 @@ import warnings
 import numpy as np
 import torch
 
-from genvae.core.data import decode_images, fit_tensor
-from genvae.core.errors import DataError
-from genvae.core.hookspecs import hookimpl
+from genvae.api import DataError, decode_images, fit_tensor, hookimpl
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 IDX_IMAGES_MAGIC = 2051

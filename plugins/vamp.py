@@ -3,7 +3,7 @@
 p(z) = (1/K) sum_k q(z | u_k): a mixture of the encoder's own posteriors at K learned pseudo-inputs
 u_k. The pseudo-inputs are images, tanh of a learned tensor (so they stay in [-1, 1]); they go
 through the encoder together with the batch (``Prior.extra_inputs``), so the encoder's batch norms
-see one batch per step, and their posteriors arrive as ``state.extra_posterior``. The prior is not
+see one batch per step, and their posteriors arrive as ``fwd.extra_posterior``. The prior is not
 one diagonal Gaussian (``gaussian = False``): the ``kl`` loss estimates KL(q || p) by Monte Carlo,
 and the mixture's ``log_prob`` reaches the pseudo-inputs, which learn from it.
 
@@ -19,10 +19,19 @@ import attrs
 import torch
 from torch import Tensor, nn
 
-from genvae.core.components import BuildContext, Gaussian, Prior
-from genvae.core.hookspecs import hookimpl
-from genvae.core.layers import batch_norms, running_stats_frozen
-from genvae.core.options import non_negative, option, positive_int, to_float, to_int
+from genvae.api import (
+    BuildContext,
+    Gaussian,
+    Prior,
+    batch_norms,
+    hookimpl,
+    non_negative,
+    option,
+    positive_int,
+    running_stats_frozen,
+    to_float,
+    to_int,
+)
 
 
 @attrs.frozen
@@ -68,8 +77,8 @@ class VampPrior(Prior):
     def extra_inputs(self) -> Tensor:
         return torch.tanh(self.pseudo)
 
-    def forward(self, state) -> VampMixture:
-        return VampMixture(state.extra_posterior)
+    def forward(self, fwd) -> VampMixture:
+        return VampMixture(fwd.extra_posterior)
 
     def mixture(self, model) -> VampMixture:
         """The mixture from the pseudo-inputs encoded now; batch norms in train mode use these K inputs'

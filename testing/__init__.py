@@ -242,10 +242,10 @@ def _summed(terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in terms.items() if k != Loss.SKIP}
 
 
-def _all_terms(model, state) -> dict[str, torch.Tensor]:
+def _all_terms(model, fwd) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for phase in model.phases:
-        for key, value in model.phase_terms(state, phase).items():
+        for key, value in model.phase_terms(fwd, phase).items():
             out[f"{phase}/{key}"] = value
     return out
 
@@ -676,27 +676,27 @@ def check_shapes(
     with _rng(seed), torch.no_grad():
         for mode, sample in (("train", True), ("eval", False)):
             model.train(mode == "train")
-            state = model(x, sample=sample)
+            fwd = model(x, sample=sample)
             where = f"{mode} mode"
-            if torch.is_tensor(state.features):
-                expect(f"encoder '{enc.name}' features ({where})", state.features, (b, *enc.output_shape))
-            if not isinstance(state.posterior, Gaussian):
-                raise _fail(f"{label}: the posterior is {type(state.posterior).__name__}, not a Gaussian")
-            expect(f"posterior mean ({where})", state.posterior.mean, latent)
-            expect(f"posterior logvar ({where})", state.posterior.logvar, latent)
-            expect(f"z ({where})", state.z, latent)
-            expect(f"u ({where})", state.u, (b, *tr.output_shape))
-            expect(f"decoder '{dec.name}' logits ({where})", state.logits, (b, *spec.image_shape))
-            expect(f"x_hat ({where})", state.x_hat, (b, *spec.image_shape))
-            if state.x_hat.min() < -1 or state.x_hat.max() > 1:
+            if torch.is_tensor(fwd.features):
+                expect(f"encoder '{enc.name}' features ({where})", fwd.features, (b, *enc.output_shape))
+            if not isinstance(fwd.posterior, Gaussian):
+                raise _fail(f"{label}: the posterior is {type(fwd.posterior).__name__}, not a Gaussian")
+            expect(f"posterior mean ({where})", fwd.posterior.mean, latent)
+            expect(f"posterior logvar ({where})", fwd.posterior.logvar, latent)
+            expect(f"z ({where})", fwd.z, latent)
+            expect(f"u ({where})", fwd.u, (b, *tr.output_shape))
+            expect(f"decoder '{dec.name}' logits ({where})", fwd.decoder_output, (b, *spec.image_shape))
+            expect(f"x_hat ({where})", fwd.x_hat, (b, *spec.image_shape))
+            if fwd.x_hat.min() < -1 or fwd.x_hat.max() > 1:
                 raise _fail(f"{label}: x_hat leaves [-1, 1] ({where})")
-            prior = state.prior
+            prior = fwd.prior
             if not model.prior.gaussian:
                 log_prob = getattr(prior, "log_prob", None)
                 if log_prob is None:
                     raise _fail(f"{label}: prior '{model.prior.name}' (gaussian = False) returned "
                                 f"{type(prior).__name__}, which has no log_prob(z)")
-                expect(f"prior '{model.prior.name}' log_prob(z) ({where})", log_prob(state.z), (b,))
+                expect(f"prior '{model.prior.name}' log_prob(z) ({where})", log_prob(fwd.z), (b,))
                 parts: tuple[str, ...] = ()
             elif not isinstance(prior, Gaussian):
                 raise _fail(f"{label}: prior '{model.prior.name}' returned {type(prior).__name__}, not a Gaussian "
@@ -715,7 +715,7 @@ def check_shapes(
                         f"not broadcast to the posterior's {list(latent)} ({where})"
                     )
             for phase in model.phases:
-                terms, flags = model.update_terms(state, phase)
+                terms, flags = model.update_terms(fwd, phase)
                 for value in flags:
                     if not torch.is_tensor(value) or value.numel() != 1 or value.dtype != torch.bool:
                         raise _fail(f"{label}: a skip flag ({phase} phase) must be a one-element bool tensor, "
@@ -729,7 +729,7 @@ def check_shapes(
             if kind == "loss":
                 loss = model.losses[name]
                 for phase in loss.phases:
-                    if not loss(state, phase):
+                    if not loss(fwd, phase):
                         raise _fail(f"{label}: returns no terms in its '{phase}' phase")
         model.eval()
         z = model.prior.sample(3, model, "cpu")
@@ -840,10 +840,10 @@ def check_gradients(
     x = random_images(spec, seed=seed)
     model.train()
     with _rng(seed):
-        state = model(x)
+        fwd = model(x)
         phases = model.phases
         for i, phase in enumerate(phases):
-            terms = _summed(model.phase_terms(state, phase))
+            terms = _summed(model.phase_terms(fwd, phase))
             total = sum(terms.values()) if terms else None
             if torch.is_tensor(total) and total.requires_grad:
                 total.backward(retain_graph=i < len(phases) - 1)
@@ -864,10 +864,10 @@ def check_gradients(
         model.zero_grad(set_to_none=True)
         loss = model.losses[name]
         with _rng(seed):
-            state = model(x)
+            fwd = model(x)
             totals = []
             for phase in loss.phases:
-                values = list(_summed(loss(state, phase)).values())
+                values = list(_summed(loss(fwd, phase)).values())
                 if values:
                     totals.append(sum(values))
         trainable = [t for t in totals if torch.is_tensor(t) and t.requires_grad]
@@ -899,13 +899,13 @@ def check_determinism(
     for model in (first, second):
         model.train()
         with _rng(seed + 1):
-            state = model(x)
-            terms = _all_terms(model, state)
+            fwd = model(x)
+            terms = _all_terms(model, fwd)
         trainable = [t for t in terms.values() if t.requires_grad]
         if trainable:
             torch.stack(trainable).sum().backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        results.append((state.x_hat.detach(), terms, grads))
+        results.append((fwd.x_hat.detach(), terms, grads))
     (xa, ta, ga), (xb, tb, gb) = results
     what = f"{label}: two builds, same input and torch seed"
     _tensors_equal(f"{what}, x_hat", xa, xb)
@@ -970,12 +970,12 @@ def check_sensitivity(
     for offset in (0, 1):
         x = random_images(spec, seed=seed + offset)
         with _rng(seed + offset), torch.no_grad():
-            state = model(x)
+            fwd = model(x)
             if kind != "loss":
-                runs.append({"x_hat": state.x_hat})
+                runs.append({"x_hat": fwd.x_hat})
                 continue
             loss = model.losses[name]
-            runs.append({f"{phase}: {k}": v for phase in loss.phases for k, v in _summed(loss(state, phase)).items()})
+            runs.append({f"{phase}: {k}": v for phase in loss.phases for k, v in _summed(loss(fwd, phase)).items()})
     first, second = runs
     same = [k for k in first if k in second and torch.equal(first[k], second[k])]
     if same:
@@ -1005,19 +1005,19 @@ def check_branches(
     loss = model.losses[name]
     for phase in loss.phases:
         with _rng(seed):
-            state = model(random_images(spec, seed=seed))
+            fwd = model(random_images(spec, seed=seed))
             terms: dict[str, dict[str, torch.Tensor]] = {}
             for i, branch in enumerate(("all", "posterior", "prior")):
                 if branch == "all" or branch in loss.branches:
-                    state.branch, state.update = branch, i
-                    terms[branch] = _summed(loss(state, phase))
+                    fwd.branch, fwd.update = branch, i
+                    terms[branch] = _summed(loss(fwd, phase))
         union = {k for b, t in terms.items() if b != "all" for k in t}
         if set(terms["all"]) != union:
             raise _fail(f"{label}, phase '{phase}': terms on the all branch {sorted(terms['all'])} differ from those "
                         f"of its branches {', '.join(loss.branches)} together {sorted(union)}")
-        drawn = state._prior_sample
+        drawn = fwd._prior_sample
         sources = {"posterior": [t for t in (drawn.u, drawn.x) if t.requires_grad] if drawn is not None else [],
-                   "prior": [t for t in (state.z, state.u, state.x_hat) if torch.is_tensor(t) and t.requires_grad]}
+                   "prior": [t for t in (fwd.z, fwd.u, fwd.x_hat) if torch.is_tensor(t) and t.requires_grad]}
         for branch, other in (("posterior", "prior samples"), ("prior", "posterior pass")):
             values = [v for v in terms.get(branch, {}).values() if v.requires_grad]
             if not values or not sources[branch]:
@@ -1025,7 +1025,7 @@ def check_branches(
             grads = torch.autograd.grad(torch.stack(values).sum(), sources[branch], retain_graph=True,
                                         allow_unused=True)
             if any(g is not None and g.abs().sum() > 0 for g in grads):
-                hint = "compute them only when state.wants(...) says" if branch in loss.branches and \
+                hint = "compute them only when fwd.wants(...) says" if branch in loss.branches and \
                     "prior" in loss.branches else "declare branches = (\"posterior\", \"prior\")"
                 raise _fail(f"{label}, phase '{phase}': its terms on a {branch} update take gradient from the "
                             f"{other}; {hint}")

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from genvae.core import load_model, prepare_training
+from genvae.api import load_model, prepare_training
 
 
 def main() -> None:

@@ -255,9 +255,9 @@ class ValueReader(Loss):
     """Reads a value in its forward (a host sync): fine on real tensors, impossible on meta."""
     name = "value-reader"
 
-    def forward(self, state, phase):
-        scale = 1.0 if float(state.x_hat.abs().max()) < 10 else 0.5
-        return {"value-reader": scale * state.x_hat.pow(2).mean()}
+    def forward(self, fwd, phase):
+        scale = 1.0 if float(fwd.x_hat.abs().max()) < 10 else 0.5
+        return {"value-reader": scale * fwd.x_hat.pow(2).mean()}
 
 
 class ValueAtBuild(Loss):
@@ -269,8 +269,8 @@ class ValueAtBuild(Loss):
         self.register_buffer("scale", torch.ones(()))
         self.factor = float(self.scale)
 
-    def forward(self, state, phase):
-        return {"value-at-build": self.factor * state.x_hat.pow(2).mean()}
+    def forward(self, fwd, phase):
+        return {"value-at-build": self.factor * fwd.x_hat.pow(2).mean()}
 
 
 @hookimpl

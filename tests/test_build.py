@@ -29,8 +29,8 @@ class NeedsDisc(Loss):
     name = "needs-disc"
     requires = frozenset({"discriminator"})
 
-    def forward(self, state, phase):
-        return {"needs-disc": state.x_hat.pow(2).mean()}
+    def forward(self, fwd, phase):
+        return {"needs-disc": fwd.x_hat.pow(2).mean()}
 
 
 class FakeAdv(Loss):
@@ -48,10 +48,10 @@ class FakeAdv(Loss):
     def owned_modules(self):
         return {"discriminator": self.disc}
 
-    def forward(self, state, phase):
+    def forward(self, fwd, phase):
         if phase == "discriminator":
-            return {"d": self.disc(state.x_hat.detach().flatten(1)).mean()}
-        return {"g": -self.disc(state.x_hat.flatten(1)).mean()}
+            return {"d": self.disc(fwd.x_hat.detach().flatten(1)).mean()}
+        return {"g": -self.disc(fwd.x_hat.flatten(1)).mean()}
 
 
 class Greedy(Loss):
@@ -65,15 +65,15 @@ class Greedy(Loss):
     def owned_modules(self):
         return {"model": self.extra}
 
-    def forward(self, state, phase):
-        return {"greedy": state.x_hat.mean()}
+    def forward(self, fwd, phase):
+        return {"greedy": fwd.x_hat.mean()}
 
 
 class Crashing(Loss):
     """Fails on the dry run."""
     name = "crashing"
 
-    def forward(self, state, phase):
+    def forward(self, fwd, phase):
         raise RuntimeError("shapes [2, 3] and [4] do not broadcast\\nmore detail")
 
 
@@ -86,7 +86,7 @@ class Liar(Encoder):
         self.net = nn.Linear(3 * 16 * 16, 12)
         self.output_shape = (10,)
 
-    def forward(self, x, state=None):
+    def forward(self, x, fwd=None):
         return self.net(x.flatten(1))
 
 
@@ -101,11 +101,11 @@ class BadLatent(LatentTransform):
         self.to_params = nn.Linear(ctx.encoder.output_shape[0], 10)
         self.from_z = nn.Linear(4, 8)
 
-    def posterior(self, features, state=None):
+    def posterior(self, features, fwd=None):
         mean, logvar = self.to_params(features).chunk(2, dim=1)
         return Gaussian(mean, logvar)
 
-    def generate(self, z, state=None):
+    def generate(self, z, fwd=None):
         return self.from_z(z)
 
 
@@ -117,7 +117,7 @@ class ShortU(BadLatent):
         super().__init__(options, ctx)
         self.to_params = nn.Linear(ctx.encoder.output_shape[0], 8)
 
-    def generate(self, z, state=None):
+    def generate(self, z, fwd=None):
         return self.from_z(z)[:, :6]
 
 
@@ -129,7 +129,7 @@ class SmallDecoder(Decoder):
         super().__init__(options, ctx)
         self.net = nn.Linear(int(torch.tensor(ctx.transform.output_shape).prod()), 3 * 8 * 8)
 
-    def forward(self, u, state=None):
+    def forward(self, u, fwd=None):
         return self.net(u.flatten(1)).view(-1, 3, 8, 8)
 
 
@@ -273,9 +273,9 @@ def test_provided_capability_builds_and_orders_phases(registry):
     assert model.phases == ["discriminator", "model"]
     owned = model.phase_modules()
     assert list(owned) == ["discriminator"] and owned["discriminator"][0] is model.losses["fake-adv"].disc
-    state = model(random_images(model.spec))
-    assert set(model.phase_terms(state, "discriminator")) == {"fake-adv.d"}
-    assert set(model.phase_terms(state, "model")) == {"mse", "kl", "fake-adv.g", "needs-disc"}
+    fwd = model(random_images(model.spec))
+    assert set(model.phase_terms(fwd, "discriminator")) == {"fake-adv.d"}
+    assert set(model.phase_terms(fwd, "model")) == {"mse", "kl", "fake-adv.g", "needs-disc"}
 
 
 def test_loss_cannot_own_modules_in_the_model_phase(registry):
@@ -350,15 +350,15 @@ def test_a_loss_term_that_is_not_a_scalar_is_refused_at_build_time():
 
         name = "per-image"
 
-        def forward(self, state, phase):
-            return {"l1": (state.x_hat - state.x).abs().flatten(1).mean(1)}
+        def forward(self, fwd, phase):
+            return {"l1": (fwd.x_hat - fwd.x).abs().flatten(1).mean(1)}
 
     class IntegerLoss(PerImageLoss):
         """Counts instead of measuring."""
 
         name = "integer"
 
-        def forward(self, state, phase):
+        def forward(self, fwd, phase):
             return {"n": torch.tensor(3)}
 
     class Plugin:

@@ -169,7 +169,7 @@ def test_a_member_claiming_more_than_the_shard_holds_is_skipped(tmp_path, cache_
 
 def test_a_member_over_the_size_limit_is_skipped_and_the_rest_of_the_shard_read(tmp_path, cache_dir):
     """A member that does lie in the shard but claims more than MAX_MEMBER_BYTES (a sparse file here)."""
-    from genvae.core.data import MAX_MEMBER_BYTES
+    from genvae.core.decode import MAX_MEMBER_BYTES
 
     folder = tmp_path / "data"
     folder.mkdir()

@@ -85,7 +85,7 @@ def test_round_trip(model, folder):
 
 
 def test_config_holds_the_resolved_spec_and_version(model, folder):
-    from genvae.core import __version__
+    from genvae.api import __version__
 
     config = json.loads((folder / CONFIG).read_text())
     assert config["genvae_version"] == __version__

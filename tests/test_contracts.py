@@ -1,5 +1,5 @@
 """The engine's declared contracts: typed capabilities checked at build time, decoder output spaces, the skip
-rule, references kept out of the module tree, and the typed Pass fields the paper plugins exchange."""
+rule, references kept out of the module tree, and the typed ForwardPass fields the paper plugins exchange."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from genvae.core import BuildError, Decoder, Loss, build_model, hookimpl
+from genvae.api import BuildError, Decoder, Loss, build_model, hookimpl
 from genvae.core.capabilities import (
     DISCRIMINATOR,
     MI_TARGET,
@@ -35,7 +35,7 @@ class HalfTrunk(Loss):
         self.trunk = nn.Identity()
         self.trunk_shape = (3, 16, 16)
 
-    def forward(self, state, phase):
+    def forward(self, fwd, phase):
         return {}
 
 
@@ -50,7 +50,7 @@ class BernoulliDecoder(Decoder):
         c_in, _ = self.upsampling_plan(ctx)
         self.net = nn.Sequential(nn.Upsample(scale_factor=4), nn.Conv2d(c_in, ctx.image_shape[0], 1))
 
-    def forward(self, u, state=None):
+    def forward(self, u, fwd=None):
         return self.net(u)
 
 
@@ -60,7 +60,7 @@ class ImageDecoder(BernoulliDecoder):
     name = "image-out"
     output = "image"
 
-    def forward(self, u, state=None):
+    def forward(self, u, fwd=None):
         return torch.tanh(self.net(u))
 
 
@@ -76,8 +76,8 @@ class SilentSkipper(Loss):
 
     name = "silent-skipper"
 
-    def forward(self, state, phase):
-        return {"zero": state.x_hat.sum() * 0.0, Loss.SKIP: torch.tensor(True)}
+    def forward(self, fwd, phase):
+        return {"zero": fwd.x_hat.sum() * 0.0, Loss.SKIP: torch.tensor(True)}
 
 
 class Referrer(Loss):
@@ -88,8 +88,8 @@ class Referrer(Loss):
     def attach(self, model):
         self.refer("_decoder", model.decoder)
 
-    def forward(self, state, phase):
-        return {"zero": state.x_hat.sum() * 0.0}
+    def forward(self, fwd, phase):
+        return {"zero": fwd.x_hat.sum() * 0.0}
 
 
 class Plugin:
@@ -162,12 +162,12 @@ def test_adv_and_mi_share_the_fake_features_through_the_typed_pass_field():
     s = apply_sets(preset_spec("crvae-gan-small"), ["image_size=16", "loss.adv.dropout=0"])
     model = build_model(s, check=False)
     model.train()
-    state = model(torch.rand(4, 1, 16, 16) * 2 - 1)
-    assert state.fake_features is None and state.extras == {}
-    model.phase_terms(state, "model")
-    assert state.fake_features is not None and state.fake_features.update == 0
-    assert set(state.fake_features.by_branch) == {"recon", "prior"}
-    assert state.extras == {}  # nothing the paper plugins exchange goes through string keys
+    fwd = model(torch.rand(4, 1, 16, 16) * 2 - 1)
+    assert fwd.fake_features is None and fwd.extras == {}
+    model.phase_terms(fwd, "model")
+    assert fwd.fake_features is not None and fwd.fake_features.update == 0
+    assert set(fwd.fake_features.by_branch) == {"recon", "prior"}
+    assert fwd.extras == {}  # nothing the paper plugins exchange goes through string keys
 
 
 # -- decoder output spaces ------------------------------------------------------------------------------------
@@ -184,9 +184,9 @@ def test_the_model_applies_the_decoders_declared_space(registry):
     for name, to_image in (("bernoulli-out", lambda o: 2 * torch.sigmoid(o) - 1), ("image-out", lambda o: o)):
         model = build_model(spec(decoder=name, losses=("mse", "kl")), registry)
         model.eval()
-        state = model(random_images(model.spec), sample=False)
-        assert torch.allclose(state.x_hat, to_image(state.logits), atol=1e-6)
-        assert torch.allclose(model.generate(state.z)[1], state.x_hat, atol=1e-6)
+        fwd = model(random_images(model.spec), sample=False)
+        assert torch.allclose(fwd.x_hat, to_image(fwd.decoder_output), atol=1e-6)
+        assert torch.allclose(model.generate(fwd.z)[1], fwd.x_hat, atol=1e-6)
 
 
 def test_bce_reads_logits_in_the_decoders_space(registry):
@@ -194,12 +194,12 @@ def test_bce_reads_logits_in_the_decoders_space(registry):
 
     for name, scale in (("conv", 2.0), ("bernoulli-out", 1.0)):
         model = build_model(spec(decoder=name, losses=("bce", "kl")), registry)
-        state = model(random_images(model.spec))
-        target = (state.x + 1) / 2
-        expect = F.binary_cross_entropy_with_logits(scale * state.logits, target, reduction="none").flatten(1)
-        assert torch.allclose(model.phase_terms(state, "model")["bce"], expect.sum(1).mean())
+        fwd = model(random_images(model.spec))
+        target = (fwd.x + 1) / 2
+        expect = F.binary_cross_entropy_with_logits(scale * fwd.decoder_output, target, reduction="none").flatten(1)
+        assert torch.allclose(model.phase_terms(fwd, "model")["bce"], expect.sum(1).mean())
         # the Bernoulli mean the loss uses is the model's x_hat, mapped to [0, 1]
-        assert torch.allclose(torch.sigmoid(scale * state.logits), (state.x_hat + 1) / 2, atol=1e-6)
+        assert torch.allclose(torch.sigmoid(scale * fwd.decoder_output), (fwd.x_hat + 1) / 2, atol=1e-6)
 
 
 def test_bce_refuses_a_decoder_without_logits_at_build(registry):

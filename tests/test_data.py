@@ -10,18 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from genvae.core.data import (
-    DEFAULT_DATASET,
-    ImageData,
-    clear_cache,
-    fit_image,
-    fit_tensor,
-    load_data,
-    save_grid,
-    to_model_range,
-    to_uint8,
-)
+from genvae.core.data import DEFAULT_DATASET, ImageData, clear_cache, load_data
+from genvae.core.decode import fit_image, fit_tensor, to_model_range, to_uint8
 from genvae.core.errors import DataError
+from genvae.core.images import save_grid
 
 RED = (200, 30, 60)
 RED_L = round(0.299 * 200 + 0.587 * 30 + 0.114 * 60)  # 84, PIL's luma

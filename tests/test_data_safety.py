@@ -19,15 +19,10 @@ import pytest
 import torch
 from PIL import Image
 
-from genvae.core.data import (
-    check_image_output,
-    read_image,
-    save_grid,
-    to_model_range,
-    written_by_genvae,
-)
+from genvae.core.decode import read_image, to_model_range
 from genvae.core.errors import DataError, GenvaeError
 from genvae.core.files import UnsafePathError
+from genvae.core.images import check_image_output, save_grid, written_by_genvae
 
 needs_fifo = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs os.mkfifo (POSIX)")
 needs_symlink = pytest.mark.skipif(os.name == "nt", reason="symlinks need privileges on Windows")

@@ -106,7 +106,7 @@ def test_replicas_stay_identical_and_match_one_process(tmp_path, genvae_exe, spe
 
 
 def _param_names(folder: Path):
-    from genvae.core import load_model
+    from genvae.api import load_model
 
     return load_model(folder, device="cpu").named_parameters()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from genvae.core import build_model, prepare_training
+from genvae.api import build_model, prepare_training
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ def test_compile_trains_the_same(run, one_thread):
 
 def test_batches_are_the_epoch_permutation_in_order(tmp_path, tiny_data, tiny_spec, one_thread):
     """The prefetch thread hands the model exactly the batches of the epoch's permutation, in order."""
-    from genvae.core import Trainer
+    from genvae.api import Trainer
 
     model = build_model(tiny_spec)
     config = model.spec.with_train(batch_size=8, max_steps=5, log_every=10**6).train
@@ -61,7 +61,7 @@ def test_batches_are_the_epoch_permutation_in_order(tmp_path, tiny_data, tiny_sp
     seen: list[torch.Tensor] = []
     model.encoder.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
     trainer.fit()
-    perm = trainer._permutation(0)
+    perm = trainer.feeder.permutation(0)
     expected = [trainer.to_model_range(tiny_data.images[perm[8 * b: 8 * b + 8]]) for b in range(5)]
     assert len(seen) >= 5
     assert all(torch.equal(a, b) for a, b in zip(seen[:5], expected, strict=True))
@@ -75,7 +75,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 def test_cuda_fast_path_trains_like_the_plain_path(tmp_path, tiny_spec, tiny_data, monkeypatch):
     """On a GPU: channels-last and a host-resident data set (pinned, prefetched, non-blocking copies) give the
     plain path's losses; bf16 autocast with channels-last and torch.compile trains to finite losses."""
-    from genvae.core import Trainer
+    from genvae.api import Trainer
 
     def run(name, **train):
         torch.manual_seed(0)
@@ -114,7 +114,7 @@ def test_torchrun_on_two_gpus_with_nccl(tmp_path, genvae_exe):
 
 
 def test_graph_probe_keeps_a_graph_only_where_a_later_update_goes_back_through_it():
-    from genvae.core.train import graph_nodes, shared_graphs
+    from genvae.core.training.step import graph_nodes, shared_graphs
 
     w = torch.randn(4, requires_grad=True)
     v = torch.randn(4, requires_grad=True)
@@ -134,7 +134,7 @@ def test_graph_probe_keeps_a_graph_only_where_a_later_update_goes_back_through_i
 def test_retain_graph_auto_trains_exactly_like_always(tmp_path, one_thread):
     """crVAE-GAN's five updates: the probe finds no update that needs its graph kept, and the weights after three
     steps are those of keeping every graph."""
-    from genvae.core import Trainer
+    from genvae.api import Trainer
     from genvae.core.compose import compose_spec
     from genvae.core.data import ImageData
 
@@ -147,9 +147,9 @@ def test_retain_graph_auto_trains_exactly_like_always(tmp_path, one_thread):
         model = build_model(spec)
         trainer = Trainer(model, tmp_path / mode, ImageData(images, "random"),
                           spec.with_train(retain_graph=mode).train, torch.device("cpu"))
-        perm = trainer._permutation(0)
+        perm = trainer.feeder.permutation(0)
         for b in range(3):
-            trainer.train_step(trainer._batch(perm, b))
+            trainer.train_step(trainer.feeder.batch(perm, b))
         weights[mode] = {k: v.clone() for k, v in model.state_dict().items()}
         if mode == "auto":
             assert trainer.retain == [False] * 5

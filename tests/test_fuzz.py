@@ -1257,7 +1257,7 @@ def test_seeds_are_64_bit(fuzz_model, tmp_path):
 
 def test_every_seed_option_takes_64_bit_seeds_only():
     """--seed of every command, the plugins' included, has the same type (0..2**64-1)."""
-    from genvae.core.commands import SEED
+    from genvae.api import SEED
 
     seeds = {name: param for name, command in Invoker().commands.items() for param in command.params
              if param.name == "seed"}

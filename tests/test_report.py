@@ -130,7 +130,7 @@ def test_train_ends_with_a_summary_table_of_the_run(tmp_path):
 def test_evaluation_reports_progress_batch_by_batch(tiny_spec):
     import torch
 
-    from genvae.core import build_model
+    from genvae.api import build_model
     from genvae.core.evaluation import EvalData
 
     model = build_model(tiny_spec).eval()

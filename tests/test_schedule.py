@@ -18,7 +18,7 @@ from genvae.core.compose import preset_spec
 from genvae.core.errors import BuildError, OptionsError
 from genvae.core.model import build_model
 from genvae.core.spec import ComponentSpec, LossSpec, ModelSpec, TrainConfig
-from genvae.core.train import Trainer, seed_everything
+from genvae.core.training import Trainer, seed_everything
 
 AUTHORS = ["mi@posterior", "model@posterior", "mi@prior:fresh", "model@prior", "discriminator"]
 ADV = {"widths": [8, 8], "head_hidden": 16, "minibatch_kernels": 4, "minibatch_dims": 3, "skip_below": 0}

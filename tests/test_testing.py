@@ -95,7 +95,7 @@ class GoodEncoder(Encoder):
         self.net = nn.Linear(math.prod(ctx.image_shape), options.width)
         self.output_shape = (options.width,)
 
-    def forward(self, x, state=None):
+    def forward(self, x, fwd=None):
         return torch.relu(self.net(x.flatten(1)))
 
 
@@ -109,7 +109,7 @@ class GoodDecoder(Decoder):
         self.image_shape = ctx.image_shape
         self.net = nn.Linear(math.prod(ctx.transform.output_shape), math.prod(ctx.image_shape))
 
-    def forward(self, u, state=None):
+    def forward(self, u, fwd=None):
         return self.net(u.flatten(1)).view(-1, *self.image_shape)
 
 
@@ -118,8 +118,8 @@ class GoodLoss(Loss):
 
     name = "good"
 
-    def forward(self, state, phase):
-        return {"l1": self.weight * (state.x_hat - state.x).abs().mean()}
+    def forward(self, fwd, phase):
+        return {"l1": self.weight * (fwd.x_hat - fwd.x).abs().mean()}
 
 
 @pytest.mark.parametrize("cls", [GoodEncoder, GoodDecoder, GoodLoss], ids=lambda c: c.kind)
@@ -139,7 +139,7 @@ class MisshapenEncoder(GoodEncoder):
 
     name = "misshapen"
 
-    def forward(self, x, state=None):
+    def forward(self, x, fwd=None):
         return super().forward(x).view(-1, 2, FEATURES // 2)
 
 
@@ -148,7 +148,7 @@ class MisshapenInTrainingEncoder(GoodEncoder):
 
     name = "misshapen-in-training"
 
-    def forward(self, x, state=None):
+    def forward(self, x, fwd=None):
         out = super().forward(x)
         return out.view(-1, 2, FEATURES // 2) if self.training else out
 
@@ -189,7 +189,7 @@ class DetachedParameterDecoder(GoodDecoder):
         super().__init__(options, ctx)
         self.shift = nn.Parameter(torch.zeros(ctx.image_shape))
 
-    def forward(self, u, state=None):
+    def forward(self, u, fwd=None):
         return super().forward(u) + self.shift.detach()
 
 
@@ -209,8 +209,8 @@ class DetachedLoss(GoodLoss):
 
     name = "detached"
 
-    def forward(self, state, phase):
-        return {"l1": self.weight * (state.x_hat.detach() - state.x).abs().mean()}
+    def forward(self, fwd, phase):
+        return {"l1": self.weight * (fwd.x_hat.detach() - fwd.x).abs().mean()}
 
 
 class ZeroGradientLoss(GoodLoss):
@@ -218,8 +218,8 @@ class ZeroGradientLoss(GoodLoss):
 
     name = "zero-gradient"
 
-    def forward(self, state, phase):
-        return {"l1": 0.0 * state.x_hat.sum()}
+    def forward(self, fwd, phase):
+        return {"l1": 0.0 * fwd.x_hat.sum()}
 
 
 def test_gradients_catches_a_loss_computed_from_detached_tensors():
@@ -243,8 +243,8 @@ class SelfComparingLoss(GoodLoss):
 
     name = "self-comparing"
 
-    def forward(self, state, phase):
-        return {"l1": self.weight * next(state.model.decoder.parameters()).abs().mean()}
+    def forward(self, fwd, phase):
+        return {"l1": self.weight * next(fwd.model.decoder.parameters()).abs().mean()}
 
 
 class PriorReadingLoss(GoodLoss):
@@ -252,8 +252,8 @@ class PriorReadingLoss(GoodLoss):
 
     name = "prior-reading"
 
-    def forward(self, state, phase):
-        return {"l1": self.weight * (state.x_hat - state.x).abs().mean(), "p": state.prior_sample().x.pow(2).mean()}
+    def forward(self, fwd, phase):
+        return {"l1": self.weight * (fwd.x_hat - fwd.x).abs().mean(), "p": fwd.prior_sample().x.pow(2).mean()}
 
 
 class BranchBlindLoss(PriorReadingLoss):
@@ -269,12 +269,12 @@ class BranchAwareLoss(PriorReadingLoss):
     name = "branch-aware"
     branches = ("posterior", "prior")
 
-    def forward(self, state, phase):
+    def forward(self, fwd, phase):
         terms = {}
-        if state.wants("posterior"):
-            terms["l1"] = self.weight * (state.x_hat - state.x).abs().mean()
-        if state.wants("prior"):
-            terms["p"] = state.prior_sample().x.pow(2).mean()
+        if fwd.wants("posterior"):
+            terms["l1"] = self.weight * (fwd.x_hat - fwd.x).abs().mean()
+        if fwd.wants("prior"):
+            terms["p"] = fwd.prior_sample().x.pow(2).mean()
         return terms
 
 
@@ -345,7 +345,7 @@ class PythonRandomForwardEncoder(GoodEncoder):
 
     name = "python-random-forward"
 
-    def forward(self, x, state=None):
+    def forward(self, x, fwd=None):
         return super().forward(x) + random.random()
 
 
@@ -436,7 +436,7 @@ class AttributeTensorEncoder(GoodEncoder):
         super().__init__(options, ctx)
         self.offset = torch.randn(options.width)
 
-    def forward(self, x, state=None):
+    def forward(self, x, fwd=None):
         return super().forward(x) + self.offset
 
 
@@ -449,7 +449,7 @@ class NonPersistentBufferEncoder(GoodEncoder):
         super().__init__(options, ctx)
         self.register_buffer("offset", torch.randn(options.width), persistent=False)
 
-    def forward(self, x, state=None):
+    def forward(self, x, fwd=None):
         return super().forward(x) + self.offset
 
 
@@ -501,7 +501,7 @@ class MisnumberedInTrainingEncoder(GoodEncoder):
 
     name = "misnumbered-in-training"
 
-    def forward(self, x, state=None):
+    def forward(self, x, fwd=None):
         out = super().forward(x)
         return out[:, : FEATURES // 2] if self.training else out
 

@@ -245,8 +245,8 @@ for preset in job["train"]:  # build the preset and take 3 optimisation steps on
     x = torch.rand(4, *model.spec.image_shape) * 2 - 1
     losses = []
     for _ in range(3):
-        state = model(x)
-        loss = sum(model.phase_terms(state, "model").values())
+        fwd = model(x)
+        loss = sum(model.phase_terms(fwd, "model").values())
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -254,9 +254,9 @@ for preset in job["train"]:  # build the preset and take 3 optimisation steps on
     out["trained"][preset] = {
         "losses": losses,
         "classes": {k: f"{type(c).__module__}.{type(c).__qualname__}" for k, c in model.components().items()},
-        "features": list(state.features.shape),
+        "features": list(fwd.features.shape),
         "latent": list(model.layout.shape),
-        "x_hat": list(state.x_hat.shape),
+        "x_hat": list(fwd.x_hat.shape),
     }
 
 for argv in job["cli"]:  # the genvae command line, run as its console script runs it

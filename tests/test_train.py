@@ -10,7 +10,8 @@ import torch
 from genvae.core import checkpoint as ckpt
 from genvae.core.errors import GenvaeError
 from genvae.core.model import build_model
-from genvae.core.train import Trainer, build_phases, lr_factor, seed_everything
+from genvae.core.training import Trainer, seed_everything
+from genvae.core.training.step import build_phases, lr_factor
 
 
 def make_trainer(spec, folder, data, **train):
@@ -97,7 +98,7 @@ def test_unknown_module_prefix_is_refused(tiny_spec):
 
 def test_grad_clamp_applies(tmp_path, tiny_spec, tiny_data):
     t = make_trainer(tiny_spec, tmp_path / "m", tiny_data, grad_clamp={"decoder": 1e-4})
-    x = t._batch(t._permutation(0), 0)
+    x = t.feeder.batch(t.feeder.permutation(0), 0)
     t.train_step(x)
     dec = [p.grad.abs().max().item() for p in t.model.decoder.parameters()]
     enc = [p.grad.abs().max().item() for p in t.model.encoder.parameters()]

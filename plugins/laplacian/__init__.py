@@ -4,7 +4,7 @@ One plugin, one package; each module holds one part:
 
 * :mod:`.pyramid`: the pyramid operators (``blur_down``, ``upsample``, ``decompose``, ``reconstruct``, ...);
 * :mod:`.components`: encoder, latent transform and decoder ``laplacian`` (one conv stack per level; the
-  ``pyramid`` capability and ``Pass.pyramid``);
+  ``pyramid`` capability and ``ForwardPass.pyramid``);
 * :mod:`.loss`: loss ``pyramid-mse``, the paper's squared error per level on h_k;
 * :mod:`.editing`: coarse-level editing (paper 5.2) with alpha or Poisson compositing;
 * :mod:`.training`: greedy level-by-level training and retraining M (paper 5.1.3), through the core training API;
@@ -20,7 +20,7 @@ FIRST, the order of the latent groups; one value applies to every level. The ``m
 
 from __future__ import annotations
 
-from genvae.core.hookspecs import hookimpl
+from genvae.api import hookimpl
 from genvae.plugins.laplacian.components import (
     CONDITIONS,
     LaplacianDecoder,

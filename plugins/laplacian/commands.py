@@ -7,8 +7,7 @@ from pathlib import Path
 
 import click
 
-from genvae.core.capabilities import pyramid_parts
-from genvae.core.errors import GenvaeError
+from genvae.api import GenvaeError, pyramid_parts
 from genvae.plugins.laplacian.editing import BLENDS, edit_batch, edit_image, edit_prior_batch, load_mask
 from genvae.plugins.laplacian.loss import PyramidMSELoss
 from genvae.plugins.laplacian.training import greedy_stages, run_stage
@@ -17,7 +16,7 @@ from genvae.plugins.laplacian.training import greedy_stages, run_stage
 def add_commands(cli) -> None:
     """Add ``genvae edit`` and ``genvae train-levels`` to the CLI group (the plugin's genvae_register_commands)."""
 
-    from genvae.core.commands import SEED, FiniteFloat, data_options
+    from genvae.api import SEED, FiniteFloat, data_options
 
     @cli.command("edit")
     @click.argument("folder", type=click.Path())
@@ -39,9 +38,15 @@ def add_commands(cli) -> None:
     @click.option("--device", default="auto", show_default=True)
     def edit(folder, image, coarse, mask, keep_levels, count, blend, output, seed, device):
         """Edit an image with a LapCVAE (paper 5.2): paint its coarse level and/or resample a masked region."""
-        from genvae.core.budget import grid_bytes, image_bytes
-        from genvae.core.commands import console, load_for_inference, load_image
-        from genvae.core.data import check_image_output, save_grid
+        from genvae.api import (
+            check_image_output,
+            console,
+            grid_bytes,
+            image_bytes,
+            load_for_inference,
+            load_image,
+            save_grid,
+        )
 
         names = ["input", "reconstruction", "base", "mask", "pyramid", "samples", "composites",
                  *(f"edit-{i:02d}" for i in range(count))]
@@ -85,8 +90,7 @@ def add_commands(cli) -> None:
     @click.option("--quiet", is_flag=True, help="Only the last metrics of each stage.")
     def train_levels(folder, data, data_root, download, mode, steps, batch_size, lr, device, seed, quiet):
         """Level-wise LapCVAE training: --greedy (coarsest first) or --retrain-m; stages go to FOLDER/stages/."""
-        from genvae.core.checkpoint import load_model, save_model
-        from genvae.core.commands import console, registry, require_single_process
+        from genvae.api import console, load_model, registry, require_single_process, save_model
 
         require_single_process("genvae train-levels")
         if mode is None:
@@ -106,7 +110,7 @@ def add_commands(cli) -> None:
                 raise GenvaeError("--greedy needs the 'pyramid-mse' loss (with skip_frozen_levels) as the "
                                   "reconstruction loss, so untrained levels send no gradient to trained ones")
             stages = greedy_stages(model)
-        from genvae.core.folder import ModelFolder, lock_folder
+        from genvae.api import ModelFolder, lock_folder
 
         with lock_folder(folder):  # one process at a time writes this model folder
             for name, _ in stages:  # every stage's folder is checked before the first stage writes anything

@@ -10,7 +10,7 @@
   fine, x_k = h_k + u(x_{k+1}). Its output space is ``image``: x_0 itself, clamped to [-1, 1] straight-through.
 
 All three provide the ``pyramid`` capability (``genvae.core.capabilities``: the PyramidEncoder, PyramidLatent and
-PyramidDecoder protocols) and fill ``Pass.pyramid``: the encoder the targets h_k, blurred images b_k and the
+PyramidDecoder protocols) and fill ``ForwardPass.pyramid``: the encoder the targets h_k, blurred images b_k and the
 coarser image each level was conditioned on, the decoder the predicted h_k and the rebuilt x_k.
 """
 
@@ -22,12 +22,33 @@ import attrs
 import torch
 from torch import Tensor, nn
 
-from genvae.core.capabilities import PYRAMID, PyramidPass, pyramid_parts
-from genvae.core.components import BuildContext, Decoder, Encoder, Gaussian, LatentLayout, LatentTransform
-from genvae.core.errors import GenvaeError
-from genvae.core.layers import ACTIVATIONS, activation, eval_mode, straight_through_clamp
-from genvae.core.options import int_tuple, one_of, option, positive_int, positive_ints, to_bool, to_int
-from genvae.plugins.conv import decoder_widths, down_stack, stack_widths, up_stack
+from genvae.api import (
+    ACTIVATIONS,
+    PYRAMID,
+    BuildContext,
+    Decoder,
+    Encoder,
+    Gaussian,
+    GenvaeError,
+    LatentLayout,
+    LatentTransform,
+    PyramidPass,
+    activation,
+    decoder_widths,
+    down_stack,
+    eval_mode,
+    int_tuple,
+    one_of,
+    option,
+    positive_int,
+    positive_ints,
+    pyramid_parts,
+    stack_widths,
+    straight_through_clamp,
+    to_bool,
+    to_int,
+    up_stack,
+)
 from genvae.plugins.laplacian.pyramid import (
     KERNELS,
     check_pyramid_size,
@@ -172,12 +193,12 @@ class LaplacianEncoder(Encoder):
                 coarser[k - 1] = h_hat if below is None else h_hat + upsample(below, self.kernel)
         return feats[::-1], coarser
 
-    def forward(self, x, state=None):
+    def forward(self, x, fwd=None):
         bs = gaussian_pyramid(x, self.num_levels, self.kernel)
         hs = decompose(x, self.num_levels, self.kernel, blurred=bs)
         feats, coarser = self.encode_pyramid(hs, bs)
-        if state is not None:
-            state.pyramid = PyramidPass(targets=hs, blurred=bs, condition=coarser)
+        if fwd is not None:
+            fwd.pyramid = PyramidPass(targets=hs, blurred=bs, condition=coarser)
         return torch.cat(feats, dim=1)
 
 
@@ -248,12 +269,12 @@ class LaplacianLatent(LatentTransform):
         """Level k's decoder input (flat) from concat[z_k, z_{k+1}, ..., z_K]."""
         return self.level(k).from_z(torch.cat(zs[k:], dim=1))
 
-    def posterior(self, features, state=None) -> Gaussian:
+    def posterior(self, features, fwd=None) -> Gaussian:
         parts = features.split(self.feature_sizes, dim=1)
         params = [self.level_posterior(k, parts[k]) for k in range(self.num_levels)]
         return Gaussian(self.join_levels([m for m, _ in params]), self.join_levels([lv for _, lv in params]))
 
-    def generate(self, z, state=None):
+    def generate(self, z, fwd=None):
         zs = self.split_levels(z)
         return torch.cat([self.level_u(k, zs) for k in range(self.num_levels)], dim=1)
 
@@ -307,15 +328,15 @@ class LaplacianDecoder(Decoder):
         """Level k's band h_k from its flat decoder input."""
         return self.levels[k](u_k.view(-1, *self.u_shapes[k]))
 
-    def forward(self, u, state=None):
+    def forward(self, u, fwd=None):
         parts = u.split(self.u_sizes, dim=1)
         preds = [self.decode_level(k, parts[k]) for k in range(self.num_levels)]
         recon = reconstruct_levels(preds, self.kernel)
-        if state is not None:
-            if state.pyramid is None:
-                state.pyramid = PyramidPass()
-            state.pyramid.predictions = preds
-            state.pyramid.reconstructions = recon
+        if fwd is not None:
+            if fwd.pyramid is None:
+                fwd.pyramid = PyramidPass()
+            fwd.pyramid.predictions = preds
+            fwd.pyramid.reconstructions = recon
         return straight_through_clamp(recon[0], -1.0, 1.0)
 
 

@@ -6,8 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from genvae.core.capabilities import pyramid_parts
-from genvae.core.errors import GenvaeError
+from genvae.api import GenvaeError, pyramid_parts
 from genvae.plugins.laplacian.pyramid import (
     blur_down,
     decompose,
@@ -104,7 +103,7 @@ def edit_program(blend: str):
 def edit_batch(model, n: int, blend: str = "alpha", held: int = 0) -> int:
     """Variants :func:`edit_image` may generate and composite at once under the memory limit, beside ``held``
     bytes; a one-line BudgetError when even one does not fit."""
-    from genvae.core.budget import inference_batch
+    from genvae.api import inference_batch
 
     return inference_batch(model, n, what=f"edit-{blend}", held=held, command="edit",
                            holding="the variants and grids it keeps", program=edit_program(blend))
@@ -113,7 +112,7 @@ def edit_batch(model, n: int, blend: str = "alpha", held: int = 0) -> int:
 def edit_prior_batch(model, n: int, held: int = 0) -> int:
     """Variants whose latents :func:`edit_image` may draw at once (the prior's own work: an M-network decodes
     every coarser level) under the memory limit, beside ``held`` bytes."""
-    from genvae.core.budget import inference_batch
+    from genvae.api import inference_batch
 
     return inference_batch(model, n, what="prior", held=held, command="edit",
                            holding="the variants and grids it keeps")
@@ -192,7 +191,7 @@ def edit_image(model, x: Tensor, coarse: Tensor | None = None, mask: Tensor | No
 
 def load_mask(path, model) -> Tensor:
     """A black/white image file as a (1, 1, H, W) mask of 0/1 at the model's image size (white = 1)."""
-    from genvae.core.commands import load_mask as read_mask
+    from genvae.api import load_mask as read_mask
 
     return read_mask(path, model.spec.image_size).to(model.device)
 

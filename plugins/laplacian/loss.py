@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import attrs
 
-from genvae.core.capabilities import PYRAMID, pyramid_parts
-from genvae.core.components import BuildContext, Loss
-from genvae.core.errors import shorten
-from genvae.core.layers import reduce_images, reduction_option
-from genvae.core.options import float_tuple, one_of, option, to_bool
+from genvae.api import (
+    PYRAMID,
+    BuildContext,
+    Loss,
+    float_tuple,
+    one_of,
+    option,
+    pyramid_parts,
+    reduce_images,
+    reduction_option,
+    shorten,
+    to_bool,
+)
 from genvae.plugins.laplacian.pyramid import levels_option
 
 
@@ -58,9 +66,9 @@ class PyramidMSELoss(Loss):
             return True
         return any(p.requires_grad for m in self._level_modules[k] for p in m.parameters())
 
-    def forward(self, state, phase):
-        preds, targets = state.pyramid.predictions, state.pyramid.targets
-        total = state.x.new_zeros(())
+    def forward(self, fwd, phase):
+        preds, targets = fwd.pyramid.predictions, fwd.pyramid.targets
+        total = fwd.x.new_zeros(())
         full = targets[0].shape[-2] * targets[0].shape[-1]
         for k, (pred, target) in enumerate(zip(preds, targets, strict=True)):
             if self.weights[k] and self._active(k):

@@ -1,7 +1,7 @@
 """Level-wise LapCVAE training (paper 5.1.3): greedy, coarsest level first, and retraining the M networks.
 
 Each stage trains only some module paths of the model (``train.train_only``) through the same core training
-API as ``genvae train`` (:func:`genvae.core.train.prepare_training`); its checkpoints, metrics and samples go
+API as ``genvae train`` (:func:`genvae.api.train_run`); its checkpoints, metrics and samples go
 to ``FOLDER/stages/<stage>``.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from torch import nn
 
-from genvae.core.capabilities import pyramid_parts
+from genvae.api import pyramid_parts
 
 
 def level_paths(model, k: int) -> list[str]:
@@ -37,30 +37,21 @@ def unfreeze(model) -> None:
     model.train()
 
 
-
 def run_stage(model, folder: Path, name: str, paths: list[str], steps: int, data=None, data_root=None,
               download=False, batch_size=None, lr=None, device="auto", seed=None, echo=None, registry=None) -> dict:
-    """Train only ``paths`` of ``model`` for ``steps`` steps; the stage's checkpoints, metrics and samples
-    go to ``folder/stages/<name>`` (the model itself is left in memory for the caller to save)."""
-    from genvae.core.commands import terms_text
-    from genvae.core.folder import ModelFolder, lock_folder
-    from genvae.core.train import prepare_training
+    """Train only ``paths`` of ``model`` for ``steps`` steps, as one run of the core training service into the
+    stage folder ``folder/stages/<name>`` (emptied of genvae's files of an earlier run first): the stage's
+    settings, checkpoints, metrics and samples go there; the model itself is left in memory for the caller to
+    save."""
+    from genvae.api import ModelFolder, terms_text, train_run
 
-    spec = model.spec
     overrides = {k: v for k, v in dict(batch_size=batch_size, lr=lr, seed=seed).items() if v is not None}
     stage = ModelFolder(folder).child(f"stages/{name}")  # walked to from the model folder: no link on the way
-    stage.check_can_build_into()  # a stage folder holds only what genvae wrote there
     unfreeze(model)
-    trainer = prepare_training(model, stage, data=data, data_root=data_root, download=download,
-                               overrides={**overrides, "max_steps": steps, "epochs": 10**6, "train_only": list(paths)},
-                               device=device, registry=registry)
-    model.spec = spec  # the stage's settings stay with the stage; the model keeps its own
-    if echo is not None:
-        trainer.on_log = lambda r: echo(f"{name} step {r['step']}/{steps}  {terms_text(r)}")
-    with lock_folder(stage):
-        stage.remove_all()  # the previous run of this stage, genvae's files only
-        last = trainer.fit()
+    on_log = None if echo is None else (lambda r: echo(f"{name} step {r['step']}/{steps}  {terms_text(r)}"))
+    result = train_run(stage, model=model, data=data, data_root=data_root, download=download,
+                       overrides={**overrides, "max_steps": steps, "epochs": 10**6, "train_only": list(paths)},
+                       device=device, fresh=True, registry=registry, on_log=on_log)
     unfreeze(model)
     model.eval()
-    return last
-
+    return result.metrics

@@ -15,7 +15,8 @@ from genvae.core.compose import preset_spec
 from genvae.core.data import ImageData
 from genvae.core.model import build_model
 from genvae.core.spec import ComponentSpec, LossSpec, ModelSpec
-from genvae.core.train import Trainer, build_phases
+from genvae.core.training import Trainer
+from genvae.core.training.step import build_phases
 from genvae.testing import check_component
 
 ADV = {"widths": [8, 8], "head_hidden": 16, "minibatch_kernels": 4, "minibatch_dims": 3}
@@ -131,11 +132,11 @@ def test_trunk_trains_at_half_the_discriminator_lr():
 def test_generator_terms_and_prior_samples_made_once():
     model = build_model(gan_spec(adv={"dropout": 0}))
     model.train()
-    state = model(torch.rand(8, 3, 16, 16) * 2 - 1)
-    d = model.phase_terms(state, "discriminator")
-    z, u, x_prior = state.prior_sample()
-    g = model.phase_terms(state, "model")
-    assert state.prior_sample().x is x_prior  # the model phase reused the discriminator phase's samples
+    fwd = model(torch.rand(8, 3, 16, 16) * 2 - 1)
+    d = model.phase_terms(fwd, "discriminator")
+    z, u, x_prior = fwd.prior_sample()
+    g = model.phase_terms(fwd, "model")
+    assert fwd.prior_sample().x is x_prior  # the model phase reused the discriminator phase's samples
     assert set(d) == {"adv.d"} and {"adv.g_recon", "adv.g_prior", "mse", "kl"} <= set(g)
     assert x_prior.requires_grad and z.shape == (8, *model.layout.shape)
     # the discriminator phase sees detached fakes: its loss gives the generator no gradient
@@ -146,7 +147,7 @@ def test_generator_terms_and_prior_samples_made_once():
     for part in (model.decoder, model.transform.gen, model.encoder):
         grads = torch.autograd.grad(g_total, list(part.parameters()), retain_graph=True, allow_unused=True)
         assert any(gr is not None and gr.abs().sum() > 0 for gr in grads)
-    logits = model.losses["adv"].head(state.fake_features.by_branch["recon"])
+    logits = model.losses["adv"].head(fwd.fake_features.by_branch["recon"])
     expected = 0.0125 * torch.nn.functional.softplus(-logits).mean()
     assert g["adv.g_recon"].item() == pytest.approx(expected.item(), rel=1e-5)
 
@@ -155,11 +156,11 @@ def test_learned_similarity_term():
     model = build_model(gan_spec(adv={"similarity_layer": 1, "similarity_weight": 2.0}))
     model.train()
     x = torch.rand(4, 3, 16, 16) * 2 - 1
-    state = model(x)
-    terms = model.phase_terms(state, "model")
+    fwd = model(x)
+    terms = model.phase_terms(fwd, "model")
     adv = model.losses["adv"]
     with torch.no_grad():
-        expected = 2.0 * (adv.trunk.layer_features(state.x_hat, 1) - adv.trunk.layer_features(x, 1)).pow(2).mean()
+        expected = 2.0 * (adv.trunk.layer_features(fwd.x_hat, 1) - adv.trunk.layer_features(x, 1)).pow(2).mean()
     assert terms["adv.similarity"].item() == pytest.approx(expected.item(), rel=1e-5)
     assert adv.trunk.layer_features(x, 1).shape == (4, 8, 16, 16)  # the conv output, before pooling
 
@@ -180,8 +181,8 @@ def test_skip_flag_follows_the_error_rate(threshold, skipped):
     model = build_model(gan_spec(adv={"skip_below": threshold}))
     constant_discriminator(model, 5.0)
     model.train()
-    state = model(torch.rand(8, 3, 16, 16) * 2 - 1)
-    terms, flags = model.update_terms(state, "discriminator")
+    fwd = model(torch.rand(8, 3, 16, 16) * 2 - 1)
+    terms, flags = model.update_terms(fwd, "discriminator")
     assert set(terms) == {"adv.d"} and len(flags) == 1  # the flag is not a term: declared by may_skip
     (flag,) = flags
     assert flag.dtype == torch.bool and flag.dim() == 0 and bool(flag) is skipped
@@ -190,8 +191,8 @@ def test_skip_flag_follows_the_error_rate(threshold, skipped):
 def test_no_skip_flag_when_the_rule_is_off():
     model = build_model(gan_spec(adv={"skip_below": 0}))
     model.train()
-    state = model(torch.rand(8, 3, 16, 16) * 2 - 1)
-    terms, flags = model.update_terms(state, "discriminator")
+    fwd = model(torch.rand(8, 3, 16, 16) * 2 - 1)
+    terms, flags = model.update_terms(fwd, "discriminator")
     assert flags == [] and Loss.SKIP not in terms
 
 

@@ -13,7 +13,8 @@ import torch
 from genvae.core.compose import compose_spec
 from genvae.core.data import ImageData
 from genvae.core.model import build_model
-from genvae.core.train import Trainer, build_phases
+from genvae.core.training import Trainer
+from genvae.core.training.step import build_phases
 from genvae.plugins.adv import MinibatchDiscrimination
 
 # 16-px versions of the paper's presets: small widths, every mathematical setting of the preset kept
@@ -66,11 +67,11 @@ def test_discriminator_loss_is_bce_with_real_one_and_fake_zero():
     with torch.no_grad():
         adv.head.out.bias.fill_(2.0)  # D leans towards "real": a label swap changes d by ~1
     model.train()
-    state = model(x_batch())
-    d = model.phase_terms(state, "discriminator")["adv.d"]
-    x_prior = state.prior_sample().x
+    fwd = model(x_batch())
+    d = model.phase_terms(fwd, "discriminator")["adv.d"]
+    x_prior = fwd.prior_sample().x
     assert adv.batch_counts(8) == (6, 1, 1)
-    batch = torch.cat([state.x[:6], state.x_hat[6:7], x_prior[7:8]]).detach()
+    batch = torch.cat([fwd.x[:6], fwd.x_hat[6:7], x_prior[7:8]]).detach()
     with torch.no_grad():
         logits = adv.discriminate(batch)
     expected = -(log_sigmoid(logits[:6]).sum() + torch.log(1 - torch.sigmoid(logits[6:])).sum()) / 8
@@ -99,8 +100,8 @@ def test_skip_rule_counts_errors_against_real_one_fake_zero(logit, threshold, sk
 def test_discriminator_loss_reaches_the_discriminator_only():
     model = tiny("crvae-gan-no-mi", "loss.adv.dropout=0")
     model.train()
-    state = model(x_batch())
-    d = model.phase_terms(state, "discriminator")["adv.d"]
+    fwd = model(x_batch())
+    d = model.phase_terms(fwd, "discriminator")["adv.d"]
     adv = model.losses["adv"]
     assert reached(d, adv.trunk) and reached(d, adv.head)
     for part in (model.encoder, model.transform, model.decoder):
@@ -122,12 +123,12 @@ def test_generator_loss_is_non_saturating(preset):
     with torch.no_grad():
         adv.head.out.bias.fill_(-3.0)  # D is confident the fakes are fake: the two forms differ by ~3
     model.train()
-    state = model(x_batch())
-    model.phase_terms(state, "discriminator")
-    terms = model.phase_terms(state, "model")
+    fwd = model(x_batch())
+    model.phase_terms(fwd, "discriminator")
+    terms = model.phase_terms(fwd, "model")
     beta = adv.options.beta
     assert beta == {"crvae-gan-no-mi": 0.0125, "vae-gan-small": 0.05}[preset]
-    f_recon, f_prior = state.fake_features.by_branch.values()
+    f_recon, f_prior = fwd.fake_features.by_branch.values()
     for key, features in (("adv.g_recon", f_recon), ("adv.g_prior", f_prior)):
         with torch.no_grad():
             logits = adv.head(features)
@@ -140,9 +141,9 @@ def test_generator_loss_is_non_saturating(preset):
 def test_generator_terms_reach_the_generator_and_the_crvae_gan_encoder():
     model = tiny("crvae-gan-no-mi", "loss.adv.dropout=0")
     model.train()
-    state = model(x_batch())
-    model.phase_terms(state, "discriminator")
-    terms = model.phase_terms(state, "model")
+    fwd = model(x_batch())
+    model.phase_terms(fwd, "discriminator")
+    terms = model.phase_terms(fwd, "model")
     for key in ("adv.g_recon", "adv.g_prior"):
         assert reached(terms[key], model.decoder) and reached(terms[key], model.transform.gen), key
     assert reached(terms["adv.g_recon"], model.encoder)  # crVAE-GAN: the GAN gradient reaches the encoder
@@ -154,11 +155,11 @@ def test_vae_gan_encoder_gets_no_gan_gradient():
     model = tiny("vae-gan-small", "loss.adv.dropout=0")
     assert model.losses["adv"].options.gan_to_encoder is False
     model.train()
-    state = model(x_batch())
-    model.phase_terms(state, "discriminator")  # makes the prior samples (a generation pass of its own)
+    fwd = model(x_batch())
+    model.phase_terms(fwd, "discriminator")  # makes the prior samples (a generation pass of its own)
     norms = [m for m in model.decoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     running = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in norms]
-    terms = model.phase_terms(state, "model")
+    terms = model.phase_terms(fwd, "model")
     gan = terms["adv.g_recon"] + terms["adv.g_prior"]
     encoder_side = [*model.encoder.parameters(), *model.transform.to_params.parameters()]
     assert all(g is None or not g.any() for g in grads(gan, encoder_side))
@@ -166,8 +167,8 @@ def test_vae_gan_encoder_gets_no_gan_gradient():
     assert reached(terms["mse"] + terms["kl"], model.encoder)
     assert any(g is not None and g.any() for g in grads(terms["mse"], model.transform.to_params.parameters()))
     # the reconstructions the GAN judges are x_hat's values, and judging them left the BN statistics alone
-    regenerated = model.losses["adv"].generator_reconstructions(state)
-    assert torch.allclose(regenerated, state.x_hat, atol=1e-6)
+    regenerated = model.losses["adv"].generator_reconstructions(fwd)
+    assert torch.allclose(regenerated, fwd.x_hat, atol=1e-6)
     for m, (mean, var, count) in zip(norms, running, strict=True):
         assert torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var)
         assert torch.equal(m.num_batches_tracked, count)
@@ -176,9 +177,9 @@ def test_vae_gan_encoder_gets_no_gan_gradient():
 def test_gan_to_encoder_gives_the_baseline_encoder_the_gan_gradient():
     model = tiny("vae-gan-small", "loss.adv.dropout=0", "loss.adv.gan_to_encoder=true")
     model.train()
-    state = model(x_batch())
-    model.phase_terms(state, "discriminator")
-    assert reached(model.phase_terms(state, "model")["adv.g_recon"], model.encoder)
+    fwd = model(x_batch())
+    model.phase_terms(fwd, "discriminator")
+    assert reached(model.phase_terms(fwd, "model")["adv.g_recon"], model.encoder)
 
 
 # -- learning rates ------------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from genvae.core.components import Pass
+from genvae.core.components import ForwardPass
 from genvae.core.model import build_model
 from genvae.testing import check_component, random_images, single_thread, tiny_spec
 
@@ -37,20 +37,20 @@ def _loss(options=None, weight=1.0):
 
 
 def _pass(model, x, logits):
-    state = Pass(model, x)
-    state.logits = logits
-    state.x_hat = torch.tanh(logits)
-    return state
+    fwd = ForwardPass(model, x)
+    fwd.decoder_output = logits
+    fwd.x_hat = torch.tanh(logits)
+    return fwd
 
 
 def test_equals_torch_bce_on_probabilities():
     model, loss = _loss()
     x = random_images(model.spec)
-    state = model(x)
+    fwd = model(x)
     target = (x + 1) / 2
-    probs = (state.x_hat + 1) / 2
+    probs = (fwd.x_hat + 1) / 2
     expected = F.binary_cross_entropy(probs, target, reduction="sum") / x.shape[0]
-    assert torch.allclose(loss(state, "model")["bce"], expected, rtol=1e-4)
+    assert torch.allclose(loss(fwd, "model")["bce"], expected, rtol=1e-4)
 
 
 def test_mean_reduction_and_weight():

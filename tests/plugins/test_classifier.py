@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from genvae.core import build_model, save_model
+from genvae.api import build_model, save_model
 from genvae.core.data import load_labels
 from genvae.core.errors import GenvaeError
 from genvae.plugins.classifier import Classifier, accuracy, load_classifier, save_classifier, train_classifier

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from genvae.core import build_model, save_model
+from genvae.api import build_model, save_model
 from genvae.core.compose import apply_sets, preset_spec
 from genvae.core.errors import GenvaeError
 from genvae.plugins import completion as c
@@ -77,8 +77,8 @@ def trained_vae(steps: int = 200):
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()
     for _ in range(steps):
-        state = model(batch(32))
-        loss = sum(model.phase_terms(state, "model").values())
+        fwd = model(batch(32))
+        loss = sum(model.phase_terms(fwd, "model").values())
         opt.zero_grad()
         loss.backward()
         opt.step()

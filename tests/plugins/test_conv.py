@@ -9,7 +9,7 @@ from genvae.core.compose import preset_spec
 from genvae.core.errors import BuildError, OptionsError
 from genvae.core.model import build_model
 from genvae.core.spec import ModelSpec
-from genvae.core.train import build_phases
+from genvae.core.training.step import build_phases
 from genvae.testing import check_component, random_images, single_thread, tiny_spec
 
 SMALL = {"width": 8, "depth": 2, "max_width": 16}

@@ -12,7 +12,7 @@ from genvae.core.compose import compose_spec, preset_spec
 from genvae.core.errors import BuildError
 from genvae.core.model import build_model
 from genvae.core.spec import ComponentSpec, LossSpec, ModelSpec
-from genvae.core.train import build_phases
+from genvae.core.training.step import build_phases
 from genvae.testing import check_component, tiny_spec
 
 ENC = {"width": 4, "max_width": 16}
@@ -78,8 +78,8 @@ def test_paper_config_shapes_and_parameter_counts():
     assert count(cr.decoder.net[2:]) == count(fc.decoder.net)
     with torch.no_grad():
         cr.eval()
-        state = cr(torch.zeros(2, 3, 64, 64))
-    assert state.u.shape == (2, 64, 4, 4) and state.x_hat.shape == (2, 3, 64, 64)
+        fwd = cr(torch.zeros(2, 3, 64, 64))
+    assert fwd.u.shape == (2, 64, 4, 4) and fwd.x_hat.shape == (2, 3, 64, 64)
 
 
 def test_generation_blocks_are_processed_in_order():
@@ -161,17 +161,17 @@ def test_kl_weights_apply_per_block():
     spec = small_spec(losses=[LossSpec("mse"), LossSpec("kl", options={"group_weights": weights})])
     model = build_model(spec)
     model.train()
-    state = model(torch.rand(3, 3, 16, 16) * 2 - 1)
+    fwd = model(torch.rand(3, 3, 16, 16) * 2 - 1)
     kl = model.losses["kl"]
-    per_group = model.layout.per_group(state.posterior.kl(state.prior)).mean(0)
-    term = model.phase_terms(state, "model")["kl"]
+    per_group = model.layout.per_group(fwd.posterior.kl(fwd.prior)).mean(0)
+    term = model.phase_terms(fwd, "model")["kl"]
     assert term.item() == pytest.approx((per_group * torch.tensor(weights)).sum().item(), rel=1e-5)
     # the zero-weight block contributes nothing: no gradient reaches its posterior
-    mean = state.posterior.mean
+    mean = fwd.posterior.mean
     (grad,) = torch.autograd.grad(term, mean, retain_graph=True)
     assert not grad[:, model.layout.group_mask([1])].any()
     assert grad[:, model.layout.group_mask([0])].abs().sum() > 0
-    assert torch.equal(kl.per_group(state), per_group.detach())
+    assert torch.equal(kl.per_group(fwd), per_group.detach())
 
 
 def test_kl_one_minus_alpha_form_matches_weights():
@@ -235,7 +235,7 @@ def test_draw_writes_a_column_per_time_step(model_folder, tmp_path):
 
 
 def test_draw_latents_fill_blocks_one_step_at_a_time(model_folder):
-    from genvae.plugins.cr_lstm import _draw_latents
+    from genvae.plugins.cr_lstm.commands import _draw_latents
 
     model = ckpt.load_model(model_folder)
     z = _draw_latents(model, 2, "cpu").view(2, 4, *model.layout.shape)
@@ -246,7 +246,7 @@ def test_draw_latents_fill_blocks_one_step_at_a_time(model_folder):
 
 
 def test_traverse_interpolates_one_block(model_folder, tmp_path):
-    from genvae.plugins.cr_lstm import _traverse_latents
+    from genvae.plugins.cr_lstm.commands import _traverse_latents
 
     out = tmp_path / "traverse.png"
     args = ["traverse", str(model_folder), "--step", "2", "-o", str(out), "-n", "2", "--columns", "5",

@@ -12,7 +12,7 @@ from torch import nn
 
 from genvae.core.compose import compose_spec, preset_spec
 from genvae.core.model import build_model
-from genvae.plugins.cr_lstm import CReLU
+from genvae.plugins.cr_lstm.components import CReLU
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster (tests/conftest.py)
 
@@ -116,8 +116,8 @@ def test_vae_gan_encoder_and_decoder(vae_gan):
 def test_output_is_tanh_of_the_decoder(crvae_gan):
     crvae_gan.eval()
     with torch.no_grad():
-        state = crvae_gan(torch.zeros(2, 3, 64, 64))
-    assert torch.equal(state.x_hat, torch.tanh(state.logits))
+        fwd = crvae_gan(torch.zeros(2, 3, 64, 64))
+    assert torch.equal(fwd.x_hat, torch.tanh(fwd.decoder_output))
 
 
 def test_channel_recurrent_latent(crvae_gan):
@@ -175,7 +175,7 @@ def test_batch_norm_momentum_weights_the_new_batch():
 
 def test_crelu_by_hand():
     """CReLU(x) = concat(relu(x), relu(-x)) along channels: the negative part is kept, in the second half."""
-    from genvae.plugins.cr_lstm import CReLU
+    from genvae.plugins.cr_lstm.components import CReLU
 
     x = torch.tensor([[[[1.5, -2.0]], [[0.0, -0.25]]]])  # (1, 2, 1, 2)
     expected = torch.tensor([[[[1.5, 0.0]], [[0.0, 0.0]], [[0.0, 2.0]], [[0.0, 0.25]]]])

@@ -9,7 +9,7 @@ from genvae.core.compose import preset_spec
 from genvae.core.errors import BuildError, OptionsError
 from genvae.core.model import build_model
 from genvae.core.spec import ModelSpec
-from genvae.core.train import build_phases
+from genvae.core.training.step import build_phases
 from genvae.testing import check_component, random_images, single_thread, tiny_spec
 
 
@@ -81,9 +81,9 @@ def test_latent_mirrors_spatial_features_of_a_conv_encoder():
     model = build_model(spec)
     assert model.encoder.output_shape == (16, 4, 4)
     assert model.transform.output_shape == (16, 4, 4)
-    state = model(random_images(spec))
-    assert state.u.shape[1:] == (16, 4, 4)
-    assert state.x_hat.shape[1:] == (3, 16, 16)
+    fwd = model(random_images(spec))
+    assert fwd.u.shape[1:] == (16, 4, 4)
+    assert fwd.x_hat.shape[1:] == (3, 16, 16)
 
 
 def test_latent_explicit_output_shape():
@@ -171,9 +171,9 @@ def _train_steps(spec: ModelSpec, steps: int, batch: int = 8) -> list[float]:
     losses = []
     model.train()
     for _ in range(steps):
-        state = model(x)
+        fwd = model(x)
         for i, phase in enumerate(phases):
-            terms = model.phase_terms(state, phase.name)
+            terms = model.phase_terms(fwd, phase.name)
             total = sum(terms.values())
             phase.optimizer.zero_grad(set_to_none=True)
             total.backward(retain_graph=i < len(phases) - 1)

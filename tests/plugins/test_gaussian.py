@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.distributions import Normal
 
-from genvae.core.components import Pass
+from genvae.core.components import ForwardPass
 from genvae.core.model import build_model
 from genvae.testing import check_component, random_images, single_thread, tiny_spec
 
@@ -31,18 +31,18 @@ def _loss(options=None, weight=1.0, channels=3):
 
 
 def _pass(model, x, x_hat):
-    state = Pass(model, x)
-    state.x_hat = x_hat
-    return state
+    fwd = ForwardPass(model, x)
+    fwd.x_hat = x_hat
+    return fwd
 
 
 def test_nll_matches_torch_normal():
     model, loss = _loss({"init_logvar": -1.3})
     x = random_images(model.spec)
-    state = model(x)
+    fwd = model(x)
     std = torch.exp(0.5 * torch.tensor(-1.3))
-    expected = -Normal(state.x_hat, std).log_prob(x).flatten(1).sum(1).mean()
-    assert torch.allclose(loss(state, "model")["gaussian"], expected, rtol=1e-5)
+    expected = -Normal(fwd.x_hat, std).log_prob(x).flatten(1).sum(1).mean()
+    assert torch.allclose(loss(fwd, "model")["gaussian"], expected, rtol=1e-5)
 
 
 def test_per_channel_nll_matches_torch_normal():
@@ -71,8 +71,8 @@ def test_learned_variance_is_a_parameter_that_gets_a_gradient():
     assert loss.logvar.shape == (1, 1, 1, 1)
     assert loss.logvar.item() == pytest.approx(-2.0)
     assert any(p is loss.logvar for p in model.parameters())
-    state = model(random_images(model.spec))
-    loss(state, "model")["gaussian"].backward()
+    fwd = model(random_images(model.spec))
+    loss(fwd, "model")["gaussian"].backward()
     assert loss.logvar.grad is not None and loss.logvar.grad.abs().item() > 0
     assert "losses.gaussian.logvar" in model.state_dict()
 
@@ -95,8 +95,8 @@ def test_fixed_variance_is_a_buffer():
     assert not list(loss.parameters())
     assert dict(loss.named_buffers())["logvar"].item() == pytest.approx(-0.5)
     assert "losses.gaussian.logvar" in model.state_dict()  # saved with the model
-    state = model(random_images(model.spec))
-    loss(state, "model")["gaussian"].backward()
+    fwd = model(random_images(model.spec))
+    loss(fwd, "model")["gaussian"].backward()
     assert loss.logvar.grad is None
 
 

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.distributions import Normal, kl_divergence
 
-from genvae.core.components import BuildContext, Gaussian, LatentLayout, LatentTransform, Pass
+from genvae.core.components import BuildContext, ForwardPass, Gaussian, LatentLayout, LatentTransform
 from genvae.core.errors import BuildError, OptionsError
 from genvae.core.hookspecs import hookimpl
 from genvae.core.model import build_model
@@ -31,11 +31,11 @@ class GroupedLatent(LatentTransform):
         self.to_params = nn.Linear(math.prod(ctx.encoder.output_shape), 2 * sum(GROUPS))
         self.from_z = nn.Linear(sum(GROUPS), 8)
 
-    def posterior(self, features, state=None):
+    def posterior(self, features, fwd=None):
         mean, logvar = self.to_params(features.flatten(1)).chunk(2, dim=1)
         return Gaussian(mean, logvar)
 
-    def generate(self, z, state=None):
+    def generate(self, z, fwd=None):
         return torch.relu(self.from_z(z))
 
 
@@ -93,81 +93,81 @@ def _reference(posterior: Gaussian, prior_mean=0.0, prior_std=1.0) -> torch.Tens
 def test_matches_torch_kl_against_standard_normal(family):
     spec = tiny_spec("loss", "kl", encoder=family, transform=family, decoder=family)
     model = build_model(spec)
-    state = model(random_images(spec))
-    expected = _reference(state.posterior).sum(1).mean()
-    assert torch.allclose(model.losses["kl"](state, "model")["kl"], expected, rtol=1e-5)
+    fwd = model(random_images(spec))
+    expected = _reference(fwd.posterior).sum(1).mean()
+    assert torch.allclose(model.losses["kl"](fwd, "model")["kl"], expected, rtol=1e-5)
 
 
 def test_matches_torch_kl_against_a_general_gaussian():
     spec = tiny_spec("loss", "kl")
     model = build_model(spec)
-    state = model(random_images(spec))
+    fwd = model(random_images(spec))
     g = torch.Generator().manual_seed(0)
-    mean = torch.randn(state.posterior.mean.shape, generator=g)
-    logvar = torch.randn(state.posterior.mean.shape, generator=g) * 0.5
-    state.prior = Gaussian(mean, logvar)
-    expected = _reference(state.posterior, mean, torch.exp(0.5 * logvar)).sum(1).mean()
-    assert torch.allclose(model.losses["kl"](state, "model")["kl"], expected, rtol=1e-5)
+    mean = torch.randn(fwd.posterior.mean.shape, generator=g)
+    logvar = torch.randn(fwd.posterior.mean.shape, generator=g) * 0.5
+    fwd.prior = Gaussian(mean, logvar)
+    expected = _reference(fwd.posterior, mean, torch.exp(0.5 * logvar)).sum(1).mean()
+    assert torch.allclose(model.losses["kl"](fwd, "model")["kl"], expected, rtol=1e-5)
 
 
 def test_zero_for_a_posterior_equal_to_the_prior():
     spec = tiny_spec("loss", "kl")
     model = build_model(spec)
-    state = Pass(model, random_images(spec))
-    state.posterior = Gaussian(torch.zeros(4, *model.layout.shape), torch.zeros(4, *model.layout.shape))
-    state.prior = Gaussian.standard_like(state.posterior)
-    assert model.losses["kl"](state, "model")["kl"].item() == 0.0
+    fwd = ForwardPass(model, random_images(spec))
+    fwd.posterior = Gaussian(torch.zeros(4, *model.layout.shape), torch.zeros(4, *model.layout.shape))
+    fwd.prior = Gaussian.standard_like(fwd.posterior)
+    assert model.losses["kl"](fwd, "model")["kl"].item() == 0.0
 
 
 def test_loss_weight_multiplies():
     spec = tiny_spec("loss", "kl", weight=0.25)
     model = build_model(spec)
-    state = model(random_images(spec), sample=False)
-    expected = 0.25 * _reference(state.posterior).sum(1).mean()
-    assert torch.allclose(model.losses["kl"](state, "model")["kl"], expected, rtol=1e-5)
+    fwd = model(random_images(spec), sample=False)
+    expected = 0.25 * _reference(fwd.posterior).sum(1).mean()
+    assert torch.allclose(model.losses["kl"](fwd, "model")["kl"], expected, rtol=1e-5)
 
 
 # -- group weights ------------------------------------------------------------------------------------
 
 
-def _kl_with(model, state, group_weights):
+def _kl_with(model, fwd, group_weights):
     cls = type(model.losses["kl"])
     options = options_from_dict(cls.Options, {"group_weights": group_weights}, "loss 'kl'")
     loss = cls(options, BuildContext(image_shape=model.spec.image_shape, transform=model.transform))
-    return loss(state, "model")["kl"]
+    return loss(fwd, "model")["kl"]
 
 
 def test_group_weights_apply_per_group(registry):
     model = build_model(grouped_spec(registry, [1.0, 1.0, 1.0]), registry)
-    state = model(random_images(model.spec), sample=False)
-    per_element = _reference(state.posterior)
+    fwd = model(random_images(model.spec), sample=False)
+    per_element = _reference(fwd.posterior)
     per_group = torch.stack([part.sum(1) for part in per_element.split(list(GROUPS), dim=1)], 1).mean(0)
-    total = model.losses["kl"](state, "model")["kl"]
+    total = model.losses["kl"](fwd, "model")["kl"]
     assert torch.allclose(total, per_group.sum(), rtol=1e-5)
     for g in range(len(GROUPS)):
         weights = [1.0] * len(GROUPS)
         weights[g] = 0.0
         # a zero weight removes exactly that group's KL
-        assert torch.allclose(_kl_with(model, state, weights), total - per_group[g], rtol=1e-5, atol=1e-6)
-    weighted = _kl_with(model, state, [0.5, 2.0, 0.0])
+        assert torch.allclose(_kl_with(model, fwd, weights), total - per_group[g], rtol=1e-5, atol=1e-6)
+    weighted = _kl_with(model, fwd, [0.5, 2.0, 0.0])
     assert torch.allclose(weighted, 0.5 * per_group[0] + 2.0 * per_group[1], rtol=1e-5)
 
 
 def test_per_group_report(registry):
     model = build_model(grouped_spec(registry, [0.0, 0.0, 1.0]), registry)
-    state = model(random_images(model.spec))
-    report = model.losses["kl"].per_group(state)
+    fwd = model(random_images(model.spec))
+    report = model.losses["kl"].per_group(fwd)
     assert report.shape == (3,)
     # unweighted, whatever group_weights say; sums to the unweighted total
-    assert torch.allclose(report.sum(), _reference(state.posterior).sum(1).mean(), rtol=1e-5)
+    assert torch.allclose(report.sum(), _reference(fwd.posterior).sum(1).mean(), rtol=1e-5)
 
 
 def test_group_weights_on_a_one_group_latent_scale_everything():
     spec = tiny_spec("loss", "kl", {"group_weights": [0.5]})
     model = build_model(spec)
-    state = model(random_images(spec), sample=False)
-    expected = 0.5 * _reference(state.posterior).sum(1).mean()
-    assert torch.allclose(model.losses["kl"](state, "model")["kl"], expected, rtol=1e-5)
+    fwd = model(random_images(spec), sample=False)
+    expected = 0.5 * _reference(fwd.posterior).sum(1).mean()
+    assert torch.allclose(model.losses["kl"](fwd, "model")["kl"], expected, rtol=1e-5)
 
 
 def test_group_weights_are_not_saved():
@@ -205,14 +205,14 @@ def test_group_weights_from_the_command_line():
 
 def test_alphas_weight_each_group_by_one_minus_alpha(registry):
     model = build_model(grouped_spec(registry), registry)
-    state = model(random_images(model.spec), sample=False)
-    per_element = _reference(state.posterior)
+    fwd = model(random_images(model.spec), sample=False)
+    per_element = _reference(fwd.posterior)
     per_group = torch.stack([part.sum(1) for part in per_element.split(list(GROUPS), dim=1)], 1).mean(0)
     cls = type(model.losses["kl"])
     options = options_from_dict(cls.Options, {"alphas": [0.0, 0.75, 1.0]}, "loss 'kl'")
     loss = cls(options, BuildContext(image_shape=model.spec.image_shape, transform=model.transform))
     expected = per_group[0] + 0.25 * per_group[1]
-    assert torch.allclose(loss(state, "model")["kl"], expected, rtol=1e-5)
+    assert torch.allclose(loss(fwd, "model")["kl"], expected, rtol=1e-5)
     with pytest.raises(OptionsError, match="not both"):
         options_from_dict(cls.Options, {"alphas": [0.5] * 3, "group_weights": [1] * 3}, "loss 'kl'")
     with pytest.raises(BuildError, match="2 alphas given"):

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from genvae.core.components import Gaussian, Pass
+from genvae.core.components import ForwardPass, Gaussian
 from genvae.core.compose import compose_spec, preset_spec
 from genvae.core.model import build_model
 
@@ -29,10 +29,10 @@ def kl_loss(weights=WEIGHTS, weight=1.0):
 
 
 def posterior_pass(model, mean, logvar, prior=None):
-    state = Pass(model, torch.zeros(mean.shape[0], 3, 16, 16))
-    state.posterior = Gaussian(mean, logvar)
-    state.prior = prior if prior is not None else Gaussian.standard_like(state.posterior)
-    return state
+    fwd = ForwardPass(model, torch.zeros(mean.shape[0], 3, 16, 16))
+    fwd.posterior = Gaussian(mean, logvar)
+    fwd.prior = prior if prior is not None else Gaussian.standard_like(fwd.posterior)
+    return fwd
 
 
 def test_standard_normal_closed_form_by_hand():
@@ -67,8 +67,8 @@ def test_general_gaussian_closed_form_by_hand():
     mean[0, 3, 1, 1], logvar[0, 3, 1, 1] = 1.0, math.log(0.5)
     prior_mean[0, 3, 1, 1], prior_logvar[0, 3, 1, 1] = -1.0, math.log(2.0)
     expected = 0.5 * (math.log(2.0 / 0.5) + (0.5 + 4.0) / 2.0 - 1.0)
-    state = posterior_pass(model, mean, logvar, Gaussian(prior_mean, prior_logvar))
-    assert loss(state, "model")["kl"].item() == pytest.approx(expected, rel=1e-6)
+    fwd = posterior_pass(model, mean, logvar, Gaussian(prior_mean, prior_logvar))
+    assert loss(fwd, "model")["kl"].item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_gradients_by_hand():
@@ -116,12 +116,12 @@ def test_the_term_follows_the_pass_step():
             f"loss.kl.group_weights={[1.0] * 8}"]
     model = build_model(compose_spec(preset="crvae", sets=sets))
     loss = model.losses["kl"]
-    state = posterior_pass(model, torch.full((2, 8, 4, 4), 0.5), torch.zeros(2, 8, 4, 4))
-    full = loss(state, "model")["kl"]  # step None: outside training, the final weight
+    fwd = posterior_pass(model, torch.full((2, 8, 4, 4), 0.5), torch.zeros(2, 8, 4, 4))
+    full = loss(fwd, "model")["kl"]  # step None: outside training, the final weight
     assert full.item() == pytest.approx(3 * 128 * 0.5 * 0.25)  # beta * elements * 0.5 m^2, weights 1
     for step, factor in ((0, 0.0), (1, 0.25), (3, 0.75), (4, 1.0), (100, 1.0)):
-        state.step = step
-        assert loss(state, "model")["kl"].item() == pytest.approx(factor * full.item())
+        fwd.step = step
+        assert loss(fwd, "model")["kl"].item() == pytest.approx(factor * full.item())
 
 
 def test_cycle_ratio_outside_0_1_is_refused():

@@ -14,13 +14,13 @@ from click.testing import CliRunner
 from PIL import Image
 
 from genvae.core.checkpoint import load_model, save_model
-from genvae.core.components import Pass
+from genvae.core.components import ForwardPass
 from genvae.core.compose import compose_spec, preset_spec
 from genvae.core.data import ImageData
 from genvae.core.errors import BuildError, GenvaeError, OptionsError
 from genvae.core.model import build_model
 from genvae.core.spec import ModelSpec
-from genvae.core.train import Trainer
+from genvae.core.training import Trainer
 from genvae.plugins import laplacian as lap
 from genvae.testing import check_component, random_images, single_thread
 
@@ -135,16 +135,16 @@ def test_layout_is_coarsest_first_and_decoder_rebuilds_the_pyramid():
     model.eval()
     x = random_images(model.spec)
     with torch.no_grad():
-        state = model(x, sample=False)
-    targets, preds, recon = state.pyramid.targets, state.pyramid.predictions, state.pyramid.reconstructions
+        fwd = model(x, sample=False)
+    targets, preds, recon = fwd.pyramid.targets, fwd.pyramid.predictions, fwd.pyramid.reconstructions
     assert [t.shape[-1] for t in targets] == [16, 8, 4] == [p.shape[-1] for p in preds]
     assert torch.allclose(recon[0], lap.reconstruct(preds))
     assert model.decoder.output == "image"  # x_hat is the rebuilt image itself, clamped; no tanh applied
-    assert torch.equal(state.x_hat, recon[0].clamp(-1, 1))
+    assert torch.equal(fwd.x_hat, recon[0].clamp(-1, 1))
     # pyramid-mse: per level the summed squared error, scaled by the level's area ratio 4^k, summed over levels
     per_level = [(p - t).pow(2).flatten(1).sum(1).mean() for p, t in zip(preds, targets, strict=True)]
     expect = sum(4**k * e for k, e in enumerate(per_level))
-    assert torch.allclose(model.phase_terms(state, "model")["pyramid-mse"], expect)
+    assert torch.allclose(model.phase_terms(fwd, "model")["pyramid-mse"], expect)
     data = model.spec.to_dict()
     data["losses"][0]["options"] = {"level_scale": "none", "level_weights": [0.5, 1, 2]}
     plain = build(ModelSpec.from_dict(data))
@@ -154,7 +154,7 @@ def test_layout_is_coarsest_first_and_decoder_rebuilds_the_pyramid():
     expect = sum(w * e for w, e in zip([2, 1, 0.5], per_level, strict=True))  # weights coarsest first
     assert torch.allclose(terms["pyramid-mse"], expect)
     # level k's decoder input depends on z_k..z_K only: changing z_0 (the finest) leaves coarser levels alone
-    z = state.z.clone()
+    z = fwd.z.clone()
     z2 = z.clone()
     z2[:, -3:] += 1.0  # the last group is the finest level
     with torch.no_grad():
@@ -167,9 +167,9 @@ def test_the_decoders_clamp_passes_gradient_where_it_clamps():
     model = build(tiny())
     u = torch.randn(2, *model.transform.output_shape) * 50.0  # big inputs: the rebuilt image leaves [-1, 1]
     u.requires_grad_(True)
-    state = Pass(model, None)
-    out = model.decoder(u, state)
-    recon = state.pyramid.reconstructions[0]
+    fwd = ForwardPass(model, None)
+    out = model.decoder(u, fwd)
+    recon = fwd.pyramid.reconstructions[0]
     assert torch.equal(out, recon.clamp(-1, 1)) and (recon.abs() > 1).any()
     (g_out,) = torch.autograd.grad(out.sum(), u, retain_graph=True)
     (g_recon,) = torch.autograd.grad(recon.sum(), u)
@@ -263,16 +263,16 @@ def test_frozen_finer_levels_send_no_gradient_to_the_trained_level():
     for name, p in model.named_parameters():
         p.requires_grad_(not any(name.startswith(f"{part}.levels.0.") for part in ("encoder", "transform",
                                                                                     "decoder")))
-    state = model(random_images(model.spec))
-    terms = model.phase_terms(state, "model")
+    fwd = model(random_images(model.spec))
+    terms = model.phase_terms(fwd, "model")
     sum(terms.values()).backward()
-    expect = 4 * (state.pyramid.predictions[1] - state.pyramid.targets[1]).pow(2).flatten(1).sum(1).mean()
+    expect = 4 * (fwd.pyramid.predictions[1] - fwd.pyramid.targets[1]).pow(2).flatten(1).sum(1).mean()
     assert torch.allclose(terms["pyramid-mse"], expect)  # the coarsest level's term alone (area ratio 4)
     grad_with_skip = model.transform.levels[1].to_params.weight.grad.clone()
     model.zero_grad()
-    state = model(random_images(model.spec))
+    fwd = model(random_images(model.spec))
     full = sum((p - t).pow(2).flatten(1).sum(1).mean()
-               for p, t in zip(state.pyramid.predictions, state.pyramid.targets, strict=True))
+               for p, t in zip(fwd.pyramid.predictions, fwd.pyramid.targets, strict=True))
     full.backward()
     assert not torch.allclose(model.transform.levels[1].to_params.weight.grad, grad_with_skip)
 

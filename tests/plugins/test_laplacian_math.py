@@ -19,7 +19,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from genvae.core.checkpoint import save_model
-from genvae.core.components import Gaussian, Pass
+from genvae.core.components import ForwardPass, Gaussian
 from genvae.core.model import build_model
 from genvae.core.spec import ModelSpec
 from genvae.plugins import laplacian as lap
@@ -166,9 +166,9 @@ def test_pyramid_mse_exact_value_with_level_weights(scale, expect):
     constant_decoders(model, [0.5, 0.5, 1.2])
     x = torch.full((2, 1, 16, 16), 0.2)
     with torch.no_grad():
-        state = model(x, sample=False)
-        terms = model.phase_terms(state, "model")
-    assert all(t.abs().max().item() < 1e-6 for t in state.pyramid.targets[:2])  # a flat image: no bands
+        fwd = model(x, sample=False)
+        terms = model.phase_terms(fwd, "model")
+    assert all(t.abs().max().item() < 1e-6 for t in fwd.pyramid.targets[:2])  # a flat image: no bands
     assert torch.allclose(terms["pyramid-mse"], torch.tensor(expect), rtol=1e-5)
 
 
@@ -180,11 +180,11 @@ def test_kl_lambda_goes_to_its_level():
     tr = model.transform
     assert tr.sizes == [3, 4, 5]
     means = [torch.full((2, 3), 10.0), torch.full((2, 4), 2.0), torch.full((2, 5), 1.0)]  # by level k
-    state = Pass(model, None)
+    fwd = ForwardPass(model, None)
     mean = tr.join_levels(means)
-    state.posterior = Gaussian(mean, torch.zeros_like(mean))
-    state.prior = model.prior(state)
-    assert torch.allclose(model.losses["kl"](state, "model")["kl"], torch.tensor(27.3), rtol=1e-6)
+    fwd.posterior = Gaussian(mean, torch.zeros_like(mean))
+    fwd.prior = model.prior(fwd)
+    assert torch.allclose(model.losses["kl"](fwd, "model")["kl"], torch.tensor(27.3), rtol=1e-6)
 
 
 # -- eq. 11: level k's decoder reads z_k ... z_K ------------------------------------------------------------------
@@ -195,10 +195,10 @@ def test_each_level_decodes_from_itself_and_all_coarser_latents_only():
     tr = model.transform
     torch.manual_seed(1)
     zs = [torch.randn(2, n, requires_grad=True) for n in tr.sizes]  # by level k
-    state = Pass(model, None)
-    model.decoder(tr.generate(tr.join_levels(zs)), state)
+    fwd = ForwardPass(model, None)
+    model.decoder(tr.generate(tr.join_levels(zs)), fwd)
     for name in ("predictions", "reconstructions"):  # the band h_hat_k, and x_hat_k = h_hat_k + u(x_hat_{k+1})
-        for k, out in enumerate(getattr(state.pyramid, name)):
+        for k, out in enumerate(getattr(fwd.pyramid, name)):
             grads = torch.autograd.grad(out.pow(2).sum(), zs, retain_graph=True, allow_unused=True)
             reads = [g is not None and g.abs().sum().item() > 0 for g in grads]
             assert reads == [j >= k for j in range(3)], (name, k, reads)
@@ -241,20 +241,20 @@ def test_m_prior_is_R_and_S_of_the_re_encoded_reconstruction():
     tr, prior = model.transform, model.prior
     x = random_images(model.spec, batch=3)
     with torch.no_grad():
-        state = model(x, sample=False)
-        zs = tr.split_levels(state.z)
+        fwd = model(x, sample=False)
+        zs = tr.split_levels(fwd.z)
         h2 = by_hand_band(model, 2, zs)
         h1 = by_hand_band(model, 1, zs)
         mu2, lv2 = by_hand_posterior(model, 2, h2, None)  # the coarsest reconstruction, re-encoded
         mu1, lv1 = by_hand_posterior(model, 1, h1, h2)  # level 1's band with the rebuilt x_hat_2 = h_hat_2
-        means, logvars = tr.split_levels(state.prior.mean), tr.split_levels(state.prior.logvar)
+        means, logvars = tr.split_levels(fwd.prior.mean), tr.split_levels(fwd.prior.logvar)
         assert torch.allclose(means[1], prior.levels[1].R(mu2), atol=1e-6)
         assert torch.allclose(logvars[1], prior.levels[1].S(lv2), atol=1e-6)
         assert torch.allclose(means[0], prior.levels[0].R(mu1), atol=1e-6)
         assert torch.allclose(logvars[0], prior.levels[0].S(lv1), atol=1e-6)
         assert torch.equal(means[2], torch.zeros(3, 4)) and torch.equal(logvars[2], torch.zeros(3, 4))  # N(0, I)
         # not the real image's posterior: the re-encoded reconstruction differs from it
-        real = tr.split_levels(state.posterior.mean)
+        real = tr.split_levels(fwd.posterior.mean)
         assert not torch.allclose(prior.levels[1].R(real[2]), means[1], atol=1e-3)
 
 
@@ -263,15 +263,15 @@ def test_m_prior_does_not_read_the_real_image():
     model = build(tiny(channels=3))
     x1, x2 = random_images(model.spec, batch=2, seed=1), random_images(model.spec, batch=2, seed=2)
     with torch.no_grad():
-        state = model(x1, sample=False)
-        other = Pass(model, x2)
+        fwd = model(x1, sample=False)
+        other = ForwardPass(model, x2)
         other.features = model.encoder(x2, other)  # x2's pyramid and conditioning images in extras
-        other.posterior = Gaussian(state.z, state.posterior.logvar)  # ... but x1's latent
-        other.z = state.z
+        other.posterior = Gaussian(fwd.z, fwd.posterior.logvar)  # ... but x1's latent
+        other.z = fwd.z
         other.u = model.transform.generate(other.z, other)
         model.decoder(other.u, other)
         moved = model.prior(other)
-    assert torch.equal(moved.mean, state.prior.mean) and torch.equal(moved.logvar, state.prior.logvar)
+    assert torch.equal(moved.mean, fwd.prior.mean) and torch.equal(moved.logvar, fwd.prior.logvar)
 
 
 @pytest.mark.parametrize("detach", [True, False])
@@ -280,8 +280,8 @@ def test_m_prior_gradient_reach(detach):
     it stops at the re-encoded level 1 (its encoder, latent head and decoder get nothing, nor does M_1); without,
     it reaches them."""
     model = build(tiny(channels=3, detach=detach, lambdas=[0, 0, 1]), train=True)
-    state = model(random_images(model.spec))
-    model.phase_terms(state, "model")["kl"].backward()
+    fwd = model(random_images(model.spec))
+    model.phase_terms(fwd, "model")["kl"].backward()
 
     def reached(module):
         return any(p.grad is not None and p.grad.abs().sum().item() > 0 for p in module.parameters())
@@ -376,7 +376,7 @@ def grid_tiles(path, n, size=16, nrow=None):
 def test_sample_fix_levels_command_keeps_the_input_levels(cli, tmp_path):
     """`genvae sample --from IMG --fix-levels 1` with a deterministic M: every sample is the decoded chain
     from the input's coarsest posterior mean."""
-    from genvae.core.data import to_uint8
+    from genvae.core.decode import to_uint8
 
     model = build(tiny())
     deterministic_m(model)

@@ -63,9 +63,9 @@ def test_lapcvae_128_preset_has_the_papers_five_levels_and_latent_sizes():
     x = torch.zeros(1, 3, 128, 128)
     model.eval()
     with torch.no_grad():
-        state = model(x, sample=False)
-    assert [p.shape[-1] for p in state.pyramid.predictions] == [128, 64, 32, 16, 8]
-    assert state.x_hat.shape == (1, 3, 128, 128)
+        fwd = model(x, sample=False)
+    assert [p.shape[-1] for p in fwd.pyramid.predictions] == [128, 64, 32, 16, 8]
+    assert fwd.x_hat.shape == (1, 3, 128, 128)
 
 
 # -- encoder conditioning: the real coarser image or the coarser levels' reconstruction --------------------------------
@@ -78,23 +78,23 @@ def level_inputs(model, x):
              for k, level in enumerate(model.encoder.levels)]
     try:
         with torch.no_grad():
-            state = model(x, sample=False)
+            fwd = model(x, sample=False)
     finally:
         for h in hooks:
             h.remove()
-    return seen, state
+    return seen, fwd
 
 
 def test_default_conditioning_is_the_real_coarser_image():
     model = build(tiny())
     assert model.encoder.options.condition == "real"
     x = random_images(model.spec, batch=2)
-    seen, state = level_inputs(model, x)
+    seen, fwd = level_inputs(model, x)
     bs = lap.gaussian_pyramid(x, 3)
     for k in (0, 1):
         assert torch.equal(seen[k][:, 3:], lap.upsample(bs[k + 1]))
-        assert torch.equal(state.pyramid.condition[k], bs[k + 1])
-    assert seen[2].shape[1] == 3 and state.pyramid.condition[2] is None
+        assert torch.equal(fwd.pyramid.condition[k], bs[k + 1])
+    assert seen[2].shape[1] == 3 and fwd.pyramid.condition[2] is None
 
 
 def test_reconstruction_conditioning_reads_the_coarser_reconstruction_not_the_real_image():
@@ -107,10 +107,10 @@ def test_reconstruction_conditioning_reads_the_coarser_reconstruction_not_the_re
             model.decoder.levels[k].net[-1].bias.fill_(value)
     for seed in (1, 2):
         x = random_images(model.spec, batch=2, seed=seed)
-        seen, state = level_inputs(model, x)
+        seen, fwd = level_inputs(model, x)
         assert torch.allclose(seen[1][:, 3:], torch.full((2, 3, 8, 8), 0.5))
         assert torch.allclose(seen[0][:, 3:], torch.full((2, 3, 16, 16), 0.2), atol=1e-6)
-        assert torch.equal(seen[0][:, :3], state.pyramid.targets[0])  # h_0 itself is still the input's
+        assert torch.equal(seen[0][:, :3], fwd.pyramid.targets[0])  # h_0 itself is still the input's
         assert not torch.allclose(seen[0][:, 3:], lap.upsample(lap.gaussian_pyramid(x, 3)[1]), atol=0.05)
 
 
@@ -120,7 +120,7 @@ def test_reconstruction_conditioning_by_hand():
     model = build(tiny(condition="reconstruction"))
     enc, tr, dec = model.encoder, model.transform, model.decoder
     x = random_images(model.spec, batch=2)
-    seen, state = level_inputs(model, x)
+    seen, fwd = level_inputs(model, x)
     hs = lap.decompose(x, 3)
     with torch.no_grad():
         zs = [None, None, None]
@@ -131,7 +131,7 @@ def test_reconstruction_conditioning_by_hand():
         x1 = dec.levels[1](tr.levels[1].from_z(torch.cat(zs[1:], 1)).view(-1, *dec.u_shapes[1])) + lap.upsample(x2)
     assert torch.allclose(seen[1], inp1, atol=1e-6)
     assert torch.allclose(seen[0], torch.cat([hs[0], lap.upsample(x1)], 1), atol=1e-5)
-    assert torch.allclose(state.pyramid.condition[0], x1, atol=1e-5)
+    assert torch.allclose(fwd.pyramid.condition[0], x1, atol=1e-5)
     with torch.no_grad():
         dec.levels[1].net[-1].bias.add_(0.25)  # level 1's decoded band moves by 0.25 everywhere
     moved, _ = level_inputs(model, x)
@@ -145,9 +145,9 @@ def test_reconstruction_conditioning_trains_and_keeps_batch_norm_statistics():
     torch.manual_seed(0)
     model = build_model(tiny(condition="reconstruction"))
     model.train()
-    state = model(random_images(model.spec))
-    assert all(c is None or not c.requires_grad for c in state.pyramid.condition)
-    sum(model.phase_terms(state, "model").values()).backward()
+    fwd = model(random_images(model.spec))
+    assert all(c is None or not c.requires_grad for c in fwd.pyramid.condition)
+    sum(model.phase_terms(fwd, "model").values()).backward()
     for level in model.decoder.levels:
         counts = [v.item() for k, v in level.state_dict().items() if k.endswith("num_batches_tracked")]
         assert counts and all(c == 1 for c in counts)

@@ -7,13 +7,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from genvae.core.components import Gaussian, Pass
+from genvae.core.components import ForwardPass, Gaussian
 from genvae.core.compose import compose_spec
 from genvae.core.data import ImageData
 from genvae.core.errors import BuildError
 from genvae.core.model import build_model
 from genvae.core.spec import ModelSpec
-from genvae.core.train import Trainer
+from genvae.core.training import Trainer
 from genvae.plugins import laplacian as lap
 from genvae.testing import check_component, random_images, single_thread
 
@@ -47,12 +47,12 @@ def build(spec, seed=0):
 
 def prior_for(model, z):
     """The m-net prior of a pass whose latent is z (decoded, so the prior sees its reconstruction)."""
-    state = Pass(model, None)
-    state.posterior = Gaussian(z, torch.zeros_like(z))
-    state.z = z
-    state.u = model.transform.generate(z, state)
-    state.logits = model.decoder(state.u, state)
-    return model.prior(state)
+    fwd = ForwardPass(model, None)
+    fwd.posterior = Gaussian(z, torch.zeros_like(z))
+    fwd.z = z
+    fwd.u = model.transform.generate(z, fwd)
+    fwd.decoder_output = model.decoder(fwd.u, fwd)
+    return model.prior(fwd)
 
 
 def test_conformance():
@@ -83,11 +83,11 @@ def test_prior_depends_on_the_coarser_posterior_only():
             for j in range(k + 1, 3):  # priors of the changed level and coarser ones do not move
                 assert torch.equal(m[j], means[j]) and torch.equal(lv[j], logvars[j])
         # it is the re-encoded reconstruction that matters: M_k applied to q_{k+1}(reconstruction)
-        state = Pass(model, None)
-        state.posterior = Gaussian(z, torch.zeros_like(z))
-        state.u = tr.generate(z, state)
-        model.decoder(state.u, state)
-        preds, recon = state.pyramid.predictions, state.pyramid.reconstructions
+        fwd = ForwardPass(model, None)
+        fwd.posterior = Gaussian(z, torch.zeros_like(z))
+        fwd.u = tr.generate(z, fwd)
+        model.decoder(fwd.u, fwd)
+        preds, recon = fwd.pyramid.predictions, fwd.pyramid.reconstructions
         mu, lv = model.prior.reencode(1, preds[1], recon[2])
         expect_mean, expect_logvar = model.prior.levels[0](mu, lv)
         assert torch.allclose(means[0], expect_mean) and torch.allclose(logvars[0], expect_logvar)
@@ -98,10 +98,10 @@ def test_kl_is_between_two_gaussians():
     model = build(tiny(levels=2))
     x = random_images(model.spec)
     with torch.no_grad():
-        state = model(x, sample=False)
-        q, p = state.posterior, state.prior
+        fwd = model(x, sample=False)
+        q, p = fwd.posterior, fwd.prior
         expect = 0.5 * (p.logvar - q.logvar + (q.logvar.exp() + (q.mean - p.mean) ** 2) / p.logvar.exp() - 1)
-        assert torch.allclose(model.phase_terms(state, "model")["kl"], expect.sum(1).mean(), rtol=1e-5)
+        assert torch.allclose(model.phase_terms(fwd, "model")["kl"], expect.sum(1).mean(), rtol=1e-5)
 
 
 def test_m_net_without_pyramid_is_a_build_error():
@@ -155,8 +155,8 @@ def test_stop_gradient_of_the_re_encoding():
         torch.manual_seed(0)
         model = build_model(tiny(levels=2, detach=detach, lambdas=[0.0, 1.0]))
         model.train()
-        state = model(random_images(model.spec))
-        model.phase_terms(state, "model")["kl"].backward()
+        fwd = model(random_images(model.spec))
+        model.phase_terms(fwd, "model")["kl"].backward()
         coarse = [p.grad for p in model.decoder.levels[1].parameters()]
         reached = any(g is not None and g.abs().sum() > 0 for g in coarse)
         assert reached == (not detach)
@@ -170,8 +170,8 @@ def test_re_encoding_does_not_touch_batch_norm_statistics():
     enc = model.encoder.levels[1]
     tracked = [k for k in enc.state_dict() if k.endswith("num_batches_tracked")]
     assert tracked
-    state = model(random_images(model.spec))
-    assert state.prior is not None and not state.prior.standard
+    fwd = model(random_images(model.spec))
+    assert fwd.prior is not None and not fwd.prior.standard
     assert all(enc.state_dict()[k].item() == 1 for k in tracked)
     assert all(m.training for m in model.modules())  # train mode restored after the re-encoding
 

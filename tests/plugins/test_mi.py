@@ -10,7 +10,8 @@ from genvae.core.data import ImageData
 from genvae.core.errors import BuildError
 from genvae.core.model import build_model
 from genvae.core.spec import ComponentSpec, LossSpec, ModelSpec
-from genvae.core.train import Trainer, build_phases
+from genvae.core.training import Trainer
+from genvae.core.training.step import build_phases
 from genvae.plugins.mi import PAPER_WEIGHTS
 from genvae.testing import check_component
 
@@ -97,17 +98,17 @@ def test_trunk_is_shared_not_duplicated():
 def test_target_is_u_of_the_generation_lstm():
     model = build_model(spec_with())
     model.train()
-    state = model(x_batch())
-    target = model.losses["mi"].target(state.z, state.u)
-    assert torch.allclose(target, model.transform.recurrent_u(state.z).detach(), atol=1e-6)  # u without its bias
+    fwd = model(x_batch())
+    target = model.losses["mi"].target(fwd.z, fwd.u)
+    assert torch.allclose(target, model.transform.recurrent_u(fwd.z).detach(), atol=1e-6)  # u without its bias
     assert not target.requires_grad
-    assert model.losses["mi"].head(model.losses["adv"].trunk(state.x_hat)).shape == state.u.shape
+    assert model.losses["mi"].head(model.losses["adv"].trunk(fwd.x_hat)).shape == fwd.u.shape
 
 
 def test_target_is_z_for_the_fc_baseline():
     model = build_model(spec_with(transform=FC))
-    state = model(x_batch())
-    assert torch.equal(model.losses["mi"].target(state.z, state.u), state.z.detach())
+    fwd = model(x_batch())
+    assert torch.equal(model.losses["mi"].target(fwd.z, fwd.u), fwd.z.detach())
     assert model.losses["mi"].element_weights.shape == (12,)
     u_model = build_model(spec_with(transform=FC, mi={"target": "u"}))
     assert u_model.losses["mi"].element_weights.shape == u_model.transform.output_shape
@@ -137,20 +138,20 @@ def test_kappa_scales_the_generator_term():
         model = build_model(spec_with(adv={"dropout": 0}, mi={"kappa": kappa}))
         model.train()
         torch.manual_seed(1)
-        state = model(x_batch())
-        model.phase_terms(state, "discriminator")
-        terms[kappa] = model.phase_terms(state, "model")["mi"]
+        fwd = model(x_batch())
+        model.phase_terms(fwd, "discriminator")
+        terms[kappa] = model.phase_terms(fwd, "model")["mi"]
     assert terms[0.04].item() == pytest.approx(2 * terms[0.02].item(), rel=1e-5)
 
 
 def test_both_branches_posterior_and_prior():
     model = build_model(spec_with(adv={"dropout": 0}))
     model.train()
-    state = model(x_batch())
+    fwd = model(x_batch())
     mi = model.losses["mi"]
-    pairs = mi.pairs(state)
+    pairs = mi.pairs(fwd)
     assert [p[0] for p in pairs] == ["recon", "prior"]
-    assert pairs[1][1] is state.prior_sample().x  # the samples adv made, not a second generation
+    assert pairs[1][1] is fwd.prior_sample().x  # the samples adv made, not a second generation
     only_prior = build_model(spec_with(mi={"on_recon": False}))
     assert [p[0] for p in only_prior.losses["mi"].pairs(only_prior(x_batch()))] == ["prior"]
 

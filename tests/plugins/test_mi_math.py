@@ -9,7 +9,7 @@ import torch
 
 from genvae.core.compose import compose_spec, preset_spec
 from genvae.core.model import build_model
-from genvae.core.train import build_phases
+from genvae.core.training.step import build_phases
 
 # the authors' per-step MI weights (train_test_lstm.lua: channels 1-8 x0.1, 9-24 x1.5, 25-32 x1.25, 33-48 x0.1,
 # 49-64 x1), written out here, not imported: a reordered constant in the code must fail these tests
@@ -81,17 +81,17 @@ def test_phase_values_by_hand(branches):
     model = tiny(f"loss.mi.weighted_branches={branches}")
     model.train()
     mi, adv = model.losses["mi"], model.losses["adv"]
-    state = model(x_batch())
-    model.phase_terms(state, "discriminator")
-    q = model.phase_terms(state, "mi")["mi.q"]
-    term = model.phase_terms(state, "model")["mi"]
-    z_p, u_p, x_p = state.prior_sample()
+    fwd = model(x_batch())
+    model.phase_terms(fwd, "discriminator")
+    q = model.phase_terms(fwd, "mi")["mi.q"]
+    term = model.phase_terms(fwd, "model")["mi"]
+    z_p, u_p, x_p = fwd.prior_sample()
     bias = model.transform.gen.bias
-    t_recon, t_prior = (state.u - bias).detach(), (u_p - bias).detach()  # u without its bias
+    t_recon, t_prior = (fwd.u - bias).detach(), (u_p - bias).detach()  # u without its bias
     w = step_weights(AUTHORS_MI, model)
     w_prior = w if branches == "both" else torch.ones_like(w)
     with torch.no_grad():
-        p_recon = mi.head(adv.trunk(state.x_hat))
+        p_recon = mi.head(adv.trunk(fwd.x_hat))
         p_prior = mi.head(adv.trunk(x_p))
     expected = (w * (p_recon - t_recon) ** 2).mean() + (w_prior * (p_prior - t_prior) ** 2).mean()
     assert q.item() == pytest.approx(expected.item(), rel=1e-5)
@@ -106,17 +106,17 @@ def test_target_is_detached():
     the model phase's gradient at u is exactly what flows back through the image x_hat = dec(u)."""
     model = tiny()
     model.train()
-    state = model(x_batch())
-    model.phase_terms(state, "discriminator")
-    q = model.phase_terms(state, "mi")["mi.q"]
-    for tensor in (state.u, state.z):
+    fwd = model(x_batch())
+    model.phase_terms(fwd, "discriminator")
+    q = model.phase_terms(fwd, "mi")["mi.q"]
+    for tensor in (fwd.u, fwd.z):
         assert torch.autograd.grad(q, tensor, retain_graph=True, allow_unused=True)[0] is None
     for part in (model.encoder, model.transform, model.decoder):
         assert all(g is None for g in grads(q, part.parameters()))
-    term = model.phase_terms(state, "model")["mi"]
-    (at_u,) = torch.autograd.grad(term, state.u, retain_graph=True)
-    (at_image,) = torch.autograd.grad(term, state.x_hat, retain_graph=True)
-    (through_image,) = torch.autograd.grad(state.x_hat, state.u, at_image, retain_graph=True)
+    term = model.phase_terms(fwd, "model")["mi"]
+    (at_u,) = torch.autograd.grad(term, fwd.u, retain_graph=True)
+    (at_image,) = torch.autograd.grad(term, fwd.x_hat, retain_graph=True)
+    (through_image,) = torch.autograd.grad(fwd.x_hat, fwd.u, at_image, retain_graph=True)
     assert at_u.abs().sum() > 0
     assert torch.allclose(at_u, through_image, rtol=1e-4, atol=1e-9)
 
@@ -125,12 +125,12 @@ def test_mi_phase_trains_head_and_trunk_the_model_phase_the_generator():
     model = tiny()
     model.train()
     mi, adv = model.losses["mi"], model.losses["adv"]
-    state = model(x_batch())
-    model.phase_terms(state, "discriminator")
-    q = model.phase_terms(state, "mi")["mi.q"]
+    fwd = model(x_batch())
+    model.phase_terms(fwd, "discriminator")
+    q = model.phase_terms(fwd, "mi")["mi.q"]
     assert reached(q, mi.head) and reached(q, adv.trunk)
     assert all(g is None for g in grads(q, adv.head.parameters()))
-    term = model.phase_terms(state, "model")["mi"]
+    term = model.phase_terms(fwd, "model")["mi"]
     for part in (model.decoder, model.transform.gen, model.encoder):  # the crVAE-GAN code: to the encoder too
         assert reached(term, part)
     phases = {p.name: {id(x) for x in p.params} for p in build_phases(model, model.spec.train, torch.device("cpu"))}
@@ -142,11 +142,11 @@ def test_a_zero_weight_step_gets_no_gradient_in_either_branch():
     model = tiny("loss.mi.group_weights=[0,1,1,1,1,1,1,1]")
     mi = model.losses["mi"]
     model.train()
-    state = model(x_batch())
-    model.phase_terms(state, "discriminator")
-    model.phase_terms(state, "model")
-    f_recon, f_prior = state.fake_features.by_branch.values()
-    for features, target in ((f_recon, state.u), (f_prior, state.prior_sample().u)):
+    fwd = model(x_batch())
+    model.phase_terms(fwd, "discriminator")
+    model.phase_terms(fwd, "model")
+    f_recon, f_prior = fwd.fake_features.by_branch.values()
+    for features, target in ((f_recon, fwd.u), (f_prior, fwd.prior_sample().u)):
         prediction = mi.head(features.detach())
         (g,) = torch.autograd.grad(mi.error(prediction, target.detach()), prediction)
         assert not g[:, 0].any() and g[:, 1:].abs().sum() > 0

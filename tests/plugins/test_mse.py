@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from genvae.core.components import Pass
+from genvae.core.components import ForwardPass
 from genvae.core.errors import OptionsError
 from genvae.core.model import build_model
 from genvae.testing import check_component, random_images, single_thread, tiny_spec
@@ -33,9 +33,9 @@ def _loss(options=None, weight=1.0):
 
 
 def _pass(model, x, x_hat):
-    state = Pass(model, x)
-    state.x_hat = x_hat
-    return state
+    fwd = ForwardPass(model, x)
+    fwd.x_hat = x_hat
+    return fwd
 
 
 def test_value_by_hand_sum_reduction():
@@ -61,9 +61,9 @@ def test_value_by_hand_mean_reduction():
 def test_value_matches_torch_on_a_real_pass():
     model, loss = _loss()
     x = random_images(model.spec)
-    state = model(x)
-    expected = torch.nn.functional.mse_loss(state.x_hat, x, reduction="sum") / x.shape[0]
-    assert torch.allclose(loss(state, "model")["mse"], expected, rtol=1e-5)
+    fwd = model(x)
+    expected = torch.nn.functional.mse_loss(fwd.x_hat, x, reduction="sum") / x.shape[0]
+    assert torch.allclose(loss(fwd, "model")["mse"], expected, rtol=1e-5)
 
 
 def test_weight_multiplies_the_term():

@@ -29,11 +29,11 @@ def test_conformance_on_a_spatial_latent():
 def test_prior_is_standard_and_shaped_like_the_posterior(family):
     spec = tiny_spec("prior", "normal", encoder=family, transform=family, decoder=family)
     model = build_model(spec)
-    state = model(random_images(spec))
-    prior = state.prior
+    fwd = model(random_images(spec))
+    prior = fwd.prior
     assert isinstance(prior, Gaussian)
     assert prior.standard
-    assert prior.mean.shape == prior.logvar.shape == state.posterior.mean.shape
+    assert prior.mean.shape == prior.logvar.shape == fwd.posterior.mean.shape
     assert not prior.mean.any() and not prior.logvar.any()
     assert torch.equal(prior.std, torch.ones_like(prior.std))
     assert not list(model.prior.parameters())
@@ -62,6 +62,6 @@ def test_samples_follow_the_torch_seed():
 def test_kl_against_the_prior_uses_the_closed_form():
     spec = tiny_spec("prior", "normal")
     model = build_model(spec)
-    state = model(random_images(spec))
-    general = Gaussian(state.prior.mean, state.prior.logvar)  # same numbers, general formula
-    assert torch.allclose(state.posterior.kl(state.prior), state.posterior.kl(general), atol=1e-6)
+    fwd = model(random_images(spec))
+    general = Gaussian(fwd.prior.mean, fwd.prior.logvar)  # same numbers, general formula
+    assert torch.allclose(fwd.posterior.kl(fwd.prior), fwd.posterior.kl(general), atol=1e-6)

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 from torchvision.models import vgg
 
-from genvae.core import BuildError, build_model
+from genvae.api import BuildError, build_model
 from genvae.core.compose import apply_sets, preset_spec
 from genvae.core.errors import GenvaeError, OptionsError
 from genvae.core.spec import LossSpec
@@ -30,11 +30,11 @@ def test_discriminator_features_by_hand_and_the_gradient_reaches_the_generator()
     model = build_model(gan_spec(layers=[1, 2], layer_weights=[1.0, 3.0]))
     model.train()
     x = torch.rand(4, 1, 16, 16) * 2 - 1
-    state = model(x)
-    term = model.phase_terms(state, "model")["perceptual"]
+    fwd = model(x)
+    term = model.phase_terms(fwd, "model")["perceptual"]
     adv = model.losses["adv"]
     with torch.no_grad():
-        expect = 0.5 * sum(w * (adv.trunk.layer_features(state.x_hat, k) - adv.trunk.layer_features(x, k)).pow(2)
+        expect = 0.5 * sum(w * (adv.trunk.layer_features(fwd.x_hat, k) - adv.trunk.layer_features(x, k)).pow(2)
                            .mean() for k, w in ((1, 1.0), (2, 3.0)))
     assert term.item() == pytest.approx(expect.item(), rel=1e-5)
     grads = torch.autograd.grad(term, list(model.decoder.parameters()), retain_graph=True)
@@ -94,10 +94,10 @@ def test_a_classifiers_feature_vector_as_the_network(tmp_path):
     model = build_model(gan_spec(network="classifier", path=str(tmp_path / "clf")))
     model.eval()
     x = torch.rand(3, 1, 16, 16) * 2 - 1
-    state = model(x, sample=False)
+    fwd = model(x, sample=False)
     with torch.no_grad():
-        expect = 0.5 * (net.features(state.x_hat) - net.features(x)).pow(2).mean()
-    assert model.phase_terms(state, "model")["perceptual"].item() == pytest.approx(expect.item(), rel=1e-5)
+        expect = 0.5 * (net.features(fwd.x_hat) - net.features(x)).pow(2).mean()
+    assert model.phase_terms(fwd, "model")["perceptual"].item() == pytest.approx(expect.item(), rel=1e-5)
 
 
 def test_a_file_network_needs_a_path():

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from genvae.core.components import Pass
+from genvae.core.components import ForwardPass
 from genvae.core.compose import preset_spec
 from genvae.core.model import build_model
 from genvae.testing import single_thread, tiny_spec
@@ -34,10 +34,10 @@ def two_images(first: float, second: float) -> torch.Tensor:
 
 
 def value(model, loss, x, x_hat=None, logits=None):
-    state = Pass(model, x)
-    state.logits = logits if logits is not None else torch.atanh(x_hat)
-    state.x_hat = x_hat if x_hat is not None else torch.tanh(logits)
-    return loss(state, "model")[loss.name]
+    fwd = ForwardPass(model, x)
+    fwd.decoder_output = logits if logits is not None else torch.atanh(x_hat)
+    fwd.x_hat = x_hat if x_hat is not None else torch.tanh(logits)
+    return loss(fwd, "model")[loss.name]
 
 
 # -- mse -------------------------------------------------------------------------------------------------

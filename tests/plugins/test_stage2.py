@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from genvae.core import BuildError, build_model, load_model, save_model
+from genvae.api import BuildError, build_model, load_model, save_model
 from genvae.core.compose import apply_sets, compose_spec, preset_spec
 from genvae.testing import check_component, invoke_cli
 

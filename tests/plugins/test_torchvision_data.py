@@ -77,7 +77,7 @@ def test_idx_at_64_is_the_32_frame_at_twice_the_size(idx_root):
     x64 = load_fashion_mnist(root=str(root), image_size=64, channels=1, split="test")
     assert x64.shape == (4, 1, 64, 64)
     assert x64[:, 0, :3].eq(0).all() and x64[:, 0, 61:].eq(0).all()  # the frame, doubled (row 3 blends)
-    from genvae.core.data import fit_tensor
+    from genvae.core.decode import fit_tensor
 
     assert torch.equal(x64, fit_tensor(x32, 64, 1))  # the 32 picture, resized
 

@@ -46,15 +46,15 @@ def test_one_component_is_that_gaussian():
 def test_kl_is_the_monte_carlo_estimate_at_the_pass_z():
     model = vamp_model()
     model.train()
-    state = model(torch.rand(4, 3, 16, 16) * 2 - 1)
-    q = state.posterior
+    fwd = model(torch.rand(4, 3, 16, 16) * 2 - 1)
+    q = fwd.posterior
     mixture = D.MixtureSameFamily(
         D.Categorical(torch.ones(3)),
-        D.Independent(D.Normal(state.extra_posterior.mean.flatten(1), state.extra_posterior.std.flatten(1)), 1))
-    z = state.z.flatten(1)
+        D.Independent(D.Normal(fwd.extra_posterior.mean.flatten(1), fwd.extra_posterior.std.flatten(1)), 1))
+    z = fwd.z.flatten(1)
     expected = (D.Independent(D.Normal(q.mean.flatten(1), q.std.flatten(1)), 1).log_prob(z) - mixture.log_prob(z))
     expected = expected.mean()
-    kl = model.phase_terms(state, "model")["kl"]
+    kl = model.phase_terms(fwd, "model")["kl"]
     assert kl.item() == pytest.approx(expected.item(), rel=1e-5)
     # the pseudo-inputs learn from the KL term
     (grad,) = torch.autograd.grad(kl, [model.prior.pseudo])
@@ -63,19 +63,19 @@ def test_kl_is_the_monte_carlo_estimate_at_the_pass_z():
 
 def test_monte_carlo_average_converges_to_the_closed_form_for_one_component():
     """With K = 1 the mixture is one Gaussian: the average over many draws approaches the closed-form KL."""
-    from genvae.core.components import Pass
+    from genvae.core.components import ForwardPass
 
     model = vamp_model("prior.components=1", "loss.kl.mc_samples=3000")
     g = torch.Generator().manual_seed(1)
     q = Gaussian(torch.randn(2, 2, 2, 2, generator=g), torch.randn(2, 2, 2, 2, generator=g) * 0.3)
     p = Gaussian(torch.randn(1, 2, 2, 2, generator=g), torch.randn(1, 2, 2, 2, generator=g) * 0.3)
-    state = Pass(model, torch.zeros(2, 3, 16, 16))
-    state.posterior, state.prior = q, VampMixture(p)
+    fwd = ForwardPass(model, torch.zeros(2, 3, 16, 16))
+    fwd.posterior, fwd.prior = q, VampMixture(p)
     torch.manual_seed(0)
-    state.z = q.rsample()
+    fwd.z = q.rsample()
     closed = q.kl(Gaussian(p.mean.expand_as(q.mean), p.logvar.expand_as(q.logvar))).flatten(1).sum(1)
     assert closed.min() > 1.0  # far enough apart that a wrong estimate shows
-    estimate = model.losses["kl"].monte_carlo(state)
+    estimate = model.losses["kl"].monte_carlo(fwd)
     assert torch.allclose(estimate, closed, rtol=0.05)
 
 

@@ -23,8 +23,7 @@ from __future__ import annotations
 import attrs
 from torch import nn
 
-from genvae.core import BuildContext, Decoder, Encoder, hookimpl
-from genvae.core.options import non_negative_int, option, positive_int, to_int
+from genvae.api import BuildContext, Decoder, Encoder, hookimpl, non_negative_int, option, positive_int, to_int
 
 __version__ = "0.1.0"
 
@@ -105,7 +104,7 @@ class ResNetEncoder(Encoder):
         self.net = nn.Sequential(*layers)
         self.output_shape = (prev, h // factor, w // factor)
 
-    def forward(self, x, state=None):
+    def forward(self, x, fwd=None):
         return self.net(x)
 
 
@@ -138,7 +137,7 @@ class ResNetDecoder(Decoder):
         self.net = nn.Sequential(*layers)
         self.upsampling_stages = ups
 
-    def forward(self, u, state=None):
+    def forward(self, u, fwd=None):
         return self.net(u)
 
 

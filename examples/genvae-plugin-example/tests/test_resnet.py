@@ -87,11 +87,11 @@ def test_preset_shapes_at_32_px(registry):
     assert model.layout.shape == (4, 4, 4)
     assert model.decoder.upsampling_stages == 3
     x = torch.rand(2, 3, 32, 32) * 2 - 1
-    state = model(x)
-    assert state.features.shape == (2, 128, 4, 4)
-    assert state.u.shape == (2, 128, 4, 4)
-    assert state.logits.shape == state.x_hat.shape == (2, 3, 32, 32)
-    terms = model.phase_terms(state, "model")
+    fwd = model(x)
+    assert fwd.features.shape == (2, 128, 4, 4)
+    assert fwd.u.shape == (2, 128, 4, 4)
+    assert fwd.decoder_output.shape == fwd.x_hat.shape == (2, 3, 32, 32)
+    terms = model.phase_terms(fwd, "model")
     assert set(terms) == {"mse", "kl"} and all(torch.isfinite(v) for v in terms.values())
 
 

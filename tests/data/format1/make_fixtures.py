@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import save_file
 
 import genvae.core
-from genvae.core import ModelSpec, save_model
+from genvae.api import ModelSpec, save_model
 from genvae.testing import build_tiny, random_images, tiny_spec
 
 print(genvae.core.__file__, file=sys.stderr)

@@ -1,4 +1,7 @@
-"""Reading a checkpoint for ``--resume``: every part of it is checked against the model before anything is written.
+"""Run state: what a checkpoint holds beyond the weights (optimisers, random streams, the open log window,
+the schedule counters), how it is written, and how ``--resume`` reads it back, checked completely.
+
+Reading a checkpoint for ``--resume``: every part of it is checked against the model before anything is written.
 
 A checkpoint is untrusted input, and a run that fails half-way through ``--resume`` must not have rewritten
 ``config.json``, cut ``metrics.jsonl`` or deleted anything. So :func:`read_resume_state` reads the latest
@@ -6,7 +9,7 @@ checkpoint and checks all of it while the model folder is still untouched: the w
 finite values), every phase's optimiser state (the parameter groups, and for every parameter Adam has stepped
 the keys Adam needs, of the parameter's shape and a floating dtype), the random streams (torch, CUDA, Python),
 the GradScaler, the open log window and the schedule counters against the batch size and the data. What it
-returns can then be applied (:meth:`genvae.core.train.Trainer.resume`) without anything left to fail. A bad file
+returns can then be applied (:func:`apply_resume_state`) without anything left to fail. A bad file
 gives one line naming the file and the key.
 """
 
@@ -26,7 +29,8 @@ from genvae.core import checkpoint as ckpt
 from genvae.core.errors import CheckpointError, GenvaeError, shorten
 
 if TYPE_CHECKING:
-    from genvae.core.train import Phase
+    from genvae.core.distributed import Distributed
+    from genvae.core.training.step import Phase
 
 RUNNING = "trainer.running/"  # tensor-name prefix of the open log window's sums in optimizer.safetensors
 RANK_RNG = "rng@rank{rank}/{kind}"  # the other processes' random streams of a torchrun launch
@@ -277,3 +281,97 @@ def read_resume_state(folder: Path, model: torch.nn.Module, phases: Sequence[Pha
             raise CheckpointError(f"{tensor_file}: {shorten(key, 80)} must be one finite floating-point number "
                                   "(the open log window's sum)")
     return ResumeState(path, weights, tensors, trainer, optimizers)
+
+
+# -- writing the run state ---------------------------------------------------------------------------------
+
+
+def py_random_state() -> list:
+    version, state, gauss = random.getstate()
+    return [version, list(state), gauss]
+
+
+def set_py_random_state(data: list) -> None:
+    version, state, gauss = data
+    random.setstate((version, tuple(state), gauss))
+
+
+def rng_by_rank(dist: Distributed | None, device: torch.device) -> dict[str, torch.Tensor]:
+    """Under torchrun, every process's random streams (collected on rank 0), so a resume is exact. Every process
+    calls it (a collective)."""
+    if dist is None:
+        return {}
+    out = {}
+    states = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    for kind, state in states.items():
+        where = device if dist.backend == "nccl" else torch.device("cpu")
+        for rank, got in enumerate(dist.gather(state.to(where))):
+            if rank:
+                out[RANK_RNG.format(rank=rank, kind=kind)] = got.cpu()
+    return out
+
+
+def run_state(*, step: int, epoch: int, batch_in_epoch: int, batch_size: int, phases: Sequence[Phase],
+              running: dict[str, torch.Tensor], running_count: int, scaler, device: torch.device,
+              world_size: int, ranks: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(the tensors of optimizer.safetensors, trainer.json) for a checkpoint at a step boundary."""
+    tensors: dict[str, torch.Tensor] = {}
+    meta = {}
+    for phase in phases:
+        phase_tensors, phase_meta = ckpt.optimizer_to_tensors(phase.name, phase.optimizer)
+        tensors.update(phase_tensors)
+        meta[phase.name] = phase_meta
+    rng = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
+    tensors.update({f"rng/{k}": v for k, v in rng.items()})
+    tensors.update(ranks)
+    tensors.update({f"{RUNNING}{k}": v.reshape(()) for k, v in running.items()})
+    trainer = {
+        "step": step,
+        "epoch": epoch,
+        "batch_in_epoch": batch_in_epoch,
+        "batch_size": batch_size,
+        "optimizers": meta,
+        "python_random": py_random_state(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "running_count": running_count,
+        "running_terms": list(running),
+        "world_size": world_size,
+    }
+    return tensors, trainer
+
+
+def apply_resume_state(state: ResumeState, model: torch.nn.Module, phases: Sequence[Phase], *, scaler,
+                       dist: Distributed | None, device: torch.device, seed: int) -> None:
+    """Load a checked state into the model, the optimisers and every random stream (the counters and the log
+    window are the caller's: ``state.trainer``)."""
+    from genvae.core.distributed import rank_seed
+    from genvae.core.training.run import seed_everything
+
+    tensors, trainer = state.tensors, state.trainer
+    ckpt.load_weights(model, state.path / ckpt.WEIGHTS, device, state=state.weights)
+    try:
+        for phase in phases:
+            phase.optimizer.load_state_dict(state.optimizers[phase.name])
+        torch.set_rng_state(tensors["rng/torch"].cpu())
+        if "rng/cuda" in tensors and device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["rng/cuda"].cpu(), device)
+        if dist is not None and dist.rank:
+            # this process's own streams; a checkpoint of another number of processes has none for it: a fresh one
+            key = RANK_RNG.format(rank=dist.rank, kind="torch")
+            if key not in tensors:
+                seed_everything(rank_seed(seed + trainer["step"], dist.rank))
+            else:
+                torch.set_rng_state(tensors[key].cpu())
+                cuda = RANK_RNG.format(rank=dist.rank, kind="cuda")
+                if cuda in tensors and device.type == "cuda":
+                    torch.cuda.set_rng_state(tensors[cuda].cpu(), device)
+        set_py_random_state(trainer["python_random"])
+        if scaler is not None and trainer.get("scaler"):
+            scaler.load_state_dict(trainer["scaler"])
+    except (KeyError, ValueError, TypeError, RuntimeError, IndexError) as exc:  # a check missed something
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise CheckpointError(f"{state.path} does not match this model's training state ({first})") from None

@@ -1,8 +1,11 @@
-"""What a plugin's command needs, public: the same options, loaders and consoles the built-in commands use.
+"""What a plugin's command needs: the same options, loaders and consoles the built-in commands use.
+
+These are public through :mod:`genvae.api` (a plugin imports them from there); they live in the command line
+package because they are click options and rich consoles, which the engine (``genvae.core``) never imports.
 
 A plugin adds a command through the ``genvae_register_commands`` hook and builds it from these::
 
-    from genvae.core.commands import console, data_options, device_option, load_for_inference, seed_option
+    from genvae.api import console, data_options, device_option, hookimpl, load_for_inference, seed_option
 
     @hookimpl
     def genvae_register_commands(cli):
@@ -29,6 +32,7 @@ from rich.console import Console
 from genvae.core.errors import GenvaeError, shorten
 from genvae.core.inference import SAMPLE_BATCH as _SAMPLE_BATCH
 from genvae.core.options import MAX_SEED
+from genvae.core.training.metrics import terms_text as terms_text
 
 __all__ = [
     "COUNT",
@@ -130,7 +134,7 @@ def registry():
 def load_for_inference(folder, device: str = "auto", seed: int = 0):
     """(model in eval mode, torch device) from a model folder, with every random stream seeded."""
     from genvae.core.checkpoint import load_model
-    from genvae.core.train import resolve_device, seed_everything
+    from genvae.core.training.run import resolve_device, seed_everything
 
     dev = resolve_device(device)
     seed_everything(seed)
@@ -141,7 +145,7 @@ def load_for_inference(folder, device: str = "auto", seed: int = 0):
 
 def load_image(path, model):
     """One image file as a (1, C, H, W) tensor in [-1, 1], fitted to the model's image size and channels."""
-    from genvae.core.data import read_image, to_model_range
+    from genvae.core.decode import read_image, to_model_range
 
     pixels = read_image(path, model.spec.image_size, model.spec.channels)
     return to_model_range(pixels.unsqueeze(0)).to(model.device)
@@ -152,7 +156,7 @@ def load_mask(path, size: int):
     an unreadable file is a one-line error."""
     from PIL import Image, UnidentifiedImageError
 
-    from genvae.core.data import fit_image
+    from genvae.core.decode import fit_image
 
     try:
         with Image.open(path) as img:
@@ -170,15 +174,6 @@ def load_command_data(model, data, data_root=None, download: bool = False, split
     spec = model.spec
     return load_data(data, image_size=spec.image_size, channels=spec.channels, split=split, root=data_root,
                      download=download, registry=registry())
-
-
-#: a metrics line's keys that are not loss terms (the one place the log lines of every command leave them out)
-NOT_TERMS = ("step", "epoch", "lr", "wall_time")
-
-
-def terms_text(record: dict) -> str:
-    """A metrics line's terms (and images/s) as ``mse 16.81  kl 20.58  ...``: what a progress line shows."""
-    return "  ".join(f"{k} {v:.4g}" for k, v in record.items() if k not in NOT_TERMS)
 
 
 def require_single_process(command: str) -> None:
