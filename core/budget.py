@@ -206,9 +206,10 @@ class _Exceeded(Exception):  # noqa: N818 - internal signal, never leaves this m
 class _MetaMode(TorchFunctionMode):
     """``torch.device("meta")`` that keeps literal tensors real, counts what is created, and stops early."""
 
-    def __init__(self, cap_bytes: int | None = None):
+    def __init__(self, cap_bytes: int | None = None, copies: int = TRAINING_COPIES):
         super().__init__()
         self.cap = cap_bytes
+        self.copies = copies  # of every created byte the cap counts (weights, gradients, Adam's moments)
         self.counting = True
         self.created = 0
         self.tensors = 0
@@ -227,7 +228,7 @@ class _MetaMode(TorchFunctionMode):
             if self.tensors > MAX_TENSORS:
                 raise BuildError(f"the model spec creates over {MAX_TENSORS:,} tensors while building; lower its "
                                  "depth, levels or steps")
-            if self.cap is not None and TRAINING_COPIES * self.created > self.cap:
+            if self.cap is not None and self.copies * self.created > self.cap:
                 raise _Exceeded(self.created)
         return out
 
@@ -519,6 +520,39 @@ def check_budget(spec, registry=None, limit: int | str | None = None, batch_size
         raise BudgetError(f"model spec needs about {format_size(check)} to check it on {DRY_RUN_BATCH} images "
                           f"of {shape} (the dry run of every build and load), {over}")
     return est
+
+
+def check_load(spec, registry=None, limit: int | str | None = None) -> int | None:
+    """Refuse ``spec`` with a one-line :class:`BudgetError` when its weights, or the build's dry run on
+    :data:`DRY_RUN_BATCH` images, need more than ``limit``: what loading a model folder needs. A command then
+    runs the model in chunks that fit (:func:`inference_batch`), and a training run checks its own footprint
+    when it starts (:func:`check_budget`), so loading a model to sample from it never asks for its training
+    memory. Returns the dry run's bytes (None when not measured or the check is off)."""
+    from genvae.core.registry import get_registry
+
+    limit, source = _limit(limit)
+    if limit is None:
+        return None
+    registry = registry or get_registry()
+    over = f"over the limit of {format_size(limit)} ({source}); {LIMIT_HINT}"
+    images = DRY_RUN_BATCH * math.prod(spec.image_shape) * 4
+    if images > limit:  # the images alone are over: nothing needs building to know (nor can: sizes may overflow)
+        raise BudgetError(f"model spec needs over {format_size(images)} for {DRY_RUN_BATCH} images of "
+                          f"{list(spec.image_shape)} alone (the dry run of every build and load), {over}")
+    key = _cache_key(spec, "meta model")
+    if _cached(registry, key) is None:
+        try:
+            model = _build_meta(spec, registry, _MetaMode(limit, copies=1))
+        except _Exceeded as exc:
+            raise BudgetError(f"model spec needs over {format_size(exc.created)} for its weights alone (over "
+                              f"{format_count(exc.created // 4)} parameters), {over}") from None
+        _remember(registry, key, model)
+    check = _dry_run_bytes(spec, registry)
+    if check is not None and check > limit:
+        shape = "x".join(str(d) for d in spec.image_shape)
+        raise BudgetError(f"model spec needs about {format_size(check)} to check it on {DRY_RUN_BATCH} images "
+                          f"of {shape} (the dry run of every build and load), {over}")
+    return check
 
 
 # -- inference: the batch a command runs -----------------------------------------------------------

@@ -229,7 +229,7 @@ def load_model(folder: str | Path, device: str | torch.device = "cpu", registry=
 
     folder = Path(folder)
     spec = load_spec(folder)
-    model = build_model(spec, registry)
+    model = build_model(spec, registry, check="load")  # what running it needs; training checks its own when it starts
     load_weights(model, folder / WEIGHTS)
     return model.to(device)
 

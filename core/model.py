@@ -275,18 +275,25 @@ def _check_capabilities(components: list[Component], registry: Registry) -> None
             )
 
 
-def build_model(spec: ModelSpec, registry: Registry | None = None, check: bool = True) -> GenerativeModel:
+def build_model(spec: ModelSpec, registry: Registry | None = None, check: bool | str = True) -> GenerativeModel:
     """Compose and check a model. Raises a one-line :class:`GenvaeError` for any bad input.
 
-    With ``check`` (every ``genvae build`` and model folder load) the spec is first sized on the meta
-    device and refused if training it would need more than the memory limit
-    (:func:`genvae.core.budget.check_budget`), before anything real is allocated.
+    The spec is first sized on the meta device, before anything real is allocated, and refused if it needs
+    more than the memory limit: with ``check`` ``True`` or ``"train"`` (``genvae build``), to train it at its
+    batch size (:func:`genvae.core.budget.check_budget`); with ``"load"`` (a model folder loaded to run it), its
+    weights and the build's dry run (:func:`genvae.core.budget.check_load`); ``False`` skips the check.
     """
     registry = registry or get_registry()
-    if check:
+    if check in (True, "train"):
         from genvae.core.budget import check_budget
 
         check_budget(spec, registry)
+    elif check == "load":
+        from genvae.core.budget import check_load
+
+        check_load(spec, registry)
+    elif check is not False:
+        raise ValueError(f"build_model(check={check!r}): expected True, 'train', 'load' or False")
     ctx = BuildContext(image_shape=spec.image_shape, spec=spec)
     ctx.encoder = _make("encoder", spec.encoder, ctx, registry)
     ctx.transform = _make("transform", spec.transform, ctx, registry)

@@ -394,3 +394,23 @@ def test_neighbours_in_chunks(folders, tmp_path):
     whole = invoke(*args, "-o", tmp_path / "w.png")
     assert (tmp_path / "c.png").read_bytes() == (tmp_path / "w.png").read_bytes()
     assert chunked.output.replace("c.png", "w.png") == whole.output
+
+
+def test_loading_a_model_to_run_it_never_asks_for_its_training_memory(folders, tmp_path):
+    """A load sizes the weights and the build's dry run; only training sizes the training footprint. Under a
+    limit between the two, sample runs (in chunks) and train refuses in one line before any step."""
+    from genvae.core.budget import check_load, estimate
+
+    spec = load_spec(folders / "m64")
+    big = spec.with_train(batch_size=512)  # a large training batch in the folder's config
+    folder = tmp_path / "m"
+    assert invoke("build", "--preset", "cvae", "--image-size", 64, *W1, "--set", "train.batch_size=512", "-o",
+                  folder).exit_code == 0
+    training, loading = estimate(big).training_bytes, check_load(big, limit="1T")
+    assert loading is not None and loading < training
+    limit = str((loading + training) // 2)
+    sampled = invoke("sample", folder, "-n", "8", "-o", tmp_path / "s.png", limit=limit)
+    assert sampled.exit_code == 0, sampled.output
+    trained = invoke("train", folder, "--max-steps", "1", "--data", folders / "data", limit=limit)
+    assert trained.exit_code == 1 and "to train" in one_line_error(trained.output)
+    assert not (folder / "checkpoints").exists()
