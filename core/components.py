@@ -16,7 +16,7 @@ from __future__ import annotations
 import abc
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import attrs
 import torch
@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from genvae.core.model import GenerativeModel
 
 Shape = tuple[int, ...]
+#: a component's options: the attrs class it names as ``Options`` (``class ConvEncoder(Encoder[ConvOptions])``)
+OptionsT = TypeVar("OptionsT")
 
 
 @attrs.frozen
@@ -248,7 +250,7 @@ class BuildContext:
         return self.transform.layout
 
 
-class Component(nn.Module, metaclass=abc.ABCMeta):
+class Component(nn.Module, Generic[OptionsT], metaclass=abc.ABCMeta):
     """Base of every component: options, capabilities and per-module optimisation hints.
 
     ``provides``/``requires`` are capability names checked at build time, so an incompatible
@@ -269,7 +271,9 @@ class Component(nn.Module, metaclass=abc.ABCMeta):
     #: component with when it is the partner of a component under test
     test_options: ClassVar[Mapping[str, Any]] = {}
 
-    def __init__(self, options: Any, ctx: BuildContext):
+    options: OptionsT
+
+    def __init__(self, options: OptionsT, ctx: BuildContext):
         super().__init__()
         self.options = options
 
@@ -308,7 +312,7 @@ class Component(nn.Module, metaclass=abc.ABCMeta):
         return BuildError(f"{self.kind_label or self.kind} '{self.name}': {message}")
 
 
-class Encoder(Component):
+class Encoder(Component[OptionsT]):
     """Maps an image batch (B, C, H, W) in [-1, 1] to features of ``output_shape``."""
 
     kind = "encoder"
@@ -323,7 +327,7 @@ class Encoder(Component):
         """Features of the batch, (B, *output_shape)."""
 
 
-class LatentTransform(Component):
+class LatentTransform(Component[OptionsT]):
     """Both sides of the latent: features -> q(z|x), and z -> u, the decoder's input.
 
     Sets ``layout`` (the latent's shape and groups) and ``output_shape`` (the shape of u).
@@ -365,7 +369,7 @@ OUTPUT_SPACES: dict[str, Callable[[Tensor], Tensor]] = {"tanh": torch.tanh, "ber
                                                         "image": _as_image}
 
 
-class Decoder(Component):
+class Decoder(Component[OptionsT]):
     """Maps u to an output of the image's shape, in the space it declares (``output``; tanh logits by default)."""
 
     kind = "decoder"
@@ -393,7 +397,7 @@ class Decoder(Component):
         """The output (B, C, H, W) from u, in the declared ``output`` space."""
 
 
-class Prior(Component):
+class Prior(Component[OptionsT]):
     """p(z): the distribution the KL term pulls the posterior towards and samples are drawn from."""
 
     kind = "prior"
@@ -404,7 +408,7 @@ class Prior(Component):
     #: KL(q || p) by Monte Carlo instead of the closed form
     gaussian: ClassVar[bool] = True
 
-    def __init__(self, options: Any, ctx: BuildContext):
+    def __init__(self, options: OptionsT, ctx: BuildContext):
         super().__init__(options, ctx)
         self.layout = ctx.layout
 
@@ -433,7 +437,7 @@ class Prior(Component):
         return z
 
 
-class Loss(Component):
+class Loss(Component[OptionsT]):
     """A training objective. ``forward(fwd, phase)`` returns named terms that are summed.
 
     A loss contributes to the ``model`` phase (encoder, transform, decoder, prior parameters) by
@@ -465,7 +469,7 @@ class Loss(Component):
     #: with terms there; inside, ``fwd.wants(branch)`` says which terms to compute.
     branches: ClassVar[tuple[str, ...]] = ("posterior",)
 
-    def __init__(self, options: Any, ctx: BuildContext, weight: float = 1.0):
+    def __init__(self, options: OptionsT, ctx: BuildContext, weight: float = 1.0):
         super().__init__(options, ctx)
         self.weight = float(weight)
 

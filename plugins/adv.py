@@ -203,7 +203,7 @@ class AdvOptions:
             raise ValueError("on_recon and on_prior cannot both be off")
 
 
-class AdversarialLoss(Loss):
+class AdversarialLoss(Loss[AdvOptions]):
     """GAN loss with its discriminator (conv trunk + minibatch-discrimination head), trained in its own phase."""
 
     name = "adv"

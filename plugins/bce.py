@@ -22,7 +22,7 @@ class BCEOptions:
     reduction: str = reduction_option()
 
 
-class BCELoss(Loss):
+class BCELoss(Loss[BCEOptions]):
     """Binary cross-entropy of the pixels in [0, 1] under Bernoulli(sigmoid(s * logits)), s = 2 for tanh logits."""
 
     name = "bce"

@@ -45,7 +45,7 @@ def _widths(o: ConvOptions) -> list[int]:
     return stack_widths(o.width, o.depth, o.max_width)
 
 
-class ConvEncoder(Encoder):
+class ConvEncoder(Encoder[ConvOptions]):
     """Stride-2 4x4 convolutions: (C, H, W) -> (width * 2^(depth-1), H / 2^depth, W / 2^depth)."""
 
     name = "conv"
@@ -69,7 +69,7 @@ class ConvEncoder(Encoder):
         return self.net(x)
 
 
-class ConvDecoder(Decoder):
+class ConvDecoder(Decoder[ConvOptions]):
     """Stride-2 4x4 transposed convolutions from a spatial input up to the image size."""
 
     name = "conv"
@@ -98,7 +98,7 @@ class ConvLatentOptions:
             raise ValueError(f"kernel must be odd, got {self.kernel}")
 
 
-class ConvLatent(LatentTransform):
+class ConvLatent(LatentTransform[ConvLatentOptions]):
     """Spatial latent: conv(features) -> (mu, log sigma^2) per position; conv(z) -> u of the features' shape."""
 
     name = "conv"

@@ -40,7 +40,7 @@ class FCOptions:
     batch_norm: bool = option(False, "batch norm after each hidden layer", converter=to_bool)
 
 
-class FCEncoder(Encoder):
+class FCEncoder(Encoder[FCOptions]):
     """Flattened image -> MLP -> feature vector."""
 
     name = "fc"
@@ -58,7 +58,7 @@ class FCEncoder(Encoder):
         return self.net(x.flatten(1))
 
 
-class FCDecoder(Decoder):
+class FCDecoder(Decoder[FCOptions]):
     """Decoder input (any shape, flattened) -> MLP (hidden widths reversed) -> image logits."""
 
     name = "fc"
@@ -89,7 +89,7 @@ class FCLatentOptions:
     )
 
 
-class FCLatent(LatentTransform):
+class FCLatent(LatentTransform[FCLatentOptions]):
     """Fully-connected latent: Linear(features) -> (mu, log sigma^2); Linear(z) -> u."""
 
     name = "fc"

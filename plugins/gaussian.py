@@ -19,7 +19,7 @@ class GaussianOptions:
     reduction: str = reduction_option()
 
 
-class GaussianLoss(Loss):
+class GaussianLoss(Loss[GaussianOptions]):
     """Negative log-likelihood of x under N(x_hat, sigma^2)."""
 
     name = "gaussian"

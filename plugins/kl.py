@@ -87,7 +87,7 @@ class KLOptions:
         return tuple(1.0 - a for a in self.alphas) if self.alphas else self.group_weights
 
 
-class KLLoss(Loss):
+class KLLoss(Loss[KLOptions]):
     """KL divergence of the posterior from the prior, summed over latent elements, batch mean."""
 
     name = "kl"

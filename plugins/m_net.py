@@ -69,7 +69,7 @@ class MNetwork(nn.Module):
         return self.R(mean), self.S(logvar)
 
 
-class MNetPrior(Prior):
+class MNetPrior(Prior[MNetOptions]):
     """LapCVAE M-network prior: level k's N(R_k(mu_{k+1}), S_k(sigma_{k+1})) from the re-encoded coarser level."""
 
     name = "m-net"

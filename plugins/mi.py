@@ -109,7 +109,7 @@ class MIHead(nn.Module):
         return self.net(features).view(-1, *self.target_shape) + self.bias
 
 
-class MILoss(Loss):
+class MILoss(Loss[MIOptions]):
     """Mutual-information regulariser: a head on adv's trunk recovers u (or z) from generated images."""
 
     name = "mi"

@@ -12,7 +12,7 @@ class MSEOptions:
     reduction: str = reduction_option()
 
 
-class MSELoss(Loss):
+class MSELoss(Loss[MSEOptions]):
     """Squared error between the image and its reconstruction."""
 
     name = "mse"

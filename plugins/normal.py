@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from genvae.api import Gaussian, Prior, hookimpl
+from genvae.api import Gaussian, NoOptions, Prior, hookimpl
 
 
-class NormalPrior(Prior):
+class NormalPrior(Prior[NoOptions]):
     """Standard normal N(0, I) over the whole latent."""
 
     name = "normal"

@@ -102,7 +102,7 @@ class VGG16Features(nn.Module):
         return [out[i] for i in layers]
 
 
-class PerceptualLoss(Loss):
+class PerceptualLoss(Loss[PerceptualOptions]):
     """Squared distance between reconstruction and image in a frozen network's features (learned similarity)."""
 
     name = "perceptual"

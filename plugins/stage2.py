@@ -45,6 +45,7 @@ from genvae.api import (
     Encoder,
     Gaussian,
     LatentTransform,
+    NoOptions,
     hookimpl,
     non_negative_int,
     option,
@@ -73,7 +74,7 @@ def _on_meta() -> bool:
     return torch.empty(0).device.type == "meta"
 
 
-class Stage1Encoder(Encoder):
+class Stage1Encoder(Encoder[Stage1Options]):
     """A trained Stage1 model, frozen: the image shrunk to Stage1's size, then Stage1's encoder."""
 
     name = "stage1"
@@ -118,7 +119,7 @@ class Stage1Encoder(Encoder):
         return self.stage1.encoder(low)
 
 
-class Stage1Latent(LatentTransform):
+class Stage1Latent(LatentTransform[NoOptions]):
     """Stage1's posterior, and Stage1's whole generator: z -> Stage1's image (the Stage2 network's input)."""
 
     name = "stage1"
@@ -162,7 +163,7 @@ class ResidualBlock(nn.Module):
         return F.relu(x + self.body(x))
 
 
-class Stage2Decoder(Decoder):
+class Stage2Decoder(Decoder[Stage2Options]):
     """StackGAN-like up-sampler: conv, two stride-2 downs, residual blocks, x2 ups to the output size."""
 
     name = "stage2"

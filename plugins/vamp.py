@@ -60,7 +60,7 @@ class VampMixture:
         return mean[k] + torch.exp(0.5 * logvar[k]) * torch.randn_like(mean[k])
 
 
-class VampPrior(Prior):
+class VampPrior(Prior[VampOptions]):
     """Mixture of the posteriors of K learned pseudo-inputs (VampPrior); its KL is a Monte Carlo estimate."""
 
     name = "vamp"

@@ -87,7 +87,7 @@ class CREncoderOptions:
     bn_momentum: float = option(0.1, BN_MOMENTUM_HELP, unit_interval, to_float)
 
 
-class CREncoder(Encoder):
+class CREncoder(Encoder[CREncoderOptions]):
     """crVAE conv stack: CReLU, stride-2 conv + BN + CReLU stages, stride-1 convs on the last two stages."""
 
     name = "cr-lstm"
@@ -140,7 +140,7 @@ class CRDecoderOptions:
     bn_momentum: float = option(0.1, BN_MOMENTUM_HELP, unit_interval, to_float)
 
 
-class CRDecoder(Decoder):
+class CRDecoder(Decoder[CRDecoderOptions]):
     """crVAE deconv stack: [conv3x3 + BN], stride-2 4x4 deconvolutions + BN + LReLU, conv3x3, conv3x3 to the image."""
 
     name = "cr-lstm"
@@ -220,7 +220,7 @@ class RecurrentPath(nn.Module):
             self.bias = bias
 
 
-class CRLatent(LatentTransform):
+class CRLatent(LatentTransform[CRLatentOptions]):
     """Channel-recurrent latent: conv mean + bias; LSTM over T feature blocks for log sigma^2; LSTM z -> u + bias."""
 
     name = "cr-lstm"

@@ -104,7 +104,7 @@ class LaplacianEncoderOptions:
                             "means without gradient", one_of(*CONDITIONS))
 
 
-class LaplacianEncoder(Encoder):
+class LaplacianEncoder(Encoder[LaplacianEncoderOptions]):
     """Laplacian pyramid encoder: one conv encoder per level on concat[h_k, u(b_{k+1})]."""
 
     name = "laplacian"
@@ -222,7 +222,7 @@ class LevelLatent(nn.Module):
         self.from_z = nn.Sequential(nn.Linear(conditioned, features), activation(act))
 
 
-class LaplacianLatent(LatentTransform):
+class LaplacianLatent(LatentTransform[LaplacianLatentOptions]):
     """Per-level Gaussian latents (coarsest first); level k decodes from concat[z_k, ..., z_K]."""
 
     name = "laplacian"
@@ -294,7 +294,7 @@ class LaplacianDecoderOptions:
     batch_norm: bool = option(True, "batch norm after each hidden layer", converter=to_bool)
 
 
-class LaplacianDecoder(Decoder):
+class LaplacianDecoder(Decoder[LaplacianDecoderOptions]):
     """Laplacian pyramid decoder: one conv decoder per level outputs h_k; x_k = h_k + u(x_{k+1})."""
 
     name = "laplacian"

@@ -38,7 +38,7 @@ class PyramidMSEOptions:
             raise ValueError(f"level_weights must be >= 0, got {shorten(list(self.level_weights))}")
 
 
-class PyramidMSELoss(Loss):
+class PyramidMSELoss(Loss[PyramidMSEOptions]):
     """Per-level squared error between predicted and true pyramid levels h_k (the paper's loss), summed over levels."""
 
     name = "pyramid-mse"

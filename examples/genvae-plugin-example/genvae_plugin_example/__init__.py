@@ -81,7 +81,7 @@ class ResidualBlock(nn.Module):
         return self.act(x + self.body(x))
 
 
-class ResNetEncoder(Encoder):
+class ResNetEncoder(Encoder[ResNetOptions]):
     """Residual encoder: stride-2 stages with residual blocks; (C, H, W) -> spatial (C', H/2^s, W/2^s)."""
 
     name = "resnet"
@@ -108,7 +108,7 @@ class ResNetEncoder(Encoder):
         return self.net(x)
 
 
-class ResNetDecoder(Decoder):
+class ResNetDecoder(Decoder[ResNetDecoderOptions]):
     """Residual decoder: residual blocks and nearest x2 upsampling from a spatial input to image logits."""
 
     name = "resnet"
