@@ -105,6 +105,7 @@ def test_activations_grow_with_the_batch():
     assert large.activation_bytes == pytest.approx(8 * small.activation_bytes, rel=0.01)
 
 
+@pytest.mark.slow
 def test_every_preset_is_sized_on_meta_and_fits_8g():
     registry = get_registry()
     for name in registry.names("preset"):
@@ -367,6 +368,7 @@ print(json.dumps({"base": base, "peak": rss(), "refused": refused}))
 '''
 
 
+@pytest.mark.slow
 def test_hostile_builds_allocate_nothing_large():
     cases = HOSTILE + OVERFLOWING
     env = {**os.environ, "GENVAE_MAX_MEMORY": "4G", "OMP_NUM_THREADS": "1"}

@@ -79,6 +79,7 @@ def test_a_changed_folder_is_decoded_again(tmp_path, cache_dir):
     assert len(cache.entries(cache_dir)) == 4
 
 
+@pytest.mark.slow
 def test_worker_processes_decode_and_compact_like_one_thread(tmp_path, cache_dir, monkeypatch):
     write_folder(tmp_path / "imgs", 40, broken=3)
     monkeypatch.setenv(cache.ENV, "off")

@@ -192,6 +192,7 @@ def test_weights_of_another_model(folder):
     assert "does not match the model in config.json" in one_line(info)
 
 
+@pytest.mark.slow
 def test_a_folder_whose_name_is_not_utf8_loads(tmp_path, genvae_exe):
     """Named with bytes (b'm\\xff'): it was built, then info, sample and train called its good weights corrupt."""
     import subprocess

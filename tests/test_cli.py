@@ -152,6 +152,7 @@ def test_console_script_real_process(tmp_path, genvae_exe):
     assert proc.stderr.strip().startswith("Error: unknown encoder 'nope'") and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_killed_training_resumes_from_last_checkpoint(tmp_path, genvae_exe):
     """SIGKILL mid-run (no chance to clean up), then --resume: the result equals an uninterrupted run."""
     from safetensors.torch import load_file

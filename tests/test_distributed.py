@@ -23,8 +23,9 @@ TINY_FC = ["--preset", "vae", "--set", "image_size=16", "--set", "encoder.hidden
 TINY_GAN = ["--preset", "crvae-gan-small", "--set", "image_size=16", "--set", "encoder.width=8",
             "--set", "decoder.width=8", "--set", "loss.adv.widths=[8,16]"]
 
-pytestmark = pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                                reason="this PyTorch build has no gloo backend")
+pytestmark = [pytest.mark.slow,  # torchrun processes: the slow lane
+              pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                                 reason="this PyTorch build has no gloo backend")]
 
 
 def env() -> dict[str, str]:

@@ -1168,6 +1168,7 @@ def _child_env() -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow
 def test_cli_fuzz_config_files_and_arguments(tmp_path):
     """>= 1000 hostile config.json files and >= 1000 bad argument lists, in one child process."""
     child = subprocess.run([sys.executable, __file__, "--run", str(tmp_path / "fuzz")], capture_output=True,
@@ -1191,7 +1192,7 @@ def test_cli_fuzz_config_files_and_arguments(tmp_path):
     assert summary["peak_rss_growth_mb"] < RSS_LIMIT_MB, figures
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_cli_fuzz_ten_times_longer(tmp_path, monkeypatch):
     """The same fuzz with 10,000 config files and 10,000 argument lists at another seed (a few minutes)."""
     monkeypatch.setenv("GENVAE_FUZZ_CONFIG_CASES", os.environ.get("GENVAE_FUZZ_CONFIG_CASES", "10000"))

@@ -194,6 +194,7 @@ def genvae_process(*args, limit: str, timeout: float = 120) -> tuple[dict, str]:
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux's /proc/self/clear_refs")
+@pytest.mark.slow
 def test_sample_64_in_a_process_stays_under_the_limit(folders, tmp_path):
     # grey 256 px, width 1: the training batch (1 image) and the build's dry run (2) fit 180 MB; 64 images at once
     # take over 300 MB on top of the interpreter (a 16-channel block of 256 x 256 floats each, in the last conv)
@@ -210,6 +211,7 @@ def test_sample_64_in_a_process_stays_under_the_limit(folders, tmp_path):
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux's /proc/self/clear_refs")
+@pytest.mark.slow
 def test_sample_10000_at_a_large_size_is_refused_before_any_work(folders, tmp_path):
     record, err = genvae_process("sample", folders / "g256", "-n", 10_000, "-o", tmp_path / "s.png", limit="1G",
                                  timeout=60)

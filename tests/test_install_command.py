@@ -19,6 +19,9 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # real pip installs: the slow lane
+
+
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "genvae-plugin-example"
 
 

@@ -226,6 +226,7 @@ def test_train_levels_never_writes_stage_folders_through_a_link(tmp_path, link):
 # -- the same as a real process -------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_real_genvae_process_refuses_and_deletes_nothing(trained, tmp_path, genvae_exe):
     archive = tmp_path / "archive"
     os.rename(trained / "checkpoints", archive)

@@ -371,6 +371,7 @@ def _wait_for(predicate, timeout=120.0):
     return False
 
 
+@pytest.mark.slow
 def test_second_process_on_one_folder_gets_a_clean_error(model_dir, genvae_exe):
     first = subprocess.Popen([*genvae_exe, "train", str(model_dir), "--max-steps", "100000", "--batch-size", "8",
                               "--quiet", "--log-every", "50"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -393,6 +394,7 @@ def test_second_process_on_one_folder_gets_a_clean_error(model_dir, genvae_exe):
     run("train", model_dir, "--restart", "--max-steps", "2", "--batch-size", "8")
 
 
+@pytest.mark.slow
 def test_a_plain_train_on_a_busy_folder_is_told_it_is_busy(model_dir, genvae_exe):
     """The running process has written a checkpoint: the second one got "has a checkpoint ... pass --resume",
     which invites a --resume that would then be refused anyway; the lock is tested first."""
@@ -523,6 +525,7 @@ def _soak(tmp_path, genvae_exe, build_args, rounds: int, seed: int, hostile_ever
     return figures
 
 
+@pytest.mark.slow
 def test_stop_with_sigint_and_sigterm_then_resume_is_bit_exact(tmp_path, genvae_exe):
     """Short version of the soak: a conv VAE stopped by each signal, resumed, equal bit for bit."""
     reference = _reference(tmp_path, genvae_exe, ["--preset", "cvae", *SETS], "reference")
@@ -550,11 +553,13 @@ def test_stop_with_sigint_and_sigterm_then_resume_is_bit_exact(tmp_path, genvae_
     assert _metrics(reference) == _metrics(folder)
 
 
+@pytest.mark.slow
 def test_adversarial_model_stopped_and_resumed_is_bit_exact(tmp_path, genvae_exe):
     figures = _soak(tmp_path, genvae_exe, ADV_SETS, rounds=1, seed=3, hostile_every=1)
     assert figures["identical"] == 1 and figures["with_users_files"] == 1
 
 
+@pytest.mark.slow
 def test_second_ctrl_c_aborts_at_once_and_startup_ctrl_c_has_no_traceback(model_dir, genvae_exe):
     proc = subprocess.Popen([*genvae_exe, "train", str(model_dir), *COMMON], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, **_child(), text=True)
@@ -576,6 +581,7 @@ def test_second_ctrl_c_aborts_at_once_and_startup_ctrl_c_has_no_traceback(model_
     assert not list(model_dir.rglob(f"{TEMP_PREFIX}*"))
 
 
+@pytest.mark.slow
 def test_sigterm_during_start_up_and_as_a_second_signal_exits_143(model_dir, genvae_exe):
     """A SIGTERM while torch and the plugins import used to kill genvae without a word (status -15), and a SIGTERM as
     the second signal while training exited 130 "Interrupted": the status now always says which signal it was."""
@@ -606,7 +612,7 @@ def ckpt_step(folder: Path) -> int:
     return int(ckpt.latest_checkpoint(folder).name.split("-")[1])
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_soak_many_random_stops(tmp_path, genvae_exe):
     """The long soak behind docs/reliability.md: random SIGINT/SIGTERM/SIGKILL, resumed, compared bit for bit."""
     rounds = int(os.environ.get("GENVAE_SOAK_ROUNDS", "20"))
@@ -625,6 +631,7 @@ def test_lock_file_records_the_holder(model_dir):
     assert (model_dir / LOCK).read_text().strip() == str(os.getpid())
 
 
+@pytest.mark.slow
 def test_a_run_started_with_sigint_ignored_keeps_ignoring_it(model_dir, genvae_exe):
     """A shell's background job starts with SIGINT ignored; genvae, like Python, leaves it so (SIGTERM still stops)."""
     def ignore_sigint():

@@ -24,6 +24,7 @@ def two_runs(tmp_path):
     return tmp_path / "fast", tmp_path / "slow"
 
 
+@pytest.mark.slow
 def test_report_page_is_self_contained_with_every_section(two_runs, tmp_path):
     fast, slow = two_runs
     result = invoke_cli(["report", fast, slow, "-o", tmp_path / "report.html"])
@@ -145,6 +146,7 @@ def test_evaluation_reports_progress_batch_by_batch(tiny_spec):
                      ("samples", 4, 7), ("samples", 7, 7)]
 
 
+@pytest.mark.slow
 def test_on_a_terminal_train_draws_a_bar_with_terms_speed_and_eta(tmp_path):
     """The rich bar path, in a real pseudo-terminal (what a person at a shell sees), not the log-line path."""
     import os

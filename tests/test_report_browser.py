@@ -1,6 +1,6 @@
 """The report page in a real headless browser (Chromium from the system's packages): slow suite only.
 
-    apt-get install -y chromium && pytest -m slow tests/test_report_browser.py
+    apt-get install -y chromium && pytest -m long tests/test_report_browser.py
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from genvae.testing import invoke_cli
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 TINY = ["--preset", "cvae", "--set", "image_size=16", "--set", "encoder.width=8", "--set", "decoder.width=8"]
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(CHROMIUM is None, reason="no Chromium (apt-get install chromium)")]
+pytestmark = [pytest.mark.long, pytest.mark.skipif(CHROMIUM is None, reason="no Chromium (apt-get install chromium)")]
 
 
 def chromium(*args: str) -> subprocess.CompletedProcess:

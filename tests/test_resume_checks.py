@@ -119,6 +119,7 @@ PROCESS_CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(PROCESS_CASES))
+@pytest.mark.slow
 def test_damaged_checkpoint_is_refused_before_anything_is_written(folder, genvae_exe, case):
     damage, parts = PROCESS_CASES[case]
     damage(folder)

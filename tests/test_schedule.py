@@ -199,6 +199,7 @@ def test_fresh_posterior_update_runs_a_new_forward_pass(tmp_path, tiny_data):
     assert adam_steps(trainer, "encoder.") == {("model", 2)}
 
 
+@pytest.mark.slow
 def test_authors_schedule_resumes_exactly(tmp_path, tiny_data):
     straight = trainer_for(gan_spec(max_steps=6), tmp_path / "a", tiny_data)
     straight.fit()

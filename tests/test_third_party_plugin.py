@@ -24,6 +24,9 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # a real distribution built and installed with pip: the slow lane
+
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "genvae-plugin-example"
 BUILTIN_CORE = ("fc", "conv", "normal", "mse", "bce", "gaussian", "kl")  # built-ins these tests rely on

@@ -89,6 +89,7 @@ def tiny_model(tmp_path, name: str, seed: int):
     return tmp_path / name
 
 
+@pytest.mark.slow
 def test_evaluate_scores_two_models_side_by_side_in_the_classifiers_space(mnist_root, tmp_path):
     result = invoke_cli(["train-classifier", "--data", "mnist", "--data-root", mnist_root, "-o", tmp_path / "clf",
                          "--image-size", "16", "--width", "4", "--features", "8", "--epochs", "2", "--batch-size",
@@ -126,6 +127,7 @@ def test_evaluate_says_what_is_missing(tmp_path, mnist_root):
     assert result.exit_code == 1 and "unknown metric 'fidd'; metrics: fid, is, kid, pr, rmse" in result.output
 
 
+@pytest.mark.slow
 def test_a_local_inception_weights_file_is_a_labelled_feature_network(tmp_path):
     from safetensors.torch import save_file
     from torchvision.models import inception_v3

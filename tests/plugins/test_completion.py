@@ -119,6 +119,7 @@ def test_the_best_start_is_kept_per_image():
 
 
 @pytest.mark.parametrize("preset", ["crvae-gan-small", "vae-gan-small"])
+@pytest.mark.slow
 def test_the_complete_command_with_every_named_mask(preset, tmp_path):
     smaller = ["transform.latent_dim=16"] if preset == "vae-gan-small" else []
     s = apply_sets(preset_spec(preset), ["image_size=16", *smaller])

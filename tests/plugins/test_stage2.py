@@ -65,6 +65,7 @@ def test_generation_is_stage1_then_stage2(stage1):
         assert torch.allclose(model.encoder(x), model.encoder.stage1.encoder(torch.nn.functional.avg_pool2d(x, 2)))
 
 
+@pytest.mark.slow
 def test_training_changes_stage2_and_leaves_stage1(stage1, tmp_path):
     save_model(build_model(stage2_spec(stage1)), tmp_path / "s2")
     before = load_model(tmp_path / "s2")
