@@ -32,16 +32,12 @@ from genvae.testing import (
     check_serialisation,
     check_shapes,
     plugin_registry,
-    single_thread,
 )
 
 FEATURES = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster (tests/conftest.py)
 
 
 class Plugin:
