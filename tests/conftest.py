@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import TINY_CVAE
 
 # Plugins installed in the test environment by hand must not change what the tests see.
 os.environ.setdefault("GENVAE_LOAD_PLUGINS", "")
@@ -20,14 +21,6 @@ if "GENVAE_CACHE" not in os.environ:
     os.environ["GENVAE_CACHE"] = tempfile.mkdtemp(prefix="genvae-test-cache-")
     atexit.register(shutil.rmtree, os.environ["GENVAE_CACHE"], ignore_errors=True)
 
-TINY_CVAE = [  # a 16-px conv VAE small enough to train in a blink
-    "image_size=16",
-    "encoder.width=8",
-    "encoder.depth=2",
-    "decoder.width=8",
-    "decoder.depth=2",
-    "transform.latent_channels=2",
-]
 
 
 @pytest.fixture
@@ -57,8 +50,9 @@ def genvae_exe() -> list[str]:
 
 @pytest.fixture
 def one_thread():
-    """Torch on one thread for the test (tiny models run faster so); the caller's setting is restored."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    """Torch on one thread for the test (tiny models run faster so); the caller's setting is restored. A test file
+    of tiny models runs all its tests so: ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    from genvae.testing import single_thread
+
+    with single_thread():
+        yield

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
 import sys
-import textwrap
 import time
 
 import pytest
+from helpers import one_line, registry_with_module
 
 from genvae.core.budget import (
     BudgetError,
@@ -26,9 +25,10 @@ from genvae.core.checkpoint import load_model
 from genvae.core.compose import compose_spec
 from genvae.core.errors import BuildError, GenvaeError
 from genvae.core.model import build_model
-from genvae.core.registry import PluginManager, get_registry
+from genvae.core.registry import get_registry
 from genvae.core.spec import ModelSpec
-from genvae.testing import single_thread
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster (tests/conftest.py)
 
 SMALL_PRESETS = ["vae", "cvae", "crvae-gan-small", "lapcvae-small", "vae-gan-small"]
 
@@ -56,23 +56,10 @@ OVERFLOWING = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
-
-
 @pytest.fixture
 def limit_4g(monkeypatch):
     """A fixed limit, so that what is refused does not depend on this machine's free memory."""
     monkeypatch.setenv("GENVAE_MAX_MEMORY", "4G")
-
-
-def one_line(exc: BaseException) -> str:
-    message = str(exc)
-    assert "\n" not in message, message
-    assert 0 < len(message) < 300, message
-    return message
 
 
 # -- the estimate ----------------------------------------------------------------------------------
@@ -284,17 +271,9 @@ def genvae_register_losses(register):
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
     folder = tmp_path_factory.mktemp("plugins")
-    (folder / "genvae_test_budget_plugin.py").write_text(textwrap.dedent(PLUGIN))
-    sys.path.insert(0, str(folder))
-    importlib.invalidate_caches()
     core = [f"genvae.plugins.{n}" for n in ("fc", "conv", "normal", "mse", "kl")]
-    try:
-        registry = PluginManager().load([*core, "genvae_test_budget_plugin"], entry_points=False)
-    finally:
-        sys.path.remove(str(folder))
-    assert registry.plugins["genvae-test-budget-plugin"].status == "loaded"
-    yield registry
-    sys.modules.pop("genvae_test_budget_plugin", None)
+    with registry_with_module(folder, "genvae_test_budget_plugin", PLUGIN, core) as registry:
+        yield registry
 
 
 def small_spec(*losses: str) -> ModelSpec:

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import importlib
-import sys
-import textwrap
-
 import pytest
+from helpers import registry_with_module
 
 from genvae.core.errors import BuildError, GenvaeError, OptionsError, UnknownNameError
 from genvae.core.model import build_model
-from genvae.core.registry import PluginManager
 from genvae.core.spec import ModelSpec
-from genvae.testing import random_images, single_thread
+from genvae.testing import random_images
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster (tests/conftest.py)
 
 CORE_PLUGINS = [f"genvae.plugins.{n}" for n in ("fc", "conv", "normal", "mse", "bce", "gaussian", "kl")]
 
@@ -156,27 +154,12 @@ def genvae_register_losses(register):
 '''
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
-
-
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory):
     """The engine's built-ins plus a test plugin module written to a temporary folder."""
     folder = tmp_path_factory.mktemp("plugins")
-    (folder / "genvae_test_build_plugin.py").write_text(textwrap.dedent(PLUGIN))
-    sys.path.insert(0, str(folder))
-    importlib.invalidate_caches()
-    try:
-        registry = PluginManager().load([*CORE_PLUGINS, "genvae_test_build_plugin"], entry_points=False)
-    finally:
-        sys.path.remove(str(folder))
-    record = registry.plugins["genvae-test-build-plugin"]
-    assert record.status == "loaded", record.error
-    yield registry
-    sys.modules.pop("genvae_test_build_plugin", None)
+    with registry_with_module(folder, "genvae_test_build_plugin", PLUGIN, CORE_PLUGINS) as registry:
+        yield registry
 
 
 def spec(**parts) -> ModelSpec:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import one_line
 
 from genvae.core import checkpoint as ckpt
 from genvae.core.checkpoint import (
@@ -24,13 +25,9 @@ from genvae.core.checkpoint import (
 from genvae.core.errors import CheckpointError, GenvaeError
 from genvae.core.model import build_model
 from genvae.core.spec import ModelSpec
-from genvae.testing import random_images, single_thread
+from genvae.testing import random_images
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster (tests/conftest.py)
 
 
 def small_spec(**changes) -> ModelSpec:
@@ -60,12 +57,6 @@ def folder(tmp_path, model) -> Path:
     path = tmp_path / "model"
     save_model(model, path)
     return path
-
-
-def one_line(info) -> str:
-    message = str(info.value)
-    assert "\n" not in message, message
-    return message
 
 
 # -- model folders ------------------------------------------------------------------------------------------

@@ -11,20 +11,10 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from helpers import SETS, run
 from PIL import Image
 
 from genvae.cli.main import cli
-
-TINY = ["image_size=16", "encoder.width=8", "encoder.depth=2", "decoder.width=8", "decoder.depth=2",
-        "transform.latent_channels=2"]
-SETS = [arg for s in TINY for arg in ("--set", s)]
-
-
-def run(*args, ok=True):
-    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
 
 
 @pytest.fixture

@@ -8,13 +8,8 @@ from genvae.core.compose import compose_spec, parse_losses, preset_spec
 from genvae.core.errors import GenvaeError, OptionsError, UnknownNameError
 from genvae.core.model import build_model
 from genvae.core.spec import ComponentSpec, LossSpec
-from genvae.testing import single_thread
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster (tests/conftest.py)
 
 
 def names(spec) -> tuple:
@@ -50,8 +45,7 @@ def test_named_decoder_and_prior_win():
 def test_composed_specs_build():
     spec = compose_spec(encoder="conv", image_size=16, sets=["encoder.width=8", "encoder.depth=2",
                                                               "decoder.width=8", "decoder.depth=2"])
-    with single_thread():
-        model = build_model(spec)
+    model = build_model(spec)
     assert model.layout.shape == (16, 4, 4)
     assert list(model.losses) == ["mse", "kl"]
 

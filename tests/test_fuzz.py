@@ -38,6 +38,7 @@ from pathlib import Path
 
 import click
 import pytest
+from helpers import SETS, TINY_CVAE, snapshot
 
 SEED = 20240611
 CONFIG_CASES = 1000
@@ -45,33 +46,13 @@ ARG_CASES = 1000
 FOLDER_CASES = 60
 MAX_LINE = 400
 RSS_LIMIT_MB = 300
-TINY = ["image_size=16", "encoder.width=8", "encoder.depth=2", "decoder.width=8", "decoder.depth=2",
-        "transform.latent_channels=2"]
-BUILD_ARGS = ["build", "--preset", "cvae", *(a for s in TINY for a in ("--set", s))]
+BUILD_ARGS = ["build", "--preset", "cvae", *SETS]
 MAX_SEED = 2**64 - 1  # seeds are 64-bit (genvae.core.options.MAX_SEED); larger ones are usage errors
 
 
 
 
 # -- checks shared by both fuzzes ------------------------------------------------------------------------------
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file (as bytes) and folder (as ``b"<dir>"``) under ``folder``; links as their target text."""
-    out: dict[str, bytes] = {}
-    for root, dirs, files in os.walk(folder):
-        for name in files + dirs:
-            path = Path(root, name)
-            rel = path.relative_to(folder).as_posix()
-            if path.is_symlink():
-                out[rel] = b"link:" + os.readlink(path).encode()
-            elif path.is_dir():
-                out[rel + "/"] = b"<dir>"
-            elif not path.is_file():
-                out[rel] = b"special"
-            else:
-                out[rel] = path.read_bytes()
-    return out
 
 
 def differences(before: dict[str, bytes], after: dict[str, bytes]) -> list[str]:
@@ -617,7 +598,7 @@ def _cmd_specs(w: World, commands: set[str]) -> dict[str, dict]:
     """Per command: valid positionals and options (each case breaks them), and what it accepts."""
     m = str(w.model)
     specs = {
-        "build": {"pos": [], "opts": {"--preset": "cvae", "--set": list(TINY), "-o": str(w.new)},
+        "build": {"pos": [], "opts": {"--preset": "cvae", "--set": list(TINY_CVAE), "-o": str(w.new)},
                   "ints": [("--image-size", 1, 8192)], "loads": True},
         "train": {"pos": [m], "opts": {"--max-steps": "1", "--batch-size": "4", "--quiet": None,
                                        "--data": str(w.images)},

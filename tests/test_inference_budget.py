@@ -19,6 +19,7 @@ import textwrap
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import error_line
 from PIL import Image
 from torch import nn
 
@@ -43,12 +44,6 @@ SHALLOW = ["--set", "encoder.depth=1", "--set", "decoder.depth=1"]
 def invoke(*args, limit: str | None = None):
     env = {"GENVAE_MAX_MEMORY": limit} if limit is not None else {"GENVAE_MAX_MEMORY": "off"}
     return CliRunner().invoke(genvae_cli(), [str(a) for a in args], env=env)
-
-
-def one_line_error(output: str) -> str:
-    lines = [line for line in output.strip().splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: "), output
-    return lines[0]
 
 
 @contextlib.contextmanager
@@ -216,7 +211,7 @@ def test_sample_10000_at_a_large_size_is_refused_before_any_work(folders, tmp_pa
     record, err = genvae_process("sample", folders / "g256", "-n", 10_000, "-o", tmp_path / "s.png", limit="1G",
                                  timeout=60)
     assert record["code"] == 1
-    line = one_line_error(err)
+    line = error_line(err)
     assert re.match(r"Error: sample needs about [\d.]+ GB even one image at a time \(.* to run the model on one "
                     r"1x256x256 image, [\d.]+ GB for the 10,000 images and the grid it writes\), over the limit of "
                     r"1\.0 GB \(GENVAE_MAX_MEMORY\); lower the sizes", line), line
@@ -264,7 +259,7 @@ def test_evaluate_in_chunks(folders, tmp_path):
     assert json.loads(chunked.stdout)["models"] == json.loads(whole.stdout)["models"]
     refused = invoke(*args, limit=str(inference_estimate(spec, "reconstruct").batch_bytes(2)))  # loads; no room
     assert refused.exit_code == 1
-    assert "evaluate needs about" in one_line_error(refused.stderr)
+    assert "evaluate needs about" in error_line(refused.stderr)
 
 
 def test_report_draws_its_reconstructions_in_chunks(folders, tmp_path):
@@ -334,7 +329,7 @@ def test_train_refuses_an_epoch_grid_that_cannot_fit_before_any_step(folders, tm
     assert limit < inference_estimate(spec, "generate").batch_bytes(1) + grid_bytes(spec, 64)
     result = invoke("train", tmp_path / "g", "--data", folders / "data", "--epochs", 1, limit=str(limit))
     assert result.exit_code == 1
-    assert "train's sample grid needs about" in one_line_error(result.stderr)
+    assert "train's sample grid needs about" in error_line(result.stderr)
     assert not (tmp_path / "g" / "checkpoints").exists() and not (tmp_path / "g" / "metrics.jsonl").exists()
 
 
@@ -414,5 +409,5 @@ def test_loading_a_model_to_run_it_never_asks_for_its_training_memory(folders, t
     sampled = invoke("sample", folder, "-n", "8", "-o", tmp_path / "s.png", limit=limit)
     assert sampled.exit_code == 0, sampled.output
     trained = invoke("train", folder, "--max-steps", "1", "--data", folders / "data", limit=limit)
-    assert trained.exit_code == 1 and "to train" in one_line_error(trained.output)
+    assert trained.exit_code == 1 and "to train" in error_line(trained.output)
     assert not (folder / "checkpoints").exists()

@@ -13,53 +13,26 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from helpers import SETS, error_line, run, snapshot
 
-from genvae.cli.main import add_plugin_commands, cli
 from genvae.core import files as fs
 from genvae.core.folder import LOCK, MANIFEST, ModelFolder
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "symlink") or os.name == "nt", reason="needs POSIX symlinks")
 
-TINY = ["image_size=16", "encoder.width=8", "encoder.depth=2", "decoder.width=8", "decoder.depth=2",
-        "transform.latent_channels=2"]
-SETS = [arg for s in TINY for arg in ("--set", s)]
 TRAIN = ["--batch-size", "8", "--log-every", "2", "--quiet", "--device", "cpu"]
-
-
-def run(*args, ok=True):
-    add_plugin_commands()  # train-levels comes from the laplacian plugin
-    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
 
 
 def refused(result, *needles: str) -> str:
     """The run failed with exit 1 and one ``Error:`` line holding every needle."""
     assert result.exit_code == 1, result.output
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("Error: ") and len(lines[0]) <= 400, result.output
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
+    return error_line(result, *needles)
 
 
 def tree(folder: Path) -> dict[str, bytes]:
-    """Every entry under ``folder`` without following links: files by content, links by target, folders by name
-    (genvae's lock file, which holds the last holder's pid, left out)."""
-    out: dict[str, bytes] = {}
-    for root, dirs, files in os.walk(folder):
-        for name in dirs + [f for f in files if f != LOCK]:
-            path = Path(root, name)
-            rel = path.relative_to(folder).as_posix()
-            if path.is_symlink():
-                out[rel] = b"link:" + os.readlink(path).encode()
-            elif path.is_dir():
-                out[rel] = b"dir"
-            else:
-                out[rel] = path.read_bytes()
-    return out
+    """Every entry under ``folder`` without following links (genvae's lock file, which holds the last holder's
+    pid, left out)."""
+    return snapshot(folder, skip={LOCK})
 
 
 def claim(folder: Path, *rels: str) -> None:

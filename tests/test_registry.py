@@ -12,7 +12,7 @@ from genvae.core.errors import GenvaeError, UnknownNameError
 from genvae.core.model import build_model
 from genvae.core.registry import PluginManager, get_registry
 from genvae.plugins import BUILTIN_PLUGINS
-from genvae.testing import single_thread, tiny_spec
+from genvae.testing import tiny_spec
 
 #: the engine's own built-ins, every one of which must load
 CORE_PLUGINS = [f"genvae.plugins.{n}" for n in ("fc", "conv", "normal", "mse", "bce", "gaussian", "kl")]
@@ -32,10 +32,7 @@ from genvae.core.hookspecs import hookimpl
 """
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster (tests/conftest.py)
 
 
 @pytest.fixture

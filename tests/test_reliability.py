@@ -16,50 +16,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
+from helpers import SETS, error_line, run, snapshot
 from safetensors.torch import load_file
 
-from genvae.cli.main import cli
 from genvae.core import checkpoint as ckpt
 from genvae.core.files import TEMP_PREFIX
 from genvae.core.folder import LOCK, MANIFEST, ModelFolder
 
-TINY = ["image_size=16", "encoder.width=8", "encoder.depth=2", "decoder.width=8", "decoder.depth=2",
-        "transform.latent_channels=2"]
-SETS = [arg for s in TINY for arg in ("--set", s)]
 # An adversarial (three-phase) model small enough for 16 px: crVAE-GAN's components at toy widths.
 ADV_SETS = ["--preset", "crvae-gan-small", "--set", "image_size=16", "--set", "encoder.width=8",
             "--set", "decoder.width=8", "--set", "loss.adv.widths=[8,16]"]
-
-
-def run(*args, ok=True):
-    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file under folder (links as their target text), for 'nothing changed' checks."""
-    out = {}
-    for root, dirs, files in os.walk(folder):
-        for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
-            path = Path(root, name)
-            rel = path.relative_to(folder).as_posix()
-            if path.is_symlink():
-                out[rel] = b"link:" + os.readlink(path).encode()
-            elif not path.is_file():  # a FIFO or device: never opened
-                out[rel] = b"special"
-            else:
-                out[rel] = path.read_bytes()
-    return out
-
-
-def one_error_line(result) -> str:
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.output
-    assert lines[0].startswith("Error: ") and len(lines[0]) <= 400, lines[0]
-    return lines[0]
 
 
 @pytest.fixture
@@ -90,7 +56,7 @@ def test_diverging_run_keeps_the_last_finite_checkpoint(model_dir):
     result = run("train", model_dir, "--resume", "--max-steps", "30", "--batch-size", "8", "--lr", "1e12",
                  "--checkpoint-every", "2", "--log-every", "10", ok=False)
     assert result.exit_code == 1
-    line = one_error_line(result)
+    line = error_line(result)
     assert "training diverged at step 10: non-finite kl, model/total, mse;" in line, line
     assert "the last finite checkpoint step-00000008 is kept" in line
     # config.json records the settings of the latest run, lr 1e12 included: the message says how to resume
@@ -119,7 +85,7 @@ def test_bad_learning_rate_is_refused_before_anything_is_touched(model_dir, lr):
     for args in (["--lr", lr], ["--set", f"train.lr={lr}"]):
         result = run("train", model_dir, "--restart", "--max-steps", "4", *args, ok=False)
         assert result.exit_code in (1, 2)
-        line = one_error_line(result)
+        line = error_line(result)
         assert "lr" in line
         assert snapshot(model_dir) == before
 
@@ -151,7 +117,7 @@ def test_build_refuses_a_foreign_folder_even_with_force(tmp_path):
     for extra in ([], ["--force"]):
         result = run("build", "--preset", "cvae", *SETS, "-o", folder, *extra, ok=False)
         assert result.exit_code == 1
-        assert "is not empty and is not a genvae model folder" in one_error_line(result)
+        assert "is not empty and is not a genvae model folder" in error_line(result)
         assert snapshot(folder) == before
         assert sorted(os.listdir(folder)) == ["checkpoints", "metrics.jsonl", "samples"]
 
@@ -208,7 +174,7 @@ def test_a_copied_config_alone_does_not_make_a_folder_genvaes(tmp_path):
     (user / "samples" / "epoch-0001.png").write_bytes(b"my figure")
     before = snapshot(user)
     result = run("build", "--preset", "cvae", *SETS, "-o", user, "--force", ok=False)
-    assert result.exit_code == 1 and "is not a genvae model folder" in one_error_line(result)
+    assert result.exit_code == 1 and "is not a genvae model folder" in error_line(result)
     assert snapshot(user) == before
 
 
@@ -223,7 +189,7 @@ def test_restart_deletes_nothing_when_anything_is_wrong(model_dir, bad):
     before = snapshot(model_dir)
     result = run("train", model_dir, "--restart", "--max-steps", "6", "--batch-size", "8", *bad, ok=False)
     assert result.exit_code in (1, 2)
-    one_error_line(result)
+    error_line(result)
     assert snapshot(model_dir) == before
 
 
@@ -265,7 +231,7 @@ def test_metrics_that_is_not_a_regular_file_is_refused(model_dir, tmp_path, kind
     before = snapshot(model_dir)
     result = run("train", model_dir, "--max-steps", "4", "--batch-size", "8", ok=False)
     assert result.exit_code == 1
-    assert "metrics.jsonl" in one_error_line(result)
+    assert "metrics.jsonl" in error_line(result)
     assert target.read_text() == "precious\n"
     assert snapshot(model_dir) == before
 
@@ -281,7 +247,7 @@ def test_other_outputs_behind_symlinks_are_refused(model_dir, tmp_path, name):
     (model_dir / name).symlink_to(target)
     result = run("train", model_dir, "--max-steps", "4", "--batch-size", "8", ok=False)
     assert result.exit_code == 1
-    one_error_line(result)
+    error_line(result)
     assert not target.is_dir() or not os.listdir(target)
 
 
@@ -332,7 +298,7 @@ def test_damaged_trainer_state_gives_a_specific_message(model_dir, edit, message
     before = snapshot(model_dir)
     result = run("train", model_dir, "--resume", "--max-steps", "8", "--batch-size", "8", ok=False)
     assert result.exit_code == 1
-    line = one_error_line(result)
+    line = error_line(result)
     assert message in line and "internal error" not in line, line
     assert snapshot(model_dir) == before
 
@@ -341,7 +307,7 @@ def test_damaged_optimizer_file_gives_a_specific_message(model_dir):
     run("train", model_dir, "--max-steps", "4", "--batch-size", "8")
     (model_dir / "checkpoints" / "step-00000004" / "optimizer.safetensors").write_bytes(b"\x01" * 64)
     result = run("train", model_dir, "--resume", "--max-steps", "8", "--batch-size", "8", ok=False)
-    assert "optimizer.safetensors is corrupt or truncated" in one_error_line(result)
+    assert "optimizer.safetensors is corrupt or truncated" in error_line(result)
 
 
 # -- one process per folder -----------------------------------------------------------------------------

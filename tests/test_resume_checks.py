@@ -19,13 +19,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
+from helpers import SETS, run, snapshot
 from safetensors.torch import load_file, save_file
 
-from genvae.cli.main import cli
-
-TINY = ["image_size=16", "encoder.width=8", "encoder.depth=2", "decoder.width=8", "decoder.depth=2",
-        "transform.latent_channels=2"]
 TRAIN = ["--max-steps", "4", "--batch-size", "8", "--log-every", "1", "--checkpoint-every", "4", "--quiet"]
 # the resumed run asks for other settings: a config.json rewritten too early would show them
 RESUME = ["--resume", "--max-steps", "8", "--batch-size", "8", "--lr", "5e-4", "--quiet"]
@@ -35,18 +31,11 @@ TRAINER = CKPT / "trainer.json"
 FIRST_SHAPE = "[8, 3, 4, 4]"  # encoder.net.0.weight: parameter 0 of the model phase
 
 
-def run(*args, ok: bool = True):
-    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """A tiny conv VAE trained 4 steps, with its checkpoint at step 4 (copied for each test)."""
     folder = tmp_path_factory.mktemp("trained") / "m"
-    run("build", "--preset", "cvae", *(a for s in TINY for a in ("--set", s)), "-o", folder)
+    run("build", "--preset", "cvae", *SETS, "-o", folder)
     run("train", folder, *TRAIN)
     return folder
 
@@ -56,10 +45,6 @@ def folder(trained, tmp_path) -> Path:
     copy = tmp_path / "m"
     shutil.copytree(trained, copy)
     return copy
-
-
-def snapshot(folder: Path) -> dict[str, bytes]:
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def edit_tensors(folder: Path, change: Callable[[dict[str, torch.Tensor]], None], rel: Path = OPTIM) -> None:

@@ -6,6 +6,7 @@ import json
 
 import attrs
 import pytest
+from helpers import one_line
 
 from genvae.core.compose import apply_sets, preset_spec
 from genvae.core.errors import GenvaeError, OptionsError
@@ -122,12 +123,6 @@ def test_with_train_validates():
 
 
 # -- validation ---------------------------------------------------------------------------------------------
-
-
-def one_line(exc_info) -> str:
-    message = str(exc_info.value)
-    assert "\n" not in message, message
-    return message
 
 
 def test_unknown_key():

@@ -7,6 +7,7 @@ must raise AssertionError with a message naming the component and the fault.
 
 from __future__ import annotations
 
+import inspect
 import math
 import random
 import re
@@ -31,16 +32,12 @@ from genvae.testing import (
     check_serialisation,
     check_shapes,
     plugin_registry,
-    single_thread,
 )
 
 FEATURES = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster (tests/conftest.py)
 
 
 class Plugin:
@@ -484,6 +481,8 @@ def test_serialisation_catches_state_outside_state_dict_whatever_the_callers_see
         "check_gradients",
         "check_determinism",
         "check_spec_roundtrip",
+        "check_sensitivity",
+        "check_branches",
         "check_component",
     ],
 )
@@ -510,6 +509,24 @@ def test_shapes_reports_a_train_mode_crash_as_an_assertion_naming_the_component(
     registry = registry_with(MisnumberedInTrainingEncoder)
     with pytest.raises(AssertionError, match=fault("encoder 'misnumbered-in-training'")):
         check_shapes("encoder", "misnumbered-in-training", registry=registry)
+
+
+def test_every_check_takes_the_one_signature():
+    checks = [getattr(genvae.testing, name) for name in genvae.testing.__all__ if name.startswith("check_")]
+    assert len(checks) == len(genvae.testing.CHECKS) + 1  # and check_component
+    for check in checks:
+        params = list(inspect.signature(check).parameters)
+        assert params[:6] == ["kind", "name", "options", "spec", "registry", "seed"], check.__name__
+
+
+def test_a_given_spec_must_hold_the_component_and_its_options_are_the_ones_checked():
+    registry = registry_with(GoodEncoder, _encoder_with(MutableOptions, "mutable"))
+    spec = genvae.testing.tiny_spec("encoder", "good", registry=registry)
+    with pytest.raises(AssertionError, match="^the given spec does not contain encoder 'mutable'$"):
+        check_options_roundtrip("encoder", "mutable", spec=spec, registry=registry)
+    with pytest.raises(AssertionError, match=fault("encoder 'good'", "the options under test are refused")):
+        check_options_roundtrip("encoder", "good", {"no_such_option": 1}, registry=registry)
+    check_options_roundtrip("encoder", "good", {"no_such_option": 1}, spec=spec, registry=registry)  # the spec's
 
 
 def test_invoke_cli_runs_plugin_commands_as_genvae_does(tmp_path):

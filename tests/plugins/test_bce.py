@@ -5,16 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import forward_pass
 
-from genvae.core.components import ForwardPass
 from genvae.core.model import build_model
-from genvae.testing import check_component, random_images, single_thread, tiny_spec
+from genvae.testing import check_component, random_images, tiny_spec
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster (tests/conftest.py)
 
 
 @pytest.mark.parametrize("options", [None, {"reduction": "mean"}])
@@ -36,13 +32,6 @@ def _loss(options=None, weight=1.0):
     return model, model.losses["bce"]
 
 
-def _pass(model, x, logits):
-    fwd = ForwardPass(model, x)
-    fwd.decoder_output = logits
-    fwd.x_hat = torch.tanh(logits)
-    return fwd
-
-
 def test_equals_torch_bce_on_probabilities():
     model, loss = _loss()
     x = random_images(model.spec)
@@ -59,14 +48,14 @@ def test_mean_reduction_and_weight():
     x = torch.rand(3, 3, 16, 16, generator=g) * 2 - 1
     logits = torch.randn(3, 3, 16, 16, generator=g)
     expected = 0.5 * F.binary_cross_entropy((torch.tanh(logits) + 1) / 2, (x + 1) / 2)
-    assert torch.allclose(loss(_pass(model, x, logits), "model")["bce"], expected, rtol=1e-4)
+    assert torch.allclose(loss(forward_pass(model, x, logits=logits), "model")["bce"], expected, rtol=1e-4)
 
 
 def test_binary_images_by_hand():
     model, loss = _loss()
     x = torch.ones(1, 3, 16, 16)  # white: target 1 everywhere
     logits = torch.zeros(1, 3, 16, 16)  # x_hat = 0: probability 1/2
-    value = loss(_pass(model, x, logits), "model")["bce"]
+    value = loss(forward_pass(model, x, logits=logits), "model")["bce"]
     assert value.item() == pytest.approx(768 * torch.log(torch.tensor(2.0)).item(), rel=1e-5)
 
 
@@ -74,7 +63,7 @@ def test_stable_for_saturated_logits():
     model, loss = _loss()
     x = torch.cat([torch.ones(1, 3, 16, 16), -torch.ones(1, 3, 16, 16)])
     logits = torch.cat([torch.full((1, 3, 16, 16), -60.0), torch.full((1, 3, 16, 16), 60.0)]).requires_grad_()
-    value = loss(_pass(model, x, logits), "model")["bce"]
+    value = loss(forward_pass(model, x, logits=logits), "model")["bce"]
     assert torch.isfinite(value)
     assert value.item() == pytest.approx(120.0 * 768, rel=1e-4)  # -log sigmoid(-120) = 120 per pixel
     value.backward()
@@ -85,5 +74,5 @@ def test_minimised_by_the_right_image():
     model, loss = _loss()
     x = torch.full((1, 3, 16, 16), 0.2)
     best = torch.atanh(x)  # x_hat == x
-    values = [loss(_pass(model, x, best + d), "model")["bce"].item() for d in (-0.3, 0.0, 0.3)]
+    values = [loss(forward_pass(model, x, logits=best + d), "model")["bce"].item() for d in (-0.3, 0.0, 0.3)]
     assert values[1] < values[0] and values[1] < values[2]

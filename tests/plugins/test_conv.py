@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import one_line
 
 from genvae.core.compose import preset_spec
 from genvae.core.errors import BuildError, OptionsError
 from genvae.core.model import build_model
 from genvae.core.spec import ModelSpec
 from genvae.core.training.step import build_phases
-from genvae.testing import check_component, random_images, single_thread, tiny_spec
+from genvae.testing import check_component, random_images, tiny_spec
 
 SMALL = {"width": 8, "depth": 2, "max_width": 16}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster (tests/conftest.py)
 
 
 def small(image_size=16, **parts) -> ModelSpec:
@@ -36,9 +34,7 @@ def small(image_size=16, **parts) -> ModelSpec:
 def one_line_build_error(spec: ModelSpec) -> str:
     with pytest.raises(BuildError) as info:
         build_model(spec)
-    message = str(info.value)
-    assert "\n" not in message, message
-    return message
+    return one_line(info)
 
 
 # -- conformance -----------------------------------------------------------------------------------

@@ -10,13 +10,9 @@ from genvae.core.errors import BuildError, OptionsError
 from genvae.core.model import build_model
 from genvae.core.spec import ModelSpec
 from genvae.core.training.step import build_phases
-from genvae.testing import check_component, random_images, single_thread, tiny_spec
+from genvae.testing import check_component, random_images, tiny_spec
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster (tests/conftest.py)
 
 
 def small(image_size=16, **parts) -> ModelSpec:

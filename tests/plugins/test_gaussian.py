@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import forward_pass
 from torch.distributions import Normal
 
-from genvae.core.components import ForwardPass
 from genvae.core.model import build_model
-from genvae.testing import check_component, random_images, single_thread, tiny_spec
+from genvae.testing import check_component, random_images, tiny_spec
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster (tests/conftest.py)
 
 
 @pytest.mark.parametrize(
@@ -28,12 +24,6 @@ def test_conformance(options):
 def _loss(options=None, weight=1.0, channels=3):
     model = build_model(tiny_spec("loss", "gaussian", options, weight=weight, channels=channels))
     return model, model.losses["gaussian"]
-
-
-def _pass(model, x, x_hat):
-    fwd = ForwardPass(model, x)
-    fwd.x_hat = x_hat
-    return fwd
 
 
 def test_nll_matches_torch_normal():
@@ -54,7 +44,7 @@ def test_per_channel_nll_matches_torch_normal():
     x_hat = torch.rand(2, 3, 16, 16, generator=g) * 2 - 1
     std = torch.exp(0.5 * torch.tensor([-1.0, 0.0, 0.5])).view(1, 3, 1, 1)
     expected = -Normal(x_hat, std).log_prob(x).flatten(1).sum(1).mean()
-    assert torch.allclose(loss(_pass(model, x, x_hat), "model")["gaussian"], expected, rtol=1e-5)
+    assert torch.allclose(loss(forward_pass(model, x, x_hat), "model")["gaussian"], expected, rtol=1e-5)
 
 
 def test_mean_reduction_and_weight():
@@ -62,7 +52,7 @@ def test_mean_reduction_and_weight():
     x = torch.zeros(2, 3, 16, 16)
     x_hat = torch.full_like(x, 0.5)
     expected = 3.0 * -Normal(x_hat, 1.0).log_prob(x).mean()
-    assert torch.allclose(loss(_pass(model, x, x_hat), "model")["gaussian"], expected, rtol=1e-6)
+    assert torch.allclose(loss(forward_pass(model, x, x_hat), "model")["gaussian"], expected, rtol=1e-6)
 
 
 def test_learned_variance_is_a_parameter_that_gets_a_gradient():
@@ -84,7 +74,7 @@ def test_learned_variance_moves_towards_the_residual_variance():
     optimizer = torch.optim.Adam([loss.logvar], lr=0.1)
     for _ in range(200):
         optimizer.zero_grad()
-        loss(_pass(model, x, x_hat), "model")["gaussian"].backward()
+        loss(forward_pass(model, x, x_hat), "model")["gaussian"].backward()
         optimizer.step()
     assert loss.logvar.item() == pytest.approx(torch.log(torch.tensor(0.01)).item(), abs=0.1)
 

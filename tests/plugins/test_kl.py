@@ -14,7 +14,9 @@ from genvae.core.errors import BuildError, OptionsError
 from genvae.core.hookspecs import hookimpl
 from genvae.core.model import build_model
 from genvae.core.options import options_from_dict
-from genvae.testing import check_component, plugin_registry, random_images, single_thread, tiny_spec
+from genvae.testing import check_component, plugin_registry, random_images, tiny_spec
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster (tests/conftest.py)
 
 GROUPS = (2, 3, 1)
 
@@ -43,12 +45,6 @@ class GroupedPlugin:
     @hookimpl
     def genvae_register_transforms(self, register):
         register(GroupedLatent)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_thread():
-        yield
 
 
 @pytest.fixture(scope="module")

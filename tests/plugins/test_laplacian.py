@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import seeded_build
 from PIL import Image
 
 from genvae.core.checkpoint import load_model, save_model
@@ -22,13 +23,9 @@ from genvae.core.model import build_model
 from genvae.core.spec import ModelSpec
 from genvae.core.training import Trainer
 from genvae.plugins import laplacian as lap
-from genvae.testing import check_component, random_images, single_thread
+from genvae.testing import check_component, random_images
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster (tests/conftest.py)
 
 
 def tiny(levels=3, prior="m-net", kernel="binomial", size=16, channels=3, lambdas=None, recon="pyramid-mse",
@@ -45,11 +42,6 @@ def tiny(levels=3, prior="m-net", kernel="binomial", size=16, channels=3, lambda
         "losses": [{"name": recon}, kl],
         "train": {"batch_size": 4, "lr": 1e-3, "log_every": 1, "checkpoint_every": 1000},
     })
-
-
-def build(spec, seed=0):
-    torch.manual_seed(seed)
-    return build_model(spec)
 
 
 def tiny_data(spec, n=8, seed=0) -> ImageData:
@@ -127,7 +119,7 @@ def test_conformance_variants():
 
 
 def test_layout_is_coarsest_first_and_decoder_rebuilds_the_pyramid():
-    model = build(tiny(levels=3, latent=(5, 4, 3), prior="normal"))
+    model = seeded_build(tiny(levels=3, latent=(5, 4, 3), prior="normal"), train=True)
     layout = model.layout
     assert layout.group_label == "level"
     assert layout.group_sizes == (5, 4, 3)  # coarsest (level 2) first
@@ -147,7 +139,7 @@ def test_layout_is_coarsest_first_and_decoder_rebuilds_the_pyramid():
     assert torch.allclose(model.phase_terms(fwd, "model")["pyramid-mse"], expect)
     data = model.spec.to_dict()
     data["losses"][0]["options"] = {"level_scale": "none", "level_weights": [0.5, 1, 2]}
-    plain = build(ModelSpec.from_dict(data))
+    plain = seeded_build(ModelSpec.from_dict(data), train=True)
     plain.eval()
     with torch.no_grad():
         terms = plain.phase_terms(plain(x, sample=False), "model")
@@ -164,7 +156,7 @@ def test_layout_is_coarsest_first_and_decoder_rebuilds_the_pyramid():
 
 
 def test_the_decoders_clamp_passes_gradient_where_it_clamps():
-    model = build(tiny())
+    model = seeded_build(tiny(), train=True)
     u = torch.randn(2, *model.transform.output_shape) * 50.0  # big inputs: the rebuilt image leaves [-1, 1]
     u.requires_grad_(True)
     fwd = ForwardPass(model, None)
@@ -181,7 +173,7 @@ def test_wrong_lambda_length_is_refused():
         build_model(tiny(levels=2, lambdas=[10, 0.1, 0.01]))
     assert "\n" not in str(info.value)
     # the right length builds and weights the KL per level, coarsest first
-    model = build(tiny(levels=3, lambdas=[10, 0.1, 0.01], prior="normal"))
+    model = seeded_build(tiny(levels=3, lambdas=[10, 0.1, 0.01], prior="normal"), train=True)
     weights = model.losses["kl"].element_weights
     assert torch.allclose(weights, torch.tensor([10.0] * 4 + [0.1] * 4 + [0.01] * 4))
 
@@ -232,7 +224,7 @@ def _snapshot(model, prefixes):
 @pytest.mark.parametrize("prior", ["m-net", "normal"])
 def test_greedy_stage_leaves_frozen_levels_bit_identical(tmp_path, prior):
     spec = tiny(levels=3, prior=prior)
-    model = build(spec)
+    model = seeded_build(spec, train=True)
     data = tiny_data(spec)
     stages = lap.greedy_stages(model)
     assert [name for name, _ in stages] == ["level-2", "level-1", "level-0"]  # coarsest first
@@ -258,7 +250,7 @@ def test_greedy_stage_leaves_frozen_levels_bit_identical(tmp_path, prior):
 
 def test_frozen_finer_levels_send_no_gradient_to_the_trained_level():
     """While level K trains, the untrained finer levels' pyramid-mse terms (whose decoders read z_K) are left out."""
-    model = build(tiny(levels=2, prior="normal", lambdas=[0.0, 0.0]))
+    model = seeded_build(tiny(levels=2, prior="normal", lambdas=[0.0, 0.0]), train=True)
     model.train()
     for name, p in model.named_parameters():
         p.requires_grad_(not any(name.startswith(f"{part}.levels.0.") for part in ("encoder", "transform",
@@ -290,7 +282,7 @@ def cli():
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("lap") / "m"
-    save_model(build(tiny(levels=3, channels=1)), folder)
+    save_model(seeded_build(tiny(levels=3, channels=1), train=True), folder)
     images = tmp_path_factory.mktemp("imgs")
     rng = np.random.default_rng(0)
     for i in range(8):

@@ -16,20 +16,16 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import seeded_build
 from PIL import Image
 
 from genvae.core.checkpoint import save_model
 from genvae.core.components import ForwardPass, Gaussian
-from genvae.core.model import build_model
 from genvae.core.spec import ModelSpec
 from genvae.plugins import laplacian as lap
-from genvae.testing import random_images, single_thread
+from genvae.testing import random_images
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster (tests/conftest.py)
 
 
 def tiny(levels=3, channels=1, latent=(4,), prior="m-net", detach=True, lambdas=None, loss_options=None,
@@ -47,13 +43,6 @@ def tiny(levels=3, channels=1, latent=(4,), prior="m-net", detach=True, lambdas=
         "losses": [{"name": "pyramid-mse", "options": dict(loss_options or {})}, kl],
         "train": {"batch_size": 4},
     })
-
-
-def build(spec, seed=0, train=False):
-    torch.manual_seed(seed)
-    model = build_model(spec)
-    model.train(train)
-    return model
 
 
 def constant_decoders(model, values):
@@ -162,7 +151,7 @@ def test_pyramid_mse_exact_value_with_level_weights(scale, expect):
     coarsest first: w_2 = 2, w_1 = 1, w_0 = 0.5.
     level_scale=none:  0.5*256*0.25 + 1*64*0.25 + 2*16*1.0            = 32 + 16 + 32  = 80
     level_scale=image: the same sums times 4^k: 32*1 + 16*4 + 32*16    = 32 + 64 + 512 = 608"""
-    model = build(tiny(loss_options={"level_weights": [2, 1, 0.5], "level_scale": scale}, prior="normal"))
+    model = seeded_build(tiny(loss_options={"level_weights": [2, 1, 0.5], "level_scale": scale}, prior="normal"))
     constant_decoders(model, [0.5, 0.5, 1.2])
     x = torch.full((2, 1, 16, 16), 0.2)
     with torch.no_grad():
@@ -176,7 +165,7 @@ def test_kl_lambda_goes_to_its_level():
     """kl.group_weights are coarsest first. Latent sizes (5, 4, 3) coarsest first: level 2 has 5 dims, level 1 4,
     level 0 3. Posterior means 1, 2, 10 by level (2, 1, 0), variance 1, prior N(0, I): KL per dim = mean^2/2.
     lambda [10, 0.1, 0.01]: 10*5*0.5 + 0.1*4*2 + 0.01*3*50 = 25 + 0.8 + 1.5 = 27.3"""
-    model = build(tiny(latent=(5, 4, 3), prior="normal", lambdas=[10, 0.1, 0.01]))
+    model = seeded_build(tiny(latent=(5, 4, 3), prior="normal", lambdas=[10, 0.1, 0.01]))
     tr = model.transform
     assert tr.sizes == [3, 4, 5]
     means = [torch.full((2, 3), 10.0), torch.full((2, 4), 2.0), torch.full((2, 5), 1.0)]  # by level k
@@ -191,7 +180,7 @@ def test_kl_lambda_goes_to_its_level():
 
 
 def test_each_level_decodes_from_itself_and_all_coarser_latents_only():
-    model = build(tiny(latent=(3, 4, 5)))
+    model = seeded_build(tiny(latent=(3, 4, 5)))
     tr = model.transform
     torch.manual_seed(1)
     zs = [torch.randn(2, n, requires_grad=True) for n in tr.sizes]  # by level k
@@ -205,7 +194,7 @@ def test_each_level_decodes_from_itself_and_all_coarser_latents_only():
 
 
 def test_changing_a_coarser_latent_changes_the_finer_level_and_not_the_reverse():
-    model = build(tiny())
+    model = seeded_build(tiny())
     tr, dec = model.transform, model.decoder
     torch.manual_seed(2)
     z = torch.randn(2, tr.layout.numel)
@@ -237,7 +226,7 @@ def by_hand_band(model, k, zs):
 
 
 def test_m_prior_is_R_and_S_of_the_re_encoded_reconstruction():
-    model = build(tiny(channels=3))
+    model = seeded_build(tiny(channels=3))
     tr, prior = model.transform, model.prior
     x = random_images(model.spec, batch=3)
     with torch.no_grad():
@@ -260,7 +249,7 @@ def test_m_prior_is_R_and_S_of_the_re_encoded_reconstruction():
 
 def test_m_prior_does_not_read_the_real_image():
     """Same latent, different real images in the pass: the prior is the same (it only sees the decoded z)."""
-    model = build(tiny(channels=3))
+    model = seeded_build(tiny(channels=3))
     x1, x2 = random_images(model.spec, batch=2, seed=1), random_images(model.spec, batch=2, seed=2)
     with torch.no_grad():
         fwd = model(x1, sample=False)
@@ -279,7 +268,7 @@ def test_m_prior_gradient_reach(detach):
     """KL of the finest level alone (lambda [0, 0, 1]). It always trains M_0 and level 0's encoder; with detach
     it stops at the re-encoded level 1 (its encoder, latent head and decoder get nothing, nor does M_1); without,
     it reaches them."""
-    model = build(tiny(channels=3, detach=detach, lambdas=[0, 0, 1]), train=True)
+    model = seeded_build(tiny(channels=3, detach=detach, lambdas=[0, 0, 1]), train=True)
     fwd = model(random_images(model.spec))
     model.phase_terms(fwd, "model")["kl"].backward()
 
@@ -324,7 +313,7 @@ def by_hand_chain(model, fixed, keep):
 
 @pytest.mark.parametrize("keep", [0, 1, 2, 3])
 def test_sampler_keeps_the_coarsest_groups_and_draws_the_rest_through_M(keep):
-    model = build(tiny(latent=(3, 4, 5)))
+    model = seeded_build(tiny(latent=(3, 4, 5)))
     tr = model.transform
     torch.manual_seed(3)
     fixed = torch.randn(1, tr.layout.numel)
@@ -344,7 +333,7 @@ def test_sampler_keeps_the_coarsest_groups_and_draws_the_rest_through_M(keep):
 
 def test_sampler_draws_free_levels_with_M_deviation():
     """With S_k = log 4 (deviation 2) everywhere, the free finest level's spread around R_0(mu_1) is 2, not 1."""
-    model = build(tiny(latent=(4, 4, 64)))
+    model = seeded_build(tiny(latent=(4, 4, 64)))
     tr = model.transform
     with torch.no_grad():
         for m in model.prior.levels:
@@ -378,7 +367,7 @@ def test_sample_fix_levels_command_keeps_the_input_levels(cli, tmp_path):
     from the input's coarsest posterior mean."""
     from genvae.core.decode import to_uint8
 
-    model = build(tiny())
+    model = seeded_build(tiny())
     deterministic_m(model)
     save_model(model, tmp_path / "m")
     rng = np.random.default_rng(0)
@@ -401,7 +390,7 @@ def test_sample_fix_levels_command_keeps_the_input_levels(cli, tmp_path):
 
 @pytest.mark.parametrize("keep", [1, 2])
 def test_edit_keeps_the_painted_levels_and_composites_into_the_reconstruction(keep):
-    model = build(tiny())
+    model = seeded_build(tiny())
     tr = model.transform
     g = torch.Generator().manual_seed(5)
     x = torch.rand(1, 1, 16, 16, generator=g) * 2 - 1
@@ -434,7 +423,7 @@ def test_evaluate_rmse_exact_value(cli, tmp_path):
     16x16 images: all 127 (error 0), all 117 (error 10 everywhere), and 127 with its top-left quarter at 167
     (error 40 on a quarter: sqrt(1600/4) = 20). Per image: 0, 10, 20; mean 10, std (n-1) 10. (One RMSE over all
     pixels would be sqrt((0 + 100 + 400)/3) = 12.9.)"""
-    model = build(tiny())
+    model = seeded_build(tiny())
     constant_decoders(model, [0.0, 0.0, -1.0 / 255.0])
     save_model(model, tmp_path / "m")
     data = tmp_path / "data"

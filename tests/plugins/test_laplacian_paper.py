@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import seeded_build
 from PIL import Image
 
 from genvae.core.checkpoint import save_model
@@ -15,13 +16,9 @@ from genvae.core.compose import preset_spec
 from genvae.core.model import build_model
 from genvae.core.spec import ModelSpec
 from genvae.plugins import laplacian as lap
-from genvae.testing import check_component, random_images, single_thread
+from genvae.testing import check_component, random_images
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster (tests/conftest.py)
 
 
 def tiny(condition="real", channels=3, prior="m-net") -> ModelSpec:
@@ -36,13 +33,6 @@ def tiny(condition="real", channels=3, prior="m-net") -> ModelSpec:
         "losses": [{"name": "pyramid-mse"}, {"name": "kl"}],
         "train": {"batch_size": 4},
     })
-
-
-def build(spec, seed=0):
-    torch.manual_seed(seed)
-    model = build_model(spec)
-    model.eval()
-    return model
 
 
 # -- the paper's 128x128 model ----------------------------------------------------------------------------------------
@@ -86,7 +76,7 @@ def level_inputs(model, x):
 
 
 def test_default_conditioning_is_the_real_coarser_image():
-    model = build(tiny())
+    model = seeded_build(tiny())
     assert model.encoder.options.condition == "real"
     x = random_images(model.spec, batch=2)
     seen, fwd = level_inputs(model, x)
@@ -100,7 +90,7 @@ def test_default_conditioning_is_the_real_coarser_image():
 def test_reconstruction_conditioning_reads_the_coarser_reconstruction_not_the_real_image():
     """Decoders fixed to constant bands c_k = 0.1, -0.3, 0.5 (level 0, 1, 2): the composed coarser images are
     x_hat_2 = 0.5 and x_hat_1 = -0.3 + u(0.5) = 0.2, whatever the input; the real coarser images are not."""
-    model = build(tiny(condition="reconstruction"))
+    model = seeded_build(tiny(condition="reconstruction"))
     with torch.no_grad():
         for k, value in enumerate([0.1, -0.3, 0.5]):
             model.decoder.levels[k].net[-1].weight.zero_()
@@ -117,7 +107,7 @@ def test_reconstruction_conditioning_reads_the_coarser_reconstruction_not_the_re
 def test_reconstruction_conditioning_by_hand():
     """Random weights: level k's conditioning image is x_hat_{k+1} = h_hat_{k+1} + u(x_hat_{k+2}), each h_hat
     decoded (eq. 11) from the coarser levels' posterior means; changing a coarser decoder changes it."""
-    model = build(tiny(condition="reconstruction"))
+    model = seeded_build(tiny(condition="reconstruction"))
     enc, tr, dec = model.encoder, model.transform, model.decoder
     x = random_images(model.spec, batch=2)
     seen, fwd = level_inputs(model, x)
@@ -219,7 +209,7 @@ def test_poisson_blend_solves_the_poisson_equation_in_the_mask():
 
 
 def test_edit_with_poisson_blend():
-    model = build(tiny(channels=1))
+    model = seeded_build(tiny(channels=1))
     g = torch.Generator().manual_seed(2)
     x = torch.rand(1, 1, 16, 16, generator=g) * 2 - 1
     mask = torch.zeros(1, 1, 16, 16)
@@ -239,7 +229,7 @@ def test_edit_command_blend_option(tmp_path):
     from genvae.testing import genvae_cli
 
     cli = genvae_cli()
-    save_model(build(tiny(channels=1, condition="reconstruction")), tmp_path / "m")
+    save_model(seeded_build(tiny(channels=1, condition="reconstruction")), tmp_path / "m")
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(tmp_path / "in.png")
     mask = np.zeros((16, 16), np.uint8)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import SETS
 
 from genvae.testing import invoke_cli
 
-TINY = ["--preset", "cvae", "--set", "image_size=16", "--set", "encoder.width=8", "--set", "encoder.depth=2",
-        "--set", "decoder.width=8", "--set", "decoder.depth=2", "--set", "transform.latent_channels=2"]
+TINY = ["--preset", "cvae", *SETS]
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from click.testing import CliRunner
+from helpers import seeded_build
 
 from genvae.core.components import ForwardPass, Gaussian
 from genvae.core.compose import compose_spec
@@ -15,13 +16,9 @@ from genvae.core.model import build_model
 from genvae.core.spec import ModelSpec
 from genvae.core.training import Trainer
 from genvae.plugins import laplacian as lap
-from genvae.testing import check_component, random_images, single_thread
+from genvae.testing import check_component, random_images
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster (tests/conftest.py)
 
 
 def tiny(levels=3, detach=True, lambdas=None, size=16) -> ModelSpec:
@@ -36,13 +33,6 @@ def tiny(levels=3, detach=True, lambdas=None, size=16) -> ModelSpec:
         "losses": [{"name": "pyramid-mse"}, kl],
         "train": {"batch_size": 4, "log_every": 1, "checkpoint_every": 1000},
     })
-
-
-def build(spec, seed=0):
-    torch.manual_seed(seed)
-    model = build_model(spec)
-    model.eval()
-    return model
 
 
 def prior_for(model, z):
@@ -64,7 +54,7 @@ def test_conformance_without_stop_gradient():
 
 
 def test_prior_depends_on_the_coarser_posterior_only():
-    model = build(tiny(levels=3))
+    model = seeded_build(tiny(levels=3))
     tr = model.transform
     torch.manual_seed(1)
     z = torch.randn(2, tr.layout.numel)
@@ -95,7 +85,7 @@ def test_prior_depends_on_the_coarser_posterior_only():
 
 
 def test_kl_is_between_two_gaussians():
-    model = build(tiny(levels=2))
+    model = seeded_build(tiny(levels=2))
     x = random_images(model.spec)
     with torch.no_grad():
         fwd = model(x, sample=False)
@@ -123,7 +113,7 @@ def test_m_net_without_pyramid_cli_one_line(tmp_path):
 def test_sampler_matches_the_training_prior():
     """With S_0 forced to a near-zero deviation, the sampled finest latent must equal the prior mean that
     forward() computes for the sampled coarser latents: both paths re-encode the same reconstruction."""
-    model = build(tiny(levels=3))
+    model = seeded_build(tiny(levels=3))
     tr = model.transform
     with torch.no_grad():
         last = model.prior.levels[0].S[-1]
@@ -136,7 +126,7 @@ def test_sampler_matches_the_training_prior():
 
 
 def test_sampler_keeps_fixed_levels():
-    model = build(tiny(levels=3))
+    model = seeded_build(tiny(levels=3))
     tr = model.transform
     fixed = torch.randn(1, tr.layout.numel)
     for k in range(4):

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import forward_pass
 
-from genvae.core.components import ForwardPass
 from genvae.core.errors import OptionsError
 from genvae.core.model import build_model
-from genvae.testing import check_component, random_images, single_thread, tiny_spec
+from genvae.testing import check_component, random_images, tiny_spec
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster (tests/conftest.py)
 
 
 @pytest.mark.parametrize("options", [None, {"reduction": "mean"}])
@@ -32,12 +28,6 @@ def _loss(options=None, weight=1.0):
     return model, model.losses["mse"]
 
 
-def _pass(model, x, x_hat):
-    fwd = ForwardPass(model, x)
-    fwd.x_hat = x_hat
-    return fwd
-
-
 def test_value_by_hand_sum_reduction():
     model, loss = _loss()
     x = torch.zeros(2, 3, 16, 16)
@@ -45,7 +35,7 @@ def test_value_by_hand_sum_reduction():
     x_hat[1] = -0.25
     # per image: sum of squared errors; then the batch mean
     expected = (0.25 * 3 * 16 * 16 + 0.0625 * 3 * 16 * 16) / 2
-    value = loss(_pass(model, x, x_hat), "model")["mse"]
+    value = loss(forward_pass(model, x, x_hat), "model")["mse"]
     assert value.dim() == 0
     assert value.item() == pytest.approx(expected)
 
@@ -55,7 +45,7 @@ def test_value_by_hand_mean_reduction():
     x = torch.zeros(2, 3, 16, 16)
     x_hat = torch.full((2, 3, 16, 16), 0.5)
     x_hat[1] = -0.25
-    assert loss(_pass(model, x, x_hat), "model")["mse"].item() == pytest.approx((0.25 + 0.0625) / 2)
+    assert loss(forward_pass(model, x, x_hat), "model")["mse"].item() == pytest.approx((0.25 + 0.0625) / 2)
 
 
 def test_value_matches_torch_on_a_real_pass():
@@ -70,14 +60,14 @@ def test_weight_multiplies_the_term():
     model, loss = _loss(weight=2.5)
     x = torch.zeros(1, 3, 16, 16)
     x_hat = torch.full((1, 3, 16, 16), 0.1)
-    assert loss(_pass(model, x, x_hat), "model")["mse"].item() == pytest.approx(2.5 * 0.01 * 768, rel=1e-5)
+    assert loss(forward_pass(model, x, x_hat), "model")["mse"].item() == pytest.approx(2.5 * 0.01 * 768, rel=1e-5)
 
 
 def test_gradient_with_respect_to_the_reconstruction():
     model, loss = _loss()
     x = random_images(model.spec, batch=2)
     x_hat = torch.zeros_like(x, requires_grad=True)
-    loss(_pass(model, x, x_hat), "model")["mse"].backward()
+    loss(forward_pass(model, x, x_hat), "model")["mse"].backward()
     assert torch.allclose(x_hat.grad, 2 * (x_hat - x).detach() / 2)
 
 

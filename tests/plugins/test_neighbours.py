@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import torch
 from click.testing import CliRunner
+from helpers import SETS
 from PIL import Image
 
 from genvae.plugins.neighbours import CHUNK, nearest
 from genvae.testing import genvae_cli
-
-TINY = ["image_size=16", "encoder.width=8", "encoder.depth=2", "decoder.width=8", "decoder.depth=2",
-        "transform.latent_channels=2"]
 
 
 def test_nearest_exact_values_and_order():
@@ -41,8 +39,7 @@ def test_nearest_across_chunks_matches_brute_force():
 def test_neighbours_command_writes_rows_of_sample_and_neighbours(tmp_path):
     cli = genvae_cli()
     runner = CliRunner()
-    args = [a for s in TINY for a in ("--set", s)]
-    assert runner.invoke(cli, ["build", "--preset", "cvae", *args, "-o", str(tmp_path / "m")]).exit_code == 0
+    assert runner.invoke(cli, ["build", "--preset", "cvae", *SETS, "-o", str(tmp_path / "m")]).exit_code == 0
     data = tmp_path / "data"
     data.mkdir()
     for i in range(6):

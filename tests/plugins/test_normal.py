@@ -7,13 +7,9 @@ import torch
 
 from genvae.core.components import Gaussian
 from genvae.core.model import build_model
-from genvae.testing import check_component, random_images, single_thread, tiny_spec
+from genvae.testing import check_component, random_images, tiny_spec
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster (tests/conftest.py)
 
 
 def test_conformance():

@@ -8,19 +8,16 @@ import math
 
 import pytest
 import torch
+from helpers import forward_pass
 
-from genvae.core.components import ForwardPass
 from genvae.core.compose import preset_spec
 from genvae.core.model import build_model
-from genvae.testing import single_thread, tiny_spec
+from genvae.testing import tiny_spec
 
 PIXELS = 3 * 16 * 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    with single_thread():
-        yield
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster (tests/conftest.py)
 
 
 def loss_of(name, options=None, weight=1.0):
@@ -34,9 +31,7 @@ def two_images(first: float, second: float) -> torch.Tensor:
 
 
 def value(model, loss, x, x_hat=None, logits=None):
-    fwd = ForwardPass(model, x)
-    fwd.decoder_output = logits if logits is not None else torch.atanh(x_hat)
-    fwd.x_hat = x_hat if x_hat is not None else torch.tanh(logits)
+    fwd = forward_pass(model, x, x_hat, logits if logits is not None else torch.atanh(x_hat))
     return loss(fwd, "model")[loss.name]
 
 

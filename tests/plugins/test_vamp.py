@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from helpers import TINY_CVAE, sets
 from torch import distributions as D
 
 from genvae.core.components import Gaussian
@@ -18,8 +19,7 @@ from genvae.testing import check_component, invoke_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster (tests/conftest.py)
 
-TINY = ["image_size=16", "encoder.width=8", "encoder.depth=2", "decoder.width=8", "decoder.depth=2",
-        "transform.latent_channels=2", "prior.components=3"]  # cvae: latent 2x2x2 (8 values)
+TINY = [*TINY_CVAE, "prior.components=3"]  # cvae: latent 2x2x2 (8 values)
 
 
 def vamp_model(*extra):
@@ -114,7 +114,7 @@ def test_conformance():
 
 
 def test_cli_build_train_sample(tmp_path):
-    args = [a for s in TINY for a in ("--set", s)]
+    args = sets(TINY)
     assert invoke_cli(["build", "--preset", "cvae", "--prior", "vamp", *args, "-o", tmp_path / "m"]).exit_code == 0
     run = invoke_cli(["train", tmp_path / "m", "--max-steps", "3", "--batch-size", "8", "--quiet"])
     assert run.exit_code == 0, run.output
