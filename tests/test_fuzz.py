@@ -1,5 +1,8 @@
 """Fuzzing the command line: hostile config.json files and bad argument lists never get past one line.
 
+(One file over 500 lines on purpose: the fuzz runs as a child process of this very file, ``python
+tests/test_fuzz.py --run``, so its generators, its runner and the tests that read its report stay together.)
+
 The promise under test (see cli/main.py): every user-facing error is ONE line on stderr that starts
 with ``Error: `` and has at most 400 characters; input errors exit 1, click usage errors exit 2; never
 ``internal error`` (an unexpected exception) and never a traceback; a hostile config.json never makes

@@ -27,7 +27,6 @@ from genvae.core import budget
 from genvae.core.budget import (
     RUNTIME_BYTES,
     BudgetError,
-    conv_workspace,
     format_size,
     grid_bytes,
     image_bytes,
@@ -35,6 +34,7 @@ from genvae.core.budget import (
     inference_estimate,
 )
 from genvae.core.checkpoint import load_model, load_spec
+from genvae.core.meta import conv_workspace
 from genvae.testing import genvae_cli
 
 W1 = ["--set", "encoder.width=1", "--set", "decoder.width=1", "--set", "train.batch_size=1"]

@@ -1,7 +1,8 @@
 """Nothing is lost: diverging runs, foreign folders, restarts, concurrent runs, signals, metrics files.
 
-Real processes, real signals and real files; the figures of the long soak (``-m slow``) are in
-docs/reliability.md.
+Real processes, real signals and real files; the figures of the long soak (``-m long``) are in
+docs/reliability.md. (Over 500 lines on purpose: one promise, docs/reliability.md's, and the helpers its
+scenarios share.)
 """
 
 from __future__ import annotations

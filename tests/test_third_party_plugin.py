@@ -1,5 +1,7 @@
 """A real third-party plugin, installed with pip and found through its entry point. No mocks.
 
+(Over 500 lines on purpose: every test shares the one set of real installs this module builds.)
+
 Once per module, the example package (examples/genvae-plugin-example) and two deliberately broken
 distributions are built and installed with ``pip install --no-deps --no-build-isolation --target``
 into temporary folders: each gets a real ``*.dist-info`` holding a real ``genvae`` entry point.
