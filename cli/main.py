@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.table import Table
@@ -32,6 +32,9 @@ from genvae.cli.commands import (
 )
 from genvae.core.components import COMPONENT_KINDS
 from genvae.core.errors import GenvaeError, one_line, shorten
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 MESSAGE_LIMIT = 400  # characters of one error line; longer messages are cut
 
@@ -412,8 +415,8 @@ class _RunDisplay:
 
     def __init__(self, quiet: bool, resume: bool):
         self.quiet, self.resume = quiet, resume
-        self.bar = None
-        self.task = None
+        self.bar: Progress | None = None
+        self.task: TaskID | None = None
         self.total = 0
         self.silent = False
 
@@ -449,7 +452,7 @@ class _RunDisplay:
     def log(self, record: dict) -> None:
         if self.silent:
             return
-        if self.bar is not None:
+        if self.bar is not None and self.task is not None:
             self.bar.update(self.task, completed=record["step"], terms=terms_text(record))
         else:
             click.echo(f"step {record['step']}/{self.total}  {terms_text(record)}")
@@ -592,7 +595,8 @@ def sample(folder, count, output, seed, device, nrow, source, fix) -> None:
     check_image_output(out)
     model, dev = load_for_inference(folder, device, seed)
     shown = count + bool(fix)  # with --from, the input comes first
-    budget = {"held": grid_bytes(model, shown), "holding": f"the {shown:,} images and the grid it writes"}
+    budget: dict[str, Any] = {"held": grid_bytes(model, shown),
+                              "holding": f"the {shown:,} images and the grid it writes"}
     if not fix:
         save_grid(draw_samples(model, count, dev, block=SAMPLE_BATCH, **budget), output, nrow=nrow)
         console.print(f"wrote {count} samples to {output}")

@@ -160,8 +160,8 @@ def paired_rows(x, x_hat, nrow: int = 8):
 def _reconstructions(model, data, data_root, download, count: int = 16) -> bytes:
     import tempfile
 
-    from genvae.core.budget import grid_bytes, image_bytes
     from genvae.cli.commands import load_command_data
+    from genvae.core.budget import grid_bytes, image_bytes
     from genvae.core.decode import to_uint8
     from genvae.core.images import save_grid
     from genvae.core.inference import reconstruct_images

@@ -44,6 +44,7 @@ from genvae.api import (
     Decoder,
     Encoder,
     Gaussian,
+    GenerativeModel,
     LatentTransform,
     hookimpl,
     non_negative_int,
@@ -122,6 +123,7 @@ class Stage1Latent(LatentTransform):
     """Stage1's posterior, and Stage1's whole generator: z -> Stage1's image (the Stage2 network's input)."""
 
     name = "stage1"
+    _stage1: GenerativeModel  # kept with refer(): saved once, under the encoder
 
     def __init__(self, options: Any, ctx: BuildContext):
         super().__init__(options, ctx)
