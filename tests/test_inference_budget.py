@@ -144,8 +144,14 @@ def test_a_convolutions_scratch_by_hand():
     y = torch.nn.functional.conv2d(x, w, padding=1)
     args = (x, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1)
     conv = torch.ops.aten.convolution.default
-    with torch.backends.mkldnn.flags(enabled=False):  # PyTorch's own kernel: im2col, 8 x 3 x 3 values a pixel
+    # PyTorch's own kernel: im2col, 8 x 3 x 3 values a pixel. Only this flag changes (mkldnn.flags() would set
+    # allow_tf32 too); ignore[assignment]: torch's stub types the attribute as the ContextProp that sets it
+    enabled = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False  # type: ignore[assignment]
+    try:
         assert conv_workspace(conv, args, y) == 2 * 8 * 9 * 512 * 512 * 4
+    finally:
+        torch.backends.mkldnn.enabled = enabled
     if torch.backends.mkldnn.is_available():  # oneDNN: the 16 output channels in one 16-channel block
         assert conv_workspace(conv, args, y) == 2 * 16 * 512 * 512 * 4
     grey = (x[:, :1], w[:1, :1], None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1)  # 1 channel: 16 in the block
