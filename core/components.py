@@ -188,7 +188,8 @@ class ForwardPass:
         #: logits, or the image itself); ``x_hat`` is that output as an image in [-1, 1]
         self.decoder_output: Tensor | None = None
         self.x_hat: Tensor | None = None
-        self.prior: Gaussian | None = None
+        #: the prior's ``forward``: a Gaussian, or (a prior with ``gaussian = False``) any object with ``log_prob``
+        self.prior: Any = None
         self.extras: dict[str, Any] = {}
         #: q(z|u) of the prior's extra inputs (``Prior.extra_inputs``, e.g. VampPrior's pseudo-inputs), encoded in
         #: the same pass as x; None when the prior has none

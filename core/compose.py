@@ -93,7 +93,7 @@ def compose_spec(
     else:
         spec = None
     chosen = {"encoder": encoder, "transform": transform, "decoder": decoder, "prior": prior}
-    parts: dict[str, ComponentSpec] = {}
+    parts: dict[str, Any] = {}  # ComponentSpec by kind: ModelSpec's keyword arguments
     for kind in COMPONENT_KINDS:
         base = spec.component(kind) if spec is not None else None
         name = chosen[kind]
@@ -108,8 +108,7 @@ def compose_spec(
         if name is None:
             raise GenvaeError(f"encoder '{encoder}' names no default {kind}; choose one with --{kind}")
         registry.component(kind, name)  # unknown names fail here, with the known ones listed
-        keep = base is not None and base.name == name
-        parts[kind] = base if keep else ComponentSpec(name)
+        parts[kind] = base if base is not None and base.name == name else ComponentSpec(name)
     loss_list = list(spec.losses) if spec is not None else []
     for extra in parse_losses(losses):
         role = registry.component("loss", extra.name).role

@@ -118,7 +118,7 @@ class EvalData:
 
         if "samples" not in self._cache:
             devices = [self.device] if self.device.type == "cuda" else []
-            budget = {"block": self.batch_size, "dtype": torch.float32, "held": self.held_bytes(),
+            budget: dict[str, Any] = {"block": self.batch_size, "dtype": torch.float32, "held": self.held_bytes(),
                       "holding": "the image sets it scores", "command": "evaluate"}
             sample_chunks(self.model, self.n_samples, **budget)  # refused before any draw if one does not fit
             with torch.random.fork_rng(devices=devices):  # the caller's random streams are left as they were

@@ -239,9 +239,9 @@ def write_file_in(root: str | os.PathLike, rel: str, write: Callable[[BinaryIO],
             st = _lstat_at(folder, name)  # still nothing foreign there
             if st is not None:
                 _check_regular(st, where)
-            src, kw = _at(folder, tmp)
+            src, _ = _at(folder, tmp)
             dst, _ = _at(folder, name)
-            if kw:
+            if isinstance(folder, int):
                 os.replace(src, dst, src_dir_fd=folder, dst_dir_fd=folder)
             else:
                 os.replace(src, dst)
@@ -420,9 +420,9 @@ def rename_in(root: str | os.PathLike, src: str, dst: str) -> None:
     if sp != dp:
         raise UnsafePathError(f"rename_in renames within one folder, not {src[:60]} -> {dst[:60]}")
     with open_folder(root, sp) as folder:
-        s, kw = _at(folder, sname)
+        s, _ = _at(folder, sname)
         d, _ = _at(folder, dname)
-        if kw:
+        if isinstance(folder, int):
             os.replace(s, d, src_dir_fd=folder, dst_dir_fd=folder)
         else:
             os.replace(s, d)

@@ -334,9 +334,9 @@ class ModelFolder:
         line, before anything is deleted."""
         targets = sorted(r for r in set(relatives) if r in self.files())
         for rel in targets:  # nothing is deleted unless every path is safe
-            parent = rel.rsplit("/", 1)[0] if "/" in rel else ""
+            folder = rel.rsplit("/", 1)[0] if "/" in rel else ""
             try:
-                with fs.open_folder(self.root, self.full(parent)):
+                with fs.open_folder(self.root, self.full(folder)):
                     pass
             except (FileNotFoundError, NotADirectoryError):
                 pass

@@ -30,7 +30,7 @@ PROJECT_NAME = "genvae"
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
-C = TypeVar("C", bound="Component[Any]")
+C = TypeVar("C", bound="Component")
 T = TypeVar("T")
 
 

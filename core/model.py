@@ -8,13 +8,26 @@ components involved.
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Iterable
 
 import torch
 from torch import Tensor, nn
 
 from genvae.core.capabilities import Capability
-from genvae.core.components import COMPONENT_KINDS, OUTPUT_SPACES, BuildContext, Component, ForwardPass, Gaussian, Loss
+from genvae.core.components import (
+    COMPONENT_KINDS,
+    OUTPUT_SPACES,
+    BuildContext,
+    Component,
+    Decoder,
+    Encoder,
+    ForwardPass,
+    Gaussian,
+    LatentTransform,
+    Loss,
+    Prior,
+)
 from genvae.core.errors import BuildError, GenvaeError, did_you_mean
 from genvae.core.options import options_from_dict, options_to_dict
 from genvae.core.registry import KIND_NAMES, Registry, get_registry
@@ -51,18 +64,18 @@ class GenerativeModel(nn.Module):
     def forward(self, x: Tensor, sample: bool = True) -> ForwardPass:
         """One pass: q(z|x), z (sampled, or the posterior mean), u, x_hat and the prior."""
         fwd = ForwardPass(self, x)
-        self.encode_pass(x, fwd)
-        fwd.z = fwd.posterior.rsample() if sample else fwd.posterior.mean
+        posterior = self.encode_pass(x, fwd)
+        fwd.z = posterior.rsample() if sample else posterior.mean
         fwd.u = self.transform.generate(fwd.z, fwd)
         fwd.decoder_output = self.decoder(fwd.u, fwd)
         fwd.x_hat = self._to_image(fwd.decoder_output)
         fwd.prior = self.prior(fwd)
         return fwd
 
-    def encode_pass(self, x: Tensor, fwd: ForwardPass, check_features=None) -> None:
+    def encode_pass(self, x: Tensor, fwd: ForwardPass, check_features=None) -> Gaussian:
         """Encoder and posterior for x into ``state``; with the prior's extra inputs in the same batch
         (``fwd.extra_posterior``). ``check_features(features)`` runs between encoder and transform (the dry
-        run compares declared shapes there)."""
+        run compares declared shapes there). Returns x's posterior (``fwd.posterior``)."""
         extra = self.prior.extra_inputs()
         features = self.encoder(x if extra is None else torch.cat([x, extra.to(x.dtype)]), fwd)
         if check_features is not None:
@@ -70,10 +83,11 @@ class GenerativeModel(nn.Module):
         posterior = self.transform.posterior(features, fwd)
         if extra is None:
             fwd.features, fwd.posterior = features, posterior
-            return
+            return posterior
         n = x.shape[0]
         fwd.features = features[:n]
         fwd.posterior, fwd.extra_posterior = posterior[:n], posterior[n:]
+        return fwd.posterior
 
     def generate(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """z -> (u, x_hat): the generation side alone."""
@@ -88,7 +102,9 @@ class GenerativeModel(nn.Module):
 
     @torch.no_grad()
     def reconstruct(self, x: Tensor) -> Tensor:
-        return self.forward(x, sample=False).x_hat
+        x_hat = self.forward(x, sample=False).x_hat
+        assert x_hat is not None  # forward sets it
+        return x_hat
 
     def encode(self, x: Tensor) -> Gaussian:
         return self.transform.posterior(self.encoder(x))
@@ -177,7 +193,7 @@ class GenerativeModel(nn.Module):
             transform=ComponentSpec(self.transform.name, full(self.transform)),
             decoder=ComponentSpec(self.decoder.name, full(self.decoder)),
             prior=ComponentSpec(self.prior.name, full(self.prior)),
-            losses=tuple(LossSpec(loss.name, loss.weight, full(loss)) for loss in self.losses.values()),
+            losses=tuple(LossSpec(loss.name, loss.weight, full(loss)) for loss in self._loss_list),
         )
 
 
@@ -232,7 +248,7 @@ def _phase_order(losses: Iterable[Loss]) -> list[str]:
 # -- building ------------------------------------------------------------------------------------
 
 
-def _make(kind: str, cspec: ComponentSpec, ctx: BuildContext, registry: Registry, **extra) -> Component:
+def _make(kind: str, cspec: ComponentSpec | LossSpec, ctx: BuildContext, registry: Registry, **extra) -> Component:
     cls = registry.component(kind, cspec.name)
     where = f"{KIND_NAMES[kind]} '{cspec.name}'"
     options = options_from_dict(cls.Options, cspec.options, where)
@@ -242,7 +258,8 @@ def _make(kind: str, cspec: ComponentSpec, ctx: BuildContext, registry: Registry
         raise
     except (RuntimeError, ValueError, TypeError, AssertionError) as exc:
         raise BuildError(f"{where} cannot be built for image {list(ctx.image_shape)}: {_line(exc)}") from exc
-    component.name = cspec.name  # the registered name, also for classes registered under aliases
+    # the registered name, also for classes registered under aliases: the instance's shadows the class's
+    component.name = cspec.name  # type: ignore[misc]
     return component
 
 
@@ -255,7 +272,9 @@ def _check_capabilities(components: list[Component], registry: Registry) -> None
     """Every required capability is provided, and every provider has its capability's protocol members."""
     for comp in components:
         for cap in sorted(comp.provides):
-            missing = cap.missing_members(comp) if isinstance(cap, Capability) else []
+            if not isinstance(cap, Capability):
+                continue
+            missing = cap.missing_members(comp)
             if missing:
                 raise BuildError(f"{KIND_NAMES[comp.kind]} '{comp.name}' provides '{cap}' but lacks "
                                  f"{', '.join(missing)} of its protocol ({cap.protocols[comp.kind].__name__})")
@@ -295,20 +314,21 @@ def build_model(spec: ModelSpec, registry: Registry | None = None, check: bool |
     elif check is not False:
         raise ValueError(f"build_model(check={check!r}): expected True, 'train', 'load' or False")
     ctx = BuildContext(image_shape=spec.image_shape, spec=spec)
-    ctx.encoder = _make("encoder", spec.encoder, ctx, registry)
-    ctx.transform = _make("transform", spec.transform, ctx, registry)
-    ctx.decoder = _make("decoder", spec.decoder, ctx, registry)
+    # typing.cast: the registry holds only classes of each kind (register() checks)
+    ctx.encoder = typing.cast(Encoder, _make("encoder", spec.encoder, ctx, registry))
+    ctx.transform = typing.cast(LatentTransform, _make("transform", spec.transform, ctx, registry))
+    ctx.decoder = typing.cast(Decoder, _make("decoder", spec.decoder, ctx, registry))
     if ctx.decoder.output not in OUTPUT_SPACES:
         raise BuildError(f"decoder '{ctx.decoder.name}' declares output space '{ctx.decoder.output}'; known: "
                          f"{', '.join(OUTPUT_SPACES)}")
-    ctx.prior = _make("prior", spec.prior, ctx, registry)
+    ctx.prior = typing.cast(Prior, _make("prior", spec.prior, ctx, registry))
     names = [s.name for s in spec.losses]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise BuildError(f"loss '{dupes[0]}' is listed twice; give each loss once, with one weight")
     if not spec.losses:
         raise BuildError("a model needs at least one loss (e.g. mse,kl)")
-    losses = [_make("loss", s, ctx, registry, weight=s.weight) for s in spec.losses]
+    losses = [typing.cast(Loss, _make("loss", s, ctx, registry, weight=s.weight)) for s in spec.losses]
     parts = [ctx.encoder, ctx.transform, ctx.decoder, ctx.prior, *losses]
     _check_capabilities(parts, registry)
     model = GenerativeModel(spec, ctx.encoder, ctx.transform, ctx.decoder, ctx.prior, losses)
@@ -364,14 +384,14 @@ def dry_run(model: GenerativeModel, batch: int = 2) -> None:
                     )
                 stage = f"encoder '{enc.name}' -> latent transform '{tr.name}'"
 
-            model.encode_pass(x, fwd, check_features)
+            posterior = model.encode_pass(x, fwd, check_features)
             expect = (batch, *tr.layout.shape)
-            if tuple(fwd.posterior.mean.shape) != expect:
+            if tuple(posterior.mean.shape) != expect:
                 raise BuildError(
                     f"latent transform '{tr.name}' declares latent {list(tr.layout.shape)} but its posterior "
-                    f"has shape {list(fwd.posterior.mean.shape[1:])}"
+                    f"has shape {list(posterior.mean.shape[1:])}"
                 )
-            fwd.z = fwd.posterior.mean
+            fwd.z = posterior.mean
             stage = f"latent transform '{tr.name}' -> decoder '{dec.name}'"
             fwd.u = tr.generate(fwd.z, fwd)
             declared = tuple(getattr(tr, "output_shape", None) or ())

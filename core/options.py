@@ -241,12 +241,13 @@ def option_names(cls: type) -> list[str]:
 
 def _convert(converter, value, field):
     if isinstance(converter, attrs.Converter):
+        wrapped: Any = converter  # attrs' stub does not declare the converter, takes_self, takes_field attributes
         args = [value]
-        if converter.takes_self:
+        if wrapped.takes_self:
             args.append(None)
-        if converter.takes_field:
+        if wrapped.takes_field:
             args.append(field)
-        return converter.converter(*args)
+        return wrapped.converter(*args)
     return converter(value)
 
 

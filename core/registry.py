@@ -16,13 +16,22 @@ import importlib.metadata as metadata
 import os
 import typing
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, Literal, overload
 
 import attrs
 import pluggy
 
 from genvae.core import hookspecs
-from genvae.core.components import COMPONENT_BASES, KIND_LABELS
+from genvae.core.components import (
+    COMPONENT_BASES,
+    KIND_LABELS,
+    Component,
+    Decoder,
+    Encoder,
+    LatentTransform,
+    Loss,
+    Prior,
+)
 from genvae.core.errors import GenvaeError, UnknownNameError
 
 ENTRY_POINT_GROUP = "genvae"
@@ -94,7 +103,20 @@ class Registry:
         except KeyError:
             raise UnknownNameError(KIND_NAMES[kind], name, self.entries[kind]) from None
 
-    def component(self, kind: str, name: str) -> type:
+    @overload
+    def component(self, kind: Literal["encoder"], name: str) -> type[Encoder]: ...
+    @overload
+    def component(self, kind: Literal["transform"], name: str) -> type[LatentTransform]: ...
+    @overload
+    def component(self, kind: Literal["decoder"], name: str) -> type[Decoder]: ...
+    @overload
+    def component(self, kind: Literal["prior"], name: str) -> type[Prior]: ...
+    @overload
+    def component(self, kind: Literal["loss"], name: str) -> type[Loss]: ...
+    @overload
+    def component(self, kind: str, name: str) -> type[Component]: ...
+    def component(self, kind: str, name: str) -> type[Component]:
+        """The component class registered as ``name`` for ``kind`` (register() admits only that kind's classes)."""
         return self.get(kind, name).obj
 
     # -- registration ------------------------------------------------------------------------

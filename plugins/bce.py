@@ -31,9 +31,10 @@ class BCELoss(Loss[BCEOptions]):
 
     def __init__(self, options: BCEOptions, ctx: BuildContext, weight: float = 1.0):
         super().__init__(options, ctx, weight)
-        output = ctx.decoder.output if ctx.decoder is not None else "tanh"
-        if output not in LOGIT_SCALE:
-            raise self.fail(f"needs logits, but decoder '{ctx.decoder.name}' outputs the '{output}' space; it "
+        decoder = ctx.decoder
+        output = decoder.output if decoder is not None else "tanh"
+        if decoder is not None and output not in LOGIT_SCALE:
+            raise self.fail(f"needs logits, but decoder '{decoder.name}' outputs the '{output}' space; it "
                             f"works with decoders whose output is {' or '.join(LOGIT_SCALE)}")
         self.scale = LOGIT_SCALE[output]
 

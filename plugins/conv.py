@@ -107,6 +107,7 @@ class ConvLatent(LatentTransform[ConvLatentOptions]):
 
     def __init__(self, options: ConvLatentOptions, ctx: BuildContext):
         super().__init__(options, ctx)
+        assert ctx.encoder is not None, "the encoder is built before the latent transform"
         in_shape = ctx.encoder.output_shape
         c, h, w = self.require_spatial(in_shape, f"encoder '{ctx.encoder.name}'",
                                        "use the 'fc' latent transform for vector features")

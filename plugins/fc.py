@@ -67,6 +67,7 @@ class FCDecoder(Decoder[FCOptions]):
 
     def __init__(self, options: FCOptions, ctx: BuildContext):
         super().__init__(options, ctx)
+        assert ctx.transform is not None, "the latent transform is built before the decoder"
         in_features = math.prod(ctx.transform.output_shape)
         hidden = list(reversed(options.hidden))
         self.image_shape = ctx.image_shape
@@ -98,6 +99,7 @@ class FCLatent(LatentTransform[FCLatentOptions]):
 
     def __init__(self, options: FCLatentOptions, ctx: BuildContext):
         super().__init__(options, ctx)
+        assert ctx.encoder is not None, "the encoder is built before the latent transform"
         in_shape = ctx.encoder.output_shape
         d = options.latent_dim
         self.layout = LatentLayout((d,))

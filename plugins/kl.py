@@ -93,13 +93,15 @@ class KLLoss(Loss[KLOptions]):
     name = "kl"
     Options = KLOptions
     role = "divergence"
+    element_weights: torch.Tensor | None  # a buffer with group weights, else None
 
     def __init__(self, options: KLOptions, ctx: BuildContext, weight: float = 1.0):
         super().__init__(options, ctx, weight)
         layout = ctx.layout
+        assert ctx.transform is not None  # ctx.layout has read it
         weights = options.weights
-        self.closed_form = getattr(ctx.prior, "gaussian", True)
-        if weights and not self.closed_form:
+        self.closed_form = ctx.prior is None or getattr(ctx.prior, "gaussian", True)
+        if weights and ctx.prior is not None and not self.closed_form:
             raise self.fail(f"group weights need a prior that factorises over the latent; prior "
                             f"'{ctx.prior.name}' is not one diagonal Gaussian (its KL is estimated per image)")
         if weights:

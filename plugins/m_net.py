@@ -19,6 +19,7 @@ with level k; ``train_only=['prior']`` retrains all of them).
 
 from __future__ import annotations
 
+import typing
 from contextlib import nullcontext
 
 import attrs
@@ -31,6 +32,9 @@ from genvae.api import (
     BuildContext,
     Gaussian,
     Prior,
+    PyramidDecoder,
+    PyramidEncoder,
+    PyramidLatent,
     eval_mode,
     hookimpl,
     int_tuple,
@@ -75,6 +79,7 @@ class MNetPrior(Prior[MNetOptions]):
     name = "m-net"
     Options = MNetOptions
     requires = frozenset({PYRAMID})
+    _parts: tuple[PyramidEncoder, PyramidLatent, PyramidDecoder] | None  # kept with refer(), set in attach
 
     def __init__(self, options: MNetOptions, ctx: BuildContext):
         super().__init__(options, ctx)
@@ -82,9 +87,10 @@ class MNetPrior(Prior[MNetOptions]):
         self.levels = nn.ModuleList()
         # without pyramid levels nothing is built here: the engine's capability check refuses the model
         if tr is not None and PYRAMID in tr.provides:
+            pyramid = typing.cast(PyramidLatent, tr)  # its protocol's members are checked at build
             self.levels.extend(
-                MNetwork(tr.sizes[k + 1], tr.sizes[k], options.hidden, options.activation)
-                for k in range(tr.num_levels - 1)
+                MNetwork(pyramid.sizes[k + 1], pyramid.sizes[k], options.hidden, options.activation)
+                for k in range(pyramid.num_levels - 1)
             )
         self.refer("_parts", None)  # (encoder, transform, decoder), set in attach
 
@@ -94,9 +100,13 @@ class MNetPrior(Prior[MNetOptions]):
         except Exception as exc:
             raise self.fail(str(exc)) from None
 
+    def _pyramid(self) -> tuple[PyramidEncoder, PyramidLatent, PyramidDecoder]:
+        assert self._parts is not None, "attach() sets the parts"
+        return self._parts
+
     def reencode(self, j: int, h_hat: Tensor, coarser: Tensor | None) -> tuple[Tensor, Tensor]:
         """(mu_j, log sigma_j^2) of the reconstructed level j (band h_hat_j, rebuilt coarser image x_hat_{j+1})."""
-        enc, tr, _ = self._parts
+        enc, tr, _ = self._pyramid()
         grad = nullcontext() if not self.options.detach else torch.no_grad()
         with grad, eval_mode(enc.levels[j], tr.levels[j]):
             return tr.level_posterior(j, enc.encode_level(j, h_hat, coarser))
@@ -106,7 +116,7 @@ class MNetPrior(Prior[MNetOptions]):
         return self.levels[k](mean, logvar)
 
     def forward(self, fwd) -> Gaussian:
-        _, tr, _ = self._parts
+        _, tr, _ = self._pyramid()
         levels = tr.num_levels
         preds, recon = fwd.pyramid.predictions, fwd.pyramid.reconstructions
         zs = tr.split_levels(fwd.posterior.mean)
@@ -122,27 +132,30 @@ class MNetPrior(Prior[MNetOptions]):
     def sample(self, n, model, device, fixed=None, fixed_groups=0):
         """Coarse to fine (paper Figure 2): draw z_K ~ N(0, I), decode level K, re-encode it, M_{K-1} gives
         the prior of z_{K-1}, and so on. The first ``fixed_groups`` levels (coarsest first) come from ``fixed``."""
-        enc, tr, dec = self._parts
+        enc, tr, dec = self._pyramid()
         levels = tr.num_levels
         kept = tr.split_levels(fixed.to(device)) if fixed is not None and fixed_groups > 0 else None
         zs: list[Tensor | None] = [None] * levels
         rebuilt: list[Tensor | None] = [None] * levels
-        mean = logvar = None
+        mean: Tensor | None = None
+        logvar: Tensor | None = None
         for k in range(levels - 1, -1, -1):
             if kept is not None and levels - 1 - k < fixed_groups:
                 zs[k] = kept[k].expand(n, -1)
             elif k == levels - 1:
                 zs[k] = torch.randn(n, tr.sizes[k], device=device)
             else:
+                assert mean is not None and logvar is not None  # re-encoded from level k + 1
                 prior_mean, prior_logvar = self.level_prior(k, mean, logvar)
                 zs[k] = prior_mean + torch.exp(0.5 * prior_logvar) * torch.randn_like(prior_mean)
             if k == 0:
                 break
-            h = dec.decode_level(k, tr.level_u(k, zs))
+            drawn = typing.cast("list[Tensor]", zs)  # levels k..K are drawn, and level_u reads only zs[k:]
+            h = dec.decode_level(k, tr.level_u(k, drawn))
             coarser = rebuilt[k + 1] if k + 1 < levels else None
             rebuilt[k] = h if coarser is None else h + enc.upsample(coarser)
             mean, logvar = self.reencode(k, h, coarser)
-        return tr.join_levels(zs)
+        return tr.join_levels(typing.cast("list[Tensor]", zs))  # every level is drawn now
 
 
 @hookimpl

@@ -30,6 +30,7 @@ refused at build time. The trunk is referenced, not registered, so it is saved o
 from __future__ import annotations
 
 import math
+import typing
 
 import attrs
 import torch
@@ -39,8 +40,11 @@ from genvae.api import (
     DISCRIMINATOR,
     MI_TARGET,
     BuildContext,
+    DiscriminatorTrunk,
     LatentLayout,
+    LatentTransform,
     Loss,
+    MITarget,
     float_tuple,
     hookimpl,
     non_negative,
@@ -120,6 +124,11 @@ class MILoss(Loss[MIOptions]):
     phases = ("mi", "model")
     phase_order = ("discriminator", "mi", "model")
     branches = ("posterior", "prior")
+    # kept with refer() in attach: the partners (saved under their owners) and the resolved target
+    _adv: DiscriminatorTrunk
+    _mode: str
+    _transform: LatentTransform
+    element_weights: torch.Tensor  # a buffer, registered in attach
 
     def __init__(self, options: MIOptions, ctx: BuildContext, weight: float = 1.0):
         super().__init__(options, ctx, weight)
@@ -159,8 +168,8 @@ class MILoss(Loss[MIOptions]):
 
     # -- the loss ------------------------------------------------------------------------------------------
     def target(self, z, u):
-        if self._mode == "transform":
-            return self._transform.mi_target(z, u).detach()
+        if self._mode == "transform":  # chosen only for a transform that provides mi-target
+            return typing.cast(MITarget, self._transform).mi_target(z, u).detach()
         return (z if self._mode == "z" else u).detach()
 
     def error(self, prediction, target, weighted: bool = True):
@@ -186,6 +195,8 @@ class MILoss(Loss[MIOptions]):
         pairs = self.pairs(fwd)
         if not pairs:
             return {}
+        head = self.head
+        assert head is not None, "attach() builds the head"
         if phase == "mi":
             images = torch.cat([x.detach() for _, x, _ in pairs])
             if self.options.train_trunk:
@@ -194,10 +205,10 @@ class MILoss(Loss[MIOptions]):
                 with torch.no_grad():
                     features = self._adv.trunk(images)
             parts = features.split([x.shape[0] for _, x, _ in pairs])
-            return {"q": sum(self.error(self.head(f), t, self.weighted(which))
+            return {"q": sum(self.error(head(f), t, self.weighted(which))
                              for f, (which, _, t) in zip(parts, pairs, strict=True))}
         features = self._adv.fake_features(fwd)
-        total = sum(self.error(self.head(features[which]), t, self.weighted(which)) for which, _, t in pairs)
+        total = sum(self.error(head(features[which]), t, self.weighted(which)) for which, _, t in pairs)
         return {"mi": self.weight * self.options.kappa * total}
 
 

@@ -11,6 +11,7 @@ class NormalPrior(Prior[NoOptions]):
     """Standard normal N(0, I) over the whole latent."""
 
     name = "normal"
+    zero: torch.Tensor  # a buffer
 
     def __init__(self, options, ctx):
         super().__init__(options, ctx)

@@ -21,6 +21,7 @@ folder, so ``path`` must exist wherever the model is built or loaded.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import attrs
 import torch
@@ -29,6 +30,7 @@ from torch import Tensor, nn
 from genvae.api import (
     DISCRIMINATOR,
     BuildContext,
+    DiscriminatorTrunk,
     GenvaeError,
     Loss,
     fit_to,
@@ -108,6 +110,10 @@ class PerceptualLoss(Loss[PerceptualOptions]):
     name = "perceptual"
     Options = PerceptualOptions
     role = "auxiliary"
+    # kept with refer() (not submodules): the frozen network (VGG16Features, or a feature network from a file,
+    # an nn.Module; None with network=discriminator) and, with network=discriminator, the loss providing it
+    _network: Any
+    _disc: DiscriminatorTrunk
 
     def __init__(self, options: PerceptualOptions, ctx: BuildContext, weight: float = 1.0):
         super().__init__(options, ctx, weight)

@@ -44,6 +44,7 @@ from genvae.api import (
     Decoder,
     Encoder,
     Gaussian,
+    GenerativeModel,
     LatentTransform,
     NoOptions,
     hookimpl,
@@ -123,6 +124,7 @@ class Stage1Latent(LatentTransform[NoOptions]):
     """Stage1's posterior, and Stage1's whole generator: z -> Stage1's image (the Stage2 network's input)."""
 
     name = "stage1"
+    _stage1: GenerativeModel  # kept with refer(): saved once, under the encoder
 
     def __init__(self, options: Any, ctx: BuildContext):
         super().__init__(options, ctx)

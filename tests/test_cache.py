@@ -126,10 +126,10 @@ def test_a_compressed_tar_is_reported_not_fatal(tmp_path, cache_dir):
     folder = tmp_path / "mixed"
     write_folder(folder, 4)
     with tarfile.open(folder / "zipped.tar", "w:gz") as tar:  # gzip under a .tar name
-        data = png_bytes(picture(5))
+        png = png_bytes(picture(5))
         info = tarfile.TarInfo("x.png")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
+        info.size = len(png)
+        tar.addfile(info, io.BytesIO(png))
     with pytest.warns(UserWarning, match="not an uncompressed tar"):
         data = load_data(folder, image_size=8, channels=3)
     assert len(data) == 4

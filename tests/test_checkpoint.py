@@ -192,13 +192,16 @@ def test_a_folder_whose_name_is_not_utf8_loads(tmp_path, genvae_exe):
     sets = [a for s in ("image_size=16", "encoder.width=8", "encoder.depth=2", "decoder.width=8", "decoder.depth=2")
             for a in ("--set", s)]
     env = {**os.environ, "GENVAE_LOAD_PLUGINS": ""}
-    for args in (["build", "--preset", "cvae", *sets, "-o", folder], ["info", folder],
-                 ["sample", folder, "-n", "2", "-o", str(tmp_path / "s.png")],
-                 ["train", folder, "--max-steps", "2", "--batch-size", "4", "--quiet"]):
+    commands: list[list[str | bytes]] = [
+        ["build", "--preset", "cvae", *sets, "-o", folder], ["info", folder],
+        ["sample", folder, "-n", "2", "-o", str(tmp_path / "s.png")],
+        ["train", folder, "--max-steps", "2", "--batch-size", "4", "--quiet"]]
+    for args in commands:
         result = subprocess.run([*genvae_exe, *args], capture_output=True, timeout=300, env=env)
         assert result.returncode == 0, (args[0], result.stderr.decode(errors="replace"))
     path = Path(os.fsdecode(folder))
-    assert ckpt.latest_checkpoint(path).name == "step-00000002"
+    latest = ckpt.latest_checkpoint(path)
+    assert latest is not None and latest.name == "step-00000002"
     assert load_model(path) is not None
 
 
@@ -318,7 +321,8 @@ def test_step_checkpoints(tmp_path, model):
 def test_incomplete_checkpoint_is_ignored(tmp_path, model):
     ckpt.write_checkpoint(tmp_path, 5, model.state_dict(), {}, {"step": 5}, keep=3)
     (tmp_path / "checkpoints" / "step-00000009").mkdir()  # a crash left it without trainer.json
-    assert ckpt.latest_checkpoint(tmp_path).name == "step-00000005"
+    latest = ckpt.latest_checkpoint(tmp_path)
+    assert latest is not None and latest.name == "step-00000005"
     assert ckpt.latest_checkpoint(tmp_path / "empty") is None
 
 

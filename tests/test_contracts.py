@@ -224,12 +224,13 @@ def test_a_skip_flag_needs_may_skip(registry):
 
 def test_refer_keeps_a_reference_out_of_the_module_tree(registry):
     model = build_model(spec(losses=("mse", "kl", "referrer")), registry)
+    parts: tuple[torch.nn.Module, ...] = (model.encoder, model.transform, model.decoder)
     loss = model.losses["referrer"]
     assert loss._decoder is model.decoder
     assert not any(k.startswith("losses.referrer.") for k in model.state_dict())
     assert list(loss.children()) == []
     n = sum(p.numel() for p in model.parameters())
-    assert n == sum(p.numel() for m in (model.encoder, model.transform, model.decoder) for p in m.parameters())
+    assert n == sum(p.numel() for m in parts for p in m.parameters())
 
 
 def test_phase_order_is_declared_on_the_loss_base():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -39,7 +41,8 @@ def _palette_with_transparency(size) -> Image.Image:
 
 
 # name -> (image, save kwargs, expected RGB at the centre of the 8x8 result, tolerance)
-FILES = {
+# name: (make the image, save() options, the colour it loads as, tolerance)
+FILES: dict[str, tuple[Callable[[], Image.Image], dict[str, Any], tuple[int, int, int] | None, int]] = {
     "a_rgb.png": (lambda: Image.new("RGB", (17, 40), RED), {}, RED, 1),
     "b_gray.jpg": (lambda: Image.new("L", (64, 64), 90), {"quality": 95}, (90, 90, 90), 3),
     "sub/c_rgba.png": (lambda: Image.new("RGBA", (100, 30), (255, 0, 0, 128)), {}, (255, 127, 127), 2),

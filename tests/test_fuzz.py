@@ -37,6 +37,7 @@ import sys
 import time
 import traceback
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import click
@@ -121,7 +122,7 @@ class Stats:
             lines = result.stderr.splitlines()
             self.max_line = max(self.max_line, max((len(x) for x in lines), default=0))
 
-    def fail(self, case: str, args: list[str], problems: list[str], result=None) -> None:
+    def fail(self, case: str, args: Sequence[object], problems: list[str], result=None) -> None:
         self.failures.append({
             "case": case,
             "args": [describe(a, 120) for a in args],
@@ -146,7 +147,7 @@ class Invoker:
     def commands(self) -> dict:
         return dict(self.cli.commands)
 
-    def __call__(self, args: list[str]):
+    def __call__(self, args: Sequence[object]):
         saved = os.environ.get("GENVAE_MAX_MEMORY")
         try:
             return self.runner.invoke(self.cli, [str(a) for a in args])
@@ -481,7 +482,7 @@ def run_config_fuzz(invoke: Invoker, base_folder: Path, work: Path, count: int, 
             args = commands.pop(0)
             out.unlink(missing_ok=True)
             result = invoke(args)
-            stats.record(args[0], result)
+            stats.record(str(args[0]), result)
             problems = result_problems(result)
             changes = differences(before, snapshot(folder))
             if changes:
@@ -549,7 +550,7 @@ class World:
 
     def restore(self, base_folder: Path) -> None:
         shutil.rmtree(self.root)
-        self.__init__(self.root, base_folder)
+        World.__init__(self, self.root, base_folder)
 
 
 def _int_bad(rng, lo: int | None, hi: int | None) -> str:
@@ -600,7 +601,7 @@ NAME_BAD = ["nosuch", "x" * 5000, "", "CONV", "conv ", "kl", "é", "\x00", "../c
 def _cmd_specs(w: World, commands: set[str]) -> dict[str, dict]:
     """Per command: valid positionals and options (each case breaks them), and what it accepts."""
     m = str(w.model)
-    specs = {
+    specs: dict[str, dict] = {
         "build": {"pos": [], "opts": {"--preset": "cvae", "--set": list(TINY_CVAE), "-o": str(w.new)},
                   "ints": [("--image-size", 1, 8192)], "loads": True},
         "train": {"pos": [m], "opts": {"--max-steps": "1", "--batch-size": "4", "--quiet": None,

@@ -139,8 +139,10 @@ def test_a_convolutions_scratch_by_hand():
     y = torch.nn.functional.conv2d(x, w, padding=1)
     args = (x, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1)
     conv = torch.ops.aten.convolution.default
+    # PyTorch's own kernel: im2col, 8 x 3 x 3 values a pixel. Only this flag changes (mkldnn.flags() would set
+    # allow_tf32 too); ignore[assignment]: torch's stub types the attribute as the ContextProp that sets it
     enabled = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False  # PyTorch's own kernel: im2col, 8 x 3 x 3 values a pixel
+    torch.backends.mkldnn.enabled = False  # type: ignore[assignment]
     try:
         assert conv_workspace(conv, args, y) == 2 * 8 * 9 * 512 * 512 * 4
     finally:
@@ -325,7 +327,9 @@ def test_train_refuses_an_epoch_grid_that_cannot_fit_before_any_step(folders, tm
 
     shutil.copytree(folders / "g256", tmp_path / "g")
     spec = load_spec(tmp_path / "g")
-    limit = max(budget.estimate(spec).training_bytes, budget._dry_run_bytes(spec, None)) + 2**20
+    dry_run = budget._dry_run_bytes(spec, None)
+    assert dry_run is not None  # it runs on meta
+    limit = max(budget.estimate(spec).training_bytes, dry_run) + 2**20
     assert limit < inference_estimate(spec, "generate").batch_bytes(1) + grid_bytes(spec, 64)
     result = invoke("train", tmp_path / "g", "--data", folders / "data", "--epochs", 1, limit=str(limit))
     assert result.exit_code == 1
@@ -349,7 +353,9 @@ def test_edit_in_chunks(tmp_path):
     Image.fromarray(mask.numpy()).save(tmp_path / "mask.png")
     spec = load_spec(folder)
     # what loading the model needs (training its batch of 1, the dry run) leaves room for a few variants at once
-    limit = max(budget.estimate(spec).training_bytes, budget._dry_run_bytes(spec, None)) + 2**16
+    dry_run = budget._dry_run_bytes(spec, None)
+    assert dry_run is not None  # it runs on meta
+    limit = max(budget.estimate(spec).training_bytes, dry_run) + 2**16
     for blend in ("alpha", "poisson"):
         est = inference_estimate(spec, f"edit-{blend}", program=edit_program(blend))
         assert est.batch_bytes(64) > limit

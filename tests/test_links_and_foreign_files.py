@@ -226,6 +226,7 @@ def test_a_folder_swapped_for_a_link_after_it_was_opened_does_not_redirect_write
     with fs.open_folder(root, "samples") as held:
         os.rename(root / "samples", tmp_path / "moved")
         os.symlink(victim, root / "samples")
+        assert isinstance(held, int)  # a descriptor (POSIX)
         fd = os.open("grid.png", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=held)
         os.close(fd)
     assert list(victim.iterdir()) == [] and (tmp_path / "moved" / "grid.png").exists()

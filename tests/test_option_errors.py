@@ -125,9 +125,9 @@ def test_train_config_refuses_bad_lr(lr):
     with pytest.raises(ValueError, match=r"\blr\b") as info:
         TrainConfig(lr=lr)
     check_line(str(info.value))
-    with pytest.raises(OptionsError) as info:
+    with pytest.raises(OptionsError) as refused:
         options_from_dict(TrainConfig, {"lr": lr}, "train")
-    message = check_line(str(info.value))
+    message = check_line(str(refused.value))
     assert message.startswith("train option 'lr': expected a finite number > 0, got ")
 
 

@@ -128,7 +128,7 @@ def test_the_core_names_no_built_in_component_beyond_the_spec_defaults():
 
 def test_the_core_imports_no_command_line_library():
     """click and rich belong to genvae.cli; the engine reports progress through genvae.core.progress."""
-    found = {}
+    found: dict[str, list[str]] = {}
     for path in sorted((ROOT / "core").rglob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for block in ast.walk(tree):  # names imported for type annotations only are no dependency

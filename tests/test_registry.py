@@ -198,7 +198,7 @@ def test_same_plugin_name_twice():
     registry = PluginManager().load([*CORE_PLUGINS, "genvae.plugins.fc"], entry_points=False)
     assert registry.plugins["fc"].status == "loaded"
     duplicate = registry.plugins["fc (genvae.plugins.fc)"]
-    assert duplicate.status == "failed" and "already loaded" in duplicate.error
+    assert duplicate.status == "failed" and duplicate.error is not None and "already loaded" in duplicate.error
 
 
 # -- conflicts ---------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import random
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -429,7 +430,7 @@ def plant_users_files(folder: Path, victim: Path, rng: random.Random) -> dict[st
     return planted
 
 
-def interrupted_run(exe, folder: Path, signals: list[int], rng: random.Random, victim: Path | None = None
+def interrupted_run(exe, folder: Path, signals: Sequence[int], rng: random.Random, victim: Path | None = None
                     ) -> tuple[list[int], dict[str, bytes]]:
     """Train ``folder`` to the end, sending each signal at a random moment of one attempt; returns the exit codes,
     and, with a ``victim`` folder, the user's files and links planted after each stop (see plant_users_files)."""
@@ -511,7 +512,8 @@ def test_stop_with_sigint_and_sigterm_then_resume_is_bit_exact(tmp_path, genvae_
         last_line = err.strip().splitlines()[-1]
         assert last_line.startswith(f"stopped by {signal.Signals(sig).name} at step ") and "Traceback" not in err
         step = int(last_line.split(" at step ")[1].split(";")[0])
-        assert 0 < step < 60 and ckpt.latest_checkpoint(folder).name == f"step-{step:08d}"
+        latest = ckpt.latest_checkpoint(folder)
+        assert 0 < step < 60 and latest is not None and latest.name == f"step-{step:08d}"
         assert max(r["step"] for r in _metrics(folder)) <= step
     final = subprocess.run([*genvae_exe, "train", str(folder), *COMMON, "--resume"], capture_output=True,
                            timeout=300, **_child())
@@ -576,7 +578,9 @@ def test_sigterm_during_start_up_and_as_a_second_signal_exits_143(model_dir, gen
 
 
 def ckpt_step(folder: Path) -> int:
-    return int(ckpt.latest_checkpoint(folder).name.split("-")[1])
+    latest = ckpt.latest_checkpoint(folder)
+    assert latest is not None
+    return int(latest.name.split("-")[1])
 
 
 @pytest.mark.long

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
 from helpers import SETS
 
@@ -68,8 +69,8 @@ def test_curves_overlay_the_same_term_of_every_run(two_runs):
     assert [line.get_label() for line in lines] == ["fast", "slow"]
     for line, folder in zip(lines, two_runs, strict=True):
         records = read_metrics(folder)
-        assert list(line.get_xdata()) == [r["step"] for r in records]
-        assert list(line.get_ydata()) == pytest.approx([r["kl"] for r in records])
+        assert np.asarray(line.get_xdata()).tolist() == [r["step"] for r in records]
+        assert np.asarray(line.get_ydata()).tolist() == pytest.approx([r["kl"] for r in records])
     plt.close(fig)
 
 
@@ -84,8 +85,8 @@ def test_curves_by_wall_clock_start_at_each_runs_first_line(two_runs):
     assert plot_term(runs, "mse", ax, x="time")
     for line, records in zip(ax.get_lines(), runs.values(), strict=True):
         start = records[0]["wall_time"]
-        assert list(line.get_xdata()) == pytest.approx([(r["wall_time"] - start) / 60 for r in records])
-        assert list(line.get_ydata()) == pytest.approx([r["mse"] for r in records])
+        assert np.asarray(line.get_xdata()).tolist() == pytest.approx([(r["wall_time"] - start) / 60 for r in records])
+        assert np.asarray(line.get_ydata()).tolist() == pytest.approx([r["mse"] for r in records])
     assert "wall-clock minutes" in ax.get_xlabel()
     plt.close(fig)
     with pytest.raises(ValueError, match="x must be 'step' or 'time'"):

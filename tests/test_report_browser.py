@@ -19,6 +19,7 @@ pytestmark = [pytest.mark.long, pytest.mark.skipif(CHROMIUM is None, reason="no 
 
 
 def chromium(*args: str) -> subprocess.CompletedProcess:
+    assert CHROMIUM is not None  # the module is skipped without it
     return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", *args],
                           capture_output=True, text=True, timeout=120)
 

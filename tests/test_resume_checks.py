@@ -122,6 +122,11 @@ def _groups(data: dict) -> None:
     groups[0]["params"] = groups[0]["params"][:-1]
 
 
+def _empty_log_window(folder: Path) -> None:
+    edit_tensors(folder, put("trainer.running/mse", torch.tensor(1.0)))
+    edit_trainer(folder, lambda d: d.update(running_terms=["mse"], running_count=0))
+
+
 CASES = {
     "a state of a parameter the phase does not have": (
         lambda f: edit_tensors(f, put("model/99/exp_avg", torch.zeros(1))),
@@ -167,8 +172,7 @@ CASES = {
         lambda f: edit_trainer(f, lambda d: d.update(running_terms=["mse"], running_count=1)),
         [str(OPTIM), "'trainer.running/mse' is missing"]),
     "a log window of no steps": (
-        lambda f: (edit_tensors(f, put("trainer.running/mse", torch.tensor(1.0))),
-                   edit_trainer(f, lambda d: d.update(running_terms=["mse"], running_count=0))),
+        _empty_log_window,
         [str(TRAINER), "'running_count' must be 1..4"]),
     "counters that do not fit the data": (
         lambda f: edit_trainer(f, lambda d: d.update(epoch=3)),

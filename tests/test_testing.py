@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 import genvae.testing
-from genvae.core.components import Decoder, Encoder, Loss
+from genvae.core.components import Component, Decoder, Encoder, Loss
 from genvae.core.hookspecs import hookimpl
 from genvae.core.options import int_tuple, option, positive_int, to_int
 from genvae.testing import (
@@ -44,7 +44,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is
 class Plugin:
     """A test plugin registering the given component classes under their kinds' hooks."""
 
-    def __init__(self, *components: type):
+    def __init__(self, *components: type[Component]):
         self.components = components
 
     def _register(self, kind, register):

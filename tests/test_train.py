@@ -33,7 +33,8 @@ def test_resume_continues_exactly(tmp_path, tiny_spec, tiny_data):
     straight.fit()
     first = make_trainer(tiny_spec, tmp_path / "b", tiny_data, max_steps=7)
     first.fit()
-    assert ckpt.latest_checkpoint(tmp_path / "b").name == "step-00000007"
+    latest = ckpt.latest_checkpoint(tmp_path / "b")
+    assert latest is not None and latest.name == "step-00000007"
     second = make_trainer(tiny_spec, tmp_path / "b", tiny_data, max_steps=13)
     assert second.resume() == 7
     assert (second.epoch, second.batch_in_epoch) == (1, 2)

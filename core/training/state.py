@@ -30,6 +30,7 @@ from genvae.core.errors import CheckpointError, GenvaeError, shorten
 
 if TYPE_CHECKING:
     from genvae.core.distributed import Distributed
+    from genvae.core.folder import ModelFolder
     from genvae.core.training.step import Phase
 
 RUNNING = "trainer.running/"  # tensor-name prefix of the open log window's sums in optimizer.safetensors
@@ -247,7 +248,7 @@ def optimizer_state(phase: Phase, tensors: dict[str, torch.Tensor], meta: dict, 
     return {"state": found, "param_groups": groups}
 
 
-def read_resume_state(folder: Path, model: torch.nn.Module, phases: Sequence[Phase], *, batch_size: int,
+def read_resume_state(folder: Path | ModelFolder, model: torch.nn.Module, phases: Sequence[Phase], *, batch_size: int,
                       num_images: int, device: torch.device) -> ResumeState | None:
     """The latest checkpoint of ``folder``, read and checked against the model, its phases, the batch size and
     the number of training images; None when there is none. Writes nothing."""

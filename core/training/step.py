@@ -299,8 +299,8 @@ class StepRunner:
                 self.dist.average_([p.grad for p in phase.params if p.grad is not None])
             if self.scaler is not None:  # after the average: an overflow on any replica skips the step on all
                 self.scaler.unscale_(phase.optimizer)
-            for params, value in phase.clamps:
-                nn.utils.clip_grad_value_(params, value)
+            for params, clamp in phase.clamps:
+                nn.utils.clip_grad_value_(params, clamp)
             if self.config.grad_clip_norm is not None:
                 nn.utils.clip_grad_norm_(phase.params, self.config.grad_clip_norm)
             if self.scaler is not None:

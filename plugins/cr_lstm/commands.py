@@ -26,7 +26,7 @@ def _traverse_latents(model, step: int, rows: int, columns: int, device) -> torc
     return out.reshape(rows * columns, *layout.shape)
 
 
-def commands() -> list:
+def commands() -> tuple:
     """The click commands ``draw`` and ``traverse``."""
     import click
 

@@ -149,6 +149,7 @@ class CRDecoder(Decoder[CRDecoderOptions]):
     def __init__(self, options: CRDecoderOptions, ctx: BuildContext):
         super().__init__(options, ctx)
         c_in, ups = self.upsampling_plan(ctx, "give the fc latent an output_shape such as [256, 4, 4]")
+        assert ctx.transform is not None  # upsampling_plan has read it
         c = ctx.image_shape[0]
         if ups < 1:
             raise self.fail(f"needs an input smaller than the image {list(ctx.image_shape)}; it has "
@@ -229,6 +230,7 @@ class CRLatent(LatentTransform[CRLatentOptions]):
 
     def __init__(self, options: CRLatentOptions, ctx: BuildContext):
         super().__init__(options, ctx)
+        assert ctx.encoder is not None, "the encoder is built before the latent transform"
         c, h, w = self.require_spatial(tuple(ctx.encoder.output_shape), f"encoder '{ctx.encoder.name}'")
         t, lc = options.steps, options.latent_channels
         if c % t:

@@ -32,6 +32,9 @@ from genvae.api import (
     GenvaeError,
     LatentLayout,
     LatentTransform,
+    PyramidDecoder,
+    PyramidEncoder,
+    PyramidLatent,
     PyramidPass,
     activation,
     decoder_widths,
@@ -111,6 +114,7 @@ class LaplacianEncoder(Encoder[LaplacianEncoderOptions]):
     Options = LaplacianEncoderOptions
     counterparts = {"transform": "laplacian", "decoder": "laplacian", "preset": "lapcvae"}
     provides = frozenset({PYRAMID})
+    _parts: tuple[PyramidEncoder, PyramidLatent, PyramidDecoder] | None  # kept with refer()
 
     def __init__(self, options: LaplacianEncoderOptions, ctx: BuildContext):
         super().__init__(options, ctx)
@@ -155,6 +159,7 @@ class LaplacianEncoder(Encoder[LaplacianEncoderOptions]):
         """Level k's encoder input: concat[h_k, u(coarser image)]; h_K alone at the coarsest level."""
         if k == self.num_levels - 1:
             return h
+        assert coarser is not None, "every level but the coarsest has a coarser one"
         return torch.cat([h, upsample(coarser, self.kernel)], dim=1)
 
     def encode_level(self, k: int, h: Tensor, coarser: Tensor | None) -> Tensor:
@@ -233,7 +238,7 @@ class LaplacianLatent(LatentTransform[LaplacianLatentOptions]):
         super().__init__(options, ctx)
         enc = ctx.encoder
         if not isinstance(enc, LaplacianEncoder):
-            raise self.fail(f"needs the 'laplacian' encoder (per-level features), not '{enc.name}'")
+            raise self.fail(f"needs the 'laplacian' encoder (per-level features), not '{getattr(enc, 'name', None)}'")
         levels = enc.num_levels
         sizes = levels_option(self, options.latent_sizes, levels, "latent_sizes")
         self.num_levels = levels
@@ -306,7 +311,9 @@ class LaplacianDecoder(Decoder[LaplacianDecoderOptions]):
         super().__init__(options, ctx)
         tr, enc = ctx.transform, ctx.encoder
         if not isinstance(tr, LaplacianLatent):
-            raise self.fail(f"needs the 'laplacian' latent transform (per-level decoder inputs), not '{tr.name}'")
+            raise self.fail(f"needs the 'laplacian' latent transform (per-level decoder inputs), not "
+                            f"'{getattr(tr, 'name', None)}'")
+        assert isinstance(enc, LaplacianEncoder)  # the laplacian latent transform required it
         levels = tr.num_levels
         widths = levels_option(self, options.widths, levels, "widths")
         c, h, _ = ctx.image_shape

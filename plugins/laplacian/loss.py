@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import typing
+
 import attrs
+from torch import nn
 
 from genvae.api import (
     PYRAMID,
     BuildContext,
     Loss,
+    PyramidDecoder,
     float_tuple,
     one_of,
     option,
@@ -45,6 +49,8 @@ class PyramidMSELoss(Loss[PyramidMSEOptions]):
     Options = PyramidMSEOptions
     role = "reconstruction"
     requires = frozenset({PYRAMID})
+    #: (encoder, latent, decoder) level modules by level, kept with refer() in attach
+    _level_modules: list[tuple[nn.Module, nn.Module, nn.Module]]
 
     def __init__(self, options: PyramidMSEOptions, ctx: BuildContext, weight: float = 1.0):
         super().__init__(options, ctx, weight)
@@ -53,7 +59,7 @@ class PyramidMSELoss(Loss[PyramidMSEOptions]):
         if dec is None or PYRAMID not in dec.provides:
             raise self.fail(f"needs a pyramid encoder, latent transform and decoder such as 'laplacian' (this "
                             f"model's decoder is '{getattr(dec, 'name', None)}')")
-        levels = dec.num_levels
+        levels = typing.cast(PyramidDecoder, dec).num_levels  # it provides the pyramid capability
         self.weights = levels_option(self, options.level_weights or (1.0,), levels, "level_weights")
         self.refer("_level_modules", [])  # (encoder, latent, decoder) level modules by level, set in attach
 

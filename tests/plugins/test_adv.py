@@ -17,6 +17,7 @@ from genvae.core.model import build_model
 from genvae.core.spec import ComponentSpec, LossSpec, ModelSpec
 from genvae.core.training import Trainer
 from genvae.core.training.step import build_phases
+from genvae.plugins.adv import AdversarialLoss
 from genvae.testing import check_component
 
 ADV = {"widths": [8, 8], "head_hidden": 16, "minibatch_kernels": 4, "minibatch_dims": 3}
@@ -41,6 +42,12 @@ def gan_spec(adv=None, mi=None, transform=None, **train) -> ModelSpec:
         channels=3,
         train={"batch_size": 8, "lr": 1e-3, "log_every": 1, "checkpoint_every": 100, **train},
     )
+
+
+def adv_of(model) -> AdversarialLoss:
+    loss = model.losses["adv"]
+    assert isinstance(loss, AdversarialLoss)
+    return loss
 
 
 def images(n=16, seed=0) -> ImageData:
@@ -89,8 +96,8 @@ def test_conformance_without_the_gan_gradient_to_the_encoder():
 
 def test_paper_discriminator():
     model = build_model(preset_spec("crvae-gan-no-mi"))
-    adv = model.losses["adv"]
-    convs = [b[0] for b in adv.trunk.blocks]
+    adv = adv_of(model)
+    convs = [m for m in adv.trunk.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [(c.in_channels, c.out_channels, c.kernel_size[0]) for c in convs] == [
         (3, 64, 5), (64, 128, 5), (128, 256, 5), (256, 256, 3)]
     assert adv.trunk_shape == (256, 4, 4)
@@ -147,7 +154,7 @@ def test_generator_terms_and_prior_samples_made_once():
     for part in (model.decoder, model.transform.gen, model.encoder):
         grads = torch.autograd.grad(g_total, list(part.parameters()), retain_graph=True, allow_unused=True)
         assert any(gr is not None and gr.abs().sum() > 0 for gr in grads)
-    logits = model.losses["adv"].head(fwd.fake_features.by_branch["recon"])
+    logits = adv_of(model).head(fwd.fake_features.by_branch["recon"])
     expected = 0.0125 * torch.nn.functional.softplus(-logits).mean()
     assert g["adv.g_recon"].item() == pytest.approx(expected.item(), rel=1e-5)
 
@@ -158,7 +165,7 @@ def test_learned_similarity_term():
     x = torch.rand(4, 3, 16, 16) * 2 - 1
     fwd = model(x)
     terms = model.phase_terms(fwd, "model")
-    adv = model.losses["adv"]
+    adv = adv_of(model)
     with torch.no_grad():
         expected = 2.0 * (adv.trunk.layer_features(fwd.x_hat, 1) - adv.trunk.layer_features(x, 1)).pow(2).mean()
     assert terms["adv.similarity"].item() == pytest.approx(expected.item(), rel=1e-5)
@@ -170,7 +177,7 @@ def test_learned_similarity_term():
 
 def constant_discriminator(model, logit: float) -> None:
     """D says `logit` for every image: with the default mix (half real) its error rate is exactly 0.5."""
-    head = model.losses["adv"].head
+    head = adv_of(model).head
     with torch.no_grad():
         head.out.weight.zero_()
         head.out.bias.fill_(logit)
@@ -200,11 +207,11 @@ def test_no_skip_flag_when_the_rule_is_off():
 def test_trainer_skips_the_discriminator_update(tmp_path, threshold, d_changes):
     t = trainer(gan_spec(adv={"skip_below": threshold}), tmp_path / "m")
     constant_discriminator(t.model, 5.0)
-    d_before, enc_before = snapshot(t.model.losses["adv"]), snapshot(t.model.encoder)
+    d_before, enc_before = snapshot(adv_of(t.model)), snapshot(t.model.encoder)
     x = t.to_model_range(t.images[:8])
     terms = t.train_step(x)
     assert terms["discriminator/skipped"].item() == float(not d_changes)
-    assert same(snapshot(t.model.losses["adv"]), d_before) is not d_changes
+    assert same(snapshot(adv_of(t.model)), d_before) is not d_changes
     assert not same(snapshot(t.model.encoder), enc_before)  # the model phase still updates
 
 
@@ -213,7 +220,7 @@ def test_trainer_skips_the_discriminator_update(tmp_path, threshold, d_changes):
 
 def test_trains_all_phases(tmp_path):
     t = trainer(gan_spec(mi={}, max_steps=4, epochs=10, flip=True), tmp_path / "m")
-    d_before = snapshot(t.model.losses["adv"].head)
+    d_before = snapshot(adv_of(t.model).head)
     t.fit()
     lines = [json.loads(line) for line in (tmp_path / "m" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2, 3, 4]
@@ -221,7 +228,7 @@ def test_trains_all_phases(tmp_path):
             "adv.g_recon", "adv.g_prior", "mi", "model/total"}
     assert keys <= set(lines[-1])
     assert all(math.isfinite(v) for r in lines for k, v in r.items() if isinstance(v, float))
-    assert not same(snapshot(t.model.losses["adv"].head), d_before) or all(
+    assert not same(snapshot(adv_of(t.model).head), d_before) or all(
         r["discriminator/skipped"] == 1.0 for r in lines)
     assert list((tmp_path / "m" / "samples").glob("*.png"))
     # the checkpoint holds one optimiser state per phase and reloads into a fresh build
@@ -231,13 +238,13 @@ def test_trains_all_phases(tmp_path):
     assert resumed.step == 6
 
 
-def test_metrics_average_each_term_when_the_discriminator_is_skipped_on_some_steps(tmp_path):
+def test_metrics_average_each_term_when_the_discriminator_is_skipped_on_some_steps(tmp_path, monkeypatch):
     """Steps with and without a discriminator update have different terms; each logged mean stays its own."""
     spec = gan_spec(mi={}, max_steps=12, epochs=100, log_every=4)
     t = trainer(spec, tmp_path / "m")
-    adv = t.model.losses["adv"]
+    adv = adv_of(t.model)
     schedule = [2.0, 1e-9, 1e-9, 2.0] * 3  # skip_below 2: always skipped; 1e-9: trained unless D is perfect
-    steps = []
+    steps: list[dict[str, float]] = []
     original = t.train_step
 
     def record(x):
@@ -246,7 +253,7 @@ def test_metrics_average_each_term_when_the_discriminator_is_skipped_on_some_ste
         steps.append({k: v.item() for k, v in terms.items()})
         return terms
 
-    t.train_step = record
+    monkeypatch.setattr(t, "train_step", record)
     t.fit()
     assert [s["discriminator/skipped"] for s in steps] == [float(b > 1) for b in schedule]
     lines = [json.loads(line) for line in (tmp_path / "m" / "metrics.jsonl").read_text().splitlines()]

@@ -150,6 +150,12 @@ def test_generator_terms_reach_the_generator_and_the_crvae_gan_encoder():
     assert untouched(terms["adv.g_prior"], model.encoder)  # prior samples never see the encoder
 
 
+def bn_statistics(m: torch.nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Copies of a batch norm's running mean, running variance and batch count."""
+    assert m.running_mean is not None and m.running_var is not None and m.num_batches_tracked is not None
+    return m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()
+
+
 def test_vae_gan_encoder_gets_no_gan_gradient():
     """The authors' f_vae_encoder: reconstruction + KL gradients only; decoder and fc Linear z -> u get the GAN's."""
     model = tiny("vae-gan-small", "loss.adv.dropout=0")
@@ -158,7 +164,7 @@ def test_vae_gan_encoder_gets_no_gan_gradient():
     fwd = model(x_batch())
     model.phase_terms(fwd, "discriminator")  # makes the prior samples (a generation pass of its own)
     norms = [m for m in model.decoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    running = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in norms]
+    running = [bn_statistics(m) for m in norms]
     terms = model.phase_terms(fwd, "model")
     gan = terms["adv.g_recon"] + terms["adv.g_prior"]
     encoder_side = [*model.encoder.parameters(), *model.transform.to_params.parameters()]
@@ -170,8 +176,9 @@ def test_vae_gan_encoder_gets_no_gan_gradient():
     regenerated = model.losses["adv"].generator_reconstructions(fwd)
     assert torch.allclose(regenerated, fwd.x_hat, atol=1e-6)
     for m, (mean, var, count) in zip(norms, running, strict=True):
-        assert torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var)
-        assert torch.equal(m.num_batches_tracked, count)
+        now_mean, now_var, now_count = bn_statistics(m)
+        assert torch.equal(now_mean, mean) and torch.equal(now_var, var)
+        assert torch.equal(now_count, count)
 
 
 def test_gan_to_encoder_gives_the_baseline_encoder_the_gan_gradient():

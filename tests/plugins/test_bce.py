@@ -67,6 +67,7 @@ def test_stable_for_saturated_logits():
     assert torch.isfinite(value)
     assert value.item() == pytest.approx(120.0 * 768, rel=1e-4)  # -log sigmoid(-120) = 120 per pixel
     value.backward()
+    assert logits.grad is not None
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().max() > 0
 
 

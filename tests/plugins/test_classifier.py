@@ -13,7 +13,14 @@ import torch
 from genvae.api import build_model, save_model
 from genvae.core.data import load_labels
 from genvae.core.errors import GenvaeError
-from genvae.plugins.classifier import Classifier, accuracy, load_classifier, save_classifier, train_classifier
+from genvae.plugins.classifier import (
+    Classifier,
+    InceptionFeatures,
+    accuracy,
+    load_classifier,
+    save_classifier,
+    train_classifier,
+)
 from genvae.testing import invoke_cli, tiny_spec
 
 
@@ -139,6 +146,7 @@ def test_a_local_inception_weights_file_is_a_labelled_feature_network(tmp_path):
     net = inception_v3(weights=None, aux_logits=True, init_weights=False)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / "inception.safetensors"))
     features = open_feature_network(tmp_path / "inception.safetensors", get_registry())
+    assert isinstance(features, InceptionFeatures)
     assert features.label == "Inception-v3 features (torchvision ImageNet weights)"
     x = torch.rand(2, 1, 32, 32) * 2 - 1
     from genvae.core.evaluation import fit_to

@@ -11,6 +11,7 @@ from genvae.api import build_model, save_model
 from genvae.core.compose import apply_sets, preset_spec
 from genvae.core.errors import GenvaeError
 from genvae.plugins import completion as c
+from genvae.plugins.adv import AdversarialLoss
 from genvae.testing import invoke_cli, tiny_spec
 
 
@@ -52,7 +53,9 @@ def test_the_objective_is_masked_error_plus_prior_plus_discriminator_term():
     m = c.named_mask("lower", 16)
     with torch.no_grad():
         value, x_hat = c.objective(model, z, x, m, gamma=0.3, tau=2.0)
-        logits = model.losses["adv"].discriminate(x_hat).reshape(-1)
+        adv = model.losses["adv"]
+        assert isinstance(adv, AdversarialLoss)
+        logits = adv.discriminate(x_hat).reshape(-1)
     rec = ((x_hat - x) * m).pow(2).flatten(1).sum(1)
     expect = rec + 0.3 * 0.5 * z.pow(2).sum(1) + 2.0 * torch.log(1 - torch.sigmoid(logits))
     assert torch.allclose(value, expect, atol=1e-4)
@@ -78,7 +81,7 @@ def trained_vae(steps: int = 200):
     model.train()
     for _ in range(steps):
         fwd = model(batch(32))
-        loss = sum(model.phase_terms(fwd, "model").values())
+        loss = sum(model.phase_terms(fwd, "model").values(), torch.zeros(()))
         opt.zero_grad()
         loss.backward()
         opt.step()

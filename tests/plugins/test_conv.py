@@ -151,7 +151,7 @@ def test_cvae_preset_builds_and_trains():
     losses = []
     model.train()
     for _ in range(30):
-        total = sum(model.phase_terms(model(x), "model").values())
+        total = sum(model.phase_terms(model(x), "model").values(), torch.zeros(()))
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()

@@ -13,6 +13,9 @@ from genvae.core.errors import BuildError
 from genvae.core.model import build_model
 from genvae.core.spec import ComponentSpec, LossSpec, ModelSpec
 from genvae.core.training.step import build_phases
+from genvae.plugins.adv import AdversarialLoss
+from genvae.plugins.kl import KLLoss
+from genvae.plugins.mi import MILoss
 from genvae.testing import check_component, tiny_spec
 
 ENC = {"width": 4, "max_width": 16}
@@ -163,6 +166,7 @@ def test_kl_weights_apply_per_block():
     model.train()
     fwd = model(torch.rand(3, 3, 16, 16) * 2 - 1)
     kl = model.losses["kl"]
+    assert isinstance(kl, KLLoss)
     per_group = model.layout.per_group(fwd.posterior.kl(fwd.prior)).mean(0)
     term = model.phase_terms(fwd, "model")["kl"]
     assert term.item() == pytest.approx((per_group * torch.tensor(weights)).sum().item(), rel=1e-5)
@@ -178,7 +182,10 @@ def test_kl_one_minus_alpha_form_matches_weights():
     a = build_model(small_spec(losses=[LossSpec("mse"), LossSpec("kl", options={"alphas": [0.0, 1.0, 0.5, 0.25]})]))
     b = build_model(small_spec(losses=[LossSpec("mse"),
                                        LossSpec("kl", options={"group_weights": [1.0, 0.0, 0.5, 0.75]})]))
-    assert torch.equal(a.losses["kl"].element_weights, b.losses["kl"].element_weights)
+    kl_a, kl_b = a.losses["kl"], b.losses["kl"]
+    assert isinstance(kl_a, KLLoss) and isinstance(kl_b, KLLoss)
+    assert kl_a.element_weights is not None and kl_b.element_weights is not None
+    assert torch.equal(kl_a.element_weights, kl_b.element_weights)
     with pytest.raises(Exception, match="not both"):
         build_model(small_spec(losses=[LossSpec("mse"),
                                        LossSpec("kl", options={"alphas": [0.0] * 4, "group_weights": [1.0] * 4})]))
@@ -196,7 +203,9 @@ def test_encoder_alone_with_adv_mi_is_crvae_gan():
     assert spec.train == paper.train
     model = build_model(spec)
     assert model.phases == ["discriminator", "mi", "model"]
-    assert model.losses["adv"].options.beta == 0.0125 and model.losses["mi"].options.kappa == 0.02
+    adv, mi = model.losses["adv"], model.losses["mi"]
+    assert isinstance(adv, AdversarialLoss) and isinstance(mi, MILoss)
+    assert adv.options.beta == 0.0125 and mi.options.kappa == 0.02
 
 
 @pytest.mark.parametrize("name", ["crvae", "crvae-gan-no-mi", "fig3-vae", "fig3-cvae", "fig3-crvae",

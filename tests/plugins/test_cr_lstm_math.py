@@ -31,7 +31,7 @@ def vae_gan():
 
 def layers(module) -> list[tuple]:
     """The leaf layers of a Sequential, in order, as (kind, sizes...) rows."""
-    rows = []
+    rows: list[tuple] = []
     for m in module:
         if isinstance(m, CReLU):
             rows.append(("crelu",))
@@ -164,6 +164,7 @@ def test_batch_norm_momentum_weights_the_new_batch():
     model = build_model(spec)
     first = model.encoder.net[2]
     assert isinstance(first, nn.BatchNorm2d) and (first.eps, first.momentum) == (1e-6, 0.9)
+    assert first.running_mean is not None  # track_running_stats
     with torch.no_grad():
         first.running_mean.fill_(1.0)
         x = torch.rand(4, 3, 16, 16) * 2 - 1

@@ -170,7 +170,7 @@ def _train_steps(spec: ModelSpec, steps: int, batch: int = 8) -> list[float]:
         fwd = model(x)
         for i, phase in enumerate(phases):
             terms = model.phase_terms(fwd, phase.name)
-            total = sum(terms.values())
+            total = sum(terms.values(), torch.zeros(()))
             phase.optimizer.zero_grad(set_to_none=True)
             total.backward(retain_graph=i < len(phases) - 1)
             phase.optimizer.step()

@@ -14,6 +14,7 @@ from genvae.core.errors import BuildError, OptionsError
 from genvae.core.hookspecs import hookimpl
 from genvae.core.model import build_model
 from genvae.core.options import options_from_dict
+from genvae.plugins.kl import KLLoss
 from genvae.testing import check_component, plugin_registry, random_images, tiny_spec
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster (tests/conftest.py)
@@ -30,6 +31,7 @@ class GroupedLatent(LatentTransform):
         super().__init__(options, ctx)
         self.layout = LatentLayout((sum(GROUPS),), GROUPS, "step")
         self.output_shape = (8,)
+        assert ctx.encoder is not None
         self.to_params = nn.Linear(math.prod(ctx.encoder.output_shape), 2 * sum(GROUPS))
         self.from_z = nn.Linear(sum(GROUPS), 8)
 
@@ -152,7 +154,9 @@ def test_group_weights_apply_per_group(registry):
 def test_per_group_report(registry):
     model = build_model(grouped_spec(registry, [0.0, 0.0, 1.0]), registry)
     fwd = model(random_images(model.spec))
-    report = model.losses["kl"].per_group(fwd)
+    kl = model.losses["kl"]
+    assert isinstance(kl, KLLoss)
+    report = kl.per_group(fwd)
     assert report.shape == (3,)
     # unweighted, whatever group_weights say; sums to the unweighted total
     assert torch.allclose(report.sum(), _reference(fwd.posterior).sum(1).mean(), rtol=1e-5)
@@ -194,7 +198,9 @@ def test_bad_group_weights_are_options_errors(weights):
 
 
 def test_group_weights_from_the_command_line():
-    cls = type(build_model(tiny_spec("loss", "kl")).losses["kl"])
+    kl = build_model(tiny_spec("loss", "kl")).losses["kl"]
+    assert isinstance(kl, KLLoss)
+    cls = type(kl)
     options = options_from_dict(cls.Options, {"group_weights": "[1, 0.5,0]"}, "loss 'kl'")
     assert options.group_weights == (1.0, 0.5, 0.0)
 
@@ -204,7 +210,9 @@ def test_alphas_weight_each_group_by_one_minus_alpha(registry):
     fwd = model(random_images(model.spec), sample=False)
     per_element = _reference(fwd.posterior)
     per_group = torch.stack([part.sum(1) for part in per_element.split(list(GROUPS), dim=1)], 1).mean(0)
-    cls = type(model.losses["kl"])
+    kl = model.losses["kl"]
+    assert isinstance(kl, KLLoss)
+    cls = type(kl)
     options = options_from_dict(cls.Options, {"alphas": [0.0, 0.75, 1.0]}, "loss 'kl'")
     loss = cls(options, BuildContext(image_shape=model.spec.image_shape, transform=model.transform))
     expected = per_group[0] + 0.25 * per_group[1]

@@ -12,6 +12,7 @@ import torch
 from genvae.core.components import ForwardPass, Gaussian
 from genvae.core.compose import compose_spec, preset_spec
 from genvae.core.model import build_model
+from genvae.plugins.kl import KLLoss
 
 # crvae at 16 px, 8 time steps of one latent channel (16 values) each
 TINY = ["image_size=16", "encoder.width=4", "encoder.max_width=16", "decoder.width=4", "decoder.max_width=16",
@@ -91,7 +92,9 @@ def test_paper_presets_weight_steps_1_to_3_by_3e4_and_4_to_8_by_2e4():
     assert kl.weight == 2e-4 and not kl.options.get("group_weights")
     # built: the weights follow the time steps in order
     model = build_model(compose_spec(preset="crvae", sets=TINY))
-    w = model.losses["kl"].element_weights.view(8, 16)
+    loss = model.losses["kl"]
+    assert isinstance(loss, KLLoss) and loss.element_weights is not None
+    w = loss.element_weights.view(8, 16)
     assert torch.equal(w, torch.tensor([3e-4] * 3 + [2e-4] * 5).view(8, 1).expand(8, 16))
 
 

@@ -169,7 +169,7 @@ def test_kl_lambda_goes_to_its_level():
     tr = model.transform
     assert tr.sizes == [3, 4, 5]
     means = [torch.full((2, 3), 10.0), torch.full((2, 4), 2.0), torch.full((2, 5), 1.0)]  # by level k
-    fwd = ForwardPass(model, None)
+    fwd = ForwardPass(model, None)  # type: ignore[arg-type]  # no images: the latent side only
     mean = tr.join_levels(means)
     fwd.posterior = Gaussian(mean, torch.zeros_like(mean))
     fwd.prior = model.prior(fwd)
@@ -184,7 +184,7 @@ def test_each_level_decodes_from_itself_and_all_coarser_latents_only():
     tr = model.transform
     torch.manual_seed(1)
     zs = [torch.randn(2, n, requires_grad=True) for n in tr.sizes]  # by level k
-    fwd = ForwardPass(model, None)
+    fwd = ForwardPass(model, None)  # type: ignore[arg-type]  # no images: the latent side only
     model.decoder(tr.generate(tr.join_levels(zs)), fwd)
     for name in ("predictions", "reconstructions"):  # the band h_hat_k, and x_hat_k = h_hat_k + u(x_hat_{k+1})
         for k, out in enumerate(getattr(fwd.pyramid, name)):

@@ -37,7 +37,7 @@ def tiny(levels=3, detach=True, lambdas=None, size=16) -> ModelSpec:
 
 def prior_for(model, z):
     """The m-net prior of a pass whose latent is z (decoded, so the prior sees its reconstruction)."""
-    fwd = ForwardPass(model, None)
+    fwd = ForwardPass(model, None)  # type: ignore[arg-type]  # no images: the latent side only
     fwd.posterior = Gaussian(z, torch.zeros_like(z))
     fwd.z = z
     fwd.u = model.transform.generate(z, fwd)
@@ -73,10 +73,11 @@ def test_prior_depends_on_the_coarser_posterior_only():
             for j in range(k + 1, 3):  # priors of the changed level and coarser ones do not move
                 assert torch.equal(m[j], means[j]) and torch.equal(lv[j], logvars[j])
         # it is the re-encoded reconstruction that matters: M_k applied to q_{k+1}(reconstruction)
-        fwd = ForwardPass(model, None)
+        fwd = ForwardPass(model, None)  # type: ignore[arg-type]  # no images: the latent side only
         fwd.posterior = Gaussian(z, torch.zeros_like(z))
         fwd.u = tr.generate(z, fwd)
         model.decoder(fwd.u, fwd)
+        assert fwd.pyramid is not None  # the decoder filled it
         preds, recon = fwd.pyramid.predictions, fwd.pyramid.reconstructions
         mu, lv = model.prior.reencode(1, preds[1], recon[2])
         expect_mean, expect_logvar = model.prior.levels[0](mu, lv)

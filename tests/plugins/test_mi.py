@@ -12,7 +12,8 @@ from genvae.core.model import build_model
 from genvae.core.spec import ComponentSpec, LossSpec, ModelSpec
 from genvae.core.training import Trainer
 from genvae.core.training.step import build_phases
-from genvae.plugins.mi import PAPER_WEIGHTS
+from genvae.plugins.adv import AdversarialLoss
+from genvae.plugins.mi import PAPER_WEIGHTS, MILoss
 from genvae.testing import check_component
 
 ADV = {"widths": [8, 8], "head_hidden": 16, "minibatch_kernels": 4, "minibatch_dims": 3, "skip_below": 0}
@@ -20,6 +21,18 @@ STACK = {"width": 4, "max_width": 16}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster (tests/conftest.py)
+
+
+def mi_of(model) -> MILoss:
+    loss = model.losses["mi"]
+    assert isinstance(loss, MILoss)
+    return loss
+
+
+def adv_of(model) -> AdversarialLoss:
+    loss = model.losses["adv"]
+    assert isinstance(loss, AdversarialLoss)
+    return loss
 
 
 def cr(steps=4, **extra):
@@ -84,7 +97,7 @@ def test_mi_without_adv_is_refused_by_the_cli(tmp_path):
 
 def test_trunk_is_shared_not_duplicated():
     model = build_model(spec_with())
-    mi, adv = model.losses["mi"], model.losses["adv"]
+    mi, adv = mi_of(model), adv_of(model)
     assert mi._adv is adv
     keys = list(model.state_dict())
     assert not any(k.startswith("losses.mi") and "trunk" in k for k in keys)
@@ -99,31 +112,33 @@ def test_target_is_u_of_the_generation_lstm():
     model = build_model(spec_with())
     model.train()
     fwd = model(x_batch())
-    target = model.losses["mi"].target(fwd.z, fwd.u)
+    target = mi_of(model).target(fwd.z, fwd.u)
     assert torch.allclose(target, model.transform.recurrent_u(fwd.z).detach(), atol=1e-6)  # u without its bias
     assert not target.requires_grad
-    assert model.losses["mi"].head(model.losses["adv"].trunk(fwd.x_hat)).shape == fwd.u.shape
+    head = mi_of(model).head
+    assert head is not None
+    assert head(adv_of(model).trunk(fwd.x_hat)).shape == fwd.u.shape
 
 
 def test_target_is_z_for_the_fc_baseline():
     model = build_model(spec_with(transform=FC))
     fwd = model(x_batch())
-    assert torch.equal(model.losses["mi"].target(fwd.z, fwd.u), fwd.z.detach())
-    assert model.losses["mi"].element_weights.shape == (12,)
+    assert torch.equal(mi_of(model).target(fwd.z, fwd.u), fwd.z.detach())
+    assert mi_of(model).element_weights.shape == (12,)
     u_model = build_model(spec_with(transform=FC, mi={"target": "u"}))
-    assert u_model.losses["mi"].element_weights.shape == u_model.transform.output_shape
+    assert mi_of(u_model).element_weights.shape == u_model.transform.output_shape
 
 
 def test_per_step_weights():
     eight = build_model(spec_with(transform=cr(steps=8)))
     layout = eight.layout
-    assert torch.equal(eight.losses["mi"].element_weights.flatten(), layout.element_weights(PAPER_WEIGHTS))
+    assert torch.equal(mi_of(eight).element_weights.flatten(), layout.element_weights(PAPER_WEIGHTS))
     four = build_model(spec_with(mi={"group_weights": [0.0, 1.0, 0.0, 2.0]}))
-    weights = four.losses["mi"].element_weights
+    weights = mi_of(four).element_weights
     assert torch.equal(weights[four.layout.group_mask([0])], torch.zeros(32))
     assert torch.equal(weights[four.layout.group_mask([3])], torch.full((32,), 2.0))
     # a zero-weight step gives no gradient to the prediction of that step
-    mi = four.losses["mi"]
+    mi = mi_of(four)
     prediction = torch.randn(2, *four.layout.shape, requires_grad=True)
     (grad,) = torch.autograd.grad(mi.error(prediction, torch.zeros_like(prediction)), prediction)
     assert not grad[:, four.layout.group_mask([0, 2])].any() and grad[:, four.layout.group_mask([1])].all()
@@ -148,12 +163,12 @@ def test_both_branches_posterior_and_prior():
     model = build_model(spec_with(adv={"dropout": 0}))
     model.train()
     fwd = model(x_batch())
-    mi = model.losses["mi"]
+    mi = mi_of(model)
     pairs = mi.pairs(fwd)
     assert [p[0] for p in pairs] == ["recon", "prior"]
     assert pairs[1][1] is fwd.prior_sample().x  # the samples adv made, not a second generation
     only_prior = build_model(spec_with(mi={"on_recon": False}))
-    assert [p[0] for p in only_prior.losses["mi"].pairs(only_prior(x_batch()))] == ["prior"]
+    assert [p[0] for p in mi_of(only_prior).pairs(only_prior(x_batch()))] == ["prior"]
 
 
 # -- phases and training ---------------------------------------------------------------------------------------
@@ -181,7 +196,7 @@ def test_mi_trains_the_trunk_even_when_the_discriminator_is_skipped(tmp_path):
     spec = spec_with(adv={"skip_below": 0.6})
     torch.manual_seed(0)
     model = build_model(spec)
-    adv = model.losses["adv"]
+    adv = adv_of(model)
     with torch.no_grad():  # a constant discriminator: error rate 0.5 < 0.6, its update is skipped
         adv.head.out.weight.zero_()
         adv.head.out.bias.fill_(5.0)
@@ -190,10 +205,12 @@ def test_mi_trains_the_trunk_even_when_the_discriminator_is_skipped(tmp_path):
     t = Trainer(model, tmp_path / "m", data, spec.train, torch.device("cpu"))
     head = {k: v.clone() for k, v in adv.head.state_dict().items()}
     trunk = {k: v.clone() for k, v in adv.trunk.state_dict().items()}
-    mi_head = {k: v.clone() for k, v in model.losses["mi"].head.state_dict().items()}
+    mi = mi_of(model)
+    assert mi.head is not None
+    mi_head = {k: v.clone() for k, v in mi.head.state_dict().items()}
     terms = t.train_step(t.to_model_range(t.images))
     assert terms["discriminator/skipped"].item() == 1.0
     assert all(torch.equal(v, adv.head.state_dict()[k]) for k, v in head.items())
     assert not all(torch.equal(v, adv.trunk.state_dict()[k]) for k, v in trunk.items())
-    assert not all(torch.equal(v, model.losses["mi"].head.state_dict()[k]) for k, v in mi_head.items())
+    assert not all(torch.equal(v, mi.head.state_dict()[k]) for k, v in mi_head.items())
     assert torch.isfinite(terms["mi.q"]) and torch.isfinite(terms["mi"])

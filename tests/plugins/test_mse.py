@@ -68,7 +68,7 @@ def test_gradient_with_respect_to_the_reconstruction():
     x = random_images(model.spec, batch=2)
     x_hat = torch.zeros_like(x, requires_grad=True)
     loss(forward_pass(model, x, x_hat), "model")["mse"].backward()
-    assert torch.allclose(x_hat.grad, 2 * (x_hat - x).detach() / 2)
+    assert x_hat.grad is not None and torch.allclose(x_hat.grad, 2 * (x_hat - x).detach() / 2)
 
 
 def test_role_and_phase():

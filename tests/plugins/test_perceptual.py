@@ -11,8 +11,9 @@ from genvae.api import BuildError, build_model
 from genvae.core.compose import apply_sets, preset_spec
 from genvae.core.errors import GenvaeError, OptionsError
 from genvae.core.spec import LossSpec
+from genvae.plugins.adv import AdversarialLoss
 from genvae.plugins.classifier import Classifier, save_classifier
-from genvae.plugins.perceptual import VGG_RELUS, VGG16Features
+from genvae.plugins.perceptual import VGG_RELUS, PerceptualLoss, VGG16Features
 from genvae.testing import check_component, tiny_spec
 
 
@@ -33,9 +34,10 @@ def test_discriminator_features_by_hand_and_the_gradient_reaches_the_generator()
     fwd = model(x)
     term = model.phase_terms(fwd, "model")["perceptual"]
     adv = model.losses["adv"]
+    assert isinstance(adv, AdversarialLoss)
     with torch.no_grad():
-        expect = 0.5 * sum(w * (adv.trunk.layer_features(fwd.x_hat, k) - adv.trunk.layer_features(x, k)).pow(2)
-                           .mean() for k, w in ((1, 1.0), (2, 3.0)))
+        expect = 0.5 * sum((w * (adv.trunk.layer_features(fwd.x_hat, k) - adv.trunk.layer_features(x, k)).pow(2)
+                            .mean() for k, w in ((1, 1.0), (2, 3.0))), torch.zeros(()))
     assert term.item() == pytest.approx(expect.item(), rel=1e-5)
     grads = torch.autograd.grad(term, list(model.decoder.parameters()), retain_graph=True)
     assert any(g.abs().sum() > 0 for g in grads)
@@ -43,6 +45,7 @@ def test_discriminator_features_by_hand_and_the_gradient_reaches_the_generator()
     x2 = x.clone().requires_grad_(True)
     state2 = model(x2)
     loss = model.losses["perceptual"]
+    assert isinstance(loss, PerceptualLoss)
     real_only = loss._outputs(state2.x)[0]
     assert real_only.requires_grad  # (the trunk itself is differentiable) ...
     with torch.no_grad():

@@ -54,7 +54,7 @@ def test_mse_gradient_by_hand():
     x_hat = two_images(0.4, -0.3).requires_grad_()
     value(model, loss, x, x_hat).backward()
     expected = 2 * (x_hat - x).detach() / (2 * PIXELS)  # d/dx_hat of mean((x_hat - x)^2)
-    assert torch.allclose(x_hat.grad, expected, rtol=1e-6)
+    assert x_hat.grad is not None and torch.allclose(x_hat.grad, expected, rtol=1e-6)
 
 
 def test_crvae_presets_use_the_mean_pixel_mse():
@@ -85,7 +85,7 @@ def test_bce_gradient_by_hand():
     logits = two_images(0.2, -0.4).requires_grad_()
     value(model, loss, x, logits=logits).backward()
     expected = 2 * (torch.sigmoid(2 * logits.detach()) - (x + 1) / 2) / 2
-    assert torch.allclose(logits.grad, expected, rtol=1e-5)
+    assert logits.grad is not None and torch.allclose(logits.grad, expected, rtol=1e-5)
 
 
 # -- gaussian --------------------------------------------------------------------------------------------------
