@@ -71,9 +71,9 @@ def sample(folder, count, output, seed, device, nrow, source, fix) -> None:
     check_image_output(out)
     model, dev = load_for_inference(folder, device, seed)
     shown = count + bool(fix)  # with --from, the input comes first
-    budget = {"held": grid_bytes(model, shown), "holding": f"the {shown:,} images and the grid it writes"}
+    held, holding = grid_bytes(model, shown), f"the {shown:,} images and the grid it writes"
     if not fix:
-        save_grid(draw_samples(model, count, dev, block=SAMPLE_BATCH, **budget), output, nrow=nrow)
+        save_grid(draw_samples(model, count, dev, block=SAMPLE_BATCH, held=held, holding=holding), output, nrow=nrow)
         console.print(f"wrote {count} samples to {output}")
         return
     layout = model.layout
@@ -86,7 +86,8 @@ def sample(folder, count, output, seed, device, nrow, source, fix) -> None:
         fixed = model.encode(x).mean
         for k in fix:
             # every latent drawn at once (block=count), as they always were
-            images = draw_samples(model, count, dev, block=count, fixed=fixed, fixed_groups=k, **budget)
+            images = draw_samples(model, count, dev, block=count, fixed=fixed, fixed_groups=k, held=held,
+                                  holding=holding)
             path = out if len(fix) == 1 else out.with_name(f"{out.stem}-fix{k}{out.suffix}")
             save_grid(torch.cat([to_uint8(x.cpu()), images]), path, nrow=nrow)
             console.print(f"wrote {count} samples keeping {k} {layout.group_label}(s) of {source} to {path} "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.table import Table
@@ -88,8 +89,8 @@ class _RunDisplay:
 
     def __init__(self, quiet: bool, resume: bool):
         self.quiet, self.resume = quiet, resume
-        self.bar = None
-        self.task = None
+        self.bar: Any = None  # a rich Progress, once the run starts on a terminal
+        self.task: Any = None
         self.total = 0
         self.silent = False
 

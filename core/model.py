@@ -73,7 +73,7 @@ class GenerativeModel(nn.Module):
         return fwd
 
     def encode_pass(self, x: Tensor, fwd: ForwardPass, check_features=None) -> Gaussian:
-        """Encoder and posterior for x into ``state``; with the prior's extra inputs in the same batch
+        """Encoder and posterior for x into ``fwd``; with the prior's extra inputs in the same batch
         (``fwd.extra_posterior``). ``check_features(features)`` runs between encoder and transform (the dry
         run compares declared shapes there). Returns x's posterior (``fwd.posterior``)."""
         extra = self.prior.extra_inputs()

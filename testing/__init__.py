@@ -23,7 +23,7 @@ The checks, each usable alone:
   summary, attrs options and (encoders) counterparts that exist.
 * :func:`check_options_roundtrip`: options -> dict -> JSON -> options gives the same instance;
   every option has a help text; unknown options are refused with one line.
-* :func:`check_shapes`: the model builds; features, posterior, z, u, logits and x_hat have the
+* :func:`check_shapes`: the model builds; features, posterior, z, u, the decoder output and x_hat have the
   declared shapes; x_hat is in [-1, 1]; the prior samples the latent's shape; loss terms are
   finite scalars (``Loss.SKIP`` flags: one-element bools); the prior keeps fixed groups.
 * :func:`check_serialisation`: ``save_model``/``load_model`` give an identical ``state_dict``,

@@ -162,7 +162,7 @@ def check_shapes(subject: Subject) -> None:
             expect(f"posterior logvar ({where})", fwd.posterior.logvar, latent)
             expect(f"z ({where})", fwd.z, latent)
             expect(f"u ({where})", fwd.u, (b, *tr.output_shape))
-            expect(f"decoder '{dec.name}' logits ({where})", fwd.decoder_output, (b, *spec.image_shape))
+            expect(f"decoder '{dec.name}' output ({where})", fwd.decoder_output, (b, *spec.image_shape))
             expect(f"x_hat ({where})", fwd.x_hat, (b, *spec.image_shape))
             if fwd.x_hat.min() < -1 or fwd.x_hat.max() > 1:
                 raise fail(f"{label}: x_hat leaves [-1, 1] ({where})")

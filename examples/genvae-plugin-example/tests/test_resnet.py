@@ -13,11 +13,7 @@ import genvae_plugin_example as plugin
 import pytest
 import torch
 
-from genvae.core.compose import preset_spec
-from genvae.core.errors import BuildError, OptionsError
-from genvae.core.model import build_model
-from genvae.core.registry import get_registry
-from genvae.core.spec import ModelSpec
+from genvae.api import BuildError, ModelSpec, OptionsError, build_model, get_registry, preset_spec
 from genvae.testing import check_component, check_shapes, plugin_registry, tiny_spec
 
 ROOT = Path(__file__).resolve().parents[1]
