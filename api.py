@@ -304,7 +304,10 @@ DEPRECATED = {"Pass": ("ForwardPass", ForwardPass)}
 def __getattr__(name: str) -> Any:
     if name in DEPRECATED:
         new, value = DEPRECATED[name]
-        warnings.warn(f"genvae.api.{name} is deprecated since genvae 0.2 and goes in 0.3; use genvae.api.{new}",
-                      DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            f"genvae.api.{name} is deprecated since genvae 0.2 and goes in 0.3; use genvae.api.{new}",
+            DeprecationWarning,
+            stacklevel=2,
+        )
         return value
     raise AttributeError(f"module 'genvae.api' has no attribute {name!r}")

@@ -34,15 +34,18 @@ def main() -> int:
     parser.add_argument("--starts", type=int, default=4)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    print(f"{args.n} {args.data} test images, {args.starts} starts, {args.steps} Adam steps (lr 0.05, gamma 0.1, "
-          "tau 1); MSE in [-1, 1] units: occluded region after (before) optimisation | visible region after\n")
+    print(
+        f"{args.n} {args.data} test images, {args.starts} starts, {args.steps} Adam steps (lr 0.05, gamma 0.1, "
+        "tau 1); MSE in [-1, 1] units: occluded region after (before) optimisation | visible region after\n"
+    )
     print("| model | " + " | ".join(MASKS) + " |")
     print("| --- |" + " --- |" * len(MASKS))
     for folder in args.models:
         model = load_model(folder)
         spec = model.spec
-        x = to_model_range(load_data(args.data, image_size=spec.image_size, channels=spec.channels,
-                                     split="test").images[: args.n])
+        x = to_model_range(
+            load_data(args.data, image_size=spec.image_size, channels=spec.channels, split="test").images[: args.n]
+        )
         cells = []
         began = time.time()
         for mask in MASKS:

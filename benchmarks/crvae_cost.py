@@ -123,8 +123,9 @@ def memory_child(args) -> dict:
         model.train()
         pixels = ((x.cpu() + 1) * 127.5).round().to(torch.uint8)
         with tempfile.TemporaryDirectory() as folder:  # the trainer writes nothing unless asked to
-            trainer = Trainer(model, folder, ImageData(images=pixels, source="benchmark"),
-                              spec.with_train(batch_size=n).train, device)
+            trainer = Trainer(
+                model, folder, ImageData(images=pixels, source="benchmark"), spec.with_train(batch_size=n).train, device
+            )
             base = start()
             began = time.perf_counter()
             trainer.train_step(x)
@@ -177,14 +178,17 @@ def timings(args, device) -> tuple[dict, dict, str]:
     times = {name: {k: [] for k in work} for name in MODELS}
     with torch.no_grad():
         for rep in range(args.warmup + args.reps):
-            for name in (MODELS if rep % 2 == 0 else MODELS[::-1]):
+            for name in MODELS if rep % 2 == 0 else MODELS[::-1]:
                 model = models[name][1]
                 for key, fn in work.items():
                     ms = once(lambda fn=fn, model=model, name=name: fn(model, *inputs[name]))
                     if rep >= args.warmup:
                         times[name][key].append(ms)
-    where = (torch.cuda.get_device_name(device) if cuda else
-             f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
+    where = (
+        torch.cuda.get_device_name(device)
+        if cuda
+        else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    )
     return times, info, where
 
 
@@ -205,8 +209,18 @@ def main() -> None:
 
     memory = {}
     for name in MODELS:
-        cmd = [sys.executable, os.path.abspath(__file__), "--child", name, "--batch", str(args.batch),
-               "--device", args.device, "--threads", str(args.threads)]
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--child",
+            name,
+            "--batch",
+            str(args.batch),
+            "--device",
+            args.device,
+            "--threads",
+            str(args.threads),
+        ]
         if args.train_step:
             cmd.append("--train-step")
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
@@ -214,8 +228,14 @@ def main() -> None:
     device = _setup(args)
     times, info, where = timings(args, device)
 
-    summary = {name: {**info[name], **{k: statistics.median(v) for k, v in times[name].items()},
-                      **{k: v for k, v in memory[name].items() if k != "model"}} for name in MODELS}
+    summary = {
+        name: {
+            **info[name],
+            **{k: statistics.median(v) for k, v in times[name].items()},
+            **{k: v for k, v in memory[name].items() if k != "model"},
+        }
+        for name in MODELS
+    }
     cr, fc = summary["crvae-gan"], summary["vae-gan"]
     keys = ["inference_ms", "generation_ms", "latent_posterior_ms", "latent_generate_ms", "peak_mb_eval"]
     if args.train_step:
@@ -224,27 +244,44 @@ def main() -> None:
     ratios = {k: cr[k] / fc[k] for k in keys if fc[k]}
     paper = {k: a / b for k, (a, b) in PAPER_MS.items()}
     labels = {
-        "inference_ms": ("inference ms/batch", "{:.1f}"), "generation_ms": ("generation ms/batch", "{:.1f}"),
+        "inference_ms": ("inference ms/batch", "{:.1f}"),
+        "generation_ms": ("generation ms/batch", "{:.1f}"),
         "latent_posterior_ms": ("  latent posterior ms", "{:.1f}"),
         "latent_generate_ms": ("  latent generate ms", "{:.1f}"),
-        "peak_mb_eval": ("peak MB infer+generate", "{:.0f}"), "peak_mb_train_step": ("peak MB train step", "{:.0f}"),
-        "train_step_s": ("train step s", "{:.1f}"), "params_vae": ("params enc+latent+dec", "{:,}"),
+        "peak_mb_eval": ("peak MB infer+generate", "{:.0f}"),
+        "peak_mb_train_step": ("peak MB train step", "{:.0f}"),
+        "train_step_s": ("train step s", "{:.1f}"),
+        "params_vae": ("params enc+latent+dec", "{:,}"),
         "params_generator": ("params generator side", "{:,}"),
     }
-    print(f"device: {where} | batch {args.batch} | image 3x64x64 | timing: medians of {args.reps} interleaved "
-          f"runs after {args.warmup} warm-up")
+    print(
+        f"device: {where} | batch {args.batch} | image 3x64x64 | timing: medians of {args.reps} interleaved "
+        f"runs after {args.warmup} warm-up"
+    )
     lap = summary["lapcvae"]
     print(f"{'':26s}{'crVAE-GAN':>14s}{'VAE-GAN':>14s}{'ratio':>9s}{'paper ratio':>13s}{'LapCVAE':>14s}")
     for key in keys:
         label, fmt = labels[key]
         ratio = f"{ratios[key]:.2f}" if key in ratios else ""
         ref = f"{paper[key]:.2f}" if key in paper else ""
-        print(f"{label:26s}{fmt.format(cr[key]):>14s}{fmt.format(fc[key]):>14s}{ratio:>9s}{ref:>13s}"
-              f"{fmt.format(lap[key]):>14s}")
+        print(
+            f"{label:26s}{fmt.format(cr[key]):>14s}{fmt.format(fc[key]):>14s}{ratio:>9s}{ref:>13s}"
+            f"{fmt.format(lap[key]):>14s}"
+        )
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"device": where, "batch": args.batch, "models": summary, "ratios": ratios,
-                       "paper_ratios": paper, "times": times}, fh, indent=2)
+            json.dump(
+                {
+                    "device": where,
+                    "batch": args.batch,
+                    "models": summary,
+                    "ratios": ratios,
+                    "paper_ratios": paper,
+                    "times": times,
+                },
+                fh,
+                indent=2,
+            )
 
 
 if __name__ == "__main__":

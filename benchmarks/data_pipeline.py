@@ -69,8 +69,9 @@ def main() -> None:
     from genvae.core.training import Trainer
 
     results: dict = {"images": args.images, "batch_size": args.batch_size, "threads": args.threads}
-    spec = compose_spec(preset="crvae-gan-small").with_train(batch_size=args.batch_size, log_every=10**9,
-                                                             checkpoint_every=10**9)
+    spec = compose_spec(preset="crvae-gan-small").with_train(
+        batch_size=args.batch_size, log_every=10**9, checkpoint_every=10**9
+    )
     with tempfile.TemporaryDirectory() as tmp:
         os.environ[cache.ENV] = str(Path(tmp) / "cache")
         folder = Path(tmp) / "pngs"
@@ -83,8 +84,11 @@ def main() -> None:
         began = time.perf_counter()
         data = load_data(folder, image_size=spec.image_size, channels=spec.channels)
         later = time.perf_counter() - began
-        results["folder"] = {"first_load_s": first, "first_load_images_per_s": args.images / first,
-                             "later_load_s": later}
+        results["folder"] = {
+            "first_load_s": first,
+            "first_load_images_per_s": args.images / first,
+            "later_load_s": later,
+        }
         model = build_model(spec)
         trainer = Trainer(model, Path(tmp) / "m", data, spec.train, torch.device("cpu"))
         rates = epoch_rate(trainer, 3)
@@ -92,8 +96,11 @@ def main() -> None:
         fm = load_data("fashion-mnist", image_size=spec.image_size, channels=spec.channels)
         fm_trainer = Trainer(build_model(spec), Path(tmp) / "f", fm, spec.train, torch.device("cpu"))
         fm_rates = epoch_rate(fm_trainer, 2)
-        results["fashion-mnist"] = {"images": len(fm), "epoch1_images_per_s": fm_rates[0],
-                                    "later_images_per_s": fm_rates[1]}
+        results["fashion-mnist"] = {
+            "images": len(fm),
+            "epoch1_images_per_s": fm_rates[0],
+            "later_images_per_s": fm_rates[1],
+        }
         # the training step it feeds
         perm = trainer.feeder.permutation(0)
         x = trainer.feeder.batch(perm, 0)
@@ -107,14 +114,17 @@ def main() -> None:
     results["loader_over_step"] = slowest / step_rate
     f, m = results["folder"], results["fashion-mnist"]
     print(f"data pipeline | crvae-gan-small 1x32x32 | batch {args.batch_size} | {args.threads} thread(s)")
-    print(f"folder of {args.images} PNG ({args.size}px): first load {f['first_load_s']:.2f} s "
-          f"({f['first_load_images_per_s']:,.0f} images/s decoded into the cache); later load "
-          f"{f['later_load_s']:.3f} s (mapped)")
+    print(
+        f"folder of {args.images} PNG ({args.size}px): first load {f['first_load_s']:.2f} s "
+        f"({f['first_load_images_per_s']:,.0f} images/s decoded into the cache); later load "
+        f"{f['later_load_s']:.3f} s (mapped)"
+    )
     print(f"folder batches: epoch 1 {f['epoch1_images_per_s']:,.0f} images/s, later {f['later_images_per_s']:,.0f}")
-    print(f"fashion-mnist ({m['images']:,} in memory) batches: epoch 1 {m['epoch1_images_per_s']:,.0f} images/s, "
-          f"later {m['later_images_per_s']:,.0f}")
-    print(f"training step: {step_rate:,.0f} images/s; loader / step: {results['loader_over_step']:.0f}x "
-          "(target >= 5)")
+    print(
+        f"fashion-mnist ({m['images']:,} in memory) batches: epoch 1 {m['epoch1_images_per_s']:,.0f} images/s, "
+        f"later {m['later_images_per_s']:,.0f}"
+    )
+    print(f"training step: {step_rate:,.0f} images/s; loader / step: {results['loader_over_step']:.0f}x (target >= 5)")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=2))

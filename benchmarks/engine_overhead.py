@@ -50,12 +50,14 @@ def main() -> None:
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
     seed_everything(0)
-    spec = compose_spec(preset=args.preset, sets=args.sets).with_train(batch_size=args.batch_size, log_every=10**9,
-                                                       checkpoint_every=10**9)
+    spec = compose_spec(preset=args.preset, sets=args.sets).with_train(
+        batch_size=args.batch_size, log_every=10**9, checkpoint_every=10**9
+    )
     engine_model = build_model(spec).to(device).train()
     plain_model = copy.deepcopy(engine_model)
-    data = ImageData(images=torch.randint(0, 256, (args.batch_size * 4, *spec.image_shape), dtype=torch.uint8),
-                     source="random")
+    data = ImageData(
+        images=torch.randint(0, 256, (args.batch_size * 4, *spec.image_shape), dtype=torch.uint8), source="random"
+    )
     trainer = Trainer(engine_model, tempfile.mkdtemp(prefix="genvae-bench-"), data, spec.train, device)
     plain_step = hand_step(args.preset, plain_model)
     x = trainer.feeder.batch(trainer.feeder.permutation(0), 0)
@@ -85,17 +87,36 @@ def main() -> None:
     params = sum(q.numel() for q in engine_model.parameters())
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} thread(s)"
     updates = ", ".join(f"{u.phase.name}@{u.branch}" for u in trainer.updates)
-    print(f"preset {args.preset} | {spec.channels}x{spec.image_size}x{spec.image_size} | batch {args.batch_size} | "
-          f"{params:,} parameters | updates: {updates} | {where}")
-    print(f"hand-written loop: {p:.3f} ms/step (best of {args.blocks} alternating blocks of {args.steps}; "
-          f"median {pm:.3f})")
+    print(
+        f"preset {args.preset} | {spec.channels}x{spec.image_size}x{spec.image_size} | batch {args.batch_size} | "
+        f"{params:,} parameters | updates: {updates} | {where}"
+    )
+    print(
+        f"hand-written loop: {p:.3f} ms/step (best of {args.blocks} alternating blocks of {args.steps}; "
+        f"median {pm:.3f})"
+    )
     print(f"genvae Trainer:    {e:.3f} ms/step (median {em:.3f})")
     print(f"engine overhead: {e - p:+.3f} ms/step; ratio engine/hand-written: {e / p:.3f} (median ratio {em / pm:.3f})")
     if args.json:
-        Path(args.json).write_text(json.dumps({
-            "preset": args.preset, "batch_size": args.batch_size, "device": where, "parameters": params,
-            "engine_ms": e, "hand_ms": p, "ratio": e / p, "engine_median_ms": em, "hand_median_ms": pm,
-            "median_ratio": em / pm, "engine_blocks_ms": eng, "hand_blocks_ms": plain}, indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "preset": args.preset,
+                    "batch_size": args.batch_size,
+                    "device": where,
+                    "parameters": params,
+                    "engine_ms": e,
+                    "hand_ms": p,
+                    "ratio": e / p,
+                    "engine_median_ms": em,
+                    "hand_median_ms": pm,
+                    "median_ratio": em / pm,
+                    "engine_blocks_ms": eng,
+                    "hand_blocks_ms": plain,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -25,8 +25,9 @@ def _device(*modules: nn.Module) -> torch.device:
     return next(p for m in modules for p in m.parameters()).device
 
 
-def _adam(groups: Sequence[tuple[Iterable[nn.Parameter], float]], betas, weight_decay: float,
-          device: torch.device) -> torch.optim.Adam:
+def _adam(
+    groups: Sequence[tuple[Iterable[nn.Parameter], float]], betas, weight_decay: float, device: torch.device
+) -> torch.optim.Adam:
     """Adam over ``(params, lr)`` groups; fused on CUDA, as genvae's optimisers are."""
     kwargs: dict = {"betas": tuple(betas), "weight_decay": weight_decay}
     if device.type == "cuda":
@@ -75,8 +76,15 @@ def _group_weights(weights: Sequence[float], shape: Sequence[int], device: torch
 # -- crVAE-GAN ----------------------------------------------------------------------------------------------
 
 
-def crvae_gan_step_factory(encoder: nn.Module, transform: nn.Module, decoder: nn.Module, trunk: nn.Module,
-                           gan_head: nn.Module, mi_head: nn.Module, hyper: dict) -> Step:
+def crvae_gan_step_factory(
+    encoder: nn.Module,
+    transform: nn.Module,
+    decoder: nn.Module,
+    trunk: nn.Module,
+    gan_head: nn.Module,
+    mi_head: nn.Module,
+    hyper: dict,
+) -> Step:
     """One crVAE-GAN training step in the authors' update order.
 
     Networks: ``encoder`` (image -> features), ``transform`` (the channel-recurrent latent: ``posterior``,
@@ -115,11 +123,15 @@ def crvae_gan_step_factory(encoder: nn.Module, transform: nn.Module, decoder: nn
     model_opt = _adam([(direct, lr), (recurrent, lr * h["recurrent_lr_mult"])], betas, decay, device)
     clamp = (recurrent, h["recurrent_grad_clamp"]) if h["recurrent_grad_clamp"] > 0 else None
     trunk_mult = h["trunk_lr_mult"]
-    mi_opt = _adam([(mi_head.parameters(), h["mi_lr"]), (trunk.parameters(), h["mi_lr"] * trunk_mult)],
-                   betas, decay, device)
-    d_opt = _adam([(trunk.parameters(), h["discriminator_lr"] * trunk_mult), (gan_head.parameters(),
-                                                                               h["discriminator_lr"])],
-                  betas, decay, device)
+    mi_opt = _adam(
+        [(mi_head.parameters(), h["mi_lr"]), (trunk.parameters(), h["mi_lr"] * trunk_mult)], betas, decay, device
+    )
+    d_opt = _adam(
+        [(trunk.parameters(), h["discriminator_lr"] * trunk_mult), (gan_head.parameters(), h["discriminator_lr"])],
+        betas,
+        decay,
+        device,
+    )
 
     def mi_error(features: Tensor, target: Tensor, weighted: bool) -> Tensor:
         """Mean squared error of the MI head's prediction of u, each element weighted by its time step."""
@@ -189,11 +201,20 @@ def crvae_gan_step_factory(encoder: nn.Module, transform: nn.Module, decoder: nn
             _minimise(d_opt, d)
 
         values = {
-            "mi.q@posterior": q_post, "mi@posterior/total": q_post,
-            "mse": mse, "kl": kl, "adv.g_recon": g_recon, "mi@posterior": mi_post, "model@posterior/total": model_post,
-            "mi.q@prior": q_prior, "mi@prior/total": q_prior,
-            "adv.g_prior": g_prior, "mi@prior": mi_prior, "model@prior/total": model_prior,
-            "adv.d": d, "discriminator/total": d,
+            "mi.q@posterior": q_post,
+            "mi@posterior/total": q_post,
+            "mse": mse,
+            "kl": kl,
+            "adv.g_recon": g_recon,
+            "mi@posterior": mi_post,
+            "model@posterior/total": model_post,
+            "mi.q@prior": q_prior,
+            "mi@prior/total": q_prior,
+            "adv.g_prior": g_prior,
+            "mi@prior": mi_prior,
+            "model@prior/total": model_prior,
+            "adv.d": d,
+            "discriminator/total": d,
         }
         out.update({k: v.detach() for k, v in values.items()})
         return out
@@ -250,8 +271,9 @@ class _EvalMode:
             m.training = flag
 
 
-def lapcvae_step_factory(encoder: nn.Module, transform: nn.Module, decoder: nn.Module, prior: nn.Module,
-                         hyper: dict) -> Step:
+def lapcvae_step_factory(
+    encoder: nn.Module, transform: nn.Module, decoder: nn.Module, prior: nn.Module, hyper: dict
+) -> Step:
     """One LapCVAE training step: a Laplacian pyramid of conditional VAEs with the M-network prior.
 
     Networks, one per pyramid level k (0 = finest): ``encoder.levels[k]`` (concat[h_k, u(b_{k+1})] -> features;
@@ -273,8 +295,9 @@ def lapcvae_step_factory(encoder: nn.Module, transform: nn.Module, decoder: nn.M
     sizes = list(h["latent_sizes"])
     u_shapes = [tuple(s) for s in h["u_shapes"]]
     coarsest_first = sizes[::-1]
-    kl_weights = torch.repeat_interleave(torch.tensor(list(h["kl_level_weights"])[::-1], dtype=torch.float32),
-                                         torch.tensor(coarsest_first)).to(device)
+    kl_weights = torch.repeat_interleave(
+        torch.tensor(list(h["kl_level_weights"])[::-1], dtype=torch.float32), torch.tensor(coarsest_first)
+    ).to(device)
     enc, lat, dec, mnet = encoder.levels, transform.levels, decoder.levels, prior.levels
     params = [p for m in (encoder, transform, decoder, prior) for p in m.parameters()]
     optimizer = _adam([(params, h["lr"])], h["betas"], h.get("weight_decay", 0.0), device)
@@ -295,8 +318,10 @@ def lapcvae_step_factory(encoder: nn.Module, transform: nn.Module, decoder: nn.M
         coarser = [*blurred[1:], None]
 
         # q(z_k | h_k, b_{k+1}) per level, then one reparameterised draw over the whole latent
-        params_k = [lat[k].to_params(enc[k](level_input(k, bands[k], coarser[k])).flatten(1)).chunk(2, dim=1)
-                    for k in range(levels)]
+        params_k = [
+            lat[k].to_params(enc[k](level_input(k, bands[k], coarser[k])).flatten(1)).chunk(2, dim=1)
+            for k in range(levels)
+        ]
         mean, logvar = join([m for m, _ in params_k]), join([lv for _, lv in params_k])
         z = mean + torch.exp(0.5 * logvar) * torch.randn(mean.shape, dtype=mean.dtype, device=mean.device)
         zs = list(z.split(coarsest_first, dim=1))[::-1]
@@ -331,8 +356,9 @@ def lapcvae_step_factory(encoder: nn.Module, transform: nn.Module, decoder: nn.M
         recon = h["recon_weight"] * recon
 
         # KL between two diagonal Gaussians, weighted per level (lambda_k), summed over the latent, batch mean
-        kl_elements = 0.5 * (p_logvar - logvar + (torch.exp(logvar) + (mean - p_mean).pow(2)) * torch.exp(-p_logvar)
-                             - 1.0)
+        kl_elements = 0.5 * (
+            p_logvar - logvar + (torch.exp(logvar) + (mean - p_mean).pow(2)) * torch.exp(-p_logvar) - 1.0
+        )
         kl = h["kl_weight"] * (kl_elements.flatten(1) * kl_weights).sum(1).mean()
 
         total = recon + kl

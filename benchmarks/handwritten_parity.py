@@ -62,8 +62,12 @@ def crvae_hyper(model) -> dict:
     mse, kl, adv, mi = losses["mse"], losses["kl"], losses["adv"], losses["mi"]
     assert [s.name for s in spec.losses] == ["mse", "kl", "adv", "mi"]
     assert [(u["phase"], u["branch"], u["fresh"]) for u in spec.train.schedule] == [
-        ("mi", "posterior", False), ("model", "posterior", False), ("mi", "prior", True), ("model", "prior", False),
-        ("discriminator", "all", False)]
+        ("mi", "posterior", False),
+        ("model", "posterior", False),
+        ("mi", "prior", True),
+        ("model", "prior", False),
+        ("discriminator", "all", False),
+    ]
     assert mse.options.reduction == "mean" and kl.options.warmup == "none" and kl.options.beta == 1.0
     a, m = adv.options, mi.options
     assert a.gan_to_encoder and a.on_recon and a.on_prior and not a.similarity_layer
@@ -126,8 +130,9 @@ def hand_step(preset: str, model):
         return vae_step_factory(model.encoder, model.transform, model.decoder, model.spec.train.lr)
     if preset.startswith("crvae-gan"):
         adv, mi = model.losses["adv"], model.losses["mi"]
-        return crvae_gan_step_factory(model.encoder, model.transform, model.decoder, adv.trunk, adv.head, mi.head,
-                                      crvae_hyper(model))
+        return crvae_gan_step_factory(
+            model.encoder, model.transform, model.decoder, adv.trunk, adv.head, mi.head, crvae_hyper(model)
+        )
     return lapcvae_step_factory(model.encoder, model.transform, model.decoder, model.prior, lapcvae_hyper(model))
 
 
@@ -145,10 +150,13 @@ def check(preset: str, batch_size: int, steps: int, seed: int, sets: list[str]) 
     batches = [to_model_range(b) for b in images.split(batch_size)]
     step = hand_step(preset, plain_model)
     with tempfile.TemporaryDirectory() as folder:
-        trainer = Trainer(engine_model, folder, ImageData(images=images, source="random"), spec.train,
-                          torch.device("cpu"))
-        print(f"{preset}: batch {batch_size}, {spec.channels}x{spec.image_size}x{spec.image_size}, "
-              f"updates {[f'{u.phase.name}@{u.branch}' for u in trainer.updates]}")
+        trainer = Trainer(
+            engine_model, folder, ImageData(images=images, source="random"), spec.train, torch.device("cpu")
+        )
+        print(
+            f"{preset}: batch {batch_size}, {spec.channels}x{spec.image_size}x{spec.image_size}, "
+            f"updates {[f'{u.phase.name}@{u.branch}' for u in trainer.updates]}"
+        )
         for i, x in enumerate(batches):
             torch.manual_seed(seed + 1 + i)
             engine = {k: v.detach() for k, v in trainer.train_step(x).items()}
@@ -165,27 +173,37 @@ def check(preset: str, batch_size: int, steps: int, seed: int, sets: list[str]) 
     plain_buffers = {k: v for k, v in plain_model.named_buffers() if v.is_floating_point()}
     assert params.keys() == plain_params.keys() and buffers.keys() == plain_buffers.keys()
     for name in params:
-        torch.testing.assert_close(plain_params[name], params[name], rtol=1e-4, atol=1e-5,
-                                   msg=lambda m, name=name: f"parameter {name}: {m}")
+        torch.testing.assert_close(
+            plain_params[name], params[name], rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"parameter {name}: {m}"
+        )
     for name in buffers:
-        torch.testing.assert_close(plain_buffers[name], buffers[name], rtol=1e-4, atol=1e-5,
-                                   msg=lambda m, name=name: f"buffer {name}: {m}")
+        torch.testing.assert_close(
+            plain_buffers[name], buffers[name], rtol=1e-4, atol=1e-5, msg=lambda m, name=name: f"buffer {name}: {m}"
+        )
     moved = max_diff(params, initial)
     assert moved > 0, "training changed no parameter"
-    print(f"  after {steps} steps: max |parameter diff| {max_diff(params, plain_params):.3g} over {len(params)} "
-          f"tensors (largest change by training {moved:.3g}), max |buffer diff| "
-          f"{max_diff(buffers, plain_buffers):.3g} over {len(buffers)} tensors")
+    print(
+        f"  after {steps} steps: max |parameter diff| {max_diff(params, plain_params):.3g} over {len(params)} "
+        f"tensors (largest change by training {moved:.3g}), max |buffer diff| "
+        f"{max_diff(buffers, plain_buffers):.3g} over {len(buffers)} tensors"
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", action="append", dest="presets",
-                    help="default: cvae, crvae-gan-small and lapcvae-small")
+    ap.add_argument(
+        "--preset", action="append", dest="presets", help="default: cvae, crvae-gan-small and lapcvae-small"
+    )
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--set", dest="sets", action="append", default=[],
-                    help="spec edit as genvae build takes it, e.g. loss.adv.skip_below=1 (the skip path)")
+    ap.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        help="spec edit as genvae build takes it, e.g. loss.adv.skip_below=1 (the skip path)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     for preset in args.presets or ["cvae", "crvae-gan-small", "lapcvae-small"]:

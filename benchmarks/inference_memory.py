@@ -45,26 +45,56 @@ MODELS = {
     "lapcvae": ("lapcvae", []),
 }
 CASES = [
-    ("cvae w1 256", "sample", 16), ("cvae w1 256", "reconstruct", 16), ("cvae w1 256", "train", 4),
-    ("cvae w1 1024", "sample", 1), ("cvae w1 1024", "sample", 4), ("cvae w1 1024", "reconstruct", 4),
-    ("cvae w1 2048", "sample", 1), ("cvae w1 2048", "sample", 4), ("cvae w1 2048", "reconstruct", 2),
+    ("cvae w1 256", "sample", 16),
+    ("cvae w1 256", "reconstruct", 16),
+    ("cvae w1 256", "train", 4),
+    ("cvae w1 1024", "sample", 1),
+    ("cvae w1 1024", "sample", 4),
+    ("cvae w1 1024", "reconstruct", 4),
+    ("cvae w1 2048", "sample", 1),
+    ("cvae w1 2048", "sample", 4),
+    ("cvae w1 2048", "reconstruct", 2),
     ("cvae w1 2048", "train", 1),
-    ("cvae", "sample", 64), ("vae", "sample", 64), ("cvae-vamp", "sample", 64), ("cvae-vamp", "reconstruct", 64),
-    ("crvae-gan-small", "sample", 64), ("crvae-gan-small", "reconstruct", 64), ("crvae-gan-small", "train", 64),
-    ("lapcvae-small", "sample", 64), ("lapcvae-small", "reconstruct", 64),
-    ("crvae-gan", "sample", 64), ("crvae-gan", "reconstruct", 64), ("crvae-gan", "train", 32),
-    ("lapcvae", "sample", 64), ("lapcvae", "train", 32),
+    ("cvae", "sample", 64),
+    ("vae", "sample", 64),
+    ("cvae-vamp", "sample", 64),
+    ("cvae-vamp", "reconstruct", 64),
+    ("crvae-gan-small", "sample", 64),
+    ("crvae-gan-small", "reconstruct", 64),
+    ("crvae-gan-small", "train", 64),
+    ("lapcvae-small", "sample", 64),
+    ("lapcvae-small", "reconstruct", 64),
+    ("crvae-gan", "sample", 64),
+    ("crvae-gan", "reconstruct", 64),
+    ("crvae-gan", "train", 32),
+    ("lapcvae", "sample", 64),
+    ("lapcvae", "train", 32),
 ]
 QUICK = [c for c in CASES if c[0] == "cvae w1 2048"]
 # genvae sample runs: (label, -n, GENVAE_MAX_MEMORY)
 COMMANDS = [
-    ("grey w1 256", 64, "off"), ("grey w1 256", 64, "180M"),
-    ("cvae w1 512", 16, "off"), ("cvae w1 512", 64, "off"), ("cvae w1 512", 64, "400M"),
-    ("cvae w1 2048", 1, "off"), ("cvae w1 2048", 4, "off"), ("cvae w1 2048", 16, "2G"),
+    ("grey w1 256", 64, "off"),
+    ("grey w1 256", 64, "180M"),
+    ("cvae w1 512", 16, "off"),
+    ("cvae w1 512", 64, "off"),
+    ("cvae w1 512", 64, "400M"),
+    ("cvae w1 2048", 1, "off"),
+    ("cvae w1 2048", 4, "off"),
+    ("cvae w1 2048", 16, "2G"),
     ("cvae w1 2048", 10_000, "6G"),
 ]
-MODELS["grey w1 256"] = ("cvae", ["image_size=256", "channels=1", "encoder.width=1", "decoder.width=1",
-                                  "encoder.depth=1", "decoder.depth=1", "train.batch_size=1"])
+MODELS["grey w1 256"] = (
+    "cvae",
+    [
+        "image_size=256",
+        "channels=1",
+        "encoder.width=1",
+        "decoder.width=1",
+        "encoder.depth=1",
+        "decoder.depth=1",
+        "train.batch_size=1",
+    ],
+)
 MODELS["cvae w1 512"] = ("cvae", ["image_size=512", "encoder.width=1", "decoder.width=1", "train.batch_size=1"])
 PROCESS = r"""
 import json, sys
@@ -131,9 +161,22 @@ def commands(only: str = "") -> int:
                 torch.manual_seed(0)
                 save_model(build_model(compose_spec(preset=preset, sets=sets), check=False), built[label])
             chunk, estimated = command_estimate(built[label], count, limit)
-            out = subprocess.run([sys.executable, "-c", PROCESS, "sample", built[label], "-n", str(count), "-o",
-                                  os.path.join(tmp, "s.png")], capture_output=True, text=True,
-                                 env={**os.environ, "GENVAE_MAX_MEMORY": limit})
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    PROCESS,
+                    "sample",
+                    built[label],
+                    "-n",
+                    str(count),
+                    "-o",
+                    os.path.join(tmp, "s.png"),
+                ],
+                capture_output=True,
+                text=True,
+                env={**os.environ, "GENVAE_MAX_MEMORY": limit},
+            )
             r = json.loads(out.stderr.strip().splitlines()[-1])
             shown = f"sample -n {count}"
             if r["code"]:
@@ -141,8 +184,11 @@ def commands(only: str = "") -> int:
                 continue
             ratio = r["growth"] / estimated
             worst = max(worst, ratio)
-            print(f"| {label} | {shown} | {limit} | {chunk} | {r['growth'] / 2**20:,.0f} MB | "
-                  f"{estimated / 2**20:,.0f} MB | {ratio:.2f} |", flush=True)
+            print(
+                f"| {label} | {shown} | {limit} | {chunk} | {r['growth'] / 2**20:,.0f} MB | "
+                f"{estimated / 2**20:,.0f} MB | {ratio:.2f} |",
+                flush=True,
+            )
     print(f"\nlargest measured / estimate: {worst:.2f}")
     return 0 if worst < 1 else 1
 
@@ -180,8 +226,11 @@ def child(label: str, work: str, batch: int) -> dict:
     images = torch.randint(0, 256, (batch, *spec.image_shape), dtype=torch.uint8)
     x = images.float() / 127.5 - 1
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(model, tmp, ImageData(images, "random"), spec.train, torch.device("cpu")) \
-            if work == "train" else None
+        trainer = (
+            Trainer(model, tmp, ImageData(images, "random"), spec.train, torch.device("cpu"))
+            if work == "train"
+            else None
+        )
         model.train(work == "train")
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # the peak resident set starts again from the resident set now
@@ -194,8 +243,13 @@ def child(label: str, work: str, batch: int) -> dict:
                 out = model.sample(batch) if work == "sample" else model.reconstruct(x)
             del out
         peak = _rss("VmHWM:")
-    return {"model": label, "work": f"{work} {batch}", "measured": peak - before, "estimated": estimated,
-            "threads": torch.get_num_threads()}
+    return {
+        "model": label,
+        "work": f"{work} {batch}",
+        "measured": peak - before,
+        "estimated": estimated,
+        "threads": torch.get_num_threads(),
+    }
 
 
 def main() -> int:
@@ -216,15 +270,24 @@ def main() -> int:
     print("|---|---|---:|---:|---:|")
     worst = 0.0
     for label, work, batch in QUICK if args.quick else CASES:
-        out = subprocess.run([sys.executable, __file__, "--child", label, work, str(batch)], capture_output=True,
-                             text=True, env=env, check=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", label, work, str(batch)],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=True,
+        )
         r = json.loads(out.stdout.strip().splitlines()[-1])
         ratio = r["measured"] / r["estimated"]
         worst = max(worst, ratio)
-        print(f"| {r['model']} | {r['work']} | {r['measured'] / 2**20:,.0f} MB | {r['estimated'] / 2**20:,.0f} MB | "
-              f"{ratio:.2f} |", flush=True)
-    print(f"\nlargest measured / estimate: {worst:.2f} (torch {__import__('torch').__version__}, "
-          f"{os.cpu_count()} CPUs)")
+        print(
+            f"| {r['model']} | {r['work']} | {r['measured'] / 2**20:,.0f} MB | {r['estimated'] / 2**20:,.0f} MB | "
+            f"{ratio:.2f} |",
+            flush=True,
+        )
+    print(
+        f"\nlargest measured / estimate: {worst:.2f} (torch {__import__('torch').__version__}, {os.cpu_count()} CPUs)"
+    )
     return 0 if worst < 1 else 1
 
 

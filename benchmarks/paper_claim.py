@@ -44,8 +44,17 @@ def train(out: Path, preset: str, seed: int, steps: int) -> Path:
         if last.get("step") == steps:
             return folder
     genvae("build", "--preset", preset, "--set", f"train.seed={seed}", "-o", str(folder), "--force")
-    genvae("train", str(folder), "--data", "fashion-mnist", "--max-steps", str(steps), "--restart", "--quiet",
-           log=out / f"{preset}-s{seed}.train.log")
+    genvae(
+        "train",
+        str(folder),
+        "--data",
+        "fashion-mnist",
+        "--max-steps",
+        str(steps),
+        "--restart",
+        "--quiet",
+        log=out / f"{preset}-s{seed}.train.log",
+    )
     return folder
 
 
@@ -62,23 +71,56 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     clf = out / "classifier"
     if not (clf / "model.safetensors").exists():
-        genvae("train-classifier", "--data", "fashion-mnist", "-o", str(clf), "--width", "16", "--epochs",
-               str(args.classifier_epochs), "--force", log=out / "classifier.log")
+        genvae(
+            "train-classifier",
+            "--data",
+            "fashion-mnist",
+            "-o",
+            str(clf),
+            "--width",
+            "16",
+            "--epochs",
+            str(args.classifier_epochs),
+            "--force",
+            log=out / "classifier.log",
+        )
     accuracy = json.loads((clf / "config.json").read_text())["test_accuracy"]
     jobs = [(p, s) for s in args.seeds for p in PRESETS]
     with ThreadPoolExecutor(args.jobs) as pool:
         folders = list(pool.map(lambda job: train(out, job[0], job[1], args.steps), jobs))
     reports = {}
     for (preset, seed), folder in zip(jobs, folders, strict=True):
-        text = genvae("evaluate", str(folder), "--data", "fashion-mnist", "--metrics", "rmse,fid,kid,is,pr",
-                      "--classifier", str(clf), "--limit", str(args.images), "--samples", str(args.images),
-                      "--seed", str(seed), "-o", str(folder / "report.json"))
+        text = genvae(
+            "evaluate",
+            str(folder),
+            "--data",
+            "fashion-mnist",
+            "--metrics",
+            "rmse,fid,kid,is,pr",
+            "--classifier",
+            str(clf),
+            "--limit",
+            str(args.images),
+            "--samples",
+            str(args.images),
+            "--seed",
+            str(seed),
+            "-o",
+            str(folder / "report.json"),
+        )
         reports[f"{preset}-s{seed}"] = json.loads(text.strip().splitlines()[-1])["models"][0]["metrics"]
-    summary = {"steps": args.steps, "seeds": args.seeds, "images": args.images, "classifier_accuracy": accuracy,
-               "runs": reports}
+    summary = {
+        "steps": args.steps,
+        "seeds": args.seeds,
+        "images": args.images,
+        "classifier_accuracy": accuracy,
+        "runs": reports,
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"{args.steps} steps, seeds {args.seeds}, {args.images} test images and samples; features: fashion-mnist "
-          f"classifier (test accuracy {accuracy:.4f})\n")
+    print(
+        f"{args.steps} steps, seeds {args.seeds}, {args.images} test images and samples; features: fashion-mnist "
+        f"classifier (test accuracy {accuracy:.4f})\n"
+    )
     print("| model | " + " | ".join(f"{key}" for _, key in SCORES) + " |")
     print("| --- |" + " ---: |" * len(SCORES))
     for preset in PRESETS:

@@ -40,8 +40,12 @@ from pathlib import Path
 
 import torch
 
-VARIANTS = {"plain": {}, "channels-last": {"channels_last": True}, "compile": {"compile": True},
-            "channels-last+compile": {"channels_last": True, "compile": True}}
+VARIANTS = {
+    "plain": {},
+    "channels-last": {"channels_last": True},
+    "compile": {"compile": True},
+    "channels-last+compile": {"channels_last": True, "compile": True},
+}
 
 
 def _rss_mb() -> float:
@@ -76,8 +80,9 @@ def build(args, device):
     from genvae.core.model import build_model
 
     torch.manual_seed(0)
-    spec = compose_spec(preset="cvae").with_train(batch_size=args.batch_size, lr=1e-3, log_every=25,
-                                                  checkpoint_every=10**9, epochs=10**6)
+    spec = compose_spec(preset="cvae").with_train(
+        batch_size=args.batch_size, lr=1e-3, log_every=25, checkpoint_every=10**9, epochs=10**6
+    )
     model = build_model(spec).to(device)
     data = load_data("fashion-mnist", image_size=spec.image_size, channels=spec.channels)
     n = args.steps * args.batch_size
@@ -127,19 +132,30 @@ class PythaeRun:
                 self.decoder, self.transform = model.decoder, model.transform
 
             def forward(self, z):
-                return ModelOutput(reconstruction=torch.tanh(self.decoder(self.transform.generate(
-                    z.view(-1, *latent_shape)))))
+                return ModelOutput(
+                    reconstruction=torch.tanh(self.decoder(self.transform.generate(z.view(-1, *latent_shape))))
+                )
 
-        config = VAEConfig(input_dim=tuple(spec.image_shape), latent_dim=int(torch.Size(latent_shape).numel()),
-                           reconstruction_loss="mse")
+        config = VAEConfig(
+            input_dim=tuple(spec.image_shape),
+            latent_dim=int(torch.Size(latent_shape).numel()),
+            reconstruction_loss="mse",
+        )
         self.vae = VAE(config, encoder=Encoder(), decoder=Decoder())
         data = images.float() / 127.5 - 1.0  # the model range, as genvae feeds it
         self.dataset = BaseDataset(data, torch.zeros(len(data)))
         self.tmp = tempfile.mkdtemp(prefix="pythae-peer-")
-        self.config = BaseTrainerConfig(output_dir=self.tmp, num_epochs=1, learning_rate=1e-3,
-                                        per_device_train_batch_size=args.batch_size,
-                                        train_dataloader_num_workers=0, optimizer_cls="Adam",
-                                        no_cuda=device.type != "cuda", steps_saving=None, steps_predict=None)
+        self.config = BaseTrainerConfig(
+            output_dir=self.tmp,
+            num_epochs=1,
+            learning_rate=1e-3,
+            per_device_train_batch_size=args.batch_size,
+            train_dataloader_num_workers=0,
+            optimizer_cls="Adam",
+            no_cuda=device.type != "cuda",
+            steps_saving=None,
+            steps_predict=None,
+        )
         self.trainer_cls = BaseTrainer
 
     def run(self) -> None:
@@ -205,7 +221,7 @@ def main() -> None:
         runner.run()
     times: dict[str, list[float]] = {name: [] for name in names}
     for block in range(args.blocks):
-        for name in (names if block % 2 == 0 else names[::-1]):
+        for name in names if block % 2 == 0 else names[::-1]:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             began = time.perf_counter()
@@ -215,18 +231,36 @@ def main() -> None:
             times[name].append(time.perf_counter() - began)
     memory = {}
     for name in names:
-        cmd = [sys.executable, os.path.abspath(__file__), "--child", name, "--steps", str(args.steps),
-               "--batch-size", str(args.batch_size), "--device", args.device, "--threads", str(args.threads)]
-        memory[name] = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.split(
-            "\n")[-2])["peak_mb"]
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--child",
+            name,
+            "--steps",
+            str(args.steps),
+            "--batch-size",
+            str(args.batch_size),
+            "--device",
+            args.device,
+            "--threads",
+            str(args.threads),
+        ]
+        memory[name] = json.loads(
+            subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.split("\n")[-2]
+        )["peak_mb"]
     images = args.steps * args.batch_size
     rate = {name: images / statistics.median(t) for name, t in times.items()}
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else (
-        f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s))")
+    where = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else (f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s))")
+    )
     from importlib.metadata import version
 
-    print(f"cvae 3x32x32, latent 2x4x4 | batch {args.batch_size} | {args.steps} steps per run | {where} | "
-          f"torch {torch.__version__} | pythae {version('pythae')}")
+    print(
+        f"cvae 3x32x32, latent 2x4x4 | batch {args.batch_size} | {args.steps} steps per run | {where} | "
+        f"torch {torch.__version__} | pythae {version('pythae')}"
+    )
     peak = "peak +MB" if device.type == "cuda" else "peak +RSS MB"
     print(f"{'trainer':24s}{'samples/s':>12s}{'vs pythae':>11s}{peak:>13s}")
     for name in names:
@@ -234,10 +268,20 @@ def main() -> None:
         print(f"{label:24s}{rate[name]:>12,.0f}{rate[name] / rate['pythae']:>10.2f}x{memory[name]:>13.0f}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"device": where, "batch_size": args.batch_size, "steps": args.steps,
-                                               "samples_per_s": rate, "ratio_vs_pythae": {
-                                                   n: rate[n] / rate["pythae"] for n in names},
-                                               "peak_mb": memory, "block_seconds": times}, indent=2))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "device": where,
+                    "batch_size": args.batch_size,
+                    "steps": args.steps,
+                    "samples_per_s": rate,
+                    "ratio_vs_pythae": {n: rate[n] / rate["pythae"] for n in names},
+                    "peak_mb": memory,
+                    "block_seconds": times,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

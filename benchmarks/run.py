@@ -64,30 +64,55 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     parts = {p.strip() for p in args.only.split(",")}
     common = ["--device", args.device, "--threads", str(args.threads)]
-    summary: dict = {"machine": f"{platform.machine()} {platform.processor()}".strip(), "cpus": os.cpu_count(),
-                     "device": args.device, "threads": args.threads, "parts": {}}
+    summary: dict = {
+        "machine": f"{platform.machine()} {platform.processor()}".strip(),
+        "cpus": os.cpu_count(),
+        "device": args.device,
+        "threads": args.threads,
+        "parts": {},
+    }
     if "engine" in parts:
         parity, _ = run([HERE / "handwritten_parity.py"], "hand-written loops compute what genvae computes")
         summary["parity"] = "OK" if parity.rstrip().endswith("parity: OK") else "FAILED"
         for preset, (batch, steps, blocks) in ENGINE_PRESETS.items():
             path = out / f"engine-{preset}.json"
-            run([HERE / "engine_overhead.py", "--preset", preset, "--batch-size", batch, "--steps", steps,
-                 "--blocks", blocks, *common, "--json", path], f"engine overhead, {preset}")
+            run(
+                [
+                    HERE / "engine_overhead.py",
+                    "--preset",
+                    preset,
+                    "--batch-size",
+                    batch,
+                    "--steps",
+                    steps,
+                    "--blocks",
+                    blocks,
+                    *common,
+                    "--json",
+                    path,
+                ],
+                f"engine overhead, {preset}",
+            )
             if path.exists():
                 summary["parts"][f"engine {preset}"] = json.loads(path.read_text())
     if "peer" in parts:
         if PEER_PYTHON.exists():
             path = out / "peer-pythae.json"
-            run([HERE / "peer_pythae.py", "--steps", "40", "--blocks", "4", *common, "--json", path], "against pythae",
-                python=PEER_PYTHON)
+            run(
+                [HERE / "peer_pythae.py", "--steps", "40", "--blocks", "4", *common, "--json", path],
+                "against pythae",
+                python=PEER_PYTHON,
+            )
             if path.exists():
                 summary["parts"]["peer pythae"] = json.loads(path.read_text())
         else:
             print(f"-- against pythae: skipped, {PEER_PYTHON} does not exist (see benchmarks/peer_pythae.py)")
     if "cost" in parts:
         path = out / "model-cost.json"
-        run([HERE / "crvae_cost.py", "--reps", "5", "--warmup", "1", "--train-step", *common, "--json", path],
-            "model cost")
+        run(
+            [HERE / "crvae_cost.py", "--reps", "5", "--warmup", "1", "--train-step", *common, "--json", path],
+            "model cost",
+        )
         if path.exists():
             summary["parts"]["model cost"] = json.loads(path.read_text())
     if "data" in parts:
@@ -105,27 +130,53 @@ def print_table(summary: dict) -> None:
     rows: list[tuple[str, str, str, str]] = []
     for name, res in parts.items():
         if name.startswith("engine "):
-            rows.append((f"engine overhead, {res['preset']}", f"{res['engine_ms']:.2f} ms vs {res['hand_ms']:.2f} ms",
-                         f"{res['ratio']:.3f}", "<= 1.03"))
+            rows.append(
+                (
+                    f"engine overhead, {res['preset']}",
+                    f"{res['engine_ms']:.2f} ms vs {res['hand_ms']:.2f} ms",
+                    f"{res['ratio']:.3f}",
+                    "<= 1.03",
+                )
+            )
     if "peer pythae" in parts:
         res = parts["peer pythae"]
         rate = res["samples_per_s"]
         for variant, ratio in res["ratio_vs_pythae"].items():
             if variant != "pythae":
-                rows.append((f"genvae ({variant}) vs pythae", f"{rate[variant]:,.0f} vs {rate['pythae']:,.0f} "
-                             "samples/s", f"{ratio:.2f}x", ">= 1.25x CPU, >= 2x GPU"))
+                rows.append(
+                    (
+                        f"genvae ({variant}) vs pythae",
+                        f"{rate[variant]:,.0f} vs {rate['pythae']:,.0f} samples/s",
+                        f"{ratio:.2f}x",
+                        ">= 1.25x CPU, >= 2x GPU",
+                    )
+                )
     if "model cost" in parts:
         res = parts["model cost"]
         models = res["models"]
         for key, label in (("inference_ms", "inference"), ("generation_ms", "generation")):
-            rows.append((f"{label}, batch 128 @64px", "crVAE-GAN {:.1f} / VAE-GAN {:.1f} / LapCVAE {:.1f} ms".format(
-                models["crvae-gan"][key], models["vae-gan"][key], models["lapcvae"][key]),
-                f"{res['ratios'][key]:.2f}", f"paper {res['paper_ratios'][key]:.2f}"))
+            rows.append(
+                (
+                    f"{label}, batch 128 @64px",
+                    "crVAE-GAN {:.1f} / VAE-GAN {:.1f} / LapCVAE {:.1f} ms".format(
+                        models["crvae-gan"][key], models["vae-gan"][key], models["lapcvae"][key]
+                    ),
+                    f"{res['ratios'][key]:.2f}",
+                    f"paper {res['paper_ratios'][key]:.2f}",
+                )
+            )
     if "data pipeline" in parts:
         res = parts["data pipeline"]
-        rows.append(("loader / training step", f"folder {res['folder']['later_images_per_s']:,.0f}, fashion-mnist "
-                     f"{res['fashion-mnist']['later_images_per_s']:,.0f} vs step "
-                     f"{res['train_step_images_per_s']:,.0f} images/s", f"{res['loader_over_step']:.0f}x", ">= 5x"))
+        rows.append(
+            (
+                "loader / training step",
+                f"folder {res['folder']['later_images_per_s']:,.0f}, fashion-mnist "
+                f"{res['fashion-mnist']['later_images_per_s']:,.0f} vs step "
+                f"{res['train_step_images_per_s']:,.0f} images/s",
+                f"{res['loader_over_step']:.0f}x",
+                ">= 5x",
+            )
+        )
     print(f"\nhand-written loops vs genvae, same losses and weights after 3 steps: {summary.get('parity', 'not run')}")
     print(f"{'benchmark':34s} {'measured':58s} {'ratio':>8s}  target")
     for name, measured, ratio, target in rows:

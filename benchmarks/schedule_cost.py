@@ -53,17 +53,21 @@ def main() -> None:
     if not authors:
         raise SystemExit(f"preset {args.preset} has no schedule of its own to compare with one-pass")
     with tempfile.TemporaryDirectory() as tmp:
-        runs = {"authors": make(args.preset, list(authors), args.batch_size, data, Path(tmp) / "a", device),
-                "one-pass": make(args.preset, "one-pass", args.batch_size, data, Path(tmp) / "b", device)}
+        runs = {
+            "authors": make(args.preset, list(authors), args.batch_size, data, Path(tmp) / "a", device),
+            "one-pass": make(args.preset, "one-pass", args.batch_size, data, Path(tmp) / "b", device),
+        }
         g = torch.Generator().manual_seed(0)
         n = len(data)
-        batches = [data.images[torch.randint(0, n, (args.batch_size,), generator=g)]
-                   for _ in range(args.steps * (args.blocks + 1))]
+        batches = [
+            data.images[torch.randint(0, n, (args.batch_size,), generator=g)]
+            for _ in range(args.steps * (args.blocks + 1))
+        ]
         times = {k: [] for k in runs}
         logged: dict[str, list[dict[str, torch.Tensor]]] = {k: [] for k in runs}
         for block in range(args.blocks + 1):  # block 0 warms up
             for name, trainer in runs.items():
-                chunk = batches[block * args.steps:(block + 1) * args.steps]
+                chunk = batches[block * args.steps : (block + 1) * args.steps]
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 start = time.perf_counter()
@@ -77,8 +81,10 @@ def main() -> None:
                     times[name].append((time.perf_counter() - start) / len(chunk) * 1000)
     steps = args.steps * args.blocks
     ms = {k: statistics.median(v) for k, v in times.items()}
-    print(f"{args.preset}, batch {args.batch_size}, {device}, {torch.get_num_threads()} thread(s); "
-          f"{args.blocks} blocks of {args.steps} steps after one warm-up block")
+    print(
+        f"{args.preset}, batch {args.batch_size}, {device}, {torch.get_num_threads()} thread(s); "
+        f"{args.blocks} blocks of {args.steps} steps after one warm-up block"
+    )
     for name, trainer in runs.items():
         plan = ", ".join(f"{u.phase.name}@{u.branch}" + (":fresh" if u.fresh else "") for u in trainer.updates)
         print(f"  {name:9s} {ms[name]:9.1f} ms/step   updates: {plan}")

@@ -96,8 +96,9 @@ class SeedType(click.ParamType):
             except (TypeError, ValueError):
                 self.fail(f"{shorten(value)} is not an integer; a seed is an integer in 0..2**64-1", param, ctx)
         if not 0 <= number <= MAX_SEED:
-            self.fail(f"{shorten(number)} is not a seed; a seed is an integer in 0..2**64-1 (0..{MAX_SEED})",
-                      param, ctx)
+            self.fail(
+                f"{shorten(number)} is not a seed; a seed is an integer in 0..2**64-1 (0..{MAX_SEED})", param, ctx
+            )
         return number
 
 
@@ -115,8 +116,7 @@ def data_options(fn):
 
 def seed_option(fn):
     """``--seed`` (default 0): the command receives ``seed``."""
-    return click.option("--seed", default=0, show_default=True, type=SEED,
-                        help="Seed of every random stream.")(fn)
+    return click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of every random stream.")(fn)
 
 
 def device_option(fn):
@@ -172,8 +172,15 @@ def load_command_data(model, data, data_root=None, download: bool = False, split
     from genvae.core.data import load_data
 
     spec = model.spec
-    return load_data(data, image_size=spec.image_size, channels=spec.channels, split=split, root=data_root,
-                     download=download, registry=registry())
+    return load_data(
+        data,
+        image_size=spec.image_size,
+        channels=spec.channels,
+        split=split,
+        root=data_root,
+        download=download,
+        registry=registry(),
+    )
 
 
 def require_single_process(command: str) -> None:
@@ -184,5 +191,7 @@ def require_single_process(command: str) -> None:
 
     world = launched_world_size()
     if world > 1:
-        raise GenvaeError(f"{command} runs in one process, not under torchrun ({world} processes); launch it with "
-                          "plain python, or train with genvae train, which supports torchrun")
+        raise GenvaeError(
+            f"{command} runs in one process, not under torchrun ({world} processes); launch it with "
+            "plain python, or train with genvae train, which supports torchrun"
+        )

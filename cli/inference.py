@@ -26,7 +26,6 @@ MAX_SAMPLES = 10_000
 SAMPLE_COUNT = click.IntRange(1, MAX_SAMPLES)
 
 
-
 def check_json_output(path: Path) -> None:
     """A JSON report may replace only a JSON file genvae wrote (it carries ``genvae_version``)."""
     from genvae.core.files import check_writable_file
@@ -44,16 +43,31 @@ def check_json_output(path: Path) -> None:
 @click.command()
 @click.argument("folder", type=click.Path())
 @click.option("-n", "count", default=64, show_default=True, type=SAMPLE_COUNT, help="Number of samples.")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="Image grid to write; the extension picks the format (png, jpg, webp, bmp, tif).")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Image grid to write; the extension picks the format (png, jpg, webp, bmp, tif).",
+)
 @click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--nrow", type=COUNT, help="Images per row (default: square grid).")
-@click.option("--from", "source", type=click.Path(dir_okay=False, exists=True),
-              help="An image whose coarse latent groups are kept (with --fix-levels).")
-@click.option("--fix-levels", "--fix-groups", "fix", multiple=True, type=int,
-              help="Keep the first K latent groups (coarsest pyramid levels / first time steps) of --from and "
-              "sample the rest; repeat for one grid per K.")
+@click.option(
+    "--from",
+    "source",
+    type=click.Path(dir_okay=False, exists=True),
+    help="An image whose coarse latent groups are kept (with --fix-levels).",
+)
+@click.option(
+    "--fix-levels",
+    "--fix-groups",
+    "fix",
+    multiple=True,
+    type=int,
+    help="Keep the first K latent groups (coarsest pyramid levels / first time steps) of --from and "
+    "sample the rest; repeat for one grid per K.",
+)
 def sample(folder, count, output, seed, device, nrow, source, fix) -> None:
     """Draw samples from the prior and write them as a grid (generated in chunks that fit the memory limit)."""
     import torch
@@ -79,19 +93,24 @@ def sample(folder, count, output, seed, device, nrow, source, fix) -> None:
     layout = model.layout
     bad = [k for k in fix if not 0 <= k <= layout.num_groups]
     if bad:
-        raise GenvaeError(f"--fix-levels {bad[0]}: the model's latent has {layout.num_groups} "
-                          f"{layout.group_label}s; use 0..{layout.num_groups}")
+        raise GenvaeError(
+            f"--fix-levels {bad[0]}: the model's latent has {layout.num_groups} "
+            f"{layout.group_label}s; use 0..{layout.num_groups}"
+        )
     x = load_image(source, model)
     with torch.no_grad():
         fixed = model.encode(x).mean
         for k in fix:
             # every latent drawn at once (block=count), as they always were
-            images = draw_samples(model, count, dev, block=count, fixed=fixed, fixed_groups=k, held=held,
-                                  holding=holding)
+            images = draw_samples(
+                model, count, dev, block=count, fixed=fixed, fixed_groups=k, held=held, holding=holding
+            )
             path = out if len(fix) == 1 else out.with_name(f"{out.stem}-fix{k}{out.suffix}")
             save_grid(torch.cat([to_uint8(x.cpu()), images]), path, nrow=nrow)
-            console.print(f"wrote {count} samples keeping {k} {layout.group_label}(s) of {source} to {path} "
-                          "(first image: the input)")
+            console.print(
+                f"wrote {count} samples keeping {k} {layout.group_label}(s) of {source} to {path} "
+                "(first image: the input)"
+            )
 
 
 def _metric_list(value: str | None) -> list[str]:
@@ -102,23 +121,56 @@ def _metric_list(value: str | None) -> list[str]:
 @click.command()
 @click.argument("folder", type=click.Path())
 @data_options
-@click.option("--metrics", "metrics", default=None, metavar="NAMES",
-              help="Comma-separated metrics (genvae list-plugins lists them): rmse, fid, kid, is, pr. [default: rmse]")
+@click.option(
+    "--metrics",
+    "metrics",
+    default=None,
+    metavar="NAMES",
+    help="Comma-separated metrics (genvae list-plugins lists them): rmse, fid, kid, is, pr. [default: rmse]",
+)
 @click.option("--metric", "metrics_alias", default=None, hidden=True, help="Same as --metrics.")
-@click.option("--classifier", type=click.Path(), help="Feature network for fid/kid/is/pr: a folder from genvae "
-              "train-classifier (or a local Inception-v3 .safetensors file).")
-@click.option("--compare", "others", multiple=True, type=click.Path(), help="Another model folder, scored the same "
-              "way beside FOLDER (repeatable).")
+@click.option(
+    "--classifier",
+    type=click.Path(),
+    help="Feature network for fid/kid/is/pr: a folder from genvae "
+    "train-classifier (or a local Inception-v3 .safetensors file).",
+)
+@click.option(
+    "--compare",
+    "others",
+    multiple=True,
+    type=click.Path(),
+    help="Another model folder, scored the same way beside FOLDER (repeatable).",
+)
 @click.option("--split", default="test", show_default=True, help="Dataset split (named datasets).")
 @click.option("--limit", type=COUNT, help="Evaluate only the first N images.")
-@click.option("--samples", "n_samples", type=COUNT, help="Samples per model for the sample metrics [default: as many "
-              "as real images].")
+@click.option(
+    "--samples",
+    "n_samples",
+    type=COUNT,
+    help="Samples per model for the sample metrics [default: as many as real images].",
+)
 @click.option("--batch-size", default=256, show_default=True, type=COUNT)
 @click.option("--seed", default=0, show_default=True, type=SEED, help="Seed of the samples.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write the report as JSON here too.")
-def evaluate(folder, data, data_root, download, metrics, metrics_alias, classifier, others, split, limit, n_samples,
-             batch_size, seed, device, output) -> None:
+def evaluate(
+    folder,
+    data,
+    data_root,
+    download,
+    metrics,
+    metrics_alias,
+    classifier,
+    others,
+    split,
+    limit,
+    n_samples,
+    batch_size,
+    seed,
+    device,
+    output,
+) -> None:
     """Score models on a dataset: reconstruction RMSE and sample quality (FID, KID, IS, precision/recall) in a
     feature network's space; several models side by side with --compare. Prints a table and JSON."""
     from genvae.core.checkpoint import write_json
@@ -139,8 +191,10 @@ def evaluate(folder, data, data_root, download, metrics, metrics_alias, classifi
     needs = metric_needs(names, reg)
     if "features" in needs and classifier is None:
         wanting = [n for n in names if "features" in reg.get("metric", n).extra.get("needs", ())]
-        raise GenvaeError(f"{', '.join(wanting)} need a feature network: train one with genvae train-classifier "
-                          "--data DATA -o CLF and pass --classifier CLF")
+        raise GenvaeError(
+            f"{', '.join(wanting)} need a feature network: train one with genvae train-classifier "
+            "--data DATA -o CLF and pass --classifier CLF"
+        )
     folders = [folder, *others]
     results: list[dict[str, Any]] = []
     network, source, count = None, None, 0
@@ -149,21 +203,35 @@ def evaluate(folder, data, data_root, download, metrics, metrics_alias, classifi
         if network is None and classifier is not None:
             network = open_feature_network(classifier, reg, dev)
         spec = model.spec
-        images = load_data(data, image_size=spec.image_size, channels=spec.channels, split=split, root=data_root,
-                           download=download, registry=reg)
+        images = load_data(
+            data,
+            image_size=spec.image_size,
+            channels=spec.channels,
+            split=split,
+            root=data_root,
+            download=download,
+            registry=reg,
+        )
         real = images.images if limit is None else images.images[:limit]
         source, count = images.source, len(real)
 
         def progress(task: str, done: int, total: int, where: str = str(path)) -> None:
             report_progress(f"evaluate {where}: {task}", done, total)
 
-        batch = EvalData(model, real, dev, features=network, n_samples=n_samples or len(real),
-                         batch_size=batch_size, seed=seed, progress=progress)
+        batch = EvalData(
+            model,
+            real,
+            dev,
+            features=network,
+            n_samples=n_samples or len(real),
+            batch_size=batch_size,
+            seed=seed,
+            progress=progress,
+        )
         scores: dict[str, dict[str, float]] = {}
         for name in names:
             scores[name] = reg.get("metric", name).obj(batch)
-        results.append({"model": str(path), "metrics": scores, "samples": batch.n_samples if "samples" in needs
-                        else 0})
+        results.append({"model": str(path), "metrics": scores, "samples": batch.n_samples if "samples" in needs else 0})
     from genvae import __version__
 
     feature_label = network.label if network is not None else None
@@ -172,9 +240,17 @@ def evaluate(folder, data, data_root, download, metrics, metrics_alias, classifi
         label = reg.get("metric", name).extra.get("label", name)
         uses_features = "features" in reg.get("metric", name).extra.get("needs", ())
         labels[name] = f"{label} ({feature_label})" if uses_features and feature_label else label
-    report = {"genvae_version": __version__, "data": source, "split": split, "images": count, "seed": seed,
-              "feature_network": feature_label, "classifier": str(classifier) if classifier else None,
-              "labels": labels, "models": results}
+    report = {
+        "genvae_version": __version__,
+        "data": source,
+        "split": split,
+        "images": count,
+        "seed": seed,
+        "feature_network": feature_label,
+        "classifier": str(classifier) if classifier else None,
+        "labels": labels,
+        "models": results,
+    }
     if output:
         write_json(Path(output), report)
     table = Table(title=f"{source}, {count} images" + (f"; features: {feature_label}" if feature_label else ""))
@@ -194,8 +270,13 @@ def evaluate(folder, data, data_root, download, metrics, metrics_alias, classifi
 @click.argument("folder", type=click.Path())
 @data_options
 @click.option("-n", "count", default=32, show_default=True, type=click.IntRange(1, 1024), help="Number of images.")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-              help="Image grid to write; the extension picks the format (png, jpg, webp, bmp, tif).")
+@click.option(
+    "-o",
+    "--output",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Image grid to write; the extension picks the format (png, jpg, webp, bmp, tif).",
+)
 @click.option("--split", default="test", show_default=True, help="Dataset split (named datasets).")
 @click.option("--seed", default=0, show_default=True, type=SEED)
 @click.option("--device", default="auto", show_default=True)
@@ -211,8 +292,15 @@ def reconstruct(folder, data, data_root, download, count, output, split, seed, d
     check_image_output(Path(output))
     model, dev = load_for_inference(folder, device, seed)
     spec = model.spec
-    images = load_data(data, image_size=spec.image_size, channels=spec.channels, split=split, root=data_root,
-                       download=download, registry=registry())
+    images = load_data(
+        data,
+        image_size=spec.image_size,
+        channels=spec.channels,
+        split=split,
+        root=data_root,
+        download=download,
+        registry=registry(),
+    )
     pixels = images.images[:count]
     n = len(pixels)
     # kept beside the model: the originals in [-1, 1], the pairs as uint8 and the grid they make

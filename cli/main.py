@@ -24,8 +24,9 @@ MESSAGE_LIMIT = 400  # characters of one error line; longer messages are cut
 def print_error(message: str) -> None:
     """``Error: <message>`` on one line of stderr; the message is printed as text (no rich markup)."""
     err_console.print("[bold red]Error:[/] ", end="", highlight=False, soft_wrap=True)
-    err_console.print(one_line(message, MESSAGE_LIMIT - len("Error: ")), markup=False, highlight=False,
-                      soft_wrap=True, emoji=False)
+    err_console.print(
+        one_line(message, MESSAGE_LIMIT - len("Error: ")), markup=False, highlight=False, soft_wrap=True, emoji=False
+    )
 
 
 def _stopped(signum: int) -> str:
@@ -59,8 +60,9 @@ class GenvaeGroup(click.Group):
             ctx.exit(1)
         except KeyboardInterrupt as exc:  # a second stop signal, or one before training's own handler was in place
             signum = getattr(exc, "signum", signal.SIGINT)
-            err_console.print(f"{_stopped(signum)}; nothing was written after the last checkpoint (resume with "
-                              "--resume).")
+            err_console.print(
+                f"{_stopped(signum)}; nothing was written after the last checkpoint (resume with --resume)."
+            )
             ctx.exit(128 + signum)
         except OSError as exc:  # a path the file system refuses (too long, permission denied, read-only ...)
             if ctx.meta.get("genvae.debug"):
@@ -97,8 +99,12 @@ class GenvaeGroup(click.Group):
 
 @click.group(cls=GenvaeGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show full tracebacks.")
-@click.option("--max-memory", metavar="SIZE", help="Refuse models estimated to need more memory than this "
-              "(e.g. 16G; default: half the available memory; also GENVAE_MAX_MEMORY).")
+@click.option(
+    "--max-memory",
+    metavar="SIZE",
+    help="Refuse models estimated to need more memory than this "
+    "(e.g. 16G; default: half the available memory; also GENVAE_MAX_MEMORY).",
+)
 @click.version_option(package_name="genvae")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool, max_memory: str | None) -> None:
@@ -136,8 +142,6 @@ def add_plugin_commands() -> None:
             reg.add_commands(record, plugin, cli)
         except Exception as exc:
             record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
-
-
 
 
 def main() -> None:

@@ -61,8 +61,12 @@ def cache_list() -> None:
     table = Table("source", "images", "size", "folder", title=f"image cache {root}")
     for entry in found:
         n, c, h, w = entry["shape"]
-        table.add_row(str(entry["source"]), f"{n:,} x {c}x{h}x{w}", f"{entry['bytes'] / 2**20:,.1f} MiB",
-                      Path(entry["folder"]).name)
+        table.add_row(
+            str(entry["source"]),
+            f"{n:,} x {c}x{h}x{w}",
+            f"{entry['bytes'] / 2**20:,.1f} MiB",
+            Path(entry["folder"]).name,
+        )
     console.print(table if found else f"the image cache {root} is empty")
 
 

@@ -75,6 +75,7 @@ def describe(kind: str, name: str, as_json: bool) -> None:
 
     entry = registry().get(kind, name)
     cls = entry.obj
+
     def type_text(t) -> str:
         if isinstance(t, str) or getattr(t, "__origin__", None) is not None:
             return str(t).replace("typing.", "")
@@ -82,21 +83,30 @@ def describe(kind: str, name: str, as_json: bool) -> None:
 
     types = {a.name: type_text(a.type) for a in attrs.fields(cls.Options)}
     info = {
-        "kind": kind, "name": name, "plugin": entry.plugin, "summary": inspect.getdoc(cls) or "",
-        "options": [{"name": n, "type": types.get(n), "default": d, "help": h}
-                    for n, d, h in describe_options(cls.Options)],
-        "provides": sorted(getattr(cls, "provides", ())), "requires": sorted(getattr(cls, "requires", ())),
+        "kind": kind,
+        "name": name,
+        "plugin": entry.plugin,
+        "summary": inspect.getdoc(cls) or "",
+        "options": [
+            {"name": n, "type": types.get(n), "default": d, "help": h} for n, d, h in describe_options(cls.Options)
+        ],
+        "provides": sorted(getattr(cls, "provides", ())),
+        "requires": sorted(getattr(cls, "requires", ())),
     }
     if kind == "loss":
-        info.update(role=cls.role, phases=list(cls.phases), branches=list(cls.branches),
-                    phase_order=list(cls.phase_order), may_skip=cls.may_skip)
+        info.update(
+            role=cls.role,
+            phases=list(cls.phases),
+            branches=list(cls.branches),
+            phase_order=list(cls.phase_order),
+            may_skip=cls.may_skip,
+        )
     if kind == "decoder":
         info["output"] = cls.output
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
-    console.print(f"[bold]{KIND_NAMES[kind]} '{name}'[/] (plugin {entry.plugin}): {info['summary']}",
-                  highlight=False)
+    console.print(f"[bold]{KIND_NAMES[kind]} '{name}'[/] (plugin {entry.plugin}): {info['summary']}", highlight=False)
     extra = [f"{k}: {', '.join(info[k])}" for k in ("provides", "requires", "phases", "branches") if info.get(k)]
     if kind == "decoder":
         extra.insert(0, f"output space: {info['output']}")
@@ -117,8 +127,10 @@ def describe(kind: str, name: str, as_json: bool) -> None:
 
 def _updates_text(updates) -> str:
     """A step's updates as ``mi@posterior, model@prior:fresh, discriminator`` (the branch only where it is not all)."""
-    return ", ".join(u["phase"] + (f"@{u['branch']}" if u["branch"] != "all" else "") + (":fresh" if u["fresh"] else "")
-                     for u in updates)
+    return ", ".join(
+        u["phase"] + (f"@{u['branch']}" if u["branch"] != "all" else "") + (":fresh" if u["fresh"] else "")
+        for u in updates
+    )
 
 
 def _param_count(module) -> int:
@@ -136,8 +148,9 @@ def print_summary(model, title: str) -> None:
         kind = KIND_NAMES.get(comp.kind, comp.kind)
         from genvae.core.options import options_to_dict
 
-        opts = ", ".join(f"{k}={shorten(v, 60) if isinstance(v, dict) else v}"
-                         for k, v in options_to_dict(comp.options).items())
+        opts = ", ".join(
+            f"{k}={shorten(v, 60) if isinstance(v, dict) else v}" for k, v in options_to_dict(comp.options).items()
+        )
         label = comp.name if comp.kind != "loss" else f"{comp.name} (weight {comp.weight:g})"
         table.add_row(kind, label, f"{_param_count(comp):,}", opts)
     console.print(table)
@@ -150,8 +163,10 @@ def print_summary(model, title: str) -> None:
     )
     generator = sum(_param_count(m) for m in model.transform.generation_modules()) + _param_count(model.decoder)
     autoencoder = sum(_param_count(m) for m in (model.encoder, model.transform, model.decoder))
-    console.print(f"parameters: {_param_count(model):,} in all | encoder + latent transform + decoder: "
-                  f"{autoencoder:,} | generator side (latent generation + decoder): {generator:,}")
+    console.print(
+        f"parameters: {_param_count(model):,} in all | encoder + latent transform + decoder: "
+        f"{autoencoder:,} | generator side (latent generation + decoder): {generator:,}"
+    )
 
 
 @click.command()
@@ -160,20 +175,43 @@ def print_summary(model, title: str) -> None:
 @click.option("--decoder", help="Decoder name.")
 @click.option("--prior", help="Prior name (default: normal).")
 @click.option("--transform", help="Latent transform name (fc, conv, ...).")
-@click.option("--loss", "losses", help="Comma list of losses, NAME or NAME:WEIGHT; mse and kl are added if "
-              "no reconstruction or divergence loss is named.")
+@click.option(
+    "--loss",
+    "losses",
+    help="Comma list of losses, NAME or NAME:WEIGHT; mse and kl are added if "
+    "no reconstruction or divergence loss is named.",
+)
 @click.option("--image-size", type=click.IntRange(1, 8192), help="Square image size in pixels.")
 @click.option("--channels", type=click.Choice(["1", "3"]), help="Image channels, 1 or 3.")
-@click.option("--set", "sets", multiple=True, metavar="KIND.OPTION=VALUE",
-              help="Override an option: encoder.width=32, loss.kl.weight=0.5, train.lr=3e-4 (repeatable).")
-@click.option("--stage1", type=click.Path(file_okay=False, exists=True),
-              help="A trained model the new one builds on (--preset stage2): sets encoder.stage1.")
-@click.option("-o", "--output", "folder", required=True, type=click.Path(file_okay=False),
-              help="Model folder to write (config.json + model.safetensors).")
-@click.option("--force", is_flag=True, help="Replace the model in an existing genvae model folder (only files genvae "
-              "wrote there are removed; other folders are never built into).")
-def build(preset, encoder, decoder, prior, transform, losses, image_size, channels, sets, stage1, folder,
-          force) -> None:
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="KIND.OPTION=VALUE",
+    help="Override an option: encoder.width=32, loss.kl.weight=0.5, train.lr=3e-4 (repeatable).",
+)
+@click.option(
+    "--stage1",
+    type=click.Path(file_okay=False, exists=True),
+    help="A trained model the new one builds on (--preset stage2): sets encoder.stage1.",
+)
+@click.option(
+    "-o",
+    "--output",
+    "folder",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Model folder to write (config.json + model.safetensors).",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace the model in an existing genvae model folder (only files genvae "
+    "wrote there are removed; other folders are never built into).",
+)
+def build(
+    preset, encoder, decoder, prior, transform, losses, image_size, channels, sets, stage1, folder, force
+) -> None:
     """Compose a model from components, check it, and write a freshly initialised model folder."""
     from genvae.core.checkpoint import CONFIG, HISTORY, WEIGHTS, save_model
     from genvae.core.compose import compose_spec
@@ -187,9 +225,18 @@ def build(preset, encoder, decoder, prior, transform, losses, image_size, channe
         raise GenvaeError(f"{out} already holds a model; choose another -o folder or pass --force")
     if stage1 is not None:  # a model that builds on a trained one (Stage2): its encoder's stage1 option
         sets = (*sets, f"encoder.stage1={json.dumps(str(stage1))}")
-    spec = compose_spec(preset=preset, encoder=encoder, transform=transform, decoder=decoder, prior=prior,
-                        losses=losses, image_size=image_size, channels=int(channels) if channels else None,
-                        sets=sets, registry=registry())
+    spec = compose_spec(
+        preset=preset,
+        encoder=encoder,
+        transform=transform,
+        decoder=decoder,
+        prior=prior,
+        losses=losses,
+        image_size=image_size,
+        channels=int(channels) if channels else None,
+        sets=sets,
+        registry=registry(),
+    )
     seed_everything(spec.train.seed)
     model = build_model(spec, registry())
     out.mkdir(parents=True, exist_ok=True)

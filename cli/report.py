@@ -81,8 +81,7 @@ def plot_term(runs: dict[str, list[dict]], term: str, ax, x: str = "step") -> bo
         else:
             clocked = [r for r in records if isinstance(r.get("wall_time"), int | float)]
             start = clocked[0]["wall_time"] if clocked else 0.0
-            points = [((r["wall_time"] - start) / 60, r[term]) for r in clocked
-                      if isinstance(r.get(term), int | float)]
+            points = [((r["wall_time"] - start) / 60, r[term]) for r in clocked if isinstance(r.get(term), int | float)]
         if points:
             ax.plot(*zip(*points, strict=True), label=label, linewidth=1.4)
             drawn = True
@@ -127,7 +126,7 @@ def curves_png(runs: dict[str, list[dict]], terms: Sequence[str], x: str = "step
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
     for ax, term in zip(axes.flat, terms, strict=False):
         plot_term(runs, term, ax, x)
-    for ax in list(axes.flat)[len(terms):]:
+    for ax in list(axes.flat)[len(terms) :]:
         ax.axis("off")
     fig.tight_layout()
     png = _figure_png(fig)
@@ -136,8 +135,7 @@ def curves_png(runs: dict[str, list[dict]], terms: Sequence[str], x: str = "step
 
 
 def _img(data: bytes, alt: str, css: str = "") -> str:
-    return (f'<img alt="{html.escape(alt)}" class="{css}" '
-            f'src="data:image/png;base64,{base64.b64encode(data).decode()}">')
+    return f'<img alt="{html.escape(alt)}" class="{css}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
 
 
 def _components(model) -> str:
@@ -183,8 +181,10 @@ def _reconstructions(model, data, data_root, download, count: int = 16) -> bytes
 def _evaluation(folder: Path) -> str:
     path = folder / EVALUATION
     if not path.exists():
-        return f"<p class=note>no {EVALUATION} (write one with <code>genvae evaluate {html.escape(str(folder))} -o " \
-               f"{html.escape(str(path))}</code>)</p>"
+        return (
+            f"<p class=note>no {EVALUATION} (write one with <code>genvae evaluate {html.escape(str(folder))} -o "
+            f"{html.escape(str(path))}</code>)</p>"
+        )
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
         scores = report["results"][0]["metrics"]
@@ -243,9 +243,11 @@ def build_report(folders: Sequence[Path], *, data=None, data_root=None, download
     for records in runs.values():
         terms += [t for t in terms_of(records) if t not in terms]
     title = html.escape(", ".join(names))
-    parts = [f"<!doctype html><html><head><meta charset=utf-8>{GENERATOR}<title>genvae report: {title}</title>"
-             f"<style>{CSS}</style></head><body>",
-             f"<h1>genvae report: {html.escape(', '.join(names))}</h1>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset=utf-8>{GENERATOR}<title>genvae report: {title}</title>"
+        f"<style>{CSS}</style></head><body>",
+        f"<h1>genvae report: {html.escape(', '.join(names))}</h1>",
+    ]
     curves = curves_png(runs, terms)
     parts.append("<h2 id=curves>Loss curves</h2>")
     parts.append(_img(curves, "loss curves", "curves") if curves else "<p class=note>no metrics.jsonl yet</p>")
@@ -256,23 +258,40 @@ def build_report(folders: Sequence[Path], *, data=None, data_root=None, download
     for name, folder in zip(names, folders, strict=True):
         model = load_model(folder, device="cpu")
         model.eval()
-        col = [f"<div class=run><h2>{html.escape(name)}</h2>",
-               f"<p>{html.escape(model.spec.description or model.spec.preset or '')}</p>",
-               "<h3>Components</h3>", _components(model)]
+        col = [
+            f"<div class=run><h2>{html.escape(name)}</h2>",
+            f"<p>{html.escape(model.spec.description or model.spec.preset or '')}</p>",
+            "<h3>Components</h3>",
+            _components(model),
+        ]
         last = runs[name][-1] if runs[name] else None
         if last:
-            col.append("<h3>Last logged values</h3><table>" + "".join(
-                f"<tr><td>{html.escape(k)}</td><td class=num>{_fmt(v)}</td></tr>" for k, v in last.items()
-                if k != "wall_time") + "</table>")
+            col.append(
+                "<h3>Last logged values</h3><table>"
+                + "".join(
+                    f"<tr><td>{html.escape(k)}</td><td class=num>{_fmt(v)}</td></tr>"
+                    for k, v in last.items()
+                    if k != "wall_time"
+                )
+                + "</table>"
+            )
         col.append("<h3>Evaluation</h3>" + _evaluation(folder))
         grids = sorted((folder / "samples").glob("*.png")) if (folder / "samples").is_dir() else []
-        col.append("<h3>Samples, every epoch (the same z each time)</h3><div class=grids>" + "".join(
-            f"<figure>{_img(p.read_bytes(), p.stem, 'grid')}<figcaption>{html.escape(p.stem)}</figcaption></figure>"
-            for p in grids) + "</div>" if grids else "<p class=note>no sample grids yet</p>")
+        col.append(
+            "<h3>Samples, every epoch (the same z each time)</h3><div class=grids>"
+            + "".join(
+                f"<figure>{_img(p.read_bytes(), p.stem, 'grid')}<figcaption>{html.escape(p.stem)}</figcaption></figure>"
+                for p in grids
+            )
+            + "</div>"
+            if grids
+            else "<p class=note>no sample grids yet</p>"
+        )
         try:
             recon = _reconstructions(model, data, data_root, download)
-            col.append("<h3>Reconstructions (rows: originals, reconstructions)</h3>" + _img(recon, "reconstructions",
-                                                                                          "grid"))
+            col.append(
+                "<h3>Reconstructions (rows: originals, reconstructions)</h3>" + _img(recon, "reconstructions", "grid")
+            )
         except Exception as exc:  # the data may be elsewhere: the rest of the report still stands
             col.append(f"<h3>Reconstructions</h3><p class=note>not drawn: {html.escape(str(exc).splitlines()[0])}</p>")
         col.append("<h3>Commands</h3>" + _commands(folder))
@@ -321,8 +340,14 @@ def write_page(text: str, path: Path) -> None:
 
 @click.command()
 @click.argument("folders", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("-o", "--output", default="report.html", show_default=True, type=click.Path(dir_okay=False),
-              help="The HTML page to write.")
+@click.option(
+    "-o",
+    "--output",
+    default="report.html",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="The HTML page to write.",
+)
 @data_options
 def report(folders, output, data, data_root, download) -> None:
     """One self-contained HTML page per set of model folders: components, loss curves (several folders overlay),
@@ -338,9 +363,14 @@ def report(folders, output, data, data_root, download) -> None:
 @click.argument("folders", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--term", required=True, help="The logged term to plot, e.g. kl, mse, model/total, adv.d.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="The PNG file to write.")
-@click.option("--x", "x_axis", type=click.Choice(["step", "time"]), default="step", show_default=True,
-              help="What the x axis counts: optimisation steps, or wall-clock minutes since each run's first "
-                   "logged line.")
+@click.option(
+    "--x",
+    "x_axis",
+    type=click.Choice(["step", "time"]),
+    default="step",
+    show_default=True,
+    help="What the x axis counts: optimisation steps, or wall-clock minutes since each run's first logged line.",
+)
 def plot(folders, term, output, x_axis) -> None:
     """One plot of a logged term over the steps (or wall-clock time) of one or several runs (overlaid), as a PNG."""
     from genvae.cli.report import plot_png

@@ -30,22 +30,53 @@ from genvae.cli.commands import (
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--amp", is_flag=True, default=None, help="Mixed precision (CUDA).")
 @click.option("--channels-last", is_flag=True, default=None, help="Channels-last memory layout (faster convs on GPUs).")
-@click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile the encoder, transform and "
-              "decoder.")
+@click.option(
+    "--compile", "compile_", is_flag=True, default=None, help="torch.compile the encoder, transform and decoder."
+)
 @click.option("--seed", type=SEED, help="Seed of every random stream.")
 @click.option("--flip/--no-flip", default=None, help="Random horizontal flips.")
 @click.option("--checkpoint-every", type=COUNT, help="Steps between checkpoints.")
 @click.option("--log-every", type=COUNT, help="Steps between metric lines.")
-@click.option("--logger", "loggers", metavar="NAME[,NAME]", help="Experiment loggers besides metrics.jsonl: "
-              "tensorboard, mlflow, or a plugin's (genvae list-plugins).")
+@click.option(
+    "--logger",
+    "loggers",
+    metavar="NAME[,NAME]",
+    help="Experiment loggers besides metrics.jsonl: tensorboard, mlflow, or a plugin's (genvae list-plugins).",
+)
 @click.option("--set", "sets", multiple=True, metavar="train.OPTION=VALUE", help="Any training option.")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint (same step, same RNG streams).")
-@click.option("--restart", is_flag=True, help="Discard genvae's checkpoints, metrics and sample grids in the folder "
-              "and train on from model.safetensors (checked before anything is deleted).")
+@click.option(
+    "--restart",
+    is_flag=True,
+    help="Discard genvae's checkpoints, metrics and sample grids in the folder "
+    "and train on from model.safetensors (checked before anything is deleted).",
+)
 @click.option("--report", "write_report", is_flag=True, help="Write FOLDER/report.html at the end (genvae report).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-def train(folder, data, data_root, download, epochs, max_steps, batch_size, lr, device, amp, channels_last, compile_,
-          seed, flip, checkpoint_every, log_every, loggers, sets, resume, restart, write_report, quiet) -> None:
+def train(
+    folder,
+    data,
+    data_root,
+    download,
+    epochs,
+    max_steps,
+    batch_size,
+    lr,
+    device,
+    amp,
+    channels_last,
+    compile_,
+    seed,
+    flip,
+    checkpoint_every,
+    log_every,
+    loggers,
+    sets,
+    resume,
+    restart,
+    write_report,
+    quiet,
+) -> None:
     """Train a model folder; checkpoints, metrics.jsonl and a sample grid per epoch go into it.
 
     Ctrl-C or SIGTERM stops at the next step with a checkpoint (a second Ctrl-C aborts at once);
@@ -56,17 +87,42 @@ def train(folder, data, data_root, download, epochs, max_steps, batch_size, lr, 
     from genvae.core.training import train_run
 
     folder = Path(folder)
-    overrides = {k: v for k, v in dict(epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, amp=amp,
-                                       channels_last=channels_last, compile=compile_, seed=seed, flip=flip,
-                                       checkpoint_every=checkpoint_every, log_every=log_every).items()
-                 if v is not None}
+    overrides = {
+        k: v
+        for k, v in dict(
+            epochs=epochs,
+            max_steps=max_steps,
+            batch_size=batch_size,
+            lr=lr,
+            amp=amp,
+            channels_last=channels_last,
+            compile=compile_,
+            seed=seed,
+            flip=flip,
+            checkpoint_every=checkpoint_every,
+            log_every=log_every,
+        ).items()
+        if v is not None
+    }
     if loggers is not None:
         overrides["loggers"] = tuple(name.strip() for name in loggers.split(",") if name.strip())
     with _RunDisplay(quiet, resume) as display:
-        result = train_run(folder, data=data, data_root=data_root, download=download, overrides=overrides,
-                           sets=sets, device=device, resume=resume, restart=restart, command=_command_record(),
-                           extra_outputs=(REPORT,) if write_report else (), registry=registry(),
-                           on_start=display.start, on_log=display.log)
+        result = train_run(
+            folder,
+            data=data,
+            data_root=data_root,
+            download=download,
+            overrides=overrides,
+            sets=sets,
+            device=device,
+            resume=resume,
+            restart=restart,
+            command=_command_record(),
+            extra_outputs=(REPORT,) if write_report else (),
+            registry=registry(),
+            on_start=display.start,
+            on_log=display.log,
+        )
     if not result.is_main:  # under torchrun only rank 0 prints
         return
     if result.step == result.start:
@@ -107,19 +163,31 @@ class _RunDisplay:
         if self.silent:
             return
         if images.skipped:
-            err_console.print(f"skipped {len(images.skipped)} unreadable file(s), e.g. {images.skipped[0]}",
-                              markup=False, highlight=False)
+            err_console.print(
+                f"skipped {len(images.skipped)} unreadable file(s), e.g. {images.skipped[0]}",
+                markup=False,
+                highlight=False,
+            )
         if self.resume and not run.resumed:
             err_console.print("no checkpoint to resume from; starting at step 0")
         processes = f" | {trainer.dist.world_size} processes ({trainer.dist.backend})" if trainer.dist else ""
-        console.print(f"training {run.folder} on {images.source} ({len(images)} images) | {trainer.device}{processes} "
-                      f"| step {run.start} -> {run.total} | batch {trainer.batch_size} | updates: {run.updates_text}",
-                      markup=False, highlight=False)
+        console.print(
+            f"training {run.folder} on {images.source} ({len(images)} images) | {trainer.device}{processes} "
+            f"| step {run.start} -> {run.total} | batch {trainer.batch_size} | updates: {run.updates_text}",
+            markup=False,
+            highlight=False,
+        )
         if run.start < run.total and not self.quiet and console.is_terminal:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self.bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                                TextColumn("{task.fields[terms]}"), console=console)
+            self.bar = Progress(
+                TextColumn("[bold]train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[terms]}"),
+                console=console,
+            )
             self.bar.start()
             self.task = self.bar.add_task("train", total=run.total, completed=run.start, terms="")
 

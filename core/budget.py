@@ -84,8 +84,10 @@ class Estimate:
         return TRAINING_COPIES * self.parameter_bytes + self.buffer_bytes + RUNTIME_BYTES + _margin(working)
 
     def describe(self) -> str:
-        return (f"about {format_size(self.training_bytes)} to train ({format_count(self.parameters)} parameters; "
-                f"activations at batch {self.batch_size}: {format_size(self.activation_bytes)})")
+        return (
+            f"about {format_size(self.training_bytes)} to train ({format_count(self.parameters)} parameters; "
+            f"activations at batch {self.batch_size}: {format_size(self.activation_bytes)})"
+        )
 
 
 # -- sizes ----------------------------------------------------------------------------------------
@@ -101,8 +103,10 @@ def parse_size(text: str | int, where: str = ENV) -> int:
     else:
         match = _SIZE.match(str(text))
         if not match:
-            raise BudgetError(f"{where}={shown} is not a size; give bytes or a number with K, M, G or T "
-                              "(e.g. 8G, 512M, 1.5GB), or 'off' to skip the check")
+            raise BudgetError(
+                f"{where}={shown} is not a size; give bytes or a number with K, M, G or T "
+                "(e.g. 8G, 512M, 1.5GB), or 'off' to skip the check"
+            )
         number, exponent, unit = match.groups()
         if exponent and abs(int(exponent)) > 30:
             raise BudgetError(f"{where}={shown} is out of range")
@@ -238,18 +242,24 @@ def check_budget(spec, registry=None, limit: int | str | None = None, batch_size
         est = _estimate(spec, registry, batch, limit)
     except _Exceeded as exc:
         if exc.created:
-            raise BudgetError(f"model spec needs over {format_size(TRAINING_COPIES * exc.created)} to train (over "
-                              f"{format_count(exc.created // 4)} parameters), {over}") from None
+            raise BudgetError(
+                f"model spec needs over {format_size(TRAINING_COPIES * exc.created)} to train (over "
+                f"{format_count(exc.created // 4)} parameters), {over}"
+            ) from None
         image = batch * math.prod(spec.image_shape) * 4
-        raise BudgetError(f"model spec needs over {format_size(BACKWARD_FACTOR * image)} to train (its image batch "
-                          f"of {format_count(batch)} x {list(spec.image_shape)} alone), {over}") from None
+        raise BudgetError(
+            f"model spec needs over {format_size(BACKWARD_FACTOR * image)} to train (its image batch "
+            f"of {format_count(batch)} x {list(spec.image_shape)} alone), {over}"
+        ) from None
     if est.training_bytes > limit:
         raise BudgetError(f"model spec needs {est.describe()}, {over}")
     check = _dry_run_bytes(spec, registry) if est.measured else None  # every build and load runs one
     if check is not None and check > limit:
         shape = "x".join(str(d) for d in spec.image_shape)
-        raise BudgetError(f"model spec needs about {format_size(check)} to check it on {DRY_RUN_BATCH} images "
-                          f"of {shape} (the dry run of every build and load), {over}")
+        raise BudgetError(
+            f"model spec needs about {format_size(check)} to check it on {DRY_RUN_BATCH} images "
+            f"of {shape} (the dry run of every build and load), {over}"
+        )
     return est
 
 
@@ -268,21 +278,27 @@ def check_load(spec, registry=None, limit: int | str | None = None) -> int | Non
     over = f"over the limit of {format_size(limit)} ({source}); {LIMIT_HINT}"
     images = DRY_RUN_BATCH * math.prod(spec.image_shape) * 4
     if images > limit:  # the images alone are over: nothing needs building to know (nor can: sizes may overflow)
-        raise BudgetError(f"model spec needs over {format_size(images)} for {DRY_RUN_BATCH} images of "
-                          f"{list(spec.image_shape)} alone (the dry run of every build and load), {over}")
+        raise BudgetError(
+            f"model spec needs over {format_size(images)} for {DRY_RUN_BATCH} images of "
+            f"{list(spec.image_shape)} alone (the dry run of every build and load), {over}"
+        )
     key = _cache_key(spec, "meta model")
     if _cached(registry, key) is None:
         try:
             model = _build_meta(spec, registry, _MetaMode(limit, copies=1))
         except _Exceeded as exc:
-            raise BudgetError(f"model spec needs over {format_size(exc.created)} for its weights alone (over "
-                              f"{format_count(exc.created // 4)} parameters), {over}") from None
+            raise BudgetError(
+                f"model spec needs over {format_size(exc.created)} for its weights alone (over "
+                f"{format_count(exc.created // 4)} parameters), {over}"
+            ) from None
         _remember(registry, key, model)
     check = _dry_run_bytes(spec, registry)
     if check is not None and check > limit:
         shape = "x".join(str(d) for d in spec.image_shape)
-        raise BudgetError(f"model spec needs about {format_size(check)} to check it on {DRY_RUN_BATCH} images "
-                          f"of {shape} (the dry run of every build and load), {over}")
+        raise BudgetError(
+            f"model spec needs about {format_size(check)} to check it on {DRY_RUN_BATCH} images "
+            f"of {shape} (the dry run of every build and load), {over}"
+        )
     return check
 
 
@@ -317,8 +333,13 @@ class InferenceEstimate:
 
     def batch_bytes(self, batch: int) -> int:
         """Bytes to run the program on ``batch`` images with the model loaded (0: the model and runtime alone)."""
-        return (self.parameter_bytes + self.buffer_bytes + RUNTIME_BYTES + _margin(self.fixed_bytes)
-                + batch * self.image_bytes)
+        return (
+            self.parameter_bytes
+            + self.buffer_bytes
+            + RUNTIME_BYTES
+            + _margin(self.fixed_bytes)
+            + batch * self.image_bytes
+        )
 
 
 def _dry_run_bytes(spec, registry) -> int | None:
@@ -341,8 +362,9 @@ def _dry_run_bytes(spec, registry) -> int | None:
     return result
 
 
-def inference_estimate(model_or_spec, what: str = "sample", *, registry=None,
-                       program: Program | None = None) -> InferenceEstimate:
+def inference_estimate(
+    model_or_spec, what: str = "sample", *, registry=None, program: Program | None = None
+) -> InferenceEstimate:
     """What running ``what`` (a name of :data:`PROGRAMS`, or ``program`` under that name) needs, measured on
     meta at batches of 1 and 1 + :data:`SLOPE_BATCH` images (a batch costs the meta device nothing). Cached per
     spec: a second call costs nothing. A program that does not run on meta is sized as
@@ -365,8 +387,9 @@ def inference_estimate(model_or_spec, what: str = "sample", *, registry=None,
     try:
         one, many = _peak(model, run, 1), _peak(model, run, 1 + SLOPE_BATCH)
     except Exception as exc:  # noqa: BLE001 - a plugin that reads values: sized by its images alone
-        result = InferenceEstimate(what, parameter_bytes, buffer_bytes, 0, FALLBACK_IMAGE_COPIES * image, False,
-                                   _line(exc))
+        result = InferenceEstimate(
+            what, parameter_bytes, buffer_bytes, 0, FALLBACK_IMAGE_COPIES * image, False, _line(exc)
+        )
     else:
         # The peak is the largest of the program's moments, each linear in the batch: convex, so the line
         # through batches 1 and 1 + SLOPE_BATCH bounds it from above between them (a fixed part such as
@@ -395,9 +418,19 @@ def _limit(limit: int | str | None) -> tuple[int | None, str]:
     return parse_limit(limit, "limit"), "the given limit"
 
 
-def inference_batch(model_or_spec, requested: int, *, what: str = "sample", per: int = 1, held: int = 0,
-                    holding: str = "", command: str = "", registry=None, program: Program | None = None,
-                    limit: int | str | None = None) -> int:
+def inference_batch(
+    model_or_spec,
+    requested: int,
+    *,
+    what: str = "sample",
+    per: int = 1,
+    held: int = 0,
+    holding: str = "",
+    command: str = "",
+    registry=None,
+    program: Program | None = None,
+    limit: int | str | None = None,
+) -> int:
     """The largest number of images, at most ``requested``, that one pass of ``what`` may take under the memory
     limit, beside ``held`` bytes the command keeps meanwhile (the images it collects, the grid it writes:
     ``holding`` names them in the error). Each image runs ``per`` rows through the model (completion's starts).
@@ -428,5 +461,7 @@ def inference_batch(model_or_spec, requested: int, *, what: str = "sample", per:
     parts = f"{format_size(est.batch_bytes(per))} to run the model on one {shape} image{rows}"
     if held:
         parts += f", {format_size(held)} for {holding or 'what it keeps'}"
-    raise BudgetError(f"{command or what} needs about {format_size(est.batch_bytes(per) + held)} even one image at "
-                      f"a time ({parts}), over the limit of {format_size(lim)} ({source}); {LIMIT_HINT}")
+    raise BudgetError(
+        f"{command or what} needs about {format_size(est.batch_bytes(per) + held)} even one image at "
+        f"a time ({parts}), over the limit of {format_size(lim)} ({source}); {LIMIT_HINT}"
+    )

@@ -78,11 +78,13 @@ class CachedImages:
             array = np.memmap(path, dtype=np.uint8, mode="c", shape=shape)
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        return torch.from_numpy(array), [(str(s), str(r)) for s, r in zip(meta.get("skipped", []),
-                                                                            meta.get("reasons", []), strict=False)]
+        return torch.from_numpy(array), [
+            (str(s), str(r)) for s, r in zip(meta.get("skipped", []), meta.get("reasons", []), strict=False)
+        ]
 
-    def build(self, sources: Sequence[Any], decode_block: Callable,
-              describe: Callable[[int], str] = str) -> tuple[torch.Tensor, list[tuple[str, str]]]:
+    def build(
+        self, sources: Sequence[Any], decode_block: Callable, describe: Callable[[int], str] = str
+    ) -> tuple[torch.Tensor, list[tuple[str, str]]]:
         """Decode ``sources`` into the cache; returns the mapped images and ``(source, reason)`` per failure.
 
         ``decode_block(sources, out, start)`` decodes sources into the uint8 array ``out`` from row ``start``
@@ -102,11 +104,18 @@ class CachedImages:
                 good = len(sources) - len(bad)
                 if good == 0:
                     return torch.empty((0, *self.image_shape), dtype=torch.uint8), [
-                        (describe(i), reason) for i, reason in failures]
+                        (describe(i), reason) for i, reason in failures
+                    ]
                 _compact(tmp / IMAGES, len(sources), bad, int(np.prod(self.image_shape)))
                 skipped = [(describe(i), reason) for i, reason in sorted(failures)]
-                meta = {"mark": MARK, "format": FORMAT, "source": self.source, "shape": [good, *self.image_shape],
-                        "skipped": [s for s, _ in skipped], "reasons": [r for _, r in skipped]}
+                meta = {
+                    "mark": MARK,
+                    "format": FORMAT,
+                    "source": self.source,
+                    "shape": [good, *self.image_shape],
+                    "skipped": [s for s, _ in skipped],
+                    "reasons": [r for _, r in skipped],
+                }
                 (tmp / META).write_text(json.dumps(meta), encoding="utf-8")
                 if self.folder.exists():  # a broken earlier entry (genvae's own: it is in genvae's cache)
                     shutil.rmtree(self.folder)
@@ -135,18 +144,20 @@ def _locked(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _worker_block(path: str, shape: tuple[int, ...], start: int, sources: Sequence[Any],
-                  decode_block: Callable) -> list[tuple[int, str]]:
+def _worker_block(
+    path: str, shape: tuple[int, ...], start: int, sources: Sequence[Any], decode_block: Callable
+) -> list[tuple[int, str]]:
     out = np.memmap(path, dtype=np.uint8, mode="r+", shape=shape)
     try:
-        return [(start + i, reason) for i, reason in decode_block(sources, out[start:start + len(sources)], 0)]
+        return [(start + i, reason) for i, reason in decode_block(sources, out[start : start + len(sources)], 0)]
     finally:
         out.flush()
         del out
 
 
-def _decode_into(path: Path, sources: Sequence[Any], image_shape: tuple[int, ...], decode_block: Callable,
-                 what: str) -> list[tuple[int, str]]:
+def _decode_into(
+    path: Path, sources: Sequence[Any], image_shape: tuple[int, ...], decode_block: Callable, what: str
+) -> list[tuple[int, str]]:
     shape = (len(sources), *image_shape)
     out = np.memmap(path, dtype=np.uint8, mode="w+", shape=shape)
     del out  # the file exists at its full size; workers map it themselves
@@ -162,8 +173,9 @@ def _decode_into(path: Path, sources: Sequence[Any], image_shape: tuple[int, ...
     else:
         pool = ThreadPoolExecutor(workers)
     with pool:
-        futures = [pool.submit(_worker_block, str(path), shape, s, sources[s:s + _BLOCK], decode_block)
-                   for s in starts]
+        futures = [
+            pool.submit(_worker_block, str(path), shape, s, sources[s : s + _BLOCK], decode_block) for s in starts
+        ]
         for done, future in enumerate(futures, 1):
             failures.extend(future.result())
             report(task, min(done * _BLOCK, len(sources)), len(sources))
@@ -177,8 +189,8 @@ def _compact(path: Path, n: int, bad: set[int], row: int) -> None:
     keep = np.array([i for i in range(n) if i not in bad], dtype=np.int64)
     array = np.memmap(path, dtype=np.uint8, mode="r+", shape=(n, row))
     for j in range(0, len(keep), 4096):  # source rows are never below their destination: a forward copy is safe
-        idx = keep[j:j + 4096]
-        array[j:j + len(idx)] = array[idx]
+        idx = keep[j : j + 4096]
+        array[j : j + len(idx)] = array[idx]
     array.flush()
     del array
     os.truncate(path, len(keep) * row)

@@ -84,8 +84,9 @@ class DiscriminatorTrunk(Protocol):
         ...
 
 
-DISCRIMINATOR = Capability("discriminator", "a discriminator trunk other losses may reuse (adv -> mi)",
-                           loss=DiscriminatorTrunk)
+DISCRIMINATOR = Capability(
+    "discriminator", "a discriminator trunk other losses may reuse (adv -> mi)", loss=DiscriminatorTrunk
+)
 
 
 @attrs.define
@@ -169,8 +170,13 @@ class PyramidDecoder(Protocol):
         ...
 
 
-PYRAMID = Capability("pyramid", "a Laplacian pyramid of per-level encoders, latents and decoders",
-                     encoder=PyramidEncoder, transform=PyramidLatent, decoder=PyramidDecoder)
+PYRAMID = Capability(
+    "pyramid",
+    "a Laplacian pyramid of per-level encoders, latents and decoders",
+    encoder=PyramidEncoder,
+    transform=PyramidLatent,
+    decoder=PyramidDecoder,
+)
 
 
 @attrs.define
@@ -196,8 +202,10 @@ def pyramid_parts(model: Any) -> tuple[PyramidEncoder, PyramidLatent, PyramidDec
     parts = (model.encoder, model.transform, model.decoder)
     if not all(PYRAMID in part.provides and not PYRAMID.missing_members(part) for part in parts):
         enc, tr, dec = parts
-        raise GenvaeError(f"this model has no Laplacian pyramid (encoder '{enc.name}', latent transform '{tr.name}', "
-                          f"decoder '{dec.name}'); build one with --encoder laplacian or --preset lapcvae")
+        raise GenvaeError(
+            f"this model has no Laplacian pyramid (encoder '{enc.name}', latent transform '{tr.name}', "
+            f"decoder '{dec.name}'); build one with --encoder laplacian or --preset lapcvae"
+        )
     return parts
 
 

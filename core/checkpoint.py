@@ -104,8 +104,13 @@ def _no_constant(name: str):
 
 
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+    for test, name in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
         if test(mode):
             return name
     return "a special file"
@@ -121,14 +126,16 @@ def _open_tensor_file(path: Path) -> int:
         raise CheckpointError(f"{path} is missing") from None
     except OSError as exc:
         if os.path.islink(path):
-            raise CheckpointError(f"{path} is a symlink; genvae reads weights only from regular files, never "
-                                  "through links") from None
+            raise CheckpointError(
+                f"{path} is a symlink; genvae reads weights only from regular files, never through links"
+            ) from None
         raise CheckpointError(f"{path} cannot be read ({exc.strerror})") from None
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
-        raise CheckpointError(f"{path} is not a regular file ({_kind(mode)}); genvae reads weights only from "
-                              "regular files")
+        raise CheckpointError(
+            f"{path} is not a regular file ({_kind(mode)}); genvae reads weights only from regular files"
+        )
     return fd
 
 
@@ -164,8 +171,10 @@ def save_model(model, folder: str | Path | ModelFolder, train: TrainConfig | Non
     state = model.state_dict()
     bad = nonfinite_tensors(state)
     if bad:
-        raise DivergedError(f"not saving {mf.path / WEIGHTS}: {len(bad)} weight tensor(s) hold NaN or inf "
-                            f"(first: {bad[0]}); the file on disk is left as it was")
+        raise DivergedError(
+            f"not saving {mf.path / WEIGHTS}: {len(bad)} weight tensor(s) hold NaN or inf "
+            f"(first: {bad[0]}); the file on disk is left as it was"
+        )
     mf.check_outputs([CONFIG, WEIGHTS])
     config = {"genvae_version": __version__, **model.resolved_spec(train).to_dict()}
     mf.write_text(CONFIG, json_text(config))
@@ -191,16 +200,21 @@ def check_weights(model, state: dict[str, torch.Tensor], path: Path) -> None:
     unexpected = [k for k in state if k not in expected]
     if missing or unexpected:
         parts = ([f"missing {name_list(missing, most=3, max_chars=120)}"] if missing else []) + (
-            [f"unexpected {name_list(unexpected, most=3, max_chars=120)}"] if unexpected else [])
+            [f"unexpected {name_list(unexpected, most=3, max_chars=120)}"] if unexpected else []
+        )
         raise CheckpointError(f"{path} does not match the model in config.json ({'; '.join(parts)})")
     for key, want in expected.items():
         got = state[key]
         if got.dtype != want.dtype:
-            raise CheckpointError(f"{path}: tensor '{key}' is {_dtype(got)}, the model's is {_dtype(want)}; genvae "
-                                  "loads weights of the model's own dtype only")
+            raise CheckpointError(
+                f"{path}: tensor '{key}' is {_dtype(got)}, the model's is {_dtype(want)}; genvae "
+                "loads weights of the model's own dtype only"
+            )
         if got.shape != want.shape:
-            raise CheckpointError(f"{path} does not match the model in config.json (tensor '{key}' has shape "
-                                  f"{list(got.shape)}, the model's {list(want.shape)})")
+            raise CheckpointError(
+                f"{path} does not match the model in config.json (tensor '{key}' has shape "
+                f"{list(got.shape)}, the model's {list(want.shape)})"
+            )
 
 
 def _dtype(t: torch.Tensor) -> str:
@@ -249,8 +263,11 @@ def optimizer_to_tensors(name: str, optimizer: torch.optim.Optimizer) -> tuple[d
                 tensors[f"{name}/{idx}/{key}"] = value
             else:
                 plain.setdefault(str(idx), {})[key] = value
-    return tensors, {"param_groups": state["param_groups"], "plain": plain,
-                     "with_state": sorted(int(idx) for idx, values in state["state"].items() if values)}
+    return tensors, {
+        "param_groups": state["param_groups"],
+        "plain": plain,
+        "with_state": sorted(int(idx) for idx, values in state["state"].items() if values),
+    }
 
 
 def optimizer_from_tensors(name: str, tensors: dict[str, torch.Tensor], meta: dict) -> dict:
@@ -292,8 +309,9 @@ def checkpoint_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
-def write_checkpoint(folder: str | Path | ModelFolder, step: int, model_state: dict, optim_tensors: dict,
-                     trainer: dict, keep: int) -> Path:
+def write_checkpoint(
+    folder: str | Path | ModelFolder, step: int, model_state: dict, optim_tensors: dict, trainer: dict, keep: int
+) -> Path:
     """Write ``checkpoints/step-N`` completely under a temporary name, then rename it into place.
 
     Non-finite weights or optimiser state are refused (:class:`DivergedError`) before anything is
@@ -303,14 +321,18 @@ def write_checkpoint(folder: str | Path | ModelFolder, step: int, model_state: d
     """
     bad = nonfinite_tensors({**model_state, **optim_tensors})
     if bad:
-        raise DivergedError(f"not writing a checkpoint at step {step}: {len(bad)} tensor(s) hold NaN or inf "
-                            f"(first: {bad[0]})")
+        raise DivergedError(
+            f"not writing a checkpoint at step {step}: {len(bad)} tensor(s) hold NaN or inf (first: {bad[0]})"
+        )
     mf = as_model_folder(folder)
     mf.subdir(CHECKPOINTS)
     rel = f"{CHECKPOINTS}/{checkpoint_name(step)}"
     mf.check_tree(rel)  # a user's file in the step folder: refused, nothing written
-    writers = {WEIGHTS: tensors_writer(model_state, {"format": "pt"}), OPTIMIZER: tensors_writer(optim_tensors),
-               TRAINER: lambda f: f.write(json_text(trainer).encode())}
+    writers = {
+        WEIGHTS: tensors_writer(model_state, {"format": "pt"}),
+        OPTIMIZER: tensors_writer(optim_tensors),
+        TRAINER: lambda f: f.write(json_text(trainer).encode()),
+    }
     files = [f"{rel}/{name}" for name in writers]
     mf.record(*files)
     tmp = mf.make_temp_folder(rel)

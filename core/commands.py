@@ -12,6 +12,9 @@ def __getattr__(name: str) -> Any:
     module = importlib.import_module("genvae.cli.commands")  # by name: the engine itself imports no command line
     if name.startswith("__") or not hasattr(module, name):
         raise AttributeError(f"module 'genvae.core.commands' has no attribute {name!r}")
-    warnings.warn(f"genvae.core.commands is deprecated since genvae 0.2 and goes in 0.3; import {name} from "
-                  "genvae.api", DeprecationWarning, stacklevel=2)
+    warnings.warn(
+        f"genvae.core.commands is deprecated since genvae 0.2 and goes in 0.3; import {name} from genvae.api",
+        DeprecationWarning,
+        stacklevel=2,
+    )
     return getattr(module, name)

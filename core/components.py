@@ -65,9 +65,7 @@ class LatentLayout:
     def element_weights(self, group_weights: Sequence[float]) -> Tensor:
         """A (numel,) tensor giving every latent element its group's weight."""
         if len(group_weights) != self.num_groups:
-            raise BuildError(
-                f"{len(group_weights)} weights given for {self.num_groups} latent {self.group_label}s"
-            )
+            raise BuildError(f"{len(group_weights)} weights given for {self.num_groups} latent {self.group_label}s")
         return torch.repeat_interleave(
             torch.tensor(list(group_weights), dtype=torch.float32), torch.tensor(self.group_sizes)
         )
@@ -173,9 +171,26 @@ class ForwardPass:
     tell one update from the next.
     """
 
-    __slots__ = ("model", "x", "features", "posterior", "z", "u", "decoder_output", "x_hat", "prior", "extras",
-                 "extra_posterior", "pyramid", "fake_features", "branch", "update", "step", "epoch",
-                 "_prior_sample")
+    __slots__ = (
+        "model",
+        "x",
+        "features",
+        "posterior",
+        "z",
+        "u",
+        "decoder_output",
+        "x_hat",
+        "prior",
+        "extras",
+        "extra_posterior",
+        "pyramid",
+        "fake_features",
+        "branch",
+        "update",
+        "step",
+        "epoch",
+        "_prior_sample",
+    )
 
     def __init__(self, model: GenerativeModel, x: Tensor):
         self.model = model
@@ -211,8 +226,9 @@ class ForwardPass:
         """Deprecated since 0.2 (goes in 0.3): ``decoder_output``, which holds any decoder's output."""
         import warnings
 
-        warnings.warn("ForwardPass.logits is deprecated; use ForwardPass.decoder_output", DeprecationWarning,
-                      stacklevel=2)
+        warnings.warn(
+            "ForwardPass.logits is deprecated; use ForwardPass.decoder_output", DeprecationWarning, stacklevel=2
+        )
         return self.decoder_output
 
     def wants(self, branch: str) -> bool:
@@ -304,8 +320,10 @@ class Component(nn.Module, Generic[OptionsT], metaclass=abc.ABCMeta):
         """The (C, H, W) a neighbour produces, or a build error naming it (``producer``: "encoder 'fc'")."""
         if len(shape) != 3:
             what = "spatial features" if self.kind == "transform" else "a spatial input"
-            raise self.fail(f"needs {what} (C, H, W) but {producer} produces "
-                            f"[{', '.join(str(s) for s in shape)}]" + (f"; {hint}" if hint else ""))
+            raise self.fail(
+                f"needs {what} (C, H, W) but {producer} produces "
+                f"[{', '.join(str(s) for s in shape)}]" + (f"; {hint}" if hint else "")
+            )
         return tuple(shape)  # type: ignore[return-value]
 
     def fail(self, message: str) -> BuildError:
@@ -366,8 +384,11 @@ def _bernoulli_mean(logits: Tensor) -> Tensor:
 #: Bernoulli probabilities p = sigmoid(a), x_hat = 2p - 1) and ``image`` (the output is x_hat itself, which
 #: the decoder keeps in [-1, 1]). The output itself is ``ForwardPass.decoder_output``; losses that need logits check
 #: the space.
-OUTPUT_SPACES: dict[str, Callable[[Tensor], Tensor]] = {"tanh": torch.tanh, "bernoulli": _bernoulli_mean,
-                                                        "image": _as_image}
+OUTPUT_SPACES: dict[str, Callable[[Tensor], Tensor]] = {
+    "tanh": torch.tanh,
+    "bernoulli": _bernoulli_mean,
+    "image": _as_image,
+}
 
 
 class Decoder(Component[OptionsT]):
@@ -423,8 +444,14 @@ class Prior(Component[OptionsT]):
         encoder's batch norms see one batch per step; their posterior arrives as ``fwd.extra_posterior``."""
         return None
 
-    def sample(self, n: int, model: GenerativeModel, device: torch.device | str,
-               fixed: Tensor | None = None, fixed_groups: int = 0) -> Tensor:
+    def sample(
+        self,
+        n: int,
+        model: GenerativeModel,
+        device: torch.device | str,
+        fixed: Tensor | None = None,
+        fixed_groups: int = 0,
+    ) -> Tensor:
         """n latent samples, (n, *layout.shape).
 
         With ``fixed`` (a latent, (1 or n, *shape)) the first ``fixed_groups`` groups are taken from

@@ -53,8 +53,11 @@ def with_default_losses(losses: list[LossSpec], registry: Registry) -> list[Loss
 def _amended_description(preset: ModelSpec, parts: dict[str, ComponentSpec], losses: list[LossSpec]) -> str:
     """The preset's description, plus the components chosen in its place (so it never describes a model
     the folder does not hold)."""
-    changed = [f"{kind} {part.name}" for kind, part in parts.items()
-               if (base := preset.component(kind)) is None or base.name != part.name]
+    changed = [
+        f"{kind} {part.name}"
+        for kind, part in parts.items()
+        if (base := preset.component(kind)) is None or base.name != part.name
+    ]
     if [s.name for s in losses] != [s.name for s in preset.losses]:
         changed.append("losses " + ",".join(s.name for s in losses))
     if not changed or not preset.description:
@@ -113,8 +116,10 @@ def compose_spec(
     for extra in parse_losses(losses):
         role = registry.component("loss", extra.name).role
         # the same loss, or a named reconstruction / divergence, takes the preset's one's place
-        same = [s.name == extra.name or (role in DEFAULT_LOSSES and registry.component("loss", s.name).role == role)
-                for s in loss_list]
+        same = [
+            s.name == extra.name or (role in DEFAULT_LOSSES and registry.component("loss", s.name).role == role)
+            for s in loss_list
+        ]
         slot = same.index(True) if any(same) else len(loss_list)
         loss_list = [s for s, hit in zip(loss_list, same, strict=True) if not hit]
         loss_list.insert(min(slot, len(loss_list)), extra)
@@ -122,8 +127,9 @@ def compose_spec(
     if spec is None:
         spec = ModelSpec(**parts, losses=tuple(loss_list))
     else:
-        spec = attrs.evolve(spec, **parts, losses=tuple(loss_list),
-                            description=_amended_description(spec, parts, loss_list))
+        spec = attrs.evolve(
+            spec, **parts, losses=tuple(loss_list), description=_amended_description(spec, parts, loss_list)
+        )
     if image_size is not None:
         spec = attrs.evolve(spec, image_size=image_size)
     if channels is not None:

@@ -141,15 +141,21 @@ def _load_folder(folder: str, image_size: int, channels: int) -> ImageData:
         images, failures = decode_images(sources, image_size, channels)
         skipped_with_reasons = [(str(sources[i]), reason) for i, reason in failures]
     else:
-        entry = cache.CachedImages(root, cache.cache_key("folder", folder, signature, image_size, channels),
-                                   f"folder {folder}", (channels, image_size, image_size))
+        entry = cache.CachedImages(
+            root,
+            cache.cache_key("folder", folder, signature, image_size, channels),
+            f"folder {folder}",
+            (channels, image_size, image_size),
+        )
         loaded = entry.load()
         if loaded is not None:
             images, skipped_with_reasons = loaded
         else:
             images, skipped_with_reasons = entry.build(
-                sources, partial(decode_block, image_size=image_size, channels=channels),
-                describe=lambda i: str(sources[i]))
+                sources,
+                partial(decode_block, image_size=image_size, channels=channels),
+                describe=lambda i: str(sources[i]),
+            )
     failed = sorted([*rejected, *skipped_with_reasons])
     skipped = [path for path, _ in failed]
     if not len(images):
@@ -159,8 +165,7 @@ def _load_folder(folder: str, image_size: int, channels: int) -> ImageData:
         )
     if failed:
         warnings.warn(
-            f"skipped {len(failed)} unreadable image file(s) in '{folder}', first: {skipped[0]} "
-            f"({failed[0][1]})",
+            f"skipped {len(failed)} unreadable image file(s) in '{folder}', first: {skipped[0]} ({failed[0][1]})",
             stacklevel=3,
         )
     data = ImageData(images, f"folder {folder}", skipped)  # the count is len(data): callers print it once
@@ -221,26 +226,30 @@ def load_data(
     is_dir = data is not None and os.path.isdir(os.path.expanduser(name))
     if name in datasets:
         if is_dir:
-            warnings.warn(f"'{name}' is a dataset name and a folder here; using the dataset "
-                          f"(write ./{name} for the folder)", stacklevel=2)
+            warnings.warn(
+                f"'{name}' is a dataset name and a folder here; using the dataset (write ./{name} for the folder)",
+                stacklevel=2,
+            )
         root = os.path.abspath(os.path.expanduser(os.fspath(root))) if root is not None else None
         return _load_dataset(registry.get("dataset", name), root, image_size, channels, split, download)
     if is_dir:
         return _load_folder(os.path.realpath(os.path.expanduser(name)), image_size, channels)
     if os.path.isfile(name):
-        raise DataError(f"data '{name}' is a file; give a folder of images or a dataset name "
-                        f"({', '.join(datasets) or 'none registered'})")
+        raise DataError(
+            f"data '{name}' is a file; give a folder of images or a dataset name "
+            f"({', '.join(datasets) or 'none registered'})"
+        )
     close = difflib.get_close_matches(name, datasets, n=1)
     hint = f"did you mean '{close[0]}'? " if close else ""
     listing = ", ".join(datasets) if datasets else "none"
     raise DataError(
-        f"unknown data '{name}': not a folder and not a dataset; {hint}datasets: {listing} "
-        "(or give a folder of images)"
+        f"unknown data '{name}': not a folder and not a dataset; {hint}datasets: {listing} (or give a folder of images)"
     )
 
 
-def load_labels(data: str | os.PathLike | None, *, split: str = "train", root: str | os.PathLike | None = None,
-                registry=None) -> tuple[torch.Tensor, tuple[str, ...]]:
+def load_labels(
+    data: str | os.PathLike | None, *, split: str = "train", root: str | os.PathLike | None = None, registry=None
+) -> tuple[torch.Tensor, tuple[str, ...]]:
     """The class labels of a registered dataset, int64 (N,) in the order of its images, and its class names.
 
     A dataset has labels when its plugin registered a ``labels`` loader (``register(name, loader,
@@ -259,5 +268,6 @@ def load_labels(data: str | os.PathLike | None, *, split: str = "train", root: s
     if not isinstance(labels, torch.Tensor) or labels.dim() != 1:
         raise DataError(f"dataset '{name}' (plugin '{entry.plugin}') returned labels that are not a 1-D tensor")
     classes = tuple(str(c) for c in entry.extra.get("classes", ())) or tuple(
-        str(c) for c in range(int(labels.max()) + 1))
+        str(c) for c in range(int(labels.max()) + 1)
+    )
     return labels.long(), classes

@@ -106,8 +106,13 @@ NOT_REGULAR = "not a regular file"
 
 
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"),
-                       (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket")):
+    for test, name in (
+        (stat.S_ISDIR, "folder"),
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISSOCK, "socket"),
+    ):
         if test(mode):
             return name
     return "special file"
@@ -173,8 +178,10 @@ class TarMember(NamedTuple):
 
     def read(self) -> bytes:
         if self.size > MAX_MEMBER_BYTES:
-            raise OSError(f"{self.name} claims {self.size:,} bytes, over the {MAX_MEMBER_BYTES // 2**20} MiB genvae "
-                          "reads for one image")
+            raise OSError(
+                f"{self.name} claims {self.size:,} bytes, over the {MAX_MEMBER_BYTES // 2**20} MiB genvae "
+                "reads for one image"
+            )
         with open_regular(self.tar) as f:
             end = os.fstat(f.fileno()).st_size
             if self.offset + self.size > end:
@@ -205,13 +212,21 @@ def tar_members(path: str) -> tuple[list[TarMember], list[tuple[str, str]]]:
                 if not (m.isfile() and not base.startswith(".") and base.lower().endswith(IMAGE_EXTENSIONS)):
                     continue
                 if m.size > MAX_MEMBER_BYTES:
-                    bad.append((str(member), f"claims {m.size:,} bytes, over the {MAX_MEMBER_BYTES // 2**20} MiB "
-                                             "genvae reads for one image"))
+                    bad.append(
+                        (
+                            str(member),
+                            f"claims {m.size:,} bytes, over the {MAX_MEMBER_BYTES // 2**20} MiB "
+                            "genvae reads for one image",
+                        )
+                    )
                 else:
                     members.append(member)
     except (OSError, tarfile.TarError) as exc:
-        reason = "not an uncompressed tar (compressed shards cannot be read in place)" if isinstance(
-            exc, tarfile.ReadError) else failure_reason(exc)
+        reason = (
+            "not an uncompressed tar (compressed shards cannot be read in place)"
+            if isinstance(exc, tarfile.ReadError)
+            else failure_reason(exc)
+        )
         return members, [*bad, (path, reason)]
     return members, bad
 
@@ -305,8 +320,9 @@ def _resize_square(x: torch.Tensor, image_size: int) -> torch.Tensor:
     out = torch.empty((n, c, image_size, image_size), dtype=torch.uint8)
     for start in range(0, n, 4096):
         chunk = x[start : start + 4096].float()
-        chunk = F.interpolate(chunk, size=(image_size, image_size), mode="bilinear", align_corners=False,
-                              antialias=side > image_size)
+        chunk = F.interpolate(
+            chunk, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=side > image_size
+        )
         out[start : start + 4096] = chunk.round_().clamp_(0, 255).to(torch.uint8)
     return out
 
@@ -323,9 +339,7 @@ def fit_tensor(images: torch.Tensor, image_size: int, channels: int, mode: str =
     if mode not in ("crop", "pad"):
         raise ValueError(f"mode must be 'crop' or 'pad', got {mode!r}")
     if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] not in (1, 3):
-        raise DataError(
-            f"expected a uint8 (N, 1|3, H, W) tensor, got {images.dtype} {tuple(images.shape)}"
-        )
+        raise DataError(f"expected a uint8 (N, 1|3, H, W) tensor, got {images.dtype} {tuple(images.shape)}")
     x = images.cpu()
     if x.shape[1] != channels:
         if channels == 3:

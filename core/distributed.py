@@ -49,6 +49,7 @@ class Distributed:
     @torch.no_grad()
     def average_(self, tensors: Sequence[torch.Tensor]) -> None:
         """Replace each tensor by its mean over the processes, in one all-reduce of one flat buffer."""
+
         def mean(flat: torch.Tensor) -> None:
             tdist.all_reduce(flat)
             flat.div_(self.world_size)
@@ -111,8 +112,10 @@ def init_distributed(device: torch.device) -> Distributed | None:
         return None
     missing = [k for k in ENV_KEYS if k not in os.environ]
     if missing:
-        raise GenvaeError(f"WORLD_SIZE={world} but {', '.join(missing)} not set; launch several processes with "
-                          "torchrun --nproc-per-node N -m genvae.cli train ...")
+        raise GenvaeError(
+            f"WORLD_SIZE={world} but {', '.join(missing)} not set; launch several processes with "
+            "torchrun --nproc-per-node N -m genvae.cli train ..."
+        )
     backend = "nccl" if device.type == "cuda" else "gloo"
     if not tdist.is_available():
         raise GenvaeError("this PyTorch build has no torch.distributed; train with one process")
@@ -127,8 +130,10 @@ def process_device(device: torch.device) -> torch.device:
     if device.type == "cuda" and launched_world_size() > 1 and device.index in (None, 0):
         local = int(os.environ.get("LOCAL_RANK", "0"))
         if local >= torch.cuda.device_count():
-            raise GenvaeError(f"local rank {local} has no GPU: this node has {torch.cuda.device_count()}; start at "
-                              "most that many processes per node (--nproc-per-node)")
+            raise GenvaeError(
+                f"local rank {local} has no GPU: this node has {torch.cuda.device_count()}; start at "
+                "most that many processes per node (--nproc-per-node)"
+            )
         torch.cuda.set_device(local)
         return torch.device("cuda", local)
     return device

@@ -64,9 +64,18 @@ class EvalData:
     The model sees ``batch_size`` images at a time, or fewer: the chunk that fits the memory limit beside the
     image sets kept here (:func:`genvae.core.budget.inference_batch`); the results are the same either way."""
 
-    def __init__(self, model: Any, real: Tensor, device: torch.device, *, features: FeatureNetwork | None = None,
-                 n_samples: int | None = None, batch_size: int = 256, seed: int = 0,
-                 progress: Callable[[str, int, int], None] | None = None):
+    def __init__(
+        self,
+        model: Any,
+        real: Tensor,
+        device: torch.device,
+        *,
+        features: FeatureNetwork | None = None,
+        n_samples: int | None = None,
+        batch_size: int = 256,
+        seed: int = 0,
+        progress: Callable[[str, int, int], None] | None = None,
+    ):
         self.model = model
         self.real = real
         self.device = device
@@ -104,8 +113,13 @@ class EvalData:
             done = 0
             for batch in self._batches():
                 out[done : done + len(batch)] = reconstruct_images(
-                    self.model, batch, self.device, held=self.held_bytes(), holding="the image sets it scores",
-                    command="evaluate")
+                    self.model,
+                    batch,
+                    self.device,
+                    held=self.held_bytes(),
+                    holding="the image sets it scores",
+                    command="evaluate",
+                )
                 done += len(batch)
                 self._tell("reconstructions", done, len(self.real))
             self._cache["recon"] = out
@@ -118,8 +132,13 @@ class EvalData:
 
         if "samples" not in self._cache:
             devices = [self.device] if self.device.type == "cuda" else []
-            budget: dict[str, Any] = {"block": self.batch_size, "dtype": torch.float32, "held": self.held_bytes(),
-                      "holding": "the image sets it scores", "command": "evaluate"}
+            budget: dict[str, Any] = {
+                "block": self.batch_size,
+                "dtype": torch.float32,
+                "held": self.held_bytes(),
+                "holding": "the image sets it scores",
+                "command": "evaluate",
+            }
             sample_chunks(self.model, self.n_samples, **budget)  # refused before any draw if one does not fit
             with torch.random.fork_rng(devices=devices):  # the caller's random streams are left as they were
                 torch.manual_seed(self.seed)
@@ -141,8 +160,10 @@ class EvalData:
     # -- feature space ------------------------------------------------------------------------------
     def require_network(self, metric: str) -> FeatureNetwork:
         if self.network is None:
-            raise GenvaeError(f"metric '{metric}' needs a feature network: train one with genvae train-classifier "
-                              "and pass --classifier DIR")
+            raise GenvaeError(
+                f"metric '{metric}' needs a feature network: train one with genvae train-classifier "
+                "and pass --classifier DIR"
+            )
         return self.network
 
     @torch.no_grad()
@@ -194,8 +215,10 @@ def open_feature_network(path: str | Path, registry: Any, device: torch.device |
         except (OSError, ValueError, AttributeError):
             kind = None
         if kind not in names:
-            raise GenvaeError(f"{path} is not a feature network folder (its config.json names no feature network of "
-                              f"{', '.join(names) or 'none installed'}); make one with genvae train-classifier")
+            raise GenvaeError(
+                f"{path} is not a feature network folder (its config.json names no feature network of "
+                f"{', '.join(names) or 'none installed'}); make one with genvae train-classifier"
+            )
         network = registry.get("features", kind).obj(path)
     elif path.is_file():
         loaders = [n for n in names if path.suffix in registry.get("features", n).extra.get("suffixes", ())]

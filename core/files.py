@@ -36,8 +36,10 @@ _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _BINARY = getattr(os, "O_BINARY", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 #: whether folders can be walked by descriptor (POSIX); elsewhere each component is checked by lstat
-USE_DIR_FD = bool(_NOFOLLOW and _DIRECTORY) and {os.open, os.mkdir, os.unlink, os.rmdir, os.rename,
-                                                  os.stat} <= os.supports_dir_fd
+USE_DIR_FD = (
+    bool(_NOFOLLOW and _DIRECTORY)
+    and {os.open, os.mkdir, os.unlink, os.rmdir, os.rename, os.stat} <= os.supports_dir_fd
+)
 
 
 class UnsafePathError(GenvaeError):
@@ -46,8 +48,10 @@ class UnsafePathError(GenvaeError):
 
 
 def _link_error(path: Path) -> UnsafePathError:
-    return UnsafePathError(f"{path} is a symlink; genvae never writes or deletes through a link inside a folder it "
-                           "manages (replace the link with a real folder or file, or move it away)")
+    return UnsafePathError(
+        f"{path} is a symlink; genvae never writes or deletes through a link inside a folder it "
+        "manages (replace the link with a real folder or file, or move it away)"
+    )
 
 
 def _kind_error(path: Path, wanted: str) -> UnsafePathError:

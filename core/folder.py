@@ -224,8 +224,11 @@ class ModelFolder:
             if found is None:
                 found = set()
                 if self.exists() and self._legacy_evidence():
-                    found = {rel for rel in self.walk_files("") if _LEGACY.match(rel)
-                             and _legacy_file_is_genvaes(self.root, self.full(rel))}
+                    found = {
+                        rel
+                        for rel in self.walk_files("")
+                        if _LEGACY.match(rel) and _legacy_file_is_genvaes(self.root, self.full(rel))
+                    }
             self._files = found
         return self._files
 
@@ -285,7 +288,7 @@ class ModelFolder:
     def make_temp_folder(self, rel: str) -> str:
         """An empty folder beside ``rel`` under a temporary name; its relative path (fill it, then :meth:`rename`)."""
         made = fs.make_temp_folder_in(self.root, self.full(rel))
-        return made[len(self.prefix) + 1:] if self.prefix else made
+        return made[len(self.prefix) + 1 :] if self.prefix else made
 
     def rename(self, src: str, dst: str) -> None:
         fs.rename_in(self.root, self.full(src), self.full(dst))
@@ -307,9 +310,11 @@ class ModelFolder:
             if not stat.S_ISREG(st.st_mode):
                 fs.check_file_in(self.root, self.full(rel))  # names a link or a special file
             if not self.owns(rel):
-                raise ForeignFileError(f"{self.path / rel} exists and genvae did not write it; genvae never "
-                                       "overwrites a file it did not write (move it away or use another folder; "
-                                       "nothing was changed)")
+                raise ForeignFileError(
+                    f"{self.path / rel} exists and genvae did not write it; genvae never "
+                    "overwrites a file it did not write (move it away or use another folder; "
+                    "nothing was changed)"
+                )
 
     def check_tree(self, rel: str) -> None:
         """Everything under the folder ``rel`` is genvae's: regular files it wrote in real folders (or nothing)."""
@@ -437,8 +442,10 @@ def lock_folder(folder: str | os.PathLike | ModelFolder) -> Iterator[None]:
 
 
 def _in_use(folder: Path, holder: str) -> FolderInUseError:
-    return FolderInUseError(f"model folder {folder} is in use by another genvae process (pid {holder}); wait "
-                            "for it to finish or stop it, then retry")
+    return FolderInUseError(
+        f"model folder {folder} is in use by another genvae process (pid {holder}); wait "
+        "for it to finish or stop it, then retry"
+    )
 
 
 def check_not_in_use(folder: str | os.PathLike | ModelFolder) -> None:

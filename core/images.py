@@ -82,8 +82,7 @@ def written_by_genvae(path: str | os.PathLike) -> bool:
 
 def _check_not_foreign(path: str | os.PathLike) -> None:
     if os.path.lexists(path) and not written_by_genvae(path):
-        raise DataError(f"{os.fspath(path)} exists and was not written by genvae; remove it or choose "
-                        "another path")
+        raise DataError(f"{os.fspath(path)} exists and was not written by genvae; remove it or choose another path")
 
 
 def check_image_output(path: str | os.PathLike) -> None:

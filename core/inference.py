@@ -38,24 +38,43 @@ def _store(out: Tensor, start: int, images: Tensor) -> int:
     return start + len(images)
 
 
-def sample_chunks(model, count: int, *, block: int = SAMPLE_BATCH, dtype: torch.dtype = torch.uint8,
-                  held: int = 0, holding: str = "", command: str = "sample") -> tuple[int, int]:
+def sample_chunks(
+    model,
+    count: int,
+    *,
+    block: int = SAMPLE_BATCH,
+    dtype: torch.dtype = torch.uint8,
+    held: int = 0,
+    holding: str = "",
+    command: str = "sample",
+) -> tuple[int, int]:
     """(latent block, generation chunk) for :func:`draw_samples` of ``count`` images: a one-line
     :class:`~genvae.core.budget.BudgetError` when even one image does not fit beside ``held`` bytes and the
     ``count`` images kept (``dtype``), before anything is drawn."""
     kept = held + image_bytes(model, count, torch.empty((), dtype=dtype).element_size())
     holding = holding or f"the {count:,} images it keeps"
     first = min(count, block)
-    chunk = inference_batch(model, first, what="generate", held=kept + _latent_bytes(model, first),
-                            holding=holding, command=command)
+    chunk = inference_batch(
+        model, first, what="generate", held=kept + _latent_bytes(model, first), holding=holding, command=command
+    )
     z_block = inference_batch(model, first, what="prior", held=kept, holding=holding, command=command)
     return z_block, min(chunk, z_block)
 
 
 @torch.no_grad()
-def draw_samples(model, count: int, device: torch.device | str | None = None, *, block: int = SAMPLE_BATCH,
-                 dtype: torch.dtype = torch.uint8, held: int = 0, holding: str = "", command: str = "sample",
-                 fixed: Tensor | None = None, fixed_groups: int = 0) -> Tensor:
+def draw_samples(
+    model,
+    count: int,
+    device: torch.device | str | None = None,
+    *,
+    block: int = SAMPLE_BATCH,
+    dtype: torch.dtype = torch.uint8,
+    held: int = 0,
+    holding: str = "",
+    command: str = "sample",
+    fixed: Tensor | None = None,
+    fixed_groups: int = 0,
+) -> Tensor:
     """``count`` prior samples on the CPU, as uint8 (or float in [-1, 1]: ``dtype=torch.float32``).
 
     Latents are drawn ``block`` at a time, as ``model.sample`` draws them, and generated in chunks that fit
@@ -63,8 +82,7 @@ def draw_samples(model, count: int, device: torch.device | str | None = None, *,
     images are the same whatever the chunk. ``fixed`` / ``fixed_groups``: keep a latent's first groups
     (``sample --fix-levels``)."""
     device = device or model.device
-    z_block, chunk = sample_chunks(model, count, block=block, dtype=dtype, held=held, holding=holding,
-                                   command=command)
+    z_block, chunk = sample_chunks(model, count, block=block, dtype=dtype, held=held, holding=holding, command=command)
     extra = {} if fixed is None else {"fixed": fixed, "fixed_groups": fixed_groups}
     out = _output(model, count, dtype)
     done = 0
@@ -76,12 +94,14 @@ def draw_samples(model, count: int, device: torch.device | str | None = None, *,
 
 
 @torch.no_grad()
-def generate_images(model, z: Tensor, *, dtype: torch.dtype = torch.uint8, held: int = 0, holding: str = "",
-                    command: str = "generate") -> Tensor:
+def generate_images(
+    model, z: Tensor, *, dtype: torch.dtype = torch.uint8, held: int = 0, holding: str = "", command: str = "generate"
+) -> Tensor:
     """The images of latents ``z`` on the CPU (uint8, or float in [-1, 1]), generated in chunks that fit."""
     kept = held + image_bytes(model, len(z), torch.empty((), dtype=dtype).element_size())
-    chunk = inference_batch(model, len(z), what="generate", held=kept, command=command,
-                            holding=holding or f"the {len(z):,} images it keeps")
+    chunk = inference_batch(
+        model, len(z), what="generate", held=kept, command=command, holding=holding or f"the {len(z):,} images it keeps"
+    )
     out = _output(model, len(z), dtype)
     done = 0
     for part in z.split(chunk):
@@ -90,16 +110,29 @@ def generate_images(model, z: Tensor, *, dtype: torch.dtype = torch.uint8, held:
 
 
 @torch.no_grad()
-def reconstruct_images(model, images: Tensor, device: torch.device | str | None = None, *, held: int = 0,
-                       holding: str = "", command: str = "reconstruct") -> Tensor:
+def reconstruct_images(
+    model,
+    images: Tensor,
+    device: torch.device | str | None = None,
+    *,
+    held: int = 0,
+    holding: str = "",
+    command: str = "reconstruct",
+) -> Tensor:
     """Reconstructions (posterior mean) of ``images`` (uint8, or float in [-1, 1]) as float in [-1, 1] on the
     CPU, in chunks that fit the memory limit beside ``held`` bytes."""
     from genvae.core.decode import to_model_range
 
     device = device or model.device
     kept = held + image_bytes(model, len(images))
-    chunk = inference_batch(model, len(images), what="reconstruct", held=kept, command=command,
-                            holding=holding or f"the {len(images):,} reconstructions it keeps")
+    chunk = inference_batch(
+        model,
+        len(images),
+        what="reconstruct",
+        held=kept,
+        command=command,
+        holding=holding or f"the {len(images):,} reconstructions it keeps",
+    )
     out = _output(model, len(images), torch.float32)
     done = 0
     for part in images.split(chunk):

@@ -120,8 +120,9 @@ def down_stack(in_channels: int, widths: list[int], act: str = "lrelu", batch_no
     return nn.Sequential(*layers)
 
 
-def up_stack(in_channels: int, widths: list[int], out_channels: int, act: str = "lrelu",
-             batch_norm: bool = True) -> nn.Sequential:
+def up_stack(
+    in_channels: int, widths: list[int], out_channels: int, act: str = "lrelu", batch_norm: bool = True
+) -> nn.Sequential:
     """Stride-2 4x4 transposed convolutions through ``widths`` (each doubling the size, batch norm, ``act``),
     then a 3x3 convolution to ``out_channels`` (the output layer, bare)."""
     layers: list[nn.Module] = []

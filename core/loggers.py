@@ -49,11 +49,15 @@ def open_loggers(names: Sequence[str], folder, config: dict, registry) -> list[L
         try:
             logger = entry.obj(folder=target, config=config)
         except ImportError as exc:
-            raise GenvaeError(f"logger '{name}' (plugin '{entry.plugin}') needs a package that is not installed: "
-                              f"{exc.name or exc}; install genvae's extra: pip install 'genvae[{name}]'") from None
+            raise GenvaeError(
+                f"logger '{name}' (plugin '{entry.plugin}') needs a package that is not installed: "
+                f"{exc.name or exc}; install genvae's extra: pip install 'genvae[{name}]'"
+            ) from None
         if not isinstance(logger, Logger):
-            raise GenvaeError(f"logger '{name}' (plugin '{entry.plugin}') returned {type(logger).__name__}, which "
-                              "lacks log_metrics, log_image or close")
+            raise GenvaeError(
+                f"logger '{name}' (plugin '{entry.plugin}') returned {type(logger).__name__}, which "
+                "lacks log_metrics, log_image or close"
+            )
         loggers.append(logger)
     return loggers
 

@@ -83,8 +83,10 @@ class _MetaMode(TorchFunctionMode):
             self.tensors += 1
             self.created += out.numel() * out.element_size()
             if self.tensors > MAX_TENSORS:
-                raise BuildError(f"the model spec creates over {MAX_TENSORS:,} tensors while building; lower its "
-                                 "depth, levels or steps")
+                raise BuildError(
+                    f"the model spec creates over {MAX_TENSORS:,} tensors while building; lower its "
+                    "depth, levels or steps"
+                )
             if self.cap is not None and self.copies * self.created > self.cap:
                 raise _Exceeded(self.created)
         return out
@@ -93,8 +95,13 @@ class _MetaMode(TorchFunctionMode):
     def _repeat_interleave(func, args, kwargs):
         """Real (CPU) inputs whose result would be large are repeated on meta, with the size computed here."""
         source, repeats = args[0], (args[1] if len(args) > 1 else kwargs.get("repeats"))
-        if (isinstance(source, Tensor) and not source.is_meta and isinstance(repeats, Tensor)
-                and not repeats.is_meta and kwargs.get("output_size") is None):
+        if (
+            isinstance(source, Tensor)
+            and not source.is_meta
+            and isinstance(repeats, Tensor)
+            and not repeats.is_meta
+            and kwargs.get("output_size") is None
+        ):
             dim = args[2] if len(args) > 2 else kwargs.get("dim")
             length = source.numel() if dim is None else source.shape[dim]
             total = int(repeats.sum()) if repeats.numel() > 1 else int(repeats) * length
@@ -114,8 +121,12 @@ _aten = torch.ops.aten
 
 def _onednn(x: Tensor, weight: Tensor, groups: int) -> bool:
     """Whether PyTorch's CPU convolution takes oneDNN's path for these shapes (``at::native::use_mkldnn``)."""
-    return (torch.backends.mkldnn.is_available() and bool(torch.backends.mkldnn.enabled) and x.dtype == torch.float32
-            and (groups > 1 or min(weight.shape[2:]) > 3 or x.shape[0] > 1 or x.numel() > 20480))
+    return (
+        torch.backends.mkldnn.is_available()
+        and bool(torch.backends.mkldnn.enabled)
+        and x.dtype == torch.float32
+        and (groups > 1 or min(weight.shape[2:]) > 3 or x.shape[0] > 1 or x.numel() > 20480)
+    )
 
 
 def conv_workspace(func, args, out, backward: bool = False) -> int:
@@ -307,7 +318,6 @@ def _cache_key(spec, what: object) -> tuple | None:
         return None
 
 
-
 def _image_shape(model_or_spec) -> tuple[int, ...]:
     return tuple(getattr(model_or_spec, "spec", model_or_spec).image_shape)
 
@@ -357,4 +367,3 @@ def _peak(model, run: Program, batch: int) -> int:
     finally:
         model.train(was_training)
     return tracker.peak
-

@@ -57,7 +57,8 @@ class GenerativeModel(nn.Module):
         self._phase_losses = {p: [loss for loss in losses if p in loss.phases] for p in self.phases}
         self._update_losses = {
             (p, branch): [loss for loss in phase_losses if branch == "all" or branch in loss.branches]
-            for p, phase_losses in self._phase_losses.items() for branch in BRANCHES
+            for p, phase_losses in self._phase_losses.items()
+            for branch in BRANCHES
         }
 
     # -- the forward contract ------------------------------------------------------------------
@@ -150,17 +151,21 @@ class GenerativeModel(nn.Module):
         for i, update in enumerate(schedule, 1):
             phase, branch = update["phase"], update["branch"]
             if phase not in known:
-                raise BuildError(f"train.schedule: update {i} ({phase}@{branch}) names an unknown phase; "
-                                 f"{did_you_mean(phase, sorted(known))}phases of the installed losses: "
-                                 f"{', '.join(sorted(known))}")
+                raise BuildError(
+                    f"train.schedule: update {i} ({phase}@{branch}) names an unknown phase; "
+                    f"{did_you_mean(phase, sorted(known))}phases of the installed losses: "
+                    f"{', '.join(sorted(known))}"
+                )
             if phase in self.phases and self._update_losses[phase, branch]:
                 plan.append(dict(update))
         _check_stale_branches(plan)
         missing = [p for p in self.phases if not any(u["phase"] == p for u in plan)]
         if missing:
-            raise BuildError(f"train.schedule never updates phase '{missing[0]}' of this model (on a branch where "
-                             f"its losses have terms), so it would not train; this model's phases: "
-                             f"{', '.join(self.phases)} (or set train.schedule=one-pass)")
+            raise BuildError(
+                f"train.schedule never updates phase '{missing[0]}' of this model (on a branch where "
+                f"its losses have terms), so it would not train; this model's phases: "
+                f"{', '.join(self.phases)} (or set train.schedule=one-pass)"
+            )
         return plan
 
     def phase_modules(self) -> dict[str, list[nn.Module]]:
@@ -210,9 +215,11 @@ def _check_stale_branches(plan: list[dict]) -> None:
             elif branch not in computed:
                 computed[branch] = i  # the prior samples are drawn when first wanted
             if update["phase"] == MODEL_PHASE and any(computed[branch] < m for m in model_steps):
-                raise BuildError(f"train.schedule: update {i + 1} ({update['phase']}@{update['branch']}) would "
-                                 f"train on the {branch} branch computed before an earlier model update changed "
-                                 f"its weights; add ':fresh' to recompute it first")
+                raise BuildError(
+                    f"train.schedule: update {i + 1} ({update['phase']}@{update['branch']}) would "
+                    f"train on the {branch} branch computed before an earlier model update changed "
+                    f"its weights; add ':fresh' to recompute it first"
+                )
         if update["phase"] == MODEL_PHASE:
             model_steps.append(i)
 
@@ -276,8 +283,10 @@ def _check_capabilities(components: list[Component], registry: Registry) -> None
                 continue
             missing = cap.missing_members(comp)
             if missing:
-                raise BuildError(f"{KIND_NAMES[comp.kind]} '{comp.name}' provides '{cap}' but lacks "
-                                 f"{', '.join(missing)} of its protocol ({cap.protocols[comp.kind].__name__})")
+                raise BuildError(
+                    f"{KIND_NAMES[comp.kind]} '{comp.name}' provides '{cap}' but lacks "
+                    f"{', '.join(missing)} of its protocol ({cap.protocols[comp.kind].__name__})"
+                )
     provided = {cap for c in components for cap in c.provides}
     for comp in components:
         for need in sorted(comp.requires - provided):
@@ -319,8 +328,10 @@ def build_model(spec: ModelSpec, registry: Registry | None = None, check: bool |
     ctx.transform = typing.cast(LatentTransform, _make("transform", spec.transform, ctx, registry))
     ctx.decoder = typing.cast(Decoder, _make("decoder", spec.decoder, ctx, registry))
     if ctx.decoder.output not in OUTPUT_SPACES:
-        raise BuildError(f"decoder '{ctx.decoder.name}' declares output space '{ctx.decoder.output}'; known: "
-                         f"{', '.join(OUTPUT_SPACES)}")
+        raise BuildError(
+            f"decoder '{ctx.decoder.name}' declares output space '{ctx.decoder.output}'; known: "
+            f"{', '.join(OUTPUT_SPACES)}"
+        )
     ctx.prior = typing.cast(Prior, _make("prior", spec.prior, ctx, registry))
     names = [s.name for s in spec.losses]
     dupes = sorted({n for n in names if names.count(n) > 1})
@@ -345,12 +356,14 @@ def _check_terms(loss: Loss, phase: str, terms) -> None:
     """A loss returns named terms the trainer can sum and backpropagate: 0-dim floating tensors (a skip flag:
     a one-element bool tensor)."""
     if not isinstance(terms, dict):
-        raise BuildError(f"loss '{loss.name}' ({phase} phase) returned {type(terms).__name__}, not a dict of "
-                         "named terms")
+        raise BuildError(
+            f"loss '{loss.name}' ({phase} phase) returned {type(terms).__name__}, not a dict of named terms"
+        )
     for key, value in terms.items():
         if key == Loss.SKIP and not loss.may_skip:
-            raise BuildError(f"loss '{loss.name}' ({phase} phase) returns a skip flag '{key}' but does not declare "
-                             "may_skip = True")
+            raise BuildError(
+                f"loss '{loss.name}' ({phase} phase) returns a skip flag '{key}' but does not declare may_skip = True"
+            )
         if key == Loss.SKIP:
             ok = torch.is_tensor(value) and value.numel() == 1 and value.dtype == torch.bool
             want = "a one-element bool tensor"

@@ -37,12 +37,22 @@ from genvae.core.errors import GenvaeError, UnknownNameError
 ENTRY_POINT_GROUP = "genvae"
 COMPONENT_HOOKS = {base.kind: base.hook for base in COMPONENT_BASES}
 #: how messages name each kind: the components' labels, plus the two other things plugins register
-KIND_NAMES = {**KIND_LABELS, "dataset": "dataset", "preset": "preset", "metric": "metric",
-              "features": "feature network", "logger": "logger"}
+KIND_NAMES = {
+    **KIND_LABELS,
+    "dataset": "dataset",
+    "preset": "preset",
+    "metric": "metric",
+    "features": "feature network",
+    "logger": "logger",
+}
 #: the hooks of the kinds registered by name (``register(name, obj, help=..., **extra)``)
-NAMED_HOOKS = {"dataset": "genvae_register_datasets", "preset": "genvae_register_presets",
-               "metric": "genvae_register_metrics", "features": "genvae_register_feature_networks",
-               "logger": "genvae_register_loggers"}
+NAMED_HOOKS = {
+    "dataset": "genvae_register_datasets",
+    "preset": "genvae_register_presets",
+    "metric": "genvae_register_metrics",
+    "features": "genvae_register_feature_networks",
+    "logger": "genvae_register_loggers",
+}
 
 
 @attrs.define
@@ -180,8 +190,9 @@ class PluginManager:
         disabled = set(_env_list("GENVAE_DISABLE_PLUGINS") or [])
         for module_name in builtin:
             name = module_name.rsplit(".", 1)[-1].replace("_", "-")
-            record = PluginRecord(name=name, module=module_name, builtin=True, distribution="genvae",
-                                  version=_version("genvae"))
+            record = PluginRecord(
+                name=name, module=module_name, builtin=True, distribution="genvae", version=_version("genvae")
+            )
             self._load_one(record, functools.partial(importlib.import_module, module_name), disabled)
         if entry_points:
             only = _env_list("GENVAE_LOAD_PLUGINS")
@@ -212,7 +223,8 @@ class PluginManager:
         try:
             plugin = load()
             misspelled = sorted(
-                n for n in dir(plugin)
+                n
+                for n in dir(plugin)
                 if n.startswith("genvae_") and callable(getattr(plugin, n)) and not hasattr(hookspecs, n)
             )
             if misspelled:
@@ -237,9 +249,7 @@ class PluginManager:
             record.provides.setdefault(entry.kind, []).append(entry.name)
             if (entry.kind, entry.name) in registry.conflicts:
                 others = [p for p in registry.conflicts[(entry.kind, entry.name)] if p != record.name]
-                record.error = (
-                    f"{KIND_NAMES[entry.kind]} '{entry.name}' is also registered by plugin '{others[0]}'"
-                )
+                record.error = f"{KIND_NAMES[entry.kind]} '{entry.name}' is also registered by plugin '{others[0]}'"
                 record.status = "conflict"
         if hasattr(plugin, "genvae_register_commands"):
             registry.command_plugins.append((record, plugin))

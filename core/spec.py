@@ -73,8 +73,10 @@ BRANCHES = ("all", "posterior", "prior")
 ONE_PASS = "one-pass"
 
 
-@expects("'one-pass' or a list of updates, each 'PHASE[@BRANCH][:fresh]' or {'phase': ..., 'branch': "
-         "all|posterior|prior, 'fresh': true|false}")
+@expects(
+    "'one-pass' or a list of updates, each 'PHASE[@BRANCH][:fresh]' or {'phase': ..., 'branch': "
+    "all|posterior|prior, 'fresh': true|false}"
+)
 def _schedule(value) -> tuple[dict[str, Any], ...]:
     """The updates of one training step, in order (empty: one update per phase, ``one-pass``).
 
@@ -96,18 +98,21 @@ def _schedule(value) -> tuple[dict[str, Any], ...]:
                 raise ValueError(f"update {shorten(item)}: the only flag is ':fresh'")
             item = {"phase": phase, "branch": branch or "all", "fresh": flag == "fresh"}
         if not isinstance(item, Mapping):
-            raise ValueError(f"expected an update 'PHASE@BRANCH' or {{'phase': ..., 'branch': ...}}, "
-                             f"got {shorten(item)}")
+            raise ValueError(
+                f"expected an update 'PHASE@BRANCH' or {{'phase': ..., 'branch': ...}}, got {shorten(item)}"
+            )
         extra = sorted(str(k) for k in item if k not in ("phase", "branch", "fresh"))
         if extra:
-            raise ValueError(f"update {shorten(dict(item))}: unknown key {shorten(extra[0])}; "
-                             "allowed: phase, branch, fresh")
+            raise ValueError(
+                f"update {shorten(dict(item))}: unknown key {shorten(extra[0])}; allowed: phase, branch, fresh"
+            )
         phase_name, branch = item.get("phase"), str(item.get("branch", "all"))
         if not isinstance(phase_name, str) or not phase_name.strip():
             raise ValueError(f"update {shorten(dict(item))}: 'phase' must be a phase name")
         if branch not in BRANCHES:
-            raise ValueError(f"update {shorten(dict(item))}: branch must be one of {', '.join(BRANCHES)}, "
-                             f"got {shorten(branch)}")
+            raise ValueError(
+                f"update {shorten(dict(item))}: branch must be one of {', '.join(BRANCHES)}, got {shorten(branch)}"
+            )
         updates.append({"phase": phase_name.strip(), "branch": branch, "fresh": to_bool(item.get("fresh", False))})
     return tuple(updates)
 
@@ -121,51 +126,69 @@ class TrainConfig:
     weight_decay: float = option(0.0, "weight decay (AdamW style)", non_negative, to_float)
     batch_size: int = option(64, "images per step", positive_int, to_int)
     epochs: int = option(10, "passes over the data (max_steps stops earlier)", positive_int, to_int)
-    max_steps: int | None = option(None, "stop after this many optimisation steps in total",
-                                   attrs.validators.optional(positive_int), optional_int)
+    max_steps: int | None = option(
+        None, "stop after this many optimisation steps in total", attrs.validators.optional(positive_int), optional_int
+    )
     phase_lr: dict[str, float] = option(
         factory=dict, help="learning rate per extra phase, e.g. {'discriminator': 3e-4}", converter=_float_map
     )
     lr_multipliers: dict[str, float] = option(
-        factory=dict, help="lr multiplier per module path prefix, e.g. {'transform.lstm': 0.125}",
+        factory=dict,
+        help="lr multiplier per module path prefix, e.g. {'transform.lstm': 0.125}",
         converter=_float_map,
     )
     grad_clamp: dict[str, float] = option(
-        factory=dict, help="clamp gradients of a module path prefix to +-value, e.g. {'transform.lstm': 5}",
+        factory=dict,
+        help="clamp gradients of a module path prefix to +-value, e.g. {'transform.lstm': 5}",
         converter=_float_map,
     )
     freeze: tuple[str, ...] = option(
         (), "module path prefixes to keep fixed (no updates, eval mode), e.g. ['encoder']", converter=_str_tuple
     )
     train_only: tuple[str, ...] = option(
-        (), "if set, only these module path prefixes are trained (e.g. ['prior'] to retrain an M-network)",
+        (),
+        "if set, only these module path prefixes are trained (e.g. ['prior'] to retrain an M-network)",
         converter=_str_tuple,
     )
-    grad_clip_norm: float | None = option(None, "clip the global gradient norm per phase",
-                                          attrs.validators.optional(positive), optional_float)
+    grad_clip_norm: float | None = option(
+        None, "clip the global gradient norm per phase", attrs.validators.optional(positive), optional_float
+    )
     lr_schedule: str = option("constant", "constant, step or cosine", one_of("constant", "step", "cosine"))
     lr_step_epochs: int = option(60, "step schedule: decay every this many epochs", positive_int, to_int)
     lr_gamma: float = option(0.5, "step schedule: decay factor", positive, to_float)
     flip: bool = option(False, "random horizontal flips", converter=to_bool)
-    amp: bool = option(False, "mixed precision on CUDA (bf16 where supported, else fp16 with scaling)",
-                       converter=to_bool)
-    channels_last: bool = option(False, "channels-last memory layout for the conv stacks (faster convolutions on "
-                                 "tensor cores; the same results)", converter=to_bool)
-    compile: bool = option(False, "torch.compile the encoder, latent transform and decoder (first steps are slow "
-                           "while it compiles)", converter=to_bool)
+    amp: bool = option(
+        False, "mixed precision on CUDA (bf16 where supported, else fp16 with scaling)", converter=to_bool
+    )
+    channels_last: bool = option(
+        False,
+        "channels-last memory layout for the conv stacks (faster convolutions on tensor cores; the same results)",
+        converter=to_bool,
+    )
+    compile: bool = option(
+        False,
+        "torch.compile the encoder, latent transform and decoder (first steps are slow while it compiles)",
+        converter=to_bool,
+    )
     loggers: tuple[str, ...] = option(
-        (), "experiment loggers besides metrics.jsonl (always written), e.g. ['tensorboard', 'mlflow']; "
-        "genvae list-plugins shows the installed ones", converter=_str_tuple)
+        (),
+        "experiment loggers besides metrics.jsonl (always written), e.g. ['tensorboard', 'mlflow']; "
+        "genvae list-plugins shows the installed ones",
+        converter=_str_tuple,
+    )
     retain_graph: str = option(
-        "auto", "keep a step's autograd graph after an update's backward pass: 'auto' (only for updates whose graph a "
+        "auto",
+        "keep a step's autograd graph after an update's backward pass: 'auto' (only for updates whose graph a "
         "later update of the step goes through again, found on the first step) or 'always'",
-        one_of("auto", "always"))
+        one_of("auto", "always"),
+    )
     seed: int = option(0, "seed of every random stream (init, data order, sampling), 0..2**64-1", seed_int, to_int)
     checkpoint_every: int = option(500, "steps between checkpoints (and one at the end)", positive_int, to_int)
     log_every: int = option(25, "steps between metric log lines (the only host syncs)", positive_int, to_int)
     keep_checkpoints: int = option(2, "how many step checkpoints to keep", positive_int, to_int)
     schedule: tuple[dict[str, Any], ...] = option(
-        (), "the updates of a step in order: 'one-pass' (one update per phase on one forward pass, in the losses' "
+        (),
+        "the updates of a step in order: 'one-pass' (one update per phase on one forward pass, in the losses' "
         "phase order) or a list of 'PHASE[@all|posterior|prior][:fresh]' (see docs/architecture.md)",
         converter=_schedule,
     )
@@ -198,12 +221,14 @@ def _options_of(item: Mapping, what: str) -> dict[str, Any]:
     allowed = ("name", "options", "weight") if what == "loss" else ("name", "options")
     extra = sorted(str(k) for k in item if k not in allowed)
     if extra:  # a typo such as "option" must not silently fall back to the defaults
-        raise ValueError(f"{what} {shorten(item['name'])}: unknown key {shorten(extra[0])}; allowed: "
-                         f"{', '.join(allowed)}")
+        raise ValueError(
+            f"{what} {shorten(item['name'])}: unknown key {shorten(extra[0])}; allowed: {', '.join(allowed)}"
+        )
     options = item.get("options") or {}
     if not isinstance(options, Mapping):
-        raise ValueError(f"{what} {shorten(item['name'])}: options must be a mapping of option name to value, "
-                         f"got {shorten(options)}")
+        raise ValueError(
+            f"{what} {shorten(item['name'])}: options must be a mapping of option name to value, got {shorten(options)}"
+        )
     return dict(options)
 
 
@@ -269,8 +294,9 @@ class ModelSpec:
             "description": self.description,
             "image_size": self.image_size,
             "channels": self.channels,
-            **{k: {"name": self.component(k).name, "options": dict(self.component(k).options)}
-               for k in COMPONENT_KINDS},
+            **{
+                k: {"name": self.component(k).name, "options": dict(self.component(k).options)} for k in COMPONENT_KINDS
+            },
             "losses": [{"name": s.name, "weight": s.weight, "options": dict(s.options)} for s in self.losses],
             "train": options_to_dict(self.train),
         }
@@ -304,5 +330,3 @@ class ModelSpec:
 
         merged = {**options_to_dict(self.train), **changes}
         return attrs.evolve(self, train=options_from_dict(TrainConfig, merged, "train"))
-
-

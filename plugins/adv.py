@@ -97,8 +97,14 @@ class Trunk(nn.Module):
         prev = channels
         for i, width in enumerate(widths):
             k = 3 if i == len(widths) - 1 else 5
-            blocks.append(nn.Sequential(nn.Conv2d(prev, width, k, 1, k // 2), nn.MaxPool2d(2), nn.ReLU(),
-                                        Torch7Dropout(dropout, spatial=True)))
+            blocks.append(
+                nn.Sequential(
+                    nn.Conv2d(prev, width, k, 1, k // 2),
+                    nn.MaxPool2d(2),
+                    nn.ReLU(),
+                    Torch7Dropout(dropout, spatial=True),
+                )
+            )
             prev = width
         self.blocks = nn.ModuleList(blocks)
 
@@ -157,8 +163,10 @@ class GANHead(nn.Module):
 @expects("three fractions (real, reconstructions, prior samples) summing to 1")
 def _fraction(instance, attribute, value) -> None:
     if len(value) != 3 or any(v < 0 for v in value) or not math.isclose(sum(value), 1.0, abs_tol=1e-6):
-        raise ValueError(f"{attribute.name} must be three fractions (real, reconstructions, prior samples) "
-                         f"summing to 1, got {shorten(list(value))}")
+        raise ValueError(
+            f"{attribute.name} must be three fractions (real, reconstructions, prior samples) "
+            f"summing to 1, got {shorten(list(value))}"
+        )
 
 
 @expects("a list of positive channel counts")
@@ -169,29 +177,57 @@ def _widths(instance, attribute, value) -> None:
 
 @attrs.frozen
 class AdvOptions:
-    beta: float = option(0.0125, "weight of the generator's adversarial loss (the paper's beta; the loss weight "
-                         "multiplies it)", non_negative, to_float)
-    widths: tuple[int, ...] = option((64, 128, 256, 256), "channels of the trunk blocks (each halves the size); "
-                                     "the VAE-GAN baseline uses half: 32,64,128,256", _widths, int_tuple)
+    beta: float = option(
+        0.0125,
+        "weight of the generator's adversarial loss (the paper's beta; the loss weight multiplies it)",
+        non_negative,
+        to_float,
+    )
+    widths: tuple[int, ...] = option(
+        (64, 128, 256, 256),
+        "channels of the trunk blocks (each halves the size); the VAE-GAN baseline uses half: 32,64,128,256",
+        _widths,
+        int_tuple,
+    )
     head_hidden: int = option(1024, "width of the GAN head's Linear layer", positive_int, to_int)
     dropout: float = option(0.5, "spatial dropout in the trunk and dropout in the head", non_negative, to_float)
     minibatch_kernels: int = option(100, "minibatch discrimination kernels (0: off)", non_negative_int, to_int)
     minibatch_dims: int = option(5, "dimensions per minibatch discrimination kernel", positive_int, to_int)
-    mix: tuple[float, ...] = option((0.5, 0.25, 0.25), "the discriminator's batch: fractions of real images, "
-                                    "reconstructions and prior samples", _fraction, float_tuple)
-    skip_below: float = option(0.1, "skip the discriminator update when its error rate on its batch is under this "
-                               "(0: never skip, no host sync)", non_negative, to_float)
+    mix: tuple[float, ...] = option(
+        (0.5, 0.25, 0.25),
+        "the discriminator's batch: fractions of real images, reconstructions and prior samples",
+        _fraction,
+        float_tuple,
+    )
+    skip_below: float = option(
+        0.1,
+        "skip the discriminator update when its error rate on its batch is under this (0: never skip, no host sync)",
+        non_negative,
+        to_float,
+    )
     on_recon: bool = option(True, "adversarial loss on reconstructions (z from the posterior)", converter=to_bool)
     on_prior: bool = option(True, "adversarial loss on samples (z from the prior)", converter=to_bool)
-    trunk_lr: float = option(0.5, "learning-rate multiplier of the trunk (authors' crVAE-GAN: lr/2; their VAE-GAN "
-                             "baseline runs the whole discriminator at lr/2: trunk_lr 1 with train.phase_lr)",
-                             non_negative, to_float)
-    gan_to_encoder: bool = option(True, "the generator's adversarial loss on reconstructions also reaches the encoder "
-                                  "(authors' crVAE-GAN); false: it reaches the generation side only, as in their "
-                                  "VAE-GAN baseline (the reconstructions it judges are regenerated from z detached; "
-                                  "mi's model-phase term on reconstructions shares them)", converter=to_bool)
-    similarity_layer: int = option(0, "Larsen's learned similarity: reconstruction error on the conv output of this "
-                                   "trunk block (1-based; 0: off)", non_negative_int, to_int)
+    trunk_lr: float = option(
+        0.5,
+        "learning-rate multiplier of the trunk (authors' crVAE-GAN: lr/2; their VAE-GAN "
+        "baseline runs the whole discriminator at lr/2: trunk_lr 1 with train.phase_lr)",
+        non_negative,
+        to_float,
+    )
+    gan_to_encoder: bool = option(
+        True,
+        "the generator's adversarial loss on reconstructions also reaches the encoder "
+        "(authors' crVAE-GAN); false: it reaches the generation side only, as in their "
+        "VAE-GAN baseline (the reconstructions it judges are regenerated from z detached; "
+        "mi's model-phase term on reconstructions shares them)",
+        converter=to_bool,
+    )
+    similarity_layer: int = option(
+        0,
+        "Larsen's learned similarity: reconstruction error on the conv output of this trunk block (1-based; 0: off)",
+        non_negative_int,
+        to_int,
+    )
     similarity_weight: float = option(1.0, "weight of the learned-similarity term", non_negative, to_float)
 
     def __attrs_post_init__(self):
@@ -226,8 +262,13 @@ class AdversarialLoss(Loss[AdvOptions]):
         self.trunk = Trunk(c, options.widths, options.dropout)
         self.trunk_shape = (options.widths[-1], size, size)
         self.trunk_layers = blocks
-        self.head = GANHead(math.prod(self.trunk_shape), options.head_hidden, options.dropout,
-                            options.minibatch_kernels, options.minibatch_dims)
+        self.head = GANHead(
+            math.prod(self.trunk_shape),
+            options.head_hidden,
+            options.dropout,
+            options.minibatch_kernels,
+            options.minibatch_dims,
+        )
 
     def attach(self, model) -> None:
         # the generation side's batch norms, whose running statistics the regeneration must not update twice
@@ -293,8 +334,7 @@ class AdversarialLoss(Loss[AdvOptions]):
         n = fwd.x.shape[0]
         real, recon, prior = self.batch_counts(n)
         x_prior = fwd.prior_sample().x
-        batch = torch.cat([fwd.x[:real], fwd.x_hat[real : real + recon].detach(),
-                           x_prior[real + recon :].detach()])
+        batch = torch.cat([fwd.x[:real], fwd.x_hat[real : real + recon].detach(), x_prior[real + recon :].detach()])
         labels = torch.cat([torch.ones(real, device=batch.device), torch.zeros(n - real, device=batch.device)])
         logits = self.discriminate(batch)
         terms = {"d": F.binary_cross_entropy_with_logits(logits, labels)}

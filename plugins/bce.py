@@ -34,8 +34,10 @@ class BCELoss(Loss[BCEOptions]):
         decoder = ctx.decoder
         output = decoder.output if decoder is not None else "tanh"
         if decoder is not None and output not in LOGIT_SCALE:
-            raise self.fail(f"needs logits, but decoder '{decoder.name}' outputs the '{output}' space; it "
-                            f"works with decoders whose output is {' or '.join(LOGIT_SCALE)}")
+            raise self.fail(
+                f"needs logits, but decoder '{decoder.name}' outputs the '{output}' space; it "
+                f"works with decoders whose output is {' or '.join(LOGIT_SCALE)}"
+            )
         self.scale = LOGIT_SCALE[output]
 
     def forward(self, fwd, phase):

@@ -37,17 +37,30 @@ WEIGHTS = "model.safetensors"
 class Classifier(nn.Module):
     """Conv classifier for (channels, size, size) images in [-1, 1]: features (B, F) and logits (B, K)."""
 
-    def __init__(self, channels: int, image_size: int, classes: int, width: int = 32, features: int = 128,
-                 label: str = "classifier features"):
+    def __init__(
+        self,
+        channels: int,
+        image_size: int,
+        classes: int,
+        width: int = 32,
+        features: int = 128,
+        label: str = "classifier features",
+    ):
         super().__init__()
         if image_size % 8:
             raise GenvaeError(f"the classifier needs an image size divisible by 8, got {image_size}")
         blocks: list[nn.Module] = []
         prev = channels
         for w in (width, 2 * width, 4 * width):
-            blocks += [nn.Conv2d(prev, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
-                       nn.Conv2d(w, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
-                       nn.MaxPool2d(2)]
+            blocks += [
+                nn.Conv2d(prev, w, 3, 1, 1, bias=False),
+                nn.BatchNorm2d(w),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(w, w, 3, 1, 1, bias=False),
+                nn.BatchNorm2d(w),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
             prev = w
         self.trunk = nn.Sequential(*blocks)
         self.embed = nn.Linear(prev, features)
@@ -84,11 +97,18 @@ def load_classifier(folder: str | Path) -> Classifier:
     folder = Path(folder)
     config = read_json(folder / CONFIG)
     if not isinstance(config, dict) or config.get("feature_network") != FEATURE_NETWORK:
-        raise GenvaeError(f"{folder} is not a genvae classifier folder (config.json has no "
-                          f"\"feature_network\": \"{FEATURE_NETWORK}\")")
+        raise GenvaeError(
+            f'{folder} is not a genvae classifier folder (config.json has no "feature_network": "{FEATURE_NETWORK}")'
+        )
     try:
-        net = Classifier(int(config["channels"]), int(config["image_size"]), len(config["classes"]),
-                         int(config["width"]), int(config["features"]), f"{config['data_name']} classifier features")
+        net = Classifier(
+            int(config["channels"]),
+            int(config["image_size"]),
+            len(config["classes"]),
+            int(config["width"]),
+            int(config["features"]),
+            f"{config['data_name']} classifier features",
+        )
     except (KeyError, TypeError, ValueError) as exc:
         raise GenvaeError(f"{folder / CONFIG} is incomplete ({type(exc).__name__}: {exc})") from None
     try:
@@ -119,8 +139,10 @@ class InceptionFeatures(nn.Module):
             raise GenvaeError(f"cannot read Inception weights {path}: {str(exc).splitlines()[0]}") from None
         missing, unexpected = self.net.load_state_dict(weights, strict=False)
         if unexpected or [k for k in missing if not k.startswith("AuxLogits.")]:
-            raise GenvaeError(f"{path} is not torchvision Inception-v3 weights ({len(missing)} missing, "
-                              f"{len(unexpected)} unexpected tensors)")
+            raise GenvaeError(
+                f"{path} is not torchvision Inception-v3 weights ({len(missing)} missing, "
+                f"{len(unexpected)} unexpected tensors)"
+            )
         self.net.eval()
         mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
         std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -130,9 +152,27 @@ class InceptionFeatures(nn.Module):
     def _pool(self, x: Tensor) -> Tensor:
         n = self.net
         x = ((x + 1) / 2 - self.mean) / self.std
-        for name in ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
-                     "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
-                     "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c", "avgpool"):
+        for name in (
+            "Conv2d_1a_3x3",
+            "Conv2d_2a_3x3",
+            "Conv2d_2b_3x3",
+            "maxpool1",
+            "Conv2d_3b_1x1",
+            "Conv2d_4a_3x3",
+            "maxpool2",
+            "Mixed_5b",
+            "Mixed_5c",
+            "Mixed_5d",
+            "Mixed_6a",
+            "Mixed_6b",
+            "Mixed_6c",
+            "Mixed_6d",
+            "Mixed_6e",
+            "Mixed_7a",
+            "Mixed_7b",
+            "Mixed_7c",
+            "avgpool",
+        ):
             x = getattr(n, name)(x)
         return x.flatten(1)
 
@@ -146,10 +186,21 @@ class InceptionFeatures(nn.Module):
 # -- training -----------------------------------------------------------------------------------------------
 
 
-def train_classifier(images: Tensor, labels: Tensor, classes: int, *, width: int = 32, features: int = 128,
-                     epochs: int = 3, batch_size: int = 128, lr: float = 1e-3, seed: int = 0,
-                     device: torch.device | str = "cpu", label: str = "classifier features",
-                     log=None) -> Classifier:
+def train_classifier(
+    images: Tensor,
+    labels: Tensor,
+    classes: int,
+    *,
+    width: int = 32,
+    features: int = 128,
+    epochs: int = 3,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    label: str = "classifier features",
+    log=None,
+) -> Classifier:
     """Train a :class:`Classifier` on uint8 images (N, C, S, S) and int labels (N,) with Adam and cross-entropy;
     random horizontal flips are not used (classes such as shoes are not flip-symmetric in every dataset)."""
     torch.manual_seed(seed)
@@ -176,8 +227,9 @@ def train_classifier(images: Tensor, labels: Tensor, classes: int, *, width: int
 
 
 @torch.no_grad()
-def accuracy(net: Classifier, images: Tensor, labels: Tensor, device: torch.device | str = "cpu",
-             batch_size: int = 512) -> float:
+def accuracy(
+    net: Classifier, images: Tensor, labels: Tensor, device: torch.device | str = "cpu", batch_size: int = 512
+) -> float:
     correct = 0
     for i in range(0, len(images), batch_size):
         x = images[i : i + batch_size].to(device).float() / 127.5 - 1.0
@@ -191,8 +243,12 @@ def accuracy(net: Classifier, images: Tensor, labels: Tensor, device: torch.devi
 @hookimpl
 def genvae_register_feature_networks(register):
     register(FEATURE_NETWORK, load_classifier, help="a classifier folder written by genvae train-classifier")
-    register("inception", InceptionFeatures, help="torchvision Inception-v3 ImageNet weights, a local .safetensors "
-             "file (never downloaded)", suffixes=(".safetensors",))
+    register(
+        "inception",
+        InceptionFeatures,
+        help="torchvision Inception-v3 ImageNet weights, a local .safetensors file (never downloaded)",
+        suffixes=(".safetensors",),
+    )
 
 
 @hookimpl
@@ -208,14 +264,35 @@ def genvae_register_commands(cli):
     @click.option("--batch-size", default=128, show_default=True, type=click.IntRange(1))
     @click.option("--lr", default=1e-3, show_default=True, type=FiniteFloat(positive=True))
     @click.option("--width", default=32, show_default=True, type=click.IntRange(1), help="Channels of the first block.")
-    @click.option("--features", "n_features", default=128, show_default=True, type=click.IntRange(2),
-                  help="Size of the feature space the metrics use.")
+    @click.option(
+        "--features",
+        "n_features",
+        default=128,
+        show_default=True,
+        type=click.IntRange(2),
+        help="Size of the feature space the metrics use.",
+    )
     @click.option("--limit", type=click.IntRange(1), help="Train on the first N images only.")
     @click.option("--force", is_flag=True, help="Replace a classifier folder genvae wrote.")
     @seed_option
     @device_option
-    def train_classifier_command(data, data_root, download, output, image_size, channels, epochs, batch_size, lr,
-                                 width, n_features, limit, force, seed, device):
+    def train_classifier_command(
+        data,
+        data_root,
+        download,
+        output,
+        image_size,
+        channels,
+        epochs,
+        batch_size,
+        lr,
+        width,
+        n_features,
+        limit,
+        force,
+        seed,
+        device,
+    ):
         """Train the feature network of genvae evaluate's FID/KID/IS/PR on a labelled dataset (e.g. fashion-mnist)."""
         from genvae.api import ModelFolder, __version__, load_data, load_labels, registry, resolve_device
 
@@ -231,26 +308,63 @@ def genvae_register_commands(cli):
         name = data or "fashion-mnist"
         train_labels, classes = load_labels(name, split="train", root=data_root, registry=reg)
         test_labels, _ = load_labels(name, split="test", root=data_root, registry=reg)
-        train = load_data(name, image_size=image_size, channels=channels, split="train", root=data_root,
-                          download=download, registry=reg)
-        test = load_data(name, image_size=image_size, channels=channels, split="test", root=data_root,
-                         download=download, registry=reg)
+        train = load_data(
+            name,
+            image_size=image_size,
+            channels=channels,
+            split="train",
+            root=data_root,
+            download=download,
+            registry=reg,
+        )
+        test = load_data(
+            name,
+            image_size=image_size,
+            channels=channels,
+            split="test",
+            root=data_root,
+            download=download,
+            registry=reg,
+        )
         if len(train_labels) != len(train) or len(test_labels) != len(test):
             raise GenvaeError(f"'{name}': {len(train)} images but {len(train_labels)} labels")
         x, y = train.images, train_labels
         if limit is not None:
             x, y = x[:limit], y[:limit]
         began = time.time()
-        net = train_classifier(x, y, len(classes), width=width, features=n_features, epochs=epochs,
-                               batch_size=min(batch_size, len(x)), lr=lr, seed=seed, device=dev,
-                               label=f"{name} classifier features", log=console.print)
+        net = train_classifier(
+            x,
+            y,
+            len(classes),
+            width=width,
+            features=n_features,
+            epochs=epochs,
+            batch_size=min(batch_size, len(x)),
+            lr=lr,
+            seed=seed,
+            device=dev,
+            label=f"{name} classifier features",
+            log=console.print,
+        )
         acc = accuracy(net, test.images, test_labels, dev)
-        config = {"feature_network": FEATURE_NETWORK, "genvae_version": __version__, "data_name": name,
-                  "data": train.source, "classes": list(classes), "image_size": image_size, "channels": channels,
-                  "width": width, "features": n_features,
-                  "train": {"images": len(x), "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed},
-                  "test_accuracy": acc, "test_images": len(test)}
+        config = {
+            "feature_network": FEATURE_NETWORK,
+            "genvae_version": __version__,
+            "data_name": name,
+            "data": train.source,
+            "classes": list(classes),
+            "image_size": image_size,
+            "channels": channels,
+            "width": width,
+            "features": n_features,
+            "train": {"images": len(x), "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed},
+            "test_accuracy": acc,
+            "test_images": len(test),
+        }
         save_classifier(net.cpu(), out, config)
-        console.print(f"trained on {len(x)} images in {time.time() - began:.0f} s; test accuracy {acc:.4f} on "
-                      f"{len(test)} images; wrote {out}", highlight=False)
+        console.print(
+            f"trained on {len(x)} images in {time.time() - began:.0f} s; test accuracy {acc:.4f} on "
+            f"{len(test)} images; wrote {out}",
+            highlight=False,
+        )
         console.print(json.dumps({"test_accuracy": acc}), highlight=False)

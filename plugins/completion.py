@@ -84,8 +84,9 @@ def objective(model, z: Tensor, x: Tensor, m: Tensor, gamma: float, tau: float) 
     return value, x_hat
 
 
-def _optimise(model, z: Tensor, x: Tensor, m: Tensor, starts: int, steps: int, lr: float, gamma: float,
-              tau: float) -> tuple[Tensor, Tensor, Tensor]:
+def _optimise(
+    model, z: Tensor, x: Tensor, m: Tensor, starts: int, steps: int, lr: float, gamma: float, tau: float
+) -> tuple[Tensor, Tensor, Tensor]:
     """Adam on z (starts x b rows, start-major) for images x and masks m (b each); per image, the best start's
     (x_hat, z, objective). Each row's updates depend on that row alone (elementwise Adam, eval mode)."""
     b = x.shape[0]
@@ -103,8 +104,19 @@ def _optimise(model, z: Tensor, x: Tensor, m: Tensor, starts: int, steps: int, l
         return x_hat[pick], z[pick].detach(), value[pick]
 
 
-def complete(model, x: Tensor, m: Tensor, *, starts: int = 4, steps: int = 300, lr: float = 0.05,
-             gamma: float = 0.1, tau: float = 1.0, seed: int = 0, batch: int | None = None) -> dict[str, Tensor]:
+def complete(
+    model,
+    x: Tensor,
+    m: Tensor,
+    *,
+    starts: int = 4,
+    steps: int = 300,
+    lr: float = 0.05,
+    gamma: float = 0.1,
+    tau: float = 1.0,
+    seed: int = 0,
+    batch: int | None = None,
+) -> dict[str, Tensor]:
     """Complete images x (B, C, H, W) in [-1, 1] where m (1 or B, 1, H, W) is 0. Returns ``completion`` (x_hat),
     ``composite`` (visible input, x_hat where occluded), ``occluded`` (the input with the hidden part grey),
     ``latents`` (the best z) and ``objective`` (the best per-image value), all detached.
@@ -126,15 +138,31 @@ def complete(model, x: Tensor, m: Tensor, *, starts: int = 4, steps: int = 300, 
         for lo in range(0, b, chunk):
             idx = torch.arange(lo, min(lo + chunk, b))
             rows = (torch.arange(starts)[:, None] * b + idx[None, :]).reshape(-1)
-            parts.append(_optimise(model, z_all[rows].to(x.device), x[lo : lo + chunk], mask[lo : lo + chunk],
-                                   starts, steps, lr, gamma, tau))
+            parts.append(
+                _optimise(
+                    model,
+                    z_all[rows].to(x.device),
+                    x[lo : lo + chunk],
+                    mask[lo : lo + chunk],
+                    starts,
+                    steps,
+                    lr,
+                    gamma,
+                    tau,
+                )
+            )
         x_hat, z_best, v_best = (torch.cat(t) for t in zip(*parts, strict=True))
     finally:
         for p in params:
             p.requires_grad_(True)
         model.train(was_training)
-    return {"completion": x_hat, "composite": mask * x + (1 - mask) * x_hat, "occluded": mask * x,
-            "latents": z_best, "objective": v_best}
+    return {
+        "completion": x_hat,
+        "composite": mask * x + (1 - mask) * x_hat,
+        "occluded": mask * x,
+        "latents": z_best,
+        "objective": v_best,
+    }
 
 
 def completion_program(model, rows: int):
@@ -160,8 +188,16 @@ def completion_batch(model, count: int, starts: int, held: int = 0) -> int:
     ``held`` bytes; a one-line BudgetError when even one image does not fit."""
     from genvae.api import inference_batch
 
-    return inference_batch(model, count, what="complete", per=starts, held=held, command="complete",
-                           holding="the images and the grid it keeps", program=completion_program)
+    return inference_batch(
+        model,
+        count,
+        what="complete",
+        per=starts,
+        held=held,
+        command="complete",
+        holding="the images and the grid it keeps",
+        program=completion_program,
+    )
 
 
 @hookimpl
@@ -181,22 +217,40 @@ def genvae_register_commands(cli):
     @click.argument("folder", type=click.Path())
     @click.argument("image", required=False, type=click.Path(dir_okay=False, exists=True))
     @data_options
-    @click.option("-n", "count", default=8, show_default=True, type=click.IntRange(1, 256),
-                  help="With --data (no IMAGE): how many test images to complete.")
-    @click.option("--mask", default="lower", show_default=True, help=f"{', '.join(MASKS)}, or an image file "
-                  "(white = occluded).")
+    @click.option(
+        "-n",
+        "count",
+        default=8,
+        show_default=True,
+        type=click.IntRange(1, 256),
+        help="With --data (no IMAGE): how many test images to complete.",
+    )
+    @click.option(
+        "--mask", default="lower", show_default=True, help=f"{', '.join(MASKS)}, or an image file (white = occluded)."
+    )
     @click.option("--starts", default=4, show_default=True, type=click.IntRange(1, 64), help="Random starts per image.")
     @click.option("--steps", default=300, show_default=True, type=click.IntRange(0), help="Adam steps on z.")
     @click.option("--lr", default=0.05, show_default=True, type=FiniteFloat(positive=True))
     @click.option("--gamma", default=0.1, show_default=True, type=FiniteFloat(), help="Weight of -log N(z; 0, I).")
-    @click.option("--tau", default=1.0, show_default=True, type=FiniteFloat(),
-                  help="Weight of log(1 - D(x_hat)) (models with a discriminator).")
-    @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-                  help="Image grid: rows of ground truth, occluded, completed.")
+    @click.option(
+        "--tau",
+        default=1.0,
+        show_default=True,
+        type=FiniteFloat(),
+        help="Weight of log(1 - D(x_hat)) (models with a discriminator).",
+    )
+    @click.option(
+        "-o",
+        "--output",
+        required=True,
+        type=click.Path(dir_okay=False),
+        help="Image grid: rows of ground truth, occluded, completed.",
+    )
     @seed_option
     @device_option
-    def complete_command(folder, image, data, data_root, download, count, mask, starts, steps, lr, gamma, tau, output,
-                         seed, device):
+    def complete_command(
+        folder, image, data, data_root, download, count, mask, starts, steps, lr, gamma, tau, output, seed, device
+    ):
         """Fill in the occluded part of images by optimising the latent (crVAE paper 4.4)."""
         from genvae.api import check_image_output, grid_bytes, image_bytes, save_grid, to_model_range
 
@@ -213,16 +267,18 @@ def genvae_register_commands(cli):
         # kept beside the optimisation: the inputs, the outputs, the rows of the grid and the grid, every
         # image's random starts
         n = len(x)
-        held = (image_bytes(model, 7 * n) + grid_bytes(model, 3 * n)
-                + n * starts * math.prod(model.layout.shape) * 4)
+        held = image_bytes(model, 7 * n) + grid_bytes(model, 3 * n) + n * starts * math.prod(model.layout.shape) * 4
         batch = completion_batch(model, n, starts, held)
-        out = complete(model, x, m.to(dev), starts=starts, steps=steps, lr=lr, gamma=gamma, tau=tau, seed=seed,
-                       batch=batch)
+        out = complete(
+            model, x, m.to(dev), starts=starts, steps=steps, lr=lr, gamma=gamma, tau=tau, seed=seed, batch=batch
+        )
         rows = torch.cat([x, out["occluded"], out["composite"]])  # occluded pixels show as mid-grey (0)
         save_grid(rows.float().cpu(), output, nrow=len(x))
         hidden = ((out["completion"] - x).pow(2) * (1 - m.to(dev))).sum() / ((1 - m).sum() * x.shape[0] * x.shape[1])
         visible = ((out["completion"] - x).pow(2) * m.to(dev)).sum() / (m.sum() * x.shape[0] * x.shape[1])
         disc = "with" if discriminator_of(model) is not None and tau else "without"
-        console.print(f"completed {len(x)} image(s) with mask '{mask}' ({disc} the discriminator term) -> {output}; "
-                      f"pixel MSE in [-1, 1] units: occluded {hidden.item():.4f}, visible {visible.item():.4f}",
-                      highlight=False)
+        console.print(
+            f"completed {len(x)} image(s) with mask '{mask}' ({disc} the discriminator term) -> {output}; "
+            f"pixel MSE in [-1, 1] units: occluded {hidden.item():.4f}, visible {visible.item():.4f}",
+            highlight=False,
+        )

@@ -33,8 +33,9 @@ from genvae.api import (
 
 @attrs.frozen
 class ConvOptions:
-    width: int = option(32, "channels after the first stride-2 layer; doubles at each further one", positive_int,
-                        to_int)
+    width: int = option(
+        32, "channels after the first stride-2 layer; doubles at each further one", positive_int, to_int
+    )
     depth: int = option(3, "number of stride-2 layers (each halves or doubles the size)", positive_int, to_int)
     max_width: int = option(256, "cap on the channel count", positive_int, to_int)
     activation: str = option("lrelu", "activation after each layer", one_of(*ACTIVATIONS))
@@ -80,8 +81,9 @@ class ConvDecoder(Decoder[ConvOptions]):
         super().__init__(options, ctx)
         c_in, ups = self.upsampling_plan(ctx, "use a spatial latent transform such as 'conv'")
         c = ctx.image_shape[0]
-        self.net = up_stack(c_in, decoder_widths(options.width, ups, options.max_width), c, options.activation,
-                            options.batch_norm)
+        self.net = up_stack(
+            c_in, decoder_widths(options.width, ups, options.max_width), c, options.activation, options.batch_norm
+        )
 
     def forward(self, u, fwd=None):
         return self.net(u)
@@ -109,8 +111,9 @@ class ConvLatent(LatentTransform[ConvLatentOptions]):
         super().__init__(options, ctx)
         assert ctx.encoder is not None, "the encoder is built before the latent transform"
         in_shape = ctx.encoder.output_shape
-        c, h, w = self.require_spatial(in_shape, f"encoder '{ctx.encoder.name}'",
-                                       "use the 'fc' latent transform for vector features")
+        c, h, w = self.require_spatial(
+            in_shape, f"encoder '{ctx.encoder.name}'", "use the 'fc' latent transform for vector features"
+        )
         lc, k = options.latent_channels, options.kernel
         self.layout = LatentLayout((lc, h, w))
         self.output_shape = tuple(in_shape)

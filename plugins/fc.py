@@ -85,7 +85,8 @@ class FCLatentOptions:
     latent_dim: int = option(32, "size of the latent vector z", positive_int, to_int)
     output_activation: str = option("relu", "activation after the z -> features layer", one_of(*ACTIVATIONS))
     output_shape: tuple[int, ...] = option(
-        (), "shape of u; empty mirrors the encoder's features (as VAE-GAN's Linear 1024 -> 4096)",
+        (),
+        "shape of u; empty mirrors the encoder's features (as VAE-GAN's Linear 1024 -> 4096)",
         converter=int_tuple,
     )
 
@@ -152,5 +153,3 @@ def genvae_register_presets(register):
         },
         help="standard VAE: MLP encoder/decoder, 32-d Gaussian latent, MSE + KL",
     )
-
-

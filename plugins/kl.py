@@ -40,28 +40,38 @@ from genvae.api import (
 WARMUPS = ("none", "linear", "cyclical")
 
 
-
-
 @attrs.frozen
 class KLOptions:
     group_weights: tuple[float, ...] = option(
-        (), "weight per latent group (time step / pyramid level), empty = 1 for all; the loss weight multiplies it",
+        (),
+        "weight per latent group (time step / pyramid level), empty = 1 for all; the loss weight multiplies it",
         converter=float_tuple,
     )
     alphas: tuple[float, ...] = option(
-        (), "the crVAE paper's form: weight (1 - alpha_t) per latent group (time step), alpha_t in [0, 1]; "
-        "instead of group_weights", converter=float_tuple,
+        (),
+        "the crVAE paper's form: weight (1 - alpha_t) per latent group (time step), alpha_t in [0, 1]; "
+        "instead of group_weights",
+        converter=float_tuple,
     )
 
     beta: float = option(1.0, "beta-VAE: multiplies the KL term (with the loss weight)", non_negative, to_float)
-    warmup: str = option("none", "KL weight over training: none, linear (0 -> 1 over warmup_steps) or cyclical "
-                         "(repeats every warmup_steps: rises over cycle_ratio of it, then 1)", one_of(*WARMUPS))
+    warmup: str = option(
+        "none",
+        "KL weight over training: none, linear (0 -> 1 over warmup_steps) or cyclical "
+        "(repeats every warmup_steps: rises over cycle_ratio of it, then 1)",
+        one_of(*WARMUPS),
+    )
     warmup_steps: int = option(1000, "steps of the linear warm-up, or the length of one cycle", positive_int, to_int)
-    cycle_ratio: float = option(0.5, "cyclical: the part of each cycle over which the weight rises, in (0, 1]",
-                                non_negative, to_float)
-    mc_samples: int = option(1, "draws of z per image for the Monte Carlo KL, used when the prior is not one "
-                             "diagonal Gaussian (a mixture such as vamp); the first draw is the pass's z",
-                             positive_int, to_int)
+    cycle_ratio: float = option(
+        0.5, "cyclical: the part of each cycle over which the weight rises, in (0, 1]", non_negative, to_float
+    )
+    mc_samples: int = option(
+        1,
+        "draws of z per image for the Monte Carlo KL, used when the prior is not one "
+        "diagonal Gaussian (a mixture such as vamp); the first draw is the pass's z",
+        positive_int,
+        to_int,
+    )
 
     def __attrs_post_init__(self):
         if not 0 < self.cycle_ratio <= 1:
@@ -102,8 +112,10 @@ class KLLoss(Loss[KLOptions]):
         weights = options.weights
         self.closed_form = ctx.prior is None or getattr(ctx.prior, "gaussian", True)
         if weights and ctx.prior is not None and not self.closed_form:
-            raise self.fail(f"group weights need a prior that factorises over the latent; prior "
-                            f"'{ctx.prior.name}' is not one diagonal Gaussian (its KL is estimated per image)")
+            raise self.fail(
+                f"group weights need a prior that factorises over the latent; prior "
+                f"'{ctx.prior.name}' is not one diagonal Gaussian (its KL is estimated per image)"
+            )
         if weights:
             if len(weights) != layout.num_groups:
                 what = "alphas" if options.alphas else "group_weights"
@@ -132,8 +144,7 @@ class KLLoss(Loss[KLOptions]):
         q, n, draws = fwd.posterior, fwd.z.shape[0], self.options.mc_samples
         z = fwd.z.unsqueeze(0)
         if draws > 1:  # all draws in one batch: (draws, n, *latent)
-            z = torch.cat([z, q.mean + q.std * torch.randn((draws - 1, *q.mean.shape), device=z.device,
-                                                            dtype=z.dtype)])
+            z = torch.cat([z, q.mean + q.std * torch.randn((draws - 1, *q.mean.shape), device=z.device, dtype=z.dtype)])
         log_q = q.log_prob(z).flatten(2).sum(2)
         log_p = fwd.prior.log_prob(z.flatten(0, 1)).view(draws, n)
         return (log_q - log_p).mean(0)

@@ -49,12 +49,16 @@ from genvae.api import (
 
 @attrs.frozen
 class MNetOptions:
-    hidden: tuple[int, ...] = option((128,), "hidden widths of each R_k and S_k MLP (empty: a linear map)",
-                                     converter=int_tuple)
+    hidden: tuple[int, ...] = option(
+        (128,), "hidden widths of each R_k and S_k MLP (empty: a linear map)", converter=int_tuple
+    )
     activation: str = option("lrelu", "activation between the MLP layers", one_of(*ACTIVATIONS))
-    detach: bool = option(True, "stop the KL gradient at the re-encoded coarser posterior (it trains the level's "
-                          "posterior and M_k only); false lets it reach the coarser encoder and decoder",
-                          converter=to_bool)
+    detach: bool = option(
+        True,
+        "stop the KL gradient at the re-encoded coarser posterior (it trains the level's "
+        "posterior and M_k only); false lets it reach the coarser encoder and decoder",
+        converter=to_bool,
+    )
 
     def __attrs_post_init__(self):
         if any(h <= 0 for h in self.hidden):

@@ -71,8 +71,9 @@ def fid(data: EvalData) -> dict[str, float]:
     return {"fid": fid_of(data.features("real"), data.features("samples"))}
 
 
-def kid_of(real: Tensor, fake: Tensor, subsets: int = 100, subset_size: int = 1000, seed: int = 0
-           ) -> tuple[float, float]:
+def kid_of(
+    real: Tensor, fake: Tensor, subsets: int = 100, subset_size: int = 1000, seed: int = 0
+) -> tuple[float, float]:
     """KID mean and std between two (N, F) feature sets (torchmetrics) over ``subsets`` random subsets of
     ``subset_size`` (at most half the smaller set, so that subsets differ)."""
     from torchmetrics.image.kid import KernelInceptionDistance
@@ -144,13 +145,40 @@ def precision_recall(data: EvalData) -> dict[str, float]:
 
 @hookimpl
 def genvae_register_metrics(register):
-    register("rmse", rmse, help="reconstruction RMSE per image on the 0-255 scale (posterior mean), mean and std",
-             needs=("reconstructions",), label="RMSE (0-255)")
-    register("fid", fid, help="Fréchet distance between real and sample features (lower is better)",
-             needs=("samples", "features"), label="FID")
-    register("kid", kid, help="kernel distance between real and sample features, mean and std over subsets",
-             needs=("samples", "features"), label="KID")
-    register("is", inception_score, help="Inception-Score-style exp(E KL(p(y|x) || p(y))) of the samples under "
-             "the feature network's classifier (higher is better)", needs=("samples", "features"), label="IS")
-    register("pr", precision_recall, help="improved precision (samples inside the real manifold) and recall (real "
-             "images inside the samples' manifold), k = 3", needs=("samples", "features"), label="precision/recall")
+    register(
+        "rmse",
+        rmse,
+        help="reconstruction RMSE per image on the 0-255 scale (posterior mean), mean and std",
+        needs=("reconstructions",),
+        label="RMSE (0-255)",
+    )
+    register(
+        "fid",
+        fid,
+        help="Fréchet distance between real and sample features (lower is better)",
+        needs=("samples", "features"),
+        label="FID",
+    )
+    register(
+        "kid",
+        kid,
+        help="kernel distance between real and sample features, mean and std over subsets",
+        needs=("samples", "features"),
+        label="KID",
+    )
+    register(
+        "is",
+        inception_score,
+        help="Inception-Score-style exp(E KL(p(y|x) || p(y))) of the samples under "
+        "the feature network's classifier (higher is better)",
+        needs=("samples", "features"),
+        label="IS",
+    )
+    register(
+        "pr",
+        precision_recall,
+        help="improved precision (samples inside the real manifold) and recall (real "
+        "images inside the samples' manifold), k = 3",
+        needs=("samples", "features"),
+        label="precision/recall",
+    )

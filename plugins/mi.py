@@ -64,28 +64,47 @@ PAPER_WEIGHTS = (0.1, 1.5, 1.5, 1.25, 0.1, 0.1, 1.0, 1.0)
 
 @attrs.frozen
 class MIOptions:
-    kappa: float = option(0.02, "weight of the MI term reaching the generator (the paper's kappa; the loss weight "
-                          "multiplies it)", non_negative, to_float)
-    target: str = option("auto", "what the head predicts: auto (the transform's mi_target, e.g. cr-lstm's u; "
-                         "else z), u or z", one_of("auto", "u", "z"))
+    kappa: float = option(
+        0.02,
+        "weight of the MI term reaching the generator (the paper's kappa; the loss weight multiplies it)",
+        non_negative,
+        to_float,
+    )
+    target: str = option(
+        "auto",
+        "what the head predicts: auto (the transform's mi_target, e.g. cr-lstm's u; else z), u or z",
+        one_of("auto", "u", "z"),
+    )
     group_weights: tuple[float, ...] = option(
-        (), "weight per latent group (time step) of the target; empty: the paper's 8 weights for an 8-step target, "
-        "1 otherwise", converter=float_tuple)
+        (),
+        "weight per latent group (time step) of the target; empty: the paper's 8 weights for an 8-step target, "
+        "1 otherwise",
+        converter=float_tuple,
+    )
     hidden: int = option(64, "channels of the head's convolutions", positive_int, to_int)
-    train_trunk: bool = option(True, "the MI phase also trains the shared trunk (as the authors' code)",
-                               converter=to_bool)
+    train_trunk: bool = option(
+        True, "the MI phase also trains the shared trunk (as the authors' code)", converter=to_bool
+    )
     on_recon: bool = option(True, "use z from the posterior (reconstructions)", converter=to_bool)
     on_prior: bool = option(True, "use z from the prior (samples)", converter=to_bool)
     bias_init: float = option(0.01, "the head's output bias starts uniform in +-bias_init", non_negative, to_float)
     weighted_branches: str = option(
-        "both", "which branches the group weights apply to: both (posterior and prior, as the released code runs: "
+        "both",
+        "which branches the group weights apply to: both (posterior and prior, as the released code runs: "
         "its two MI gradients share one buffer, which it weights once per branch) or recon (the posterior branch "
-        "only, the prior branch unweighted)", one_of("both", "recon"))
-    bn_eps: float = option(1e-5, "eps of the head's batch norms (PyTorch's default; the authors ran 1e-6)", positive,
-                           to_float)
-    bn_momentum: float = option(0.1, "momentum of the head's batch norms: the weight of the new batch in the running "
-                                "statistics, as Torch7's (PyTorch's default; the authors ran 0.9)", unit_interval,
-                                to_float)
+        "only, the prior branch unweighted)",
+        one_of("both", "recon"),
+    )
+    bn_eps: float = option(
+        1e-5, "eps of the head's batch norms (PyTorch's default; the authors ran 1e-6)", positive, to_float
+    )
+    bn_momentum: float = option(
+        0.1,
+        "momentum of the head's batch norms: the weight of the new batch in the running "
+        "statistics, as Torch7's (PyTorch's default; the authors ran 0.9)",
+        unit_interval,
+        to_float,
+    )
 
     def __attrs_post_init__(self):
         if any(w < 0 for w in self.group_weights):
@@ -95,17 +114,23 @@ class MIOptions:
 
 
 class MIHead(nn.Module):
-    def __init__(self, trunk_shape, target_shape, hidden: int, bias_init: float, bn_eps: float = 1e-5,
-                 bn_momentum: float = 0.1):
+    def __init__(
+        self, trunk_shape, target_shape, hidden: int, bias_init: float, bn_eps: float = 1e-5, bn_momentum: float = 0.1
+    ):
         super().__init__()
         c, h, w = trunk_shape
         spatial = len(target_shape) == 3 and tuple(target_shape[1:]) == (h, w)
         second = target_shape[0] if spatial else hidden
         self.target_shape = tuple(target_shape)
         self.net = nn.Sequential(
-            nn.Conv2d(c, hidden, 3, 1, 1), nn.BatchNorm2d(hidden, bn_eps, bn_momentum), nn.LeakyReLU(0.2),
-            nn.Conv2d(hidden, second, 1), nn.BatchNorm2d(second, bn_eps, bn_momentum), nn.LeakyReLU(0.1),
-            nn.Flatten(), nn.Linear(second * h * w, math.prod(target_shape)),
+            nn.Conv2d(c, hidden, 3, 1, 1),
+            nn.BatchNorm2d(hidden, bn_eps, bn_momentum),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(hidden, second, 1),
+            nn.BatchNorm2d(second, bn_eps, bn_momentum),
+            nn.LeakyReLU(0.1),
+            nn.Flatten(),
+            nn.Linear(second * h * w, math.prod(target_shape)),
         )
         self.bias = nn.Parameter(torch.empty(self.target_shape).uniform_(-bias_init, bias_init))
 
@@ -151,11 +176,14 @@ class MILoss(Loss[MIOptions]):
         if not weights:
             weights = PAPER_WEIGHTS if groups.num_groups == len(PAPER_WEIGHTS) else (1.0,) * groups.num_groups
         elif len(weights) != groups.num_groups:
-            raise self.fail(f"{len(weights)} group_weights given, but its target ({mode}, shape {list(shape)}) has "
-                            f"{groups.num_groups} {groups.group_label}(s)")
+            raise self.fail(
+                f"{len(weights)} group_weights given, but its target ({mode}, shape {list(shape)}) has "
+                f"{groups.num_groups} {groups.group_label}(s)"
+            )
         device = next(adv.parameters()).device
-        self.register_buffer("element_weights", groups.element_weights(weights).view(shape).to(device),
-                             persistent=False)
+        self.register_buffer(
+            "element_weights", groups.element_weights(weights).view(shape).to(device), persistent=False
+        )
         o = self.options
         self.head = MIHead(adv.trunk_shape, shape, o.hidden, o.bias_init, o.bn_eps, o.bn_momentum).to(device)
 
@@ -205,8 +233,11 @@ class MILoss(Loss[MIOptions]):
                 with torch.no_grad():
                     features = self._adv.trunk(images)
             parts = features.split([x.shape[0] for _, x, _ in pairs])
-            return {"q": sum(self.error(head(f), t, self.weighted(which))
-                             for f, (which, _, t) in zip(parts, pairs, strict=True))}
+            return {
+                "q": sum(
+                    self.error(head(f), t, self.weighted(which)) for f, (which, _, t) in zip(parts, pairs, strict=True)
+                )
+            }
         features = self._adv.fake_features(fwd)
         total = sum(self.error(head(features[which]), t, self.weighted(which)) for which, _, t in pairs)
         return {"mi": self.weight * self.options.kappa * total}

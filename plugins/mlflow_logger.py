@@ -69,8 +69,11 @@ class MLflowLogger:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        metrics = [Metric(metric_name(k), float(v), now, step) for k, v in record.items()
-                   if k not in SKIP and isinstance(v, int | float) and not isinstance(v, bool)]
+        metrics = [
+            Metric(metric_name(k), float(v), now, step)
+            for k, v in record.items()
+            if k not in SKIP and isinstance(v, int | float) and not isinstance(v, bool)
+        ]
         if metrics:
             self.client.log_batch(self.run_id, metrics=metrics)
 

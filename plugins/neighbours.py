@@ -59,13 +59,25 @@ def genvae_register_commands(cli):
     @cli.command("neighbours")
     @click.argument("folder", type=click.Path())
     @data_options
-    @click.option("-n", "count", default=8, show_default=True, type=click.IntRange(1, 256),
-                  help="Samples (one row each).")
-    @click.option("-k", "k", default=5, show_default=True, type=click.IntRange(1, 32),
-                  help="Nearest training images shown per sample.")
+    @click.option(
+        "-n", "count", default=8, show_default=True, type=click.IntRange(1, 256), help="Samples (one row each)."
+    )
+    @click.option(
+        "-k",
+        "k",
+        default=5,
+        show_default=True,
+        type=click.IntRange(1, 32),
+        help="Nearest training images shown per sample.",
+    )
     @click.option("--split", default="train", show_default=True, help="Dataset split searched (named datasets).")
-    @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-                  help="Image grid: each row a sample, then its k nearest training images (png, jpg, ...).")
+    @click.option(
+        "-o",
+        "--output",
+        required=True,
+        type=click.Path(dir_okay=False),
+        help="Image grid: each row a sample, then its k nearest training images (png, jpg, ...).",
+    )
     @seed_option
     @device_option
     def neighbours(folder, data, data_root, download, count, k, split, output, seed, device):
@@ -79,12 +91,23 @@ def genvae_register_commands(cli):
         shown = count * (min(k, len(data_set)) + 1)
         # kept beside the samples being made: the search's scratch, the grid's images (uint8) and the grid
         held = nearest_bytes(count, shape, len(data_set)) + image_bytes(model, shown, 1) + grid_bytes(model, shown)
-        pixels = draw_samples(model, count, dev, block=SAMPLE_BATCH, held=held, command="neighbours",
-                              holding=f"the nearest-image search and the grid of {shown:,} images")
+        pixels = draw_samples(
+            model,
+            count,
+            dev,
+            block=SAMPLE_BATCH,
+            held=held,
+            command="neighbours",
+            holding=f"the nearest-image search and the grid of {shown:,} images",
+        )
         dist, idx = nearest(pixels, data_set.images, k)
         rows = torch.cat([torch.cat([pixels[r : r + 1], data_set.images[idx[r]]]) for r in range(count)])
         save_grid(rows, output, nrow=idx.shape[1] + 1)
         rms = dist[:, 0] / (pixels[0].numel() ** 0.5)  # per-pixel RMS difference to the nearest image
-        console.print(f"wrote {count} samples with their {idx.shape[1]} nearest images of {data_set.source} to "
-                      f"{output}; nearest-image RMS difference per pixel (0-255): mean {rms.mean():.2f}, "
-                      f"min {rms.min():.2f}", markup=False, highlight=False)
+        console.print(
+            f"wrote {count} samples with their {idx.shape[1]} nearest images of {data_set.source} to "
+            f"{output}; nearest-image RMS difference per pixel (0-255): mean {rms.mean():.2f}, "
+            f"min {rms.min():.2f}",
+            markup=False,
+            highlight=False,
+        )

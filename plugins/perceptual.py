@@ -49,12 +49,19 @@ VGG_RELUS = (3, 8, 15, 22)
 
 @attrs.frozen
 class PerceptualOptions:
-    network: str = option("discriminator", "feature network: discriminator (the model's own trunk), classifier "
-                          "(a genvae train-classifier folder) or vgg16 (a local ImageNet weights .safetensors)",
-                          one_of(*NETWORKS))
+    network: str = option(
+        "discriminator",
+        "feature network: discriminator (the model's own trunk), classifier "
+        "(a genvae train-classifier folder) or vgg16 (a local ImageNet weights .safetensors)",
+        one_of(*NETWORKS),
+    )
     path: str = option("", "the classifier folder or VGG16 weights file (network classifier / vgg16)")
-    layers: tuple[int, ...] = option((3,), "layers compared, 1-based: discriminator trunk blocks, VGG16 relu1_2.."
-                                     "relu4_3 (1-4)", positive_ints, int_tuple)
+    layers: tuple[int, ...] = option(
+        (3,),
+        "layers compared, 1-based: discriminator trunk blocks, VGG16 relu1_2..relu4_3 (1-4)",
+        positive_ints,
+        int_tuple,
+    )
     layer_weights: tuple[float, ...] = option((), "weight of each layer; empty = 1 for each", converter=float_tuple)
 
     def __attrs_post_init__(self):
@@ -76,10 +83,12 @@ class VGG16Features(nn.Module):
         from torchvision.models import vgg
 
         if not Path(path).is_file():
-            raise GenvaeError(f"VGG16 weights {path} not found; genvae does not download them: save torchvision's "
-                              "vgg16 ImageNet state_dict as a .safetensors file there")
+            raise GenvaeError(
+                f"VGG16 weights {path} not found; genvae does not download them: save torchvision's "
+                "vgg16 ImageNet state_dict as a .safetensors file there"
+            )
         try:
-            weights = {k[len("features."):]: v for k, v in load_file(str(path)).items() if k.startswith("features.")}
+            weights = {k[len("features.") :]: v for k, v in load_file(str(path)).items() if k.startswith("features.")}
         except Exception as exc:
             raise GenvaeError(f"cannot read VGG16 weights {path}: {str(exc).splitlines()[0]}") from None
         self.features = vgg.make_layers(vgg.cfgs["D"])[: VGG_RELUS[-1] + 1]  # VGG16's conv stack up to relu4_3
@@ -124,8 +133,9 @@ class PerceptualLoss(Loss[PerceptualOptions]):
         with torch.device("cpu"):
             if options.network == "vgg16":
                 if max(options.layers) > len(VGG_RELUS):
-                    raise self.fail(f"VGG16 has layers 1-{len(VGG_RELUS)} (relu1_2 .. relu4_3), not "
-                                    f"{max(options.layers)}")
+                    raise self.fail(
+                        f"VGG16 has layers 1-{len(VGG_RELUS)} (relu1_2 .. relu4_3), not {max(options.layers)}"
+                    )
                 self.refer("_network", VGG16Features(options.path))
             elif options.network == "classifier":
                 from genvae.api import get_registry, open_feature_network
@@ -137,8 +147,10 @@ class PerceptualLoss(Loss[PerceptualOptions]):
             return
         disc = next((loss for loss in model.losses.values() if DISCRIMINATOR in loss.provides), None)
         if disc is None:
-            raise self.fail("network=discriminator needs a loss that provides a discriminator (e.g. adv); or use "
-                            "network=classifier / vgg16")
+            raise self.fail(
+                "network=discriminator needs a loss that provides a discriminator (e.g. adv); or use "
+                "network=classifier / vgg16"
+            )
         blocks = disc.trunk_layers
         if max(self.options.layers) > blocks:
             raise self.fail(f"the discriminator trunk has {blocks} blocks; layers go up to {max(self.options.layers)}")

@@ -43,8 +43,9 @@ def _draw_one(rng: np.random.Generator, big: int) -> Image.Image:
     return img
 
 
-def load_shapes(root=None, image_size: int = 32, channels: int = 3, split: str = "train",
-                download: bool = False) -> torch.Tensor:
+def load_shapes(
+    root=None, image_size: int = 32, channels: int = 3, split: str = "train", download: bool = False
+) -> torch.Tensor:
     """The shapes split as uint8 (N, channels, image_size, image_size); root and download are unused."""
     if split not in SPLITS:
         raise DataError(f"dataset 'shapes' has no split '{split}'; splits: {', '.join(SPLITS)}")
@@ -69,6 +70,9 @@ def load_shapes(root=None, image_size: int = 32, channels: int = 3, split: str =
 
 @hookimpl
 def genvae_register_datasets(register):
-    register("shapes", load_shapes,
-             help="built-in: 4096 train / 512 test procedural images, one coloured circle, square or "
-                  "triangle on black; needs no download")
+    register(
+        "shapes",
+        load_shapes,
+        help="built-in: 4096 train / 512 test procedural images, one coloured circle, square or "
+        "triangle on black; needs no download",
+    )

@@ -65,10 +65,15 @@ def _mapping(value: Any) -> dict:
 
 @attrs.frozen
 class Stage1Options:
-    stage1: str = option("", "the trained Stage1 model folder (read when the Stage2 model is built; genvae build "
-                         "--stage1 DIR sets it)")
-    spec: dict = option(help="the Stage1 model's spec, filled in from the folder at build time (the Stage2 folder is "
-                        "then self-contained)", converter=_mapping, factory=dict)
+    stage1: str = option(
+        "", "the trained Stage1 model folder (read when the Stage2 model is built; genvae build --stage1 DIR sets it)"
+    )
+    spec: dict = option(
+        help="the Stage1 model's spec, filled in from the folder at build time (the Stage2 folder is "
+        "then self-contained)",
+        converter=_mapping,
+        factory=dict,
+    )
 
 
 def _on_meta() -> bool:
@@ -99,16 +104,21 @@ class Stage1Encoder(Encoder[Stage1Options]):
             spec = ModelSpec.from_dict(dict(options.spec), where="encoder 'stage1' option spec")
         c, h, w = ctx.image_shape
         if spec.channels != c:
-            raise self.fail(f"the Stage1 model makes {spec.channels}-channel images; this model has {c} (--set "
-                            f"channels={spec.channels})")
+            raise self.fail(
+                f"the Stage1 model makes {spec.channels}-channel images; this model has {c} (--set "
+                f"channels={spec.channels})"
+            )
         factor = h // spec.image_size
         if h != w or factor < 2 or spec.image_size * factor != h or factor & (factor - 1):
-            raise self.fail(f"the image size {h} must be a power-of-two multiple (x2, x4, ...) of Stage1's "
-                            f"{spec.image_size}; e.g. --set image_size={2 * spec.image_size}")
+            raise self.fail(
+                f"the image size {h} must be a power-of-two multiple (x2, x4, ...) of Stage1's "
+                f"{spec.image_size}; e.g. --set image_size={2 * spec.image_size}"
+            )
         stage1 = build_model(spec, check=False)
         if stage1.prior.name != "normal":
-            raise self.fail(f"Stage1 models with the standard normal prior are supported; this one's prior is "
-                            f"'{stage1.prior.name}'")
+            raise self.fail(
+                f"Stage1 models with the standard normal prior are supported; this one's prior is '{stage1.prior.name}'"
+            )
         if fresh and not _on_meta():
             load_weights(stage1, Path(options.stage1) / "model.safetensors")
         self.stage1 = stage1.eval()
@@ -147,19 +157,28 @@ class Stage1Latent(LatentTransform[NoOptions]):
 
 @attrs.frozen
 class Stage2Options:
-    width: int = option(64, "channels of the full-size stages; the residual blocks work at 4 x width",
-                        positive_int, to_int)
+    width: int = option(
+        64, "channels of the full-size stages; the residual blocks work at 4 x width", positive_int, to_int
+    )
     blocks: int = option(4, "residual blocks at the bottleneck", non_negative_int, to_int)
-    factor: int = option(2, "how many times larger than its input the output is (a power of two; must match the "
-                         "image sizes)", positive_int, to_int)
+    factor: int = option(
+        2,
+        "how many times larger than its input the output is (a power of two; must match the image sizes)",
+        positive_int,
+        to_int,
+    )
 
 
 class ResidualBlock(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(channels, channels, 3, 1, 1, bias=False), nn.BatchNorm2d(channels),
-                                  nn.ReLU(inplace=True), nn.Conv2d(channels, channels, 3, 1, 1, bias=False),
-                                  nn.BatchNorm2d(channels))
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(channels),
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return F.relu(x + self.body(x))
@@ -177,27 +196,41 @@ class Stage2Decoder(Decoder[Stage2Options]):
         transform = ctx.transform
         if transform is None:
             raise self.fail("is built after the latent transform, which is missing")
-        c_in, h_in, w_in = self.require_spatial(tuple(transform.output_shape), f"latent transform '{transform.name}'",
-                                                "its input is a low-resolution image, e.g. the 'stage1' transform's")
+        c_in, h_in, w_in = self.require_spatial(
+            tuple(transform.output_shape),
+            f"latent transform '{transform.name}'",
+            "its input is a low-resolution image, e.g. the 'stage1' transform's",
+        )
         c, h, w = ctx.image_shape
         if h_in % 4 or w_in % 4:
             raise self.fail(f"its input {h_in}x{w_in} must be divisible by 4 (two stride-2 down-samplings)")
         if h != options.factor * h_in or w != options.factor * w_in or options.factor & (options.factor - 1):
-            raise self.fail(f"factor {options.factor} takes {h_in}x{w_in} to {options.factor * h_in}x"
-                            f"{options.factor * w_in}, but the images are {h}x{w}; set decoder.factor={h // h_in}")
+            raise self.fail(
+                f"factor {options.factor} takes {h_in}x{w_in} to {options.factor * h_in}x"
+                f"{options.factor * w_in}, but the images are {h}x{w}; set decoder.factor={h // h_in}"
+            )
         wd = options.width
-        layers: list[nn.Module] = [nn.Conv2d(c_in, wd, 3, 1, 1), nn.ReLU(inplace=True),
-                                   nn.Conv2d(wd, 2 * wd, 4, 2, 1, bias=False), nn.BatchNorm2d(2 * wd),
-                                   nn.ReLU(inplace=True),
-                                   nn.Conv2d(2 * wd, 4 * wd, 4, 2, 1, bias=False), nn.BatchNorm2d(4 * wd),
-                                   nn.ReLU(inplace=True)]
+        layers: list[nn.Module] = [
+            nn.Conv2d(c_in, wd, 3, 1, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(wd, 2 * wd, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(2 * wd),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(2 * wd, 4 * wd, 4, 2, 1, bias=False),
+            nn.BatchNorm2d(4 * wd),
+            nn.ReLU(inplace=True),
+        ]
         layers += [ResidualBlock(4 * wd) for _ in range(options.blocks)]
         ups = 2 + int(math.log2(options.factor))
         prev = 4 * wd
         for i in range(ups):
             out = max(wd, 4 * wd // 2 ** (i + 1))
-            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(prev, out, 3, 1, 1, bias=False),
-                       nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
+            layers += [
+                nn.Upsample(scale_factor=2, mode="nearest"),
+                nn.Conv2d(prev, out, 3, 1, 1, bias=False),
+                nn.BatchNorm2d(out),
+                nn.ReLU(inplace=True),
+            ]
             prev = out
         layers.append(nn.Conv2d(prev, c, 3, 1, 1))
         self.net = nn.Sequential(*layers)
@@ -241,11 +274,16 @@ def genvae_register_decoders(register):
 
 @hookimpl
 def genvae_register_presets(register):
-    register("stage2", _stage2_preset(128, 3, 64, 4, [64, 128, 256, 256, 256], 2e-4),
-             help="crVAE paper Stage2 (64 -> 128, RGB) on a trained Stage1 (genvae build --preset stage2 --stage1 "
-                  "DIR): StackGAN-like up-sampler, adversarial + perceptual (discriminator features) + small MSE",
-             builds_on="--stage1 DIR")
-    register("stage2-small", _stage2_preset(64, 1, 16, 2, [16, 32, 64, 64], 1e-3),
-             help="Stage2 for CPUs (32 -> 64, grey) on a -small Stage1 such as crvae-gan-small",
-             builds_on="--stage1 DIR")
-
+    register(
+        "stage2",
+        _stage2_preset(128, 3, 64, 4, [64, 128, 256, 256, 256], 2e-4),
+        help="crVAE paper Stage2 (64 -> 128, RGB) on a trained Stage1 (genvae build --preset stage2 --stage1 "
+        "DIR): StackGAN-like up-sampler, adversarial + perceptual (discriminator features) + small MSE",
+        builds_on="--stage1 DIR",
+    )
+    register(
+        "stage2-small",
+        _stage2_preset(64, 1, 16, 2, [16, 32, 64, 64], 1e-3),
+        help="Stage2 for CPUs (32 -> 64, grey) on a -small Stage1 such as crvae-gan-small",
+        builds_on="--stage1 DIR",
+    )

@@ -43,5 +43,8 @@ class TensorBoardLogger:
 
 @hookimpl
 def genvae_register_loggers(register):
-    register("tensorboard", TensorBoardLogger, help="TensorBoard event files in DIR/logs/tensorboard (needs "
-             "genvae[tensorboard])")
+    register(
+        "tensorboard",
+        TensorBoardLogger,
+        help="TensorBoard event files in DIR/logs/tensorboard (needs genvae[tensorboard])",
+    )

@@ -42,8 +42,9 @@ def _first_line(exc: BaseException, limit: int = 240) -> str:
 
 def _require_root(name: str, root: str | None) -> str:
     if root is None:
-        raise DataError(f"dataset '{name}' needs --data-root DIR (the folder holding it, or where --download "
-                        "should put it)")
+        raise DataError(
+            f"dataset '{name}' needs --data-root DIR (the folder holding it, or where --download should put it)"
+        )
     return os.fspath(root)
 
 
@@ -56,7 +57,7 @@ def _read_idx_bytes(path: str) -> bytes:
     try:
         with open(path, "rb") as f:
             gz = f.read(2) == b"\x1f\x8b"
-        with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+        with gzip.open(path, "rb") if gz else open(path, "rb") as f:
             return f.read()
     except (OSError, EOFError) as exc:
         raise DataError(f"cannot read idx file {path}: {_first_line(exc)}") from None
@@ -72,8 +73,9 @@ def read_idx_images(path: str) -> np.ndarray:
         raise DataError(f"{path} is not an idx image file (magic {magic}, expected {IDX_IMAGES_MAGIC})")
     need = n * h * w
     if len(data) - 16 < need:
-        raise DataError(f"{path} is truncated: header says {n} images of {h}x{w}, file holds "
-                        f"{(len(data) - 16) // max(1, h * w)}")
+        raise DataError(
+            f"{path} is truncated: header says {n} images of {h}x{w}, file holds {(len(data) - 16) // max(1, h * w)}"
+        )
     return np.frombuffer(data, dtype=np.uint8, count=need, offset=16).reshape(n, h, w).copy()
 
 
@@ -125,8 +127,9 @@ def _load_idx(name: str, root, image_size: int, channels: int, split: str, downl
         path = _find_idx(dirs, prefix)
     if path is None:
         where = ", ".join(dirs) if dirs else "no default location (none exists on this machine)"
-        raise DataError(f"'{name}' {split} images not found: looked for {prefix}-images-idx3-ubyte[.gz] in "
-                        f"{where}; {DOWNLOAD_HINT}")
+        raise DataError(
+            f"'{name}' {split} images not found: looked for {prefix}-images-idx3-ubyte[.gz] in {where}; {DOWNLOAD_HINT}"
+        )
     images = torch.from_numpy(read_idx_images(path)).unsqueeze(1)
     # 28 -> 32: pad with black, keeping each pixel exact; larger sizes are that 32 frame resized, so every size
     # shows the same framing (a 64 image is the 32 one at twice the size, as Stage2 needs); smaller ones resize
@@ -141,19 +144,23 @@ def _load_idx_labels(name: str, root, split: str) -> torch.Tensor:
     dirs = _idx_dirs(name, os.fspath(root) if root is not None else None)
     path = _find_idx(dirs, IDX_SPLITS[split], "labels", 1)
     if path is None:
-        raise DataError(f"'{name}' {split} labels not found: looked for {IDX_SPLITS[split]}-labels-idx1-ubyte[.gz] "
-                        f"in {', '.join(dirs) or 'no default location'}")
+        raise DataError(
+            f"'{name}' {split} labels not found: looked for {IDX_SPLITS[split]}-labels-idx1-ubyte[.gz] "
+            f"in {', '.join(dirs) or 'no default location'}"
+        )
     return torch.from_numpy(read_idx_labels(path)).long()
 
 
-def load_mnist(root=None, image_size: int = 32, channels: int = 1, split: str = "train",
-               download: bool = False) -> torch.Tensor:
+def load_mnist(
+    root=None, image_size: int = 32, channels: int = 1, split: str = "train", download: bool = False
+) -> torch.Tensor:
     """MNIST digits, 60000 train / 10000 test, 28x28 grey."""
     return _load_idx("mnist", root, image_size, channels, split, download)
 
 
-def load_fashion_mnist(root=None, image_size: int = 32, channels: int = 1, split: str = "train",
-                       download: bool = False) -> torch.Tensor:
+def load_fashion_mnist(
+    root=None, image_size: int = 32, channels: int = 1, split: str = "train", download: bool = False
+) -> torch.Tensor:
     """Fashion-MNIST, 60000 train / 10000 test, 28x28 grey; found in the Debian package by default."""
     return _load_idx("fashion-mnist", root, image_size, channels, split, download)
 
@@ -168,8 +175,18 @@ def load_fashion_mnist_labels(root=None, split: str = "train") -> torch.Tensor:
     return _load_idx_labels("fashion-mnist", root, split)
 
 
-FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                   "Ankle boot")
+FASHION_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 MNIST_CLASSES = tuple(str(d) for d in range(10))
 
 
@@ -177,8 +194,9 @@ MNIST_CLASSES = tuple(str(d) for d in range(10))
 # cifar10, celeba: torchvision classes
 
 
-def load_cifar10(root=None, image_size: int = 32, channels: int = 3, split: str = "train",
-                 download: bool = False) -> torch.Tensor:
+def load_cifar10(
+    root=None, image_size: int = 32, channels: int = 3, split: str = "train", download: bool = False
+) -> torch.Tensor:
     """CIFAR-10, 50000 train / 10000 test, 32x32 RGB, from ROOT/cifar-10-batches-py."""
     if split not in ("train", "test"):
         raise DataError(f"dataset 'cifar10' has no split '{split}'; splits: train, test")
@@ -192,8 +210,9 @@ def load_cifar10(root=None, image_size: int = 32, channels: int = 3, split: str 
     except Exception as exc:
         if download:
             raise DataError(f"could not download 'cifar10' into {root} (no network?): {_first_line(exc)}") from None
-        raise DataError(f"'cifar10' not found in {root} (expected {root}/cifar-10-batches-py): "
-                        f"{_first_line(exc)}; {DOWNLOAD_HINT}") from None
+        raise DataError(
+            f"'cifar10' not found in {root} (expected {root}/cifar-10-batches-py): {_first_line(exc)}; {DOWNLOAD_HINT}"
+        ) from None
     images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2)
     return fit_tensor(images, image_size, channels, mode="crop")
 
@@ -201,12 +220,15 @@ def load_cifar10(root=None, image_size: int = 32, channels: int = 3, split: str 
 def _warn_skipped(name: str, sources: list[str], failures: list[tuple[int, str]]) -> None:
     if failures:
         i, reason = failures[0]
-        warnings.warn(f"dataset '{name}': skipped {len(failures)} unreadable image(s), first: {sources[i]} ({reason})",
-                      stacklevel=3)
+        warnings.warn(
+            f"dataset '{name}': skipped {len(failures)} unreadable image(s), first: {sources[i]} ({reason})",
+            stacklevel=3,
+        )
 
 
-def load_celeba(root=None, image_size: int = 64, channels: int = 3, split: str = "train",
-                download: bool = False) -> torch.Tensor:
+def load_celeba(
+    root=None, image_size: int = 64, channels: int = 3, split: str = "train", download: bool = False
+) -> torch.Tensor:
     """CelebA aligned faces (ROOT/celeba/img_align_celeba + list files), central square resized."""
     if split not in CELEBA_SPLITS:
         raise DataError(f"dataset 'celeba' has no split '{split}'; splits: train, val, test, all")
@@ -217,11 +239,15 @@ def load_celeba(root=None, image_size: int = 64, channels: int = 3, split: str =
         ds = CelebA(root, split=CELEBA_SPLITS[split], target_type=[], download=download)
     except Exception as exc:
         if download:
-            raise DataError(f"could not download 'celeba' into {root} (no network, Google Drive quota or gdown "
-                            f"missing?): {_first_line(exc)}") from None
-        raise DataError(f"'celeba' not found in {root}: expected {root}/celeba/img_align_celeba/ and its "
-                        f"list_*.txt files ({_first_line(exc)}); {DOWNLOAD_HINT}, or give the image folder "
-                        "itself as --data (no splits then)") from None
+            raise DataError(
+                f"could not download 'celeba' into {root} (no network, Google Drive quota or gdown "
+                f"missing?): {_first_line(exc)}"
+            ) from None
+        raise DataError(
+            f"'celeba' not found in {root}: expected {root}/celeba/img_align_celeba/ and its "
+            f"list_*.txt files ({_first_line(exc)}); {DOWNLOAD_HINT}, or give the image folder "
+            "itself as --data (no splits then)"
+        ) from None
     folder = os.path.join(ds.root, ds.base_folder, "img_align_celeba")
     paths = [os.path.join(folder, f) for f in ds.filename]
     images, failures = decode_images(paths, image_size, channels)
@@ -246,17 +272,22 @@ def _lsun_dbs(root: str, split: str) -> list[str]:
         wanted = [d for d in found if d == f"{split}_train_lmdb"]
     if not wanted:
         listing = ", ".join(found) if found else "none"
-        raise DataError(f"'lsun' split '{split}' not found in {root}: lmdb folders there: {listing} "
-                        "(split is train, val, test, a category like bedroom, or bedroom_val)")
+        raise DataError(
+            f"'lsun' split '{split}' not found in {root}: lmdb folders there: {listing} "
+            "(split is train, val, test, a category like bedroom, or bedroom_val)"
+        )
     return [os.path.join(root, d) for d in wanted]
 
 
-def load_lsun(root=None, image_size: int = 64, channels: int = 3, split: str = "train",
-              download: bool = False) -> torch.Tensor:
+def load_lsun(
+    root=None, image_size: int = 64, channels: int = 3, split: str = "train", download: bool = False
+) -> torch.Tensor:
     """LSUN scenes from ROOT/<category>_<split>_lmdb (split: train/val/test, or a category, e.g. bedroom)."""
     if download:
-        raise DataError("'lsun' cannot be downloaded by genvae: fetch it with https://github.com/fyu/lsun "
-                        "(download.py) and pass --data-root DIR")
+        raise DataError(
+            "'lsun' cannot be downloaded by genvae: fetch it with https://github.com/fyu/lsun "
+            "(download.py) and pass --data-root DIR"
+        )
     root = _require_root("lsun", root)
     if not os.path.isdir(root):
         raise DataError(f"'lsun' root {root} is not a folder; pass --data-root DIR holding the *_lmdb folders")
@@ -290,11 +321,20 @@ def _decode_chunk(db: str, chunk: list[bytes], image_size: int, channels: int) -
 
 @hookimpl
 def genvae_register_datasets(register):
-    register("mnist", load_mnist, help="MNIST digits, 28x28 grey (padded to 32); idx files in --data-root",
-             labels=load_mnist_labels, classes=MNIST_CLASSES)
-    register("fashion-mnist", load_fashion_mnist,
-             help=f"Fashion-MNIST, 28x28 grey (padded to 32); default root {DEBIAN_FASHION_MNIST}",
-             labels=load_fashion_mnist_labels, classes=FASHION_CLASSES)
+    register(
+        "mnist",
+        load_mnist,
+        help="MNIST digits, 28x28 grey (padded to 32); idx files in --data-root",
+        labels=load_mnist_labels,
+        classes=MNIST_CLASSES,
+    )
+    register(
+        "fashion-mnist",
+        load_fashion_mnist,
+        help=f"Fashion-MNIST, 28x28 grey (padded to 32); default root {DEBIAN_FASHION_MNIST}",
+        labels=load_fashion_mnist_labels,
+        classes=FASHION_CLASSES,
+    )
     register("cifar10", load_cifar10, help="CIFAR-10, 32x32 RGB; --data-root DIR, --download via torchvision")
     register("celeba", load_celeba, help="CelebA aligned faces; --data-root DIR, --download via torchvision")
     register("lsun", load_lsun, help="LSUN scenes from lmdb folders; split: train/val/test or a category; needs lmdb")

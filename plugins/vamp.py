@@ -37,8 +37,9 @@ from genvae.api import (
 @attrs.frozen
 class VampOptions:
     components: int = option(50, "number of pseudo-inputs K (mixture components)", positive_int, to_int)
-    init_std: float = option(0.5, "the pseudo-inputs start as tanh of N(0, init_std^2) noise images", non_negative,
-                             to_float)
+    init_std: float = option(
+        0.5, "the pseudo-inputs start as tanh of N(0, init_std^2) noise images", non_negative, to_float
+    )
 
 
 class VampMixture:
@@ -118,5 +119,5 @@ def genvae_register_presets(register):
             "train": {"lr": 1e-3, "batch_size": 64, "epochs": 24},
         },
         help="convolutional VAE with a VampPrior and a 16-value latent; the README's first run "
-             "(recognisable shapes in about three minutes on a CPU)",
+        "(recognisable shapes in about three minutes on a CPU)",
     )

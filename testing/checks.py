@@ -170,13 +170,17 @@ def check_shapes(subject: Subject) -> None:
             if not model.prior.gaussian:
                 log_prob = getattr(prior, "log_prob", None)
                 if log_prob is None:
-                    raise fail(f"{label}: prior '{model.prior.name}' (gaussian = False) returned "
-                               f"{type(prior).__name__}, which has no log_prob(z)")
+                    raise fail(
+                        f"{label}: prior '{model.prior.name}' (gaussian = False) returned "
+                        f"{type(prior).__name__}, which has no log_prob(z)"
+                    )
                 expect(f"prior '{model.prior.name}' log_prob(z) ({where})", log_prob(fwd.z), (b,))
                 parts: tuple[str, ...] = ()
             elif not isinstance(prior, Gaussian):
-                raise fail(f"{label}: prior '{model.prior.name}' returned {type(prior).__name__}, not a Gaussian "
-                           "(set gaussian = False on a prior that returns another distribution)")
+                raise fail(
+                    f"{label}: prior '{model.prior.name}' returned {type(prior).__name__}, not a Gaussian "
+                    "(set gaussian = False on a prior that returns another distribution)"
+                )
             else:
                 parts = ("mean", "logvar")
             for part in parts:
@@ -194,12 +198,14 @@ def check_shapes(subject: Subject) -> None:
                 terms, flags = model.update_terms(fwd, phase)
                 for value in flags:
                     if not torch.is_tensor(value) or value.numel() != 1 or value.dtype != torch.bool:
-                        raise fail(f"{label}: a skip flag ({phase} phase) must be a one-element bool tensor, "
-                                   f"got {value!r}")
+                        raise fail(
+                            f"{label}: a skip flag ({phase} phase) must be a one-element bool tensor, got {value!r}"
+                        )
                 for key, value in terms.items():
                     if not torch.is_tensor(value) or value.dim() != 0 or not value.is_floating_point():
-                        raise fail(f"{label}: loss term '{key}' ({phase} phase) must be a float scalar tensor, "
-                                   f"got {value!r}")
+                        raise fail(
+                            f"{label}: loss term '{key}' ({phase} phase) must be a float scalar tensor, got {value!r}"
+                        )
                     if not torch.isfinite(value):
                         raise fail(f"{label}: loss term '{key}' ({phase} phase) is {value.item()} ({where})")
             if subject.kind == "loss":
@@ -215,8 +221,10 @@ def check_shapes(subject: Subject) -> None:
             expect(f"prior '{model.prior.name}' sample with {groups} fixed group(s)", kept, (3, *layout.shape))
             mask = layout.group_mask(range(groups)).expand_as(kept)
             if not torch.equal(kept[mask], z[:1].expand_as(kept)[mask]):
-                raise fail(f"{label}: prior '{model.prior.name}' does not keep the first {groups} "
-                           f"{layout.group_label}(s) of `fixed` when sampling")
+                raise fail(
+                    f"{label}: prior '{model.prior.name}' does not keep the first {groups} "
+                    f"{layout.group_label}(s) of `fixed` when sampling"
+                )
         u, images = model.generate(z)
         expect("u from generate()", u, (3, *tr.output_shape))
         expect("x_hat from generate()", images, (3, *spec.image_shape))
@@ -407,8 +415,10 @@ def check_sensitivity(subject: Subject) -> None:
     first, second = runs
     same = [k for k in first if k in second and torch.equal(first[k], second[k])]
     if same:
-        raise fail(f"{subject.label}: {same[0]} is the same for two different batches (other images, other random "
-                   "draws); a term must depend on what it measures")
+        raise fail(
+            f"{subject.label}: {same[0]} is the same for two different batches (other images, other random "
+            "draws); a term must depend on what it measures"
+        )
 
 
 @check(needs_spec=False)
@@ -433,22 +443,31 @@ def check_branches(subject: Subject) -> None:
                     terms[branch] = summed(loss(fwd, phase))
         union = {k for b, t in terms.items() if b != "all" for k in t}
         if set(terms["all"]) != union:
-            raise fail(f"{label}, phase '{phase}': terms on the all branch {sorted(terms['all'])} differ from those "
-                       f"of its branches {', '.join(loss.branches)} together {sorted(union)}")
+            raise fail(
+                f"{label}, phase '{phase}': terms on the all branch {sorted(terms['all'])} differ from those "
+                f"of its branches {', '.join(loss.branches)} together {sorted(union)}"
+            )
         drawn = fwd._prior_sample
-        sources = {"posterior": [t for t in (drawn.u, drawn.x) if t.requires_grad] if drawn is not None else [],
-                   "prior": [t for t in (fwd.z, fwd.u, fwd.x_hat) if torch.is_tensor(t) and t.requires_grad]}
+        sources = {
+            "posterior": [t for t in (drawn.u, drawn.x) if t.requires_grad] if drawn is not None else [],
+            "prior": [t for t in (fwd.z, fwd.u, fwd.x_hat) if torch.is_tensor(t) and t.requires_grad],
+        }
         for branch, other in (("posterior", "prior samples"), ("prior", "posterior pass")):
             values = [v for v in terms.get(branch, {}).values() if v.requires_grad]
             if not values or not sources[branch]:
                 continue
-            grads = torch.autograd.grad(torch.stack(values).sum(), sources[branch], retain_graph=True,
-                                        allow_unused=True)
+            grads = torch.autograd.grad(
+                torch.stack(values).sum(), sources[branch], retain_graph=True, allow_unused=True
+            )
             if any(g is not None and g.abs().sum() > 0 for g in grads):
-                hint = "compute them only when fwd.wants(...) says" if branch in loss.branches and \
-                    "prior" in loss.branches else "declare branches = (\"posterior\", \"prior\")"
-                raise fail(f"{label}, phase '{phase}': its terms on a {branch} update take gradient from the "
-                           f"{other}; {hint}")
+                hint = (
+                    "compute them only when fwd.wants(...) says"
+                    if branch in loss.branches and "prior" in loss.branches
+                    else 'declare branches = ("posterior", "prior")'
+                )
+                raise fail(
+                    f"{label}, phase '{phase}': its terms on a {branch} update take gradient from the {other}; {hint}"
+                )
 
 
 #: The checks check_component runs, by name and in order (pass names in ``skip`` to leave some out).

@@ -119,8 +119,11 @@ def _registered_families(registry: Registry) -> list[tuple[dict[str, str], list[
         try:
             enc = registry.component("encoder", enc_name)
             counterparts = dict(getattr(enc, "counterparts", {}) or {})
-            family = {"encoder": enc_name, "transform": counterparts.get("transform", ""),
-                      "decoder": counterparts.get("decoder", "")}
+            family = {
+                "encoder": enc_name,
+                "transform": counterparts.get("transform", ""),
+                "decoder": counterparts.get("decoder", ""),
+            }
             if not family["transform"] or not family["decoder"]:
                 continue
             out.append((family, [registry.component(k, n) for k, n in family.items()]))
@@ -183,8 +186,16 @@ def tiny_spec(
         return _tiny_spec(kind, name, options, image_size, channels, registry or get_registry(), weight, overrides)
 
 
-def _tiny_spec(kind: str, name: str, options: Mapping[str, Any] | None, image_size: int, channels: int,
-               registry: Registry, weight: float, overrides: dict[str, Any]) -> ModelSpec:
+def _tiny_spec(
+    kind: str,
+    name: str,
+    options: Mapping[str, Any] | None,
+    image_size: int,
+    channels: int,
+    registry: Registry,
+    weight: float,
+    overrides: dict[str, Any],
+) -> ModelSpec:
     """tiny_spec's work, inside its guard (one thread; a crash in a candidate build names the component)."""
     entry = lookup(kind, name, registry)
     cls = entry.obj
@@ -256,8 +267,10 @@ def _tiny_spec(kind: str, name: str, options: Mapping[str, Any] | None, image_si
 
     label = label_of(kind, name)
     if not candidates:
-        raise fail(f"{label}: no partners to test it among: the registry has no encoder with counterpart transform "
-                    "and decoder (give a spec=, or a registry with built-in plugins)")
+        raise fail(
+            f"{label}: no partners to test it among: the registry has no encoder with counterpart transform "
+            "and decoder (give a spec=, or a registry with built-in plugins)"
+        )
     refused_by_itself = None
     for spec in candidates:
         try:
@@ -269,4 +282,3 @@ def _tiny_spec(kind: str, name: str, options: Mapping[str, Any] | None, image_si
             continue
         return spec
     return refused_by_itself or candidates[0]
-

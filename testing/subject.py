@@ -85,8 +85,9 @@ class Subject:
         """The component under test in a model built from the spec."""
         comp = model.losses[self.name] if self.kind == "loss" else getattr(model, self.kind)
         if comp.name != self.name:
-            raise fail(f"the spec's {KIND_NAMES[self.kind]} is '{comp.name}', not the component under test "
-                       f"'{self.name}'")
+            raise fail(
+                f"the spec's {KIND_NAMES[self.kind]} is '{comp.name}', not the component under test '{self.name}'"
+            )
         return comp
 
 
@@ -131,8 +132,9 @@ def check(needs_spec: bool = True) -> Callable[[Callable[..., T]], Check[T]]:
 def _signature(func: Callable[..., Any]) -> inspect.Signature:
     """What help() shows for a check: the shared parameters, then ``func``'s own (keyword-only)."""
     shared = list(inspect.signature(Check.__call__).parameters.values())[1:-1]  # without self and **extra
-    own = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in
-           list(inspect.signature(func).parameters.values())[1:]]
+    own = [
+        p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in list(inspect.signature(func).parameters.values())[1:]
+    ]
     return inspect.Signature(shared + own, return_annotation=inspect.signature(func).return_annotation)
 
 

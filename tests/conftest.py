@@ -22,7 +22,6 @@ if "GENVAE_CACHE" not in os.environ:
     atexit.register(shutil.rmtree, os.environ["GENVAE_CACHE"], ignore_errors=True)
 
 
-
 @pytest.fixture
 def tiny_data():
     """40 random-but-structured 16x16 RGB images (uint8) as ImageData."""

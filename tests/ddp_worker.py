@@ -23,9 +23,12 @@ def main() -> None:
     torch.set_num_threads(1)
     model = load_model(model_dir, device="cpu")
     records: list[dict] = []
-    trainer = prepare_training(model, Path(out_dir) / "run", device="cpu",
-                               overrides={"max_steps": steps, "batch_size": batch, "log_every": 1,
-                                          "checkpoint_every": 10**6})
+    trainer = prepare_training(
+        model,
+        Path(out_dir) / "run",
+        device="cpu",
+        overrides={"max_steps": steps, "batch_size": batch, "log_every": 1, "checkpoint_every": 10**6},
+    )
     trainer.on_log = records.append
     # the first update's gradients: this process's own (as backward accumulates them) and the ones the
     # optimiser steps with

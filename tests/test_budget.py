@@ -171,10 +171,21 @@ def test_a_hostile_model_folder_is_refused_before_its_weights_are_read(tmp_path,
 # -- the limit ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("text", "size"), [
-    ("8G", 8 * 2**30), ("512M", 512 * 2**20), ("1.5GB", 3 * 2**29), ("2GiB", 2 * 2**30), ("100k", 102400),
-    ("1048576", 2**20), (" 3 gb ", 3 * 2**30), ("1e9", 10**9), ("64B", 64), (4096, 4096),
-])
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("8G", 8 * 2**30),
+        ("512M", 512 * 2**20),
+        ("1.5GB", 3 * 2**29),
+        ("2GiB", 2 * 2**30),
+        ("100k", 102400),
+        ("1048576", 2**20),
+        (" 3 gb ", 3 * 2**30),
+        ("1e9", 10**9),
+        ("64B", 64),
+        (4096, 4096),
+    ],
+)
 def test_sizes_parse(text, size):
     assert parse_size(text) == size
 
@@ -277,13 +288,15 @@ def registry(tmp_path_factory):
 
 
 def small_spec(*losses: str) -> ModelSpec:
-    return ModelSpec.from_dict({
-        "encoder": {"name": "fc", "options": {"hidden": [16]}},
-        "transform": {"name": "fc", "options": {"latent_dim": 4}},
-        "decoder": {"name": "fc", "options": {"hidden": [16]}},
-        "losses": ["mse", "kl", *losses],
-        "image_size": 16,
-    })
+    return ModelSpec.from_dict(
+        {
+            "encoder": {"name": "fc", "options": {"hidden": [16]}},
+            "transform": {"name": "fc", "options": {"latent_dim": 4}},
+            "decoder": {"name": "fc", "options": {"hidden": [16]}},
+            "losses": ["mse", "kl", *losses],
+            "image_size": 16,
+        }
+    )
 
 
 def test_a_forward_that_cannot_run_on_meta_falls_back_to_the_parameters(registry, limit_4g):
@@ -319,7 +332,7 @@ def test_a_plugin_that_cannot_be_built_on_meta_is_named_with_the_way_out(registr
 
 # -- peak memory -------------------------------------------------------------------------------------
 
-PEAK = r'''
+PEAK = r"""
 import json, resource, sys
 from genvae.core.budget import estimate
 from genvae.core.compose import compose_spec
@@ -344,15 +357,16 @@ for spec in specs:  # the estimate alone, with no limit to stop early, sizes eac
     except GenvaeError:
         pass
 print(json.dumps({"base": base, "peak": rss(), "refused": refused}))
-'''
+"""
 
 
 @pytest.mark.slow
 def test_hostile_builds_allocate_nothing_large():
     cases = HOSTILE + OVERFLOWING
     env = {**os.environ, "GENVAE_MAX_MEMORY": "4G", "OMP_NUM_THREADS": "1"}
-    out = subprocess.run([sys.executable, "-c", PEAK, json.dumps(cases)], capture_output=True, text=True,
-                         env=env, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", PEAK, json.dumps(cases)], capture_output=True, text=True, env=env, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["refused"] == len(cases)

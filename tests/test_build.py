@@ -276,8 +276,9 @@ def test_unknown_component():
 
 def test_unknown_option_lists_the_known_ones():
     message = refusal(spec(transform={"name": "fc", "options": {"latent": 4}}), error=OptionsError)
-    assert message.startswith("unknown option 'latent' for latent transform 'fc'; did you mean 'latent_dim'? "
-                              "known options: latent_dim")
+    assert message.startswith(
+        "unknown option 'latent' for latent transform 'fc'; did you mean 'latent_dim'? known options: latent_dim"
+    )
 
 
 def test_invalid_option_value():
@@ -357,5 +358,7 @@ def test_a_loss_term_that_is_not_a_scalar_is_refused_at_build_time():
         spec = tiny_spec("loss", name, registry=registry)
         with pytest.raises(BuildError) as info:
             build_model(spec, registry)
-        assert str(info.value) == (f"loss '{name}' (model phase): term '{'l1' if name == 'per-image' else 'n'}' "
-                                   f"must be a 0-dim floating tensor (a scalar to minimise), {got}")
+        assert str(info.value) == (
+            f"loss '{name}' (model phase): term '{'l1' if name == 'per-image' else 'n'}' "
+            f"must be a 0-dim floating tensor (a scalar to minimise), {got}"
+        )

@@ -103,8 +103,10 @@ def test_tar_shards_are_read_in_place(tmp_path, cache_dir):
     for s in range(3):  # WebDataset layout: key.png with key.json beside it, 100 per shard
         with tarfile.open(shards / f"shard-{s:03d}.tar", "w") as tar:
             for i in range(100 * s, 100 * (s + 1)):
-                for name, data in ((f"img{i:04d}.png", (loose / f"img{i:04d}.png").read_bytes()),
-                                   (f"img{i:04d}.json", b"{}")):
+                for name, data in (
+                    (f"img{i:04d}.png", (loose / f"img{i:04d}.png").read_bytes()),
+                    (f"img{i:04d}.json", b"{}"),
+                ):
                     info = tarfile.TarInfo(name)
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))
@@ -145,11 +147,11 @@ def crafted_shard(path: Path, claimed: int) -> None:
             tar.addfile(info, io.BytesIO(data))
     offset = 512 + -(-len(first) // 512) * 512  # big.png's header, after a.png's header and data
     raw = bytearray(path.read_bytes())
-    raw[offset + 124:offset + 136] = b"\x80" + claimed.to_bytes(11, "big")  # GNU base-256 size field
-    raw[offset + 148:offset + 156] = b" " * 8
-    raw[offset + 148:offset + 156] = b"%06o\0 " % sum(raw[offset:offset + 512])
-    path.write_bytes(bytes(raw[:offset + 512]))  # up to the crafted header: 1.5 KB in all
-    assert tarfile.TarInfo.frombuf(bytes(raw[offset:offset + 512]), "utf-8", "strict").size == claimed  # as tarfile
+    raw[offset + 124 : offset + 136] = b"\x80" + claimed.to_bytes(11, "big")  # GNU base-256 size field
+    raw[offset + 148 : offset + 156] = b" " * 8
+    raw[offset + 148 : offset + 156] = b"%06o\0 " % sum(raw[offset : offset + 512])
+    path.write_bytes(bytes(raw[: offset + 512]))  # up to the crafted header: 1.5 KB in all
+    assert tarfile.TarInfo.frombuf(bytes(raw[offset : offset + 512]), "utf-8", "strict").size == claimed  # as tarfile
     # reads it (the checksum is right)
 
 
@@ -195,12 +197,16 @@ def test_train_on_a_crafted_shard_reports_the_skip_and_trains(tmp_path, cache_di
     folder = tmp_path / "data"
     write_folder(folder, 8)
     crafted_shard(folder / "crafted.tar", 10**15)
-    sets = [a for s in ("image_size=8", "encoder.width=4", "encoder.depth=2", "decoder.width=4", "decoder.depth=2")
-            for a in ("--set", s)]
+    sets = [
+        a
+        for s in ("image_size=8", "encoder.width=4", "encoder.depth=2", "decoder.width=4", "decoder.depth=2")
+        for a in ("--set", s)
+    ]
     assert invoke_cli(["build", "--preset", "cvae", *sets, "-o", str(tmp_path / "m")]).exit_code == 0
     with pytest.warns(UserWarning, match="claims 1,000,000,000,000,000 bytes"):
-        result = invoke_cli(["train", str(tmp_path / "m"), "--data", str(folder), "--max-steps", "2", "--batch-size",
-                             "4", "--quiet"])
+        result = invoke_cli(
+            ["train", str(tmp_path / "m"), "--data", str(folder), "--max-steps", "2", "--batch-size", "4", "--quiet"]
+        )
     assert result.exit_code == 0, result.output
     assert f"skipped 1 unreadable file(s), e.g. {folder / 'crafted.tar'}:big.png" in result.stderr
 

@@ -189,13 +189,18 @@ def test_a_folder_whose_name_is_not_utf8_loads(tmp_path, genvae_exe):
     import subprocess
 
     folder = os.fsencode(tmp_path) + b"/m\xff"
-    sets = [a for s in ("image_size=16", "encoder.width=8", "encoder.depth=2", "decoder.width=8", "decoder.depth=2")
-            for a in ("--set", s)]
+    sets = [
+        a
+        for s in ("image_size=16", "encoder.width=8", "encoder.depth=2", "decoder.width=8", "decoder.depth=2")
+        for a in ("--set", s)
+    ]
     env = {**os.environ, "GENVAE_LOAD_PLUGINS": ""}
     commands: list[list[str | bytes]] = [
-        ["build", "--preset", "cvae", *sets, "-o", folder], ["info", folder],
+        ["build", "--preset", "cvae", *sets, "-o", folder],
+        ["info", folder],
         ["sample", folder, "-n", "2", "-o", str(tmp_path / "s.png")],
-        ["train", folder, "--max-steps", "2", "--batch-size", "4", "--quiet"]]
+        ["train", folder, "--max-steps", "2", "--batch-size", "4", "--quiet"],
+    ]
     for args in commands:
         result = subprocess.run([*genvae_exe, *args], capture_output=True, timeout=300, env=env)
         assert result.returncode == 0, (args[0], result.stderr.decode(errors="replace"))
@@ -212,8 +217,9 @@ def test_weights_that_are_not_a_regular_file(folder, tmp_path):
     os.mkfifo(folder / WEIGHTS)
     with pytest.raises(CheckpointError) as info:
         load_model(folder)  # O_NONBLOCK: a regression would hang here, not return
-    assert one_line(info) == (f"{folder / WEIGHTS} is not a regular file (a FIFO); genvae reads weights only from "
-                              "regular files")
+    assert one_line(info) == (
+        f"{folder / WEIGHTS} is not a regular file (a FIFO); genvae reads weights only from regular files"
+    )
     (folder / WEIGHTS).unlink()
     (folder / WEIGHTS).mkdir()
     with pytest.raises(CheckpointError, match="is not a regular file \\(a folder\\)"):
@@ -238,8 +244,10 @@ def test_weights_of_another_dtype_are_refused(folder, dtype):
     with pytest.raises(CheckpointError) as info:
         load_model(folder)
     shown = str(dtype).removeprefix("torch.")
-    assert one_line(info) == (f"{folder / WEIGHTS}: tensor '{name}' is {shown}, the model's is float32; genvae loads "
-                              "weights of the model's own dtype only")
+    assert one_line(info) == (
+        f"{folder / WEIGHTS}: tensor '{name}' is {shown}, the model's is float32; genvae loads "
+        "weights of the model's own dtype only"
+    )
 
 
 # -- optimizer state -----------------------------------------------------------------------------------------
@@ -247,8 +255,9 @@ def test_weights_of_another_dtype_are_refused(folder, dtype):
 
 def _adam_after_a_step(model):
     params = list(model.parameters())
-    optimizer = torch.optim.Adam([{"params": params[:2], "lr": 1e-3}, {"params": params[2:], "lr": 5e-4}],
-                                 betas=(0.8, 0.95))
+    optimizer = torch.optim.Adam(
+        [{"params": params[:2], "lr": 1e-3}, {"params": params[2:], "lr": 5e-4}], betas=(0.8, 0.95)
+    )
     state = model(random_images(model.spec))
     sum(model.phase_terms(state, "model").values()).backward()
     optimizer.step()
@@ -265,8 +274,9 @@ def test_optimizer_round_trip_through_files(tmp_path, model):
     # through the files a checkpoint uses: safetensors + JSON
     ckpt.write_tensors(tmp_path / "optimizer.safetensors", tensors)
     ckpt.write_json(tmp_path / "meta.json", meta)
-    restored = optimizer_from_tensors("model", ckpt.read_tensors(tmp_path / "optimizer.safetensors"),
-                                      ckpt.read_json(tmp_path / "meta.json"))
+    restored = optimizer_from_tensors(
+        "model", ckpt.read_tensors(tmp_path / "optimizer.safetensors"), ckpt.read_json(tmp_path / "meta.json")
+    )
     twin.load_state_dict(model.state_dict())
     params = list(twin.parameters())
     other = torch.optim.Adam([{"params": params[:2], "lr": 0.1}, {"params": params[2:], "lr": 0.1}])
@@ -279,8 +289,9 @@ def test_optimizer_round_trip_through_files(tmp_path, model):
         for key, value in values.items():
             assert torch.equal(value, loaded["state"][idx][key]), (idx, key)
     for a, b in zip(original["param_groups"], loaded["param_groups"], strict=True):
-        assert {k: list(v) if isinstance(v, tuple) else v for k, v in a.items()} == \
-               {k: list(v) if isinstance(v, tuple) else v for k, v in b.items()}
+        assert {k: list(v) if isinstance(v, tuple) else v for k, v in a.items()} == {
+            k: list(v) if isinstance(v, tuple) else v for k, v in b.items()
+        }
 
     # and the next step is identical
     x = random_images(model.spec, seed=1)

@@ -37,15 +37,28 @@ def test_list_plugins_table_and_json():
 def test_build_writes_model_folder_and_summary(model_dir):
     assert (model_dir / "config.json").is_file() and (model_dir / "model.safetensors").is_file()
     config = json.loads((model_dir / "config.json").read_text())
-    assert config["encoder"] == {"name": "conv", "options": {"width": 8, "depth": 2, "max_width": 256,
-                                                             "activation": "lrelu", "batch_norm": True}}
+    assert config["encoder"] == {
+        "name": "conv",
+        "options": {"width": 8, "depth": 2, "max_width": 256, "activation": "lrelu", "batch_norm": True},
+    }
     out = run("info", model_dir).output
     assert "latent [2, 4, 4]" in out and "generator side" in out
 
 
 def test_build_from_encoder_alone(tmp_path):
-    out = run("build", "--encoder", "fc", "--image-size", "16", "--set", "encoder.hidden=[32]",
-              "--set", "decoder.hidden=[32]", "-o", tmp_path / "m").output
+    out = run(
+        "build",
+        "--encoder",
+        "fc",
+        "--image-size",
+        "16",
+        "--set",
+        "encoder.hidden=[32]",
+        "--set",
+        "decoder.hidden=[32]",
+        "-o",
+        tmp_path / "m",
+    ).output
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert [config[k]["name"] for k in ("encoder", "transform", "decoder", "prior")] == ["fc", "fc", "fc", "normal"]
     assert [loss["name"] for loss in config["losses"]] == ["mse", "kl"]
@@ -77,8 +90,9 @@ def test_debug_shows_the_traceback(tmp_path):
     from genvae.core.errors import UnknownNameError
 
     with pytest.raises(UnknownNameError):
-        CliRunner().invoke(cli, ["--debug", "build", "--encoder", "nope", "-o", str(tmp_path / "m")],
-                           catch_exceptions=False)
+        CliRunner().invoke(
+            cli, ["--debug", "build", "--encoder", "nope", "-o", str(tmp_path / "m")], catch_exceptions=False
+        )
 
 
 def test_build_refuses_to_overwrite(model_dir):
@@ -119,8 +133,20 @@ def test_the_run_header_names_the_data_and_its_count_once(model_dir, tmp_path):
 def test_sample_with_fixed_groups(model_dir, tmp_path):
     img = tmp_path / "in.png"
     Image.new("RGB", (40, 30), (200, 30, 30)).save(img)
-    run("sample", model_dir, "-n", "3", "--from", img, "--fix-levels", "1", "--fix-levels", "0",
-        "-o", tmp_path / "f.png")
+    run(
+        "sample",
+        model_dir,
+        "-n",
+        "3",
+        "--from",
+        img,
+        "--fix-levels",
+        "1",
+        "--fix-levels",
+        "0",
+        "-o",
+        tmp_path / "f.png",
+    )
     assert (tmp_path / "f-fix1.png").is_file() and (tmp_path / "f-fix0.png").is_file()
     result = run("sample", model_dir, "-n", "3", "--from", img, "--fix-levels", "5", "-o", tmp_path / "g.png", ok=False)
     assert result.exit_code == 1 and "has 1 groups" in result.output
@@ -136,8 +162,12 @@ def test_missing_and_corrupt_model_folders(tmp_path, model_dir):
 
 
 def test_console_script_real_process(tmp_path, genvae_exe):
-    proc = subprocess.run([*genvae_exe, "build", "--encoder", "nope", "-o", str(tmp_path / "m")],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [*genvae_exe, "build", "--encoder", "nope", "-o", str(tmp_path / "m")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1
     assert proc.stderr.strip().startswith("Error: unknown encoder 'nope'") and "Traceback" not in proc.stderr
 
@@ -148,13 +178,17 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path, genvae_exe):
     from safetensors.torch import load_file
 
     common = ["--max-steps", "24", "--batch-size", "8", "--checkpoint-every", "4", "--log-every", "4", "--quiet"]
-    subprocess.run([*genvae_exe, "build", "--preset", "cvae", *SETS, "-o", str(tmp_path / "a")],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [*genvae_exe, "build", "--preset", "cvae", *SETS, "-o", str(tmp_path / "a")],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     shutil.copytree(tmp_path / "a", tmp_path / "b")
-    subprocess.run([*genvae_exe, "train", str(tmp_path / "a"), *common], check=True, capture_output=True,
-                   timeout=300)
-    proc = subprocess.Popen([*genvae_exe, "train", str(tmp_path / "b"), *common],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run([*genvae_exe, "train", str(tmp_path / "a"), *common], check=True, capture_output=True, timeout=300)
+    proc = subprocess.Popen(
+        [*genvae_exe, "train", str(tmp_path / "b"), *common], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not list((tmp_path / "b" / "checkpoints").glob("step-*")):
         time.sleep(0.05)
@@ -163,8 +197,13 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path, genvae_exe):
     done = sorted((tmp_path / "b" / "checkpoints").glob("step-*"))
     assert done, "no checkpoint was written before the kill"
     resumed_from = int(done[-1].name.split("-")[1])
-    out = subprocess.run([*genvae_exe, "train", str(tmp_path / "b"), *common, "--resume"], check=True,
-                         capture_output=True, text=True, timeout=300).stdout
+    out = subprocess.run(
+        [*genvae_exe, "train", str(tmp_path / "b"), *common, "--resume"],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    ).stdout
     assert f"step {resumed_from} -> 24" in out
     a = load_file(str(tmp_path / "a" / "model.safetensors"))
     b = load_file(str(tmp_path / "b" / "model.safetensors"))
@@ -178,8 +217,12 @@ def test_describe_shows_options_with_types_defaults_and_help():
     info = json.loads(result.output)
     options = {o["name"]: o for o in info["options"]}
     assert options["warmup"]["type"] == "str" and options["warmup"]["default"] == '"none"'
-    assert options["warmup_steps"] == {"name": "warmup_steps", "type": "int", "default": "1000",
-                                       "help": "steps of the linear warm-up, or the length of one cycle"}
+    assert options["warmup_steps"] == {
+        "name": "warmup_steps",
+        "type": "int",
+        "default": "1000",
+        "help": "steps of the linear warm-up, or the length of one cycle",
+    }
     assert options["group_weights"]["type"] == "tuple[float, ...]"
     assert (info["role"], info["phases"], info["branches"]) == ("divergence", ["model"], ["posterior"])
     adv = json.loads(runner.invoke(cli, ["describe", "loss", "adv", "--json"]).output)
@@ -188,5 +231,5 @@ def test_describe_shows_options_with_types_defaults_and_help():
     assert table.exit_code == 0 and "options" in table.output
     bad = runner.invoke(cli, ["describe", "loss", "kll"])
     assert bad.exit_code == 1 and bad.output.strip().splitlines() == [
-        "Error: unknown loss 'kll'; did you mean 'kl'? known: adv, bce, gaussian, kl, mi, mse, perceptual, "
-        "pyramid-mse"]
+        "Error: unknown loss 'kll'; did you mean 'kl'? known: adv, bce, gaussian, kl, mi, mse, perceptual, pyramid-mse"
+    ]

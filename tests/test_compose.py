@@ -43,8 +43,9 @@ def test_named_decoder_and_prior_win():
 
 
 def test_composed_specs_build():
-    spec = compose_spec(encoder="conv", image_size=16, sets=["encoder.width=8", "encoder.depth=2",
-                                                              "decoder.width=8", "decoder.depth=2"])
+    spec = compose_spec(
+        encoder="conv", image_size=16, sets=["encoder.width=8", "encoder.depth=2", "decoder.width=8", "decoder.depth=2"]
+    )
     model = build_model(spec)
     assert model.layout.shape == (16, 4, 4)
     assert list(model.losses) == ["mse", "kl"]

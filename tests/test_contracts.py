@@ -112,9 +112,15 @@ def registry():
 
 
 def spec(decoder="conv", losses=("mse", "kl")) -> ModelSpec:
-    return ModelSpec(encoder=ComponentSpec("conv", SMALL_CONV), transform=ComponentSpec("conv", {"latent_channels": 2}),
-                     decoder=ComponentSpec(decoder, SMALL_CONV if decoder == "conv" else {}),
-                     losses=tuple(LossSpec(n) for n in losses), image_size=16, channels=3, train={"batch_size": 4})
+    return ModelSpec(
+        encoder=ComponentSpec("conv", SMALL_CONV),
+        transform=ComponentSpec("conv", {"latent_channels": 2}),
+        decoder=ComponentSpec(decoder, SMALL_CONV if decoder == "conv" else {}),
+        losses=tuple(LossSpec(n) for n in losses),
+        image_size=16,
+        channels=3,
+        train={"batch_size": 4},
+    )
 
 
 # -- capabilities ---------------------------------------------------------------------------------------------
@@ -123,8 +129,14 @@ def spec(decoder="conv", losses=("mse", "kl")) -> ModelSpec:
 def test_a_capability_is_its_name_and_knows_its_protocols():
     assert DISCRIMINATOR == "discriminator" and PYRAMID == "pyramid" and MI_TARGET == "mi-target"
     assert DISCRIMINATOR.protocols == {"loss": DiscriminatorTrunk}
-    assert protocol_members(DiscriminatorTrunk) == ["trunk", "trunk_shape", "trunk_layers", "fake_features",
-                                                    "layer_features", "discriminate"]
+    assert protocol_members(DiscriminatorTrunk) == [
+        "trunk",
+        "trunk_shape",
+        "trunk_layers",
+        "fake_features",
+        "layer_features",
+        "discriminate",
+    ]
     assert protocol_members(PyramidDecoder) == ["num_levels", "levels", "decode_level"]
     custom = Capability("my-cap", "a test capability")
     assert custom == "my-cap" and custom.missing_members(object()) == []
@@ -133,8 +145,10 @@ def test_a_capability_is_its_name_and_knows_its_protocols():
 def test_a_provider_without_its_protocols_members_is_refused_at_build(registry):
     with pytest.raises(BuildError) as exc:
         build_model(spec(losses=("mse", "kl", "half-trunk")), registry)
-    assert str(exc.value) == ("loss 'half-trunk' provides 'discriminator' but lacks trunk_layers, fake_features, "
-                              "layer_features, discriminate of its protocol (DiscriminatorTrunk)")
+    assert str(exc.value) == (
+        "loss 'half-trunk' provides 'discriminator' but lacks trunk_layers, fake_features, "
+        "layer_features, discriminate of its protocol (DiscriminatorTrunk)"
+    )
 
 
 def test_the_built_in_providers_meet_their_protocols():
@@ -144,14 +158,23 @@ def test_the_built_in_providers_meet_their_protocols():
     for part in (model.encoder, model.transform, model.decoder):
         assert PYRAMID in part.provides and PYRAMID.missing_members(part) == []
         assert isinstance(part, PYRAMID.protocols[part.kind])
-    gan = build_model(ModelSpec.from_dict({
-        "image_size": 16, "channels": 1,
-        "encoder": {"name": "cr-lstm", "options": {"width": 4, "max_width": 16}},
-        "transform": {"name": "cr-lstm", "options": {"latent_channels": 8, "steps": 4, "hidden": 8}},
-        "decoder": {"name": "cr-lstm", "options": {"width": 4, "max_width": 16}},
-        "losses": [{"name": "mse"}, {"name": "kl"}, {"name": "adv", "options": {"widths": [4, 8], "head_hidden": 8,
-                                                                                 "minibatch_kernels": 2}},
-                   {"name": "mi", "options": {"hidden": 4}}]}))
+    gan = build_model(
+        ModelSpec.from_dict(
+            {
+                "image_size": 16,
+                "channels": 1,
+                "encoder": {"name": "cr-lstm", "options": {"width": 4, "max_width": 16}},
+                "transform": {"name": "cr-lstm", "options": {"latent_channels": 8, "steps": 4, "hidden": 8}},
+                "decoder": {"name": "cr-lstm", "options": {"width": 4, "max_width": 16}},
+                "losses": [
+                    {"name": "mse"},
+                    {"name": "kl"},
+                    {"name": "adv", "options": {"widths": [4, 8], "head_hidden": 8, "minibatch_kernels": 2}},
+                    {"name": "mi", "options": {"hidden": 4}},
+                ],
+            }
+        )
+    )
     assert isinstance(gan.losses["adv"], DiscriminatorTrunk) and MI_TARGET in gan.transform.provides
     assert gan.losses["mi"]._mode == "transform"  # auto: the transform provides mi-target
 

@@ -158,8 +158,16 @@ def _message(fn, *args) -> str:
 
 @pytest.mark.parametrize(
     ("ext", "fmt"),
-    [("png", "PNG"), ("jpg", "JPEG"), ("jpeg", "JPEG"), ("webp", "WEBP"), ("bmp", "BMP"), ("tif", "TIFF"),
-     ("tiff", "TIFF"), ("PNG", "PNG")],
+    [
+        ("png", "PNG"),
+        ("jpg", "JPEG"),
+        ("jpeg", "JPEG"),
+        ("webp", "WEBP"),
+        ("bmp", "BMP"),
+        ("tif", "TIFF"),
+        ("tiff", "TIFF"),
+        ("PNG", "PNG"),
+    ],
 )
 def test_save_grid_writes_the_extensions_format(tmp_path, ext, fmt):
     path = tmp_path / f"grid.{ext}"
@@ -196,8 +204,7 @@ def test_users_file_is_never_overwritten(tmp_path):
         for fn, args in ((check_image_output, (path,)), (save_grid, (_images(), path))):
             with pytest.raises(DataError) as info:
                 fn(*args)
-            assert str(info.value) == (f"{path} exists and was not written by genvae; remove it or choose "
-                                       "another path")
+            assert str(info.value) == (f"{path} exists and was not written by genvae; remove it or choose another path")
         assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["holiday.png", "notes.jpg"]
 

@@ -20,12 +20,26 @@ from safetensors.torch import load_file
 
 HERE = Path(__file__).parent
 TINY_FC = ["--preset", "vae", "--set", "image_size=16", "--set", "encoder.hidden=[64]", "--set", "decoder.hidden=[64]"]
-TINY_GAN = ["--preset", "crvae-gan-small", "--set", "image_size=16", "--set", "encoder.width=8",
-            "--set", "decoder.width=8", "--set", "loss.adv.widths=[8,16]"]
+TINY_GAN = [
+    "--preset",
+    "crvae-gan-small",
+    "--set",
+    "image_size=16",
+    "--set",
+    "encoder.width=8",
+    "--set",
+    "decoder.width=8",
+    "--set",
+    "loss.adv.widths=[8,16]",
+]
 
-pytestmark = [pytest.mark.slow,  # torchrun processes: the slow lane
-              pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                                 reason="this PyTorch build has no gloo backend")]
+pytestmark = [
+    pytest.mark.slow,  # torchrun processes: the slow lane
+    pytest.mark.skipif(
+        not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+        reason="this PyTorch build has no gloo backend",
+    ),
+]
 
 
 def env() -> dict[str, str]:
@@ -34,8 +48,9 @@ def env() -> dict[str, str]:
 
 def launch(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run a command in its own process group; on a timeout the whole group (torchrun's workers too) is killed."""
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         out, err = proc.communicate(timeout=180)
     except subprocess.TimeoutExpired:
@@ -46,15 +61,16 @@ def launch(cmd: list[str], cwd: Path | None = None) -> subprocess.CompletedProce
 
 
 def torchrun(*args, cwd: Path) -> subprocess.CompletedProcess:
-    result = launch([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                     *map(str, args)], cwd=cwd)
+    result = launch(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *map(str, args)],
+        cwd=cwd,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return result
 
 
 def build(genvae_exe, folder: Path, spec_args: list[str]) -> None:
-    subprocess.run([*genvae_exe, "build", *spec_args, "-o", str(folder)], check=True, env=env(),
-                   capture_output=True)
+    subprocess.run([*genvae_exe, "build", *spec_args, "-o", str(folder)], check=True, env=env(), capture_output=True)
 
 
 def run_worker(model: Path, out: Path, steps: int, batch: int, *, processes: int) -> None:
@@ -88,8 +104,10 @@ def test_replicas_stay_identical_and_match_one_process(tmp_path, genvae_exe, spe
         mean = (g0["local/" + name] + g1["local/" + name]) / 2
         assert torch.equal(g0[key], g1[key]), name
         torch.testing.assert_close(g0[key], mean, rtol=1e-5, atol=1e-7)
-    assert any(not torch.equal(g0["local/" + k.removeprefix("stepped/")], g1["local/" + k.removeprefix("stepped/")])
-               for k in stepped), "the two processes saw different images"
+    assert any(
+        not torch.equal(g0["local/" + k.removeprefix("stepped/")], g1["local/" + k.removeprefix("stepped/")])
+        for k in stepped
+    ), "the two processes saw different images"
     two = json.loads((tmp_path / "two" / "rank0.json").read_text())
     one = json.loads((tmp_path / "one" / "rank0.json").read_text())
     assert [r["step"] for r in two] == [1, 2, 3, 4]
@@ -99,6 +117,7 @@ def test_replicas_stay_identical_and_match_one_process(tmp_path, genvae_exe, spe
     assert totals
     for key in totals:  # the first step's losses, before any update
         assert first_two[key] == pytest.approx(first_one[key], rel=0.05, abs=0.02), key
+
     # both ranks logged the same averaged values
     def losses(records):
         return [{k: v for k, v in r.items() if k not in ("images_per_s", "wall_time")} for r in records]
@@ -135,13 +154,30 @@ def test_torchrun_cli_writes_once_and_resumes_exactly(tmp_path, genvae_exe):
     assert [r["step"] for r in logged] == [2, 3, 4, 6]  # the first launch logs its last step too
     last_a = json.loads(lines[-1])
     assert {k: v for k, v in logged[-1].items() if k not in ("images_per_s", "wall_time")} == {
-        k: v for k, v in last_a.items() if k not in ("images_per_s", "wall_time")}
+        k: v for k, v in last_a.items() if k not in ("images_per_s", "wall_time")
+    }
 
 
 def test_global_batch_must_split_evenly(tmp_path, genvae_exe):
     build(genvae_exe, tmp_path / "m", TINY_FC)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "genvae.cli", "train", "m", "--device", "cpu", "--batch-size", "15", "--max-steps", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "genvae.cli",
+        "train",
+        "m",
+        "--device",
+        "cpu",
+        "--batch-size",
+        "15",
+        "--max-steps",
+        "1",
+    ]
     result = launch(cmd, cwd=tmp_path)
     assert result.returncode != 0
     assert "batch size 15 is not a multiple of the 2 processes" in result.stdout + result.stderr

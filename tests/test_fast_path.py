@@ -20,12 +20,14 @@ def losses(tmp_path, spec, name: str, **train) -> tuple[list[dict], dict[str, to
     torch.manual_seed(0)
     model = build_model(spec)
     records: list[dict] = []
-    trainer = prepare_training(model, tmp_path / name, device="cpu",
-                               overrides={"max_steps": 4, "batch_size": 8, "log_every": 1, **train})
+    trainer = prepare_training(
+        model, tmp_path / name, device="cpu", overrides={"max_steps": 4, "batch_size": 8, "log_every": 1, **train}
+    )
     trainer.on_log = records.append
     trainer.fit()
     return [{k: v for k, v in r.items() if k not in ("images_per_s", "wall_time")} for r in records], {
-        k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+        k: v.detach().clone() for k, v in trainer.model.state_dict().items()
+    }
 
 
 def assert_same_run(a, b, rtol: float) -> None:
@@ -62,7 +64,7 @@ def test_batches_are_the_epoch_permutation_in_order(tmp_path, tiny_data, tiny_sp
     model.encoder.register_forward_pre_hook(lambda module, args: seen.append(args[0].detach().clone()))
     trainer.fit()
     perm = trainer.feeder.permutation(0)
-    expected = [trainer.to_model_range(tiny_data.images[perm[8 * b: 8 * b + 8]]) for b in range(5)]
+    expected = [trainer.to_model_range(tiny_data.images[perm[8 * b : 8 * b + 8]]) for b in range(5)]
     assert len(seen) >= 5
     assert all(torch.equal(a, b) for a, b in zip(seen[:5], expected, strict=True))
 
@@ -104,11 +106,35 @@ def test_torchrun_on_two_gpus_with_nccl(tmp_path, genvae_exe):
     import subprocess
     import sys
 
-    subprocess.run([*genvae_exe, "build", "--preset", "cvae", "--set", "image_size=16", "-o", str(tmp_path / "m")],
-                   check=True, capture_output=True)
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                             "-m", "genvae.cli", "train", str(tmp_path / "m"), "--device", "cuda", "--max-steps", "4",
-                             "--batch-size", "16", "--quiet"], capture_output=True, text=True, timeout=600)
+    subprocess.run(
+        [*genvae_exe, "build", "--preset", "cvae", "--set", "image_size=16", "-o", str(tmp_path / "m")],
+        check=True,
+        capture_output=True,
+    )
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "genvae.cli",
+            "train",
+            str(tmp_path / "m"),
+            "--device",
+            "cuda",
+            "--max-steps",
+            "4",
+            "--batch-size",
+            "16",
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "2 processes (nccl)" in result.stdout
 
@@ -138,15 +164,21 @@ def test_retain_graph_auto_trains_exactly_like_always(tmp_path, one_thread):
     from genvae.core.compose import compose_spec
     from genvae.core.data import ImageData
 
-    spec = compose_spec(preset="crvae-gan-small", sets=["image_size=16", "encoder.width=8", "decoder.width=8",
-                                                         "loss.adv.widths=[8,16]"]).with_train(batch_size=8)
+    spec = compose_spec(
+        preset="crvae-gan-small", sets=["image_size=16", "encoder.width=8", "decoder.width=8", "loss.adv.widths=[8,16]"]
+    ).with_train(batch_size=8)
     images = torch.randint(0, 256, (24, *spec.image_shape), dtype=torch.uint8)
     weights = {}
     for mode in ("always", "auto"):
         torch.manual_seed(0)
         model = build_model(spec)
-        trainer = Trainer(model, tmp_path / mode, ImageData(images, "random"),
-                          spec.with_train(retain_graph=mode).train, torch.device("cpu"))
+        trainer = Trainer(
+            model,
+            tmp_path / mode,
+            ImageData(images, "random"),
+            spec.with_train(retain_graph=mode).train,
+            torch.device("cpu"),
+        )
         perm = trainer.feeder.permutation(0)
         for b in range(3):
             trainer.train_step(trainer.feeder.batch(perm, b))

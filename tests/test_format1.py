@@ -45,6 +45,12 @@ def test_the_fixtures_cover_the_reorganised_modules():
     keys = {name: set(load_file(str(FIXTURES / name / "model.safetensors"))) for name in NAMES}
     assert "encoder.net.0.weight" in keys["cvae"]
     assert {"encoder.levels.0.net.0.weight", "decoder.levels.2.net.0.weight", "prior.levels.0.R.0.weight"} <= keys[
-        "lapcvae-m-net"]
-    assert {"transform.var.lstm.weight_ih_l0", "transform.var.norm.running_mean", "transform.gen.bias",
-            "losses.adv.trunk.blocks.0.0.weight", "losses.mi.head.bias"} <= keys["crvae-gan"]
+        "lapcvae-m-net"
+    ]
+    assert {
+        "transform.var.lstm.weight_ih_l0",
+        "transform.var.norm.running_mean",
+        "transform.gen.bias",
+        "losses.adv.trunk.blocks.0.0.weight",
+        "losses.mi.head.bias",
+    } <= keys["crvae-gan"]

@@ -54,15 +54,16 @@ BUILD_ARGS = ["build", "--preset", "cvae", *SETS]
 MAX_SEED = 2**64 - 1  # seeds are 64-bit (genvae.core.options.MAX_SEED); larger ones are usage errors
 
 
-
-
 # -- checks shared by both fuzzes ------------------------------------------------------------------------------
 
 
 def differences(before: dict[str, bytes], after: dict[str, bytes]) -> list[str]:
     changed = sorted(k for k in before.keys() & after.keys() if before[k] != after[k])
-    return ([f"changed {k}" for k in changed] + [f"created {k}" for k in sorted(after.keys() - before.keys())]
-            + [f"removed {k}" for k in sorted(before.keys() - after.keys())])
+    return (
+        [f"changed {k}" for k in changed]
+        + [f"created {k}" for k in sorted(after.keys() - before.keys())]
+        + [f"removed {k}" for k in sorted(before.keys() - after.keys())]
+    )
 
 
 def result_problems(result) -> list[str]:
@@ -123,13 +124,15 @@ class Stats:
             self.max_line = max(self.max_line, max((len(x) for x in lines), default=0))
 
     def fail(self, case: str, args: Sequence[object], problems: list[str], result=None) -> None:
-        self.failures.append({
-            "case": case,
-            "args": [describe(a, 120) for a in args],
-            "problems": problems,
-            "exit_code": getattr(result, "exit_code", None),
-            "stderr": (getattr(result, "stderr", "") or "")[:500],
-        })
+        self.failures.append(
+            {
+                "case": case,
+                "args": [describe(a, 120) for a in args],
+                "problems": problems,
+                "exit_code": getattr(result, "exit_code", None),
+                "stderr": (getattr(result, "stderr", "") or "")[:500],
+            }
+        )
 
 
 class Invoker:
@@ -195,16 +198,34 @@ def nested(depth: int) -> Raw:
     return Raw("[" * depth + "]" * depth)
 
 
-HUGE_INTS = [10**6, 10**9, 10**12, 10**40, 2**31, 2**63, 2**64, -(10**12), -(10**40), Raw("9" * 4000),
-             Raw("1" * 5000)]
+HUGE_INTS = [10**6, 10**9, 10**12, 10**40, 2**31, 2**63, 2**64, -(10**12), -(10**40), Raw("9" * 4000), Raw("1" * 5000)]
 
 
 def bad_value(rng: random.Random):
     """A value of a wrong type, range or size for any option."""
     group = rng.randrange(9)
     if group == 0:
-        return rng.choice(["", "x", "abc", "16", "1e3", "nan", "true", "null", "-1", " ", "é€😀", "\x00",
-                           "\ud800", "\n" * 50, "conv", "a,b,c", "[1, 2]"])
+        return rng.choice(
+            [
+                "",
+                "x",
+                "abc",
+                "16",
+                "1e3",
+                "nan",
+                "true",
+                "null",
+                "-1",
+                " ",
+                "é€😀",
+                "\x00",
+                "\ud800",
+                "\n" * 50,
+                "conv",
+                "a,b,c",
+                "[1, 2]",
+            ]
+        )
     if group == 1:
         return "x" * rng.choice([10_000, 1000, 401])
     if group == 2:
@@ -218,8 +239,9 @@ def bad_value(rng: random.Random):
     if group == 6:
         return rng.choice([0, -1, -7, -3.5, -(10**12), -0.0])
     if group == 7:
-        return rng.choice([0.5, 1e-300, 1e308, Raw("1e400"), Raw("-1e400"), float("nan"), float("inf"),
-                           float("-inf"), 2.5])
+        return rng.choice(
+            [0.5, 1e-300, 1e308, Raw("1e400"), Raw("-1e400"), float("nan"), float("inf"), float("-inf"), 2.5]
+        )
     return rng.choice([nested(10), nested(500), nested(900), nested(5000), nested(100_000)])
 
 
@@ -259,9 +281,33 @@ def m_type(rng, config) -> str:
 
 
 COMPONENT_SLOTS = [("encoder",), ("transform",), ("decoder",), ("prior",), ("losses", 0), ("losses", 1)]
-BAD_NAMES = ["nosuch", "CONV", " conv", "conv\n", "kl", "normal", "mse", "conv", "fc", "laplacian", "cr-lstm",
-             "m-net", "adv", "shapes", "cvae", "", "\x00", "é", "../../etc/passwd", 5, None, ["conv"],
-             {"name": "conv"}, True, 10**40]
+BAD_NAMES = [
+    "nosuch",
+    "CONV",
+    " conv",
+    "conv\n",
+    "kl",
+    "normal",
+    "mse",
+    "conv",
+    "fc",
+    "laplacian",
+    "cr-lstm",
+    "m-net",
+    "adv",
+    "shapes",
+    "cvae",
+    "",
+    "\x00",
+    "é",
+    "../../etc/passwd",
+    5,
+    None,
+    ["conv"],
+    {"name": "conv"},
+    True,
+    10**40,
+]
 
 
 def m_component(rng, config) -> str:
@@ -284,10 +330,36 @@ def m_component(rng, config) -> str:
     return f"set {_path_text(slot)}.name = {describe(name)}"
 
 
-OPTION_HOMES = [("encoder", "options"), ("transform", "options"), ("decoder", "options"), ("prior", "options"),
-                ("losses", 0, "options"), ("losses", 1, "options"), ("train",), (), ("losses", 0), ("encoder",)]
-BAD_KEYS = ["nosuch", "widht", "Width", "width ", "", "__class__", "__init__", "1", "é", "x" * 10_000,
-            "options2", "weigth", "lr_schedulee", "genvae_version2", "\x00", "format "]
+OPTION_HOMES = [
+    ("encoder", "options"),
+    ("transform", "options"),
+    ("decoder", "options"),
+    ("prior", "options"),
+    ("losses", 0, "options"),
+    ("losses", 1, "options"),
+    ("train",),
+    (),
+    ("losses", 0),
+    ("encoder",),
+]
+BAD_KEYS = [
+    "nosuch",
+    "widht",
+    "Width",
+    "width ",
+    "",
+    "__class__",
+    "__init__",
+    "1",
+    "é",
+    "x" * 10_000,
+    "options2",
+    "weigth",
+    "lr_schedulee",
+    "genvae_version2",
+    "\x00",
+    "format ",
+]
 
 
 def m_unknown_option(rng, config) -> str:
@@ -343,20 +415,40 @@ def m_huge(rng, config) -> str:
 
 
 def m_format(rng, config) -> str:
-    value = rng.choice([2, 0, -1, "1", None, 1.5, 10**40, [], {}, "one", Raw("1e400"), float("nan"), 1, 1.0,
-                        True, Raw("1" * 5000)])
+    value = rng.choice(
+        [2, 0, -1, "1", None, 1.5, 10**40, [], {}, "one", Raw("1e400"), float("nan"), 1, 1.0, True, Raw("1" * 5000)]
+    )
     config["format"] = value
     return f"set format = {describe(value)}"
 
 
-STRUCTURAL = {"delete": m_delete, "type": m_type, "component": m_component, "unknown_option": m_unknown_option,
-              "rename": m_rename, "huge": m_huge, "format": m_format}
+STRUCTURAL = {
+    "delete": m_delete,
+    "type": m_type,
+    "component": m_component,
+    "unknown_option": m_unknown_option,
+    "rename": m_rename,
+    "huge": m_huge,
+    "format": m_format,
+}
 
 
 def invalid_json(rng, config, variant: str | None = None) -> tuple[str, bytes]:
     text = dump(config, 2)
-    variants = ["truncate", "garbage", "empty", "top", "token", "syntax", "encoding", "deep", "oversize", "bigint",
-                "nul", "keys"]
+    variants = [
+        "truncate",
+        "garbage",
+        "empty",
+        "top",
+        "token",
+        "syntax",
+        "encoding",
+        "deep",
+        "oversize",
+        "bigint",
+        "nul",
+        "keys",
+    ]
     variant = variant or rng.choice(variants)
     if variant == "truncate":
         cut = rng.randrange(1, len(text))
@@ -368,12 +460,24 @@ def invalid_json(rng, config, variant: str | None = None) -> tuple[str, bytes]:
         data = rng.choice([b"", b"  \n\t", b"\n"])
         return f"json: empty file {data!r}", data
     if variant == "top":
-        data = rng.choice(['null', '[]', '[1, 2]', '1', '"cvae"', 'true', '{}', '{"format": 1}', '1e400',
-                           '{"encoder": "conv"}', '"' + "x" * 10_000 + '"'])
+        data = rng.choice(
+            [
+                "null",
+                "[]",
+                "[1, 2]",
+                "1",
+                '"cvae"',
+                "true",
+                "{}",
+                '{"format": 1}',
+                "1e400",
+                '{"encoder": "conv"}',
+                '"' + "x" * 10_000 + '"',
+            ]
+        )
         return f"json: the whole file is {describe(data)}", data.encode()
     if variant == "token":
-        token = rng.choice(["NaN", "Infinity", "-Infinity", "1e400", "-1e400", "undefined", "0x10", "+1", ".5",
-                            "01"])
+        token = rng.choice(["NaN", "Infinity", "-Infinity", "1e400", "-1e400", "undefined", "0x10", "+1", ".5", "01"])
         numbers = [i for i, line in enumerate(text.splitlines()) if line.rstrip(",").split(": ")[-1][:1].isdigit()]
         lines = text.splitlines()
         i = rng.choice(numbers)
@@ -423,7 +527,8 @@ def invalid_json(rng, config, variant: str | None = None) -> tuple[str, bytes]:
         digits = rng.choice([4301, 5000, 100_000])
         key = rng.choice(["image_size", "format", "description"])
         return f"json: {key} = a {digits}-digit integer", text.replace(
-            f'"{key}": ', f'"{key}": {"7" * digits}, "x_{key}": ', 1).encode()
+            f'"{key}": ', f'"{key}": {"7" * digits}, "x_{key}": ', 1
+        ).encode()
     if variant == "nul":
         cut = rng.randrange(len(text))
         return f"json: a NUL byte at {cut}", (text[:cut] + "\x00" + text[cut:]).encode()
@@ -433,8 +538,17 @@ def invalid_json(rng, config, variant: str | None = None) -> tuple[str, bytes]:
 
 # a few files every run includes, whatever the seed
 FIXED_JSON = ["oversize", "empty", "truncate", "garbage", "deep", "bigint", "token", "encoding", "top", "keys"]
-KIND_WEIGHTS = {"delete": 14, "type": 22, "component": 10, "unknown_option": 10, "rename": 6, "huge": 12,
-                "format": 4, "json": 12, "combo": 10}
+KIND_WEIGHTS = {
+    "delete": 14,
+    "type": 22,
+    "component": 10,
+    "unknown_option": 10,
+    "rename": 6,
+    "huge": 12,
+    "format": 4,
+    "json": 12,
+    "combo": 10,
+}
 
 
 def config_cases(base: dict, count: int, seed: int):
@@ -568,33 +682,119 @@ FLOAT_BAD = ["nan", "NaN", "inf", "-inf", "infinity", "0", "-0", "-1", "-1e-9", 
 DEVICE_BAD = ["tpu", "meta", "cpu:0", "", "CUDA", "gpu", "mps", "xla", "cpu,cuda", "x" * 5000]
 # refused with or without CUDA (malformed, or an index the machine does not have)
 DEVICE_BAD_WITHOUT_CUDA = ["cuda:-1", "cuda:abc", "cuda:0:1", "cudax", "cuda:99"]
-UNKNOWN_OPTIONS = [["--nosuch"], ["--nosuch=1"], ["-z"], ["--" + "x" * 5000], ["---"], ["--lr", "1"], ["--json"],
-                   ["--set", "train.lr=1"], ["--epochs", "2"], ["--force"], ["--resume"], ["--greedy"],
-                   ["--debug"], ["--max-memory", "8G"], ["--version"], ["--fix-level", "1"], ["-nn", "2"],
-                   ["--data", "shapes"], ["--seed=1"], ["--quiet"]]
+UNKNOWN_OPTIONS = [
+    ["--nosuch"],
+    ["--nosuch=1"],
+    ["-z"],
+    ["--" + "x" * 5000],
+    ["---"],
+    ["--lr", "1"],
+    ["--json"],
+    ["--set", "train.lr=1"],
+    ["--epochs", "2"],
+    ["--force"],
+    ["--resume"],
+    ["--greedy"],
+    ["--debug"],
+    ["--max-memory", "8G"],
+    ["--version"],
+    ["--fix-level", "1"],
+    ["-nn", "2"],
+    ["--data", "shapes"],
+    ["--seed=1"],
+    ["--quiet"],
+]
 OUT_BAD = ["x.jpg2", "noext", "x.", ".png", "x.png.txt", "x.PDF", "x.gif", "x.svg", "x.png ", "x.json"]
 BUILD_SETS_BAD = [
-    "noequals", "=1", "", "=", "image_size=0", "image_size=-3", "image_size=abc", "image_size=1e400",
-    "image_size=100000", "channels=2", "channels=abc", "encoder.width=0", "encoder.width=-1", "encoder.width=abc",
-    "encoder.width=1.5", "encoder.depth=100", "encoder.width=" + "9" * 10_000, "encoder.width=" + "x" * 10_000,
-    "encoder.width=" + "[" * 10_000, "encoder.nosuch=1", "nosuch.width=1", "encoder=conv", "encoder.width.x=1",
-    "loss.nosuch.weight=1", "loss.kl.weight=abc", "loss.kl.weight=nan", "loss.kl.weight=inf", "loss.kl.nosuch=1",
-    "loss.kl=1", "train.lr=nan", "train.lr=0", "train.batch_size=0", "train.lr_schedule=sometimes",
-    "train.nosuch=1", "transform.latent_channels=0", "transform.latent_channels=1000000000",
-    "transform.kernel=2", "encoder.activation=nosuch", "decoder.batch_norm=maybe", "x" * 10_000 + "=1",
-    "train.batch_size=1000000000000", "prior.nosuch=1", "encoder.width=1e400", "train.betas=1,2",
+    "noequals",
+    "=1",
+    "",
+    "=",
+    "image_size=0",
+    "image_size=-3",
+    "image_size=abc",
+    "image_size=1e400",
+    "image_size=100000",
+    "channels=2",
+    "channels=abc",
+    "encoder.width=0",
+    "encoder.width=-1",
+    "encoder.width=abc",
+    "encoder.width=1.5",
+    "encoder.depth=100",
+    "encoder.width=" + "9" * 10_000,
+    "encoder.width=" + "x" * 10_000,
+    "encoder.width=" + "[" * 10_000,
+    "encoder.nosuch=1",
+    "nosuch.width=1",
+    "encoder=conv",
+    "encoder.width.x=1",
+    "loss.nosuch.weight=1",
+    "loss.kl.weight=abc",
+    "loss.kl.weight=nan",
+    "loss.kl.weight=inf",
+    "loss.kl.nosuch=1",
+    "loss.kl=1",
+    "train.lr=nan",
+    "train.lr=0",
+    "train.batch_size=0",
+    "train.lr_schedule=sometimes",
+    "train.nosuch=1",
+    "transform.latent_channels=0",
+    "transform.latent_channels=1000000000",
+    "transform.kernel=2",
+    "encoder.activation=nosuch",
+    "decoder.batch_norm=maybe",
+    "x" * 10_000 + "=1",
+    "train.batch_size=1000000000000",
+    "prior.nosuch=1",
+    "encoder.width=1e400",
+    "train.betas=1,2",
     "encoder.max_width=1000000000\x00",
 ]
 TRAIN_SETS_BAD = [
-    "encoder.width=8", "image_size=16", "noequals", "train.nosuch=1", "train.lr=abc", "train.lr=nan",
-    "train.lr=-1", "train.batch_size=0", "train.max_steps=-1", "train.epochs=0", "train.betas=1,2",
-    "train.betas=" + "1," * 10_000, "train.freeze=nothing.here", "train.lr_schedule=x", "train.=1", "=",
-    "train.lr=" + "9" * 10_000, "train.seed=-1", "train.keep_checkpoints=0", "train.phase_lr=5",
-    "train.grad_clip_norm=0", "train.lr_multipliers=[1]", "train.flip=maybe", "train." + "x" * 10_000 + "=1",
-    "loss.kl.weight=2", "train.train_only=nothing.here",
+    "encoder.width=8",
+    "image_size=16",
+    "noequals",
+    "train.nosuch=1",
+    "train.lr=abc",
+    "train.lr=nan",
+    "train.lr=-1",
+    "train.batch_size=0",
+    "train.max_steps=-1",
+    "train.epochs=0",
+    "train.betas=1,2",
+    "train.betas=" + "1," * 10_000,
+    "train.freeze=nothing.here",
+    "train.lr_schedule=x",
+    "train.=1",
+    "=",
+    "train.lr=" + "9" * 10_000,
+    "train.seed=-1",
+    "train.keep_checkpoints=0",
+    "train.phase_lr=5",
+    "train.grad_clip_norm=0",
+    "train.lr_multipliers=[1]",
+    "train.flip=maybe",
+    "train." + "x" * 10_000 + "=1",
+    "loss.kl.weight=2",
+    "train.train_only=nothing.here",
 ]
-LOSS_BAD = ["nosuch", "kl:abc", "kl:nan", "kl:inf", "kl:1e400", "kl:-inf", "mse:1:2", ":", "x" * 5000,
-            "mse,nosuch", "conv", "kl: nan", "kl:0x10"]
+LOSS_BAD = [
+    "nosuch",
+    "kl:abc",
+    "kl:nan",
+    "kl:inf",
+    "kl:1e400",
+    "kl:-inf",
+    "mse:1:2",
+    ":",
+    "x" * 5000,
+    "mse,nosuch",
+    "conv",
+    "kl: nan",
+    "kl:0x10",
+]
 NAME_BAD = ["nosuch", "x" * 5000, "", "CONV", "conv ", "kl", "é", "\x00", "../conv"]
 
 
@@ -602,36 +802,88 @@ def _cmd_specs(w: World, commands: set[str]) -> dict[str, dict]:
     """Per command: valid positionals and options (each case breaks them), and what it accepts."""
     m = str(w.model)
     specs: dict[str, dict] = {
-        "build": {"pos": [], "opts": {"--preset": "cvae", "--set": list(TINY_CVAE), "-o": str(w.new)},
-                  "ints": [("--image-size", 1, 8192)], "loads": True},
-        "train": {"pos": [m], "opts": {"--max-steps": "1", "--batch-size": "4", "--quiet": None,
-                                       "--data": str(w.images)},
-                  "ints": [("--epochs", 1, None), ("--max-steps", 1, None), ("--batch-size", 1, None),
-                           ("--checkpoint-every", 1, None), ("--log-every", 1, None), ("--seed", 0, MAX_SEED)],
-                  "floats": ["--lr"], "data": True, "device": True, "loads": True},
-        "sample": {"pos": [m], "opts": {"-n": "2", "-o": str(w.out), "--device": "cpu"},
-                   "ints": [("-n", 1, 10_000), ("--nrow", 1, None), ("--seed", 0, MAX_SEED)], "image_out": "-o",
-                   "device": True, "loads": True},
-        "reconstruct": {"pos": [m], "opts": {"--data": str(w.images), "-n": "2", "-o": str(w.out)},
-                        "ints": [("-n", 1, 1024), ("--seed", 0, MAX_SEED)], "image_out": "-o", "data": True,
-                        "device": True, "loads": True},
-        "evaluate": {"pos": [m], "opts": {"--data": str(w.images), "--limit": "2"},
-                     "ints": [("--limit", 1, None), ("--batch-size", 1, None)], "data": True, "device": True,
-                     "loads": True},
+        "build": {
+            "pos": [],
+            "opts": {"--preset": "cvae", "--set": list(TINY_CVAE), "-o": str(w.new)},
+            "ints": [("--image-size", 1, 8192)],
+            "loads": True,
+        },
+        "train": {
+            "pos": [m],
+            "opts": {"--max-steps": "1", "--batch-size": "4", "--quiet": None, "--data": str(w.images)},
+            "ints": [
+                ("--epochs", 1, None),
+                ("--max-steps", 1, None),
+                ("--batch-size", 1, None),
+                ("--checkpoint-every", 1, None),
+                ("--log-every", 1, None),
+                ("--seed", 0, MAX_SEED),
+            ],
+            "floats": ["--lr"],
+            "data": True,
+            "device": True,
+            "loads": True,
+        },
+        "sample": {
+            "pos": [m],
+            "opts": {"-n": "2", "-o": str(w.out), "--device": "cpu"},
+            "ints": [("-n", 1, 10_000), ("--nrow", 1, None), ("--seed", 0, MAX_SEED)],
+            "image_out": "-o",
+            "device": True,
+            "loads": True,
+        },
+        "reconstruct": {
+            "pos": [m],
+            "opts": {"--data": str(w.images), "-n": "2", "-o": str(w.out)},
+            "ints": [("-n", 1, 1024), ("--seed", 0, MAX_SEED)],
+            "image_out": "-o",
+            "data": True,
+            "device": True,
+            "loads": True,
+        },
+        "evaluate": {
+            "pos": [m],
+            "opts": {"--data": str(w.images), "--limit": "2"},
+            "ints": [("--limit", 1, None), ("--batch-size", 1, None)],
+            "data": True,
+            "device": True,
+            "loads": True,
+        },
         "info": {"pos": [m], "opts": {}, "ints": [], "loads": True},
         "list-plugins": {"pos": [], "opts": {}, "ints": []},
-        "draw": {"pos": [m], "opts": {"-o": str(w.out), "-n": "2"}, "ints": [("-n", 1, 256), ("--seed", 0, MAX_SEED)],
-                 "image_out": "-o", "device": True, "loads": True},
-        "traverse": {"pos": [m], "opts": {"--step": "1", "-o": str(w.out), "-n": "2", "--columns": "2"},
-                     "ints": [("--step", 1, None), ("-n", 1, 256), ("--columns", 2, 256), ("--seed", 0, MAX_SEED)],
-                     "image_out": "-o", "device": True, "loads": True},
+        "draw": {
+            "pos": [m],
+            "opts": {"-o": str(w.out), "-n": "2"},
+            "ints": [("-n", 1, 256), ("--seed", 0, MAX_SEED)],
+            "image_out": "-o",
+            "device": True,
+            "loads": True,
+        },
+        "traverse": {
+            "pos": [m],
+            "opts": {"--step": "1", "-o": str(w.out), "-n": "2", "--columns": "2"},
+            "ints": [("--step", 1, None), ("-n", 1, 256), ("--columns", 2, 256), ("--seed", 0, MAX_SEED)],
+            "image_out": "-o",
+            "device": True,
+            "loads": True,
+        },
         # never valid on a conv VAE (no Laplacian pyramid): every case is bad twice over
-        "edit": {"pos": [m, str(w.image)], "opts": {"-o": str(w.out_dir)},
-                 "ints": [("--keep-levels", 1, None), ("-n", 1, 256), ("--seed", 0, MAX_SEED)], "device": True,
-                 "loads": True},
-        "train-levels": {"pos": [m], "opts": {"--greedy": None, "--steps": "1", "--data": str(w.images)},
-                         "ints": [("--steps", 1, None), ("--batch-size", 1, None), ("--seed", 0, MAX_SEED)],
-                         "floats": ["--lr"], "data": True, "device": True, "loads": True},
+        "edit": {
+            "pos": [m, str(w.image)],
+            "opts": {"-o": str(w.out_dir)},
+            "ints": [("--keep-levels", 1, None), ("-n", 1, 256), ("--seed", 0, MAX_SEED)],
+            "device": True,
+            "loads": True,
+        },
+        "train-levels": {
+            "pos": [m],
+            "opts": {"--greedy": None, "--steps": "1", "--data": str(w.images)},
+            "ints": [("--steps", 1, None), ("--batch-size", 1, None), ("--seed", 0, MAX_SEED)],
+            "floats": ["--lr"],
+            "data": True,
+            "device": True,
+            "loads": True,
+        },
     }
     return {k: v for k, v in specs.items() if k in commands}
 
@@ -652,8 +904,15 @@ def arg_cases(w: World, commands: dict, count: int, seed: int):
     rng = random.Random(seed)
     specs = _cmd_specs(w, set(commands))
     valid_flags = {name: {o for p in commands[name].params for o in (*p.opts, *p.secondary_opts)} for name in specs}
-    value_flags = {name: sorted(o for p in commands[name].params if p.param_type_name == "option"
-                                and not p.is_flag and not p.count for o in p.opts) for name in specs}
+    value_flags = {
+        name: sorted(
+            o
+            for p in commands[name].params
+            if p.param_type_name == "option" and not p.is_flag and not p.count
+            for o in p.opts
+        )
+        for name in specs
+    }
     names = sorted(specs)
 
     device_bad = DEVICE_BAD + DEVICE_BAD_WITHOUT_CUDA
@@ -733,8 +992,19 @@ def arg_cases(w: World, commands: dict, count: int, seed: int):
                 opts[flag] = rng.choice(FLOAT_BAD)
                 applied.append(f"{flag} {describe(opts[flag])}")
             elif kind == "data":
-                value = rng.choice([str(w.file), str(w.nothing), str(w.empty), "nosuchdataset", "x" * 300,
-                                    str(w.image), "mnist", "", "shapes\x00"])
+                value = rng.choice(
+                    [
+                        str(w.file),
+                        str(w.nothing),
+                        str(w.empty),
+                        "nosuchdataset",
+                        "x" * 300,
+                        str(w.image),
+                        "mnist",
+                        "",
+                        "shapes\x00",
+                    ]
+                )
                 opts["--data"] = value
                 if value == "mnist":
                     opts["--data-root"] = str(w.nothing)
@@ -745,26 +1015,38 @@ def arg_cases(w: World, commands: dict, count: int, seed: int):
                 applied.append(f"--device {describe(value)}")
             elif kind == "out":
                 flag = spec["image_out"]
-                value = rng.choice([*(str(w.root / name) for name in OUT_BAD), str(w.file), str(w.images),
-                                    str(w.root)])
+                value = rng.choice([*(str(w.root / name) for name in OUT_BAD), str(w.file), str(w.images), str(w.root)])
                 opts[flag] = value
                 applied.append(f"{flag} {describe(value)}")
             elif kind == "folder":
-                value = rng.choice([str(w.nothing), str(w.file), str(w.empty), str(w.images), str(w.image),
-                                    str(w.model / "config.json"), "", str(w.model) + "/nosuch"])
+                value = rng.choice(
+                    [
+                        str(w.nothing),
+                        str(w.file),
+                        str(w.empty),
+                        str(w.images),
+                        str(w.image),
+                        str(w.model / "config.json"),
+                        "",
+                        str(w.model) + "/nosuch",
+                    ]
+                )
                 if pos:  # (unless a missing-argument mutation took it)
                     pos[0] = value
                     applied.append(f"folder {describe(value)}")
             elif kind == "memory":
-                value = rng.choice(["1", "10", "1K", "abc", "0", "-1G", "1e40", "", "8Q", "1.5.3G", "x" * 5000,
-                                    "nan", "inf"])
+                value = rng.choice(
+                    ["1", "10", "1K", "abc", "0", "-1G", "1e40", "", "8Q", "1.5.3G", "x" * 5000, "nan", "inf"]
+                )
                 pre = ["--max-memory", value]
                 applied.append(f"--max-memory {describe(value)}")
             elif kind == "names":
-                flag = rng.choice(["--preset", "--encoder", "--decoder", "--prior", "--transform", "--loss",
-                                   "--channels"])
-                value = rng.choice(LOSS_BAD if flag == "--loss" else ["2", "0", "rgb", "4"] if flag == "--channels"
-                                   else NAME_BAD)
+                flag = rng.choice(
+                    ["--preset", "--encoder", "--decoder", "--prior", "--transform", "--loss", "--channels"]
+                )
+                value = rng.choice(
+                    LOSS_BAD if flag == "--loss" else ["2", "0", "rgb", "4"] if flag == "--channels" else NAME_BAD
+                )
                 opts[flag] = value
                 applied.append(f"{flag} {describe(value)}")
             elif kind == "build_set":
@@ -830,8 +1112,12 @@ def check_base_args(invoke: Invoker, w: World, base_folder: Path, scratch: Path)
         folder = scratch / f"{cmd}-model"
         shutil.copytree(base_folder, folder)
         args = _render(cmd, list(spec["pos"]), copy.deepcopy(spec["opts"]), [], random.Random(0), [])
-        args = [a.replace(str(w.model), str(folder)).replace(str(w.out), str(scratch / f"{cmd}.png"))
-                .replace(str(w.new), str(scratch / f"{cmd}-new")) for a in args]
+        args = [
+            a.replace(str(w.model), str(folder))
+            .replace(str(w.out), str(scratch / f"{cmd}.png"))
+            .replace(str(w.new), str(scratch / f"{cmd}-new"))
+            for a in args
+        ]
         result = invoke(args)
         if result.exit_code != 0:
             problems.append(f"base arguments of {cmd} fail: {args} -> {result.exit_code} {result.output[-300:]!r}")
@@ -938,12 +1224,26 @@ class FolderWorld:
 
 
 LINKED_DIRS = ["samples", "checkpoints", "checkpoints/step-00000002", "checkpoints/step-00000004", "logs", "stages"]
-LINKED_FILES = ["metrics.jsonl", "commands.jsonl", "samples/epoch-0001.png", "checkpoints/step-00000004/trainer.json",
-                "report.html"]
-USERS_FILES = ["metrics.jsonl", "commands.jsonl", "report.html", "samples/epoch-0002.png", "samples/epoch-0003.png",
-               "samples/step-00000007.png", "checkpoints/step-00000006/model.safetensors",
-               "checkpoints/step-00000008/trainer.json", "logs/tensorboard/notes.txt", "config.json.bak",
-               "checkpoints/step-00000006/notes.txt"]
+LINKED_FILES = [
+    "metrics.jsonl",
+    "commands.jsonl",
+    "samples/epoch-0001.png",
+    "checkpoints/step-00000004/trainer.json",
+    "report.html",
+]
+USERS_FILES = [
+    "metrics.jsonl",
+    "commands.jsonl",
+    "report.html",
+    "samples/epoch-0002.png",
+    "samples/epoch-0003.png",
+    "samples/step-00000007.png",
+    "checkpoints/step-00000006/model.safetensors",
+    "checkpoints/step-00000008/trainer.json",
+    "logs/tensorboard/notes.txt",
+    "config.json.bak",
+    "checkpoints/step-00000006/notes.txt",
+]
 
 
 def folder_case(w: FolderWorld, rng: random.Random) -> list[str]:
@@ -969,8 +1269,15 @@ def folder_case(w: FolderWorld, rng: random.Random) -> list[str]:
             w.put_users_file(rel)
             done.append(f"user's {rel}")
         else:
-            rel = rng.choice(["samples/vacation.png", "checkpoints/step-00000002/model.safetensors",
-                              "logs/vacation.png", "../thesis.txt", "stages/level-0/vacation.png"])
+            rel = rng.choice(
+                [
+                    "samples/vacation.png",
+                    "checkpoints/step-00000002/model.safetensors",
+                    "logs/vacation.png",
+                    "../thesis.txt",
+                    "stages/level-0/vacation.png",
+                ]
+            )
             w.claim(rel)
             done.append(f"manifest claims {rel}")
     return done
@@ -979,16 +1286,18 @@ def folder_case(w: FolderWorld, rng: random.Random) -> list[str]:
 def folder_commands(w: FolderWorld, images: Path, rng: random.Random) -> list[str]:
     m = str(w.model)
     train = ["--data", str(images), "--batch-size", "4", "--checkpoint-every", "2", "--log-every", "2", "--quiet"]
-    return rng.choice([
-        [*BUILD_ARGS, "-o", m, "--force"],
-        ["train", m, "--resume", "--max-steps", "8", *train],
-        ["train", m, "--restart", "--max-steps", "4", *train],
-        ["train", m, "--resume", "--max-steps", "6", "--report", *train],
-        ["train", m, "--restart", "--max-steps", "2", "--logger", "tensorboard", *train],
-        ["train", m, "--max-steps", "2", *train],
-        ["sample", m, "-n", "2", "-o", str(w.root / "grid.png")],
-        ["info", m],
-    ])
+    return rng.choice(
+        [
+            [*BUILD_ARGS, "-o", m, "--force"],
+            ["train", m, "--resume", "--max-steps", "8", *train],
+            ["train", m, "--restart", "--max-steps", "4", *train],
+            ["train", m, "--resume", "--max-steps", "6", "--report", *train],
+            ["train", m, "--restart", "--max-steps", "2", "--logger", "tensorboard", *train],
+            ["train", m, "--max-steps", "2", *train],
+            ["sample", m, "-n", "2", "-o", str(w.root / "grid.png")],
+            ["info", m],
+        ]
+    )
 
 
 def run_folder_fuzz(invoke: Invoker, base_folder: Path, work: Path, count: int, seed: int) -> dict:
@@ -1000,8 +1309,23 @@ def run_folder_fuzz(invoke: Invoker, base_folder: Path, work: Path, count: int, 
     template = work / "template"
     shutil.copytree(base_folder, template)
     images = _images(work)
-    trained = invoke(["train", template, "--data", images, "--max-steps", "4", "--batch-size", "4",
-                      "--checkpoint-every", "2", "--log-every", "2", "--quiet"])
+    trained = invoke(
+        [
+            "train",
+            template,
+            "--data",
+            images,
+            "--max-steps",
+            "4",
+            "--batch-size",
+            "4",
+            "--checkpoint-every",
+            "2",
+            "--log-every",
+            "2",
+            "--quiet",
+        ]
+    )
     assert trained.exit_code == 0, trained.output
     outcomes: Counter = Counter()
     for i in range(count):
@@ -1081,8 +1405,9 @@ def fuzz(work: Path, config_count: int, arg_count: int, seed: int, folder_count:
         "config_fuzz": {**config, "seconds": round(t1 - t0, 1)},
         "argument_fuzz": {**arguments, "seconds": round(t2 - t1, 1)},
         "folder_fuzz": {**folders, "seconds": round(t3 - t2, 1)},
-        "max_error_line_chars": max(config["max_error_line_chars"], arguments["max_error_line_chars"],
-                                    folders["max_error_line_chars"]),
+        "max_error_line_chars": max(
+            config["max_error_line_chars"], arguments["max_error_line_chars"], folders["max_error_line_chars"]
+        ),
         "folder_changes": config["folder_changes"] + arguments["folder_changes"] + folders["folder_changes"],
         "rss_before_mb": round(rss_before, 1),
         "rss_after_mb": round(rss_after, 1),
@@ -1094,9 +1419,11 @@ def fuzz(work: Path, config_count: int, arg_count: int, seed: int, folder_count:
 
 
 def _counts() -> tuple[int, int, int]:
-    return (int(os.environ.get("GENVAE_FUZZ_CONFIG_CASES", CONFIG_CASES)),
-            int(os.environ.get("GENVAE_FUZZ_ARG_CASES", ARG_CASES)),
-            int(os.environ.get("GENVAE_FUZZ_SEED", SEED)))
+    return (
+        int(os.environ.get("GENVAE_FUZZ_CONFIG_CASES", CONFIG_CASES)),
+        int(os.environ.get("GENVAE_FUZZ_ARG_CASES", ARG_CASES)),
+        int(os.environ.get("GENVAE_FUZZ_SEED", SEED)),
+    )
 
 
 def _folder_count() -> int:
@@ -1156,8 +1483,14 @@ def _child_env() -> dict[str, str]:
 @pytest.mark.slow
 def test_cli_fuzz_config_files_and_arguments(tmp_path):
     """>= 1000 hostile config.json files and >= 1000 bad argument lists, in one child process."""
-    child = subprocess.run([sys.executable, __file__, "--run", str(tmp_path / "fuzz")], capture_output=True,
-                           text=True, timeout=900, env=_child_env(), cwd=tmp_path)
+    child = subprocess.run(
+        [sys.executable, __file__, "--run", str(tmp_path / "fuzz")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=_child_env(),
+        cwd=tmp_path,
+    )
     assert child.returncode == 0, child.stderr[-3000:]
     summary = json.loads(child.stdout.strip().splitlines()[-1])
     report = os.environ.get("GENVAE_FUZZ_REPORT")
@@ -1225,12 +1558,27 @@ def test_seeds_are_64_bit(fuzz_model, tmp_path):
     assert result.exit_code == 0, result.output
     folder = tmp_path / "m"
     shutil.copytree(fuzz_model, folder)
-    result = invoke(["train", folder, "--data", _images(tmp_path), "--max-steps", "1", "--batch-size", "4",
-                     "--seed", str(2 * 10**13), "--quiet"])
+    result = invoke(
+        [
+            "train",
+            folder,
+            "--data",
+            _images(tmp_path),
+            "--max-steps",
+            "1",
+            "--batch-size",
+            "4",
+            "--seed",
+            str(2 * 10**13),
+            "--quiet",
+        ]
+    )
     assert result.exit_code == 0, result.output
     before = json.loads((folder / "config.json").read_text())
-    for args in (["sample", fuzz_model, "-n", "2", "-o", tmp_path / "t.png", "--seed", str(2**64)],
-                 ["train", folder, "--restart", "--max-steps", "1", "--seed", str(2**64 + 5)]):
+    for args in (
+        ["sample", fuzz_model, "-n", "2", "-o", tmp_path / "t.png", "--seed", str(2**64)],
+        ["train", folder, "--restart", "--max-steps", "1", "--seed", str(2**64 + 5)],
+    ):
         result = invoke(args)
         _refused_cleanly(result)
         assert result.exit_code == 2
@@ -1245,8 +1593,9 @@ def test_every_seed_option_takes_64_bit_seeds_only():
     """--seed of every command, the plugins' included, has the same type (0..2**64-1)."""
     from genvae.api import SEED
 
-    seeds = {name: param for name, command in Invoker().commands.items() for param in command.params
-             if param.name == "seed"}
+    seeds = {
+        name: param for name, command in Invoker().commands.items() for param in command.params if param.name == "seed"
+    }
     assert {"train", "sample", "evaluate", "reconstruct", "draw", "traverse", "edit", "train-levels"} <= set(seeds)
     for name, param in seeds.items():
         assert param.type is SEED, name
@@ -1277,9 +1626,11 @@ def test_error_lines_are_cut_to_400_characters_with_the_prefix(tmp_path):
 @pytest.mark.parametrize("command", ["info", "sample-output", "build-output"])
 def test_file_name_too_long_is_one_line(fuzz_model, tmp_path, command):
     long = tmp_path / ("a" * 300)
-    args = {"info": ["info", long],
-            "sample-output": ["sample", fuzz_model, "-n", "2", "-o", f"{long}.png"],
-            "build-output": [*BUILD_ARGS, "-o", long]}[command]
+    args = {
+        "info": ["info", long],
+        "sample-output": ["sample", fuzz_model, "-n", "2", "-o", f"{long}.png"],
+        "build-output": [*BUILD_ARGS, "-o", long],
+    }[command]
     _refused_cleanly(Invoker()(args))
 
 
@@ -1289,8 +1640,9 @@ def test_huge_train_batch_size_is_refused_before_config_is_written(fuzz_model, t
     shutil.copytree(fuzz_model, folder)
     before = (folder / "config.json").read_bytes()
     invoke = Invoker()
-    first = invoke(["train", folder, "--data", _images(tmp_path), "--max-steps", "1", "--batch-size", str(10**12),
-                    "--quiet"])
+    first = invoke(
+        ["train", folder, "--data", _images(tmp_path), "--max-steps", "1", "--batch-size", str(10**12), "--quiet"]
+    )
     _refused_cleanly(first)
     assert (folder / "config.json").read_bytes() == before
     assert invoke(["info", folder]).exit_code == 0

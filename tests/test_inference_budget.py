@@ -54,8 +54,13 @@ def batches(kind: type[nn.Module] = nn.ConvTranspose2d, training: bool = False, 
 
     def hook(module, args):
         x = args[0] if args else None
-        if (isinstance(module, kind) and torch.is_tensor(x) and not x.is_meta and module.training == training
-                and (size is None or x.shape[-1] == size)):
+        if (
+            isinstance(module, kind)
+            and torch.is_tensor(x)
+            and not x.is_meta
+            and module.training == training
+            and (size is None or x.shape[-1] == size)
+        ):
             seen.append(int(x.shape[0]))
 
     handle = nn.modules.module.register_module_forward_pre_hook(hook)
@@ -101,15 +106,18 @@ def test_the_chunk_size_by_hand(folders):
     est = inference_estimate(spec, "four-mib", program=four_mib_per_image)
     assert (est.fixed_bytes, est.per_image_bytes) == (0, 4 * 2**20)
     assert est.image_bytes == 5 * 2**20  # the kernels' margin: 5/4
-    weights = sum(t.numel() * t.element_size() for t in (*load_model(folders / "m64").parameters(),
-                                                         *load_model(folders / "m64").buffers()))
+    weights = sum(
+        t.numel() * t.element_size()
+        for t in (*load_model(folders / "m64").parameters(), *load_model(folders / "m64").buffers())
+    )
     base = weights + RUNTIME_BYTES
     assert est.batch_bytes(0) == base and est.batch_bytes(3) == base + 15 * 2**20
     held = 7 * 2**20
 
     def chunk(requested: int, fit: int) -> int:
-        return inference_batch(spec, requested, what="four-mib", program=four_mib_per_image, held=held,
-                               limit=base + held + fit * 5 * 2**20)
+        return inference_batch(
+            spec, requested, what="four-mib", program=four_mib_per_image, held=held, limit=base + held + fit * 5 * 2**20
+        )
 
     assert chunk(10, 23) == 10  # all fit
     assert chunk(23, 23) == 23
@@ -118,13 +126,23 @@ def test_the_chunk_size_by_hand(folders):
     assert chunk(64, 3) == 2
     assert chunk(64, 1) == 1
     with pytest.raises(BudgetError) as info:
-        inference_batch(spec, 64, what="four-mib", program=four_mib_per_image, held=held, holding="the grid",
-                        command="sample", limit=base + held + 5 * 2**20 - 1)
+        inference_batch(
+            spec,
+            64,
+            what="four-mib",
+            program=four_mib_per_image,
+            held=held,
+            holding="the grid",
+            command="sample",
+            limit=base + held + 5 * 2**20 - 1,
+        )
     message = str(info.value)
     assert "\n" not in message
-    assert message.startswith(f"sample needs about {format_size(base + 5 * 2**20 + held)} even one image at a time "
-                              f"({format_size(base + 5 * 2**20)} to run the model on one 3x64x64 image, "
-                              f"{format_size(held)} for the grid), over the limit of ")
+    assert message.startswith(
+        f"sample needs about {format_size(base + 5 * 2**20 + held)} even one image at a time "
+        f"({format_size(base + 5 * 2**20)} to run the model on one 3x64x64 image, "
+        f"{format_size(held)} for the grid), over the limit of "
+    )
     assert message.endswith("lower the sizes, or raise the limit with --max-memory / GENVAE_MAX_MEMORY")
 
 
@@ -156,7 +174,7 @@ def test_a_convolutions_scratch_by_hand():
 
 # -- sample ---------------------------------------------------------------------------------------------
 
-PROCESS = r'''
+PROCESS = r"""
 import json, sys
 from genvae.cli.main import add_plugin_commands, cli
 from genvae.core.budget import estimate
@@ -177,15 +195,20 @@ try:
 except SystemExit as exc:
     code = exc.code
 print(json.dumps({"growth": status("VmHWM:") - base, "code": code}), file=sys.stderr)
-'''
+"""
 
 
 def genvae_process(*args, limit: str, timeout: float = 120) -> tuple[dict, str]:
     """``genvae ARGS`` in a process of its own; (its exit code and resident-set growth over the interpreter's
     baseline, its stderr without that record)."""
     env = {**os.environ, "GENVAE_MAX_MEMORY": limit}
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(PROCESS), *map(str, args)], capture_output=True,
-                         text=True, env=env, timeout=timeout)
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(PROCESS), *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
     *lines, record = out.stderr.strip().splitlines()
     return json.loads(record), "\n".join(lines)
 
@@ -210,13 +233,17 @@ def test_sample_64_in_a_process_stays_under_the_limit(folders, tmp_path):
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux's /proc/self/clear_refs")
 @pytest.mark.slow
 def test_sample_10000_at_a_large_size_is_refused_before_any_work(folders, tmp_path):
-    record, err = genvae_process("sample", folders / "g256", "-n", 10_000, "-o", tmp_path / "s.png", limit="1G",
-                                 timeout=60)
+    record, err = genvae_process(
+        "sample", folders / "g256", "-n", 10_000, "-o", tmp_path / "s.png", limit="1G", timeout=60
+    )
     assert record["code"] == 1
     line = error_line(err)
-    assert re.match(r"Error: sample needs about [\d.]+ GB even one image at a time \(.* to run the model on one "
-                    r"1x256x256 image, [\d.]+ GB for the 10,000 images and the grid it writes\), over the limit of "
-                    r"1\.0 GB \(GENVAE_MAX_MEMORY\); lower the sizes", line), line
+    assert re.match(
+        r"Error: sample needs about [\d.]+ GB even one image at a time \(.* to run the model on one "
+        r"1x256x256 image, [\d.]+ GB for the 10,000 images and the grid it writes\), over the limit of "
+        r"1\.0 GB \(GENVAE_MAX_MEMORY\); lower the sizes",
+        line,
+    ), line
     assert record["growth"] < 64 * 2**20, format_size(record["growth"])  # the model ran on 2 images: its dry run
     assert not (tmp_path / "s.png").exists()
 
@@ -313,8 +340,18 @@ def test_train_draws_its_epoch_grid_in_chunks(folders, tmp_path):
     for name, lim in (("chunked", limit), ("whole", None)):
         shutil.copytree(folders / "m64", tmp_path / name)
         with batches() as seen:
-            result = invoke("train", tmp_path / name, "--data", folders / "data", "--epochs", 1, "--batch-size", 8,
-                            "--quiet", limit=lim)
+            result = invoke(
+                "train",
+                tmp_path / name,
+                "--data",
+                folders / "data",
+                "--epochs",
+                1,
+                "--batch-size",
+                8,
+                "--quiet",
+                limit=lim,
+            )
         assert result.exit_code == 0, result.output
         grids[name] = (tmp_path / name / "samples" / "epoch-0001.png").read_bytes()
         if name == "chunked":
@@ -366,8 +403,9 @@ def test_edit_in_chunks(tmp_path):
         assert 1 < max(seen) < 64, (blend, seen)
         assert invoke(*args, "-o", tmp_path / f"w-{blend}").exit_code == 0
         for name in ("samples", "composites", "edit-63"):
-            assert (tmp_path / f"c-{blend}" / f"{name}.png").read_bytes() == \
-                (tmp_path / f"w-{blend}" / f"{name}.png").read_bytes(), (blend, name)
+            assert (tmp_path / f"c-{blend}" / f"{name}.png").read_bytes() == (
+                tmp_path / f"w-{blend}" / f"{name}.png"
+            ).read_bytes(), (blend, name)
 
 
 def test_poisson_blend_of_an_image_does_not_depend_on_its_batch():
@@ -407,8 +445,12 @@ def test_loading_a_model_to_run_it_never_asks_for_its_training_memory(folders, t
     spec = load_spec(folders / "m64")
     big = spec.with_train(batch_size=512)  # a large training batch in the folder's config
     folder = tmp_path / "m"
-    assert invoke("build", "--preset", "cvae", "--image-size", 64, *W1, "--set", "train.batch_size=512", "-o",
-                  folder).exit_code == 0
+    assert (
+        invoke(
+            "build", "--preset", "cvae", "--image-size", 64, *W1, "--set", "train.batch_size=512", "-o", folder
+        ).exit_code
+        == 0
+    )
     training, loading = estimate(big).training_bytes, check_load(big, limit="1T")
     assert loading is not None and loading < training
     limit = str((loading + training) // 2)

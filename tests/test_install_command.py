@@ -30,8 +30,12 @@ def own_env(tmp_path_factory):
     root = tmp_path_factory.mktemp("genvae-env")
     venv.EnvBuilder(with_pip=False).create(root / "venv")
     python = root / "venv" / "bin" / "python"
-    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                             capture_output=True, text=True, check=True).stdout.strip()
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     outer = [sysconfig.get_paths()["purelib"], *site.getsitepackages()]
     lines = "".join(f"import site; site.addsitedir({p!r})\n" for p in dict.fromkeys(outer))
     Path(purelib, "outer-env.pth").write_text(lines)
@@ -43,8 +47,14 @@ def own_env(tmp_path_factory):
 
 def genvae(own_env, *args, check=True):
     python, _, _, env = own_env
-    proc = subprocess.run([str(python), "-m", "genvae.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=300, cwd=own_env[2].parent)
+    proc = subprocess.run(
+        [str(python), "-m", "genvae.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=own_env[2].parent,
+    )
     if check:
         assert proc.returncode == 0, proc.stderr + proc.stdout
     return proc

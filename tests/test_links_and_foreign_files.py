@@ -82,9 +82,11 @@ def test_a_checkpoints_link_to_an_archive_loses_nothing(trained, tmp_path, comma
     (archive / "notes.txt").write_text("mine")
     os.symlink(archive.resolve(), trained / "checkpoints")
     before, theirs = tree(trained), tree(archive)
-    args = {"build": ["build", "--preset", "cvae", *SETS, "-o", trained, "--force"],
-            "restart": ["train", trained, "--restart", "--max-steps", "6", "--checkpoint-every", "2", *TRAIN],
-            "resume": ["train", trained, "--resume", "--max-steps", "6", "--checkpoint-every", "2", *TRAIN]}[command]
+    args = {
+        "build": ["build", "--preset", "cvae", *SETS, "-o", trained, "--force"],
+        "restart": ["train", trained, "--restart", "--max-steps", "6", "--checkpoint-every", "2", *TRAIN],
+        "resume": ["train", trained, "--resume", "--max-steps", "6", "--checkpoint-every", "2", *TRAIN],
+    }[command]
     refused(run(*args, ok=False), "checkpoints is a symlink")
     assert tree(archive) == theirs and tree(trained) == before
 
@@ -101,10 +103,14 @@ def test_a_linked_step_folder_survives_rotation_restart_and_force(trained, tmp_p
     assert tree(archive) == theirs and os.path.islink(trained / "checkpoints" / "step-00000002")
     assert sorted(os.listdir(trained / "checkpoints")) == ["step-00000002", "step-00000006", "step-00000008"]
     before = tree(trained)
-    refused(run("train", trained, "--restart", "--max-steps", "2", *TRAIN, ok=False),
-            "checkpoints/step-00000002 is a symlink")
-    refused(run("build", "--preset", "cvae", *SETS, "-o", trained, "--force", ok=False),
-            "checkpoints/step-00000002 is a symlink")
+    refused(
+        run("train", trained, "--restart", "--max-steps", "2", *TRAIN, ok=False),
+        "checkpoints/step-00000002 is a symlink",
+    )
+    refused(
+        run("build", "--preset", "cvae", *SETS, "-o", trained, "--force", ok=False),
+        "checkpoints/step-00000002 is a symlink",
+    )
     assert tree(archive) == theirs and tree(trained) == before
 
 
@@ -114,8 +120,9 @@ def test_a_linked_step_folder_survives_rotation_restart_and_force(trained, tmp_p
 def test_train_refuses_a_metrics_file_it_did_not_write(built):
     (built / "metrics.jsonl").write_text('{"step": 999, "my": "own experiment log"}\n')
     before = tree(built)
-    refused(run("train", built, "--max-steps", "2", *TRAIN, ok=False), "metrics.jsonl exists and genvae did not "
-            "write it")
+    refused(
+        run("train", built, "--max-steps", "2", *TRAIN, ok=False), "metrics.jsonl exists and genvae did not write it"
+    )
     assert tree(built) == before
 
 
@@ -151,8 +158,10 @@ def test_a_users_file_in_a_checkpoint_folder_is_never_overwritten(built):
     step.mkdir(parents=True)
     (step / "model.safetensors").write_bytes(b"my weights, no trainer.json beside them")
     before = tree(built)
-    refused(run("train", built, "--max-steps", "4", "--checkpoint-every", "2", *TRAIN, ok=False),
-            "checkpoints/step-00000002/model.safetensors exists and genvae did not write it")
+    refused(
+        run("train", built, "--max-steps", "4", "--checkpoint-every", "2", *TRAIN, ok=False),
+        "checkpoints/step-00000002/model.safetensors exists and genvae did not write it",
+    )
     assert tree(built) == before
 
 
@@ -161,8 +170,10 @@ def test_restart_refuses_foreign_files_in_a_later_step_before_deleting_anything(
     later.mkdir()
     (later / "optimizer.safetensors").write_bytes(b"mine")
     before = tree(trained)
-    refused(run("train", trained, "--restart", "--max-steps", "8", "--checkpoint-every", "2", *TRAIN, ok=False),
-            "step-00000006/optimizer.safetensors exists and genvae did not write it")
+    refused(
+        run("train", trained, "--restart", "--max-steps", "8", "--checkpoint-every", "2", *TRAIN, ok=False),
+        "step-00000006/optimizer.safetensors exists and genvae did not write it",
+    )
     assert tree(trained) == before  # the old checkpoints are still there
 
 
@@ -191,8 +202,22 @@ def test_train_levels_never_writes_stage_folders_through_a_link(tmp_path, link):
         (folder / "stages").mkdir()
     os.symlink(elsewhere, folder / link)
     before, theirs = tree(folder), tree(elsewhere)
-    refused(run("train-levels", folder, "--greedy", "--steps", "2", "--batch-size", "4", "--quiet", "--device",
-                "cpu", ok=False), f"{link} is a symlink")
+    refused(
+        run(
+            "train-levels",
+            folder,
+            "--greedy",
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--quiet",
+            "--device",
+            "cpu",
+            ok=False,
+        ),
+        f"{link} is a symlink",
+    )
     assert tree(elsewhere) == theirs and tree(folder) == before
 
 
@@ -205,8 +230,12 @@ def test_a_real_genvae_process_refuses_and_deletes_nothing(trained, tmp_path, ge
     os.rename(trained / "checkpoints", archive)
     os.symlink(archive, trained / "checkpoints")
     before, theirs = tree(trained), tree(archive)
-    done = subprocess.run([*genvae_exe, "build", "--preset", "cvae", *SETS, "-o", str(trained), "--force"],
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [*genvae_exe, "build", "--preset", "cvae", *SETS, "-o", str(trained), "--force"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.count("\n") == 1 and "checkpoints is a symlink" in done.stderr
     assert tree(archive) == theirs and tree(trained) == before

@@ -157,8 +157,16 @@ def test_train_config_refuses_non_finite_numbers(changes, name):
 
 
 def test_finite_train_values_still_pass():
-    config = TrainConfig(lr=3e-4, betas=(0.0, 0.999), weight_decay=0, lr_gamma=0.1, grad_clip_norm=1.0,
-                         phase_lr={"discriminator": 1e-4}, lr_multipliers={"transform": 0.125}, max_steps=10)
+    config = TrainConfig(
+        lr=3e-4,
+        betas=(0.0, 0.999),
+        weight_decay=0,
+        lr_gamma=0.1,
+        grad_clip_norm=1.0,
+        phase_lr={"discriminator": 1e-4},
+        lr_multipliers={"transform": 0.125},
+        max_steps=10,
+    )
     assert config.lr == 3e-4 and config.betas == (0.0, 0.999) and config.max_steps == 10
     assert options_from_dict(TrainConfig, {"betas": "0.5,0.9", "max_steps": "none"}, "train").betas == (0.5, 0.9)
 
@@ -169,8 +177,12 @@ def test_finite_train_values_still_pass():
 @pytest.mark.parametrize(
     "kind, name, options, words",
     [
-        ("transform", "cr-lstm", {"lr_multiplier": "nan"},
-         ["latent transform 'cr-lstm' option 'lr_multiplier'", "finite number > 0 or none"]),
+        (
+            "transform",
+            "cr-lstm",
+            {"lr_multiplier": "nan"},
+            ["latent transform 'cr-lstm' option 'lr_multiplier'", "finite number > 0 or none"],
+        ),
         ("transform", "cr-lstm", {"forget_bias": "inf"}, ["latent transform 'cr-lstm' option 'forget_bias'", "finite"]),
         ("encoder", "cr-lstm", {"slope": -1}, ["encoder 'cr-lstm' option 'slope'", "finite number >= 0"]),
         ("loss", "adv", {"mix": "0.5,0.5"}, ["loss 'adv' option 'mix'", "three fractions", "summing to 1"]),
@@ -179,8 +191,12 @@ def test_finite_train_values_still_pass():
         ("loss", "mi", {"kappa": float("inf")}, ["loss 'mi' option 'kappa'", "finite number >= 0"]),
         ("loss", "mi", {"target": "w"}, ["loss 'mi' option 'target'", "one of auto, u, z", "got 'w'"]),
         ("loss", "gaussian", {"init_logvar": "nan"}, ["loss 'gaussian' option 'init_logvar'", "finite number"]),
-        ("loss", "pyramid-mse", {"level_weights": [1, float("inf")]},
-         ["loss 'pyramid-mse' option 'level_weights'", "finite"]),
+        (
+            "loss",
+            "pyramid-mse",
+            {"level_weights": [1, float("inf")]},
+            ["loss 'pyramid-mse' option 'level_weights'", "finite"],
+        ),
         ("encoder", "laplacian", {"kernel": "gauss"}, ["encoder 'laplacian' option 'kernel'", "binomial", "bilinear"]),
         ("encoder", "fc", {"hidden": [8, 0]}, ["encoder 'fc'", "hidden"]),
         ("prior", "m-net", {"hidden": "a"}, ["prior 'm-net' option 'hidden'", "integer"]),

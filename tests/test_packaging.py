@@ -64,16 +64,24 @@ PACKAGES = {
     "genvae.testing": "testing",
 }
 NOT_PACKAGED = ("tests", "docs", "benchmarks", "examples", "tools", "build", "dist", ".venv", ".ci")
-TINY = ["image_size=16", "encoder.width=8", "encoder.depth=2", "decoder.width=8", "decoder.depth=2",
-        "transform.latent_channels=2"]
+TINY = [
+    "image_size=16",
+    "encoder.width=8",
+    "encoder.depth=2",
+    "decoder.width=8",
+    "decoder.depth=2",
+    "transform.latent_channels=2",
+]
 
 
-def run(args: list, *, cwd: Path = REPO, env: dict[str, str] | None = None,
-        timeout: float = 300) -> subprocess.CompletedProcess:
+def run(
+    args: list, *, cwd: Path = REPO, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """Run a command; a non-zero exit fails the test with the command and the end of its output."""
     proc = subprocess.run([str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"{' '.join(map(str, args))} -> {proc.returncode}\n{proc.stdout[-3000:]}\n" \
-                                 f"{proc.stderr[-3000:]}"
+    assert proc.returncode == 0, (
+        f"{' '.join(map(str, args))} -> {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
     return proc
 
 
@@ -127,8 +135,9 @@ def test_the_wheel_holds_exactly_the_packages(dist):
     metadata = zipfile.ZipFile(wheel).read(f"{info}METADATA").decode()
     assert "License-Expression: MIT" in metadata and "Classifier: Typing :: Typed" in metadata
     assert re.search(r"^Project-URL: Homepage, https://", metadata, re.M), metadata[:2000]
-    assert f"Version: {version}" in metadata and re.search(r'^__version__ = "' + re.escape(version) + '"$',
-                                                           (REPO / "__init__.py").read_text(), re.M)
+    assert f"Version: {version}" in metadata and re.search(
+        r'^__version__ = "' + re.escape(version) + '"$', (REPO / "__init__.py").read_text(), re.M
+    )
 
 
 def test_the_sdist_holds_what_building_needs(dist):
@@ -151,19 +160,16 @@ def fresh_env(dist, tmp_path_factory) -> dict:
     venv.EnvBuilder(with_pip=False).create(root / "venv")
     python = root / "venv" / "bin" / "python"
     purelib = Path(run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip())
-    outer = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"],
-                           *site.getsitepackages()])
+    outer = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *site.getsitepackages()])
     (purelib / "outer-env.pth").write_text("".join(f"{p}\n" for p in outer))  # plain paths: no .pth inside run
     env = clean_env()
-    run([python, "-m", "pip", "install", "--no-deps", "--no-index", "--disable-pip-version-check", dist[1]],
-        env=env)
+    run([python, "-m", "pip", "install", "--no-deps", "--no-index", "--disable-pip-version-check", dist[1]], env=env)
     return {"root": root, "python": python, "bin": python.parent, "purelib": purelib, "env": env}
 
 
 def test_genvae_resolves_to_the_installed_wheel(fresh_env):
     probe = "import genvae, importlib.metadata as m; print(genvae.__file__); print(m.version('genvae'))"
-    where, version = run([fresh_env["python"], "-c", probe], cwd=fresh_env["root"],
-                         env=fresh_env["env"]).stdout.split()
+    where, version = run([fresh_env["python"], "-c", probe], cwd=fresh_env["root"], env=fresh_env["env"]).stdout.split()
     assert Path(where) == fresh_env["purelib"] / "genvae" / "__init__.py"
     import genvae
 
@@ -178,13 +184,17 @@ def test_list_plugins_loads_every_builtin(fresh_env):
     expected = {m.rsplit(".", 1)[-1].replace("_", "-") for m in BUILTIN_PLUGINS}
     assert len(expected) == len(BUILTIN_PLUGINS) > 20
     assert {n: (p["status"], p["builtin"], p["distribution"]) for n, p in plugins.items() if n in expected} == {
-        n: ("loaded", True, "genvae") for n in expected}
+        n: ("loaded", True, "genvae") for n in expected
+    }
 
 
 def test_a_tiny_model_builds_and_trains_three_steps(fresh_env, tmp_path):
     genvae, env = fresh_env["bin"] / "genvae", fresh_env["env"]
-    run([genvae, "build", "--preset", "cvae", *[a for s in TINY for a in ("--set", s)], "-o", "M"], cwd=tmp_path,
-        env=env)
+    run(
+        [genvae, "build", "--preset", "cvae", *[a for s in TINY for a in ("--set", s)], "-o", "M"],
+        cwd=tmp_path,
+        env=env,
+    )
     run([genvae, "train", "M", "--max-steps", "3", "--batch-size", "4", "--quiet"], cwd=tmp_path, env=env)
     steps = [json.loads(line)["step"] for line in (tmp_path / "M" / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] == 3
@@ -196,8 +206,20 @@ def example_installed(fresh_env) -> Path:
     """The example plugin installed (not editable) into the fresh venv, from a copy of its folder."""
     source = fresh_env["root"] / "genvae-plugin-example"
     shutil.copytree(EXAMPLE, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
-    run([fresh_env["python"], "-m", "pip", "install", "--no-deps", "--no-index", "--no-build-isolation",
-         "--disable-pip-version-check", source], env=fresh_env["env"])
+    run(
+        [
+            fresh_env["python"],
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-index",
+            "--no-build-isolation",
+            "--disable-pip-version-check",
+            source,
+        ],
+        env=fresh_env["env"],
+    )
     return source
 
 
@@ -207,8 +229,20 @@ def test_the_example_plugins_tests_pass_against_the_installed_genvae(fresh_env, 
     for where in run([python, "-c", probe], env=env).stdout.split():  # from the repository root, as pytest runs
         assert Path(where).is_relative_to(fresh_env["purelib"]), where
     # -o pythonpath=: the example's pytest settings put its own folder first; here the installed copy is tested
-    proc = run([python, "-m", "pytest", "examples/genvae-plugin-example/tests", "-p", "no:cacheprovider",
-                "-o", "pythonpath=", "-q"], env=env)
+    proc = run(
+        [
+            python,
+            "-m",
+            "pytest",
+            "examples/genvae-plugin-example/tests",
+            "-p",
+            "no:cacheprovider",
+            "-o",
+            "pythonpath=",
+            "-q",
+        ],
+        env=env,
+    )
     assert re.search(r"\b\d+ passed\b", proc.stdout) and " failed" not in proc.stdout, proc.stdout[-2000:]
 
 
@@ -217,11 +251,18 @@ def test_the_example_plugins_tests_pass_against_the_installed_genvae(fresh_env, 
 
 def mypy_on_the_example(python: Path, cwd: Path, target: str, env: dict[str, str], hint: str = "") -> Path:
     """mypy's verdict on the example plugin's package, asserted clean; returns the genvae/api.py it read."""
-    proc = subprocess.run([str(python), "-m", "mypy", "-v", "--cache-dir", os.devnull, target], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [str(python), "-m", "mypy", "-v", "--cache-dir", os.devnull, target],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     verdict = proc.stdout.strip()
-    assert proc.returncode == 0 and "import-not-found" not in verdict, \
+    assert proc.returncode == 0 and "import-not-found" not in verdict, (
         f"{verdict[-3000:] or proc.stderr[-3000:]}\n{hint}"
+    )
     assert verdict.startswith("Success: no issues found"), verdict
     read = re.findall(r"^LOG:  Parsing (\S+) \(genvae\.api\)$", proc.stderr, re.M)
     assert len(read) == 1, read
@@ -239,7 +280,8 @@ def test_mypy_passes_on_the_example_plugin_against_the_strict_editable_install()
     import genvae.api
 
     hint = "is genvae installed editable in strict mode? pip install -e '.[dev]' --config-settings editable_mode=strict"
-    api = mypy_on_the_example(Path(sys.executable), REPO, "examples/genvae-plugin-example/genvae_plugin_example",
-                              clean_env(), hint)
+    api = mypy_on_the_example(
+        Path(sys.executable), REPO, "examples/genvae-plugin-example/genvae_plugin_example", clean_env(), hint
+    )
     # strict mode links each module into build/__editable__.../genvae/: the file Python imports is what mypy reads
     assert api == Path(genvae.api.__file__) and api.samefile(REPO / "api.py")

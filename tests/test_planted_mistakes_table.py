@@ -14,6 +14,9 @@ def test_every_planted_mistake_targets_one_place_in_the_code():
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    stale = [(label, path) for label, path, original, *_ in module.MISTAKES
-             if not (ROOT / path).is_file() or (ROOT / path).read_text(encoding="utf-8").count(original) != 1]
+    stale = [
+        (label, path)
+        for label, path, original, *_ in module.MISTAKES
+        if not (ROOT / path).is_file() or (ROOT / path).read_text(encoding="utf-8").count(original) != 1
+    ]
     assert len(module.MISTAKES) > 50 and stale == []

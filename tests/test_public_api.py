@@ -37,8 +37,11 @@ def outside_imports(path: Path, own: str) -> list[str]:
     """Every import in ``path`` of a genvae module other than ``genvae.api`` (and ``own``'s own modules)."""
     found = []
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-            [node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else [])
+        names = (
+            [a.name for a in node.names]
+            if isinstance(node, ast.Import)
+            else ([node.module] if isinstance(node, ast.ImportFrom) and node.module and not node.level else [])
+        )
         for name in names:
             if not name.startswith("genvae") or name == "genvae.api" or name.startswith("genvae_plugin_example"):
                 continue
@@ -57,11 +60,17 @@ def test_plugins_import_only_the_public_api(path):
 
 def test_the_scan_finds_what_it_forbids(tmp_path):
     bad = tmp_path / "bad.py"
-    bad.write_text("from genvae.cli.main import console\nimport genvae.cli\nfrom genvae.core.data import load_data\n"
-                   "from genvae.plugins.conv import up_stack\nfrom genvae.api import Encoder\n"
-                   "from genvae.plugins.laplacian.pyramid import upsample\n")
-    assert outside_imports(bad, "genvae.plugins.laplacian") == ["genvae.cli.main", "genvae.cli", "genvae.core.data",
-                                                               "genvae.plugins.conv"]
+    bad.write_text(
+        "from genvae.cli.main import console\nimport genvae.cli\nfrom genvae.core.data import load_data\n"
+        "from genvae.plugins.conv import up_stack\nfrom genvae.api import Encoder\n"
+        "from genvae.plugins.laplacian.pyramid import upsample\n"
+    )
+    assert outside_imports(bad, "genvae.plugins.laplacian") == [
+        "genvae.cli.main",
+        "genvae.cli",
+        "genvae.core.data",
+        "genvae.plugins.conv",
+    ]
     assert outside_imports(bad, "genvae.plugins")[-1] == "genvae.plugins.laplacian.pyramid"
 
 
@@ -74,8 +83,12 @@ def test_every_public_name_exists_and_is_in_the_generated_reference():
 
 
 def test_the_generated_reference_is_up_to_date():
-    done = subprocess.run([sys.executable, str(ROOT / "tools" / "api_reference.py"), "--check"], capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "api_reference.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -104,8 +117,11 @@ def builtin_names() -> set[str]:
 
 
 def string_constants(path: Path) -> set[str]:
-    return {node.value for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
-            if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+    return {
+        node.value
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+    }
 
 
 def test_the_conformance_kit_names_no_built_in_plugin():
@@ -140,8 +156,11 @@ def test_the_core_imports_no_command_line_library():
             if isinstance(block, ast.If) and isinstance(block.test, ast.Name) and block.test.id == "TYPE_CHECKING":
                 block.body = []
         for node in ast.walk(tree):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else ([node.module] if isinstance(node, ast.ImportFrom) and node.module else [])
+            )
             bad = [n for n in names if n.split(".")[0] in ("click", "rich") or n.startswith("genvae.cli")]
             if bad:
                 found.setdefault(str(path.relative_to(ROOT)), []).extend(bad)

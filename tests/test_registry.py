@@ -101,7 +101,9 @@ def test_disable_plugins(monkeypatch):
 
 
 def test_disable_a_plugin_that_is_not_builtin(plugin_module, monkeypatch):
-    name = plugin_module("genvae_test_extra", """
+    name = plugin_module(
+        "genvae_test_extra",
+        """
         class Extra(Encoder):
             '''An encoder nobody wants.'''
             name = "extra"
@@ -109,7 +111,8 @@ def test_disable_a_plugin_that_is_not_builtin(plugin_module, monkeypatch):
         @hookimpl
         def genvae_register_encoders(register):
             register(Extra)
-    """)
+    """,
+    )
     assert "extra" in load(name).names("encoder")
     monkeypatch.setenv("GENVAE_DISABLE_PLUGINS", "genvae-test-extra")
     registry = load(name)
@@ -121,7 +124,9 @@ def test_disable_a_plugin_that_is_not_builtin(plugin_module, monkeypatch):
 
 
 def test_plugin_whose_register_hook_raises_is_recorded(plugin_module):
-    name = plugin_module("genvae_test_broken", """
+    name = plugin_module(
+        "genvae_test_broken",
+        """
         class Half(Encoder):
             '''Registered just before the plugin fails.'''
             name = "half"
@@ -133,7 +138,8 @@ def test_plugin_whose_register_hook_raises_is_recorded(plugin_module):
         @hookimpl
         def genvae_register_losses(register):
             raise RuntimeError("boom in register\\nsecond line")
-    """)
+    """,
+    )
     registry = load(name)
     record = registry.plugins["genvae-test-broken"]
     assert record.status == "failed"
@@ -149,15 +155,21 @@ def test_plugin_whose_register_hook_raises_is_recorded(plugin_module):
 @pytest.mark.parametrize(
     "body, error",
     [
-        ("raise ImportError('needs a package that is not installed')",
-         "ImportError: needs a package that is not installed"),
+        (
+            "raise ImportError('needs a package that is not installed')",
+            "ImportError: needs a package that is not installed",
+        ),
         ("def broken(:\n    pass", "SyntaxError"),
-        ("""
+        (
+            """
         @hookimpl
         def genvae_register_losses(register):
             register(object)
-        """, "TypeError: register() takes a Component subclass"),
-        ("""
+        """,
+            "TypeError: register() takes a Component subclass",
+        ),
+        (
+            """
         class Enc(Encoder):
             '''An encoder.'''
             name = "enc"
@@ -165,15 +177,20 @@ def test_plugin_whose_register_hook_raises_is_recorded(plugin_module):
         @hookimpl
         def genvae_register_losses(register):
             register(Enc)
-        """, "TypeError: Enc is a encoder, registered as loss"),
-        ("""
+        """,
+            "TypeError: Enc is a encoder, registered as loss",
+        ),
+        (
+            """
         class Nameless(Loss):
             '''No name.'''
 
         @hookimpl
         def genvae_register_losses(register):
             register(Nameless)
-        """, "TypeError: Nameless has no name"),
+        """,
+            "TypeError: Nameless has no name",
+        ),
     ],
     ids=["import-error", "syntax-error", "not-a-component", "wrong-kind", "no-name"],
 )
@@ -232,7 +249,9 @@ def test_two_plugins_registering_one_name(plugin_module):
 
 
 def test_conflict_with_a_builtin_name_is_reported_and_disabling_resolves_it(plugin_module, monkeypatch):
-    name = plugin_module("genvae_test_mse", """
+    name = plugin_module(
+        "genvae_test_mse",
+        """
         class OtherMSE(Loss):
             '''Another mse.'''
             name = "mse"
@@ -241,7 +260,8 @@ def test_conflict_with_a_builtin_name_is_reported_and_disabling_resolves_it(plug
         @hookimpl
         def genvae_register_losses(register):
             register(OtherMSE)
-    """)
+    """,
+    )
     registry = load(name)
     with pytest.raises(GenvaeError, match="loss 'mse' is registered by both plugins 'mse' and 'genvae-test-mse'"):
         registry.get("loss", "mse")
@@ -253,13 +273,16 @@ def test_conflict_with_a_builtin_name_is_reported_and_disabling_resolves_it(plug
 
 
 def test_a_plugin_may_register_its_own_alias(plugin_module):
-    name = plugin_module("genvae_test_alias", """
+    name = plugin_module(
+        "genvae_test_alias",
+        """
         from genvae.plugins.fc import FCEncoder
 
         @hookimpl
         def genvae_register_encoders(register):
             register(FCEncoder, name="mlp")
-    """)
+    """,
+    )
     registry = load(name)
     assert registry.component("encoder", "mlp") is registry.component("encoder", "fc")
     spec = tiny_spec("encoder", "mlp", {"hidden": [16]}, registry=registry)
@@ -298,7 +321,9 @@ def test_unknown_name_of_a_kind_with_nothing_registered():
 
 
 def test_named_registrations(plugin_module):
-    name = plugin_module("genvae_test_named", """
+    name = plugin_module(
+        "genvae_test_named",
+        """
         def loader(root, image_size, channels, split, download):
             raise NotImplementedError
 
@@ -309,7 +334,8 @@ def test_named_registrations(plugin_module):
         @hookimpl
         def genvae_register_presets(register):
             register("tiny", {"encoder": "fc", "transform": "fc", "decoder": "fc"}, help="a tiny model")
-    """)
+    """,
+    )
     registry = load(name)
     assert registry.get("dataset", "noise").help == "random noise"
     assert registry.get("preset", "tiny").obj["encoder"] == "fc"
@@ -322,7 +348,9 @@ def test_named_registrations(plugin_module):
 @pytest.fixture
 def installed_plugin(tmp_path, monkeypatch, plugin_module):
     """A third-party plugin installed as a distribution with a ``genvae`` entry point."""
-    module = plugin_module("genvae_test_ep_module", """
+    module = plugin_module(
+        "genvae_test_ep_module",
+        """
         class EPEncoder(Encoder):
             '''From an entry point.'''
             name = "from-ep"
@@ -330,7 +358,8 @@ def installed_plugin(tmp_path, monkeypatch, plugin_module):
         @hookimpl
         def genvae_register_encoders(register):
             register(EPEncoder)
-    """)
+    """,
+    )
     dist = tmp_path / "genvae_test_ep-1.2.3.dist-info"
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: genvae-test-ep\nVersion: 1.2.3\n")

@@ -26,8 +26,18 @@ from genvae.core.files import TEMP_PREFIX
 from genvae.core.folder import LOCK, MANIFEST, ModelFolder
 
 # An adversarial (three-phase) model small enough for 16 px: crVAE-GAN's components at toy widths.
-ADV_SETS = ["--preset", "crvae-gan-small", "--set", "image_size=16", "--set", "encoder.width=8",
-            "--set", "decoder.width=8", "--set", "loss.adv.widths=[8,16]"]
+ADV_SETS = [
+    "--preset",
+    "crvae-gan-small",
+    "--set",
+    "image_size=16",
+    "--set",
+    "encoder.width=8",
+    "--set",
+    "decoder.width=8",
+    "--set",
+    "loss.adv.widths=[8,16]",
+]
 
 
 @pytest.fixture
@@ -55,15 +65,30 @@ def test_diverging_run_keeps_the_last_finite_checkpoint(model_dir):
     assert sorted({k.split("/")[0] for k in good}) == ["step-00000004", "step-00000008"]
     # keep_checkpoints=2 and a checkpoint every 2 steps: the old code wrote NaN checkpoints that rotated the
     # good ones away and overwrote model.safetensors
-    result = run("train", model_dir, "--resume", "--max-steps", "30", "--batch-size", "8", "--lr", "1e12",
-                 "--checkpoint-every", "2", "--log-every", "10", ok=False)
+    result = run(
+        "train",
+        model_dir,
+        "--resume",
+        "--max-steps",
+        "30",
+        "--batch-size",
+        "8",
+        "--lr",
+        "1e12",
+        "--checkpoint-every",
+        "2",
+        "--log-every",
+        "10",
+        ok=False,
+    )
     assert result.exit_code == 1
     line = error_line(result)
     assert "training diverged at step 10: non-finite kl, model/total, mse;" in line, line
     assert "the last finite checkpoint step-00000008 is kept" in line
     # config.json records the settings of the latest run, lr 1e12 included: the message says how to resume
-    assert line.endswith("config.json keeps this run's settings (lr 1e+12): pass a lower --lr with --resume or "
-                         "--restart"), line
+    assert line.endswith(
+        "config.json keeps this run's settings (lr 1e+12): pass a lower --lr with --resume or --restart"
+    ), line
     assert json.loads((model_dir / "config.json").read_text())["train"]["lr"] == 1e12
     assert snapshot(model_dir / "checkpoints") == good
     assert (model_dir / "model.safetensors").read_bytes() == good_model
@@ -73,8 +98,9 @@ def test_diverging_run_keeps_the_last_finite_checkpoint(model_dir):
     record = json.loads((model_dir / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["mse"] is None and record["kl"] is None
     # ... and resuming continues from the finite checkpoint, cutting the log back to it
-    out = run("train", model_dir, "--resume", "--max-steps", "12", "--batch-size", "8", "--log-every", "2",
-              "--lr", "1e-3").output
+    out = run(
+        "train", model_dir, "--resume", "--max-steps", "12", "--batch-size", "8", "--log-every", "2", "--lr", "1e-3"
+    ).output
     assert "step 8 -> 12" in out
     steps = [json.loads(x)["step"] for x in (model_dir / "metrics.jsonl").read_text().splitlines()]
     assert steps == [2, 4, 6, 8, 10, 12]
@@ -134,8 +160,12 @@ def test_build_into_an_empty_folder_and_a_file(tmp_path):
 
 def test_force_removes_only_what_genvae_wrote(model_dir):
     run("train", model_dir, "--max-steps", "10", "--batch-size", "8", "--checkpoint-every", "4")
-    theirs = {"notes.txt": b"keep me", "samples/hand-picked.png": b"mine", "checkpoints/README": b"mine",
-              "checkpoints/step-00000008/extra.bin": b"mine"}
+    theirs = {
+        "notes.txt": b"keep me",
+        "samples/hand-picked.png": b"mine",
+        "checkpoints/README": b"mine",
+        "checkpoints/step-00000008/extra.bin": b"mine",
+    }
     for rel, data in theirs.items():
         (model_dir / rel).write_bytes(data)
     assert (model_dir / "samples" / "step-00000010.png").exists()
@@ -183,9 +213,17 @@ def test_a_copied_config_alone_does_not_make_a_folder_genvaes(tmp_path):
 # -- train --restart validates first -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("bad", [["--data", "no/such/folder"], ["--device", "cuda:7"], ["--device", "tpu"],
-                                 ["--set", "train.lr_schedule=sometimes"], ["--batch-size", "0"],
-                                 ["--set", "train.freeze=nothing.here"]])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--data", "no/such/folder"],
+        ["--device", "cuda:7"],
+        ["--device", "tpu"],
+        ["--set", "train.lr_schedule=sometimes"],
+        ["--batch-size", "0"],
+        ["--set", "train.freeze=nothing.here"],
+    ],
+)
 def test_restart_deletes_nothing_when_anything_is_wrong(model_dir, bad):
     run("train", model_dir, "--max-steps", "6", "--batch-size", "8", "--checkpoint-every", "4")
     before = snapshot(model_dir)
@@ -254,9 +292,11 @@ def test_other_outputs_behind_symlinks_are_refused(model_dir, tmp_path, name):
 
 
 def test_orphaned_temporary_files_are_removed_and_umask_honoured(model_dir):
-    orphans = [model_dir / f"{TEMP_PREFIX}model.safetensors.abc123",
-               model_dir / "checkpoints" / f"{TEMP_PREFIX}step-00000004.def456",
-               model_dir / "samples" / f"{TEMP_PREFIX}epoch-0001.png.0a0a0a"]
+    orphans = [
+        model_dir / f"{TEMP_PREFIX}model.safetensors.abc123",
+        model_dir / "checkpoints" / f"{TEMP_PREFIX}step-00000004.def456",
+        model_dir / "samples" / f"{TEMP_PREFIX}epoch-0001.png.0a0a0a",
+    ]
     (model_dir / "checkpoints").mkdir()
     (model_dir / "samples").mkdir()
     orphans[0].write_bytes(b"half")
@@ -271,8 +311,14 @@ def test_orphaned_temporary_files_are_removed_and_umask_honoured(model_dir):
         os.umask(old)
     assert not any(p.exists() for p in orphans)
     assert (model_dir / "samples" / "keep.png").read_bytes() == b"user"
-    for rel in ("model.safetensors", "config.json", "metrics.jsonl", "samples/step-00000006.png",
-                "checkpoints/step-00000006/trainer.json", MANIFEST):
+    for rel in (
+        "model.safetensors",
+        "config.json",
+        "metrics.jsonl",
+        "samples/step-00000006.png",
+        "checkpoints/step-00000006/trainer.json",
+        MANIFEST,
+    ):
         assert (model_dir / rel).stat().st_mode & 0o777 == 0o640, rel
     assert (model_dir / "checkpoints" / "step-00000006").stat().st_mode & 0o777 == 0o750
 
@@ -280,17 +326,23 @@ def test_orphaned_temporary_files_are_removed_and_umask_honoured(model_dir):
 # -- checkpoint and trainer-state files -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda t: t.pop("epoch"), "missing 'epoch'"),
-    (lambda t: t.update(step="ten"), "'step' must be an integer >= 0"),
-    (lambda t: t.update(step=-3), "'step' must be an integer >= 0"),
-    (lambda t: t.update(optimizers=[]), "missing 'optimizers'"),
-    (lambda t: t["optimizers"].pop("model"), "no optimiser state for phase 'model'"),
-    (lambda t: t["optimizers"]["model"].update(param_groups="x"), "no valid 'param_groups' list"),
-    (lambda t: t.update(python_random=[1, 2]), "'python_random' must be"),
-    (lambda t: t["optimizers"]["model"]["param_groups"][0].update(params=[0]),
-     "the optimiser state of phase 'model' has 1 parameter group(s) of [1] parameters, this model's phase has 1 of"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda t: t.pop("epoch"), "missing 'epoch'"),
+        (lambda t: t.update(step="ten"), "'step' must be an integer >= 0"),
+        (lambda t: t.update(step=-3), "'step' must be an integer >= 0"),
+        (lambda t: t.update(optimizers=[]), "missing 'optimizers'"),
+        (lambda t: t["optimizers"].pop("model"), "no optimiser state for phase 'model'"),
+        (lambda t: t["optimizers"]["model"].update(param_groups="x"), "no valid 'param_groups' list"),
+        (lambda t: t.update(python_random=[1, 2]), "'python_random' must be"),
+        (
+            lambda t: t["optimizers"]["model"]["param_groups"][0].update(params=[0]),
+            "the optimiser state of phase 'model' has 1 parameter group(s) of [1] parameters, "
+            "this model's phase has 1 of",
+        ),
+    ],
+)
 def test_damaged_trainer_state_gives_a_specific_message(model_dir, edit, message):
     run("train", model_dir, "--max-steps", "4", "--batch-size", "8")
     path = model_dir / "checkpoints" / "step-00000004" / "trainer.json"
@@ -341,14 +393,31 @@ def _wait_for(predicate, timeout=120.0):
 
 @pytest.mark.slow
 def test_second_process_on_one_folder_gets_a_clean_error(model_dir, genvae_exe):
-    first = subprocess.Popen([*genvae_exe, "train", str(model_dir), "--max-steps", "100000", "--batch-size", "8",
-                              "--quiet", "--log-every", "50"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             **_child(), text=True)
+    first = subprocess.Popen(
+        [
+            *genvae_exe,
+            "train",
+            str(model_dir),
+            "--max-steps",
+            "100000",
+            "--batch-size",
+            "8",
+            "--quiet",
+            "--log-every",
+            "50",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **_child(),
+        text=True,
+    )
     try:
         assert _wait_for(lambda: (model_dir / "metrics.jsonl").exists())
         before = (model_dir / "metrics.jsonl").read_text()
-        for args in (["train", str(model_dir), "--resume", "--max-steps", "9"],
-                     ["build", "--preset", "cvae", *SETS, "-o", str(model_dir), "--force"]):
+        for args in (
+            ["train", str(model_dir), "--resume", "--max-steps", "9"],
+            ["build", "--preset", "cvae", *SETS, "-o", str(model_dir), "--force"],
+        ):
             second = subprocess.run([*genvae_exe, *args], capture_output=True, text=True, timeout=120, **_child())
             assert second.returncode == 1
             lines = second.stderr.strip().splitlines()
@@ -366,17 +435,41 @@ def test_second_process_on_one_folder_gets_a_clean_error(model_dir, genvae_exe):
 def test_a_plain_train_on_a_busy_folder_is_told_it_is_busy(model_dir, genvae_exe):
     """The running process has written a checkpoint: the second one got "has a checkpoint ... pass --resume",
     which invites a --resume that would then be refused anyway; the lock is tested first."""
-    first = subprocess.Popen([*genvae_exe, "train", str(model_dir), "--max-steps", "100000", "--batch-size", "8",
-                              "--quiet", "--log-every", "50", "--checkpoint-every", "1"], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, **_child(), text=True)
+    first = subprocess.Popen(
+        [
+            *genvae_exe,
+            "train",
+            str(model_dir),
+            "--max-steps",
+            "100000",
+            "--batch-size",
+            "8",
+            "--quiet",
+            "--log-every",
+            "50",
+            "--checkpoint-every",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **_child(),
+        text=True,
+    )
     try:
         assert _wait_for(lambda: ckpt.latest_checkpoint(model_dir) is not None)
-        second = subprocess.run([*genvae_exe, "train", str(model_dir), "--max-steps", "9"], capture_output=True,
-                                text=True, timeout=120, **_child())
+        second = subprocess.run(
+            [*genvae_exe, "train", str(model_dir), "--max-steps", "9"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            **_child(),
+        )
         assert second.returncode == 1
         lines = second.stderr.strip().splitlines()
-        assert lines == [f"Error: model folder {model_dir} is in use by another genvae process (pid {first.pid}); "
-                         "wait for it to finish or stop it, then retry"], second.stderr
+        assert lines == [
+            f"Error: model folder {model_dir} is in use by another genvae process (pid {first.pid}); "
+            "wait for it to finish or stop it, then retry"
+        ], second.stderr
     finally:
         first.kill()
         first.wait()
@@ -397,8 +490,9 @@ def _metrics(folder: Path) -> list[dict]:
 
 def _reference(tmp_path: Path, genvae_exe, build_args: list[str], name: str) -> Path:
     folder = tmp_path / name
-    subprocess.run([*genvae_exe, "build", *build_args, "-o", str(folder)], check=True, capture_output=True,
-                   timeout=300, **_child())
+    subprocess.run(
+        [*genvae_exe, "build", *build_args, "-o", str(folder)], check=True, capture_output=True, timeout=300, **_child()
+    )
     return folder
 
 
@@ -430,8 +524,9 @@ def plant_users_files(folder: Path, victim: Path, rng: random.Random) -> dict[st
     return planted
 
 
-def interrupted_run(exe, folder: Path, signals: Sequence[int], rng: random.Random, victim: Path | None = None
-                    ) -> tuple[list[int], dict[str, bytes]]:
+def interrupted_run(
+    exe, folder: Path, signals: Sequence[int], rng: random.Random, victim: Path | None = None
+) -> tuple[list[int], dict[str, bytes]]:
     """Train ``folder`` to the end, sending each signal at a random moment of one attempt; returns the exit codes,
     and, with a ``victim`` folder, the user's files and links planted after each stop (see plant_users_files)."""
     codes = []
@@ -440,8 +535,9 @@ def interrupted_run(exe, folder: Path, signals: Sequence[int], rng: random.Rando
     for sig in signals:
         if resume and victim is not None:
             planted.update(plant_users_files(folder, victim, rng))
-        proc = subprocess.Popen([*exe, "train", str(folder), *COMMON, *resume], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, **_child())
+        proc = subprocess.Popen(
+            [*exe, "train", str(folder), *COMMON, *resume], stdout=subprocess.PIPE, stderr=subprocess.PIPE, **_child()
+        )
         assert _wait_for(lambda p=proc: p.poll() is not None or _lock_holder(folder) == str(p.pid), 120)
         time.sleep(rng.uniform(0.0, 0.6))
         proc.send_signal(sig)
@@ -451,8 +547,7 @@ def interrupted_run(exe, folder: Path, signals: Sequence[int], rng: random.Rando
         resume = ["--resume"]
     if resume and victim is not None:
         planted.update(plant_users_files(folder, victim, rng))
-    final = subprocess.run([*exe, "train", str(folder), *COMMON, *resume], capture_output=True, timeout=300,
-                           **_child())
+    final = subprocess.run([*exe, "train", str(folder), *COMMON, *resume], capture_output=True, timeout=300, **_child())
     assert final.returncode == 0, final.stderr.decode()
     return codes, planted
 
@@ -463,10 +558,17 @@ def _soak(tmp_path, genvae_exe, build_args, rounds: int, seed: int, hostile_ever
     rng = random.Random(seed)
     reference = _reference(tmp_path, genvae_exe, build_args, "reference")
     template = _reference(tmp_path, genvae_exe, build_args, "template")
-    subprocess.run([*genvae_exe, "train", str(reference), *COMMON], check=True, capture_output=True, timeout=600,
-                   **_child())
-    figures = {"runs": 0, "signals": 0, "stopped_with_checkpoint": 0, "identical": 0, "with_users_files": 0,
-               "users_files_kept": 0}
+    subprocess.run(
+        [*genvae_exe, "train", str(reference), *COMMON], check=True, capture_output=True, timeout=600, **_child()
+    )
+    figures = {
+        "runs": 0,
+        "signals": 0,
+        "stopped_with_checkpoint": 0,
+        "identical": 0,
+        "with_users_files": 0,
+        "users_files_kept": 0,
+    }
     victim = tmp_path / "users-folder"
     victim.mkdir()
     (victim / "vacation.png").write_bytes(b"a photo")
@@ -498,12 +600,18 @@ def test_stop_with_sigint_and_sigterm_then_resume_is_bit_exact(tmp_path, genvae_
     """Short version of the soak: a conv VAE stopped by each signal, resumed, equal bit for bit."""
     reference = _reference(tmp_path, genvae_exe, ["--preset", "cvae", *SETS], "reference")
     subprocess.run(["cp", "-a", str(reference), str(tmp_path / "b")], check=True)
-    subprocess.run([*genvae_exe, "train", str(reference), *COMMON], check=True, capture_output=True, timeout=300,
-                   **_child())
+    subprocess.run(
+        [*genvae_exe, "train", str(reference), *COMMON], check=True, capture_output=True, timeout=300, **_child()
+    )
     folder = tmp_path / "b"
     for sig in (signal.SIGTERM, signal.SIGINT):
-        proc = subprocess.Popen([*genvae_exe, "train", str(folder), *COMMON, "--resume"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, **_child(), text=True)
+        proc = subprocess.Popen(
+            [*genvae_exe, "train", str(folder), *COMMON, "--resume"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            **_child(),
+            text=True,
+        )
         seen = len(_metrics(folder)) if (folder / "metrics.jsonl").exists() else 0
         assert _wait_for(lambda n=seen: (folder / "metrics.jsonl").exists() and len(_metrics(folder)) >= n + 2)
         proc.send_signal(sig)
@@ -515,8 +623,9 @@ def test_stop_with_sigint_and_sigterm_then_resume_is_bit_exact(tmp_path, genvae_
         latest = ckpt.latest_checkpoint(folder)
         assert 0 < step < 60 and latest is not None and latest.name == f"step-{step:08d}"
         assert max(r["step"] for r in _metrics(folder)) <= step
-    final = subprocess.run([*genvae_exe, "train", str(folder), *COMMON, "--resume"], capture_output=True,
-                           timeout=300, **_child())
+    final = subprocess.run(
+        [*genvae_exe, "train", str(folder), *COMMON, "--resume"], capture_output=True, timeout=300, **_child()
+    )
     assert final.returncode == 0
     assert same_weights(reference, folder)
     assert _metrics(reference) == _metrics(folder)
@@ -530,17 +639,26 @@ def test_adversarial_model_stopped_and_resumed_is_bit_exact(tmp_path, genvae_exe
 
 @pytest.mark.slow
 def test_second_ctrl_c_aborts_at_once_and_startup_ctrl_c_has_no_traceback(model_dir, genvae_exe):
-    proc = subprocess.Popen([*genvae_exe, "train", str(model_dir), *COMMON], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, **_child(), text=True)
+    proc = subprocess.Popen(
+        [*genvae_exe, "train", str(model_dir), *COMMON],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **_child(),
+        text=True,
+    )
     time.sleep(0.5)  # past Python's own start-up, still importing torch (about 1.5 s even with a warm cache)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert len(err.strip().splitlines()) == 1
     # two Ctrl-C in a row while training: the second aborts, nothing half-written is left
-    proc = subprocess.Popen([*genvae_exe, "train", str(model_dir), *COMMON[:-1], "--max-steps", "100000",
-                             "--checkpoint-every", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, **_child(),
-                            text=True)
+    proc = subprocess.Popen(
+        [*genvae_exe, "train", str(model_dir), *COMMON[:-1], "--max-steps", "100000", "--checkpoint-every", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **_child(),
+        text=True,
+    )
     assert _wait_for(lambda: ckpt.latest_checkpoint(model_dir) is not None)
     proc.send_signal(signal.SIGINT)
     proc.send_signal(signal.SIGINT)
@@ -554,8 +672,13 @@ def test_second_ctrl_c_aborts_at_once_and_startup_ctrl_c_has_no_traceback(model_
 def test_sigterm_during_start_up_and_as_a_second_signal_exits_143(model_dir, genvae_exe):
     """A SIGTERM while torch and the plugins import used to kill genvae without a word (status -15), and a SIGTERM as
     the second signal while training exited 130 "Interrupted": the status now always says which signal it was."""
-    proc = subprocess.Popen([*genvae_exe, "train", str(model_dir), *COMMON], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, **_child(), text=True)
+    proc = subprocess.Popen(
+        [*genvae_exe, "train", str(model_dir), *COMMON],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **_child(),
+        text=True,
+    )
     time.sleep(0.5)  # past Python's own start-up, still importing torch
     before = snapshot(model_dir)
     proc.send_signal(signal.SIGTERM)
@@ -565,9 +688,13 @@ def test_sigterm_during_start_up_and_as_a_second_signal_exits_143(model_dir, gen
     assert snapshot(model_dir) == before
     # a second signal while training aborts at once, with its own status: a SIGTERM after a Ctrl-C is 143, not 130
     # (two SIGTERMs sent at once may reach Python as one, as two Ctrl-C may; a SIGINT and a SIGTERM never do)
-    proc = subprocess.Popen([*genvae_exe, "train", str(model_dir), *COMMON[:-1], "--max-steps", "100000",
-                             "--checkpoint-every", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, **_child(),
-                            text=True)
+    proc = subprocess.Popen(
+        [*genvae_exe, "train", str(model_dir), *COMMON[:-1], "--max-steps", "100000", "--checkpoint-every", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **_child(),
+        text=True,
+    )
     assert _wait_for(lambda: ckpt.latest_checkpoint(model_dir) is not None)
     proc.send_signal(signal.SIGINT)
     proc.send_signal(signal.SIGTERM)
@@ -605,12 +732,18 @@ def test_lock_file_records_the_holder(model_dir):
 @pytest.mark.slow
 def test_a_run_started_with_sigint_ignored_keeps_ignoring_it(model_dir, genvae_exe):
     """A shell's background job starts with SIGINT ignored; genvae, like Python, leaves it so (SIGTERM still stops)."""
+
     def ignore_sigint():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
 
-    proc = subprocess.Popen([*genvae_exe, "train", str(model_dir), *COMMON[:-1], "--max-steps", "100000",
-                             "--checkpoint-every", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env(),
-                            text=True, preexec_fn=ignore_sigint)
+    proc = subprocess.Popen(
+        [*genvae_exe, "train", str(model_dir), *COMMON[:-1], "--max-steps", "100000", "--checkpoint-every", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_env(),
+        text=True,
+        preexec_fn=ignore_sigint,
+    )
     try:
         assert _wait_for(lambda: ckpt.latest_checkpoint(model_dir) is not None)
         proc.send_signal(signal.SIGINT)

@@ -19,8 +19,24 @@ TINY = ["--preset", "cvae", *SETS]
 def two_runs(tmp_path):
     for name, lr in (("fast", "1e-3"), ("slow", "1e-4")):
         assert invoke_cli(["build", *TINY, "-o", tmp_path / name]).exit_code == 0
-        result = invoke_cli(["train", tmp_path / name, "--max-steps", "12", "--batch-size", "8", "--log-every", "3",
-                             "--lr", lr, "--quiet", "--device", "cpu", *(["--report"] if name == "fast" else [])])
+        result = invoke_cli(
+            [
+                "train",
+                tmp_path / name,
+                "--max-steps",
+                "12",
+                "--batch-size",
+                "8",
+                "--log-every",
+                "3",
+                "--lr",
+                lr,
+                "--quiet",
+                "--device",
+                "cpu",
+                *(["--report"] if name == "fast" else []),
+            ]
+        )
         assert result.exit_code == 0, result.output
     return tmp_path / "fast", tmp_path / "slow"
 
@@ -31,9 +47,17 @@ def test_report_page_is_self_contained_with_every_section(two_runs, tmp_path):
     result = invoke_cli(["report", fast, slow, "-o", tmp_path / "report.html"])
     assert result.exit_code == 0, result.output
     page = (tmp_path / "report.html").read_text()
-    for section in ("Loss curves", "Loss curves by wall-clock time", "Components",
-                    "Samples, every epoch", "Reconstructions", "Evaluation",
-                    "Commands", "Config", "Last logged values"):
+    for section in (
+        "Loss curves",
+        "Loss curves by wall-clock time",
+        "Components",
+        "Samples, every epoch",
+        "Reconstructions",
+        "Evaluation",
+        "Commands",
+        "Config",
+        "Last logged values",
+    ):
         assert section in page, section
     assert page.count("<div class=run>") == 2 and ">fast</h2>" in page and ">slow</h2>" in page
     sources = re.findall(r'src="([^"]+)"', page)
@@ -119,10 +143,23 @@ def test_metrics_lines_carry_wall_clock_time(two_runs):
 
 def test_train_ends_with_a_summary_table_of_the_run(tmp_path):
     assert invoke_cli(["build", *TINY, "-o", tmp_path / "m"]).exit_code == 0
-    result = invoke_cli(["train", tmp_path / "m", "--max-steps", "6", "--batch-size", "8", "--log-every", "2",
-                         "--quiet", "--device", "cpu"])
+    result = invoke_cli(
+        [
+            "train",
+            tmp_path / "m",
+            "--max-steps",
+            "6",
+            "--batch-size",
+            "8",
+            "--log-every",
+            "2",
+            "--quiet",
+            "--device",
+            "cpu",
+        ]
+    )
     assert result.exit_code == 0
-    tail = result.output[result.output.index("done at step 6"):]
+    tail = result.output[result.output.index("done at step 6") :]
     first, last = (read_metrics(tmp_path / "m")[i] for i in (0, -1))
     assert "steps 0 -> 6" in tail and "step 2" in tail and "step 6" in tail
     row = next(line for line in tail.splitlines() if line.startswith("│ kl "))  # the table's kl row
@@ -138,13 +175,17 @@ def test_evaluation_reports_progress_batch_by_batch(tiny_spec):
     model = build_model(tiny_spec).eval()
     real = torch.randint(0, 256, (10, *tiny_spec.image_shape), dtype=torch.uint8)
     heard: list[tuple[str, int, int]] = []
-    data = EvalData(model, real, torch.device("cpu"), n_samples=7, batch_size=4,
-                    progress=lambda *a: heard.append(a))
+    data = EvalData(model, real, torch.device("cpu"), n_samples=7, batch_size=4, progress=lambda *a: heard.append(a))
     data.reconstructions()
     data.samples()
     data.reconstructions()  # cached: no second pass
-    assert heard == [("reconstructions", 4, 10), ("reconstructions", 8, 10), ("reconstructions", 10, 10),
-                     ("samples", 4, 7), ("samples", 7, 7)]
+    assert heard == [
+        ("reconstructions", 4, 10),
+        ("reconstructions", 8, 10),
+        ("reconstructions", 10, 10),
+        ("samples", 4, 7),
+        ("samples", 7, 7),
+    ]
 
 
 @pytest.mark.slow
@@ -159,9 +200,27 @@ def test_on_a_terminal_train_draws_a_bar_with_terms_speed_and_eta(tmp_path):
     leader, follower = pty.openpty()
     env = {**os.environ, "TERM": "xterm", "COLUMNS": "220", "GENVAE_CACHE": "off"}
     env.pop("NO_COLOR", None)
-    proc = subprocess.Popen([sys.executable, "-m", "genvae.cli", "train", str(tmp_path / "m"), "--max-steps", "12",
-                             "--batch-size", "8", "--log-every", "3", "--device", "cpu"],
-                            stdin=follower, stdout=follower, stderr=follower, env=env)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "genvae.cli",
+            "train",
+            str(tmp_path / "m"),
+            "--max-steps",
+            "12",
+            "--batch-size",
+            "8",
+            "--log-every",
+            "3",
+            "--device",
+            "cpu",
+        ],
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        env=env,
+    )
     os.close(follower)
     chunks = []
     while True:

@@ -1,6 +1,6 @@
 """The report page in a real headless browser (Chromium from the system's packages): slow suite only.
 
-    apt-get install -y chromium && pytest -m long tests/test_report_browser.py
+apt-get install -y chromium && pytest -m long tests/test_report_browser.py
 """
 
 from __future__ import annotations
@@ -20,21 +20,50 @@ pytestmark = [pytest.mark.long, pytest.mark.skipif(CHROMIUM is None, reason="no 
 
 def chromium(*args: str) -> subprocess.CompletedProcess:
     assert CHROMIUM is not None  # the module is skipped without it
-    return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_the_page_loads_and_shows_both_runs(tmp_path):
     for name, lr in (("a", "1e-3"), ("b", "3e-4")):
         assert invoke_cli(["build", *TINY, "-o", tmp_path / name]).exit_code == 0
-        assert invoke_cli(["train", tmp_path / name, "--max-steps", "20", "--batch-size", "16", "--log-every", "4",
-                           "--lr", lr, "--quiet", "--device", "cpu"]).exit_code == 0
+        assert (
+            invoke_cli(
+                [
+                    "train",
+                    tmp_path / name,
+                    "--max-steps",
+                    "20",
+                    "--batch-size",
+                    "16",
+                    "--log-every",
+                    "4",
+                    "--lr",
+                    lr,
+                    "--quiet",
+                    "--device",
+                    "cpu",
+                ]
+            ).exit_code
+            == 0
+        )
     page = tmp_path / "report.html"
     assert invoke_cli(["report", tmp_path / "a", tmp_path / "b", "-o", page]).exit_code == 0
     dom = chromium("--dump-dom", page.as_uri())
     assert dom.returncode == 0
-    for text in ("Loss curves", "Loss curves by wall-clock time", ">a</h2>",
-                  ">b</h2>", "Samples, every epoch", "Reconstructions", "Config"):
+    for text in (
+        "Loss curves",
+        "Loss curves by wall-clock time",
+        ">a</h2>",
+        ">b</h2>",
+        "Samples, every epoch",
+        "Reconstructions",
+        "Config",
+    ):
         assert text in dom.stdout, text
     shot = tmp_path / "report.png"
     chromium("--window-size=1400,2000", f"--screenshot={shot}", page.as_uri())

@@ -63,6 +63,7 @@ def drop(*keys: str) -> Callable[[dict], None]:
     def change(tensors: dict) -> None:
         for key in keys:
             del tensors[key]
+
     return change
 
 
@@ -74,6 +75,7 @@ def drop_phase(tensors: dict) -> None:
 def put(key: str, value: torch.Tensor) -> Callable[[dict], None]:
     def change(tensors: dict) -> None:
         tensors[key] = value
+
     return change
 
 
@@ -90,16 +92,26 @@ def assert_refused(folder: Path, before: dict[str, bytes], stderr: str, code: in
 # -- as real processes: the cases of the issue ---------------------------------------------------------------------
 
 PROCESS_CASES = {
-    "a removed key": (lambda f: edit_tensors(f, drop("model/0/exp_avg")),
-                      [f"{OPTIM}: 'model/0/exp_avg' is missing (phase 'model', parameter 0 of shape {FIRST_SHAPE})"]),
-    "a wrong shape": (lambda f: edit_tensors(f, put("model/0/exp_avg", torch.zeros(3))),
-                      [f"{OPTIM}: 'model/0/exp_avg' has shape [3], expected {FIRST_SHAPE}"]),
-    "a wrong dtype": (lambda f: edit_tensors(f, put("model/2/exp_avg_sq", torch.zeros(8, dtype=torch.int64))),
-                      [f"{OPTIM}: 'model/2/exp_avg_sq' is int64, expected a floating-point tensor"]),
-    "a truncated torch rng": (lambda f: edit_tensors(f, lambda t: t.update({"rng/torch": t["rng/torch"][:100]})),
-                              [f"{OPTIM}: 'rng/torch' is not a torch random state"]),
-    "a missing phase": (lambda f: edit_tensors(f, drop_phase),
-                        [f"{OPTIM}: 'model/0/step' is missing (phase 'model', parameter 0 of shape {FIRST_SHAPE})"]),
+    "a removed key": (
+        lambda f: edit_tensors(f, drop("model/0/exp_avg")),
+        [f"{OPTIM}: 'model/0/exp_avg' is missing (phase 'model', parameter 0 of shape {FIRST_SHAPE})"],
+    ),
+    "a wrong shape": (
+        lambda f: edit_tensors(f, put("model/0/exp_avg", torch.zeros(3))),
+        [f"{OPTIM}: 'model/0/exp_avg' has shape [3], expected {FIRST_SHAPE}"],
+    ),
+    "a wrong dtype": (
+        lambda f: edit_tensors(f, put("model/2/exp_avg_sq", torch.zeros(8, dtype=torch.int64))),
+        [f"{OPTIM}: 'model/2/exp_avg_sq' is int64, expected a floating-point tensor"],
+    ),
+    "a truncated torch rng": (
+        lambda f: edit_tensors(f, lambda t: t.update({"rng/torch": t["rng/torch"][:100]})),
+        [f"{OPTIM}: 'rng/torch' is not a torch random state"],
+    ),
+    "a missing phase": (
+        lambda f: edit_tensors(f, drop_phase),
+        [f"{OPTIM}: 'model/0/step' is missing (phase 'model', parameter 0 of shape {FIRST_SHAPE})"],
+    ),
 }
 
 
@@ -109,12 +121,18 @@ def test_damaged_checkpoint_is_refused_before_anything_is_written(folder, genvae
     damage, parts = PROCESS_CASES[case]
     damage(folder)
     before = snapshot(folder)
-    result = subprocess.run([*genvae_exe, "train", str(folder), *RESUME], capture_output=True, text=True,
-                            timeout=300, env={**os.environ, "GENVAE_LOAD_PLUGINS": ""})
+    result = subprocess.run(
+        [*genvae_exe, "train", str(folder), *RESUME],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "GENVAE_LOAD_PLUGINS": ""},
+    )
     assert_refused(folder, before, result.stderr, result.returncode, str(folder), *parts)
 
 
 # -- in process: every other part of the trainer state -------------------------------------------------------------
+
 
 def _groups(data: dict) -> None:
     groups = data["optimizers"]["model"]["param_groups"]
@@ -130,57 +148,84 @@ def _empty_log_window(folder: Path) -> None:
 CASES = {
     "a state of a parameter the phase does not have": (
         lambda f: edit_tensors(f, put("model/99/exp_avg", torch.zeros(1))),
-        [str(OPTIM), "'model/99/exp_avg' is not an optimiser state of this model's phase 'model'"]),
+        [str(OPTIM), "'model/99/exp_avg' is not an optimiser state of this model's phase 'model'"],
+    ),
     "an unknown key": (
         lambda f: edit_tensors(f, put("model/0/momentum", torch.zeros(8, 3, 4, 4))),
-        [str(OPTIM), "'model/0/momentum' is not an optimiser state"]),
+        [str(OPTIM), "'model/0/momentum' is not an optimiser state"],
+    ),
     "a non-finite moment": (
         lambda f: edit_tensors(f, put("model/1/exp_avg", torch.full((8,), float("nan")))),
-        [str(OPTIM), "'model/1/exp_avg' holds NaN or inf"]),
+        [str(OPTIM), "'model/1/exp_avg' holds NaN or inf"],
+    ),
     "a negative second moment": (
         lambda f: edit_tensors(f, put("model/1/exp_avg_sq", -torch.ones(8))),
-        [str(OPTIM), "'model/1/exp_avg_sq' holds negative values"]),
+        [str(OPTIM), "'model/1/exp_avg_sq' holds negative values"],
+    ),
     "a step of the wrong shape": (
         lambda f: edit_tensors(f, put("model/1/step", torch.ones(2))),
-        [str(OPTIM), "'model/1/step' has shape [2], expected []"]),
+        [str(OPTIM), "'model/1/step' has shape [2], expected []"],
+    ),
     "a state trainer.json does not list": (
         lambda f: edit_trainer(f, lambda d: d["optimizers"]["model"]["with_state"].remove(3)),
-        [str(OPTIM), "'model/3/exp_avg' is there, but trainer.json lists no state for parameter 3"]),
+        [str(OPTIM), "'model/3/exp_avg' is there, but trainer.json lists no state for parameter 3"],
+    ),
     "other parameter groups": (
         lambda f: edit_trainer(f, _groups),
-        [str(TRAINER), "the optimiser state of phase 'model' has 2 parameter group(s)", "this model's phase has 1"]),
+        [str(TRAINER), "the optimiser state of phase 'model' has 2 parameter group(s)", "this model's phase has 1"],
+    ),
     "a permuted parameter group": (
         lambda f: edit_trainer(f, lambda d: d["optimizers"]["model"]["param_groups"][0]["params"].reverse()),
-        [str(TRAINER), "parameter group 0 of phase 'model' lists parameters"]),
+        [str(TRAINER), "parameter group 0 of phase 'model' lists parameters"],
+    ),
     "a torch rng of another dtype": (
         lambda f: edit_tensors(f, lambda t: t.update({"rng/torch": t["rng/torch"].float()})),
-        [str(OPTIM), "'rng/torch' is a torch.float32 tensor of shape [5056], expected a 1-D uint8 random state"]),
+        [str(OPTIM), "'rng/torch' is a torch.float32 tensor of shape [5056], expected a 1-D uint8 random state"],
+    ),
     "a short Python random state": (
         lambda f: edit_trainer(f, lambda d: d["python_random"][1].pop()),
-        [str(TRAINER), "'python_random' must hold Python's 625 state words"]),
+        [str(TRAINER), "'python_random' must hold Python's 625 state words"],
+    ),
     "a Python random state out of range": (
         lambda f: edit_trainer(f, lambda d: d["python_random"][1].__setitem__(5, 2**40)),
-        [str(TRAINER), "'python_random' must hold Python's 625 state words"]),
+        [str(TRAINER), "'python_random' must hold Python's 625 state words"],
+    ),
     "a GradScaler state without its scale": (
         lambda f: edit_trainer(f, lambda d: d.update(scaler={"growth_factor": 2.0})),
-        [str(TRAINER), "'scaler' must be null or a GradScaler state"]),
+        [str(TRAINER), "'scaler' must be null or a GradScaler state"],
+    ),
     "a GradScaler scale of zero": (
-        lambda f: edit_trainer(f, lambda d: d.update(scaler={"scale": 0.0, "growth_factor": 2.0, "backoff_factor": 0.5,
-                                                            "growth_interval": 2000, "_growth_tracker": 0})),
-        [str(TRAINER), "'scaler.scale' must be a finite number > 0"]),
+        lambda f: edit_trainer(
+            f,
+            lambda d: d.update(
+                scaler={
+                    "scale": 0.0,
+                    "growth_factor": 2.0,
+                    "backoff_factor": 0.5,
+                    "growth_interval": 2000,
+                    "_growth_tracker": 0,
+                }
+            ),
+        ),
+        [str(TRAINER), "'scaler.scale' must be a finite number > 0"],
+    ),
     "a lost log-window sum": (
         lambda f: edit_trainer(f, lambda d: d.update(running_terms=["mse"], running_count=1)),
-        [str(OPTIM), "'trainer.running/mse' is missing"]),
-    "a log window of no steps": (
-        _empty_log_window,
-        [str(TRAINER), "'running_count' must be 1..4"]),
+        [str(OPTIM), "'trainer.running/mse' is missing"],
+    ),
+    "a log window of no steps": (_empty_log_window, [str(TRAINER), "'running_count' must be 1..4"]),
     "counters that do not fit the data": (
         lambda f: edit_trainer(f, lambda d: d.update(epoch=3)),
-        [str(TRAINER), "'step' 4, 'epoch' 3 and 'batch_in_epoch' 4 do not fit this data"]),
+        [str(TRAINER), "'step' 4, 'epoch' 3 and 'batch_in_epoch' 4 do not fit this data"],
+    ),
     "float64 weights": (
-        lambda f: edit_tensors(f, lambda t: t.update({"encoder.net.0.weight": t["encoder.net.0.weight"].double()}),
-                               rel=CKPT / "model.safetensors"),
-        [str(CKPT / "model.safetensors"), "tensor 'encoder.net.0.weight' is float64, the model's is float32"]),
+        lambda f: edit_tensors(
+            f,
+            lambda t: t.update({"encoder.net.0.weight": t["encoder.net.0.weight"].double()}),
+            rel=CKPT / "model.safetensors",
+        ),
+        [str(CKPT / "model.safetensors"), "tensor 'encoder.net.0.weight' is float64, the model's is float32"],
+    ),
 }
 
 
@@ -195,6 +240,7 @@ def test_every_part_of_the_trainer_state_is_checked(folder, case):
 
 def test_an_intact_checkpoint_still_resumes_and_a_stateless_parameter_starts_fresh(folder):
     """A parameter Adam never stepped has no state (a phase whose updates were all skipped): that is no damage."""
+
     def forget(tensors: dict) -> None:
         for key in [k for k in tensors if k.startswith("model/5/")]:
             del tensors[key]

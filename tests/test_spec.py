@@ -75,8 +75,10 @@ def _changed_train_values() -> dict:
         "checkpoint_every": 99,
         "log_every": 3,
         "keep_checkpoints": 5,
-        "schedule": [{"phase": "model", "branch": "posterior", "fresh": False},
-                     {"phase": "discriminator", "branch": "all", "fresh": True}],
+        "schedule": [
+            {"phase": "model", "branch": "posterior", "fresh": False},
+            {"phase": "discriminator", "branch": "all", "fresh": True},
+        ],
     }
     # every field, so a new TrainConfig field must be added here (and round trip) too
     assert set(values) == set(option_names(TrainConfig)), set(option_names(TrainConfig)) ^ set(values)
@@ -98,8 +100,10 @@ def test_every_train_field_round_trips():
 def test_component_and_loss_options_round_trip():
     spec = base(
         encoder={"name": "conv", "options": {"width": 8, "activation": "elu"}},
-        losses=[{"name": "gaussian", "weight": 2.0, "options": {"learn_variance": False}},
-                {"name": "kl", "options": {"group_weights": [1.0]}}],
+        losses=[
+            {"name": "gaussian", "weight": 2.0, "options": {"learn_variance": False}},
+            {"name": "kl", "options": {"group_weights": [1.0]}},
+        ],
     )
     again = via_json(spec)
     assert again == spec
@@ -171,8 +175,12 @@ def test_bad_train_settings(train, words):
 
 @pytest.mark.parametrize(
     "changes, word",
-    [({"image_size": 0}, "image_size"), ({"channels": 2}, "channels"),
-     ({"losses": [{"name": "kl", "weight": "heavy"}]}, "heavy"), ({"encoder": {"options": {}}}, "name")],
+    [
+        ({"image_size": 0}, "image_size"),
+        ({"channels": 2}, "channels"),
+        ({"losses": [{"name": "kl", "weight": "heavy"}]}, "heavy"),
+        ({"encoder": {"options": {}}}, "name"),
+    ],
 )
 def test_bad_spec_values(changes, word):
     with pytest.raises(OptionsError) as info:
@@ -190,21 +198,24 @@ def test_freeze_accepts_a_comma_string():
 
 def test_set_edits():
     spec = base()
-    edited = apply_sets(spec, [
-        "encoder.hidden=[64,32]",
-        "encoder.activation=elu",
-        "encoder.batch_norm=true",
-        "transform.latent_dim=8",
-        "prior.scale=2",  # component options are checked at build time, not here
-        "loss.kl.weight=0.25",
-        "loss.mse.reduction=mean",
-        "train.lr=0.01",
-        "train.lr_multipliers={\"transform\": 0.5}",
-        "train.max_steps=10",
-        "train.freeze=encoder",
-        "image_size=24",
-        "channels=1",
-    ])
+    edited = apply_sets(
+        spec,
+        [
+            "encoder.hidden=[64,32]",
+            "encoder.activation=elu",
+            "encoder.batch_norm=true",
+            "transform.latent_dim=8",
+            "prior.scale=2",  # component options are checked at build time, not here
+            "loss.kl.weight=0.25",
+            "loss.mse.reduction=mean",
+            "train.lr=0.01",
+            'train.lr_multipliers={"transform": 0.5}',
+            "train.max_steps=10",
+            "train.freeze=encoder",
+            "image_size=24",
+            "channels=1",
+        ],
+    )
     assert edited.encoder.options == {"hidden": [64, 32], "activation": "elu", "batch_norm": True}
     assert edited.transform.options == {"latent_dim": 8}
     assert edited.prior.options == {"scale": 2}

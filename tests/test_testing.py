@@ -153,15 +153,19 @@ class MisshapenInTrainingEncoder(GoodEncoder):
 
 def test_shapes_catches_features_that_differ_from_output_shape():
     registry = registry_with(MisshapenEncoder)
-    with pytest.raises(AssertionError, match=fault("encoder 'misshapen'", "does not build", "declares features [16]",
-                                                   "produces [2, 8]")):
+    with pytest.raises(
+        AssertionError,
+        match=fault("encoder 'misshapen'", "does not build", "declares features [16]", "produces [2, 8]"),
+    ):
         check_shapes("encoder", "misshapen", registry=registry)
 
 
 def test_shapes_catches_wrong_features_in_train_mode_only():
     registry = registry_with(MisshapenInTrainingEncoder)
-    with pytest.raises(AssertionError, match=fault("encoder 'misshapen-in-training'", "features (train mode)",
-                                                   "shape [4, 2, 8], expected [4, 16]")):
+    with pytest.raises(
+        AssertionError,
+        match=fault("encoder 'misshapen-in-training'", "features (train mode)", "shape [4, 2, 8], expected [4, 16]"),
+    ):
         check_shapes("encoder", "misshapen-in-training", registry=registry)
 
 
@@ -279,15 +283,19 @@ class BranchAwareLoss(PriorReadingLoss):
 def test_sensitivity_catches_a_term_that_does_not_read_its_inputs():
     registry = registry_with(SelfComparingLoss)
     check_gradients("loss", "self-comparing", registry=registry)  # the gradient check alone lets it through
-    with pytest.raises(AssertionError, match=fault("loss 'self-comparing'", "model: l1 is the same for two "
-                                                   "different batches")):
+    with pytest.raises(
+        AssertionError, match=fault("loss 'self-comparing'", "model: l1 is the same for two different batches")
+    ):
         check_sensitivity("loss", "self-comparing", registry=registry)
 
 
-@pytest.mark.parametrize(("cls", "message"), [
-    (PriorReadingLoss, "on a posterior update take gradient from the prior samples; declare branches"),
-    (BranchBlindLoss, "on a posterior update take gradient from the prior samples; compute them only when"),
-])
+@pytest.mark.parametrize(
+    ("cls", "message"),
+    [
+        (PriorReadingLoss, "on a posterior update take gradient from the prior samples; declare branches"),
+        (BranchBlindLoss, "on a posterior update take gradient from the prior samples; compute them only when"),
+    ],
+)
 def test_branches_catches_a_loss_that_ignores_the_update_branch(cls, message):
     registry = registry_with(cls)
     with pytest.raises(AssertionError, match=fault(f"loss '{cls.name}'", message)):
@@ -360,15 +368,18 @@ def test_determinism_catches_an_init_outside_the_torch_seed(cls, parameter):
     if cls is NumpyRandomInitEncoder:
         pytest.importorskip("numpy")
     registry = registry_with(cls)
-    with pytest.raises(AssertionError, match=fault(f"encoder '{cls.name}'", "two builds under seed 0",
-                                                   f"state_dict['{parameter}']", "values differ")):
+    with pytest.raises(
+        AssertionError,
+        match=fault(f"encoder '{cls.name}'", "two builds under seed 0", f"state_dict['{parameter}']", "values differ"),
+    ):
         check_determinism("encoder", cls.name, registry=registry)
 
 
 def test_determinism_catches_a_forward_outside_the_torch_seed():
     registry = registry_with(PythonRandomForwardEncoder)
-    with pytest.raises(AssertionError, match=fault("encoder 'python-random-forward'", "same input and torch seed",
-                                                   "values differ")):
+    with pytest.raises(
+        AssertionError, match=fault("encoder 'python-random-forward'", "same input and torch seed", "values differ")
+    ):
         check_determinism("encoder", "python-random-forward", registry=registry)
 
 
@@ -398,8 +409,11 @@ class TupleWithConverterOptions:
 
 
 def _encoder_with(options_cls: type, name: str) -> type:
-    return type(f"Encoder_{name}", (GoodEncoder,), {"__doc__": "An encoder with faulty options.", "name": name,
-                                                      "Options": options_cls})
+    return type(
+        f"Encoder_{name}",
+        (GoodEncoder,),
+        {"__doc__": "An encoder with faulty options.", "name": name, "Options": options_cls},
+    )
 
 
 def test_options_catch_a_field_without_help_text():
@@ -415,8 +429,9 @@ def test_options_catch_a_mutable_options_class():
 
 
 def test_options_catch_a_value_that_does_not_survive_json():
-    registry = registry_with(_encoder_with(TupleWithoutConverterOptions, "tuple"),
-                             _encoder_with(TupleWithConverterOptions, "tuple-ok"))
+    registry = registry_with(
+        _encoder_with(TupleWithoutConverterOptions, "tuple"), _encoder_with(TupleWithConverterOptions, "tuple-ok")
+    )
     with pytest.raises(AssertionError, match=fault("encoder 'tuple'", "do not survive a JSON round trip")):
         check_options_roundtrip("encoder", "tuple", registry=registry)
     check_options_roundtrip("encoder", "tuple-ok", registry=registry)  # the converter is the fix
@@ -454,8 +469,9 @@ class NonPersistentBufferEncoder(GoodEncoder):
 @pytest.mark.parametrize("cls", [AttributeTensorEncoder, NonPersistentBufferEncoder], ids=lambda c: c.name)
 def test_serialisation_catches_state_kept_outside_state_dict(cls):
     registry = registry_with(cls)
-    with pytest.raises(AssertionError, match=fault(f"encoder '{cls.name}'", "after save/load",
-                                                   "posterior mean: values differ")):
+    with pytest.raises(
+        AssertionError, match=fault(f"encoder '{cls.name}'", "after save/load", "posterior mean: values differ")
+    ):
         check_serialisation("encoder", cls.name, registry=registry)
     # the state_dict itself round-trips: only comparing outputs finds this fault
     check_determinism("encoder", cls.name, registry=registry)
@@ -588,8 +604,14 @@ def test_a_partner_gets_the_test_options_it_declares():
 def test_without_built_ins_the_kit_finds_a_third_party_family():
     from genvae.testing import tiny_spec
 
-    registry = plugin_registry("genvae.plugins.normal", "genvae.plugins.mse", "genvae.plugins.kl",
-                               Plugin(SmallOwnEncoder, OwnDecoder, GoodLoss), OwnTransformPlugin(), builtin=False)
+    registry = plugin_registry(
+        "genvae.plugins.normal",
+        "genvae.plugins.mse",
+        "genvae.plugins.kl",
+        Plugin(SmallOwnEncoder, OwnDecoder, GoodLoss),
+        OwnTransformPlugin(),
+        builtin=False,
+    )
     spec = tiny_spec("loss", "good", registry=registry)
     assert (spec.encoder.name, spec.transform.name, spec.decoder.name) == ("own", "own", "own")
     assert dict(spec.transform.options) == {"latent_dim": 3}
@@ -599,7 +621,8 @@ def test_without_built_ins_the_kit_finds_a_third_party_family():
 def test_without_any_family_the_kit_says_so():
     from genvae.testing import tiny_spec
 
-    registry = plugin_registry("genvae.plugins.normal", "genvae.plugins.mse", "genvae.plugins.kl", Plugin(GoodLoss),
-                               builtin=False)
+    registry = plugin_registry(
+        "genvae.plugins.normal", "genvae.plugins.mse", "genvae.plugins.kl", Plugin(GoodLoss), builtin=False
+    )
     with pytest.raises(AssertionError, match="no partners to test it among"):
         tiny_spec("loss", "good", registry=registry)

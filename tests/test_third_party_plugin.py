@@ -167,8 +167,20 @@ def _pip_install(targets: dict[Path, list[Path]]) -> None:
     flags = ["--no-build-isolation", "--no-index"] if offline else []
     procs = []
     for target, projects in targets.items():
-        cmd = [sys.executable, "-m", "pip", "install", "--no-deps", *flags, "--no-cache-dir",
-               "--disable-pip-version-check", "--quiet", "--target", str(target), *map(str, projects)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            *flags,
+            "--no-cache-dir",
+            "--disable-pip-version-check",
+            "--quiet",
+            "--target",
+            str(target),
+            *map(str, projects),
+        ]
         procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     for proc in procs:
         output, _ = proc.communicate(timeout=300)
@@ -192,13 +204,16 @@ def sites(tmp_path_factory) -> Sites:
     src = s.base / "src"
     # Build from a copy: an in-tree setuptools build would leave build/ and *.egg-info in the repo.
     example = shutil.copytree(
-        EXAMPLE, src / EXAMPLE.name,
+        EXAMPLE,
+        src / EXAMPLE.name,
         ignore=shutil.ignore_patterns("build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "tests"),
     )
-    broken = _write_dist(src, "genvae-broken-plugin", {"genvae_broken_plugin": BROKEN_CODE},
-                         {"broken": "genvae_broken_plugin"})
+    broken = _write_dist(
+        src, "genvae-broken-plugin", {"genvae_broken_plugin": BROKEN_CODE}, {"broken": "genvae_broken_plugin"}
+    )
     halfway = _write_dist(
-        src, "genvae-halfway-plugins",
+        src,
+        "genvae-halfway-plugins",
         {"genvae_halfway_plugin": HALFWAY_CODE, "genvae_late_fail_plugin": LATE_FAIL_CODE},
         {"halfway": "genvae_halfway_plugin", "late-fail": "genvae_late_fail_plugin"},
     )
@@ -208,7 +223,7 @@ def sites(tmp_path_factory) -> Sites:
 
 # -- running genvae in fresh processes -------------------------------------------------------------
 
-PROBE = r'''
+PROBE = r"""
 import contextlib
 import io
 import json
@@ -277,7 +292,7 @@ for argv in job["cli"]:  # the genvae command line, run as its console script ru
     out["cli"].append({"argv": argv, "code": code, "stdout": stdout.getvalue(), "stderr": stderr.getvalue()})
 
 print("PROBE-JSON " + json.dumps(out))
-'''
+"""
 
 
 def _env(sites: Sites, with_bad: bool, env: dict[str, str]) -> dict[str, str]:
@@ -291,8 +306,12 @@ def _env(sites: Sites, with_bad: bool, env: dict[str, str]) -> dict[str, str]:
 def _start(sites: Sites, with_bad: bool = False, env: dict[str, str] | None = None, train=(), cli=()):
     job = {"train": list(train), "cli": [list(a) for a in cli] if CLI_IMPORT_ERROR is None else []}
     return subprocess.Popen(
-        [sys.executable, "-c", PROBE, json.dumps(job)], cwd=sites.cwd, env=_env(sites, with_bad, env or {}),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-c", PROBE, json.dumps(job)],
+        cwd=sites.cwd,
+        env=_env(sites, with_bad, env or {}),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -315,19 +334,35 @@ def runs(sites, model_folder) -> dict[str, dict]:
     """What each environment's process saw, by name; the second pair reads the folder the first built."""
     folder = str(model_folder)
     wave1 = {
-        "default": _start(sites, train=("resnet-vae",), cli=(
-            ["list-plugins", "--json"], ["build", "--preset", "resnet-vae", "-o", folder, "--force"],
-            ["info", folder, "--json"],
-        )),
-        "broken": _start(sites, with_bad=True, train=("resnet-vae", "vae"), cli=(
-            ["list-plugins", "--json"], ["--help"],
-        )),
+        "default": _start(
+            sites,
+            train=("resnet-vae",),
+            cli=(
+                ["list-plugins", "--json"],
+                ["build", "--preset", "resnet-vae", "-o", folder, "--force"],
+                ["info", folder, "--json"],
+            ),
+        ),
+        "broken": _start(
+            sites,
+            with_bad=True,
+            train=("resnet-vae", "vae"),
+            cli=(
+                ["list-plugins", "--json"],
+                ["--help"],
+            ),
+        ),
     }
     results = {name: _finish(name, proc) for name, proc in wave1.items()}
     wave2 = {
-        "disabled": _start(sites, env={"GENVAE_DISABLE_PLUGINS": "resnet"}, cli=(
-            ["list-plugins", "--json"], ["info", folder, "--json"],
-        )),
+        "disabled": _start(
+            sites,
+            env={"GENVAE_DISABLE_PLUGINS": "resnet"},
+            cli=(
+                ["list-plugins", "--json"],
+                ["info", folder, "--json"],
+            ),
+        ),
         "unselected": _start(sites, with_bad=True, env={"GENVAE_LOAD_PLUGINS": ""}, cli=(["list-plugins", "--json"],)),
     }
     results.update({name: _finish(name, proc) for name, proc in wave2.items()})
@@ -348,7 +383,9 @@ def _assert_resnet_record(rec: dict) -> None:
     assert rec["distribution"] == "genvae-plugin-example"
     assert rec["version"] == "0.1.0"
     assert {k: sorted(v) for k, v in rec["provides"].items()} == {
-        "encoder": ["resnet"], "decoder": ["resnet"], "preset": ["resnet-vae"],
+        "encoder": ["resnet"],
+        "decoder": ["resnet"],
+        "preset": ["resnet-vae"],
     }
 
 

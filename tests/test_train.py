@@ -62,7 +62,10 @@ def test_metrics_samples_and_checkpoints(tmp_path, tiny_spec, tiny_data):
     assert [r["step"] for r in lines] == [3, 6, 9, 12]
     assert {"mse", "kl", "model/total", "images_per_s", "lr"} <= set(lines[-1])
     assert sorted(p.name for p in (tmp_path / "m" / "samples").iterdir()) == [
-        "epoch-0001.png", "epoch-0002.png", "step-00000012.png"]
+        "epoch-0001.png",
+        "epoch-0002.png",
+        "step-00000012.png",
+    ]
     # keep_checkpoints=2: only the newest two survive; no temporary folders are left behind
     assert [p.name for p in ckpt.checkpoint_dirs(tmp_path / "m")] == ["step-00000008", "step-00000012"]
     hidden = sorted(p.name for p in (tmp_path / "m").rglob(".*"))

@@ -24,15 +24,20 @@ EXAMPLE = "examples/genvae-plugin-example/genvae_plugin_example"
 CHECKS: dict[str, tuple[str, list[list[str]]]] = {
     "lint": ("ruff check", [[PY, "-m", "ruff", "check", "."]]),
     "format": ("ruff format --check", [[PY, "-m", "ruff", "format", "--check", "."]]),
-    "types": ("mypy: the package, the example plugin, the tests", [
-        [PY, "-m", "mypy", "-p", "genvae"],
-        [PY, "-m", "mypy", EXAMPLE],
-        [PY, "-m", "mypy", "tests"],
-    ]),
+    "types": (
+        "mypy: the package, the example plugin, the tests",
+        [
+            [PY, "-m", "mypy", "-p", "genvae"],
+            [PY, "-m", "mypy", EXAMPLE],
+            [PY, "-m", "mypy", "tests"],
+        ],
+    ),
     "reference": ("docs/api-reference.md matches the docstrings", [[PY, "tools/api_reference.py", "--check"]]),
     "fast": ("the fast test lane (pytest's default)", [[PY, "-m", "pytest", "-q", "-p", "no:cacheprovider"]]),
-    "slow": ("the slow test lane: real processes, torchrun, the fuzz, the built package",
-             [[PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "slow"]]),
+    "slow": (
+        "the slow test lane: real processes, torchrun, the fuzz, the built package",
+        [[PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "slow"]],
+    ),
 }
 
 
@@ -61,8 +66,9 @@ def main(argv: list[str]) -> int:
     print("\n== summary")
     for name, ok, seconds in results:
         print(f"{name:10} {'ok' if ok else 'FAILED':7} {seconds:7.1f} s")
-    print(f"{'all':10} {'ok' if all(ok for _, ok, _ in results) else 'FAILED':7} "
-          f"{sum(s for _, _, s in results):7.1f} s")
+    print(
+        f"{'all':10} {'ok' if all(ok for _, ok, _ in results) else 'FAILED':7} {sum(s for _, _, s in results):7.1f} s"
+    )
     return 0 if all(ok for _, ok, _ in results) else 1
 
 

@@ -44,8 +44,10 @@ class BatchFeeder:
         self.local_batch = self.batch_size
         if dist is not None:
             if self.batch_size % dist.world_size:
-                raise GenvaeError(f"batch size {self.batch_size} is not a multiple of the {dist.world_size} processes; "
-                                  "--batch-size is the global batch, split evenly between them")
+                raise GenvaeError(
+                    f"batch size {self.batch_size} is not a multiple of the {dist.world_size} processes; "
+                    "--batch-size is the global batch, split evenly between them"
+                )
             self.local_batch = self.batch_size // dist.world_size
         self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
         self._loader: ThreadPoolExecutor | None = None

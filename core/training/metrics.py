@@ -37,15 +37,17 @@ def terms_text(record: dict, sep: str = "  ") -> str:
     """A metrics line's terms, then its images/s, as ``mse 16.81  kl 20.58  ...  images_per_s 512``: what a
     progress line shows."""
     shown = [k for k in record if is_term(k) and isinstance(record[k], int | float)] + (
-        [SPEED] if isinstance(record.get(SPEED), int | float) else [])
+        [SPEED] if isinstance(record.get(SPEED), int | float) else []
+    )
     return sep.join(f"{k} {record[k]:.4g}" for k in shown)
 
 
 class MetricsSink:
     """The open log window of a run (device-side sums), its log lines and the divergence check."""
 
-    def __init__(self, files: ModelFolder, config: TrainConfig, device: torch.device, dist: Distributed | None,
-                 is_main: bool):
+    def __init__(
+        self, files: ModelFolder, config: TrainConfig, device: torch.device, dist: Distributed | None, is_main: bool
+    ):
         self.files = files
         self.config = config
         self.device = device

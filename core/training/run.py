@@ -49,8 +49,10 @@ def resolve_device(name: str = "auto") -> torch.device:
             raise GenvaeError(f"--device {shown}: no CUDA device is available here; use --device cpu or auto")
         index = int(match.group(1) or 0)
         if index >= torch.cuda.device_count():
-            raise GenvaeError(f"--device {shown}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                              f"cuda:0..cuda:{torch.cuda.device_count() - 1}")
+            raise GenvaeError(
+                f"--device {shown}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                f"cuda:0..cuda:{torch.cuda.device_count() - 1}"
+            )
     return torch.device(name)
 
 
@@ -62,9 +64,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def prepare_training(model: GenerativeModel, folder: str | Path | ModelFolder, *, data: Any = None,
-                     data_root: str | None = None, download: bool = False, overrides: dict | None = None,
-                     sets: Sequence[str] = (), device: str = "auto", registry: Registry | None = None) -> Trainer:
+def prepare_training(
+    model: GenerativeModel,
+    folder: str | Path | ModelFolder,
+    *,
+    data: Any = None,
+    data_root: str | None = None,
+    download: bool = False,
+    overrides: dict | None = None,
+    sets: Sequence[str] = (),
+    device: str = "auto",
+    registry: Registry | None = None,
+) -> Trainer:
     """A :class:`Trainer` for ``model`` writing into ``folder``, everything checked and nothing written yet: the
     model's training settings with ``overrides`` (TrainConfig fields) and ``sets`` (``train.OPTION=VALUE``)
     applied and sized against the memory budget, every random stream seeded, the data loaded at the model's
@@ -79,8 +90,9 @@ def prepare_training(model: GenerativeModel, folder: str | Path | ModelFolder, *
     registry = registry or get_registry()
     bad = [s for s in sets if not s.startswith("train.")]
     if bad:
-        raise GenvaeError(f"train --set '{bad[0][:60]}': only train.OPTION=VALUE here; change a model with genvae "
-                          "build")
+        raise GenvaeError(
+            f"train --set '{bad[0][:60]}': only train.OPTION=VALUE here; change a model with genvae build"
+        )
     dev = process_device(resolve_device(device))
     dist = init_distributed(dev)
     spec = apply_sets(model.spec.with_train(**(overrides or {})), sets)
@@ -89,8 +101,15 @@ def prepare_training(model: GenerativeModel, folder: str | Path | ModelFolder, *
         registry.get("logger", name)
     sample_chunks(model, SAMPLE_GRID, **sample_grid_budget(model))  # each epoch's grid: refused now, not then
     seed_everything(spec.train.seed)
-    images = load_data(data, image_size=spec.image_size, channels=spec.channels, split="train", root=data_root,
-                       download=download, registry=registry)
+    images = load_data(
+        data,
+        image_size=spec.image_size,
+        channels=spec.channels,
+        split="train",
+        root=data_root,
+        download=download,
+        registry=registry,
+    )
     return Trainer(model, folder, images, spec.train, dev, dist=dist, registry=registry)
 
 
@@ -107,8 +126,10 @@ class RunStart:
     @property
     def updates_text(self) -> str:
         """A step's updates as ``mi@posterior, model@prior:fresh, discriminator`` (the branch only where not all)."""
-        return ", ".join(u.phase.name + (f"@{u.branch}" if u.branch != "all" else "") + (":fresh" if u.fresh else "")
-                         for u in self.trainer.updates)
+        return ", ".join(
+            u.phase.name + (f"@{u.branch}" if u.branch != "all" else "") + (":fresh" if u.fresh else "")
+            for u in self.trainer.updates
+        )
 
 
 @attrs.frozen
@@ -122,12 +143,25 @@ class RunResult:
     is_main: bool  # whether this process wrote the folder (under torchrun only rank 0 does)
 
 
-def train_run(folder: str | Path | ModelFolder, *, model: GenerativeModel | None = None, data: Any = None,
-              data_root: str | None = None, download: bool = False, overrides: dict | None = None,
-              sets: Sequence[str] = (), device: str = "auto", resume: bool = False, restart: bool = False,
-              fresh: bool = False, command: dict | None = None, extra_outputs: Sequence[str] = (),
-              registry: Registry | None = None, on_start: Callable[[RunStart], None] | None = None,
-              on_log: Callable[[dict], None] | None = None) -> RunResult:
+def train_run(
+    folder: str | Path | ModelFolder,
+    *,
+    model: GenerativeModel | None = None,
+    data: Any = None,
+    data_root: str | None = None,
+    download: bool = False,
+    overrides: dict | None = None,
+    sets: Sequence[str] = (),
+    device: str = "auto",
+    resume: bool = False,
+    restart: bool = False,
+    fresh: bool = False,
+    command: dict | None = None,
+    extra_outputs: Sequence[str] = (),
+    registry: Registry | None = None,
+    on_start: Callable[[RunStart], None] | None = None,
+    on_log: Callable[[dict], None] | None = None,
+) -> RunResult:
     """Train the model folder ``folder`` for one run: validate, lock, restart or resume, train, save, release.
 
     ``model`` trains an already loaded model (its weights are not read from the folder: a stage of a larger
@@ -152,12 +186,23 @@ def train_run(folder: str | Path | ModelFolder, *, model: GenerativeModel | None
         mf.check_can_build_into()
     last = latest_checkpoint(mf)
     if last is not None and not (resume or restart or fresh):
-        raise GenvaeError(f"{mf.path} has a checkpoint at {last.name}; pass --resume to continue it or --restart "
-                          "to discard checkpoints and metrics")
+        raise GenvaeError(
+            f"{mf.path} has a checkpoint at {last.name}; pass --resume to continue it or --restart "
+            "to discard checkpoints and metrics"
+        )
     if model is None:
         model = load_model(mf.path, device="cpu", registry=registry)
-    trainer = prepare_training(model, mf, data=data, data_root=data_root, download=download, overrides=overrides,
-                               sets=sets, device=device, registry=registry)
+    trainer = prepare_training(
+        model,
+        mf,
+        data=data,
+        data_root=data_root,
+        download=download,
+        overrides=overrides,
+        sets=sets,
+        device=device,
+        registry=registry,
+    )
     state = trainer.read_resume_state() if resume else None  # the whole checkpoint, checked before anything
     trainer.on_log = on_log
     main = trainer.is_main  # under torchrun only rank 0 writes

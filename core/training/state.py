@@ -106,8 +106,11 @@ def validate_trainer_state(trainer: dict, where: Path, phases: Sequence[str], te
         meta = optimizers.get(phase)
         if meta is None:
             raise fail(f"no optimiser state for phase '{phase}'")
-        if not isinstance(meta, dict) or not isinstance(meta.get("param_groups"), list) or not all(
-                isinstance(g, dict) and isinstance(g.get("params"), list) for g in meta["param_groups"]):
+        if (
+            not isinstance(meta, dict)
+            or not isinstance(meta.get("param_groups"), list)
+            or not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in meta["param_groups"])
+        ):
             raise fail(f"the optimiser state of phase '{phase}' has no valid 'param_groups' list")
         if not isinstance(meta.get("plain", {}), dict):
             raise fail(f"the optimiser state of phase '{phase}' has a malformed 'plain' entry")
@@ -135,8 +138,10 @@ def validate_trainer_state(trainer: dict, where: Path, phases: Sequence[str], te
         raise fail("'running_terms' must be a list of distinct term names")
     missing = [k for k in terms if f"{RUNNING}{k}" not in tensors]
     if missing:
-        raise CheckpointError(f"{tensor_file}: {shorten(RUNNING + missing[0], 80)} is missing (the open log "
-                              "window's sum of a term trainer.json's 'running_terms' names)")
+        raise CheckpointError(
+            f"{tensor_file}: {shorten(RUNNING + missing[0], 80)} is missing (the open log "
+            "window's sum of a term trainer.json's 'running_terms' names)"
+        )
     count = trainer.get("running_count", 0)
     if not _is_count(count):
         raise fail("'running_count' must be an integer >= 0")
@@ -147,8 +152,9 @@ def validate_trainer_state(trainer: dict, where: Path, phases: Sequence[str], te
 def check_rng_state(state: torch.Tensor, key: str, where: Path, device: torch.device) -> None:
     """A torch (CPU) or CUDA random state: a 1-D uint8 tensor of the right length (torch's own check for CPU)."""
     if state.dtype != torch.uint8 or state.dim() != 1:
-        raise CheckpointError(f"{where}: {key!r} is a {state.dtype} tensor of shape {_shape(state)}, expected a "
-                              "1-D uint8 random state")
+        raise CheckpointError(
+            f"{where}: {key!r} is a {state.dtype} tensor of shape {_shape(state)}, expected a 1-D uint8 random state"
+        )
     if key.endswith("/torch"):
         try:
             torch.Generator().set_state(state.cpu())
@@ -158,8 +164,9 @@ def check_rng_state(state: torch.Tensor, key: str, where: Path, device: torch.de
     elif device.type == "cuda":
         expected = torch.cuda.get_rng_state(device).numel()
         if state.numel() != expected:
-            raise CheckpointError(f"{where}: {key!r} holds {state.numel()} bytes, expected a CUDA random state of "
-                                  f"{expected} bytes")
+            raise CheckpointError(
+                f"{where}: {key!r} holds {state.numel()} bytes, expected a CUDA random state of {expected} bytes"
+            )
 
 
 def optimizer_state(phase: Phase, tensors: dict[str, torch.Tensor], meta: dict, path: Path) -> dict:
@@ -178,13 +185,17 @@ def optimizer_state(phase: Phase, tensors: dict[str, torch.Tensor], meta: dict, 
     saved = meta["param_groups"]
     sizes, saved_sizes = [len(g["params"]) for g in groups], [len(g["params"]) for g in saved]
     if sizes != saved_sizes:
-        raise CheckpointError(f"{json_file}: the optimiser state of phase '{name}' has {len(saved)} parameter "
-                              f"group(s) of {shorten(saved_sizes, 60)} parameters, this model's phase has "
-                              f"{len(groups)} of {sizes}")
+        raise CheckpointError(
+            f"{json_file}: the optimiser state of phase '{name}' has {len(saved)} parameter "
+            f"group(s) of {shorten(saved_sizes, 60)} parameters, this model's phase has "
+            f"{len(groups)} of {sizes}"
+        )
     for j, (group, old) in enumerate(zip(groups, saved, strict=True)):
         if any(not _is_count(i) for i in old["params"]) or old["params"] != group["params"]:
-            raise CheckpointError(f"{json_file}: parameter group {j} of phase '{name}' lists parameters "
-                                  f"{shorten(old['params'], 60)}, expected {group['params'][0]}..{group['params'][-1]}")
+            raise CheckpointError(
+                f"{json_file}: parameter group {j} of phase '{name}' lists parameters "
+                f"{shorten(old['params'], 60)}, expected {group['params'][0]}..{group['params'][-1]}"
+            )
     params = [p for g in phase.optimizer.param_groups for p in g["params"]]
     amsgrad = [bool(g.get("amsgrad")) for g in phase.optimizer.param_groups for _ in g["params"]]
     wanted = {*ADAM_KEYS, AMSGRAD_KEY}
@@ -193,33 +204,47 @@ def optimizer_state(phase: Phase, tensors: dict[str, torch.Tensor], meta: dict, 
     for key, value in tensors.items():
         if not key.startswith(prefix):
             continue
-        digits, _, field = key[len(prefix):].partition("/")
+        digits, _, field = key[len(prefix) :].partition("/")
         if not _INDEX.fullmatch(digits) or int(digits) >= len(params) or field not in wanted:
-            raise CheckpointError(f"{tensor_file}: {shorten(key, 80)} is not an optimiser state of this model's "
-                                  f"phase '{name}' (parameters 0..{len(params) - 1}, keys {', '.join(sorted(wanted))})")
+            raise CheckpointError(
+                f"{tensor_file}: {shorten(key, 80)} is not an optimiser state of this model's "
+                f"phase '{name}' (parameters 0..{len(params) - 1}, keys {', '.join(sorted(wanted))})"
+            )
         found.setdefault(int(digits), {})[field] = value
     for digits, values in meta.get("plain", {}).items():
-        if not (isinstance(digits, str) and _INDEX.fullmatch(digits) and int(digits) < len(params)
-                and isinstance(values, dict) and set(values) <= {"step"}):
-            raise CheckpointError(f"{json_file}: the optimiser state of phase '{name}' has a malformed 'plain' "
-                                  f"entry {shorten(digits, 40)}")
+        if not (
+            isinstance(digits, str)
+            and _INDEX.fullmatch(digits)
+            and int(digits) < len(params)
+            and isinstance(values, dict)
+            and set(values) <= {"step"}
+        ):
+            raise CheckpointError(
+                f"{json_file}: the optimiser state of phase '{name}' has a malformed 'plain' "
+                f"entry {shorten(digits, 40)}"
+            )
         if "step" in values and "step" in found.get(int(digits), {}):
-            raise CheckpointError(f"{json_file}: parameter {digits} of phase '{name}' has a 'step' in both "
-                                  f"trainer.json and {ckpt.OPTIMIZER}")
+            raise CheckpointError(
+                f"{json_file}: parameter {digits} of phase '{name}' has a 'step' in both "
+                f"trainer.json and {ckpt.OPTIMIZER}"
+            )
         found.setdefault(int(digits), {}).update(values)
     listed = meta.get("with_state")  # the parameters that had a state (not in checkpoints of earlier genvae)
     if listed is not None:
         if not isinstance(listed, list) or not all(_is_count(i) and i < len(params) for i in listed):
-            raise CheckpointError(f"{json_file}: 'with_state' of phase '{name}' must list parameter indices "
-                                  f"0..{len(params) - 1}")
+            raise CheckpointError(
+                f"{json_file}: 'with_state' of phase '{name}' must list parameter indices 0..{len(params) - 1}"
+            )
         for index in sorted(set(listed) - set(found)):
             found[index] = {}  # reported as its first missing key below
         extra = sorted(set(found) - set(listed))
         if extra:
             keys = sorted(k for k in tensors if k.startswith(f"{prefix}{extra[0]}/"))
             shown = f"'{keys[0]}'" if keys else f"a state of parameter {extra[0]}"
-            raise CheckpointError(f"{tensor_file}: {shown} is there, but trainer.json lists no state for parameter "
-                                  f"{extra[0]} of phase '{name}'")
+            raise CheckpointError(
+                f"{tensor_file}: {shown} is there, but trainer.json lists no state for parameter "
+                f"{extra[0]} of phase '{name}'"
+            )
     nonfinite = set(ckpt.nonfinite_tensors({k: v for k, v in tensors.items() if k.startswith(prefix)}))
     for index, state in sorted(found.items()):
         param = params[index]
@@ -232,12 +257,16 @@ def optimizer_state(phase: Phase, tensors: dict[str, torch.Tensor], meta: dict, 
             key = f"{prefix}{index}/{field}"
             if not torch.is_tensor(value):  # a step counter in trainer.json (older torch)
                 if not _is_number(value) or value < 0:
-                    raise CheckpointError(f"{json_file}: the 'plain' step of parameter {index} of phase '{name}' must "
-                                          f"be a finite number >= 0, got {shorten(value, 40)}")
+                    raise CheckpointError(
+                        f"{json_file}: the 'plain' step of parameter {index} of phase '{name}' must "
+                        f"be a finite number >= 0, got {shorten(value, 40)}"
+                    )
                 continue
             if not value.is_floating_point():
-                raise CheckpointError(f"{tensor_file}: '{key}' is {str(value.dtype).removeprefix('torch.')}, "
-                                      f"expected a floating-point tensor {about}")
+                raise CheckpointError(
+                    f"{tensor_file}: '{key}' is {str(value.dtype).removeprefix('torch.')}, "
+                    f"expected a floating-point tensor {about}"
+                )
             expected = [] if field == "step" else _shape(param)
             if _shape(value) != expected:
                 raise CheckpointError(f"{tensor_file}: '{key}' has shape {_shape(value)}, expected {expected} {about}")
@@ -248,8 +277,15 @@ def optimizer_state(phase: Phase, tensors: dict[str, torch.Tensor], meta: dict, 
     return {"state": found, "param_groups": groups}
 
 
-def read_resume_state(folder: Path | ModelFolder, model: torch.nn.Module, phases: Sequence[Phase], *, batch_size: int,
-                      num_images: int, device: torch.device) -> ResumeState | None:
+def read_resume_state(
+    folder: Path | ModelFolder,
+    model: torch.nn.Module,
+    phases: Sequence[Phase],
+    *,
+    batch_size: int,
+    num_images: int,
+    device: torch.device,
+) -> ResumeState | None:
     """The latest checkpoint of ``folder``, read and checked against the model, its phases, the batch size and
     the number of training images; None when there is none. Writes nothing."""
     path = ckpt.latest_checkpoint(folder)
@@ -259,14 +295,18 @@ def read_resume_state(folder: Path | ModelFolder, model: torch.nn.Module, phases
     json_file, tensor_file = path / ckpt.TRAINER, path / ckpt.OPTIMIZER
     validate_trainer_state(trainer, json_file, [p.name for p in phases], tensors)
     if trainer["batch_size"] != batch_size:
-        raise GenvaeError(f"--resume: the checkpoint was trained with batch size {trainer['batch_size']}, "
-                          f"this run uses {batch_size}; resume with the same --batch-size")
+        raise GenvaeError(
+            f"--resume: the checkpoint was trained with batch size {trainer['batch_size']}, "
+            f"this run uses {batch_size}; resume with the same --batch-size"
+        )
     per_epoch = num_images // batch_size
     step, epoch, batch = trainer["step"], trainer["epoch"], trainer["batch_in_epoch"]
     if batch > per_epoch or step != epoch * per_epoch + batch:
-        raise CheckpointError(f"{json_file}: 'step' {step}, 'epoch' {epoch} and 'batch_in_epoch' {batch} do not fit "
-                              f"this data: {num_images} images make {per_epoch} batches of {batch_size} per epoch; "
-                              "resume with the data the checkpoint was trained on, or use --restart")
+        raise CheckpointError(
+            f"{json_file}: 'step' {step}, 'epoch' {epoch} and 'batch_in_epoch' {batch} do not fit "
+            f"this data: {num_images} images make {per_epoch} batches of {batch_size} per epoch; "
+            "resume with the data the checkpoint was trained on, or use --restart"
+        )
     ckpt.check_weights(model, weights, path / ckpt.WEIGHTS)
     bad = ckpt.nonfinite_tensors(weights)
     if bad:
@@ -279,8 +319,10 @@ def read_resume_state(folder: Path | ModelFolder, model: torch.nn.Module, phases
         key = f"{RUNNING}{term}"
         value = tensors[key]
         if not value.is_floating_point() or value.numel() != 1 or not bool(torch.isfinite(value).all()):
-            raise CheckpointError(f"{tensor_file}: {shorten(key, 80)} must be one finite floating-point number "
-                                  "(the open log window's sum)")
+            raise CheckpointError(
+                f"{tensor_file}: {shorten(key, 80)} must be one finite floating-point number "
+                "(the open log window's sum)"
+            )
     return ResumeState(path, weights, tensors, trainer, optimizers)
 
 
@@ -314,9 +356,20 @@ def rng_by_rank(dist: Distributed | None, device: torch.device) -> dict[str, tor
     return out
 
 
-def run_state(*, step: int, epoch: int, batch_in_epoch: int, batch_size: int, phases: Sequence[Phase],
-              running: dict[str, torch.Tensor], running_count: int, scaler, device: torch.device,
-              world_size: int, ranks: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def run_state(
+    *,
+    step: int,
+    epoch: int,
+    batch_in_epoch: int,
+    batch_size: int,
+    phases: Sequence[Phase],
+    running: dict[str, torch.Tensor],
+    running_count: int,
+    scaler,
+    device: torch.device,
+    world_size: int,
+    ranks: dict[str, torch.Tensor],
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(the tensors of optimizer.safetensors, trainer.json) for a checkpoint at a step boundary."""
     tensors: dict[str, torch.Tensor] = {}
     meta = {}
@@ -345,8 +398,16 @@ def run_state(*, step: int, epoch: int, batch_in_epoch: int, batch_size: int, ph
     return tensors, trainer
 
 
-def apply_resume_state(state: ResumeState, model: torch.nn.Module, phases: Sequence[Phase], *, scaler,
-                       dist: Distributed | None, device: torch.device, seed: int) -> None:
+def apply_resume_state(
+    state: ResumeState,
+    model: torch.nn.Module,
+    phases: Sequence[Phase],
+    *,
+    scaler,
+    dist: Distributed | None,
+    device: torch.device,
+    seed: int,
+) -> None:
     """Load a checked state into the model, the optimisers and every random stream (the counters and the log
     window are the caller's: ``state.trainer``)."""
     from genvae.core.distributed import rank_seed

@@ -90,8 +90,13 @@ def _merge_logged(logged: list[tuple[Update, dict[str, torch.Tensor]]]) -> dict[
 class Phase:
     """One optimisation phase: its optimiser, parameter groups with base learning rates, clamps."""
 
-    def __init__(self, name: str, optimizer: torch.optim.Optimizer, clamps: list[tuple[list[nn.Parameter], float]],
-                 params: list[nn.Parameter]):
+    def __init__(
+        self,
+        name: str,
+        optimizer: torch.optim.Optimizer,
+        clamps: list[tuple[list[nn.Parameter], float]],
+        params: list[nn.Parameter],
+    ):
         self.name = name
         self.optimizer = optimizer
         self.clamps = clamps
@@ -155,13 +160,19 @@ def build_phases(model: GenerativeModel, config: TrainConfig, device: torch.devi
     owned = model.phase_modules()
     owned_ids = {id(p) for mods in owned.values() for m in mods for p in m.parameters()}
     names = {id(p): n for n, p in model.named_parameters()}
-    tables = ((config.lr_multipliers, "lr_multipliers"), (config.grad_clamp, "grad_clamp"),
-              (dict.fromkeys(config.freeze), "freeze"), (dict.fromkeys(config.train_only), "train_only"))
+    tables = (
+        (config.lr_multipliers, "lr_multipliers"),
+        (config.grad_clamp, "grad_clamp"),
+        (dict.fromkeys(config.freeze), "freeze"),
+        (dict.fromkeys(config.train_only), "train_only"),
+    )
     for table, what in tables:
         for prefix in table:
             if not any(n == prefix or n.startswith(prefix + ".") for n in names.values()):
-                raise GenvaeError(f"train.{what}: no parameters under '{prefix}'; module paths look like "
-                                  f"{', '.join(sorted({n.rsplit('.', 2)[0] for n in names.values()})[:6])}")
+                raise GenvaeError(
+                    f"train.{what}: no parameters under '{prefix}'; module paths look like "
+                    f"{', '.join(sorted({n.rsplit('.', 2)[0] for n in names.values()})[:6])}"
+                )
     phases = []
     for phase in model.phases:
         if phase == MODEL_PHASE:
@@ -206,8 +217,9 @@ class StepRunner:
     """Runs training steps of one model: its phases (optimisers), the step's planned updates, mixed precision,
     gradient averaging under torchrun, and which updates keep their autograd graph."""
 
-    def __init__(self, model: GenerativeModel, config: TrainConfig, device: torch.device,
-                 dist: Distributed | None = None):
+    def __init__(
+        self, model: GenerativeModel, config: TrainConfig, device: torch.device, dist: Distributed | None = None
+    ):
         if config.amp and device.type != "cuda":
             raise GenvaeError("--amp needs a CUDA device (mixed precision runs on CUDA only); drop --amp on CPU")
         self.model = model
@@ -224,8 +236,9 @@ class StepRunner:
         # Per update: keep the graph after its backward pass? Found on the first step (see shared_graphs); a kept
         # graph holds every activation of the step until its end, which costs memory and, on the CPU, time.
         last = len(self.updates) - 1
-        self.retain: list[bool] | None = [i < last for i in range(len(self.updates))] if (
-            config.retain_graph == "always") else None
+        self.retain: list[bool] | None = (
+            [i < last for i in range(len(self.updates))] if (config.retain_graph == "always") else None
+        )
 
     def set_lr(self, factor: float) -> None:
         """Every parameter group at its base learning rate times ``factor`` (the schedule's, per epoch)."""
@@ -294,7 +307,8 @@ class StepRunner:
                 raise GenvaeError(
                     f"update {i + 1} ({update.phase.name}@{update.branch}) went back through a graph an earlier update "
                     "of the step had freed, which it did not on the first step; train with --set "
-                    "train.retain_graph=always (resume from the last checkpoint)") from None
+                    "train.retain_graph=always (resume from the last checkpoint)"
+                ) from None
             if self.dist is not None:  # the gradient of the mean over the global batch, on every replica
                 self.dist.average_([p.grad for p in phase.params if p.grad is not None])
             if self.scaler is not None:  # after the average: an overflow on any replica skips the step on all
@@ -320,4 +334,3 @@ class StepRunner:
         if len(logged) == 1:
             return logged[0][1]
         return _merge_logged(logged)
-

@@ -53,8 +53,11 @@ def sample_grid_budget(model: GenerativeModel, n: int = SAMPLE_GRID) -> dict[str
     from genvae.core.budget import TRAINING_COPIES, grid_bytes
 
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    return {"held": (TRAINING_COPIES - 1) * weights + grid_bytes(model, n), "command": "train's sample grid",
-            "holding": f"the optimiser's state and the grid of {n} images"}
+    return {
+        "held": (TRAINING_COPIES - 1) * weights + grid_bytes(model, n),
+        "command": "train's sample grid",
+        "holding": f"the optimiser's state and the grid of {n} images",
+    }
 
 
 class TrainingStopped(GenvaeError):
@@ -104,9 +107,17 @@ class Trainer:
     #: uint8 data sets smaller than this (bytes) are moved to a GPU whole; larger ones stay on the host
     DEVICE_DATA_LIMIT = BatchFeeder.DEVICE_DATA_LIMIT
 
-    def __init__(self, model: GenerativeModel, folder: str | Path | ModelFolder, data: ImageData,
-                 config: TrainConfig, device: torch.device, on_log: Callable[[dict], None] | None = None,
-                 dist: Distributed | None = None, registry: Registry | None = None):
+    def __init__(
+        self,
+        model: GenerativeModel,
+        folder: str | Path | ModelFolder,
+        data: ImageData,
+        config: TrainConfig,
+        device: torch.device,
+        on_log: Callable[[dict], None] | None = None,
+        dist: Distributed | None = None,
+        registry: Registry | None = None,
+    ):
         self.model = model.to(device)
         self.files = as_model_folder(folder)  # every write and deletion in the folder goes through it
         self.folder = self.files.path
@@ -220,8 +231,9 @@ class Trainer:
 
             mf.check_tree(f"{LOGS}/{name}")
 
-    def prepare_folder(self, cut_metrics_to_step: bool = True, start: int | None = None,
-                       extra: Sequence[str] = ()) -> None:
+    def prepare_folder(
+        self, cut_metrics_to_step: bool = True, start: int | None = None, extra: Sequence[str] = ()
+    ) -> None:
         """Before the first step: refuse outputs genvae may not write (:meth:`check_outputs`, from step
         ``start``, default the current step), remove orphaned temporary files, and cut ``metrics.jsonl`` back to
         the step training starts from (after :meth:`resume`). Rank 0's job."""
@@ -289,8 +301,9 @@ class Trainer:
                     if self.step % self.config.log_every == 0 or self.step == total:
                         now = time.perf_counter()
                         lr = self.config.lr * lr_factor(self.config, self.epoch)
-                        last = self.sink.log(self.step, self.epoch, lr,
-                                             (self.step - tick_step) * self.batch_size / max(now - tick, 1e-9))
+                        last = self.sink.log(
+                            self.step, self.epoch, lr, (self.step - tick_step) * self.batch_size / max(now - tick, 1e-9)
+                        )
                         tick, tick_step, synced = time.perf_counter(), self.step, True
                     if self.step % self.config.checkpoint_every == 0 and self.step < total:
                         self.save_checkpoint()
@@ -359,12 +372,21 @@ class Trainer:
         if not self.is_main:
             return ckpt.latest_checkpoint(self.files) or self.folder
         tensors, trainer = run_state(
-            step=self.step, epoch=self.epoch, batch_in_epoch=self.batch_in_epoch, batch_size=self.batch_size,
-            phases=self.phases, running=self.sink.running, running_count=self.sink.running_count,
-            scaler=self.scaler, device=self.device, world_size=self.dist.world_size if self.dist is not None else 1,
-            ranks=ranks)
-        path = ckpt.write_checkpoint(self.files, self.step, self.model.state_dict(), tensors, trainer,
-                                     self.config.keep_checkpoints)
+            step=self.step,
+            epoch=self.epoch,
+            batch_in_epoch=self.batch_in_epoch,
+            batch_size=self.batch_size,
+            phases=self.phases,
+            running=self.sink.running,
+            running_count=self.sink.running_count,
+            scaler=self.scaler,
+            device=self.device,
+            world_size=self.dist.world_size if self.dist is not None else 1,
+            ranks=ranks,
+        )
+        path = ckpt.write_checkpoint(
+            self.files, self.step, self.model.state_dict(), tensors, trainer, self.config.keep_checkpoints
+        )
         ckpt.save_model(self.model, self.files, train=self.config)
         return path
 
@@ -372,8 +394,14 @@ class Trainer:
     def read_resume_state(self) -> ResumeState | None:
         """The latest checkpoint, read and checked completely against this run (model, phases, batch size, data);
         None when there is none. Writes nothing: a run calls it before it touches the folder."""
-        return read_resume_state(self.files, self.model, self.phases, batch_size=self.batch_size,
-                                 num_images=len(self.images), device=self.device)
+        return read_resume_state(
+            self.files,
+            self.model,
+            self.phases,
+            batch_size=self.batch_size,
+            num_images=len(self.images),
+            device=self.device,
+        )
 
     def resume(self, state: ResumeState | None = None) -> int:
         """Continue from the latest checkpoint; returns its step (0 when there is none).
@@ -384,13 +412,22 @@ class Trainer:
             state = self.read_resume_state()
         if state is None:
             return 0
-        apply_resume_state(state, self.model, self.phases, scaler=self.scaler, dist=self.dist, device=self.device,
-                           seed=self.config.seed)
+        apply_resume_state(
+            state,
+            self.model,
+            self.phases,
+            scaler=self.scaler,
+            dist=self.dist,
+            device=self.device,
+            seed=self.config.seed,
+        )
         from genvae.core.training.state import RUNNING
 
         trainer = state.trainer
-        self.sink.running = {k: state.tensors[f"{RUNNING}{k}"].float().reshape(()).to(self.device)
-                             for k in trainer.get("running_terms", [])}
+        self.sink.running = {
+            k: state.tensors[f"{RUNNING}{k}"].float().reshape(()).to(self.device)
+            for k in trainer.get("running_terms", [])
+        }
         self.sink.running_count = int(trainer.get("running_count", 0)) if self.sink.running else 0
         self.step, self.epoch, self.batch_in_epoch = trainer["step"], trainer["epoch"], trainer["batch_in_epoch"]
         return self.step

@@ -26,8 +26,7 @@ from genvae.plugins.cr_lstm.commands import commands
 from genvae.plugins.cr_lstm.components import CRDecoder, CREncoder, CRLatent, RecurrentPath, set_forget_bias
 from genvae.plugins.cr_lstm.presets import PAPER_KL, PAPER_MI, PRESETS
 
-__all__ = ["PAPER_KL", "PAPER_MI", "PRESETS", "CRDecoder", "CREncoder", "CRLatent", "RecurrentPath",
-           "set_forget_bias"]
+__all__ = ["PAPER_KL", "PAPER_MI", "PRESETS", "CRDecoder", "CREncoder", "CRLatent", "RecurrentPath", "set_forget_bias"]
 
 
 @hookimpl
@@ -55,4 +54,3 @@ def genvae_register_presets(register):
 def genvae_register_commands(cli):
     for command in commands():
         cli.add_command(command)
-

@@ -9,8 +9,10 @@ def _draw_latents(model, rows: int, device) -> torch.Tensor:
     """(rows * T, *latent): row i, column t holds z_i's first t+1 blocks and zeros after them."""
     layout = model.layout
     z = model.prior.sample(rows, model, device)
-    cols = [torch.where(layout.group_mask(range(t + 1), device=device), z, torch.zeros_like(z))
-            for t in range(layout.num_groups)]
+    cols = [
+        torch.where(layout.group_mask(range(t + 1), device=device), z, torch.zeros_like(z))
+        for t in range(layout.num_groups)
+    ]
     return torch.stack(cols, dim=1).reshape(rows * layout.num_groups, *layout.shape)
 
 
@@ -36,16 +38,27 @@ def commands() -> tuple:
         """The images of ``z`` as one grid, generated in chunks that fit the memory limit beside the grid."""
         from genvae.api import generate_images, grid_bytes, save_grid
 
-        images = generate_images(model, z, held=grid_bytes(model, len(z)), command=command,
-                                 holding=f"the grid of {len(z):,} images it writes")
+        images = generate_images(
+            model,
+            z,
+            held=grid_bytes(model, len(z)),
+            command=command,
+            holding=f"the grid of {len(z):,} images it writes",
+        )
         save_grid(images, output, nrow=nrow)
 
     @click.command("draw")
     @click.argument("folder", type=click.Path())
-    @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-                  help="Image grid to write (png, jpg, webp, bmp, tif).")
-    @click.option("-n", "rows", default=8, show_default=True, type=click.IntRange(1, 256),
-                  help="Rows (independent samples).")
+    @click.option(
+        "-o",
+        "--output",
+        required=True,
+        type=click.Path(dir_okay=False),
+        help="Image grid to write (png, jpg, webp, bmp, tif).",
+    )
+    @click.option(
+        "-n", "rows", default=8, show_default=True, type=click.IntRange(1, 256), help="Rows (independent samples)."
+    )
     @click.option("--seed", default=0, show_default=True, type=SEED)
     @click.option("--device", default="auto", show_default=True)
     def draw(folder, output, rows, seed, device):
@@ -59,19 +72,33 @@ def commands() -> tuple:
         with torch.no_grad():
             z = _draw_latents(model, rows, dev)
         render(model, z, output, layout.num_groups, "draw")
-        console.print(f"wrote {rows} rows x {layout.num_groups} {layout.group_label}s to {output} "
-                      f"(column t: the first t {layout.group_label}s sampled, the rest zero)")
+        console.print(
+            f"wrote {rows} rows x {layout.num_groups} {layout.group_label}s to {output} "
+            f"(column t: the first t {layout.group_label}s sampled, the rest zero)"
+        )
 
     @click.command("traverse")
     @click.argument("folder", type=click.Path())
-    @click.option("--step", "step", required=True, type=click.IntRange(min=1),
-                  help="The time step t (1..T) whose block moves.")
-    @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
-                  help="Image grid to write (png, jpg, webp, bmp, tif).")
-    @click.option("-n", "rows", default=6, show_default=True, type=click.IntRange(1, 256),
-                  help="Rows (independent samples z).")
-    @click.option("--columns", default=8, show_default=True, type=click.IntRange(2, 256),
-                  help="Interpolation points from z_t to the new z_t.")
+    @click.option(
+        "--step", "step", required=True, type=click.IntRange(min=1), help="The time step t (1..T) whose block moves."
+    )
+    @click.option(
+        "-o",
+        "--output",
+        required=True,
+        type=click.Path(dir_okay=False),
+        help="Image grid to write (png, jpg, webp, bmp, tif).",
+    )
+    @click.option(
+        "-n", "rows", default=6, show_default=True, type=click.IntRange(1, 256), help="Rows (independent samples z)."
+    )
+    @click.option(
+        "--columns",
+        default=8,
+        show_default=True,
+        type=click.IntRange(2, 256),
+        help="Interpolation points from z_t to the new z_t.",
+    )
     @click.option("--seed", default=0, show_default=True, type=SEED)
     @click.option("--device", default="auto", show_default=True)
     def traverse(folder, step, output, rows, columns, seed, device):
@@ -83,14 +110,16 @@ def commands() -> tuple:
         model, dev = load_for_inference(folder, device, seed)
         layout = model.layout
         if not 1 <= step <= layout.num_groups:
-            raise GenvaeError(f"--step {step}: the model's latent has {layout.num_groups} {layout.group_label}s; "
-                              f"use 1..{layout.num_groups}")
+            raise GenvaeError(
+                f"--step {step}: the model's latent has {layout.num_groups} {layout.group_label}s; "
+                f"use 1..{layout.num_groups}"
+            )
         with torch.no_grad():
             z = _traverse_latents(model, step - 1, rows, columns, dev)
         render(model, z, output, columns, "traverse")
-        console.print(f"wrote {rows} rows x {columns} columns to {output} ({layout.group_label} {step} interpolated "
-                      f"towards one new block, the others fixed)")
+        console.print(
+            f"wrote {rows} rows x {columns} columns to {output} ({layout.group_label} {step} interpolated "
+            f"towards one new block, the others fixed)"
+        )
 
     return draw, traverse
-
-

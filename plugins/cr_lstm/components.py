@@ -52,8 +52,10 @@ def _torch7_conv_init(module: nn.Module) -> None:
 
 
 BN_EPS_HELP = "eps of the batch norms (PyTorch's default 1e-5; the authors' run commands: 1e-6)"
-BN_MOMENTUM_HELP = ("momentum of the batch norms: the weight of the new batch in the running statistics, as in "
-                    "Torch7 (PyTorch's default 0.1; the authors' run commands: 0.9)")
+BN_MOMENTUM_HELP = (
+    "momentum of the batch norms: the weight of the new batch in the running statistics, as in "
+    "Torch7 (PyTorch's default 0.1; the authors' run commands: 0.9)"
+)
 
 
 def _log2_exact(ratio: float) -> int | None:
@@ -78,8 +80,12 @@ def set_forget_bias(lstm: nn.LSTM, value: float) -> None:
 
 @attrs.frozen
 class CREncoderOptions:
-    width: int = option(32, "channels of the first stride-2 convolution (the authors' baseChannels); doubles at "
-                        "each further stage", positive_int, to_int)
+    width: int = option(
+        32,
+        "channels of the first stride-2 convolution (the authors' baseChannels); doubles at each further stage",
+        positive_int,
+        to_int,
+    )
     max_width: int = option(256, "cap on the channel count; also the features' channels", positive_int, to_int)
     latent_size: int = option(4, "spatial size of the features (image size / 2^stages)", positive_int, to_int)
     slope: float = option(0.1, "LeakyReLU slope of the stride-1 convolutions", non_negative, to_float)
@@ -100,6 +106,7 @@ class CREncoder(Encoder[CREncoderOptions]):
         stages = _log2_exact(h / options.latent_size)
         if stages is None or stages < 1 or h != w:
             raise self.fail(f"image size {h}x{w} is not latent_size {options.latent_size} times a power of 2")
+
         # 64x64, width 32: CReLU 3->6 | conv5x5 s2 6->32, BN, CReLU | conv3x3 s2 64->64, BN, CReLU |
         # conv3x3 s2 128->128, BN, CReLU; conv3x3 256->256, BN, LReLU | conv3x3 s2 256->256, BN, CReLU;
         # conv3x3 512->256, BN, LReLU  ->  256x4x4
@@ -130,11 +137,16 @@ class CREncoder(Encoder[CREncoderOptions]):
 
 @attrs.frozen
 class CRDecoderOptions:
-    width: int = option(32, "the encoder's width: the last deconvolutions have 2 x width channels", positive_int,
-                        to_int)
+    width: int = option(
+        32, "the encoder's width: the last deconvolutions have 2 x width channels", positive_int, to_int
+    )
     max_width: int = option(256, "channels of the first deconvolution (cap)", positive_int, to_int)
-    input_conv: str = option("auto", "conv3x3 + BN from the input to max_width channels first: auto (when the input "
-                             "has other channels, as u of cr-lstm), yes or no", one_of("auto", "yes", "no"))
+    input_conv: str = option(
+        "auto",
+        "conv3x3 + BN from the input to max_width channels first: auto (when the input "
+        "has other channels, as u of cr-lstm), yes or no",
+        one_of("auto", "yes", "no"),
+    )
     slope: float = option(0.1, "LeakyReLU slope", non_negative, to_float)
     bn_eps: float = option(1e-5, BN_EPS_HELP, positive, to_float)
     bn_momentum: float = option(0.1, BN_MOMENTUM_HELP, unit_interval, to_float)
@@ -152,8 +164,10 @@ class CRDecoder(Decoder[CRDecoderOptions]):
         assert ctx.transform is not None  # upsampling_plan has read it
         c = ctx.image_shape[0]
         if ups < 1:
-            raise self.fail(f"needs an input smaller than the image {list(ctx.image_shape)}; it has "
-                            f"{list(ctx.transform.output_shape)}")
+            raise self.fail(
+                f"needs an input smaller than the image {list(ctx.image_shape)}; it has "
+                f"{list(ctx.transform.output_shape)}"
+            )
         o = options
         top = min(o.max_width, o.width * 2 ** max(ups - 1, 1))
 
@@ -173,8 +187,7 @@ class CRDecoder(Decoder[CRDecoderOptions]):
             prev = out
             if j == 0:
                 layers += [nn.Conv2d(prev, prev, 3, 1, 1), bn(prev), nn.LeakyReLU(o.slope)]
-        layers += [nn.Conv2d(prev, prev, 3, 1, 1), bn(prev), nn.LeakyReLU(o.slope),
-                   nn.Conv2d(prev, c, 3, 1, 1)]
+        layers += [nn.Conv2d(prev, prev, 3, 1, 1), bn(prev), nn.LeakyReLU(o.slope), nn.Conv2d(prev, c, 3, 1, 1)]
         self.net = nn.Sequential(*layers)
         _torch7_conv_init(self.net)
 
@@ -187,20 +200,25 @@ class CRDecoder(Decoder[CRDecoderOptions]):
 
 @attrs.frozen
 class CRLatentOptions:
-    latent_channels: int = option(64, "channels c of the latent c x h x w (h, w: the features' size)", positive_int,
-                                  to_int)
-    steps: int = option(8, "time steps T: the latent and the features are cut into T channel blocks", positive_int,
-                        to_int)
+    latent_channels: int = option(
+        64, "channels c of the latent c x h x w (h, w: the features' size)", positive_int, to_int
+    )
+    steps: int = option(
+        8, "time steps T: the latent and the features are cut into T channel blocks", positive_int, to_int
+    )
     hidden: int = option(512, "hidden size of both LSTMs", positive_int, to_int)
     layers: int = option(2, "layers of both LSTMs", positive_int, to_int)
     forget_bias: float = option(1.0, "initial forget-gate bias of both LSTMs", finite, to_float)
-    bias_init: float = option(0.01, "the learnable mean and u biases start uniform in +-bias_init", non_negative,
-                              to_float)
-    lr_multiplier: float | None = option(None, "learning-rate multiplier of the recurrent paths (LSTM, BN, Linear); "
-                                         "none: 1/T as in the authors' code", attrs.validators.optional(positive),
-                                         optional_float)
-    grad_clamp: float = option(5.0, "clamp the recurrent paths' gradients to +-value (0: off)", non_negative,
-                               to_float)
+    bias_init: float = option(
+        0.01, "the learnable mean and u biases start uniform in +-bias_init", non_negative, to_float
+    )
+    lr_multiplier: float | None = option(
+        None,
+        "learning-rate multiplier of the recurrent paths (LSTM, BN, Linear); none: 1/T as in the authors' code",
+        attrs.validators.optional(positive),
+        optional_float,
+    )
+    grad_clamp: float = option(5.0, "clamp the recurrent paths' gradients to +-value (0: off)", non_negative, to_float)
 
 
 class RecurrentPath(nn.Module):
@@ -210,8 +228,9 @@ class RecurrentPath(nn.Module):
     norm: nn.BatchNorm1d
     bias: nn.Parameter
 
-    def __init__(self, lstm: nn.LSTM, linear: nn.Linear, norm: nn.BatchNorm1d | None = None,
-                 bias: nn.Parameter | None = None):
+    def __init__(
+        self, lstm: nn.LSTM, linear: nn.Linear, norm: nn.BatchNorm1d | None = None, bias: nn.Parameter | None = None
+    ):
         super().__init__()
         self.lstm = lstm
         if norm is not None:
@@ -234,8 +253,9 @@ class CRLatent(LatentTransform[CRLatentOptions]):
         c, h, w = self.require_spatial(tuple(ctx.encoder.output_shape), f"encoder '{ctx.encoder.name}'")
         t, lc = options.steps, options.latent_channels
         if c % t:
-            raise self.fail(f"the encoder's {c} feature channels cannot be cut into steps={t} blocks; "
-                            f"choose T dividing {c}")
+            raise self.fail(
+                f"the encoder's {c} feature channels cannot be cut into steps={t} blocks; choose T dividing {c}"
+            )
         if lc % t:
             raise self.fail(f"latent_channels={lc} cannot be cut into steps={t} blocks; choose T dividing {lc}")
         self.steps = t
@@ -249,13 +269,17 @@ class CRLatent(LatentTransform[CRLatentOptions]):
         self.mean_bias = nn.Parameter(torch.empty(lc, h, w).uniform_(-options.bias_init, options.bias_init))
         _torch7_conv_init(self.mean_conv)
         # variance path: LSTM over the T blocks of encoder features, BN shared over steps, Linear per step
-        self.var = RecurrentPath(nn.LSTM(self.feature_block, hidden, options.layers, batch_first=True),
-                                 nn.Linear(hidden, self.latent_block), norm=nn.BatchNorm1d(hidden))
+        self.var = RecurrentPath(
+            nn.LSTM(self.feature_block, hidden, options.layers, batch_first=True),
+            nn.Linear(hidden, self.latent_block),
+            norm=nn.BatchNorm1d(hidden),
+        )
         # generation path: LSTM over z's T blocks, Linear per step -> u, plus a learnable bias
-        self.gen = RecurrentPath(nn.LSTM(self.latent_block, hidden, options.layers, batch_first=True),
-                                 nn.Linear(hidden, self.latent_block),
-                                 bias=nn.Parameter(torch.empty(lc, h, w).uniform_(-options.bias_init,
-                                                                                  options.bias_init)))
+        self.gen = RecurrentPath(
+            nn.LSTM(self.latent_block, hidden, options.layers, batch_first=True),
+            nn.Linear(hidden, self.latent_block),
+            bias=nn.Parameter(torch.empty(lc, h, w).uniform_(-options.bias_init, options.bias_init)),
+        )
         for lstm in (self.var.lstm, self.gen.lstm):
             set_forget_bias(lstm, options.forget_bias)
         for linear in (self.var.linear, self.gen.linear):
@@ -295,5 +319,3 @@ class CRLatent(LatentTransform[CRLatentOptions]):
 
     def generation_modules(self) -> list[nn.Module]:
         return [self.gen]
-
-

@@ -21,12 +21,22 @@ AUTHORS_SCHEDULE = ["mi@posterior", "model@posterior", "mi@prior:fresh", "model@
 # samples), the discriminator last.
 BASELINE_SCHEDULE = ["model", "discriminator"]
 PAPER_TRAIN: dict[str, Any] = {
-    "lr": 3e-4, "batch_size": 128, "epochs": 150, "lr_schedule": "step", "lr_step_epochs": 60, "lr_gamma": 0.5,
-    "flip": True, "phase_lr": {"discriminator": 3e-4, "mi": 3e-4}, "schedule": AUTHORS_SCHEDULE,
+    "lr": 3e-4,
+    "batch_size": 128,
+    "epochs": 150,
+    "lr_schedule": "step",
+    "lr_step_epochs": 60,
+    "lr_gamma": 0.5,
+    "flip": True,
+    "phase_lr": {"discriminator": 3e-4, "mi": 3e-4},
+    "schedule": AUTHORS_SCHEDULE,
 }
 # The VAE-GAN baseline (train_test_baseline.lua) runs the whole discriminator, head and trunk, at lr/2.
-PAPER_BASELINE_TRAIN = {**PAPER_TRAIN, "phase_lr": {"discriminator": PAPER_TRAIN["lr"] / 2},
-                        "schedule": BASELINE_SCHEDULE}
+PAPER_BASELINE_TRAIN = {
+    **PAPER_TRAIN,
+    "phase_lr": {"discriminator": PAPER_TRAIN["lr"] / 2},
+    "schedule": BASELINE_SCHEDULE,
+}
 _MSE = {"name": "mse", "options": {"reduction": "mean"}}
 
 
@@ -58,11 +68,24 @@ _BASELINE_ADV = {"beta": 0.05, "gan_to_encoder": False, "trunk_lr": 1.0}
 SMALL_KL = [3.6e-3, 3.6e-3, 2.4e-3, 2.4e-3]
 SMALL_MI = [0.8, 1.375, 0.1, 1.0]  # the paper's 8 weights averaged in pairs
 # Short CPU runs: lr 1e-3 (the paper's 3e-4 learns visibly slower in a few hundred steps), batch 64.
-SMALL_TRAIN: dict[str, Any] = {"lr": 1e-3, "batch_size": 64, "epochs": 20, "lr_schedule": "step", "lr_step_epochs": 8,
-               "lr_gamma": 0.5, "flip": False, "phase_lr": {"discriminator": 1e-3, "mi": 1e-3}, "log_every": 25,
-               "checkpoint_every": 500, "schedule": AUTHORS_SCHEDULE}
-SMALL_BASELINE_TRAIN = {**SMALL_TRAIN, "phase_lr": {"discriminator": SMALL_TRAIN["lr"] / 2},
-                        "schedule": BASELINE_SCHEDULE}
+SMALL_TRAIN: dict[str, Any] = {
+    "lr": 1e-3,
+    "batch_size": 64,
+    "epochs": 20,
+    "lr_schedule": "step",
+    "lr_step_epochs": 8,
+    "lr_gamma": 0.5,
+    "flip": False,
+    "phase_lr": {"discriminator": 1e-3, "mi": 1e-3},
+    "log_every": 25,
+    "checkpoint_every": 500,
+    "schedule": AUTHORS_SCHEDULE,
+}
+SMALL_BASELINE_TRAIN = {
+    **SMALL_TRAIN,
+    "phase_lr": {"discriminator": SMALL_TRAIN["lr"] / 2},
+    "schedule": BASELINE_SCHEDULE,
+}
 _SMALL_STACK = {"width": 8, "max_width": 64}
 _SMALL_ADV = {"widths": [16, 32, 32], "head_hidden": 256}
 
@@ -90,9 +113,15 @@ PRESETS = {
         "crVAE-GAN (64x64) without the MI regulariser (paper Table 1, middle row)",
     ),
     "vae-gan": (
-        _paper(_FC, [_MSE, {"name": "kl", "weight": 2e-4},
-                     {"name": "adv", "options": {**_BASELINE_ADV, "widths": [32, 64, 128, 256]}}],
-               train=PAPER_BASELINE_TRAIN),
+        _paper(
+            _FC,
+            [
+                _MSE,
+                {"name": "kl", "weight": 2e-4},
+                {"name": "adv", "options": {**_BASELINE_ADV, "widths": [32, 64, 128, 256]}},
+            ],
+            train=PAPER_BASELINE_TRAIN,
+        ),
         "VAE-GAN baseline of the crVAE paper (64x64): same conv stack, FC latent of 1024, KL 2e-4, beta 0.05, "
         "half-width discriminator at lr/2, no GAN gradient to the encoder, no MI",
     ),
@@ -101,8 +130,10 @@ PRESETS = {
         "crVAE paper Figure 3 (a): the conv stack with an FC latent of 1024 (VAE), MSE + KL",
     ),
     "fig3-cvae": (
-        _paper({"name": "conv", "options": {"latent_channels": 64, "output_activation": "none"}},
-               [_MSE, {"name": "kl", "weight": 3e-4}]),
+        _paper(
+            {"name": "conv", "options": {"latent_channels": 64, "output_activation": "none"}},
+            [_MSE, {"name": "kl", "weight": 3e-4}],
+        ),
         "crVAE paper Figure 3 (b): the conv stack with a spatial conv latent 64x4x4 (cVAE), MSE + KL",
     ),
     "fig3-crvae": (
@@ -110,24 +141,34 @@ PRESETS = {
         "crVAE paper Figure 3 (c): the conv stack with the channel-recurrent latent 64x4x4 (crVAE), MSE + KL",
     ),
     "crvae-gan-small": (
-        _small({"name": "cr-lstm", "options": {"latent_channels": 16, "steps": 4, "hidden": 128, "layers": 2}},
-               [_MSE, {"name": "kl", "options": {"group_weights": SMALL_KL}},
+        _small(
+            {"name": "cr-lstm", "options": {"latent_channels": 16, "steps": 4, "hidden": 128, "layers": 2}},
+            [
+                _MSE,
+                {"name": "kl", "options": {"group_weights": SMALL_KL}},
                 {"name": "adv", "options": {"beta": 0.0125, **_SMALL_ADV}},
-                {"name": "mi", "options": {"kappa": 0.02, "group_weights": SMALL_MI, "hidden": 16}}]),
+                {"name": "mi", "options": {"kappa": 0.02, "group_weights": SMALL_MI, "hidden": 16}},
+            ],
+        ),
         "crVAE-GAN for 32x32 grey images on a CPU (Fashion-MNIST): quarter widths, latent 16x4x4 in T=4 steps",
     ),
     "crvae-gan-no-mi-small": (
-        _small({"name": "cr-lstm", "options": {"latent_channels": 16, "steps": 4, "hidden": 128, "layers": 2}},
-               [_MSE, {"name": "kl", "options": {"group_weights": SMALL_KL}},
-                {"name": "adv", "options": {"beta": 0.0125, **_SMALL_ADV}}]),
+        _small(
+            {"name": "cr-lstm", "options": {"latent_channels": 16, "steps": 4, "hidden": 128, "layers": 2}},
+            [
+                _MSE,
+                {"name": "kl", "options": {"group_weights": SMALL_KL}},
+                {"name": "adv", "options": {"beta": 0.0125, **_SMALL_ADV}},
+            ],
+        ),
         "crvae-gan-small without the MI regulariser (Table 1's middle row at CPU size)",
     ),
     "vae-gan-small": (
-        _small({"name": "fc", "options": {"latent_dim": 256, "output_activation": "none"}},
-               [_MSE, {"name": "kl", "weight": 2.4e-3},
-                {"name": "adv", "options": {**_BASELINE_ADV, **_SMALL_ADV}}], train=SMALL_BASELINE_TRAIN),
+        _small(
+            {"name": "fc", "options": {"latent_dim": 256, "output_activation": "none"}},
+            [_MSE, {"name": "kl", "weight": 2.4e-3}, {"name": "adv", "options": {**_BASELINE_ADV, **_SMALL_ADV}}],
+            train=SMALL_BASELINE_TRAIN,
+        ),
         "VAE-GAN baseline for 32x32 grey images on a CPU (Fashion-MNIST): as crvae-gan-small with an FC latent of 256",
     ),
 }
-
-

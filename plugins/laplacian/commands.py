@@ -21,19 +21,34 @@ def add_commands(cli) -> None:
     @cli.command("edit")
     @click.argument("folder", type=click.Path())
     @click.argument("image", type=click.Path(dir_okay=False, exists=True))
-    @click.option("--coarse", type=click.Path(dir_okay=False, exists=True),
-                  help="A painted copy of IMAGE (any size, fitted like IMAGE): its coarse levels replace the input's.")
-    @click.option("--mask", type=click.Path(dir_okay=False, exists=True),
-                  help="A black/white image: white marks the region where new finer levels are sampled and "
-                       "composited (default with --coarse: where the painted coarse image differs).")
-    @click.option("--keep-levels", default=1, show_default=True, type=click.IntRange(min=1),
-                  help="Coarse pyramid levels kept fixed (from --coarse or the input); the rest are sampled.")
-    @click.option("-n", "count", default=8, show_default=True, type=click.IntRange(1, 256),
-                  help="Number of variants.")
+    @click.option(
+        "--coarse",
+        type=click.Path(dir_okay=False, exists=True),
+        help="A painted copy of IMAGE (any size, fitted like IMAGE): its coarse levels replace the input's.",
+    )
+    @click.option(
+        "--mask",
+        type=click.Path(dir_okay=False, exists=True),
+        help="A black/white image: white marks the region where new finer levels are sampled and "
+        "composited (default with --coarse: where the painted coarse image differs).",
+    )
+    @click.option(
+        "--keep-levels",
+        default=1,
+        show_default=True,
+        type=click.IntRange(min=1),
+        help="Coarse pyramid levels kept fixed (from --coarse or the input); the rest are sampled.",
+    )
+    @click.option("-n", "count", default=8, show_default=True, type=click.IntRange(1, 256), help="Number of variants.")
     @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Folder for the PNGs.")
-    @click.option("--blend", type=click.Choice(BLENDS), default="alpha", show_default=True,
-                  help="Compositing: alpha (mask softened by one blur) or poisson (gradient-domain: the sample's "
-                       "gradients inside the mask, the reconstruction as boundary).")
+    @click.option(
+        "--blend",
+        type=click.Choice(BLENDS),
+        default="alpha",
+        show_default=True,
+        help="Compositing: alpha (mask softened by one blur) or poisson (gradient-domain: the sample's "
+        "gradients inside the mask, the reconstruction as boundary).",
+    )
     @click.option("--seed", default=0, show_default=True, type=SEED)
     @click.option("--device", default="auto", show_default=True)
     def edit(folder, image, coarse, mask, keep_levels, count, blend, output, seed, device):
@@ -48,8 +63,16 @@ def add_commands(cli) -> None:
             save_grid,
         )
 
-        names = ["input", "reconstruction", "base", "mask", "pyramid", "samples", "composites",
-                 *(f"edit-{i:02d}" for i in range(count))]
+        names = [
+            "input",
+            "reconstruction",
+            "base",
+            "mask",
+            "pyramid",
+            "samples",
+            "composites",
+            *(f"edit-{i:02d}" for i in range(count)),
+        ]
         for name in names:  # every output checked before any is written
             check_image_output(Path(output) / f"{name}.png")
         model, _ = load_for_inference(folder, device, seed)
@@ -60,8 +83,17 @@ def add_commands(cli) -> None:
         # kept beside the variants being made: every variant's sample and composite, their latents, the grid
         held = image_bytes(model, 2 * count) + count * math.prod(model.layout.shape) * 4 + grid_bytes(model, count)
         batch, prior_batch = edit_batch(model, count, blend, held), edit_prior_batch(model, count, held)
-        out = edit_image(model, x, painted, region, n=count, keep_levels=keep_levels, blend=blend, batch=batch,
-                         prior_batch=prior_batch)
+        out = edit_image(
+            model,
+            x,
+            painted,
+            region,
+            n=count,
+            keep_levels=keep_levels,
+            blend=blend,
+            batch=batch,
+            prior_batch=prior_batch,
+        )
         folder_out = Path(output)
         folder_out.mkdir(parents=True, exist_ok=True)
         for name in ("input", "reconstruction", "base", "mask"):
@@ -71,18 +103,29 @@ def add_commands(cli) -> None:
         save_grid(out["composites"].float().cpu(), folder_out / "composites.png")
         for i, img in enumerate(out["composites"]):
             save_grid(img.float().cpu(), folder_out / f"edit-{i:02d}.png")
-        console.print(f"wrote {count} edits of {image} to {folder_out} (composites.png, edit-NN.png; samples.png "
-                      "before compositing)")
+        console.print(
+            f"wrote {count} edits of {image} to {folder_out} (composites.png, edit-NN.png; samples.png "
+            "before compositing)"
+        )
 
     @cli.command("train-levels")
     @click.argument("folder", type=click.Path())
     @data_options
-    @click.option("--greedy", "mode", flag_value="greedy", help="Train level by level, coarsest first, freezing the "
-                  "others (each level's M network trains with it).")
-    @click.option("--retrain-m", "mode", flag_value="retrain-m", help="Retrain only the M networks of a trained "
-                  "model (paper 5.1.3).")
-    @click.option("--steps", type=click.IntRange(min=1), required=True,
-                  help="Steps per level (--greedy) or in all (--retrain-m).")
+    @click.option(
+        "--greedy",
+        "mode",
+        flag_value="greedy",
+        help="Train level by level, coarsest first, freezing the others (each level's M network trains with it).",
+    )
+    @click.option(
+        "--retrain-m",
+        "mode",
+        flag_value="retrain-m",
+        help="Retrain only the M networks of a trained model (paper 5.1.3).",
+    )
+    @click.option(
+        "--steps", type=click.IntRange(min=1), required=True, help="Steps per level (--greedy) or in all (--retrain-m)."
+    )
     @click.option("--batch-size", type=click.IntRange(min=1), help="Images per step.")
     @click.option("--lr", type=FiniteFloat(positive=True), help="Learning rate.")
     @click.option("--device", default="auto", show_default=True)
@@ -103,12 +146,15 @@ def add_commands(cli) -> None:
             stages = [("retrain-m", ["prior"])]
         else:
             if getattr(model.prior.options, "detach", True) is False:
-                raise GenvaeError("--greedy needs prior.detach=true (the re-encoding path would train coarser "
-                                  "levels from finer ones)")
+                raise GenvaeError(
+                    "--greedy needs prior.detach=true (the re-encoding path would train coarser levels from finer ones)"
+                )
             recon = [loss for loss in model.losses.values() if loss.role == "reconstruction"]
             if not all(isinstance(loss, PyramidMSELoss) and loss.options.skip_frozen_levels for loss in recon):
-                raise GenvaeError("--greedy needs the 'pyramid-mse' loss (with skip_frozen_levels) as the "
-                                  "reconstruction loss, so untrained levels send no gradient to trained ones")
+                raise GenvaeError(
+                    "--greedy needs the 'pyramid-mse' loss (with skip_frozen_levels) as the "
+                    "reconstruction loss, so untrained levels send no gradient to trained ones"
+                )
             stages = greedy_stages(model)
         from genvae.api import ModelFolder, lock_folder
 
@@ -116,10 +162,21 @@ def add_commands(cli) -> None:
             for name, _ in stages:  # every stage's folder is checked before the first stage writes anything
                 ModelFolder(folder).child(f"stages/{name}").check_can_build_into()
             for name, paths in stages:
-                run_stage(model, Path(folder), name, paths, steps, data=data, data_root=data_root,
-                          download=download, batch_size=batch_size, lr=lr, device=device, seed=seed,
-                          echo=None if quiet else console.print, registry=registry())
+                run_stage(
+                    model,
+                    Path(folder),
+                    name,
+                    paths,
+                    steps,
+                    data=data,
+                    data_root=data_root,
+                    download=download,
+                    batch_size=batch_size,
+                    lr=lr,
+                    device=device,
+                    seed=seed,
+                    echo=None if quiet else console.print,
+                    registry=registry(),
+                )
                 save_model(model, folder)
                 console.print(f"{name}: trained {', '.join(paths)} for {steps} steps; weights saved to {folder}")
-
-

@@ -90,21 +90,40 @@ def _level_depth(size: int, feature_size: int) -> int:
 
 @attrs.frozen
 class LaplacianEncoderOptions:
-    levels: int = option(4, "pyramid levels K+1 (each halves the size; the image size must be divisible by "
-                         "2^(levels-1))", positive_int, to_int)
-    kernel: str = option("binomial", "pyramid kernel of d() and u(): binomial (5-tap [1,4,6,4,1]/16) or bilinear",
-                         one_of(*KERNELS))
-    widths: tuple[int, ...] = option((64,), "channels of each level's first conv layer, coarsest first (one value: "
-                                     "every level); doubles at each further layer", positive_ints, int_tuple)
+    levels: int = option(
+        4,
+        "pyramid levels K+1 (each halves the size; the image size must be divisible by 2^(levels-1))",
+        positive_int,
+        to_int,
+    )
+    kernel: str = option(
+        "binomial", "pyramid kernel of d() and u(): binomial (5-tap [1,4,6,4,1]/16) or bilinear", one_of(*KERNELS)
+    )
+    widths: tuple[int, ...] = option(
+        (64,),
+        "channels of each level's first conv layer, coarsest first (one value: "
+        "every level); doubles at each further layer",
+        positive_ints,
+        int_tuple,
+    )
     max_width: int = option(256, "cap on a level's channel count", positive_int, to_int)
-    feature_size: int = option(4, "spatial size of each level's features: a level of S pixels gets "
-                               "log2(S / feature_size) stride-2 layers (at least one)", positive_int, to_int)
+    feature_size: int = option(
+        4,
+        "spatial size of each level's features: a level of S pixels gets "
+        "log2(S / feature_size) stride-2 layers (at least one)",
+        positive_int,
+        to_int,
+    )
     activation: str = option("lrelu", "activation after each conv layer", one_of(*ACTIVATIONS))
     batch_norm: bool = option(True, "batch norm after each hidden conv layer", converter=to_bool)
-    condition: str = option("real", "the coarser image beside h_k: 'real' = the input's own blurred image b_{k+1} "
-                            "(eq. 9 with x_{k+1} = b_{k+1}); 'reconstruction' = the image composed from the coarser "
-                            "levels' reconstructions x_hat_{k+1} (paper Figure 3), decoded from their posterior "
-                            "means without gradient", one_of(*CONDITIONS))
+    condition: str = option(
+        "real",
+        "the coarser image beside h_k: 'real' = the input's own blurred image b_{k+1} "
+        "(eq. 9 with x_{k+1} = b_{k+1}); 'reconstruction' = the image composed from the coarser "
+        "levels' reconstructions x_hat_{k+1} (paper Figure 3), decoded from their posterior "
+        "means without gradient",
+        one_of(*CONDITIONS),
+    )
 
 
 class LaplacianEncoder(Encoder[LaplacianEncoderOptions]):
@@ -137,8 +156,7 @@ class LaplacianEncoder(Encoder[LaplacianEncoderOptions]):
             in_channels = c if k == levels - 1 else 2 * c
             depth = _level_depth(size, options.feature_size)
             level_widths = stack_widths(widths[k], depth, options.max_width)
-            self.levels.append(ConvStack(down_stack(in_channels, level_widths, options.activation,
-                                                    options.batch_norm)))
+            self.levels.append(ConvStack(down_stack(in_channels, level_widths, options.activation, options.batch_norm)))
             self.level_shapes.append((level_widths[-1], size // 2**depth, size // 2**depth))
         self.feature_sizes = [math.prod(s) for s in self.level_shapes]
         self.output_shape = (sum(self.feature_sizes),)
@@ -181,8 +199,10 @@ class LaplacianEncoder(Encoder[LaplacianEncoderOptions]):
         if self.options.condition == "real":
             return [self.encode_level(k, hs[k], coarser[k]) for k in range(levels)], coarser
         if self._parts is None:
-            raise GenvaeError("encoder 'laplacian' with condition=reconstruction is not attached to a model "
-                              "(it needs the laplacian latent transform and decoder)")
+            raise GenvaeError(
+                "encoder 'laplacian' with condition=reconstruction is not attached to a model "
+                "(it needs the laplacian latent transform and decoder)"
+            )
         _, tr, dec = self._parts
         feats: list[Tensor] = []  # coarsest first while encoding
         coarser = [None] * levels
@@ -212,10 +232,10 @@ class LaplacianEncoder(Encoder[LaplacianEncoderOptions]):
 
 @attrs.frozen
 class LaplacianLatentOptions:
-    latent_sizes: tuple[int, ...] = option((64,), "latent size of each level, coarsest first (one value: every "
-                                           "level)", positive_ints, int_tuple)
-    output_activation: str = option("lrelu", "activation after each level's z -> features layer",
-                                    one_of(*ACTIVATIONS))
+    latent_sizes: tuple[int, ...] = option(
+        (64,), "latent size of each level, coarsest first (one value: every level)", positive_ints, int_tuple
+    )
+    output_activation: str = option("lrelu", "activation after each level's z -> features layer", one_of(*ACTIVATIONS))
 
 
 class LevelLatent(nn.Module):
@@ -292,8 +312,13 @@ class LaplacianLatent(LatentTransform[LaplacianLatentOptions]):
 
 @attrs.frozen
 class LaplacianDecoderOptions:
-    widths: tuple[int, ...] = option((64,), "channels of each level's last transposed-conv layer, coarsest first "
-                                     "(one value: every level); doubles towards the input", positive_ints, int_tuple)
+    widths: tuple[int, ...] = option(
+        (64,),
+        "channels of each level's last transposed-conv layer, coarsest first "
+        "(one value: every level); doubles towards the input",
+        positive_ints,
+        int_tuple,
+    )
     max_width: int = option(256, "cap on a level's channel count", positive_int, to_int)
     activation: str = option("lrelu", "activation after each transposed-conv layer", one_of(*ACTIVATIONS))
     batch_norm: bool = option(True, "batch norm after each hidden layer", converter=to_bool)
@@ -311,8 +336,9 @@ class LaplacianDecoder(Decoder[LaplacianDecoderOptions]):
         super().__init__(options, ctx)
         tr, enc = ctx.transform, ctx.encoder
         if not isinstance(tr, LaplacianLatent):
-            raise self.fail(f"needs the 'laplacian' latent transform (per-level decoder inputs), not "
-                            f"'{getattr(tr, 'name', None)}'")
+            raise self.fail(
+                f"needs the 'laplacian' latent transform (per-level decoder inputs), not '{getattr(tr, 'name', None)}'"
+            )
         assert isinstance(enc, LaplacianEncoder)  # the laplacian latent transform required it
         levels = tr.num_levels
         widths = levels_option(self, options.widths, levels, "widths")
@@ -345,5 +371,3 @@ class LaplacianDecoder(Decoder[LaplacianDecoderOptions]):
             fwd.pyramid.predictions = preds
             fwd.pyramid.reconstructions = recon
         return straight_through_clamp(recon[0], -1.0, 1.0)
-
-

@@ -30,8 +30,9 @@ def _neighbour_sum(f: Tensor) -> Tensor:
     return p[..., :-2, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :-2] + p[..., 1:-1, 2:]
 
 
-def poisson_blend(source: Tensor, target: Tensor, mask: Tensor, tol: float = 1e-6,
-                  max_iter: int | None = None) -> Tensor:
+def poisson_blend(
+    source: Tensor, target: Tensor, mask: Tensor, tol: float = 1e-6, max_iter: int | None = None
+) -> Tensor:
     """Gradient-domain compositing (Pérez, Gangnet and Blake, *Poisson image editing*, 2003): ``source``
     pasted into ``target`` inside ``mask`` (> 0.5 = inside), each channel independently.
 
@@ -105,8 +106,15 @@ def edit_batch(model, n: int, blend: str = "alpha", held: int = 0) -> int:
     bytes; a one-line BudgetError when even one does not fit."""
     from genvae.api import inference_batch
 
-    return inference_batch(model, n, what=f"edit-{blend}", held=held, command="edit",
-                           holding="the variants and grids it keeps", program=edit_program(blend))
+    return inference_batch(
+        model,
+        n,
+        what=f"edit-{blend}",
+        held=held,
+        command="edit",
+        holding="the variants and grids it keeps",
+        program=edit_program(blend),
+    )
 
 
 def edit_prior_batch(model, n: int, held: int = 0) -> int:
@@ -114,14 +122,22 @@ def edit_prior_batch(model, n: int, held: int = 0) -> int:
     every coarser level) under the memory limit, beside ``held`` bytes."""
     from genvae.api import inference_batch
 
-    return inference_batch(model, n, what="prior", held=held, command="edit",
-                           holding="the variants and grids it keeps")
+    return inference_batch(model, n, what="prior", held=held, command="edit", holding="the variants and grids it keeps")
 
 
 @torch.no_grad()
-def edit_image(model, x: Tensor, coarse: Tensor | None = None, mask: Tensor | None = None, n: int = 8,
-               keep_levels: int = 1, threshold: float = 0.1, blend: str = "alpha", batch: int | None = None,
-               prior_batch: int | None = None) -> dict[str, Tensor]:
+def edit_image(
+    model,
+    x: Tensor,
+    coarse: Tensor | None = None,
+    mask: Tensor | None = None,
+    n: int = 8,
+    keep_levels: int = 1,
+    threshold: float = 0.1,
+    blend: str = "alpha",
+    batch: int | None = None,
+    prior_batch: int | None = None,
+) -> dict[str, Tensor]:
     """Project ``x`` (1, C, H, W), optionally replace its coarse levels by those of ``coarse`` (a painted
     copy of the image, or a painted coarse image, at the image size), sample the finer levels ``n``
     times and composite the masked region of each sample into the reconstruction.
@@ -165,8 +181,12 @@ def edit_image(model, x: Tensor, coarse: Tensor | None = None, mask: Tensor | No
             mask = (mask > 0.01).float()
     assert mask is not None  # given, or derived from the painted image above
     block = max(1, prior_batch or n)
-    z = torch.cat([model.prior.sample(min(block, n - lo), model, x.device, fixed=fixed, fixed_groups=keep_levels)
-                   for lo in range(0, n, block)])
+    z = torch.cat(
+        [
+            model.prior.sample(min(block, n - lo), model, x.device, fixed=fixed, fixed_groups=keep_levels)
+            for lo in range(0, n, block)
+        ]
+    )
     samples = torch.empty(n, *x.shape[1:], device=x.device)
     composites = torch.empty_like(samples)
     for lo in range(0, n, max(1, batch or n)):
@@ -194,5 +214,3 @@ def load_mask(path, model) -> Tensor:
     from genvae.api import load_mask as read_mask
 
     return read_mask(path, model.spec.image_size).to(model.device)
-
-

@@ -26,16 +26,26 @@ from genvae.plugins.laplacian.pyramid import levels_option
 
 @attrs.frozen
 class PyramidMSEOptions:
-    reduction: str = reduction_option("per level: sum over each image's elements then batch mean (ELBO scale), or "
-                                      "mean over all")
-    level_scale: str = option("image", "with reduction=sum: 'image' multiplies level k's sum by its area ratio 4^k, "
-                              "so each level's mean squared error counts over the full image's pixels (the paper's "
-                              "MSE per level); 'none' keeps plain per-level sums", one_of("image", "none"))
-    level_weights: tuple[float, ...] = option((), "weight of each level's term, coarsest first; empty = 1 for all",
-                                              converter=float_tuple)
-    skip_frozen_levels: bool = option(True, "leave out the term of a level whose encoder, latent and decoder are "
-                                      "all frozen (greedy training: untrained finer levels send no gradient "
-                                      "into the coarser latents)", converter=to_bool)
+    reduction: str = reduction_option(
+        "per level: sum over each image's elements then batch mean (ELBO scale), or mean over all"
+    )
+    level_scale: str = option(
+        "image",
+        "with reduction=sum: 'image' multiplies level k's sum by its area ratio 4^k, "
+        "so each level's mean squared error counts over the full image's pixels (the paper's "
+        "MSE per level); 'none' keeps plain per-level sums",
+        one_of("image", "none"),
+    )
+    level_weights: tuple[float, ...] = option(
+        (), "weight of each level's term, coarsest first; empty = 1 for all", converter=float_tuple
+    )
+    skip_frozen_levels: bool = option(
+        True,
+        "leave out the term of a level whose encoder, latent and decoder are "
+        "all frozen (greedy training: untrained finer levels send no gradient "
+        "into the coarser latents)",
+        converter=to_bool,
+    )
 
     def __attrs_post_init__(self):
         if any(w < 0 for w in self.level_weights):
@@ -57,8 +67,10 @@ class PyramidMSELoss(Loss[PyramidMSEOptions]):
         self.weights: list[float] = []
         dec = ctx.decoder
         if dec is None or PYRAMID not in dec.provides:
-            raise self.fail(f"needs a pyramid encoder, latent transform and decoder such as 'laplacian' (this "
-                            f"model's decoder is '{getattr(dec, 'name', None)}')")
+            raise self.fail(
+                f"needs a pyramid encoder, latent transform and decoder such as 'laplacian' (this "
+                f"model's decoder is '{getattr(dec, 'name', None)}')"
+            )
         levels = typing.cast(PyramidDecoder, dec).num_levels  # it provides the pyramid capability
         self.weights = levels_option(self, options.level_weights or (1.0,), levels, "level_weights")
         self.refer("_level_modules", [])  # (encoder, latent, decoder) level modules by level, set in attach
@@ -83,5 +95,3 @@ class PyramidMSELoss(Loss[PyramidMSEOptions]):
                     weight *= full / (target.shape[-2] * target.shape[-1])
                 total = total + weight * reduce_images((pred - target).pow(2), self.options.reduction)
         return {"pyramid-mse": self.weight * total}
-
-

@@ -122,7 +122,7 @@ def per_level(values: tuple, levels: int, what: str) -> list:
     if len(values) == 1:
         values = values * levels
     if len(values) != levels:
-        raise ValueError(f"{what} lists {len(values)} values for {levels} levels; give one, or one per "
-                         "level (coarsest first)")
+        raise ValueError(
+            f"{what} lists {len(values)} values for {levels} levels; give one, or one per level (coarsest first)"
+        )
     return list(reversed(values))
-

@@ -37,8 +37,22 @@ def unfreeze(model) -> None:
     model.train()
 
 
-def run_stage(model, folder: Path, name: str, paths: list[str], steps: int, data=None, data_root=None,
-              download=False, batch_size=None, lr=None, device="auto", seed=None, echo=None, registry=None) -> dict:
+def run_stage(
+    model,
+    folder: Path,
+    name: str,
+    paths: list[str],
+    steps: int,
+    data=None,
+    data_root=None,
+    download=False,
+    batch_size=None,
+    lr=None,
+    device="auto",
+    seed=None,
+    echo=None,
+    registry=None,
+) -> dict:
     """Train only ``paths`` of ``model`` for ``steps`` steps, as one run of the core training service into the
     stage folder ``folder/stages/<name>`` (emptied of genvae's files of an earlier run first): the stage's
     settings, checkpoints, metrics and samples go there; the model itself is left in memory for the caller to
@@ -49,9 +63,18 @@ def run_stage(model, folder: Path, name: str, paths: list[str], steps: int, data
     stage = ModelFolder(folder).child(f"stages/{name}")  # walked to from the model folder: no link on the way
     unfreeze(model)
     on_log = None if echo is None else (lambda r: echo(f"{name} step {r['step']}/{steps}  {terms_text(r)}"))
-    result = train_run(stage, model=model, data=data, data_root=data_root, download=download,
-                       overrides={**overrides, "max_steps": steps, "epochs": 10**6, "train_only": list(paths)},
-                       device=device, fresh=True, registry=registry, on_log=on_log)
+    result = train_run(
+        stage,
+        model=model,
+        data=data,
+        data_root=data_root,
+        download=download,
+        overrides={**overrides, "max_steps": steps, "epochs": 10**6, "train_only": list(paths)},
+        device=device,
+        fresh=True,
+        registry=registry,
+        on_log=on_log,
+    )
     unfreeze(model)
     model.eval()
     return result.metrics

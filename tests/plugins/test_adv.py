@@ -29,8 +29,11 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is
 
 
 def gan_spec(adv=None, mi=None, transform=None, **train) -> ModelSpec:
-    losses = [LossSpec("mse", options={"reduction": "mean"}), LossSpec("kl", 1e-3),
-              LossSpec("adv", options={**ADV, **(adv or {})})]
+    losses = [
+        LossSpec("mse", options={"reduction": "mean"}),
+        LossSpec("kl", 1e-3),
+        LossSpec("adv", options={**ADV, **(adv or {})}),
+    ]
     if mi is not None:
         losses.append(LossSpec("mi", options={"hidden": 8, **mi}))
     return ModelSpec(
@@ -99,7 +102,11 @@ def test_paper_discriminator():
     adv = adv_of(model)
     convs = [m for m in adv.trunk.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [(c.in_channels, c.out_channels, c.kernel_size[0]) for c in convs] == [
-        (3, 64, 5), (64, 128, 5), (128, 256, 5), (256, 256, 3)]
+        (3, 64, 5),
+        (64, 128, 5),
+        (128, 256, 5),
+        (256, 256, 3),
+    ]
     assert adv.trunk_shape == (256, 4, 4)
     assert (adv.head.linear.in_features, adv.head.linear.out_features) == (4096, 1024)
     assert adv.head.out.in_features == 1024 + 100
@@ -224,12 +231,22 @@ def test_trains_all_phases(tmp_path):
     t.fit()
     lines = [json.loads(line) for line in (tmp_path / "m" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines] == [1, 2, 3, 4]
-    keys = {"adv.d", "discriminator/total", "discriminator/skipped", "mi.q", "mi/total", "mse", "kl",
-            "adv.g_recon", "adv.g_prior", "mi", "model/total"}
+    keys = {
+        "adv.d",
+        "discriminator/total",
+        "discriminator/skipped",
+        "mi.q",
+        "mi/total",
+        "mse",
+        "kl",
+        "adv.g_recon",
+        "adv.g_prior",
+        "mi",
+        "model/total",
+    }
     assert keys <= set(lines[-1])
     assert all(math.isfinite(v) for r in lines for k, v in r.items() if isinstance(v, float))
-    assert not same(snapshot(adv_of(t.model).head), d_before) or all(
-        r["discriminator/skipped"] == 1.0 for r in lines)
+    assert not same(snapshot(adv_of(t.model).head), d_before) or all(r["discriminator/skipped"] == 1.0 for r in lines)
     assert list((tmp_path / "m" / "samples").glob("*.png"))
     # the checkpoint holds one optimiser state per phase and reloads into a fresh build
     resumed = trainer(gan_spec(mi={}, max_steps=6, epochs=10), tmp_path / "m")

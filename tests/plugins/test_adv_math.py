@@ -18,9 +18,19 @@ from genvae.core.training.step import build_phases
 from genvae.plugins.adv import MinibatchDiscrimination
 
 # 16-px versions of the paper's presets: small widths, every mathematical setting of the preset kept
-TINY = ["image_size=16", "channels=3", "encoder.width=4", "encoder.max_width=16", "decoder.width=4",
-        "decoder.max_width=16", "loss.adv.widths=[8,8]", "loss.adv.head_hidden=16", "loss.adv.minibatch_kernels=4",
-        "loss.adv.minibatch_dims=3", "train.batch_size=8"]
+TINY = [
+    "image_size=16",
+    "channels=3",
+    "encoder.width=4",
+    "encoder.max_width=16",
+    "decoder.width=4",
+    "decoder.max_width=16",
+    "loss.adv.widths=[8,8]",
+    "loss.adv.head_hidden=16",
+    "loss.adv.minibatch_kernels=4",
+    "loss.adv.minibatch_dims=3",
+    "train.batch_size=8",
+]
 TINY_FC = [*TINY, "transform.latent_dim=8"]
 TINY_CR = [*TINY, "transform.hidden=16", "transform.layers=1"]
 
@@ -80,12 +90,15 @@ def test_discriminator_loss_is_bce_with_real_one_and_fake_zero():
     assert d.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
-@pytest.mark.parametrize("logit, threshold, skipped", [
-    (4.0, 0.3, True),    # all called real: wrong on the 2 fakes of 8, error rate 0.25
-    (4.0, 0.2, False),
-    (-4.0, 0.7, False),  # all called fake: wrong on the 6 real images, error rate 0.75
-    (-4.0, 0.8, True),
-])
+@pytest.mark.parametrize(
+    "logit, threshold, skipped",
+    [
+        (4.0, 0.3, True),  # all called real: wrong on the 2 fakes of 8, error rate 0.25
+        (4.0, 0.2, False),
+        (-4.0, 0.7, False),  # all called fake: wrong on the 6 real images, error rate 0.75
+        (-4.0, 0.8, True),
+    ],
+)
 def test_skip_rule_counts_errors_against_real_one_fake_zero(logit, threshold, skipped):
     model = tiny("vae-gan-small", f"loss.adv.skip_below={threshold}", "loss.adv.mix=[0.75,0.125,0.125]")
     head = model.losses["adv"].head
@@ -194,8 +207,10 @@ def test_gan_to_encoder_gives_the_baseline_encoder_the_gan_gradient():
 
 def lrs(model) -> dict[str, dict[str, float]]:
     names = {id(p): n for n, p in model.named_parameters()}
-    return {phase.name: {names[id(p)]: g["lr"] for g in phase.optimizer.param_groups for p in g["params"]}
-            for phase in build_phases(model, model.spec.train, torch.device("cpu"))}
+    return {
+        phase.name: {names[id(p)]: g["lr"] for g in phase.optimizer.param_groups for p in g["params"]}
+        for phase in build_phases(model, model.spec.train, torch.device("cpu"))
+    }
 
 
 @pytest.mark.parametrize("preset, lr", [("vae-gan", 3e-4), ("vae-gan-small", 1e-3)])
@@ -203,8 +218,9 @@ def test_vae_gan_discriminator_runs_at_half_the_lr(preset, lr):
     """train_test_baseline.lua: optimStateGan at LR/2 for the whole discriminator, head and trunk."""
     by_phase = lrs(tiny(preset))
     assert all(v == pytest.approx(lr / 2) for v in by_phase["discriminator"].values())
-    assert any(".trunk." in n for n in by_phase["discriminator"]) and any(".head." in n for n in by_phase[
-        "discriminator"])
+    assert any(".trunk." in n for n in by_phase["discriminator"]) and any(
+        ".head." in n for n in by_phase["discriminator"]
+    )
     assert by_phase["model"]["decoder.net.0.weight"] == pytest.approx(lr)
 
 
@@ -269,8 +285,13 @@ def discriminator_accuracy(model, x) -> float:
 
 def test_tiny_adversarial_run_trains_a_discriminator_above_chance(tmp_path):
     """30 steps of vae-gan-small at 16 px through the Trainer: the discriminator learns which images are real."""
-    model = tiny("vae-gan-small", "loss.adv.dropout=0", "loss.adv.skip_below=0", "train.batch_size=16",
-                 'train.phase_lr={"discriminator": 0.003}')
+    model = tiny(
+        "vae-gan-small",
+        "loss.adv.dropout=0",
+        "loss.adv.skip_below=0",
+        "train.batch_size=16",
+        'train.phase_lr={"discriminator": 0.003}',
+    )
     data = ImageData(images=((images(16, 0) + 1) * 127.5).round().to(torch.uint8), source="test")
     trainer = Trainer(model, tmp_path / "m", data, model.spec.train, torch.device("cpu"))
     held_out = images(16, 1)

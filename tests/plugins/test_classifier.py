@@ -70,9 +70,19 @@ def test_a_classifier_learns_the_bars_and_round_trips_through_its_folder(mnist_r
     test = load_data("mnist", image_size=16, channels=1, split="test", root=mnist_root)
     test_labels, _ = load_labels("mnist", split="test", root=mnist_root)
     assert accuracy(net, test.images, test_labels) >= 0.9
-    save_classifier(net, tmp_path / "clf", {"feature_network": "genvae-classifier", "data_name": "bars",
-                                            "classes": ["v", "h"], "image_size": 16, "channels": 1, "width": 4,
-                                            "features": 8})
+    save_classifier(
+        net,
+        tmp_path / "clf",
+        {
+            "feature_network": "genvae-classifier",
+            "data_name": "bars",
+            "classes": ["v", "h"],
+            "image_size": 16,
+            "channels": 1,
+            "width": 4,
+            "features": 8,
+        },
+    )
     back = load_classifier(tmp_path / "clf")
     x = test.images[:5].float() / 127.5 - 1
     assert torch.equal(back.logits(x), net.logits(x)) and back.features(x).shape == (5, 8)
@@ -98,16 +108,53 @@ def tiny_model(tmp_path, name: str, seed: int):
 
 @pytest.mark.slow
 def test_evaluate_scores_two_models_side_by_side_in_the_classifiers_space(mnist_root, tmp_path):
-    result = invoke_cli(["train-classifier", "--data", "mnist", "--data-root", mnist_root, "-o", tmp_path / "clf",
-                         "--image-size", "16", "--width", "4", "--features", "8", "--epochs", "2", "--batch-size",
-                         "32"])
+    result = invoke_cli(
+        [
+            "train-classifier",
+            "--data",
+            "mnist",
+            "--data-root",
+            mnist_root,
+            "-o",
+            tmp_path / "clf",
+            "--image-size",
+            "16",
+            "--width",
+            "4",
+            "--features",
+            "8",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "32",
+        ]
+    )
     assert result.exit_code == 0, result.output
     config = json.loads((tmp_path / "clf" / "config.json").read_text())
     assert config["feature_network"] == "genvae-classifier" and 0 <= config["test_accuracy"] <= 1
     a, b = tiny_model(tmp_path, "a", 0), tiny_model(tmp_path, "b", 1)
-    result = invoke_cli(["evaluate", a, "--compare", b, "--data", "mnist", "--data-root", mnist_root,
-                         "--metrics", "rmse,fid,kid,is,pr", "--classifier", tmp_path / "clf", "--samples", "40",
-                         "-o", tmp_path / "report.json", "--device", "cpu"])
+    result = invoke_cli(
+        [
+            "evaluate",
+            a,
+            "--compare",
+            b,
+            "--data",
+            "mnist",
+            "--data-root",
+            mnist_root,
+            "--metrics",
+            "rmse,fid,kid,is,pr",
+            "--classifier",
+            tmp_path / "clf",
+            "--samples",
+            "40",
+            "-o",
+            tmp_path / "report.json",
+            "--device",
+            "cpu",
+        ]
+    )
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["feature_network"] == "mnist classifier features" and report["images"] == 64
@@ -119,10 +166,28 @@ def test_evaluate_scores_two_models_side_by_side_in_the_classifiers_space(mnist_
         assert 1 <= r["metrics"]["is"]["is"] <= 2  # two classes
     assert report["models"][0]["metrics"] != report["models"][1]["metrics"]
     # the same seed gives the same samples and scores
-    again = invoke_cli(["evaluate", a, "--data", "mnist", "--data-root", mnist_root, "--metrics", "fid",
-                        "--classifier", tmp_path / "clf", "--samples", "40", "--device", "cpu"])
-    assert json.loads(again.output.strip().splitlines()[-1])["models"][0]["metrics"]["fid"] == \
-        report["models"][0]["metrics"]["fid"]
+    again = invoke_cli(
+        [
+            "evaluate",
+            a,
+            "--data",
+            "mnist",
+            "--data-root",
+            mnist_root,
+            "--metrics",
+            "fid",
+            "--classifier",
+            tmp_path / "clf",
+            "--samples",
+            "40",
+            "--device",
+            "cpu",
+        ]
+    )
+    assert (
+        json.loads(again.output.strip().splitlines()[-1])["models"][0]["metrics"]["fid"]
+        == report["models"][0]["metrics"]["fid"]
+    )
 
 
 def test_evaluate_says_what_is_missing(tmp_path, mnist_root):

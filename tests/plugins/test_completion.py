@@ -28,8 +28,9 @@ def test_named_masks_occlude_the_stated_region():
     assert eyes[19:32, 10:54].eq(0).all() and eyes[:19].eq(1).all() and eyes[32:].eq(1).all()
     assert mouth[40:52, 18:46].eq(0).all() and mouth[:40].eq(1).all()
     blocks = c.named_mask("blocks", 16, seed=3)
-    assert torch.equal(blocks, c.named_mask("blocks", 16, seed=3)) and not torch.equal(blocks, c.named_mask(
-        "blocks", 16, seed=4))
+    assert torch.equal(blocks, c.named_mask("blocks", 16, seed=3)) and not torch.equal(
+        blocks, c.named_mask("blocks", 16, seed=4)
+    )
     assert 0 < (blocks == 0).sum() <= c.BLOCKS * 16
     with pytest.raises(GenvaeError, match="unknown mask 'nose'; masks: lower, upper"):
         c.named_mask("nose", 8)
@@ -44,8 +45,9 @@ def test_a_mask_file_marks_the_occluded_part_in_white(tmp_path):
 
 
 def test_the_objective_is_masked_error_plus_prior_plus_discriminator_term():
-    s = apply_sets(preset_spec("vae-gan-small"), ["image_size=16", "transform.latent_dim=8",
-                                                  "loss.adv.minibatch_kernels=0"])
+    s = apply_sets(
+        preset_spec("vae-gan-small"), ["image_size=16", "transform.latent_dim=8", "loss.adv.minibatch_kernels=0"]
+    )
     torch.manual_seed(0)
     model = build_model(s).eval()
     z = torch.randn(2, *model.layout.shape)
@@ -66,9 +68,17 @@ def test_the_objective_is_masked_error_plus_prior_plus_discriminator_term():
 def trained_vae(steps: int = 200):
     """An fc VAE trained briefly on 16x16 images of one bright square at random places."""
     torch.manual_seed(0)
-    model = build_model(tiny_spec("encoder", "fc", {"hidden": [64]}, image_size=16, channels=1,
-                                  transform={"name": "fc", "options": {"latent_dim": 4}},
-                                  decoder={"name": "fc", "options": {"hidden": [64]}}))
+    model = build_model(
+        tiny_spec(
+            "encoder",
+            "fc",
+            {"hidden": [64]},
+            image_size=16,
+            channels=1,
+            transform={"name": "fc", "options": {"latent_dim": 4}},
+            decoder={"name": "fc", "options": {"hidden": [64]}},
+        )
+    )
     g = torch.Generator().manual_seed(0)
 
     def batch(n):
@@ -130,8 +140,26 @@ def test_the_complete_command_with_every_named_mask(preset, tmp_path):
     save_model(build_model(s), tmp_path / "m")
     for mask in c.MASKS:
         out = tmp_path / f"{mask}.png"
-        result = invoke_cli(["complete", tmp_path / "m", "--data", "shapes", "-n", "2", "--mask", mask, "--steps", "2",
-                             "--starts", "2", "-o", out, "--device", "cpu"])
+        result = invoke_cli(
+            [
+                "complete",
+                tmp_path / "m",
+                "--data",
+                "shapes",
+                "-n",
+                "2",
+                "--mask",
+                mask,
+                "--steps",
+                "2",
+                "--starts",
+                "2",
+                "-o",
+                out,
+                "--device",
+                "cpu",
+            ]
+        )
         assert result.exit_code == 0, (mask, result.output)
         assert "with the discriminator term" in result.output
         assert Image.open(out).size == (2 * 18 + 2, 3 * 18 + 2)  # rows: truth, occluded, completed

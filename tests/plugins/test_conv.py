@@ -65,8 +65,12 @@ def test_conformance_spec_uses_conv_partners():
 
 @pytest.mark.parametrize(
     "options, shape",
-    [({"width": 8, "depth": 2}, (16, 4, 4)), ({"width": 4, "depth": 3}, (16, 2, 2)),
-     ({"width": 8, "depth": 3, "max_width": 16}, (16, 2, 2)), ({"width": 8, "depth": 1}, (8, 8, 8))],
+    [
+        ({"width": 8, "depth": 2}, (16, 4, 4)),
+        ({"width": 4, "depth": 3}, (16, 2, 2)),
+        ({"width": 8, "depth": 3, "max_width": 16}, (16, 2, 2)),
+        ({"width": 8, "depth": 1}, (8, 8, 8)),
+    ],
 )
 def test_encoder_output_shape(options, shape):
     model = build_model(small(encoder={"name": "conv", "options": options}))

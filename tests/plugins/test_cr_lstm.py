@@ -46,8 +46,9 @@ def count(module) -> int:
 
 
 def test_encoder_conformance():
-    spec = tiny_spec("encoder", "cr-lstm", ENC, transform=ComponentSpec("cr-lstm", CR),
-                     decoder=ComponentSpec("cr-lstm", DEC))
+    spec = tiny_spec(
+        "encoder", "cr-lstm", ENC, transform=ComponentSpec("cr-lstm", CR), decoder=ComponentSpec("cr-lstm", DEC)
+    )
     check_component("encoder", "cr-lstm", spec=spec)
 
 
@@ -131,10 +132,13 @@ def test_lstms_are_fused_with_forget_bias_one():
             assert torch.equal(forget, torch.ones(h))
 
 
-@pytest.mark.parametrize("options, text", [
-    ({"steps": 3}, "steps=3"),  # the 16 feature channels cannot be cut into 3 blocks
-    ({"steps": 4, "latent_channels": 6}, "latent_channels=6"),
-])
+@pytest.mark.parametrize(
+    "options, text",
+    [
+        ({"steps": 3}, "steps=3"),  # the 16 feature channels cannot be cut into 3 blocks
+        ({"steps": 4, "latent_channels": 6}, "latent_channels=6"),
+    ],
+)
 def test_channels_not_divisible_by_T_is_a_build_error(options, text):
     with pytest.raises(BuildError) as info:
         build_model(small_spec(transform=ComponentSpec("cr-lstm", {**CR, **options})))
@@ -180,15 +184,19 @@ def test_kl_weights_apply_per_block():
 
 def test_kl_one_minus_alpha_form_matches_weights():
     a = build_model(small_spec(losses=[LossSpec("mse"), LossSpec("kl", options={"alphas": [0.0, 1.0, 0.5, 0.25]})]))
-    b = build_model(small_spec(losses=[LossSpec("mse"),
-                                       LossSpec("kl", options={"group_weights": [1.0, 0.0, 0.5, 0.75]})]))
+    b = build_model(
+        small_spec(losses=[LossSpec("mse"), LossSpec("kl", options={"group_weights": [1.0, 0.0, 0.5, 0.75]})])
+    )
     kl_a, kl_b = a.losses["kl"], b.losses["kl"]
     assert isinstance(kl_a, KLLoss) and isinstance(kl_b, KLLoss)
     assert kl_a.element_weights is not None and kl_b.element_weights is not None
     assert torch.equal(kl_a.element_weights, kl_b.element_weights)
     with pytest.raises(Exception, match="not both"):
-        build_model(small_spec(losses=[LossSpec("mse"),
-                                       LossSpec("kl", options={"alphas": [0.0] * 4, "group_weights": [1.0] * 4})]))
+        build_model(
+            small_spec(
+                losses=[LossSpec("mse"), LossSpec("kl", options={"alphas": [0.0] * 4, "group_weights": [1.0] * 4})]
+            )
+        )
 
 
 # -- presets and composition ----------------------------------------------------------------------------
@@ -208,8 +216,9 @@ def test_encoder_alone_with_adv_mi_is_crvae_gan():
     assert adv.options.beta == 0.0125 and mi.options.kappa == 0.02
 
 
-@pytest.mark.parametrize("name", ["crvae", "crvae-gan-no-mi", "fig3-vae", "fig3-cvae", "fig3-crvae",
-                                  "crvae-gan-small", "vae-gan-small"])
+@pytest.mark.parametrize(
+    "name", ["crvae", "crvae-gan-no-mi", "fig3-vae", "fig3-cvae", "fig3-crvae", "crvae-gan-small", "vae-gan-small"]
+)
 def test_presets_build(name):
     model = build_model(preset_spec(name))
     assert model.layout.numel == (1024 if model.spec.image_size == 64 else 256)
@@ -258,8 +267,20 @@ def test_traverse_interpolates_one_block(model_folder, tmp_path):
     from genvae.plugins.cr_lstm.commands import _traverse_latents
 
     out = tmp_path / "traverse.png"
-    args = ["traverse", str(model_folder), "--step", "2", "-o", str(out), "-n", "2", "--columns", "5",
-            "--device", "cpu"]
+    args = [
+        "traverse",
+        str(model_folder),
+        "--step",
+        "2",
+        "-o",
+        str(out),
+        "-n",
+        "2",
+        "--columns",
+        "5",
+        "--device",
+        "cpu",
+    ]
     result = CliRunner().invoke(_cli(), args)
     assert result.exit_code == 0, result.output
     with Image.open(out) as img:
@@ -273,7 +294,8 @@ def test_traverse_interpolates_one_block(model_folder, tmp_path):
 
 
 def test_traverse_refuses_a_step_out_of_range(model_folder, tmp_path):
-    result = CliRunner().invoke(_cli(), ["traverse", str(model_folder), "--step", "5", "-o",
-                                         str(tmp_path / "t.png"), "--device", "cpu"])
+    result = CliRunner().invoke(
+        _cli(), ["traverse", str(model_folder), "--step", "5", "-o", str(tmp_path / "t.png"), "--device", "cpu"]
+    )
     assert result.exit_code == 1
     assert "use 1..4" in result.output

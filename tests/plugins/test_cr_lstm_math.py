@@ -66,26 +66,58 @@ def bn(n):
 # allconv_lstm.lua, dataset 'bird', baseChannels 32, nf 64, 4x4 latent
 ENCODER = [
     ("crelu",),
-    ("conv", 6, 32, 5, 2), bn(32), ("crelu",),
-    ("conv", 64, 64, 3, 2), bn(64), ("crelu",),
-    ("conv", 128, 128, 3, 2), bn(128), ("crelu",),
-    ("conv", 256, 256, 3, 1), bn(256), ("lrelu", 0.1),
-    ("conv", 256, 256, 3, 2), bn(256), ("crelu",),
-    ("conv", 512, 256, 3, 1), bn(256), ("lrelu", 0.1),
+    ("conv", 6, 32, 5, 2),
+    bn(32),
+    ("crelu",),
+    ("conv", 64, 64, 3, 2),
+    bn(64),
+    ("crelu",),
+    ("conv", 128, 128, 3, 2),
+    bn(128),
+    ("crelu",),
+    ("conv", 256, 256, 3, 1),
+    bn(256),
+    ("lrelu", 0.1),
+    ("conv", 256, 256, 3, 2),
+    bn(256),
+    ("crelu",),
+    ("conv", 512, 256, 3, 1),
+    bn(256),
+    ("lrelu", 0.1),
 ]
 DECODER_UPSAMPLING = [
-    ("deconv", 256, 256, 4, 2), bn(256), ("lrelu", 0.1),
-    ("conv", 256, 256, 3, 1), bn(256), ("lrelu", 0.1),
-    ("deconv", 256, 128, 4, 2), bn(128), ("lrelu", 0.1),
-    ("deconv", 128, 64, 4, 2), bn(64), ("lrelu", 0.1),
-    ("deconv", 64, 64, 4, 2), bn(64), ("lrelu", 0.1),
-    ("conv", 64, 64, 3, 1), bn(64), ("lrelu", 0.1),
+    ("deconv", 256, 256, 4, 2),
+    bn(256),
+    ("lrelu", 0.1),
+    ("conv", 256, 256, 3, 1),
+    bn(256),
+    ("lrelu", 0.1),
+    ("deconv", 256, 128, 4, 2),
+    bn(128),
+    ("lrelu", 0.1),
+    ("deconv", 128, 64, 4, 2),
+    bn(64),
+    ("lrelu", 0.1),
+    ("deconv", 64, 64, 4, 2),
+    bn(64),
+    ("lrelu", 0.1),
+    ("conv", 64, 64, 3, 1),
+    bn(64),
+    ("lrelu", 0.1),
     ("conv", 64, 3, 3, 1),  # then tanh (the model's)
 ]
 # crVAE-GAN: u (64x4x4, the bias added by the transform) -> conv3x3 64->256 + BN, no activation
 CR_DECODER = [("conv", 64, 256, 3, 1), bn(256), *DECODER_UPSAMPLING]
-MI_HEAD = [("conv", 256, 64, 3, 1), bn(64), ("lrelu", 0.2), ("conv", 64, 64, 1, 1), bn(64), ("lrelu", 0.1),
-           ("flatten",), ("linear", 1024, 1024)]
+MI_HEAD = [
+    ("conv", 256, 64, 3, 1),
+    bn(64),
+    ("lrelu", 0.2),
+    ("conv", 64, 64, 1, 1),
+    bn(64),
+    ("lrelu", 0.1),
+    ("flatten",),
+    ("linear", 1024, 1024),
+]
 
 
 def trunk(widths):
@@ -158,9 +190,19 @@ def test_small_presets_keep_pytorch_batch_norm_defaults():
 
 def test_batch_norm_momentum_weights_the_new_batch():
     """Torch7: running = (1 - momentum) * running + momentum * batch statistic; the option means the same here."""
-    spec = compose_spec(preset="crvae", sets=["image_size=16", "encoder.width=4", "encoder.max_width=16",
-                                              "decoder.width=4", "decoder.max_width=16", "transform.latent_channels=8",
-                                              "transform.hidden=16", "transform.layers=1"])
+    spec = compose_spec(
+        preset="crvae",
+        sets=[
+            "image_size=16",
+            "encoder.width=4",
+            "encoder.max_width=16",
+            "decoder.width=4",
+            "decoder.max_width=16",
+            "transform.latent_channels=8",
+            "transform.hidden=16",
+            "transform.layers=1",
+        ],
+    )
     model = build_model(spec)
     first = model.encoder.net[2]
     assert isinstance(first, nn.BatchNorm2d) and (first.eps, first.momentum) == (1e-6, 0.9)

@@ -134,8 +134,12 @@ def test_one_channel_images():
 
 @pytest.mark.parametrize(
     "options, word",
-    [({"hidden": []}, "hidden"), ({"hidden": [8, 0]}, "hidden"), ({"activation": "gelu"}, "activation"),
-     ({"widths": [8]}, "widths")],
+    [
+        ({"hidden": []}, "hidden"),
+        ({"hidden": [8, 0]}, "hidden"),
+        ({"activation": "gelu"}, "activation"),
+        ({"widths": [8]}, "widths"),
+    ],
 )
 def test_bad_options_are_one_line(options, word):
     spec = small(encoder={"name": "fc", "options": options})

@@ -15,8 +15,16 @@ from genvae.core.model import build_model
 from genvae.plugins.kl import KLLoss
 
 # crvae at 16 px, 8 time steps of one latent channel (16 values) each
-TINY = ["image_size=16", "encoder.width=4", "encoder.max_width=16", "decoder.width=4", "decoder.max_width=16",
-        "transform.latent_channels=8", "transform.hidden=16", "transform.layers=1"]
+TINY = [
+    "image_size=16",
+    "encoder.width=4",
+    "encoder.max_width=16",
+    "decoder.width=4",
+    "decoder.max_width=16",
+    "transform.latent_channels=8",
+    "transform.hidden=16",
+    "transform.layers=1",
+]
 WEIGHTS = [1.0, 0.5, 2.0, 0.25, 0.0, 3.0, 1.5, 0.75]
 
 
@@ -41,16 +49,19 @@ def test_standard_normal_closed_form_by_hand():
     model, loss = kl_loss()
     mean = torch.zeros(2, 8, 4, 4)
     logvar = torch.zeros(2, 8, 4, 4)
-    mean[0, 0, 1, 2] = 1.0                                   # step 1: 0.5 * (1 + 1 - 1 - 0) = 0.5
-    logvar[0, 1, 0, 0] = math.log(2.0)                       # step 2: 0.5 * (2 - 1 - log 2)
-    mean[0, 2, 3, 3], logvar[0, 2, 3, 3] = -2.0, -1.0        # step 3: 0.5 * (e^-1 + 4 - 1 + 1)
-    mean[0, 5, 2, 1], logvar[0, 5, 2, 1] = 0.5, 1.0          # step 6: 0.5 * (e + 0.25 - 1 - 1)
+    mean[0, 0, 1, 2] = 1.0  # step 1: 0.5 * (1 + 1 - 1 - 0) = 0.5
+    logvar[0, 1, 0, 0] = math.log(2.0)  # step 2: 0.5 * (2 - 1 - log 2)
+    mean[0, 2, 3, 3], logvar[0, 2, 3, 3] = -2.0, -1.0  # step 3: 0.5 * (e^-1 + 4 - 1 + 1)
+    mean[0, 5, 2, 1], logvar[0, 5, 2, 1] = 0.5, 1.0  # step 6: 0.5 * (e + 0.25 - 1 - 1)
     per_step = {0: 0.5, 1: 0.5 * (1 - math.log(2.0)), 2: 0.5 * (math.exp(-1) + 4), 5: 0.5 * (math.e - 1.75)}
     expected = sum(WEIGHTS[t] * v for t, v in per_step.items()) / 2  # summed over the latent, batch mean
     value = loss(posterior_pass(model, mean, logvar), "model")["kl"]
     assert value.item() == pytest.approx(expected, rel=1e-6)
-    assert torch.allclose(loss.per_group(posterior_pass(model, mean, logvar)),
-                          torch.tensor([per_step.get(t, 0.0) / 2 for t in range(8)]), atol=1e-7)
+    assert torch.allclose(
+        loss.per_group(posterior_pass(model, mean, logvar)),
+        torch.tensor([per_step.get(t, 0.0) / 2 for t in range(8)]),
+        atol=1e-7,
+    )
 
 
 def test_loss_weight_multiplies_the_weighted_sum():
@@ -101,12 +112,17 @@ def test_paper_presets_weight_steps_1_to_3_by_3e4_and_4_to_8_by_2e4():
 # -- weight over training: beta, linear and cyclical warm-up --------------------------------------------------------
 
 
-@pytest.mark.parametrize(("options", "factors"), [
-    ({"warmup": "none", "beta": 4.0}, {0: 4.0, 7: 4.0, None: 4.0}),
-    ({"warmup": "linear", "warmup_steps": 10, "beta": 2.0}, {0: 0.0, 5: 1.0, 10: 2.0, 25: 2.0, None: 2.0}),
-    ({"warmup": "cyclical", "warmup_steps": 10, "cycle_ratio": 0.5},
-     {0: 0.0, 2: 0.4, 5: 1.0, 9: 1.0, 10: 0.0, 12: 0.4, 17: 1.0, None: 1.0}),
-])
+@pytest.mark.parametrize(
+    ("options", "factors"),
+    [
+        ({"warmup": "none", "beta": 4.0}, {0: 4.0, 7: 4.0, None: 4.0}),
+        ({"warmup": "linear", "warmup_steps": 10, "beta": 2.0}, {0: 0.0, 5: 1.0, 10: 2.0, 25: 2.0, None: 2.0}),
+        (
+            {"warmup": "cyclical", "warmup_steps": 10, "cycle_ratio": 0.5},
+            {0: 0.0, 2: 0.4, 5: 1.0, 9: 1.0, 10: 0.0, 12: 0.4, 17: 1.0, None: 1.0},
+        ),
+    ],
+)
 def test_beta_and_warmup_factor_by_hand(options, factors):
     from genvae.plugins.kl import KLOptions
 
@@ -115,8 +131,13 @@ def test_beta_and_warmup_factor_by_hand(options, factors):
 
 
 def test_the_term_follows_the_pass_step():
-    sets = [*TINY, "loss.kl.warmup=linear", "loss.kl.warmup_steps=4", "loss.kl.beta=3",
-            f"loss.kl.group_weights={[1.0] * 8}"]
+    sets = [
+        *TINY,
+        "loss.kl.warmup=linear",
+        "loss.kl.warmup_steps=4",
+        "loss.kl.beta=3",
+        f"loss.kl.group_weights={[1.0] * 8}",
+    ]
     model = build_model(compose_spec(preset="crvae", sets=sets))
     loss = model.losses["kl"]
     fwd = posterior_pass(model, torch.full((2, 8, 4, 4), 0.5), torch.zeros(2, 8, 4, 4))
@@ -139,12 +160,19 @@ def test_a_warmup_run_from_the_cli_logs_the_kl_rising_from_zero(tmp_path):
 
     from genvae.testing import invoke_cli
 
-    sets = ["image_size=16", "encoder.width=8", "encoder.depth=2", "decoder.width=8", "decoder.depth=2",
-            "transform.latent_channels=2", "loss.kl.warmup=linear", "loss.kl.warmup_steps=3"]
+    sets = [
+        "image_size=16",
+        "encoder.width=8",
+        "encoder.depth=2",
+        "decoder.width=8",
+        "decoder.depth=2",
+        "transform.latent_channels=2",
+        "loss.kl.warmup=linear",
+        "loss.kl.warmup_steps=3",
+    ]
     build = invoke_cli(["build", "--preset", "cvae", *[a for s in sets for a in ("--set", s)], "-o", tmp_path / "m"])
     assert build.exit_code == 0, build.output
-    run = invoke_cli(["train", tmp_path / "m", "--max-steps", "5", "--batch-size", "8", "--log-every", "1",
-                      "--quiet"])
+    run = invoke_cli(["train", tmp_path / "m", "--max-steps", "5", "--batch-size", "8", "--log-every", "1", "--quiet"])
     assert run.exit_code == 0, run.output
     kl = [json.loads(line)["kl"] for line in (tmp_path / "m" / "metrics.jsonl").read_text().splitlines()]
     assert kl[0] == 0.0 and all(k > 0 for k in kl[1:])  # factor 0, 1/3, 2/3, 1, 1

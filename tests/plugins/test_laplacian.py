@@ -28,20 +28,25 @@ from genvae.testing import check_component, random_images
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster (tests/conftest.py)
 
 
-def tiny(levels=3, prior="m-net", kernel="binomial", size=16, channels=3, lambdas=None, recon="pyramid-mse",
-         latent=(4,)) -> ModelSpec:
+def tiny(
+    levels=3, prior="m-net", kernel="binomial", size=16, channels=3, lambdas=None, recon="pyramid-mse", latent=(4,)
+) -> ModelSpec:
     kl = {"name": "kl", "options": {"group_weights": list(lambdas)} if lambdas is not None else {}}
-    return ModelSpec.from_dict({
-        "image_size": size,
-        "channels": channels,
-        "encoder": {"name": "laplacian", "options": {"levels": levels, "widths": [8], "max_width": 16,
-                                                     "kernel": kernel}},
-        "transform": {"name": "laplacian", "options": {"latent_sizes": list(latent)}},
-        "decoder": {"name": "laplacian", "options": {"widths": [8], "max_width": 16}},
-        "prior": {"name": prior, "options": {"hidden": [8]}} if prior == "m-net" else {"name": prior},
-        "losses": [{"name": recon}, kl],
-        "train": {"batch_size": 4, "lr": 1e-3, "log_every": 1, "checkpoint_every": 1000},
-    })
+    return ModelSpec.from_dict(
+        {
+            "image_size": size,
+            "channels": channels,
+            "encoder": {
+                "name": "laplacian",
+                "options": {"levels": levels, "widths": [8], "max_width": 16, "kernel": kernel},
+            },
+            "transform": {"name": "laplacian", "options": {"latent_sizes": list(latent)}},
+            "decoder": {"name": "laplacian", "options": {"widths": [8], "max_width": 16}},
+            "prior": {"name": prior, "options": {"hidden": [8]}} if prior == "m-net" else {"name": prior},
+            "losses": [{"name": recon}, kl],
+            "train": {"batch_size": 4, "lr": 1e-3, "log_every": 1, "checkpoint_every": 1000},
+        }
+    )
 
 
 def tiny_data(spec, n=8, seed=0) -> ImageData:
@@ -101,16 +106,19 @@ def test_binomial_kernel_values():
 # -- conformance ------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("kind", "name"), [("encoder", "laplacian"), ("transform", "laplacian"),
-                                            ("decoder", "laplacian"), ("loss", "pyramid-mse")])
+@pytest.mark.parametrize(
+    ("kind", "name"),
+    [("encoder", "laplacian"), ("transform", "laplacian"), ("decoder", "laplacian"), ("loss", "pyramid-mse")],
+)
 def test_conformance(kind, name):
     check_component(kind, name, spec=tiny(levels=3))
 
 
 def test_conformance_variants():
     # bilinear kernel, 2 levels, grey, normal prior, unequal latent sizes
-    check_component("encoder", "laplacian", spec=tiny(levels=2, prior="normal", kernel="bilinear", channels=1,
-                                                      latent=(6, 3)))
+    check_component(
+        "encoder", "laplacian", spec=tiny(levels=2, prior="normal", kernel="bilinear", channels=1, latent=(6, 3))
+    )
     # the kit's own partners for the encoder (the counterparts, image-level mse)
     check_component("encoder", "laplacian", {"levels": 2, "widths": [8], "max_width": 8})
 
@@ -152,7 +160,7 @@ def test_layout_is_coarsest_first_and_decoder_rebuilds_the_pyramid():
     with torch.no_grad():
         a, b = model.transform.generate(z), model.transform.generate(z2)
     sizes = model.decoder.u_sizes
-    assert torch.equal(a[:, sizes[0]:], b[:, sizes[0]:]) and not torch.equal(a[:, :sizes[0]], b[:, :sizes[0]])
+    assert torch.equal(a[:, sizes[0] :], b[:, sizes[0] :]) and not torch.equal(a[:, : sizes[0]], b[:, : sizes[0]])
 
 
 def test_the_decoders_clamp_passes_gradient_where_it_clamps():
@@ -183,14 +191,16 @@ def test_bad_compositions_are_one_line_errors():
     with pytest.raises(BuildError, match="laplacian.*not divisible by 2\\^\\(levels-1\\) = 8"):
         build_model(tiny(levels=4, size=20))
     with pytest.raises(BuildError, match="widths lists 2 values for 3 levels"):
-        build_model(ModelSpec.from_dict({**tiny().to_dict(), "decoder": {"name": "laplacian",
-                                                                         "options": {"widths": [8, 8]}}}))
+        build_model(
+            ModelSpec.from_dict({**tiny().to_dict(), "decoder": {"name": "laplacian", "options": {"widths": [8, 8]}}})
+        )
     spec = compose_spec(preset="cvae", decoder="laplacian", image_size=16)
     with pytest.raises(BuildError, match="decoder 'laplacian': needs the 'laplacian' latent transform"):
         build_model(spec)
     with pytest.raises(OptionsError, match="kernel"):
-        build_model(ModelSpec.from_dict({**tiny().to_dict(), "encoder": {"name": "laplacian",
-                                                                         "options": {"kernel": "gauss"}}}))
+        build_model(
+            ModelSpec.from_dict({**tiny().to_dict(), "encoder": {"name": "laplacian", "options": {"kernel": "gauss"}}})
+        )
     spec = compose_spec(preset="cvae", losses="pyramid-mse", image_size=16)
     with pytest.raises(BuildError, match="pyramid-mse"):
         build_model(spec)
@@ -198,8 +208,7 @@ def test_bad_compositions_are_one_line_errors():
 
 def test_presets_build_with_equal_total_latent():
     totals = {}
-    for name in ("lapcvae-small", "lapcvae-no-m-small", "lapcvae-vae-small", "lapcvae", "lapcvae-no-m",
-                 "lapcvae-vae"):
+    for name in ("lapcvae-small", "lapcvae-no-m-small", "lapcvae-vae-small", "lapcvae", "lapcvae-no-m", "lapcvae-vae"):
         spec = preset_spec(name)
         model = build_model(spec, check=name.endswith("small"))
         totals[name] = model.layout.numel
@@ -212,7 +221,11 @@ def test_presets_build_with_equal_total_latent():
     # --encoder laplacian brings the lapcvae preset; --prior m-net keeps it
     spec = compose_spec(encoder="laplacian", prior="m-net")
     assert (spec.preset, spec.transform.name, spec.decoder.name, spec.prior.name) == (
-        "lapcvae", "laplacian", "laplacian", "m-net")
+        "lapcvae",
+        "laplacian",
+        "laplacian",
+        "m-net",
+    )
 
 
 # -- greedy training ------------------------------------------------------------------------------------------------
@@ -254,8 +267,7 @@ def test_frozen_finer_levels_send_no_gradient_to_the_trained_level():
     model = seeded_build(tiny(levels=2, prior="normal", lambdas=[0.0, 0.0]), train=True)
     model.train()
     for name, p in model.named_parameters():
-        p.requires_grad_(not any(name.startswith(f"{part}.levels.0.") for part in ("encoder", "transform",
-                                                                                    "decoder")))
+        p.requires_grad_(not any(name.startswith(f"{part}.levels.0.") for part in ("encoder", "transform", "decoder")))
     fwd = model(random_images(model.spec))
     terms = model.phase_terms(fwd, "model")
     sum(terms.values()).backward()
@@ -264,8 +276,10 @@ def test_frozen_finer_levels_send_no_gradient_to_the_trained_level():
     grad_with_skip = model.transform.levels[1].to_params.weight.grad.clone()
     model.zero_grad()
     fwd = model(random_images(model.spec))
-    full = sum((p - t).pow(2).flatten(1).sum(1).mean()
-               for p, t in zip(fwd.pyramid.predictions, fwd.pyramid.targets, strict=True))
+    full = sum(
+        (p - t).pow(2).flatten(1).sum(1).mean()
+        for p, t in zip(fwd.pyramid.predictions, fwd.pyramid.targets, strict=True)
+    )
     full.backward()
     assert not torch.allclose(model.transform.levels[1].to_params.weight.grad, grad_with_skip)
 
@@ -300,8 +314,25 @@ def model_dir(tmp_path_factory):
 def test_sample_fix_levels_writes_a_grid_per_k(cli, model_dir, tmp_path):
     folder, images = model_dir
     out = tmp_path / "fix.png"
-    result = CliRunner().invoke(cli, ["sample", str(folder), "--from", str(images / "0.png"), "--fix-levels", "1",
-                                      "--fix-levels", "2", "-n", "4", "-o", str(out), "--device", "cpu"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "sample",
+            str(folder),
+            "--from",
+            str(images / "0.png"),
+            "--fix-levels",
+            "1",
+            "--fix-levels",
+            "2",
+            "-n",
+            "4",
+            "-o",
+            str(out),
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     for k in (1, 2):
         with Image.open(tmp_path / f"fix-fix{k}.png") as img:
@@ -310,15 +341,26 @@ def test_sample_fix_levels_writes_a_grid_per_k(cli, model_dir, tmp_path):
 
 def test_edit_writes_composites(cli, model_dir, tmp_path):
     folder, images = model_dir
-    for extra in (["--coarse", str(images.parent / "painted.png")],
-                  ["--mask", str(images.parent / "mask.png"), "--keep-levels", "2"]):
+    for extra in (
+        ["--coarse", str(images.parent / "painted.png")],
+        ["--mask", str(images.parent / "mask.png"), "--keep-levels", "2"],
+    ):
         out = tmp_path / extra[0].strip("-")
-        result = CliRunner().invoke(cli, ["edit", str(folder), str(images / "0.png"), *extra, "-n", "3", "-o",
-                                          str(out), "--device", "cpu"])
+        result = CliRunner().invoke(
+            cli, ["edit", str(folder), str(images / "0.png"), *extra, "-n", "3", "-o", str(out), "--device", "cpu"]
+        )
         assert result.exit_code == 0, result.output
         names = {p.name for p in out.iterdir()}
-        assert {"input.png", "reconstruction.png", "samples.png", "composites.png", "mask.png", "pyramid.png",
-                "edit-00.png", "edit-02.png"} <= names
+        assert {
+            "input.png",
+            "reconstruction.png",
+            "samples.png",
+            "composites.png",
+            "mask.png",
+            "pyramid.png",
+            "edit-00.png",
+            "edit-02.png",
+        } <= names
     result = CliRunner().invoke(cli, ["edit", str(folder), str(images / "0.png"), "-o", str(tmp_path / "x")])
     assert result.exit_code == 1 and "--coarse" in result.output
 
@@ -341,8 +383,9 @@ def test_edit_keeps_the_reconstruction_outside_the_mask(model_dir):
 def test_evaluate_rmse_json(cli, model_dir, tmp_path):
     folder, images = model_dir
     out = tmp_path / "rmse.json"
-    result = CliRunner().invoke(cli, ["evaluate", str(folder), "--data", str(images), "--metric", "rmse",
-                                      "-o", str(out), "--device", "cpu"])
+    result = CliRunner().invoke(
+        cli, ["evaluate", str(folder), "--data", str(images), "--metric", "rmse", "-o", str(out), "--device", "cpu"]
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     rmse = data["models"][0]["metrics"]["rmse"]
@@ -355,14 +398,44 @@ def test_train_levels_command(cli, model_dir, tmp_path):
     work = tmp_path / "m"
     save_model(load_model(folder), work)
     before = load_model(work).state_dict()
-    result = CliRunner().invoke(cli, ["train-levels", str(work), "--greedy", "--steps", "2", "--data", str(images),
-                                      "--batch-size", "4", "--device", "cpu", "--quiet"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train-levels",
+            str(work),
+            "--greedy",
+            "--steps",
+            "2",
+            "--data",
+            str(images),
+            "--batch-size",
+            "4",
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in (work / "stages").iterdir()) == ["level-0", "level-1", "level-2"]
     after = load_model(work).state_dict()
     assert not torch.equal(before["decoder.levels.0.net.0.weight"], after["decoder.levels.0.net.0.weight"])
-    result = CliRunner().invoke(cli, ["train-levels", str(work), "--retrain-m", "--steps", "2", "--data",
-                                      str(images), "--batch-size", "4", "--device", "cpu", "--quiet"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "train-levels",
+            str(work),
+            "--retrain-m",
+            "--steps",
+            "2",
+            "--data",
+            str(images),
+            "--batch-size",
+            "4",
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     again = load_model(work).state_dict()
     for key, value in after.items():

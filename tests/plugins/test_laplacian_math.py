@@ -28,21 +28,27 @@ from genvae.testing import random_images
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster (tests/conftest.py)
 
 
-def tiny(levels=3, channels=1, latent=(4,), prior="m-net", detach=True, lambdas=None, loss_options=None,
-         condition="real") -> ModelSpec:
+def tiny(
+    levels=3, channels=1, latent=(4,), prior="m-net", detach=True, lambdas=None, loss_options=None, condition="real"
+) -> ModelSpec:
     kl = {"name": "kl", "options": {"group_weights": list(lambdas)} if lambdas is not None else {}}
-    return ModelSpec.from_dict({
-        "image_size": 16,
-        "channels": channels,
-        "encoder": {"name": "laplacian", "options": {"levels": levels, "widths": [8], "max_width": 16,
-                                                     "condition": condition}},
-        "transform": {"name": "laplacian", "options": {"latent_sizes": list(latent)}},
-        "decoder": {"name": "laplacian", "options": {"widths": [8], "max_width": 16}},
-        "prior": {"name": "m-net", "options": {"hidden": [8], "detach": detach}} if prior == "m-net"
-        else {"name": prior},
-        "losses": [{"name": "pyramid-mse", "options": dict(loss_options or {})}, kl],
-        "train": {"batch_size": 4},
-    })
+    return ModelSpec.from_dict(
+        {
+            "image_size": 16,
+            "channels": channels,
+            "encoder": {
+                "name": "laplacian",
+                "options": {"levels": levels, "widths": [8], "max_width": 16, "condition": condition},
+            },
+            "transform": {"name": "laplacian", "options": {"latent_sizes": list(latent)}},
+            "decoder": {"name": "laplacian", "options": {"widths": [8], "max_width": 16}},
+            "prior": {"name": "m-net", "options": {"hidden": [8], "detach": detach}}
+            if prior == "m-net"
+            else {"name": prior},
+            "losses": [{"name": "pyramid-mse", "options": dict(loss_options or {})}, kl],
+            "train": {"batch_size": 4},
+        }
+    )
 
 
 def constant_decoders(model, values):
@@ -133,8 +139,7 @@ def test_laplacian_band_is_b_minus_expanded_coarser_b():
     u1 = row(0.578125, 1.1875, 2.046875, 3, 3.9921875, 4.96875, 5.6953125, 5.9375)
     hs = lap.decompose(x, 2)
     assert torch.equal(hs[0][0, 0], (torch.arange(8.0) - u1).repeat(2, 1))  # h_0 = b_0 - u(b_1)
-    assert torch.equal(hs[0][0, 0, 0], row(-0.578125, -0.1875, -0.046875, 0, 0.0078125, 0.03125, 0.3046875,
-                                           1.0625))
+    assert torch.equal(hs[0][0, 0, 0], row(-0.578125, -0.1875, -0.046875, 0, 0.0078125, 0.03125, 0.3046875, 1.0625))
     assert torch.equal(hs[1], bs[1])  # h_K = b_K
     # and the decoder rebuilds x_k = h_k + u(x_{k+1}), x_K = h_K
     xs = lap.reconstruct_levels(hs)
@@ -359,7 +364,7 @@ def grid_tiles(path, n, size=16, nrow=None):
     """The n tiles of a save_grid PNG (padding 2), as uint8 arrays."""
     arr = np.asarray(Image.open(path))
     nrow = nrow or n
-    return [arr[2 + (i // nrow) * (size + 2):][:size, 2 + (i % nrow) * (size + 2):][:, :size] for i in range(n)]
+    return [arr[2 + (i // nrow) * (size + 2) :][:size, 2 + (i % nrow) * (size + 2) :][:, :size] for i in range(n)]
 
 
 def test_sample_fix_levels_command_keeps_the_input_levels(cli, tmp_path):
@@ -373,9 +378,25 @@ def test_sample_fix_levels_command_keeps_the_input_levels(cli, tmp_path):
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).save(tmp_path / "in.png")
     out = tmp_path / "fix.png"
-    result = CliRunner().invoke(cli, ["sample", str(tmp_path / "m"), "--from", str(tmp_path / "in.png"),
-                                      "--fix-levels", "1", "-n", "2", "--nrow", "3", "-o", str(out),
-                                      "--device", "cpu"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "sample",
+            str(tmp_path / "m"),
+            "--from",
+            str(tmp_path / "in.png"),
+            "--fix-levels",
+            "1",
+            "-n",
+            "2",
+            "--nrow",
+            "3",
+            "-o",
+            str(out),
+            "--device",
+            "cpu",
+        ],
+    )
     assert result.exit_code == 0, result.output
     x = torch.from_numpy(np.asarray(Image.open(tmp_path / "in.png")).copy()).view(1, 1, 16, 16).float() / 127.5 - 1
     with torch.no_grad():
@@ -430,12 +451,13 @@ def test_evaluate_rmse_exact_value(cli, tmp_path):
     data.mkdir()
     quarter = np.full((16, 16), 127, np.uint8)
     quarter[:8, :8] = 167
-    for name, img in (("a", np.full((16, 16), 127, np.uint8)), ("b", np.full((16, 16), 117, np.uint8)),
-                      ("c", quarter)):
+    for name, img in (("a", np.full((16, 16), 127, np.uint8)), ("b", np.full((16, 16), 117, np.uint8)), ("c", quarter)):
         Image.fromarray(img).save(data / f"{name}.png")
     out = tmp_path / "rmse.json"
-    result = CliRunner().invoke(cli, ["evaluate", str(tmp_path / "m"), "--data", str(data), "--metric", "rmse",
-                                      "-o", str(out), "--device", "cpu"])
+    result = CliRunner().invoke(
+        cli,
+        ["evaluate", str(tmp_path / "m"), "--data", str(data), "--metric", "rmse", "-o", str(out), "--device", "cpu"],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert report["images"] == 3

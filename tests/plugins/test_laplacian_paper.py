@@ -22,17 +22,21 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is
 
 
 def tiny(condition="real", channels=3, prior="m-net") -> ModelSpec:
-    return ModelSpec.from_dict({
-        "image_size": 16,
-        "channels": channels,
-        "encoder": {"name": "laplacian", "options": {"levels": 3, "widths": [8], "max_width": 16,
-                                                     "condition": condition}},
-        "transform": {"name": "laplacian", "options": {"latent_sizes": [4]}},
-        "decoder": {"name": "laplacian", "options": {"widths": [8], "max_width": 16}},
-        "prior": {"name": "m-net", "options": {"hidden": [8]}} if prior == "m-net" else {"name": prior},
-        "losses": [{"name": "pyramid-mse"}, {"name": "kl"}],
-        "train": {"batch_size": 4},
-    })
+    return ModelSpec.from_dict(
+        {
+            "image_size": 16,
+            "channels": channels,
+            "encoder": {
+                "name": "laplacian",
+                "options": {"levels": 3, "widths": [8], "max_width": 16, "condition": condition},
+            },
+            "transform": {"name": "laplacian", "options": {"latent_sizes": [4]}},
+            "decoder": {"name": "laplacian", "options": {"widths": [8], "max_width": 16}},
+            "prior": {"name": "m-net", "options": {"hidden": [8]}} if prior == "m-net" else {"name": prior},
+            "losses": [{"name": "pyramid-mse"}, {"name": "kl"}],
+            "train": {"batch_size": 4},
+        }
+    )
 
 
 # -- the paper's 128x128 model ----------------------------------------------------------------------------------------
@@ -64,8 +68,10 @@ def test_lapcvae_128_preset_has_the_papers_five_levels_and_latent_sizes():
 def level_inputs(model, x):
     """What each level's conv encoder receives in one pass, captured by forward pre-hooks."""
     seen: dict[int, torch.Tensor] = {}
-    hooks = [level.register_forward_pre_hook(lambda mod, args, k=k: seen.setdefault(k, args[0].detach().clone()))
-             for k, level in enumerate(model.encoder.levels)]
+    hooks = [
+        level.register_forward_pre_hook(lambda mod, args, k=k: seen.setdefault(k, args[0].detach().clone()))
+        for k, level in enumerate(model.encoder.levels)
+    ]
     try:
         with torch.no_grad():
             fwd = model(x, sample=False)
@@ -234,8 +240,17 @@ def test_edit_command_blend_option(tmp_path):
     mask = np.zeros((16, 16), np.uint8)
     mask[8:, 4:12] = 255
     Image.fromarray(mask).save(tmp_path / "mask.png")
-    args = ["edit", str(tmp_path / "m"), str(tmp_path / "in.png"), "--mask", str(tmp_path / "mask.png"), "-n", "2",
-            "--device", "cpu"]
+    args = [
+        "edit",
+        str(tmp_path / "m"),
+        str(tmp_path / "in.png"),
+        "--mask",
+        str(tmp_path / "mask.png"),
+        "-n",
+        "2",
+        "--device",
+        "cpu",
+    ]
     result = CliRunner().invoke(cli, [*args, "--blend", "poisson", "-o", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out" / "composites.png").exists() and (tmp_path / "out" / "edit-01.png").exists()

@@ -26,8 +26,25 @@ def trained(tmp_path):
             data.mkdir()
             for i in range(24):
                 Image.new("RGB", (16, 16), (i * 10, 255 - i * 10, 128)).save(data / f"{i}.png")
-        result = invoke_cli(["train", folder, "--data", data, "--batch-size", "8", "--epochs", "2", "--log-every", "2",
-                             "--logger", loggers, "--quiet", "--device", "cpu"])
+        result = invoke_cli(
+            [
+                "train",
+                folder,
+                "--data",
+                data,
+                "--batch-size",
+                "8",
+                "--epochs",
+                "2",
+                "--log-every",
+                "2",
+                "--logger",
+                loggers,
+                "--quiet",
+                "--device",
+                "cpu",
+            ]
+        )
         assert result.exit_code == 0, result.output
         metrics = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
         return folder, metrics

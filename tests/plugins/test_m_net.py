@@ -23,16 +23,18 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is
 
 def tiny(levels=3, detach=True, lambdas=None, size=16) -> ModelSpec:
     kl = {"name": "kl", "options": {"group_weights": list(lambdas)} if lambdas is not None else {}}
-    return ModelSpec.from_dict({
-        "image_size": size,
-        "channels": 3,
-        "encoder": {"name": "laplacian", "options": {"levels": levels, "widths": [8], "max_width": 16}},
-        "transform": {"name": "laplacian", "options": {"latent_sizes": [4]}},
-        "decoder": {"name": "laplacian", "options": {"widths": [8], "max_width": 16}},
-        "prior": {"name": "m-net", "options": {"hidden": [8], "detach": detach}},
-        "losses": [{"name": "pyramid-mse"}, kl],
-        "train": {"batch_size": 4, "log_every": 1, "checkpoint_every": 1000},
-    })
+    return ModelSpec.from_dict(
+        {
+            "image_size": size,
+            "channels": 3,
+            "encoder": {"name": "laplacian", "options": {"levels": levels, "widths": [8], "max_width": 16}},
+            "transform": {"name": "laplacian", "options": {"latent_sizes": [4]}},
+            "decoder": {"name": "laplacian", "options": {"widths": [8], "max_width": 16}},
+            "prior": {"name": "m-net", "options": {"hidden": [8], "detach": detach}},
+            "losses": [{"name": "pyramid-mse"}, kl],
+            "train": {"batch_size": 4, "log_every": 1, "checkpoint_every": 1000},
+        }
+    )
 
 
 def prior_for(model, z):

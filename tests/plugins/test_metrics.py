@@ -22,8 +22,11 @@ def test_fid_of_two_one_dimensional_sets_by_hand():
 def test_fid_of_matches_the_formula_with_a_matrix_square_root():
     g = torch.Generator().manual_seed(0)
     real = torch.randn(200, 4, generator=g, dtype=torch.float64)
-    fake = torch.randn(200, 4, generator=g, dtype=torch.float64) @ torch.diag(torch.tensor([1.0, 2, 0.5, 1],
-                                                                                         dtype=torch.float64)) + 0.3
+    fake = (
+        torch.randn(200, 4, generator=g, dtype=torch.float64)
+        @ torch.diag(torch.tensor([1.0, 2, 0.5, 1], dtype=torch.float64))
+        + 0.3
+    )
     mu1, mu2 = real.mean(0), fake.mean(0)
     s1, s2 = torch.cov(real.T), torch.cov(fake.T)
     # sqrtm(s1 s2) via the symmetric form sqrt(s1) s2 sqrt(s1), which has the same trace
@@ -43,8 +46,9 @@ def unbiased_mmd(x, y):
 
     n = x.shape[0]
     kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
-    return ((kxx.sum() - kxx.diag().sum()) / (n * (n - 1)) + (kyy.sum() - kyy.diag().sum()) / (n * (n - 1))
-            - 2 * kxy.mean()).item()
+    return (
+        (kxx.sum() - kxx.diag().sum()) / (n * (n - 1)) + (kyy.sum() - kyy.diag().sum()) / (n * (n - 1)) - 2 * kxy.mean()
+    ).item()
 
 
 def test_kid_of_is_the_mean_unbiased_polynomial_mmd_over_subsets():

@@ -48,8 +48,12 @@ def spec_with(mi=None, adv=None, transform=None, with_adv=True, **train) -> Mode
         losses.append(LossSpec("adv", options={**ADV, **(adv or {})}))
     losses.append(LossSpec("mi", options={"hidden": 8, **(mi or {})}))
     return ModelSpec(
-        encoder=ComponentSpec("cr-lstm", STACK), transform=transform or cr(), decoder=ComponentSpec("cr-lstm", STACK),
-        losses=losses, image_size=16, channels=3,
+        encoder=ComponentSpec("cr-lstm", STACK),
+        transform=transform or cr(),
+        decoder=ComponentSpec("cr-lstm", STACK),
+        losses=losses,
+        image_size=16,
+        channels=3,
         train={"batch_size": 8, "lr": 1e-3, "log_every": 1, "checkpoint_every": 100, **train},
     )
 
@@ -189,7 +193,8 @@ def test_phases_and_what_they_train():
     alone = build_model(spec_with(mi={"train_trunk": False}))
     (mi_phase,) = [p for p in build_phases(alone, spec.train, torch.device("cpu")) if p.name == "mi"]
     assert {n for n, _ in alone.named_parameters() if any(p is _ for p in mi_phase.params)} == {
-        n for n, _ in alone.named_parameters() if n.startswith("losses.mi")}
+        n for n, _ in alone.named_parameters() if n.startswith("losses.mi")
+    }
 
 
 def test_mi_trains_the_trunk_even_when_the_discriminator_is_skipped(tmp_path):

@@ -16,10 +16,24 @@ from genvae.core.training.step import build_phases
 AUTHORS_MI = [0.1, 1.5, 1.5, 1.25, 0.1, 0.1, 1.0, 1.0]
 
 # crvae-gan at 16 px: 8 time steps kept, latent 8x4x4 (one channel, 16 values, per step)
-TINY = ["image_size=16", "encoder.width=4", "encoder.max_width=16", "decoder.width=4", "decoder.max_width=16",
-        "transform.latent_channels=8", "transform.hidden=16", "transform.layers=1", "loss.adv.widths=[8,8]",
-        "loss.adv.head_hidden=16", "loss.adv.minibatch_kernels=4", "loss.adv.minibatch_dims=3",
-        "loss.adv.dropout=0", "loss.adv.skip_below=0", "loss.mi.hidden=8", "train.batch_size=8"]
+TINY = [
+    "image_size=16",
+    "encoder.width=4",
+    "encoder.max_width=16",
+    "decoder.width=4",
+    "decoder.max_width=16",
+    "transform.latent_channels=8",
+    "transform.hidden=16",
+    "transform.layers=1",
+    "loss.adv.widths=[8,8]",
+    "loss.adv.head_hidden=16",
+    "loss.adv.minibatch_kernels=4",
+    "loss.adv.minibatch_dims=3",
+    "loss.adv.dropout=0",
+    "loss.adv.skip_below=0",
+    "loss.mi.hidden=8",
+    "train.batch_size=8",
+]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one thread is faster (tests/conftest.py)

@@ -12,8 +12,9 @@ from genvae.testing import genvae_cli
 
 
 def test_nearest_exact_values_and_order():
-    images = torch.tensor([[[[0, 0], [0, 0]]], [[[10, 0], [0, 0]]], [[[3, 4], [0, 0]]], [[[255, 255], [255, 255]]]],
-                          dtype=torch.uint8)
+    images = torch.tensor(
+        [[[[0, 0], [0, 0]]], [[[10, 0], [0, 0]]], [[[3, 4], [0, 0]]], [[[255, 255], [255, 255]]]], dtype=torch.uint8
+    )
     samples = torch.tensor([[[[0, 0], [0, 0]]], [[[250, 255], [255, 255]]]], dtype=torch.uint8)
     dist, idx = nearest(samples, images, k=3)
     assert idx.tolist() == [[0, 2, 1], [3, 1, 2]]  # 240^2+3*255^2 < 247^2+251^2+2*255^2
@@ -44,8 +45,10 @@ def test_neighbours_command_writes_rows_of_sample_and_neighbours(tmp_path):
     data.mkdir()
     for i in range(6):
         Image.new("RGB", (16, 16), (40 * i, 255 - 40 * i, 100)).save(data / f"{i}.png")
-    result = runner.invoke(cli, ["neighbours", str(tmp_path / "m"), "--data", str(data), "-n", "3", "-k", "4",
-                                 "-o", str(tmp_path / "n.png")])
+    result = runner.invoke(
+        cli,
+        ["neighbours", str(tmp_path / "m"), "--data", str(data), "-n", "3", "-k", "4", "-o", str(tmp_path / "n.png")],
+    )
     assert result.exit_code == 0, result.output
     assert Image.open(tmp_path / "n.png").size == (5 * 18 + 2, 3 * 18 + 2)  # 1 sample + 4 neighbours per row
     assert "nearest-image RMS difference per pixel" in result.output

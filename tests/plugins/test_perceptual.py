@@ -18,9 +18,16 @@ from genvae.testing import check_component, tiny_spec
 
 
 def gan_spec(**perceptual):
-    s = apply_sets(preset_spec("vae-gan-small"), ["image_size=16", "transform.latent_dim=8",
-                                                  "loss.adv.widths=[8,16]", "loss.adv.head_hidden=16",
-                                                  "loss.adv.dropout=0"])
+    s = apply_sets(
+        preset_spec("vae-gan-small"),
+        [
+            "image_size=16",
+            "transform.latent_dim=8",
+            "loss.adv.widths=[8,16]",
+            "loss.adv.head_hidden=16",
+            "loss.adv.dropout=0",
+        ],
+    )
     import attrs
 
     return attrs.evolve(s, losses=(*s.losses, LossSpec("perceptual", 0.5, perceptual)))
@@ -36,8 +43,13 @@ def test_discriminator_features_by_hand_and_the_gradient_reaches_the_generator()
     adv = model.losses["adv"]
     assert isinstance(adv, AdversarialLoss)
     with torch.no_grad():
-        expect = 0.5 * sum((w * (adv.trunk.layer_features(fwd.x_hat, k) - adv.trunk.layer_features(x, k)).pow(2)
-                            .mean() for k, w in ((1, 1.0), (2, 3.0))), torch.zeros(()))
+        expect = 0.5 * sum(
+            (
+                w * (adv.trunk.layer_features(fwd.x_hat, k) - adv.trunk.layer_features(x, k)).pow(2).mean()
+                for k, w in ((1, 1.0), (2, 3.0))
+            ),
+            torch.zeros(()),
+        )
     assert term.item() == pytest.approx(expect.item(), rel=1e-5)
     grads = torch.autograd.grad(term, list(model.decoder.parameters()), retain_graph=True)
     assert any(g.abs().sum() > 0 for g in grads)
@@ -58,8 +70,9 @@ def test_the_perceptual_loss_conforms():
 
 
 def test_network_discriminator_without_a_discriminator_is_refused():
-    with pytest.raises(BuildError, match="loss 'perceptual': network=discriminator needs a loss that provides a "
-                                         "discriminator"):
+    with pytest.raises(
+        BuildError, match="loss 'perceptual': network=discriminator needs a loss that provides a discriminator"
+    ):
         build_model(tiny_spec("loss", "perceptual"))
 
 
@@ -91,9 +104,19 @@ def test_vgg16_needs_its_weights_file_and_reads_relu_outputs(tmp_path):
 def test_a_classifiers_feature_vector_as_the_network(tmp_path):
     torch.manual_seed(0)
     net = Classifier(1, 16, 3, width=4, features=6)
-    save_classifier(net.eval(), tmp_path / "clf", {"feature_network": "genvae-classifier", "data_name": "toy",
-                                                  "classes": ["a", "b", "c"], "image_size": 16, "channels": 1,
-                                                  "width": 4, "features": 6})
+    save_classifier(
+        net.eval(),
+        tmp_path / "clf",
+        {
+            "feature_network": "genvae-classifier",
+            "data_name": "toy",
+            "classes": ["a", "b", "c"],
+            "image_size": 16,
+            "channels": 1,
+            "width": 4,
+            "features": 6,
+        },
+    )
     model = build_model(gan_spec(network="classifier", path=str(tmp_path / "clf")))
     model.eval()
     x = torch.rand(3, 1, 16, 16) * 2 - 1

@@ -38,10 +38,13 @@ def value(model, loss, x, x_hat=None, logits=None):
 # -- mse -------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("reduction, expected", [
-    ("sum", (0.09 + 0.25) * PIXELS / 2),  # errors 0.3 and -0.5 on every pixel: per-image sums, batch mean
-    ("mean", (0.09 + 0.25) / 2),
-])
+@pytest.mark.parametrize(
+    "reduction, expected",
+    [
+        ("sum", (0.09 + 0.25) * PIXELS / 2),  # errors 0.3 and -0.5 on every pixel: per-image sums, batch mean
+        ("mean", (0.09 + 0.25) / 2),
+    ],
+)
 def test_mse_by_hand(reduction, expected):
     model, loss = loss_of("mse", {"reduction": reduction}, weight=2.0)
     x, x_hat = two_images(0.1, 0.2), two_images(0.4, -0.3)

@@ -25,8 +25,10 @@ def stage1(tmp_path_factory):
 
 
 def stage2_spec(stage1, size=32):
-    return compose_spec(preset="stage2-small", sets=[f"encoder.stage1=\"{stage1}\"", f"image_size={size}",
-                                                     "decoder.width=4", "decoder.blocks=1"])
+    return compose_spec(
+        preset="stage2-small",
+        sets=[f'encoder.stage1="{stage1}"', f"image_size={size}", "decoder.width=4", "decoder.blocks=1"],
+    )
 
 
 def test_the_stage1_weights_are_copied_in_and_the_spec_recorded(stage1, tmp_path):
@@ -69,8 +71,9 @@ def test_generation_is_stage1_then_stage2(stage1):
 def test_training_changes_stage2_and_leaves_stage1(stage1, tmp_path):
     save_model(build_model(stage2_spec(stage1)), tmp_path / "s2")
     before = load_model(tmp_path / "s2")
-    result = invoke_cli(["train", tmp_path / "s2", "--max-steps", "3", "--batch-size", "8", "--quiet", "--device",
-                         "cpu"])
+    result = invoke_cli(
+        ["train", tmp_path / "s2", "--max-steps", "3", "--batch-size", "8", "--quiet", "--device", "cpu"]
+    )
     assert result.exit_code == 0, result.output
     after = load_model(tmp_path / "s2")
     sb, sa = before.state_dict(), after.state_dict()
@@ -83,18 +86,36 @@ def test_training_changes_stage2_and_leaves_stage1(stage1, tmp_path):
 
 
 def test_the_build_command_takes_stage1(stage1, tmp_path):
-    result = invoke_cli(["build", "--preset", "stage2-small", "--stage1", stage1, "--set", "image_size=32",
-                         "--set", "decoder.width=4", "-o", tmp_path / "s2"])
+    result = invoke_cli(
+        [
+            "build",
+            "--preset",
+            "stage2-small",
+            "--stage1",
+            stage1,
+            "--set",
+            "image_size=32",
+            "--set",
+            "decoder.width=4",
+            "-o",
+            tmp_path / "s2",
+        ]
+    )
     assert result.exit_code == 0, result.output
     assert load_model(tmp_path / "s2").spec.encoder.options["stage1"] == str(stage1)
 
 
-@pytest.mark.parametrize("sets, message", [
-    (["image_size=24"], "the image size 24 must be a power-of-two multiple (x2, x4, ...) of Stage1's 16; e.g. "
-                        "--set image_size=32"),
-    (["channels=3"], "the Stage1 model makes 1-channel images; this model has 3"),
-    (["decoder.factor=4"], "factor 4 takes 16x16 to 64x64, but the images are 32x32; set decoder.factor=2"),
-])
+@pytest.mark.parametrize(
+    "sets, message",
+    [
+        (
+            ["image_size=24"],
+            "the image size 24 must be a power-of-two multiple (x2, x4, ...) of Stage1's 16; e.g. --set image_size=32",
+        ),
+        (["channels=3"], "the Stage1 model makes 1-channel images; this model has 3"),
+        (["decoder.factor=4"], "factor 4 takes 16x16 to 64x64, but the images are 32x32; set decoder.factor=2"),
+    ],
+)
 def test_mismatched_sizes_are_refused_at_build(stage1, sets, message):
     with pytest.raises(BuildError) as exc:
         build_model(apply_sets(stage2_spec(stage1), sets))

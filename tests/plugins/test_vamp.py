@@ -30,10 +30,10 @@ def test_mixture_log_prob_matches_torch_mixture_same_family():
     g = torch.Generator().manual_seed(0)
     mean, logvar = torch.randn(5, 2, 3, generator=g), torch.randn(5, 2, 3, generator=g) * 0.5
     z = torch.randn(7, 2, 3, generator=g)
-    reference = D.MixtureSameFamily(D.Categorical(torch.ones(5)),
-                                    D.Independent(D.Normal(mean.flatten(1), torch.exp(0.5 * logvar.flatten(1))), 1))
-    assert torch.allclose(VampMixture(Gaussian(mean, logvar)).log_prob(z), reference.log_prob(z.flatten(1)),
-                          atol=1e-5)
+    reference = D.MixtureSameFamily(
+        D.Categorical(torch.ones(5)), D.Independent(D.Normal(mean.flatten(1), torch.exp(0.5 * logvar.flatten(1))), 1)
+    )
+    assert torch.allclose(VampMixture(Gaussian(mean, logvar)).log_prob(z), reference.log_prob(z.flatten(1)), atol=1e-5)
 
 
 def test_one_component_is_that_gaussian():
@@ -50,9 +50,10 @@ def test_kl_is_the_monte_carlo_estimate_at_the_pass_z():
     q = fwd.posterior
     mixture = D.MixtureSameFamily(
         D.Categorical(torch.ones(3)),
-        D.Independent(D.Normal(fwd.extra_posterior.mean.flatten(1), fwd.extra_posterior.std.flatten(1)), 1))
+        D.Independent(D.Normal(fwd.extra_posterior.mean.flatten(1), fwd.extra_posterior.std.flatten(1)), 1),
+    )
     z = fwd.z.flatten(1)
-    expected = (D.Independent(D.Normal(q.mean.flatten(1), q.std.flatten(1)), 1).log_prob(z) - mixture.log_prob(z))
+    expected = D.Independent(D.Normal(q.mean.flatten(1), q.std.flatten(1)), 1).log_prob(z) - mixture.log_prob(z)
     expected = expected.mean()
     kl = model.phase_terms(fwd, "model")["kl"]
     assert kl.item() == pytest.approx(expected.item(), rel=1e-5)

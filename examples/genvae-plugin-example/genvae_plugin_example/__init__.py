@@ -46,11 +46,12 @@ class ResNetOptions:
 
 @attrs.frozen
 class ResNetDecoderOptions:
-    width: int = option(32, "channels of the last (full-size) stage; doubles towards the input",
-                        positive_int, to_int)
+    width: int = option(32, "channels of the last (full-size) stage; doubles towards the input", positive_int, to_int)
     stages: int | None = option(
-        None, "number of x2 upsampling stages; none = as many as the input needs to reach the image size",
-        _optional_positive_int, _optional_int,
+        None,
+        "number of x2 upsampling stages; none = as many as the input needs to reach the image size",
+        _optional_positive_int,
+        _optional_int,
     )
     blocks_per_stage: int = option(1, "residual blocks before each upsampling stage", non_negative_int, to_int)
 

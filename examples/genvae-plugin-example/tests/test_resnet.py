@@ -92,8 +92,9 @@ def test_preset_shapes_at_32_px(registry):
 
 
 def test_blocks_per_stage(registry):
-    model = build_model(_spec(encoder={"name": "resnet", "options": {"width": 8, "stages": 2,
-                                                                      "blocks_per_stage": 3}}), registry)
+    model = build_model(
+        _spec(encoder={"name": "resnet", "options": {"width": 8, "stages": 2, "blocks_per_stage": 3}}), registry
+    )
     blocks = [m for m in model.encoder.modules() if isinstance(m, plugin.ResidualBlock)]
     assert len(blocks) == 2 * 3
     assert [b.body[0].in_channels for b in blocks] == [8, 8, 8, 16, 16, 16]

@@ -24,23 +24,37 @@ TRAIN = {"batch_size": 4}
 cases = {
     "cvae": tiny_spec("encoder", "conv", {"width": 4, "depth": 2, "max_width": 8}),
     "fc-vae": tiny_spec("encoder", "fc", {"hidden": [16]}),
-    "crvae-gan": ModelSpec.from_dict({
-        "image_size": 16, "channels": 1,
-        "encoder": {"name": "cr-lstm", "options": {"width": 4, "max_width": 16}},
-        "transform": {"name": "cr-lstm", "options": {"latent_channels": 8, "steps": 4, "hidden": 16, "layers": 2}},
-        "decoder": {"name": "cr-lstm", "options": {"width": 4, "max_width": 16}},
-        "losses": [{"name": "mse"}, {"name": "kl"},
-                   {"name": "adv", "options": {"widths": [4, 8], "head_hidden": 16, "minibatch_kernels": 4,
-                                               "minibatch_dims": 2}},
-                   {"name": "mi", "options": {"hidden": 8}}],
-        "train": TRAIN}),
-    "lapcvae-m-net": ModelSpec.from_dict({
-        "image_size": 16, "channels": 3,
-        "encoder": {"name": "laplacian", "options": {"levels": 3, "widths": [4], "max_width": 8}},
-        "transform": {"name": "laplacian", "options": {"latent_sizes": [4]}},
-        "decoder": {"name": "laplacian", "options": {"widths": [4], "max_width": 8}},
-        "prior": {"name": "m-net", "options": {"hidden": [8]}},
-        "losses": [{"name": "pyramid-mse"}, {"name": "kl"}], "train": TRAIN}),
+    "crvae-gan": ModelSpec.from_dict(
+        {
+            "image_size": 16,
+            "channels": 1,
+            "encoder": {"name": "cr-lstm", "options": {"width": 4, "max_width": 16}},
+            "transform": {"name": "cr-lstm", "options": {"latent_channels": 8, "steps": 4, "hidden": 16, "layers": 2}},
+            "decoder": {"name": "cr-lstm", "options": {"width": 4, "max_width": 16}},
+            "losses": [
+                {"name": "mse"},
+                {"name": "kl"},
+                {
+                    "name": "adv",
+                    "options": {"widths": [4, 8], "head_hidden": 16, "minibatch_kernels": 4, "minibatch_dims": 2},
+                },
+                {"name": "mi", "options": {"hidden": 8}},
+            ],
+            "train": TRAIN,
+        }
+    ),
+    "lapcvae-m-net": ModelSpec.from_dict(
+        {
+            "image_size": 16,
+            "channels": 3,
+            "encoder": {"name": "laplacian", "options": {"levels": 3, "widths": [4], "max_width": 8}},
+            "transform": {"name": "laplacian", "options": {"latent_sizes": [4]}},
+            "decoder": {"name": "laplacian", "options": {"widths": [4], "max_width": 8}},
+            "prior": {"name": "m-net", "options": {"hidden": [8]}},
+            "losses": [{"name": "pyramid-mse"}, {"name": "kl"}],
+            "train": TRAIN,
+        }
+    ),
     "vamp": tiny_spec("prior", "vamp", {"components": 4}),
 }
 for name, spec in cases.items():
@@ -60,7 +74,14 @@ for name, spec in cases.items():
         u, gen = model.generate(z)
         torch.manual_seed(11)
         sampled = model.prior.sample(2, model, "cpu")
-    tensors = {"x": x, "mean": state.posterior.mean, "logvar": state.posterior.logvar, "x_hat": state.x_hat,
-               "z": z, "generated": gen, "prior_sample": sampled}
+    tensors = {
+        "x": x,
+        "mean": state.posterior.mean,
+        "logvar": state.posterior.logvar,
+        "x_hat": state.x_hat,
+        "z": z,
+        "generated": gen,
+        "prior_sample": sampled,
+    }
     save_file({k: v.contiguous().clone() for k, v in tensors.items()}, str(out / f"{name}.expected.safetensors"))
     print(name, sum(p.numel() for p in model.parameters()), file=sys.stderr)
