@@ -19,6 +19,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 EXAMPLE = "examples/genvae-plugin-example/genvae_plugin_example"
+#: the test runs: two pytest-xdist workers (one per core of this project's machines), each test file on one worker
+#: (module fixtures such as the third-party installs are built once)
+PYTEST = [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2", "--dist", "loadfile"]
 
 #: name -> (what it checks, the commands)
 CHECKS: dict[str, tuple[str, list[list[str]]]] = {
@@ -33,10 +36,10 @@ CHECKS: dict[str, tuple[str, list[list[str]]]] = {
         ],
     ),
     "reference": ("docs/api-reference.md matches the docstrings", [[PY, "tools/api_reference.py", "--check"]]),
-    "fast": ("the fast test lane (pytest's default)", [[PY, "-m", "pytest", "-q", "-p", "no:cacheprovider"]]),
+    "fast": ("the fast test lane (pytest's default)", [[*PYTEST]]),
     "slow": (
         "the slow test lane: real processes, torchrun, the fuzz, the built package",
-        [[PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "slow"]],
+        [[*PYTEST, "-m", "slow"]],
     ),
 }
 
