@@ -59,16 +59,21 @@ from genvae.core.checkpoint import (
     tensors_writer,
 )
 from genvae.core.components import (
+    LOSS_ROLES,
     OUTPUT_SPACES,
     BuildContext,
     Component,
     Decoder,
     Encoder,
+    FlowPosterior,
     ForwardPass,
     Gaussian,
+    LatentDistribution,
     LatentLayout,
     LatentTransform,
     Loss,
+    MultiSample,
+    PassField,
     Prior,
     PriorSample,
 )
@@ -152,7 +157,7 @@ from genvae.core.training import (
 from genvae.core.training.metrics import NOT_TERMS, is_term, terms_text
 
 #: the version of this contract (see the module's docstring and CHANGELOG.md)
-PLUGIN_API_VERSION = 2
+PLUGIN_API_VERSION = 3
 
 __all__ = [
     "ACTIVATIONS",
@@ -295,6 +300,11 @@ __all__ = [
     "train_run",
     "unit_interval",
     "up_stack",
+    "LOSS_ROLES",
+    "FlowPosterior",
+    "LatentDistribution",
+    "MultiSample",
+    "PassField",
 ]
 
 #: names that were renamed, by their old name: they keep working, with a DeprecationWarning, until 0.3

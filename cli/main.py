@@ -77,6 +77,18 @@ class GenvaeGroup(click.Group):
             print_error(f"internal error {type(exc).__name__}: {first[:200]} (rerun with --debug for the traceback)")
             ctx.exit(1)
 
+    def resolve_command(self, ctx: click.Context, args: list[str]):
+        """click's lookup; an unknown command also names the plugins that failed to load (one may provide it)."""
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as exc:
+            from genvae.core.registry import get_registry
+
+            note = get_registry().failed_note() if "No such command" in exc.message else ""
+            if not note:
+                raise
+            raise click.UsageError(f"{exc.message}; {note}", ctx) from None
+
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         """click's standalone mode, but usage errors are one line too."""
         if not standalone_mode:

@@ -225,6 +225,7 @@ def build(
         raise GenvaeError(f"{out} already holds a model; choose another -o folder or pass --force")
     if stage1 is not None:  # a model that builds on a trained one (Stage2): its encoder's stage1 option
         sets = (*sets, f"encoder.stage1={json.dumps(str(stage1))}")
+    added: list[str] = []  # the default losses compose_spec adds (none when a loss is the whole objective)
     spec = compose_spec(
         preset=preset,
         encoder=encoder,
@@ -236,6 +237,7 @@ def build(
         channels=int(channels) if channels else None,
         sets=sets,
         registry=registry(),
+        added_losses=added,
     )
     seed_everything(spec.train.seed)
     model = build_model(spec, registry())
@@ -254,6 +256,9 @@ def build(
 
         record_command(out)
     print_summary(model, f"built {out}" + (f" from preset '{spec.preset}'" if spec.preset else ""))
+    if added:
+        roles = ", ".join(f"{name} ({registry().component('loss', name).role})" for name in added)
+        console.print(f"added default loss(es): {roles}, since no loss named has that role", highlight=False)
 
 
 @click.command()

@@ -375,7 +375,7 @@ def inference_estimate(
     run = program or PROGRAMS.get(what)
     if run is None:
         raise GenvaeError(f"no inference program '{what}'; known: {', '.join(PROGRAMS)} (or pass program=)")
-    registry = registry or get_registry()
+    registry = registry or getattr(model_or_spec, "registry", None) or get_registry()
     key = _cache_key(spec, ("inference", what))
     cached = _cached(registry, key)
     if cached is not None:

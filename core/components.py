@@ -16,7 +16,7 @@ from __future__ import annotations
 import abc
 import math
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
 import attrs
 import torch
@@ -112,10 +112,17 @@ class Gaussian:
     def std(self) -> Tensor:
         return torch.exp(0.5 * self.logvar)
 
-    def rsample(self) -> Tensor:
-        """A reparameterised sample, z = mean + std * eps, differentiable in mean and logvar."""
+    def rsample(self, k: int | None = None) -> Tensor:
+        """A reparameterised sample, z = mean + std * eps, differentiable in mean and logvar; ``k`` draws at once
+        are (k, *mean.shape)."""
         # randn, not randn_like: the same draws whatever the memory layout (channels-last keeps it)
-        return self.mean + self.std * torch.randn(self.mean.shape, dtype=self.mean.dtype, device=self.mean.device)
+        shape = self.mean.shape if k is None else (k, *self.mean.shape)
+        return self.mean + self.std * torch.randn(shape, dtype=self.mean.dtype, device=self.mean.device)
+
+    def sample(self, k: int | None = None) -> Tensor:
+        """Like :meth:`rsample`, without gradient."""
+        with torch.no_grad():
+            return self.rsample(k)
 
     def kl(self, prior: Gaussian) -> Tensor:
         """Elementwise KL(self || prior), same shape as the mean."""
@@ -131,9 +138,17 @@ class Gaussian:
     def detach(self) -> Gaussian:
         return Gaussian(self.mean.detach(), self.logvar.detach(), self.standard)
 
-    def log_prob(self, z: Tensor) -> Tensor:
-        """Elementwise log density of z, same shape as the mean (sum it over the latent for log q(z))."""
+    def log_density(self, z: Tensor) -> Tensor:
+        """Elementwise log density of z (broadcast against the mean: same shape, or with leading sample dims)."""
         return -0.5 * (LOG_2PI + self.logvar + (z - self.mean).pow(2) * torch.exp(-self.logvar))
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        """log q(z) per image: the log density summed over the latent, (batch,) for z of the mean's shape, or
+        (k, batch) for k draws (k, batch, *latent). The one interface every latent distribution has (a mixture
+        prior's, a flow posterior's), so a loss never branches on the kind."""
+        event = self.mean.dim() - 1
+        density = self.log_density(z)
+        return density.flatten(density.dim() - event).sum(-1) if event else density
 
     def __getitem__(self, rows) -> Gaussian:
         """The rows ``rows`` of the batch (a slice or index tensor), as a Gaussian."""
@@ -154,13 +169,94 @@ class PriorSample:
         return iter((self.z, self.u, self.x))
 
 
+T = TypeVar("T")
+
+
+@runtime_checkable
+class LatentDistribution(Protocol):
+    """What every distribution over the latent offers (a Gaussian, a mixture prior, a flow posterior): the log
+    density per image. A prior's ``forward`` returns one; closed-form KL is an optimisation a loss may take when
+    both sides are :class:`Gaussian`."""
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        """log p(z) summed over the latent: (batch,) for z (batch, *latent), (k, batch) for (k, batch, *latent)."""
+        ...
+
+
+class PassField(Generic[T]):
+    """A typed key for data a plugin hands to others through the pass: ``FLOW = PassField[FlowData]("flow")``,
+    then ``fwd[FLOW] = FlowData(...)`` in one component and ``fwd.get(FLOW)`` (a ``FlowData`` or None) in
+    another. A third-party capability gets its own field this way, typed, without the engine knowing it."""
+
+    __slots__ = ("name", "doc")
+
+    def __init__(self, name: str, doc: str = ""):
+        self.name, self.doc = name, doc
+
+    def __repr__(self) -> str:
+        return f"PassField({self.name!r})"
+
+
+class MultiSample:
+    """k posterior draws per image, run through the latent transform and the decoder as one (k*B) batch (so batch
+    norms see one batch), shaped (k, B, ...): what a multi-sample bound (IWAE) reads. ``log_q`` is log q(z|x) of
+    each draw (with a flow: the base density less the log-determinant)."""
+
+    __slots__ = ("k", "z0", "z", "log_q", "decoder_output", "x_hat")
+
+    def __init__(self, k: int, z0: Tensor, z: Tensor, log_q: Tensor, decoder_output: Tensor, x_hat: Tensor):
+        self.k, self.z0, self.z, self.log_q = k, z0, z, log_q
+        self.decoder_output, self.x_hat = decoder_output, x_hat
+
+
+class FlowPosterior:
+    """q(z|x) of a latent transform with a flow: z = f(z0), z0 ~ the base Gaussian. Its ``mean`` is the flow of the
+    base mean, the point commands use where a Gaussian gives its mean; ``rsample_with_log_prob`` gives samples
+    with their log density (the density at an arbitrary z would need the flow's inverse)."""
+
+    def __init__(self, base: Gaussian, transform: LatentTransform):
+        self.base, self.transform = base, transform
+
+    @property
+    def mean(self) -> Tensor:
+        return self.transform.flow(self.base.mean)[0]
+
+    def rsample(self, k: int | None = None) -> Tensor:
+        return self.rsample_with_log_prob(k)[0]
+
+    def rsample_with_log_prob(self, k: int | None = None) -> tuple[Tensor, Tensor]:
+        """(z, log q(z|x)): (batch, *latent) and (batch,), or with k draws (k, batch, *latent) and (k, batch).
+        A deterministic transform (``stochastic = False``) maps the base mean, every draw the same."""
+        if self.transform.stochastic:
+            z0 = self.base.rsample(k)
+        else:
+            z0 = self.base.mean if k is None else self.base.mean.expand(k, *self.base.mean.shape)
+        flat = z0 if k is None else z0.flatten(0, 1)
+        z, log_det = self.transform.flow(flat)
+        log_q = self.base.log_prob(z0)
+        if log_det is not None:
+            log_q = log_q - (log_det if k is None else log_det.view(k, -1))
+        return (z if k is None else z.view(z0.shape)), log_q
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        raise BuildError(
+            f"latent transform '{self.transform.name}' is a flow: its posterior's density is known at its own "
+            "samples (rsample_with_log_prob), not at any z"
+        )
+
+
 class ForwardPass:
     """Everything one forward pass computed; losses and context-dependent priors read from it.
 
-    What components hand to each other beyond the common fields has typed fields, one per capability
-    (``genvae.core.capabilities``): ``pyramid`` (a Laplacian pyramid's bands, by level) and ``fake_features``
-    (a discriminator trunk's features of the fakes, shared by adv and mi). ``extras`` is a plugin's private
-    scratch for this pass, under keys it prefixes with its own name.
+    What components hand to each other beyond the common fields is typed: a plugin declares a
+    :class:`PassField` and stores under it (``fwd[FIELD] = value``, ``fwd.get(FIELD)``); the built-in
+    capabilities' fields are attributes, ``pyramid`` (a Laplacian pyramid's bands, by level) and ``fake_features``
+    (a discriminator trunk's features of the fakes, shared by adv and mi). ``extras`` is older, untyped scratch
+    kept for plugins written against 0.1; new code uses a PassField.
+
+    The latent: ``posterior`` is the base posterior q0(z0|x), ``z0`` its sample and ``z`` the latent transform's
+    flow of it (the same without a flow), ``log_det`` the flow's log-determinant and ``log_q`` log q(z|x) per
+    image. With k posterior draws per image, ``multi`` holds all of them, shaped (k, B, ...).
 
     ``step`` and ``epoch`` are the training step being taken and its epoch (None outside training), for
     losses whose weight follows a schedule (KL warm-up).
@@ -190,6 +286,11 @@ class ForwardPass:
         "step",
         "epoch",
         "_prior_sample",
+        "z0",
+        "log_det",
+        "multi",
+        "logged",
+        "_fields",
     )
 
     def __init__(self, model: GenerativeModel, x: Tensor):
@@ -220,6 +321,15 @@ class ForwardPass:
         self.step: int | None = None
         self.epoch: int | None = None
         self._prior_sample: PriorSample | None = None
+        #: the base posterior's sample; z = the latent transform's flow of it (the same tensor without a flow)
+        self.z0: Tensor | None = None
+        #: log|det dz/dz0| per image (B,), None without a flow
+        self.log_det: Tensor | None = None
+        #: k > 1 posterior draws per image (``train.posterior_samples`` or a loss's need); z, u, x_hat are draw 0's
+        self.multi: MultiSample | None = None
+        #: values logged with this pass's step and never summed into the objective (:meth:`log`)
+        self.logged: dict[str, Tensor] = {}
+        self._fields: dict[PassField[Any], Any] = {}
 
     @property
     def logits(self) -> Tensor | None:
@@ -230,6 +340,45 @@ class ForwardPass:
             "ForwardPass.logits is deprecated; use ForwardPass.decoder_output", DeprecationWarning, stacklevel=2
         )
         return self.decoder_output
+
+    @property
+    def log_q(self) -> Tensor:
+        """log q(z|x) per image (B,) of this pass's z: the base posterior's log density of z0, less the flow's
+        log-determinant. Every KL or ELBO term reads it, so a flow is never left out."""
+        z0 = self.z0 if self.z0 is not None else self.z  # a pass made by hand may set z alone (no flow)
+        assert self.posterior is not None and z0 is not None, "the forward pass has encoded x"
+        log_q = self.posterior.log_prob(z0)
+        return log_q if self.log_det is None else log_q - self.log_det
+
+    def draws(self, k: int) -> tuple[Tensor, Tensor]:
+        """k fresh posterior draws per image through the transform's flow and their log q(z|x): (k, B, *latent)
+        and (k, B); what a Monte Carlo estimate takes beyond the pass's own z (never the decoder)."""
+        assert self.posterior is not None, "the forward pass has encoded x"
+        transform = self.model.transform
+        if transform.has_flow or not transform.stochastic:
+            return FlowPosterior(self.posterior, transform).rsample_with_log_prob(k)
+        z = self.posterior.rsample(k)
+        return z, self.posterior.log_prob(z)
+
+    def log(self, name: str, value: Tensor) -> None:
+        """Log ``value`` (a number as a 0-dim tensor; a tensor is averaged) with this step, detached: a diagnostic
+        (a log-determinant, a code-book's usage) shown in metrics.jsonl and the report, never in the objective.
+        Name it after your plugin (``flow.log_det``)."""
+        self.logged[name] = value.detach().float().mean()
+
+    def __getitem__(self, field: PassField[T]) -> T:
+        """The value a component stored under ``field``; KeyError when none did."""
+        try:
+            return self._fields[field]
+        except KeyError:
+            raise KeyError(f"nothing in this pass under {field!r}") from None
+
+    def __setitem__(self, field: PassField[T], value: T) -> None:
+        self._fields[field] = value
+
+    def get(self, field: PassField[T], default: T | None = None) -> T | None:
+        """The value under ``field``, or ``default``."""
+        return self._fields.get(field, default)
 
     def wants(self, branch: str) -> bool:
         """Whether the current update trains on ``branch`` ("posterior" or "prior")."""
@@ -357,6 +506,9 @@ class LatentTransform(Component[OptionsT]):
     hook = "genvae_register_transforms"
     layout: LatentLayout
     output_shape: Shape
+    #: False for a transform whose posterior is a point: z0 is the base posterior's mean, never a draw, and
+    #: :meth:`flow` maps it (a vector quantiser: z = the nearest code, straight-through). KL terms do not apply.
+    stochastic: ClassVar[bool] = True
 
     @abc.abstractmethod
     def posterior(self, features: Tensor, fwd: ForwardPass | None = None) -> Gaussian:
@@ -365,6 +517,18 @@ class LatentTransform(Component[OptionsT]):
     @abc.abstractmethod
     def generate(self, z: Tensor, fwd: ForwardPass | None = None) -> Tensor:
         """u, the decoder's input (B, *output_shape), from z."""
+
+    def flow(self, z0: Tensor, fwd: ForwardPass | None = None) -> tuple[Tensor, Tensor | None]:
+        """The posterior sample z = f(z0) of the base sample z0 (a normalising flow), and log|det df/dz0| per row
+        of z0; the default is no flow: ``(z0, None)``. The engine applies it wherever a posterior sample is
+        drawn (training, ``encode``, ``sample --from``, completion, evaluation), and ``ForwardPass.log_q`` takes
+        the log-determinant off the base density."""
+        return z0, None
+
+    @property
+    def has_flow(self) -> bool:
+        """Whether this transform overrides :meth:`flow` (read once at build time)."""
+        return type(self).flow is not LatentTransform.flow
 
     def generation_modules(self) -> list[nn.Module]:
         """The submodules used by ``generate`` (for the generator-side parameter count)."""
@@ -488,8 +652,9 @@ class Loss(Component[OptionsT]):
     #: the order this loss's phases run in within a step, as a chain (``("discriminator", "model")``); the
     #: model merges every loss's chain, and a phase no chain places runs after ``model``
     phase_order: ClassVar[tuple[str, ...]] = ()
-    #: "reconstruction", "divergence", "adversarial" or "auxiliary": a build adds a default
-    #: reconstruction and divergence loss when the user names none.
+    #: "reconstruction", "divergence", "adversarial", "auxiliary" or "objective": a build adds a default
+    #: reconstruction and divergence loss when the user names none; a loss whose role is "objective" is the
+    #: whole objective (an IWAE bound, a WAE), and then neither is added.
     role: ClassVar[str] = "auxiliary"
     phases: ClassVar[tuple[str, ...]] = ("model",)
     #: the branches this loss has terms on: "posterior" (x -> q(z|x) -> x_hat, the default) and/or
@@ -505,11 +670,18 @@ class Loss(Component[OptionsT]):
         """Modules this loss trains itself, by phase name (never ``model``)."""
         return {}
 
+    def posterior_samples(self) -> int:
+        """How many posterior draws per image this loss needs in a training pass (a k-sample bound: k); the model
+        draws the most any loss or ``train.posterior_samples`` asks for, as one batch (``ForwardPass.multi``)."""
+        return 1
+
     @abc.abstractmethod
     def forward(self, fwd: ForwardPass, phase: str) -> dict[str, Tensor]:
         """Named, weighted terms of ``phase`` (summed by the trainer)."""
 
 
+#: what a loss may be, by ``Loss.role``
+LOSS_ROLES: tuple[str, ...] = ("reconstruction", "divergence", "adversarial", "auxiliary", "objective")
 #: the component bases, in the order of a spec: the one place the kinds are listed
 COMPONENT_BASES: tuple[type[Component], ...] = (Encoder, LatentTransform, Decoder, Prior, Loss)
 #: every component kind; MODEL_PART_KINDS: the kinds a model has exactly one of (all but losses)

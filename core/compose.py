@@ -41,11 +41,17 @@ def preset_spec(name: str, registry: Registry | None = None) -> ModelSpec:
     return ModelSpec.from_dict(data, where=f"preset '{name}'")
 
 
-def with_default_losses(losses: list[LossSpec], registry: Registry) -> list[LossSpec]:
+def with_default_losses(losses: list[LossSpec], registry: Registry, added: list[str] | None = None) -> list[LossSpec]:
     """``losses`` with ``mse`` first when none has the reconstruction role and ``kl`` last when none is a
-    divergence (what ``genvae build --loss`` does, and what the conformance kit's tiny models get)."""
+    divergence (what ``genvae build --loss`` does, and what the conformance kit's tiny models get); nothing is
+    added when a loss is the whole objective (role ``objective``: an IWAE bound, a WAE). The names added are
+    appended to ``added``."""
     roles = {registry.component("loss", s.name).role for s in losses}
+    if "objective" in roles:
+        return list(losses)
     extra = [LossSpec(name) for role, name in DEFAULT_LOSSES.items() if role not in roles]
+    if added is not None:
+        added.extend(s.name for s in extra)
     recon = [s for s in extra if registry.component("loss", s.name).role == "reconstruction"]
     return [*recon, *losses, *[s for s in extra if s not in recon]]
 
@@ -76,13 +82,15 @@ def compose_spec(
     channels: int | None = None,
     sets: Sequence[str] = (),
     registry: Registry | None = None,
+    added_losses: list[str] | None = None,
 ) -> ModelSpec:
-    """Resolve choices the way ``genvae build`` does.
+    """Resolve choices the way ``genvae build`` does (``added_losses`` receives the default losses it added).
 
     Start from the preset (or, with only ``--encoder X``, from X's own preset if it names one);
     a named encoder brings its counterpart decoder and transform unless those are named too;
     ``--loss`` adds losses to the preset's, and a reconstruction loss (mse) and a divergence
-    (kl) are added when none is listed; ``--set kind.option=value`` edits the result.
+    (kl) are added when none is listed, unless a loss is the whole objective (which also takes the place of
+    the preset's reconstruction and divergence losses); ``--set kind.option=value`` edits the result.
     """
     registry = registry or get_registry()
     if preset is None and encoder is None:
@@ -116,14 +124,16 @@ def compose_spec(
     for extra in parse_losses(losses):
         role = registry.component("loss", extra.name).role
         # the same loss, or a named reconstruction / divergence, takes the preset's one's place
-        same = [
-            s.name == extra.name or (role in DEFAULT_LOSSES and registry.component("loss", s.name).role == role)
-            for s in loss_list
-        ]
+        replaced: set[str] = set()  # the roles of the preset's losses this one takes the place of
+        if role in DEFAULT_LOSSES:
+            replaced = {role}
+        elif role == "objective":  # the whole objective: the preset's reconstruction and divergence go
+            replaced = {*DEFAULT_LOSSES, "objective"}
+        same = [s.name == extra.name or registry.component("loss", s.name).role in replaced for s in loss_list]
         slot = same.index(True) if any(same) else len(loss_list)
         loss_list = [s for s, hit in zip(loss_list, same, strict=True) if not hit]
         loss_list.insert(min(slot, len(loss_list)), extra)
-    loss_list = with_default_losses(loss_list, registry)
+    loss_list = with_default_losses(loss_list, registry, added_losses)
     if spec is None:
         spec = ModelSpec(**parts, losses=tuple(loss_list))
     else:

@@ -98,11 +98,14 @@ class GenvaeError(Exception):
 class UnknownNameError(GenvaeError):
     """A name (plugin, component, preset, dataset) that nothing provides."""
 
-    def __init__(self, what: str, name: str, known: Iterable[str]):
+    def __init__(self, what: str, name: str, known: Iterable[str], failed: str = ""):
         known = sorted(known)
         hint = did_you_mean(name, known)
         listing = name_list(known, most=20, max_chars=250)
-        super().__init__(f"unknown {what} {shorten(str(name))}; {hint}known: {listing}")
+        # failed: the plugins that did not load (Registry.failed_note), one of which may be what provides it
+        super().__init__(
+            f"unknown {what} {shorten(str(name))}; {hint}known: {listing}{'; ' + failed if failed else ''}"
+        )
         self.name = name
         self.known = known
 

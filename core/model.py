@@ -9,7 +9,8 @@ components involved.
 from __future__ import annotations
 
 import typing
-from collections.abc import Iterable
+import weakref
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -22,10 +23,12 @@ from genvae.core.components import (
     Component,
     Decoder,
     Encoder,
+    FlowPosterior,
     ForwardPass,
     Gaussian,
     LatentTransform,
     Loss,
+    MultiSample,
     Prior,
 )
 from genvae.core.errors import BuildError, GenvaeError, did_you_mean
@@ -50,6 +53,10 @@ class GenerativeModel(nn.Module):
         self.losses = nn.ModuleDict({loss.name: loss for loss in losses})
         self._loss_list: list[Loss] = losses  # the same losses, typed, in spec order
         self.layout = transform.layout
+        self._registry: Callable[[], Registry | None] = lambda: None  # a weak reference to what built it
+        self._has_flow = transform.has_flow or not transform.stochastic  # read once: no dispatch a pass need not
+        #: posterior draws per image in a training pass (a run sets it from its settings: ``samples_needed``)
+        self.posterior_samples = self.samples_needed(spec.train)
         self._to_image = OUTPUT_SPACES[decoder.output]  # the decoder's output space -> x_hat in [-1, 1]
         self.phases = _phase_order(losses)
         # Fixed at build time so a training step does no per-plugin dispatch: the losses of each
@@ -63,15 +70,66 @@ class GenerativeModel(nn.Module):
 
     # -- the forward contract ------------------------------------------------------------------
     def forward(self, x: Tensor, sample: bool = True) -> ForwardPass:
-        """One pass: q(z|x), z (sampled, or the posterior mean), u, x_hat and the prior."""
+        """One pass: q(z|x), z (sampled, or the posterior mean; through the transform's flow), u, x_hat and the
+        prior; with ``posterior_samples`` k > 1 (training), k draws per image as one batch (``fwd.multi``)."""
         fwd = ForwardPass(self, x)
         posterior = self.encode_pass(x, fwd)
-        fwd.z = posterior.rsample() if sample else posterior.mean
-        fwd.u = self.transform.generate(fwd.z, fwd)
-        fwd.decoder_output = self.decoder(fwd.u, fwd)
-        fwd.x_hat = self._to_image(fwd.decoder_output)
+        self.latent_pass(fwd, posterior, self.posterior_samples if sample else 1, noise=sample)
         fwd.prior = self.prior(fwd)
         return fwd
+
+    def latent_pass(
+        self,
+        fwd: ForwardPass,
+        posterior: Gaussian,
+        k: int = 1,
+        noise: bool = True,
+        check_u: Callable[[Tensor], None] | None = None,
+    ) -> None:
+        """z0 ~ q0 (or its mean without ``noise``), z = flow(z0), u and the decoder's output into ``fwd``; k draws
+        per image go through the transform and the decoder as one (k*B) batch, so batch norms see one batch."""
+        transform = self.transform
+        noise = noise and transform.stochastic
+        if k == 1:
+            z0 = posterior.rsample() if noise else posterior.mean
+            z, log_det = transform.flow(z0, fwd) if self._has_flow else (z0, None)
+            fwd.z0, fwd.z, fwd.log_det = z0, z, log_det
+            fwd.u = transform.generate(z, fwd)
+            if check_u is not None:  # the dry run's check of u, before the decoder sees it
+                check_u(fwd.u)
+            fwd.decoder_output = self.decoder(fwd.u, fwd)
+            fwd.x_hat = self._to_image(fwd.decoder_output)
+            return
+        b = posterior.mean.shape[0]
+        z0 = posterior.rsample(k) if noise else posterior.mean.expand(k, *posterior.mean.shape)
+        flat, log_det = transform.flow(z0.flatten(0, 1), fwd) if self._has_flow else (z0.flatten(0, 1), None)
+        u = transform.generate(flat, fwd)
+        if check_u is not None:
+            check_u(u)
+        out = self.decoder(u, fwd)
+        x_hat = self._to_image(out)
+        log_q = posterior.log_prob(z0)
+        if log_det is not None:
+            log_q = log_q - log_det.view(k, b)
+        fwd.multi = MultiSample(
+            k,
+            z0,
+            flat.view(k, b, *flat.shape[1:]),
+            log_q,
+            out.view(k, b, *out.shape[1:]),
+            x_hat.view(k, b, *x_hat.shape[1:]),
+        )
+        fwd.z0, fwd.z, fwd.log_det = z0[0], flat[:b], None if log_det is None else log_det[:b]
+        fwd.u, fwd.decoder_output, fwd.x_hat = u[:b], out[:b], x_hat[:b]
+
+    @property
+    def registry(self) -> Registry | None:
+        """The registry this model was built from (its components' plugins), while it lives."""
+        return self._registry()
+
+    def samples_needed(self, train: TrainConfig) -> int:
+        """Posterior draws per image a training pass takes: ``train.posterior_samples`` or what a loss needs."""
+        return max([train.posterior_samples, *(loss.posterior_samples() for loss in self._loss_list)])
 
     def encode_pass(self, x: Tensor, fwd: ForwardPass, check_features=None) -> Gaussian:
         """Encoder and posterior for x into ``fwd``; with the prior's extra inputs in the same batch
@@ -107,8 +165,11 @@ class GenerativeModel(nn.Module):
         assert x_hat is not None  # forward sets it
         return x_hat
 
-    def encode(self, x: Tensor) -> Gaussian:
-        return self.transform.posterior(self.encoder(x))
+    def encode(self, x: Tensor) -> Gaussian | FlowPosterior:
+        """q(z|x): the transform's Gaussian, or with a flow the flowed posterior (whose ``mean`` is the flow of the
+        base mean), so ``sample --from``, completion and traversals never skip the flow."""
+        posterior = self.transform.posterior(self.encoder(x))
+        return FlowPosterior(posterior, self.transform) if self._has_flow else posterior
 
     @property
     def device(self) -> torch.device:
@@ -343,6 +404,7 @@ def build_model(spec: ModelSpec, registry: Registry | None = None, check: bool |
     parts = [ctx.encoder, ctx.transform, ctx.decoder, ctx.prior, *losses]
     _check_capabilities(parts, registry)
     model = GenerativeModel(spec, ctx.encoder, ctx.transform, ctx.decoder, ctx.prior, losses)
+    model._registry = weakref.ref(registry)  # what later sizing (meta builds of the same spec) builds from
     for part in parts:
         part.attach(model)
     model.phase_modules()  # validates ownership (after attach: a loss may build its modules there)
@@ -404,22 +466,33 @@ def dry_run(model: GenerativeModel, batch: int = 2) -> None:
                     f"latent transform '{tr.name}' declares latent {list(tr.layout.shape)} but its posterior "
                     f"has shape {list(posterior.mean.shape[1:])}"
                 )
-            fwd.z = posterior.mean
             stage = f"latent transform '{tr.name}' -> decoder '{dec.name}'"
-            fwd.u = tr.generate(fwd.z, fwd)
-            declared = tuple(getattr(tr, "output_shape", None) or ())
-            if declared and torch.is_tensor(fwd.u) and tuple(fwd.u.shape[1:]) != declared:
+
+            def check_u(u: Tensor) -> None:
+                declared = tuple(getattr(tr, "output_shape", None) or ())
+                if declared and torch.is_tensor(u) and tuple(u.shape[1:]) != declared:
+                    raise BuildError(
+                        f"latent transform '{tr.name}' declares output {list(declared)} but generates "
+                        f"{list(u.shape[1:])}"
+                    )
+
+            model.latent_pass(fwd, posterior, model.posterior_samples, noise=False, check_u=check_u)
+            assert fwd.decoder_output is not None and fwd.z is not None  # latent_pass sets them
+            if fwd.z.shape != posterior.mean.shape:
                 raise BuildError(
-                    f"latent transform '{tr.name}' declares output {list(declared)} but generates "
-                    f"{list(fwd.u.shape[1:])}"
+                    f"latent transform '{tr.name}' flows the latent {list(posterior.mean.shape[1:])} to "
+                    f"{list(fwd.z.shape[1:])}; a flow keeps the latent's shape"
                 )
-            fwd.decoder_output = dec(fwd.u, fwd)
+            if fwd.log_det is not None and tuple(fwd.log_det.shape) != (batch,):
+                raise BuildError(
+                    f"latent transform '{tr.name}' gives a log-determinant of shape {list(fwd.log_det.shape)}, "
+                    f"expected one per image [{batch}]"
+                )
             if tuple(fwd.decoder_output.shape) != (batch, *spec.image_shape):
                 raise BuildError(
                     f"decoder '{dec.name}' produces images of shape {list(fwd.decoder_output.shape[1:])}, "
                     f"the model's images are {list(spec.image_shape)}"
                 )
-            fwd.x_hat = model._to_image(fwd.decoder_output)
             stage = f"prior '{model.prior.name}'"
             fwd.prior = model.prior(fwd)
             for phase in model.phases:

@@ -111,7 +111,17 @@ class Registry:
         try:
             return self.entries[kind][name]
         except KeyError:
-            raise UnknownNameError(KIND_NAMES[kind], name, self.entries[kind]) from None
+            raise UnknownNameError(KIND_NAMES[kind], name, self.entries[kind], self.failed_note()) from None
+
+    def failed_note(self) -> str:
+        """The plugins that failed to load, with their errors, as one clause (empty when all loaded): what an
+        unknown component or command adds, since the name may be one such a plugin provides."""
+        failed = [r for r in self.plugins.values() if r.status == "failed"]
+        if not failed:
+            return ""
+        listed = ", ".join(f"'{r.name}' ({(r.error or 'failed')[:120]})" for r in failed[:3])
+        more = f" and {len(failed) - 3} more" if len(failed) > 3 else ""
+        return f"plugin(s) that failed to load and may provide it: {listed}{more} (genvae list-plugins)"
 
     @overload
     def component(self, kind: Literal["encoder"], name: str) -> type[Encoder]: ...

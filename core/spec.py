@@ -182,6 +182,13 @@ class TrainConfig:
         "later update of the step goes through again, found on the first step) or 'always'",
         one_of("auto", "always"),
     )
+    posterior_samples: int = option(
+        1,
+        "posterior draws per image in a training pass, run as one batch (a k-sample bound); a loss may ask for "
+        "more (iwae's k), and the most asked for is drawn",
+        positive_int,
+        to_int,
+    )
     seed: int = option(0, "seed of every random stream (init, data order, sampling), 0..2**64-1", seed_int, to_int)
     checkpoint_every: int = option(500, "steps between checkpoints (and one at the end)", positive_int, to_int)
     log_every: int = option(25, "steps between metric log lines (the only host syncs)", positive_int, to_int)

@@ -13,9 +13,12 @@ factor of the training step s (``ForwardPass.step``; 1 outside training):
   linearly from 0 to 1 over the first ``cycle_ratio`` of the cycle and stays 1 for the rest:
   min(1, (s mod warmup_steps) / (cycle_ratio * warmup_steps)).
 
-A prior that is not one diagonal Gaussian (``Prior.gaussian = False``: the ``vamp`` mixture) has no
-closed form: the term is then the Monte Carlo estimate log q(z|x) - log p(z) per image, averaged
-over ``mc_samples`` draws of z.
+The closed form needs both sides to be diagonal Gaussians. A prior that is not one (``Prior.gaussian =
+False``: the ``vamp`` mixture, a top-down prior) or a posterior through a flow (``LatentTransform.flow``:
+planar, radial, IAF) has none: the term is then the Monte Carlo estimate log q(z|x) - log p(z) per image
+(``ForwardPass.log_q``, which takes the flow's log-determinant off the base density, and the prior's
+``log_prob``), averaged over ``mc_samples`` draws of z; with k posterior draws in the pass
+(``ForwardPass.multi``) those are the draws.
 """
 
 from __future__ import annotations
@@ -110,11 +113,21 @@ class KLLoss(Loss[KLOptions]):
         layout = ctx.layout
         assert ctx.transform is not None  # ctx.layout has read it
         weights = options.weights
-        self.closed_form = ctx.prior is None or getattr(ctx.prior, "gaussian", True)
-        if weights and ctx.prior is not None and not self.closed_form:
+        transform = ctx.transform
+        if not transform.stochastic:
             raise self.fail(
-                f"group weights need a prior that factorises over the latent; prior "
-                f"'{ctx.prior.name}' is not one diagonal Gaussian (its KL is estimated per image)"
+                f"latent transform '{transform.name}' is deterministic (its posterior is a point), so there is no "
+                "KL to the prior; train it with its own loss (vq for a code-book)"
+            )
+        self.closed_form = (ctx.prior is None or getattr(ctx.prior, "gaussian", True)) and not transform.has_flow
+        if weights and not self.closed_form:
+            why = (
+                f"latent transform '{transform.name}' is a flow"
+                if transform.has_flow
+                else f"prior '{ctx.prior.name if ctx.prior else ''}' is not one diagonal Gaussian"
+            )
+            raise self.fail(
+                f"group weights need a KL that factorises over the latent; {why} (its KL is estimated per image)"
             )
         if weights:
             if len(weights) != layout.num_groups:
@@ -139,15 +152,17 @@ class KLLoss(Loss[KLOptions]):
         return {"kl": scale * kl.sum(1).mean()}
 
     def monte_carlo(self, fwd) -> torch.Tensor:
-        """Per image, the mean over ``mc_samples`` draws z ~ q(z|x) of log q(z|x) - log p(z) (the first draw is
-        the pass's z), an unbiased estimate of KL(q || p) for a prior with only ``log_prob``."""
-        q, n, draws = fwd.posterior, fwd.z.shape[0], self.options.mc_samples
-        z = fwd.z.unsqueeze(0)
-        if draws > 1:  # all draws in one batch: (draws, n, *latent)
-            z = torch.cat([z, q.mean + q.std * torch.randn((draws - 1, *q.mean.shape), device=z.device, dtype=z.dtype)])
-        log_q = q.log_prob(z).flatten(2).sum(2)
-        log_p = fwd.prior.log_prob(z.flatten(0, 1)).view(draws, n)
-        return (log_q - log_p).mean(0)
+        """Per image, the mean over draws z ~ q(z|x) of log q(z|x) - log p(z): an unbiased estimate of KL(q || p)
+        for a prior with only ``log_prob`` or a posterior through a flow. The draws are the pass's k draws
+        (``fwd.multi``) when it has them, else the pass's z and ``mc_samples - 1`` fresh ones."""
+        if fwd.multi is not None:
+            z, log_q = fwd.multi.z, fwd.multi.log_q
+        else:
+            z, log_q = fwd.z.unsqueeze(0), fwd.log_q.unsqueeze(0)
+            if self.options.mc_samples > 1:  # all draws in one batch: (draws, n, *latent)
+                more, more_log_q = fwd.draws(self.options.mc_samples - 1)
+                z, log_q = torch.cat([z, more]), torch.cat([log_q, more_log_q])
+        return (log_q - fwd.prior.log_prob(z)).mean(0)
 
     @torch.no_grad()
     def per_group(self, fwd) -> torch.Tensor:

@@ -7,6 +7,9 @@ see one batch per step, and their posteriors arrive as ``fwd.extra_posterior``. 
 one diagonal Gaussian (``gaussian = False``): the ``kl`` loss estimates KL(q || p) by Monte Carlo,
 and the mixture's ``log_prob`` reaches the pseudo-inputs, which learn from it.
 
+With a flow transform (planar, radial, IAF) the components are the pseudo-inputs' base posteriors, before
+the flow: the flowed posterior has a density only at its own samples.
+
 Sampling picks a component k uniformly and draws z ~ q(z | u_k); the pseudo-inputs are encoded for
 that without touching the batch norms' running statistics.
 """
@@ -49,11 +52,15 @@ class VampMixture:
         self.components = components
 
     def log_prob(self, z: Tensor) -> Tensor:
-        """log p(z) per row of z (batch, *latent shape) -> (batch,), by log-sum-exp over the components."""
+        """log p(z) per image: (batch, *latent shape) -> (batch,), (k, batch, *latent) -> (k, batch), by
+        log-sum-exp over the components."""
+        event = self.components.mean.dim() - 1
+        lead = z.shape[: z.dim() - event]
         mean = self.components.mean.flatten(1).unsqueeze(0)  # (1, K, N)
         logvar = self.components.logvar.flatten(1).unsqueeze(0)
-        per_component = Gaussian(mean, logvar).log_prob(z.flatten(1).unsqueeze(1)).sum(2)  # (batch, K)
-        return torch.logsumexp(per_component, dim=1) - math.log(per_component.shape[1])
+        flat = z.reshape(-1, mean.shape[2]).unsqueeze(1)  # (rows, 1, N)
+        per_component = Gaussian(mean, logvar).log_density(flat).sum(2)  # (rows, K)
+        return (torch.logsumexp(per_component, dim=1) - math.log(per_component.shape[1])).view(lead)
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         mean, logvar = self.components.mean, self.components.logvar
@@ -85,7 +92,8 @@ class VampPrior(Prior[VampOptions]):
         """The mixture from the pseudo-inputs encoded now; batch norms in train mode use these K inputs'
         statistics without updating their running statistics."""
         with running_stats_frozen(getattr(self, "_encoder_norms", ())), torch.no_grad():
-            return VampMixture(model.encode(self.extra_inputs()))
+            # the base posteriors: with a flow transform, q(z|u_k) through the flow has no density at any z
+            return VampMixture(model.transform.posterior(model.encoder(self.extra_inputs())))
 
     def sample(self, n, model, device, fixed=None, fixed_groups=0) -> Tensor:
         z = self.mixture(model).sample(n).to(device)

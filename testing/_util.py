@@ -9,14 +9,14 @@ from typing import Any
 
 import torch
 
-from genvae.core.components import COMPONENT_BASES, COMPONENT_KINDS, Component, Loss
+from genvae.core.components import COMPONENT_BASES, COMPONENT_KINDS, LOSS_ROLES, Component, Loss
 from genvae.core.errors import GenvaeError
 from genvae.core.registry import KIND_NAMES, Registry, get_registry
 from genvae.core.spec import ModelSpec
 
 KINDS = COMPONENT_KINDS
 BASES: dict[str, type[Component]] = {base.kind: base for base in COMPONENT_BASES}
-LOSS_ROLES = ("reconstruction", "divergence", "adversarial", "auxiliary")
+__all__ = ["BASES", "BATCH", "KINDS", "LOSS_ROLES"]
 BATCH = 4  # > 1, so batch norm has statistics to use in train mode
 
 #: what a crash inside a component under test raises; the kit reports it as a failed check, not a traceback

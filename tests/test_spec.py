@@ -70,6 +70,7 @@ def _changed_train_values() -> dict:
         "channels_last": True,
         "compile": True,
         "retain_graph": "always",
+        "posterior_samples": 5,
         "loggers": ["tensorboard", "mlflow"],
         "seed": 42,
         "checkpoint_every": 99,

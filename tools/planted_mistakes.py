@@ -436,7 +436,7 @@ MISTAKES = [
     (
         "noise drawn in memory order (channels-last changes the draws)",
         "core/components.py",
-        "torch.randn(self.mean.shape, dtype=self.mean.dtype, device=self.mean.device)",
+        "torch.randn(shape, dtype=self.mean.dtype, device=self.mean.device)",
         "torch.randn_like(self.mean)",
         FAST_TESTS,
     ),

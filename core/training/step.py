@@ -256,10 +256,13 @@ class StepRunner:
         Returns the logged values (detached, on the device: nothing here waits for it)."""
         model = self.model
 
+        passes: list[ForwardPass] = []
+
         def forward() -> ForwardPass:
             with self._autocast():
                 fwd = model(x)
             fwd.step, fwd.epoch = step, epoch
+            passes.append(fwd)
             return fwd
 
         fwd = forward()
@@ -331,6 +334,8 @@ class StepRunner:
         if probe is not None:
             probe.extend([set()] * (len(self.updates) - len(probe)))
             self.retain = shared_graphs(probe)
-        if len(logged) == 1:
-            return logged[0][1]
-        return _merge_logged(logged)
+        result = logged[0][1] if len(logged) == 1 else _merge_logged(logged)
+        for seen in passes:  # diagnostics (ForwardPass.log): logged, never summed into a total
+            for key, value in seen.logged.items():
+                result.setdefault(key, value)
+        return result

@@ -139,6 +139,7 @@ class Trainer:
         if config.compile:  # in place: the modules keep their names, so checkpoints are as without it
             for module in (self.model.encoder, self.model.transform, self.model.decoder):
                 module.compile()
+        self.model.posterior_samples = self.model.samples_needed(config)  # this run's k, as the step draws them
         self.steps = StepRunner(self.model, config, device, dist)
         self.sink = MetricsSink(self.files, config, device, dist, self.is_main)
         self.sink.on_log = on_log

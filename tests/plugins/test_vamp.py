@@ -111,7 +111,7 @@ def test_sampling_keeps_fixed_groups_and_draws_near_a_component():
 
 
 def test_group_weights_need_a_factorised_prior():
-    with pytest.raises(BuildError, match="group weights need a prior that factorises over the latent; prior 'vamp'"):
+    with pytest.raises(BuildError, match="group weights need a KL that factorises over the latent; prior 'vamp'"):
         vamp_model("loss.kl.group_weights=[1]")
 
 
