@@ -8,7 +8,8 @@ every provider has the members its protocol names (one-line error otherwise, bef
 A third-party capability is made the same way: ``MY_CAP = Capability("my-cap", "what it means", loss=MyProto)``.
 
 What providers hand to consumers during a pass goes into typed fields of :class:`~genvae.core.ForwardPass`
-(``fwd.pyramid``, ``fwd.fake_features``); ``ForwardPass.extras`` is only a plugin's private scratch.
+(``fwd.pyramid``, ``fwd.fake_features``); a third-party capability declares a ``PassField`` for its data
+(``fwd[FIELD] = value``).
 """
 
 from __future__ import annotations

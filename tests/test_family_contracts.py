@@ -165,6 +165,9 @@ def test_logged_values_reach_metrics_but_not_the_objective(tmp_path, tiny_data):
     api.Trainer(model, tmp_path, tiny_data, config, torch.device("cpu")).fit()
     lines = [json.loads(s) for s in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert lines and all(line["three-draws.diag"] == 123.0 for line in lines)
+    from genvae.cli.report import terms_of
+
+    assert "three-draws.diag" in terms_of(lines)  # the report plots it beside the terms
     for line in lines:  # the total is the objective's terms alone
         assert line["model/total"] == pytest.approx(line["three-draws.three_draws"], rel=1e-5)
 
