@@ -43,13 +43,16 @@ import math
 import attrs
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from genvae.api import (
     DISCRIMINATOR,
     BuildContext,
     FakeFeatures,
+    ForwardPass,
+    GenerativeModel,
     Loss,
+    RegisterComponent,
     batch_norms,
     expects,
     float_tuple,
@@ -70,12 +73,12 @@ from genvae.api import (
 class Torch7Dropout(nn.Module):
     """Dropout without train-time rescaling (Torch7 ``v1`` dropout); ``spatial`` drops whole channels."""
 
-    def __init__(self, p: float, spatial: bool):
+    def __init__(self, p: float, spatial: bool) -> None:
         super().__init__()
         self.p = p
         self.spatial = spatial
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         if self.p == 0:
             return x
         if not self.training:
@@ -91,7 +94,7 @@ class Torch7Dropout(nn.Module):
 class Trunk(nn.Module):
     """Blocks of conv -> maxpool 2 -> ReLU -> spatial dropout; each block halves the size."""
 
-    def __init__(self, channels: int, widths: tuple[int, ...], dropout: float):
+    def __init__(self, channels: int, widths: tuple[int, ...], dropout: float) -> None:
         super().__init__()
         blocks = []
         prev = channels
@@ -108,12 +111,12 @@ class Trunk(nn.Module):
             prev = width
         self.blocks = nn.ModuleList(blocks)
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         for block in self.blocks:
             x = block(x)
         return x
 
-    def layer_features(self, x, layer: int):
+    def layer_features(self, x: Tensor, layer: int) -> Tensor:
         """The conv output of block ``layer`` (1-based), dropout off on the way: Larsen's learned similarity."""
         convs = [block[0] for block in self.blocks]  # type: ignore[index]
         for conv in convs[: layer - 1]:
@@ -128,13 +131,13 @@ class MinibatchDiscrimination(nn.Module):
     is exp(0) = 1): the layer ends in ``nn.Sum(1, 2, true)``, whose third argument averages. T starts uniform in
     +-1/sqrt(in_features) (Torch's ``nn.Linear`` default: +-1/32 at the paper's 1024 features)."""
 
-    def __init__(self, in_features: int, kernels: int, dims: int):
+    def __init__(self, in_features: int, kernels: int, dims: int) -> None:
         super().__init__()
         self.kernels, self.dims = kernels, dims
         bound = 1.0 / math.sqrt(in_features)
         self.T = nn.Parameter(torch.empty(in_features, kernels * dims).uniform_(-bound, bound))
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         n = x.shape[0]
         m = (x @ self.T).view(n, self.kernels, self.dims)
         dist = (m.unsqueeze(0) - m.unsqueeze(1)).abs().sum(3)  # (n, n, kernels), zero on the diagonal
@@ -144,7 +147,7 @@ class MinibatchDiscrimination(nn.Module):
 class GANHead(nn.Module):
     """Linear -> L2 normalise -> dropout -> ReLU -> [minibatch discrimination] -> Linear -> logit."""
 
-    def __init__(self, in_features: int, hidden: int, dropout: float, kernels: int, dims: int):
+    def __init__(self, in_features: int, hidden: int, dropout: float, kernels: int, dims: int) -> None:
         super().__init__()
         self.linear = nn.Linear(in_features, hidden)
         nn.init.zeros_(self.linear.bias)
@@ -153,7 +156,7 @@ class GANHead(nn.Module):
         self.out = nn.Linear(hidden + (kernels if kernels > 0 else 0), 1)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, features):
+    def forward(self, features: Tensor) -> Tensor:
         h = F.relu(self.dropout(F.normalize(self.linear(features.flatten(1)), dim=1)))
         if self.minibatch is not None:
             h = self.minibatch(h)
@@ -161,7 +164,7 @@ class GANHead(nn.Module):
 
 
 @expects("three fractions (real, reconstructions, prior samples) summing to 1")
-def _fraction(instance, attribute, value) -> None:
+def _fraction(instance: object, attribute: attrs.Attribute[tuple[float, ...]], value: tuple[float, ...]) -> None:
     if len(value) != 3 or any(v < 0 for v in value) or not math.isclose(sum(value), 1.0, abs_tol=1e-6):
         raise ValueError(
             f"{attribute.name} must be three fractions (real, reconstructions, prior samples) "
@@ -170,7 +173,7 @@ def _fraction(instance, attribute, value) -> None:
 
 
 @expects("a list of positive channel counts")
-def _widths(instance, attribute, value) -> None:
+def _widths(instance: object, attribute: attrs.Attribute[tuple[int, ...]], value: tuple[int, ...]) -> None:
     if not value or min(value) <= 0:
         raise ValueError(f"{attribute.name} must list positive channel counts, got {shorten(list(value))}")
 
@@ -230,7 +233,7 @@ class AdvOptions:
     )
     similarity_weight: float = option(1.0, "weight of the learned-similarity term", non_negative, to_float)
 
-    def __attrs_post_init__(self):
+    def __attrs_post_init__(self) -> None:
         if self.dropout >= 1:
             raise ValueError(f"dropout must be < 1, got {self.dropout}")
         if self.similarity_layer > len(self.widths):
@@ -252,7 +255,7 @@ class AdversarialLoss(Loss[AdvOptions]):
     phase_order = ("discriminator", "model")
     branches = ("posterior", "prior")
 
-    def __init__(self, options: AdvOptions, ctx: BuildContext, weight: float = 1.0):
+    def __init__(self, options: AdvOptions, ctx: BuildContext, weight: float = 1.0) -> None:
         super().__init__(options, ctx, weight)
         c, h, w = ctx.image_shape
         blocks = len(options.widths)
@@ -270,7 +273,7 @@ class AdversarialLoss(Loss[AdvOptions]):
             options.minibatch_dims,
         )
 
-    def attach(self, model) -> None:
+    def attach(self, model: GenerativeModel) -> None:
         # the generation side's batch norms, whose running statistics the regeneration must not update twice
         self.refer("_generation_norms", batch_norms(model.transform, model.decoder))
 
@@ -281,7 +284,7 @@ class AdversarialLoss(Loss[AdvOptions]):
         return {"discriminator": self}
 
     # -- shared with mi ------------------------------------------------------------------------------------
-    def generator_reconstructions(self, fwd):
+    def generator_reconstructions(self, fwd: ForwardPass) -> Tensor:
         """The reconstructions the generator's adversarial loss judges: x_hat itself, or (``gan_to_encoder``
         off) x_hat regenerated from z detached, so that loss reaches the generation side and not the encoder.
 
@@ -289,11 +292,13 @@ class AdversarialLoss(Loss[AdvOptions]):
         generation side's batch norms use the batch's statistics as in the forward pass but do not update
         their running statistics a second time."""
         if self.options.gan_to_encoder:
+            assert fwd.x_hat is not None  # the model's forward sets it
             return fwd.x_hat
+        assert fwd.z is not None  # the model's forward sets it
         with running_stats_frozen(self._generation_norms):
             return fwd.model.generate(fwd.z.detach())[1]
 
-    def fake_features(self, fwd) -> dict[str, torch.Tensor]:
+    def fake_features(self, fwd: ForwardPass) -> dict[str, Tensor]:
         """Trunk features of the fakes the current update's generator terms judge, by branch: "recon"
         (reconstructions) when it wants the posterior branch, "prior" (prior samples) when it wants the prior
         branch; one trunk pass, made once per update and shared with mi."""
@@ -312,11 +317,11 @@ class AdversarialLoss(Loss[AdvOptions]):
         fwd.fake_features = FakeFeatures(fwd.update, out)
         return out
 
-    def layer_features(self, images, layer: int):
+    def layer_features(self, images: Tensor, layer: int) -> Tensor:
         """The conv output of trunk block ``layer`` (1-based), dropout off (Larsen's learned similarity)."""
         return self.trunk.layer_features(images, layer)
 
-    def discriminate(self, images):
+    def discriminate(self, images: Tensor) -> Tensor:
         return self.head(self.trunk(images))
 
     def batch_counts(self, n: int) -> tuple[int, int, int]:
@@ -325,12 +330,13 @@ class AdversarialLoss(Loss[AdvOptions]):
         return n - recon - prior, recon, prior
 
     # -- the loss ------------------------------------------------------------------------------------------
-    def forward(self, fwd, phase):
+    def forward(self, fwd: ForwardPass, phase: str) -> dict[str, Tensor]:
         if phase == "discriminator":
             return self._discriminator_terms(fwd)
         return self._generator_terms(fwd)
 
-    def _discriminator_terms(self, fwd):
+    def _discriminator_terms(self, fwd: ForwardPass) -> dict[str, Tensor]:
+        assert fwd.x_hat is not None  # the model's forward sets it
         n = fwd.x.shape[0]
         real, recon, prior = self.batch_counts(n)
         x_prior = fwd.prior_sample().x
@@ -344,7 +350,7 @@ class AdversarialLoss(Loss[AdvOptions]):
             terms[Loss.SKIP] = error_rate < self.options.skip_below
         return terms
 
-    def _generator_terms(self, fwd):
+    def _generator_terms(self, fwd: ForwardPass) -> dict[str, Tensor]:
         o = self.options
         features = self.fake_features(fwd)
         scale = self.weight * o.beta
@@ -356,6 +362,7 @@ class AdversarialLoss(Loss[AdvOptions]):
             logits = self.head(features["prior"])
             terms["g_prior"] = scale * F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
         if o.similarity_layer and fwd.wants("posterior"):
+            assert fwd.x_hat is not None  # the model's forward sets it
             fake = self.trunk.layer_features(fwd.x_hat, o.similarity_layer)
             with torch.no_grad():
                 real = self.trunk.layer_features(fwd.x, o.similarity_layer)
@@ -364,5 +371,5 @@ class AdversarialLoss(Loss[AdvOptions]):
 
 
 @hookimpl
-def genvae_register_losses(register):
+def genvae_register_losses(register: RegisterComponent[Loss]) -> None:
     register(AdversarialLoss)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import attrs
 import torch.nn.functional as F
+from torch import Tensor
 
-from genvae.api import BuildContext, Loss, hookimpl, reduce_images, reduction_option
+from genvae.api import BuildContext, ForwardPass, Loss, RegisterComponent, hookimpl, reduce_images, reduction_option
 
 #: the factor from a decoder's output to Bernoulli logits, by output space
 LOGIT_SCALE = {"tanh": 2.0, "bernoulli": 1.0}
@@ -29,7 +30,7 @@ class BCELoss(Loss[BCEOptions]):
     Options = BCEOptions
     role = "reconstruction"
 
-    def __init__(self, options: BCEOptions, ctx: BuildContext, weight: float = 1.0):
+    def __init__(self, options: BCEOptions, ctx: BuildContext, weight: float = 1.0) -> None:
         super().__init__(options, ctx, weight)
         decoder = ctx.decoder
         output = decoder.output if decoder is not None else "tanh"
@@ -40,12 +41,13 @@ class BCELoss(Loss[BCEOptions]):
             )
         self.scale = LOGIT_SCALE[output]
 
-    def forward(self, fwd, phase):
+    def forward(self, fwd: ForwardPass, phase: str) -> dict[str, Tensor]:
+        assert fwd.decoder_output is not None  # the model's forward sets it
         target = (fwd.x + 1.0) * 0.5
         values = F.binary_cross_entropy_with_logits(self.scale * fwd.decoder_output, target, reduction="none")
         return {"bce": self.weight * reduce_images(values, self.options.reduction)}
 
 
 @hookimpl
-def genvae_register_losses(register):
+def genvae_register_losses(register: RegisterComponent[Loss]) -> None:
     register(BCELoss)

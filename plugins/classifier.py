@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -27,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from genvae.api import GenvaeError, hookimpl
+from genvae.api import FeatureNetworkLoader, GenvaeError, RegisterNamed, hookimpl
 
 FEATURE_NETWORK = "genvae-classifier"
 CONFIG = "config.json"
@@ -45,7 +46,7 @@ class Classifier(nn.Module):
         width: int = 32,
         features: int = 128,
         label: str = "classifier features",
-    ):
+    ) -> None:
         super().__init__()
         if image_size % 8:
             raise GenvaeError(f"the classifier needs an image size divisible by 8, got {image_size}")
@@ -127,7 +128,7 @@ class InceptionFeatures(nn.Module):
     mean: Tensor
     std: Tensor
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path) -> None:
         super().__init__()
         from safetensors.torch import load_file
         from torchvision.models import inception_v3
@@ -199,7 +200,7 @@ def train_classifier(
     seed: int = 0,
     device: torch.device | str = "cpu",
     label: str = "classifier features",
-    log=None,
+    log: Callable[[str], object] | None = None,
 ) -> Classifier:
     """Train a :class:`Classifier` on uint8 images (N, C, S, S) and int labels (N,) with Adam and cross-entropy;
     random horizontal flips are not used (classes such as shoes are not flip-symmetric in every dataset)."""
@@ -241,7 +242,7 @@ def accuracy(
 
 
 @hookimpl
-def genvae_register_feature_networks(register):
+def genvae_register_feature_networks(register: RegisterNamed[FeatureNetworkLoader]) -> None:
     register(FEATURE_NETWORK, load_classifier, help="a classifier folder written by genvae train-classifier")
     register(
         "inception",
@@ -252,7 +253,7 @@ def genvae_register_feature_networks(register):
 
 
 @hookimpl
-def genvae_register_commands(cli):
+def genvae_register_commands(cli: click.Group) -> None:
     from genvae.api import FiniteFloat, console, data_options, device_option, seed_option
 
     @cli.command("train-classifier")
@@ -277,22 +278,22 @@ def genvae_register_commands(cli):
     @seed_option
     @device_option
     def train_classifier_command(
-        data,
-        data_root,
-        download,
-        output,
-        image_size,
-        channels,
-        epochs,
-        batch_size,
-        lr,
-        width,
-        n_features,
-        limit,
-        force,
-        seed,
-        device,
-    ):
+        data: str | None,
+        data_root: str | None,
+        download: bool,
+        output: str,
+        image_size: int,
+        channels: str,
+        epochs: int,
+        batch_size: int,
+        lr: float,
+        width: int,
+        n_features: int,
+        limit: int | None,
+        force: bool,
+        seed: int,
+        device: str,
+    ) -> None:
         """Train the feature network of genvae evaluate's FID/KID/IS/PR on a labelled dataset (e.g. fashion-mnist)."""
         from genvae.api import ModelFolder, __version__, load_data, load_labels, registry, resolve_device
 
@@ -303,7 +304,7 @@ def genvae_register_commands(cli):
             if not force:
                 raise GenvaeError(f"{out} already holds a classifier; pass --force to replace it")
         dev = resolve_device(device)
-        channels = int(channels)
+        n_channels = int(channels)
         reg = registry()
         name = data or "fashion-mnist"
         train_labels, classes = load_labels(name, split="train", root=data_root, registry=reg)
@@ -311,7 +312,7 @@ def genvae_register_commands(cli):
         train = load_data(
             name,
             image_size=image_size,
-            channels=channels,
+            channels=n_channels,
             split="train",
             root=data_root,
             download=download,
@@ -320,7 +321,7 @@ def genvae_register_commands(cli):
         test = load_data(
             name,
             image_size=image_size,
-            channels=channels,
+            channels=n_channels,
             split="test",
             root=data_root,
             download=download,
@@ -354,7 +355,7 @@ def genvae_register_commands(cli):
             "data": train.source,
             "classes": list(classes),
             "image_size": image_size,
-            "channels": channels,
+            "channels": n_channels,
             "width": width,
             "features": n_features,
             "train": {"images": len(x), "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed},

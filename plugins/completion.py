@@ -21,6 +21,8 @@ tau 1, 300 steps, lr 0.05, 4 starts. The masks for faces (eyes, mouth) assume al
 from __future__ import annotations
 
 import math
+import typing
+from collections.abc import Iterable
 from pathlib import Path
 
 import click
@@ -28,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from genvae.api import DISCRIMINATOR, GenvaeError, hookimpl
+from genvae.api import DISCRIMINATOR, DiscriminatorTrunk, GenerativeModel, GenvaeError, Loss, hookimpl
 
 #: occluded region of each named mask, as fractions of the image (row0, row1, col0, col1); "blocks" is drawn
 NAMED_MASKS: dict[str, tuple[float, float, float, float]] = {
@@ -68,12 +70,16 @@ def mask_from_file(path: str | Path, size: int) -> Tensor:
     return 1.0 - load_mask(path, size)
 
 
-def discriminator_of(model):
+def discriminator_of(model: GenerativeModel) -> DiscriminatorTrunk | None:
     """The loss that provides the discriminator capability, or None."""
-    return next((loss for loss in model.losses.values() if DISCRIMINATOR in loss.provides), None)
+    losses = typing.cast("Iterable[Loss]", model.losses.values())  # the model's losses, by name
+    found = next((loss for loss in losses if DISCRIMINATOR in loss.provides), None)
+    return typing.cast("DiscriminatorTrunk | None", found)  # the build checks the provider implements the protocol
 
 
-def objective(model, z: Tensor, x: Tensor, m: Tensor, gamma: float, tau: float) -> tuple[Tensor, Tensor]:
+def objective(
+    model: GenerativeModel, z: Tensor, x: Tensor, m: Tensor, gamma: float, tau: float
+) -> tuple[Tensor, Tensor]:
     """Per-image objective (B,) and x_hat for latents z, images x and visible-mask m."""
     _, x_hat = model.generate(z)
     value = ((x_hat - x) * m).pow(2).flatten(1).sum(1) + gamma * 0.5 * z.pow(2).flatten(1).sum(1)
@@ -85,7 +91,15 @@ def objective(model, z: Tensor, x: Tensor, m: Tensor, gamma: float, tau: float) 
 
 
 def _optimise(
-    model, z: Tensor, x: Tensor, m: Tensor, starts: int, steps: int, lr: float, gamma: float, tau: float
+    model: GenerativeModel,
+    z: Tensor,
+    x: Tensor,
+    m: Tensor,
+    starts: int,
+    steps: int,
+    lr: float,
+    gamma: float,
+    tau: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Adam on z (starts x b rows, start-major) for images x and masks m (b each); per image, the best start's
     (x_hat, z, objective). Each row's updates depend on that row alone (elementwise Adam, eval mode)."""
@@ -105,7 +119,7 @@ def _optimise(
 
 
 def complete(
-    model,
+    model: GenerativeModel,
     x: Tensor,
     m: Tensor,
     *,
@@ -165,7 +179,7 @@ def complete(
     }
 
 
-def completion_program(model, rows: int):
+def completion_program(model: GenerativeModel, rows: int) -> tuple[Tensor | None, Tensor, Tensor]:
     """What one Adam step of :func:`complete` runs on ``rows`` latents (sized on meta by genvae.core.budget):
     the objective's forward with the graph kept, its backward to z, and Adam's two moments of z."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -183,7 +197,7 @@ def completion_program(model, rows: int):
             p.requires_grad_(True)
 
 
-def completion_batch(model, count: int, starts: int, held: int = 0) -> int:
+def completion_batch(model: GenerativeModel, count: int, starts: int, held: int = 0) -> int:
     """Images :func:`complete` may optimise at once (each with ``starts`` rows) under the memory limit, beside
     ``held`` bytes; a one-line BudgetError when even one image does not fit."""
     from genvae.api import inference_batch
@@ -201,7 +215,7 @@ def completion_batch(model, count: int, starts: int, held: int = 0) -> int:
 
 
 @hookimpl
-def genvae_register_commands(cli):
+def genvae_register_commands(cli: click.Group) -> None:
     from genvae.api import (
         FiniteFloat,
         console,
@@ -249,8 +263,22 @@ def genvae_register_commands(cli):
     @seed_option
     @device_option
     def complete_command(
-        folder, image, data, data_root, download, count, mask, starts, steps, lr, gamma, tau, output, seed, device
-    ):
+        folder: str,
+        image: str | None,
+        data: str | None,
+        data_root: str | None,
+        download: bool,
+        count: int,
+        mask: str,
+        starts: int,
+        steps: int,
+        lr: float,
+        gamma: float,
+        tau: float,
+        output: str,
+        seed: int,
+        device: str,
+    ) -> None:
         """Fill in the occluded part of images by optimising the latent (crVAE paper 4.4)."""
         from genvae.api import check_image_output, grid_bytes, image_bytes, save_grid, to_model_range
 

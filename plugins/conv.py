@@ -7,16 +7,20 @@ Laplacian pyramid's per-level networks) build the same stacks without building a
 from __future__ import annotations
 
 import attrs
-from torch import nn
+from torch import Tensor, nn
 
 from genvae.api import (
     ACTIVATIONS,
     BuildContext,
     Decoder,
     Encoder,
+    ForwardPass,
     Gaussian,
     LatentLayout,
     LatentTransform,
+    PresetSpec,
+    RegisterComponent,
+    RegisterNamed,
     activation,
     decoder_widths,
     down_stack,
@@ -54,7 +58,7 @@ class ConvEncoder(Encoder[ConvOptions]):
     test_options = {"width": 8, "depth": 2, "max_width": 16}
     counterparts = {"decoder": "conv", "transform": "conv"}
 
-    def __init__(self, options: ConvOptions, ctx: BuildContext):
+    def __init__(self, options: ConvOptions, ctx: BuildContext) -> None:
         super().__init__(options, ctx)
         c, h, w = ctx.image_shape
         if options.depth > max(h, w).bit_length():  # before 2**depth: a hostile depth must not build a huge int
@@ -66,7 +70,7 @@ class ConvEncoder(Encoder[ConvOptions]):
         self.net = down_stack(c, widths, options.activation, options.batch_norm)
         self.output_shape = (widths[-1], h // factor, w // factor)
 
-    def forward(self, x, fwd=None):
+    def forward(self, x: Tensor, fwd: ForwardPass | None = None) -> Tensor:
         return self.net(x)
 
 
@@ -77,7 +81,7 @@ class ConvDecoder(Decoder[ConvOptions]):
     Options = ConvOptions
     test_options = {"width": 8, "depth": 2, "max_width": 16}
 
-    def __init__(self, options: ConvOptions, ctx: BuildContext):
+    def __init__(self, options: ConvOptions, ctx: BuildContext) -> None:
         super().__init__(options, ctx)
         c_in, ups = self.upsampling_plan(ctx, "use a spatial latent transform such as 'conv'")
         c = ctx.image_shape[0]
@@ -85,7 +89,7 @@ class ConvDecoder(Decoder[ConvOptions]):
             c_in, decoder_widths(options.width, ups, options.max_width), c, options.activation, options.batch_norm
         )
 
-    def forward(self, u, fwd=None):
+    def forward(self, u: Tensor, fwd: ForwardPass | None = None) -> Tensor:
         return self.net(u)
 
 
@@ -95,7 +99,7 @@ class ConvLatentOptions:
     kernel: int = option(3, "kernel size of the features <-> latent convolutions (odd)", positive_int, to_int)
     output_activation: str = option("lrelu", "activation after the z -> u convolution", one_of(*ACTIVATIONS))
 
-    def __attrs_post_init__(self):
+    def __attrs_post_init__(self) -> None:
         if self.kernel % 2 == 0:
             raise ValueError(f"kernel must be odd, got {self.kernel}")
 
@@ -107,7 +111,7 @@ class ConvLatent(LatentTransform[ConvLatentOptions]):
     Options = ConvLatentOptions
     test_options = {"latent_channels": 2}
 
-    def __init__(self, options: ConvLatentOptions, ctx: BuildContext):
+    def __init__(self, options: ConvLatentOptions, ctx: BuildContext) -> None:
         super().__init__(options, ctx)
         assert ctx.encoder is not None, "the encoder is built before the latent transform"
         in_shape = ctx.encoder.output_shape
@@ -120,31 +124,31 @@ class ConvLatent(LatentTransform[ConvLatentOptions]):
         self.to_params = nn.Conv2d(c, 2 * lc, k, 1, k // 2)
         self.from_z = nn.Sequential(nn.Conv2d(lc, c, k, 1, k // 2), activation(options.output_activation))
 
-    def posterior(self, features, fwd=None) -> Gaussian:
+    def posterior(self, features: Tensor, fwd: ForwardPass | None = None) -> Gaussian:
         mean, logvar = self.to_params(features).chunk(2, dim=1)
         return Gaussian(mean, logvar)
 
-    def generate(self, z, fwd=None):
+    def generate(self, z: Tensor, fwd: ForwardPass | None = None) -> Tensor:
         return self.from_z(z)
 
 
 @hookimpl
-def genvae_register_encoders(register):
+def genvae_register_encoders(register: RegisterComponent[Encoder]) -> None:
     register(ConvEncoder)
 
 
 @hookimpl
-def genvae_register_transforms(register):
+def genvae_register_transforms(register: RegisterComponent[LatentTransform]) -> None:
     register(ConvLatent)
 
 
 @hookimpl
-def genvae_register_decoders(register):
+def genvae_register_decoders(register: RegisterComponent[Decoder]) -> None:
     register(ConvDecoder)
 
 
 @hookimpl
-def genvae_register_presets(register):
+def genvae_register_presets(register: RegisterNamed[PresetSpec]) -> None:
     register(
         "cvae",
         {

@@ -9,16 +9,20 @@ from __future__ import annotations
 import math
 
 import attrs
-from torch import nn
+from torch import Tensor, nn
 
 from genvae.api import (
     ACTIVATIONS,
     BuildContext,
     Decoder,
     Encoder,
+    ForwardPass,
     Gaussian,
     LatentLayout,
     LatentTransform,
+    PresetSpec,
+    RegisterComponent,
+    RegisterNamed,
     activation,
     describe_shape,
     hookimpl,
@@ -48,13 +52,13 @@ class FCEncoder(Encoder[FCOptions]):
     test_options = {"hidden": [32]}
     counterparts = {"decoder": "fc", "transform": "fc"}
 
-    def __init__(self, options: FCOptions, ctx: BuildContext):
+    def __init__(self, options: FCOptions, ctx: BuildContext) -> None:
         super().__init__(options, ctx)
         sizes = [math.prod(ctx.image_shape), *options.hidden]
         self.net = mlp(sizes, options.activation, options.batch_norm)
         self.output_shape = (options.hidden[-1],)
 
-    def forward(self, x, fwd=None):
+    def forward(self, x: Tensor, fwd: ForwardPass | None = None) -> Tensor:
         return self.net(x.flatten(1))
 
 
@@ -65,7 +69,7 @@ class FCDecoder(Decoder[FCOptions]):
     Options = FCOptions
     test_options = {"hidden": [32]}
 
-    def __init__(self, options: FCOptions, ctx: BuildContext):
+    def __init__(self, options: FCOptions, ctx: BuildContext) -> None:
         super().__init__(options, ctx)
         assert ctx.transform is not None, "the latent transform is built before the decoder"
         in_features = math.prod(ctx.transform.output_shape)
@@ -76,7 +80,7 @@ class FCDecoder(Decoder[FCOptions]):
             nn.Linear(hidden[-1], math.prod(ctx.image_shape)),
         )
 
-    def forward(self, u, fwd=None):
+    def forward(self, u: Tensor, fwd: ForwardPass | None = None) -> Tensor:
         return self.net(u.flatten(1)).view(-1, *self.image_shape)
 
 
@@ -98,7 +102,7 @@ class FCLatent(LatentTransform[FCLatentOptions]):
     Options = FCLatentOptions
     test_options = {"latent_dim": 4}
 
-    def __init__(self, options: FCLatentOptions, ctx: BuildContext):
+    def __init__(self, options: FCLatentOptions, ctx: BuildContext) -> None:
         super().__init__(options, ctx)
         assert ctx.encoder is not None, "the encoder is built before the latent transform"
         in_shape = ctx.encoder.output_shape
@@ -111,34 +115,34 @@ class FCLatent(LatentTransform[FCLatentOptions]):
         self.from_z = nn.Linear(d, math.prod(self.output_shape))
         self.act = activation(options.output_activation)
 
-    def generation_modules(self):
+    def generation_modules(self) -> list[nn.Module]:
         return [self.from_z]
 
-    def posterior(self, features, fwd=None) -> Gaussian:
+    def posterior(self, features: Tensor, fwd: ForwardPass | None = None) -> Gaussian:
         mean, logvar = self.to_params(features.flatten(1)).chunk(2, dim=1)
         return Gaussian(mean, logvar)
 
-    def generate(self, z, fwd=None):
+    def generate(self, z: Tensor, fwd: ForwardPass | None = None) -> Tensor:
         return self.act(self.from_z(z)).view(-1, *self.output_shape)
 
 
 @hookimpl
-def genvae_register_encoders(register):
+def genvae_register_encoders(register: RegisterComponent[Encoder]) -> None:
     register(FCEncoder)
 
 
 @hookimpl
-def genvae_register_transforms(register):
+def genvae_register_transforms(register: RegisterComponent[LatentTransform]) -> None:
     register(FCLatent)
 
 
 @hookimpl
-def genvae_register_decoders(register):
+def genvae_register_decoders(register: RegisterComponent[Decoder]) -> None:
     register(FCDecoder)
 
 
 @hookimpl
-def genvae_register_presets(register):
+def genvae_register_presets(register: RegisterNamed[PresetSpec]) -> None:
     register(
         "vae",
         {

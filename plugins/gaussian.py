@@ -6,9 +6,21 @@ import math
 
 import attrs
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from genvae.api import BuildContext, Loss, finite, hookimpl, option, reduce_images, reduction_option, to_bool, to_float
+from genvae.api import (
+    BuildContext,
+    ForwardPass,
+    Loss,
+    RegisterComponent,
+    finite,
+    hookimpl,
+    option,
+    reduce_images,
+    reduction_option,
+    to_bool,
+    to_float,
+)
 
 
 @attrs.frozen
@@ -26,7 +38,7 @@ class GaussianLoss(Loss[GaussianOptions]):
     Options = GaussianOptions
     role = "reconstruction"
 
-    def __init__(self, options: GaussianOptions, ctx: BuildContext, weight: float = 1.0):
+    def __init__(self, options: GaussianOptions, ctx: BuildContext, weight: float = 1.0) -> None:
         super().__init__(options, ctx, weight)
         shape = (1, ctx.image_shape[0], 1, 1) if options.per_channel else (1, 1, 1, 1)
         init = torch.full(shape, options.init_logvar)
@@ -35,11 +47,12 @@ class GaussianLoss(Loss[GaussianOptions]):
         else:
             self.register_buffer("logvar", init)
 
-    def forward(self, fwd, phase):
+    def forward(self, fwd: ForwardPass, phase: str) -> dict[str, Tensor]:
+        assert fwd.x_hat is not None  # the model's forward sets it
         nll = 0.5 * ((fwd.x - fwd.x_hat).pow(2) * torch.exp(-self.logvar) + self.logvar + math.log(2 * math.pi))
         return {"gaussian": self.weight * reduce_images(nll, self.options.reduction)}
 
 
 @hookimpl
-def genvae_register_losses(register):
+def genvae_register_losses(register: RegisterComponent[Loss]) -> None:
     register(GaussianLoss)

@@ -28,7 +28,9 @@ import torch
 
 from genvae.api import (
     BuildContext,
+    ForwardPass,
     Loss,
+    RegisterComponent,
     float_tuple,
     hookimpl,
     non_negative,
@@ -76,7 +78,7 @@ class KLOptions:
         to_int,
     )
 
-    def __attrs_post_init__(self):
+    def __attrs_post_init__(self) -> None:
         if not 0 < self.cycle_ratio <= 1:
             raise ValueError(f"cycle_ratio must lie in (0, 1], got {shorten(self.cycle_ratio)}")
         if any(w < 0 for w in self.group_weights):
@@ -108,7 +110,7 @@ class KLLoss(Loss[KLOptions]):
     role = "divergence"
     element_weights: torch.Tensor | None  # a buffer with group weights, else None
 
-    def __init__(self, options: KLOptions, ctx: BuildContext, weight: float = 1.0):
+    def __init__(self, options: KLOptions, ctx: BuildContext, weight: float = 1.0) -> None:
         super().__init__(options, ctx, weight)
         layout = ctx.layout
         assert ctx.transform is not None  # ctx.layout has read it
@@ -142,19 +144,21 @@ class KLLoss(Loss[KLOptions]):
         self.layout = layout
         self._constant = options.warmup == "none" and options.beta == 1.0
 
-    def forward(self, fwd, phase):
+    def forward(self, fwd: ForwardPass, phase: str) -> dict[str, torch.Tensor]:
         scale = self.weight if self._constant else self.weight * self.options.factor(fwd.step)
         if not self.closed_form:
             return {"kl": scale * self.monte_carlo(fwd).mean()}
+        assert fwd.posterior is not None  # the model's forward sets it
         kl = fwd.posterior.kl(fwd.prior).flatten(1)
         if self.element_weights is not None:
             kl = kl * self.element_weights
         return {"kl": scale * kl.sum(1).mean()}
 
-    def monte_carlo(self, fwd) -> torch.Tensor:
+    def monte_carlo(self, fwd: ForwardPass) -> torch.Tensor:
         """Per image, the mean over draws z ~ q(z|x) of log q(z|x) - log p(z): an unbiased estimate of KL(q || p)
         for a prior with only ``log_prob`` or a posterior through a flow. The draws are the pass's k draws
         (``fwd.multi``) when it has them, else the pass's z and ``mc_samples - 1`` fresh ones."""
+        assert fwd.z is not None and fwd.prior is not None  # the model's forward sets them
         if fwd.multi is not None:
             z, log_q = fwd.multi.z, fwd.multi.log_q
         else:
@@ -165,14 +169,15 @@ class KLLoss(Loss[KLOptions]):
         return (log_q - fwd.prior.log_prob(z)).mean(0)
 
     @torch.no_grad()
-    def per_group(self, fwd) -> torch.Tensor:
+    def per_group(self, fwd: ForwardPass) -> torch.Tensor:
         """Unweighted KL per group, batch mean: (G,). For reports, not the training step. A prior that is not
         one diagonal Gaussian has no per-group KL: one group holding the Monte Carlo estimate."""
         if not self.closed_form:
             return self.monte_carlo(fwd).mean().reshape(1)
+        assert fwd.posterior is not None  # the model's forward sets it
         return self.layout.per_group(fwd.posterior.kl(fwd.prior)).mean(0)
 
 
 @hookimpl
-def genvae_register_losses(register):
+def genvae_register_losses(register: RegisterComponent[Loss]) -> None:
     register(KLLoss)

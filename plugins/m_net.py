@@ -30,11 +30,14 @@ from genvae.api import (
     ACTIVATIONS,
     PYRAMID,
     BuildContext,
+    ForwardPass,
     Gaussian,
+    GenerativeModel,
     Prior,
     PyramidDecoder,
     PyramidEncoder,
     PyramidLatent,
+    RegisterComponent,
     eval_mode,
     hookimpl,
     int_tuple,
@@ -60,7 +63,7 @@ class MNetOptions:
         converter=to_bool,
     )
 
-    def __attrs_post_init__(self):
+    def __attrs_post_init__(self) -> None:
         if any(h <= 0 for h in self.hidden):
             raise ValueError(f"hidden must list positive widths, got {shorten(list(self.hidden))}")
 
@@ -68,7 +71,7 @@ class MNetOptions:
 class MNetwork(nn.Module):
     """M_k: R_k maps mu_{k+1} to the prior mean of z_k, S_k maps log sigma_{k+1}^2 to its log-variance."""
 
-    def __init__(self, coarser: int, latent: int, hidden: tuple[int, ...], act: str):
+    def __init__(self, coarser: int, latent: int, hidden: tuple[int, ...], act: str) -> None:
         super().__init__()
         self.R = mlp([coarser, *hidden, latent], act, last_activation=False)
         self.S = mlp([coarser, *hidden, latent], act, last_activation=False)
@@ -85,7 +88,7 @@ class MNetPrior(Prior[MNetOptions]):
     requires = frozenset({PYRAMID})
     _parts: tuple[PyramidEncoder, PyramidLatent, PyramidDecoder] | None  # kept with refer(), set in attach
 
-    def __init__(self, options: MNetOptions, ctx: BuildContext):
+    def __init__(self, options: MNetOptions, ctx: BuildContext) -> None:
         super().__init__(options, ctx)
         tr = ctx.transform
         self.levels = nn.ModuleList()
@@ -98,7 +101,7 @@ class MNetPrior(Prior[MNetOptions]):
             )
         self.refer("_parts", None)  # (encoder, transform, decoder), set in attach
 
-    def attach(self, model) -> None:
+    def attach(self, model: GenerativeModel) -> None:
         try:
             self.refer("_parts", pyramid_parts(model))
         except Exception as exc:
@@ -119,7 +122,8 @@ class MNetPrior(Prior[MNetOptions]):
         """Prior (mean, log-variance) of z_k from the coarser level's (mu_{k+1}, log sigma_{k+1}^2)."""
         return self.levels[k](mean, logvar)
 
-    def forward(self, fwd) -> Gaussian:
+    def forward(self, fwd: ForwardPass) -> Gaussian:
+        assert fwd.pyramid is not None and fwd.posterior is not None  # the model's forward sets them
         _, tr, _ = self._pyramid()
         levels = tr.num_levels
         preds, recon = fwd.pyramid.predictions, fwd.pyramid.reconstructions
@@ -133,7 +137,14 @@ class MNetPrior(Prior[MNetOptions]):
         return Gaussian(tr.join_levels(means), tr.join_levels(logvars))
 
     @torch.no_grad()
-    def sample(self, n, model, device, fixed=None, fixed_groups=0):
+    def sample(
+        self,
+        n: int,
+        model: GenerativeModel,
+        device: torch.device | str,
+        fixed: Tensor | None = None,
+        fixed_groups: int = 0,
+    ) -> Tensor:
         """Coarse to fine (paper Figure 2): draw z_K ~ N(0, I), decode level K, re-encode it, M_{K-1} gives
         the prior of z_{K-1}, and so on. The first ``fixed_groups`` levels (coarsest first) come from ``fixed``."""
         enc, tr, dec = self._pyramid()
@@ -163,5 +174,5 @@ class MNetPrior(Prior[MNetOptions]):
 
 
 @hookimpl
-def genvae_register_priors(register):
+def genvae_register_priors(register: RegisterComponent[Prior]) -> None:
     register(MNetPrior)

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from genvae.api import EvalData, hookimpl
+from genvae.api import EvalData, MetricFunction, RegisterNamed, hookimpl
 
 PR_NEIGHBOURS = 3
 
@@ -33,7 +33,7 @@ PR_NEIGHBOURS = 3
 class _Given(nn.Module):
     """torchmetrics' feature extractor for features computed beforehand: the input is the output."""
 
-    def __init__(self, num_features: int):
+    def __init__(self, num_features: int) -> None:
         super().__init__()
         self.num_features = num_features
 
@@ -144,7 +144,7 @@ def precision_recall(data: EvalData) -> dict[str, float]:
 
 
 @hookimpl
-def genvae_register_metrics(register):
+def genvae_register_metrics(register: RegisterNamed[MetricFunction]) -> None:
     register(
         "rmse",
         rmse,

@@ -31,20 +31,24 @@ from __future__ import annotations
 
 import math
 import typing
+from collections.abc import Iterable
 
 import attrs
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from genvae.api import (
     DISCRIMINATOR,
     MI_TARGET,
     BuildContext,
     DiscriminatorTrunk,
+    ForwardPass,
+    GenerativeModel,
     LatentLayout,
     LatentTransform,
     Loss,
     MITarget,
+    RegisterComponent,
     float_tuple,
     hookimpl,
     non_negative,
@@ -106,7 +110,7 @@ class MIOptions:
         to_float,
     )
 
-    def __attrs_post_init__(self):
+    def __attrs_post_init__(self) -> None:
         if any(w < 0 for w in self.group_weights):
             raise ValueError(f"group_weights must be >= 0, got {shorten(list(self.group_weights))}")
         if not (self.on_recon or self.on_prior):
@@ -115,8 +119,14 @@ class MIOptions:
 
 class MIHead(nn.Module):
     def __init__(
-        self, trunk_shape, target_shape, hidden: int, bias_init: float, bn_eps: float = 1e-5, bn_momentum: float = 0.1
-    ):
+        self,
+        trunk_shape: tuple[int, ...],
+        target_shape: tuple[int, ...],
+        hidden: int,
+        bias_init: float,
+        bn_eps: float = 1e-5,
+        bn_momentum: float = 0.1,
+    ) -> None:
         super().__init__()
         c, h, w = trunk_shape
         spatial = len(target_shape) == 3 and tuple(target_shape[1:]) == (h, w)
@@ -134,7 +144,7 @@ class MIHead(nn.Module):
         )
         self.bias = nn.Parameter(torch.empty(self.target_shape).uniform_(-bias_init, bias_init))
 
-    def forward(self, features):
+    def forward(self, features: Tensor) -> Tensor:
         return self.net(features).view(-1, *self.target_shape) + self.bias
 
 
@@ -155,14 +165,15 @@ class MILoss(Loss[MIOptions]):
     _transform: LatentTransform
     element_weights: torch.Tensor  # a buffer, registered in attach
 
-    def __init__(self, options: MIOptions, ctx: BuildContext, weight: float = 1.0):
+    def __init__(self, options: MIOptions, ctx: BuildContext, weight: float = 1.0) -> None:
         super().__init__(options, ctx, weight)
         self.head: MIHead | None = None
 
     # -- composition ---------------------------------------------------------------------------------------
-    def attach(self, model) -> None:
+    def attach(self, model: GenerativeModel) -> None:
         # the build has checked that a loss provides the discriminator capability (its DiscriminatorTrunk protocol)
-        adv = next(loss for loss in model.losses.values() if DISCRIMINATOR in loss.provides)
+        losses = typing.cast("Iterable[Loss]", model.losses.values())  # the model's losses, by name
+        adv = next(loss for loss in losses if DISCRIMINATOR in loss.provides)
         self.refer("_adv", adv)  # the trunk is saved once, under adv
         transform, layout = model.transform, model.layout
         mode = self.options.target
@@ -185,7 +196,7 @@ class MILoss(Loss[MIOptions]):
             "element_weights", groups.element_weights(weights).view(shape).to(device), persistent=False
         )
         o = self.options
-        self.head = MIHead(adv.trunk_shape, shape, o.hidden, o.bias_init, o.bn_eps, o.bn_momentum).to(device)
+        self.head = MIHead(self._adv.trunk_shape, shape, o.hidden, o.bias_init, o.bn_eps, o.bn_momentum).to(device)
 
     def owned_modules(self) -> dict[str, nn.Module]:
         if self.head is None:  # asked before attach() (build_model validates ownership first): nothing yet
@@ -195,12 +206,12 @@ class MILoss(Loss[MIOptions]):
         return {"mi": self.head}
 
     # -- the loss ------------------------------------------------------------------------------------------
-    def target(self, z, u):
+    def target(self, z: Tensor, u: Tensor) -> Tensor:
         if self._mode == "transform":  # chosen only for a transform that provides mi-target
             return typing.cast(MITarget, self._transform).mi_target(z, u).detach()
         return (z if self._mode == "z" else u).detach()
 
-    def error(self, prediction, target, weighted: bool = True):
+    def error(self, prediction: Tensor, target: Tensor, weighted: bool = True) -> Tensor:
         """Mean over all elements of the squared error, each element times its group's weight (``weighted``)."""
         squared = (prediction - target).pow(2)
         return (self.element_weights * squared).mean() if weighted else squared.mean()
@@ -208,18 +219,19 @@ class MILoss(Loss[MIOptions]):
     def weighted(self, branch: str) -> bool:
         return branch == "recon" or self.options.weighted_branches == "both"
 
-    def pairs(self, fwd):
+    def pairs(self, fwd: ForwardPass) -> list[tuple[str, Tensor, Tensor]]:
         """(branch, images, targets) for the posterior branch and the prior branch, as switched on and as the
         current update wants them."""
         out = []
         if self.options.on_recon and fwd.wants("posterior"):
+            assert fwd.x_hat is not None and fwd.z is not None and fwd.u is not None  # the model's forward sets them
             out.append(("recon", fwd.x_hat, self.target(fwd.z, fwd.u)))
         if self.options.on_prior and fwd.wants("prior"):
             z, u, x = fwd.prior_sample()
             out.append(("prior", x, self.target(z, u)))
         return out
 
-    def forward(self, fwd, phase):
+    def forward(self, fwd: ForwardPass, phase: str) -> dict[str, Tensor]:
         pairs = self.pairs(fwd)
         if not pairs:
             return {}
@@ -233,16 +245,13 @@ class MILoss(Loss[MIOptions]):
                 with torch.no_grad():
                     features = self._adv.trunk(images)
             parts = features.split([x.shape[0] for _, x, _ in pairs])
-            return {
-                "q": sum(
-                    self.error(head(f), t, self.weighted(which)) for f, (which, _, t) in zip(parts, pairs, strict=True)
-                )
-            }
+            q = sum(self.error(head(f), t, self.weighted(which)) for f, (which, _, t) in zip(parts, pairs, strict=True))
+            return {"q": typing.cast(Tensor, q)}  # pairs is not empty: a tensor
         features = self._adv.fake_features(fwd)
         total = sum(self.error(head(features[which]), t, self.weighted(which)) for which, _, t in pairs)
-        return {"mi": self.weight * self.options.kappa * total}
+        return {"mi": self.weight * self.options.kappa * typing.cast(Tensor, total)}  # pairs is not empty: a tensor
 
 
 @hookimpl
-def genvae_register_losses(register):
+def genvae_register_losses(register: RegisterComponent[Loss]) -> None:
     register(MILoss)

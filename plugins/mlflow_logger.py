@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from genvae.api import hookimpl
+from genvae.api import LoggerFactory, RegisterNamed, hookimpl
 
 SKIP = ("step", "wall_time")  # MLflow keeps its own timestamps
 
@@ -47,7 +47,7 @@ def params_of(config: dict) -> dict[str, str]:
 
 
 class MLflowLogger:
-    def __init__(self, folder: Path, config: dict):
+    def __init__(self, folder: Path, config: dict) -> None:
         from mlflow.tracking import MlflowClient  # ImportError without mlflow
 
         uri = os.environ.get("MLFLOW_TRACKING_URI") or folder.resolve().as_uri()
@@ -85,5 +85,5 @@ class MLflowLogger:
 
 
 @hookimpl
-def genvae_register_loggers(register):
+def genvae_register_loggers(register: RegisterNamed[LoggerFactory]) -> None:
     register("mlflow", MLflowLogger, help="an MLflow run in a local file store, DIR/logs/mlflow (needs genvae[mlflow])")

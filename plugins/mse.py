@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import attrs
+from torch import Tensor
 
-from genvae.api import Loss, hookimpl, reduce_images, reduction_option
+from genvae.api import ForwardPass, Loss, RegisterComponent, hookimpl, reduce_images, reduction_option
 
 
 @attrs.frozen
@@ -19,10 +20,11 @@ class MSELoss(Loss[MSEOptions]):
     Options = MSEOptions
     role = "reconstruction"
 
-    def forward(self, fwd, phase):
+    def forward(self, fwd: ForwardPass, phase: str) -> dict[str, Tensor]:
+        assert fwd.x_hat is not None  # the model's forward sets it
         return {"mse": self.weight * reduce_images((fwd.x_hat - fwd.x).pow(2), self.options.reduction)}
 
 
 @hookimpl
-def genvae_register_losses(register):
+def genvae_register_losses(register: RegisterComponent[Loss]) -> None:
     register(MSELoss)

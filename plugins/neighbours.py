@@ -8,21 +8,26 @@ scale, the same space the images are stored in) shows whether it does.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 
 from genvae.api import hookimpl
 
+if TYPE_CHECKING:
+    import click
+
 CHUNK = 4096  # training images compared per matrix product: bounds memory on large data sets
 CHUNK_BYTES = 512 * 2**20  # ... and so does this: at most this many bytes of them in float64 (large images)
 
 
-def chunk_rows(shape) -> int:
+def chunk_rows(shape: Sequence[int]) -> int:
     """Training images of ``shape`` (C, H, W) that :func:`nearest` compares per matrix product."""
     return max(1, min(CHUNK, CHUNK_BYTES // (8 * math.prod(shape))))
 
 
-def nearest_bytes(count: int, shape, images: int) -> int:
+def nearest_bytes(count: int, shape: Sequence[int], images: int) -> int:
     """What :func:`nearest` allocates for ``count`` samples of ``shape`` among ``images`` training images: the
     samples and a chunk in float64 (and their squares), and the distances."""
     rows = min(chunk_rows(shape), images)
@@ -51,7 +56,7 @@ def nearest(samples: torch.Tensor, images: torch.Tensor, k: int) -> tuple[torch.
 
 
 @hookimpl
-def genvae_register_commands(cli):
+def genvae_register_commands(cli: click.Group) -> None:
     import click
 
     from genvae.api import SAMPLE_BATCH, console, data_options, device_option, load_for_inference, seed_option
@@ -80,7 +85,18 @@ def genvae_register_commands(cli):
     )
     @seed_option
     @device_option
-    def neighbours(folder, data, data_root, download, count, k, split, output, seed, device):
+    def neighbours(
+        folder: str,
+        data: str | None,
+        data_root: str | None,
+        download: bool,
+        count: int,
+        k: int,
+        split: str,
+        output: str,
+        seed: int,
+        device: str,
+    ) -> None:
         """Samples beside their nearest training images (pixel L2), to check that a model does not memorise."""
         from genvae.api import check_image_output, draw_samples, grid_bytes, image_bytes, load_command_data, save_grid
 

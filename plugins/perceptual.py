@@ -20,6 +20,8 @@ folder, so ``path`` must exist wherever the model is built or loaded.
 
 from __future__ import annotations
 
+import typing
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +33,11 @@ from genvae.api import (
     DISCRIMINATOR,
     BuildContext,
     DiscriminatorTrunk,
+    ForwardPass,
+    GenerativeModel,
     GenvaeError,
     Loss,
+    RegisterComponent,
     fit_to,
     float_tuple,
     hookimpl,
@@ -64,7 +69,7 @@ class PerceptualOptions:
     )
     layer_weights: tuple[float, ...] = option((), "weight of each layer; empty = 1 for each", converter=float_tuple)
 
-    def __attrs_post_init__(self):
+    def __attrs_post_init__(self) -> None:
         if self.layer_weights and len(self.layer_weights) != len(self.layers):
             raise ValueError(f"{len(self.layer_weights)} layer_weights for {len(self.layers)} layers")
         if self.network != "discriminator" and not self.path:
@@ -77,7 +82,7 @@ class VGG16Features(nn.Module):
     mean: Tensor
     std: Tensor
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path) -> None:
         super().__init__()
         from safetensors.torch import load_file
         from torchvision.models import vgg
@@ -124,7 +129,7 @@ class PerceptualLoss(Loss[PerceptualOptions]):
     _network: Any
     _disc: DiscriminatorTrunk
 
-    def __init__(self, options: PerceptualOptions, ctx: BuildContext, weight: float = 1.0):
+    def __init__(self, options: PerceptualOptions, ctx: BuildContext, weight: float = 1.0) -> None:
         super().__init__(options, ctx, weight)
         self.layer_weights = list(options.layer_weights) or [1.0] * len(options.layers)
         self.refer("_network", None)
@@ -142,15 +147,17 @@ class PerceptualLoss(Loss[PerceptualOptions]):
 
                 self.refer("_network", open_feature_network(options.path, get_registry()))
 
-    def attach(self, model) -> None:
+    def attach(self, model: GenerativeModel) -> None:
         if self.options.network != "discriminator":
             return
-        disc = next((loss for loss in model.losses.values() if DISCRIMINATOR in loss.provides), None)
-        if disc is None:
+        losses = typing.cast("Iterable[Loss]", model.losses.values())  # the model's losses, by name
+        found = next((loss for loss in losses if DISCRIMINATOR in loss.provides), None)
+        if found is None:
             raise self.fail(
                 "network=discriminator needs a loss that provides a discriminator (e.g. adv); or use "
                 "network=classifier / vgg16"
             )
+        disc = typing.cast(DiscriminatorTrunk, found)  # the build checks the provider implements the protocol
         blocks = disc.trunk_layers
         if max(self.options.layers) > blocks:
             raise self.fail(f"the discriminator trunk has {blocks} blocks; layers go up to {max(self.options.layers)}")
@@ -167,16 +174,17 @@ class PerceptualLoss(Loss[PerceptualOptions]):
             return net.layer_outputs(x, self.options.layers)
         return [net.features(fit_to(x, net.image_shape))]
 
-    def forward(self, fwd, phase):
+    def forward(self, fwd: ForwardPass, phase: str) -> dict[str, Tensor]:
         if not fwd.wants("posterior"):
             return {}
+        assert fwd.x_hat is not None  # the model's forward sets it
         fake = self._outputs(fwd.x_hat)
         with torch.no_grad():
             real = self._outputs(fwd.x)
         total = sum(w * (f - r).pow(2).mean() for w, f, r in zip(self.layer_weights, fake, real, strict=False))
-        return {"perceptual": self.weight * total}
+        return {"perceptual": self.weight * typing.cast(Tensor, total)}  # layers is not empty: a tensor
 
 
 @hookimpl
-def genvae_register_losses(register):
+def genvae_register_losses(register: RegisterComponent[Loss]) -> None:
     register(PerceptualLoss)

@@ -11,11 +11,13 @@ fractions of the image, so the data set looks the same at every image_size.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from genvae.api import DataError, hookimpl
+from genvae.api import DataError, DatasetLoader, RegisterNamed, hookimpl
 
 SPLITS = {"train": (4096, 20240601), "test": (512, 20240602)}  # split -> (count, seed)
 # Red, green, blue, yellow, cyan, magenta; each at least 100 grey levels above black, so shapes stay
@@ -44,7 +46,11 @@ def _draw_one(rng: np.random.Generator, big: int) -> Image.Image:
 
 
 def load_shapes(
-    root=None, image_size: int = 32, channels: int = 3, split: str = "train", download: bool = False
+    root: str | os.PathLike[str] | None = None,
+    image_size: int = 32,
+    channels: int = 3,
+    split: str = "train",
+    download: bool = False,
 ) -> torch.Tensor:
     """The shapes split as uint8 (N, channels, image_size, image_size); root and download are unused."""
     if split not in SPLITS:
@@ -69,7 +75,7 @@ def load_shapes(
 
 
 @hookimpl
-def genvae_register_datasets(register):
+def genvae_register_datasets(register: RegisterNamed[DatasetLoader]) -> None:
     register(
         "shapes",
         load_shapes,

@@ -43,10 +43,14 @@ from genvae.api import (
     BuildContext,
     Decoder,
     Encoder,
+    ForwardPass,
     Gaussian,
     GenerativeModel,
     LatentTransform,
     NoOptions,
+    PresetSpec,
+    RegisterComponent,
+    RegisterNamed,
     hookimpl,
     non_negative_int,
     option,
@@ -87,7 +91,7 @@ class Stage1Encoder(Encoder[Stage1Options]):
     Options = Stage1Options
     counterparts = {"transform": "stage1", "decoder": "stage2", "preset": "stage2"}
 
-    def __init__(self, options: Stage1Options, ctx: BuildContext):
+    def __init__(self, options: Stage1Options, ctx: BuildContext) -> None:
         super().__init__(options, ctx)
         from genvae.api import ModelSpec, build_model, load_spec, load_weights
 
@@ -125,7 +129,7 @@ class Stage1Encoder(Encoder[Stage1Options]):
         self.low_size = spec.image_size
         self.output_shape = tuple(stage1.encoder.output_shape)
 
-    def forward(self, x, fwd=None):
+    def forward(self, x: Tensor, fwd: ForwardPass | None = None) -> Tensor:
         low = F.adaptive_avg_pool2d(x, self.low_size) if x.shape[-1] != self.low_size else x
         return self.stage1.encoder(low)
 
@@ -136,7 +140,7 @@ class Stage1Latent(LatentTransform[NoOptions]):
     name = "stage1"
     _stage1: GenerativeModel  # kept with refer(): saved once, under the encoder
 
-    def __init__(self, options: Any, ctx: BuildContext):
+    def __init__(self, options: Any, ctx: BuildContext) -> None:
         super().__init__(options, ctx)
         enc = ctx.encoder
         if not isinstance(enc, Stage1Encoder):
@@ -145,10 +149,10 @@ class Stage1Latent(LatentTransform[NoOptions]):
         self.layout = enc.stage1.layout
         self.output_shape = tuple(enc.stage1.spec.image_shape)
 
-    def posterior(self, features, fwd=None) -> Gaussian:
+    def posterior(self, features: Tensor, fwd: ForwardPass | None = None) -> Gaussian:
         return self._stage1.transform.posterior(features)
 
-    def generate(self, z, fwd=None):
+    def generate(self, z: Tensor, fwd: ForwardPass | None = None) -> Tensor:
         return self._stage1.generate(z)[1]
 
     def generation_modules(self) -> list[nn.Module]:
@@ -170,7 +174,7 @@ class Stage2Options:
 
 
 class ResidualBlock(nn.Module):
-    def __init__(self, channels: int):
+    def __init__(self, channels: int) -> None:
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(channels, channels, 3, 1, 1, bias=False),
@@ -191,7 +195,7 @@ class Stage2Decoder(Decoder[Stage2Options]):
     Options = Stage2Options
     test_options = {"width": 4, "blocks": 1}
 
-    def __init__(self, options: Stage2Options, ctx: BuildContext):
+    def __init__(self, options: Stage2Options, ctx: BuildContext) -> None:
         super().__init__(options, ctx)
         transform = ctx.transform
         if transform is None:
@@ -235,7 +239,7 @@ class Stage2Decoder(Decoder[Stage2Options]):
         layers.append(nn.Conv2d(prev, c, 3, 1, 1))
         self.net = nn.Sequential(*layers)
 
-    def forward(self, u, fwd=None):
+    def forward(self, u: Tensor, fwd: ForwardPass | None = None) -> Tensor:
         return self.net(u)
 
 
@@ -258,22 +262,22 @@ def _stage2_preset(size: int, channels: int, width: int, blocks: int, adv_widths
 
 
 @hookimpl
-def genvae_register_encoders(register):
+def genvae_register_encoders(register: RegisterComponent[Encoder]) -> None:
     register(Stage1Encoder)
 
 
 @hookimpl
-def genvae_register_transforms(register):
+def genvae_register_transforms(register: RegisterComponent[LatentTransform]) -> None:
     register(Stage1Latent)
 
 
 @hookimpl
-def genvae_register_decoders(register):
+def genvae_register_decoders(register: RegisterComponent[Decoder]) -> None:
     register(Stage2Decoder)
 
 
 @hookimpl
-def genvae_register_presets(register):
+def genvae_register_presets(register: RegisterNamed[PresetSpec]) -> None:
     register(
         "stage2",
         _stage2_preset(128, 3, 64, 4, [64, 128, 256, 256, 256], 2e-4),

@@ -15,13 +15,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from genvae.api import hookimpl
+from genvae.api import LoggerFactory, RegisterNamed, hookimpl
 
 SKIP = ("step", "epoch", "wall_time")  # the axes, not curves
 
 
 class TensorBoardLogger:
-    def __init__(self, folder: Path, config: dict):
+    def __init__(self, folder: Path, config: dict) -> None:
         from torch.utils.tensorboard import SummaryWriter  # ImportError without the tensorboard package
 
         self.writer = SummaryWriter(log_dir=str(folder))
@@ -42,7 +42,7 @@ class TensorBoardLogger:
 
 
 @hookimpl
-def genvae_register_loggers(register):
+def genvae_register_loggers(register: RegisterNamed[LoggerFactory]) -> None:
     register(
         "tensorboard",
         TensorBoardLogger,

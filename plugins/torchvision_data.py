@@ -17,7 +17,7 @@ import warnings
 import numpy as np
 import torch
 
-from genvae.api import DataError, decode_images, fit_tensor, hookimpl
+from genvae.api import DataError, DatasetLoader, RegisterNamed, decode_images, fit_tensor, hookimpl
 
 DEBIAN_FASHION_MNIST = "/usr/share/datasets/fashion-mnist"
 IDX_IMAGES_MAGIC = 2051
@@ -40,7 +40,7 @@ def _first_line(exc: BaseException, limit: int = 240) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _require_root(name: str, root: str | None) -> str:
+def _require_root(name: str, root: str | os.PathLike[str] | None) -> str:
     if root is None:
         raise DataError(
             f"dataset '{name}' needs --data-root DIR (the folder holding it, or where --download should put it)"
@@ -108,7 +108,9 @@ def _find_idx(dirs: list[str], prefix: str, what: str = "images", idx: int = 3) 
     return None
 
 
-def _load_idx(name: str, root, image_size: int, channels: int, split: str, download: bool) -> torch.Tensor:
+def _load_idx(
+    name: str, root: str | os.PathLike[str] | None, image_size: int, channels: int, split: str, download: bool
+) -> torch.Tensor:
     if split not in IDX_SPLITS:
         raise DataError(f"dataset '{name}' has no split '{split}'; splits: {', '.join(IDX_SPLITS)}")
     prefix = IDX_SPLITS[split]
@@ -138,7 +140,7 @@ def _load_idx(name: str, root, image_size: int, channels: int, split: str, downl
     return fit_tensor(images, image_size, channels, mode="pad")
 
 
-def _load_idx_labels(name: str, root, split: str) -> torch.Tensor:
+def _load_idx_labels(name: str, root: str | os.PathLike[str] | None, split: str) -> torch.Tensor:
     if split not in IDX_SPLITS:
         raise DataError(f"dataset '{name}' has no split '{split}'; splits: {', '.join(IDX_SPLITS)}")
     dirs = _idx_dirs(name, os.fspath(root) if root is not None else None)
@@ -152,25 +154,33 @@ def _load_idx_labels(name: str, root, split: str) -> torch.Tensor:
 
 
 def load_mnist(
-    root=None, image_size: int = 32, channels: int = 1, split: str = "train", download: bool = False
+    root: str | os.PathLike[str] | None = None,
+    image_size: int = 32,
+    channels: int = 1,
+    split: str = "train",
+    download: bool = False,
 ) -> torch.Tensor:
     """MNIST digits, 60000 train / 10000 test, 28x28 grey."""
     return _load_idx("mnist", root, image_size, channels, split, download)
 
 
 def load_fashion_mnist(
-    root=None, image_size: int = 32, channels: int = 1, split: str = "train", download: bool = False
+    root: str | os.PathLike[str] | None = None,
+    image_size: int = 32,
+    channels: int = 1,
+    split: str = "train",
+    download: bool = False,
 ) -> torch.Tensor:
     """Fashion-MNIST, 60000 train / 10000 test, 28x28 grey; found in the Debian package by default."""
     return _load_idx("fashion-mnist", root, image_size, channels, split, download)
 
 
-def load_mnist_labels(root=None, split: str = "train") -> torch.Tensor:
+def load_mnist_labels(root: str | os.PathLike[str] | None = None, split: str = "train") -> torch.Tensor:
     """MNIST's digit labels 0-9, in the order of its images."""
     return _load_idx_labels("mnist", root, split)
 
 
-def load_fashion_mnist_labels(root=None, split: str = "train") -> torch.Tensor:
+def load_fashion_mnist_labels(root: str | os.PathLike[str] | None = None, split: str = "train") -> torch.Tensor:
     """Fashion-MNIST's class labels 0-9 (FASHION_CLASSES), in the order of its images."""
     return _load_idx_labels("fashion-mnist", root, split)
 
@@ -195,7 +205,11 @@ MNIST_CLASSES = tuple(str(d) for d in range(10))
 
 
 def load_cifar10(
-    root=None, image_size: int = 32, channels: int = 3, split: str = "train", download: bool = False
+    root: str | os.PathLike[str] | None = None,
+    image_size: int = 32,
+    channels: int = 3,
+    split: str = "train",
+    download: bool = False,
 ) -> torch.Tensor:
     """CIFAR-10, 50000 train / 10000 test, 32x32 RGB, from ROOT/cifar-10-batches-py."""
     if split not in ("train", "test"):
@@ -227,7 +241,11 @@ def _warn_skipped(name: str, sources: list[str], failures: list[tuple[int, str]]
 
 
 def load_celeba(
-    root=None, image_size: int = 64, channels: int = 3, split: str = "train", download: bool = False
+    root: str | os.PathLike[str] | None = None,
+    image_size: int = 64,
+    channels: int = 3,
+    split: str = "train",
+    download: bool = False,
 ) -> torch.Tensor:
     """CelebA aligned faces (ROOT/celeba/img_align_celeba + list files), central square resized."""
     if split not in CELEBA_SPLITS:
@@ -280,7 +298,11 @@ def _lsun_dbs(root: str, split: str) -> list[str]:
 
 
 def load_lsun(
-    root=None, image_size: int = 64, channels: int = 3, split: str = "train", download: bool = False
+    root: str | os.PathLike[str] | None = None,
+    image_size: int = 64,
+    channels: int = 3,
+    split: str = "train",
+    download: bool = False,
 ) -> torch.Tensor:
     """LSUN scenes from ROOT/<category>_<split>_lmdb (split: train/val/test, or a category, e.g. bedroom)."""
     if download:
@@ -320,7 +342,7 @@ def _decode_chunk(db: str, chunk: list[bytes], image_size: int, channels: int) -
 
 
 @hookimpl
-def genvae_register_datasets(register):
+def genvae_register_datasets(register: RegisterNamed[DatasetLoader]) -> None:
     register(
         "mnist",
         load_mnist,

@@ -24,8 +24,13 @@ from torch import Tensor, nn
 
 from genvae.api import (
     BuildContext,
+    ForwardPass,
     Gaussian,
+    GenerativeModel,
+    PresetSpec,
     Prior,
+    RegisterComponent,
+    RegisterNamed,
     batch_norms,
     hookimpl,
     non_negative,
@@ -48,7 +53,7 @@ class VampOptions:
 class VampMixture:
     """(1/K) sum_k N(mean_k, diag exp(logvar_k)) over the flattened latent; components (K, *latent shape)."""
 
-    def __init__(self, components: Gaussian):
+    def __init__(self, components: Gaussian) -> None:
         self.components = components
 
     def log_prob(self, z: Tensor) -> Tensor:
@@ -75,27 +80,35 @@ class VampPrior(Prior[VampOptions]):
     Options = VampOptions
     gaussian = False
 
-    def __init__(self, options: VampOptions, ctx: BuildContext):
+    def __init__(self, options: VampOptions, ctx: BuildContext) -> None:
         super().__init__(options, ctx)
         self.pseudo = nn.Parameter(torch.randn(options.components, *ctx.image_shape) * options.init_std)
 
-    def attach(self, model) -> None:
+    def attach(self, model: GenerativeModel) -> None:
         self.refer("_encoder_norms", batch_norms(model.encoder))
 
     def extra_inputs(self) -> Tensor:
         return torch.tanh(self.pseudo)
 
-    def forward(self, fwd) -> VampMixture:
+    def forward(self, fwd: ForwardPass) -> VampMixture:
+        assert fwd.extra_posterior is not None  # the model encodes extra_inputs() with x
         return VampMixture(fwd.extra_posterior)
 
-    def mixture(self, model) -> VampMixture:
+    def mixture(self, model: GenerativeModel) -> VampMixture:
         """The mixture from the pseudo-inputs encoded now; batch norms in train mode use these K inputs'
         statistics without updating their running statistics."""
         with running_stats_frozen(getattr(self, "_encoder_norms", ())), torch.no_grad():
             # the base posteriors: with a flow transform, q(z|u_k) through the flow has no density at any z
             return VampMixture(model.transform.posterior(model.encoder(self.extra_inputs())))
 
-    def sample(self, n, model, device, fixed=None, fixed_groups=0) -> Tensor:
+    def sample(
+        self,
+        n: int,
+        model: GenerativeModel,
+        device: torch.device | str,
+        fixed: Tensor | None = None,
+        fixed_groups: int = 0,
+    ) -> Tensor:
         z = self.mixture(model).sample(n).to(device)
         if fixed is not None and fixed_groups > 0:
             mask = self.layout.group_mask(range(fixed_groups), device=device)
@@ -104,12 +117,12 @@ class VampPrior(Prior[VampOptions]):
 
 
 @hookimpl
-def genvae_register_priors(register):
+def genvae_register_priors(register: RegisterComponent[Prior]) -> None:
     register(VampPrior)
 
 
 @hookimpl
-def genvae_register_presets(register):
+def genvae_register_presets(register: RegisterNamed[PresetSpec]) -> None:
     # The first run of the README: on the built-in shapes, 24 epochs (1,536 steps, about three minutes on
     # two CPU cores) give samples of recognisable circles, squares and triangles; the same networks with
     # a normal prior mix the kinds into blobs at this budget, because one Gaussian cannot hold the gaps

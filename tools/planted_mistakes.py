@@ -56,8 +56,8 @@ MISTAKES = [
     (
         "gan_to_encoder ignored (baseline encoder gets GAN gradient)",
         "plugins/adv.py",
-        "        if self.options.gan_to_encoder:\n            return fwd.x_hat",
-        "        if True:\n            return fwd.x_hat",
+        "        if self.options.gan_to_encoder:\n            assert fwd.x_hat is not None",
+        "        if True:\n            assert fwd.x_hat is not None",
     ),
     ("Torch7 dropout: eval output not scaled by 1 - p", "plugins/adv.py", "return x * (1.0 - self.p)", "return x"),
     ("beta missing from the generator terms", "plugins/adv.py", "scale = self.weight * o.beta", "scale = self.weight"),
@@ -82,8 +82,8 @@ MISTAKES = [
     (
         "kappa missing from the MI term",
         "plugins/mi.py",
-        'return {"mi": self.weight * self.options.kappa * total}',
-        'return {"mi": self.weight * total}',
+        'return {"mi": self.weight * self.options.kappa * typing.cast(Tensor, total)}',
+        'return {"mi": self.weight * typing.cast(Tensor, total)}',
     ),
     (
         "MI phase: generated images not detached",

@@ -21,36 +21,41 @@ so ``kl`` ``group_weights`` and ``mi`` ``group_weights`` are per time step. The 
 
 from __future__ import annotations
 
-from genvae.api import hookimpl
+from typing import TYPE_CHECKING
+
+from genvae.api import Decoder, Encoder, LatentTransform, PresetSpec, RegisterComponent, RegisterNamed, hookimpl
 from genvae.plugins.cr_lstm.commands import commands
 from genvae.plugins.cr_lstm.components import CRDecoder, CREncoder, CRLatent, RecurrentPath, set_forget_bias
 from genvae.plugins.cr_lstm.presets import PAPER_KL, PAPER_MI, PRESETS
+
+if TYPE_CHECKING:
+    import click
 
 __all__ = ["PAPER_KL", "PAPER_MI", "PRESETS", "CRDecoder", "CREncoder", "CRLatent", "RecurrentPath", "set_forget_bias"]
 
 
 @hookimpl
-def genvae_register_encoders(register):
+def genvae_register_encoders(register: RegisterComponent[Encoder]) -> None:
     register(CREncoder)
 
 
 @hookimpl
-def genvae_register_transforms(register):
+def genvae_register_transforms(register: RegisterComponent[LatentTransform]) -> None:
     register(CRLatent)
 
 
 @hookimpl
-def genvae_register_decoders(register):
+def genvae_register_decoders(register: RegisterComponent[Decoder]) -> None:
     register(CRDecoder)
 
 
 @hookimpl
-def genvae_register_presets(register):
+def genvae_register_presets(register: RegisterNamed[PresetSpec]) -> None:
     for name, (spec, help_text) in PRESETS.items():
         register(name, spec, help=help_text)
 
 
 @hookimpl
-def genvae_register_commands(cli):
+def genvae_register_commands(cli: click.Group) -> None:
     for command in commands():
         cli.add_command(command)

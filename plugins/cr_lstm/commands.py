@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
+if TYPE_CHECKING:
+    from genvae.api import GenerativeModel
 
-def _draw_latents(model, rows: int, device) -> torch.Tensor:
+
+def _draw_latents(model: GenerativeModel, rows: int, device: torch.device | str) -> torch.Tensor:
     """(rows * T, *latent): row i, column t holds z_i's first t+1 blocks and zeros after them."""
     layout = model.layout
     z = model.prior.sample(rows, model, device)
@@ -16,7 +21,9 @@ def _draw_latents(model, rows: int, device) -> torch.Tensor:
     return torch.stack(cols, dim=1).reshape(rows * layout.num_groups, *layout.shape)
 
 
-def _traverse_latents(model, step: int, rows: int, columns: int, device) -> torch.Tensor:
+def _traverse_latents(
+    model: GenerativeModel, step: int, rows: int, columns: int, device: torch.device | str
+) -> torch.Tensor:
     """(rows * columns, *latent): row i interpolates z_i's block ``step`` (0-based) towards one new block."""
     layout = model.layout
     z = model.prior.sample(rows, model, device)
@@ -34,7 +41,7 @@ def commands() -> tuple:
 
     from genvae.api import SEED
 
-    def render(model, z, output, nrow, command):
+    def render(model: GenerativeModel, z: torch.Tensor, output: str, nrow: int, command: str) -> None:
         """The images of ``z`` as one grid, generated in chunks that fit the memory limit beside the grid."""
         from genvae.api import generate_images, grid_bytes, save_grid
 
@@ -61,7 +68,7 @@ def commands() -> tuple:
     )
     @click.option("--seed", default=0, show_default=True, type=SEED)
     @click.option("--device", default="auto", show_default=True)
-    def draw(folder, output, rows, seed, device):
+    def draw(folder: str, output: str, rows: int, seed: int, device: str) -> None:
         """Progressive drawing (crVAE Figure 8): z starts at zero and its blocks are drawn from the prior one time
         step at a time, a column per step."""
         from genvae.api import check_image_output, console, load_for_inference
@@ -101,7 +108,7 @@ def commands() -> tuple:
     )
     @click.option("--seed", default=0, show_default=True, type=SEED)
     @click.option("--device", default="auto", show_default=True)
-    def traverse(folder, step, output, rows, columns, seed, device):
+    def traverse(folder: str, step: int, output: str, rows: int, columns: int, seed: int, device: str) -> None:
         """Interpolate block z_t towards one new block (the same for every row) while the other blocks stay fixed
         (crVAE Figure 9)."""
         from genvae.api import GenvaeError, check_image_output, console, load_for_inference

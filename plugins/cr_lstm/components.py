@@ -8,13 +8,14 @@ import math
 import attrs
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from genvae.api import (
     MI_TARGET,
     BuildContext,
     Decoder,
     Encoder,
+    ForwardPass,
     Gaussian,
     LatentLayout,
     LatentTransform,
@@ -36,7 +37,7 @@ from genvae.api import (
 class CReLU(nn.Module):
     """Concatenated ReLU: relu(cat(x, -x)) along channels (doubles the channel count)."""
 
-    def forward(self, x):
+    def forward(self, x: Tensor) -> Tensor:
         return F.relu(torch.cat([x, -x], dim=1))
 
 
@@ -100,7 +101,7 @@ class CREncoder(Encoder[CREncoderOptions]):
     Options = CREncoderOptions
     counterparts = {"decoder": "cr-lstm", "transform": "cr-lstm", "preset": "crvae"}
 
-    def __init__(self, options: CREncoderOptions, ctx: BuildContext):
+    def __init__(self, options: CREncoderOptions, ctx: BuildContext) -> None:
         super().__init__(options, ctx)
         c, h, w = ctx.image_shape
         stages = _log2_exact(h / options.latent_size)
@@ -110,7 +111,7 @@ class CREncoder(Encoder[CREncoderOptions]):
         # 64x64, width 32: CReLU 3->6 | conv5x5 s2 6->32, BN, CReLU | conv3x3 s2 64->64, BN, CReLU |
         # conv3x3 s2 128->128, BN, CReLU; conv3x3 256->256, BN, LReLU | conv3x3 s2 256->256, BN, CReLU;
         # conv3x3 512->256, BN, LReLU  ->  256x4x4
-        def bn(n):
+        def bn(n: int) -> nn.BatchNorm2d:
             return nn.BatchNorm2d(n, options.bn_eps, options.bn_momentum)
 
         layers: list[nn.Module] = [CReLU()]
@@ -128,7 +129,7 @@ class CREncoder(Encoder[CREncoderOptions]):
         _torch7_conv_init(self.net)
         self.output_shape = (prev, options.latent_size, options.latent_size)
 
-    def forward(self, x, fwd=None):
+    def forward(self, x: Tensor, fwd: ForwardPass | None = None) -> Tensor:
         return self.net(x)
 
 
@@ -158,7 +159,7 @@ class CRDecoder(Decoder[CRDecoderOptions]):
     name = "cr-lstm"
     Options = CRDecoderOptions
 
-    def __init__(self, options: CRDecoderOptions, ctx: BuildContext):
+    def __init__(self, options: CRDecoderOptions, ctx: BuildContext) -> None:
         super().__init__(options, ctx)
         c_in, ups = self.upsampling_plan(ctx, "give the fc latent an output_shape such as [256, 4, 4]")
         assert ctx.transform is not None  # upsampling_plan has read it
@@ -171,7 +172,7 @@ class CRDecoder(Decoder[CRDecoderOptions]):
         o = options
         top = min(o.max_width, o.width * 2 ** max(ups - 1, 1))
 
-        def bn(n):
+        def bn(n: int) -> nn.BatchNorm2d:
             return nn.BatchNorm2d(n, o.bn_eps, o.bn_momentum)
 
         layers: list[nn.Module] = []
@@ -191,7 +192,7 @@ class CRDecoder(Decoder[CRDecoderOptions]):
         self.net = nn.Sequential(*layers)
         _torch7_conv_init(self.net)
 
-    def forward(self, u, fwd=None):
+    def forward(self, u: Tensor, fwd: ForwardPass | None = None) -> Tensor:
         return self.net(u)
 
 
@@ -230,7 +231,7 @@ class RecurrentPath(nn.Module):
 
     def __init__(
         self, lstm: nn.LSTM, linear: nn.Linear, norm: nn.BatchNorm1d | None = None, bias: nn.Parameter | None = None
-    ):
+    ) -> None:
         super().__init__()
         self.lstm = lstm
         if norm is not None:
@@ -247,7 +248,7 @@ class CRLatent(LatentTransform[CRLatentOptions]):
     Options = CRLatentOptions
     provides = frozenset({MI_TARGET})
 
-    def __init__(self, options: CRLatentOptions, ctx: BuildContext):
+    def __init__(self, options: CRLatentOptions, ctx: BuildContext) -> None:
         super().__init__(options, ctx)
         assert ctx.encoder is not None, "the encoder is built before the latent transform"
         c, h, w = self.require_spatial(tuple(ctx.encoder.output_shape), f"encoder '{ctx.encoder.name}'")
@@ -295,7 +296,7 @@ class CRLatent(LatentTransform[CRLatentOptions]):
     def grad_clamps(self) -> dict[str, float]:
         return dict.fromkeys(self._RECURRENT, self.options.grad_clamp) if self.options.grad_clamp > 0 else {}
 
-    def posterior(self, features, fwd=None) -> Gaussian:
+    def posterior(self, features: Tensor, fwd: ForwardPass | None = None) -> Gaussian:
         b = features.shape[0]
         mean = self.mean_conv(features) + self.mean_bias
         # step t sees feature channels [t C/T, (t+1) C/T): one fused LSTM call over the T steps
@@ -305,15 +306,15 @@ class CRLatent(LatentTransform[CRLatentOptions]):
         logvar = self.var.linear(out).reshape(b, *self.layout.shape)
         return Gaussian(mean, logvar)
 
-    def recurrent_u(self, z):
+    def recurrent_u(self, z: Tensor) -> Tensor:
         """The generation LSTM's output u (before the bias): what ``mi`` predicts from the image."""
         out, _ = self.gen.lstm(z.reshape(z.shape[0], self.steps, self.latent_block))
         return self.gen.linear(out).reshape(z.shape[0], *self.output_shape)
 
-    def generate(self, z, fwd=None):
+    def generate(self, z: Tensor, fwd: ForwardPass | None = None) -> Tensor:
         return self.recurrent_u(z) + self.gen.bias
 
-    def mi_target(self, z, u):
+    def mi_target(self, z: Tensor, u: Tensor) -> Tensor:
         """The MI regulariser's target for a (z, u) pair: the LSTM output u, without the constant bias."""
         return u - self.gen.bias
 

@@ -40,7 +40,9 @@ PAPER_BASELINE_TRAIN = {
 _MSE = {"name": "mse", "options": {"reduction": "mean"}}
 
 
-def _paper(transform: dict, losses: list[dict], image_size: int = 64, channels: int = 3, train=None) -> dict:
+def _paper(
+    transform: dict, losses: list[dict], image_size: int = 64, channels: int = 3, train: dict[str, Any] | None = None
+) -> dict:
     return {
         "image_size": image_size,
         "channels": channels,
@@ -90,7 +92,7 @@ _SMALL_STACK = {"width": 8, "max_width": 64}
 _SMALL_ADV = {"widths": [16, 32, 32], "head_hidden": 256}
 
 
-def _small(transform: dict, losses: list[dict], train=None) -> dict:
+def _small(transform: dict, losses: list[dict], train: dict[str, Any] | None = None) -> dict:
     spec = _paper(transform, losses, image_size=32, channels=1, train=train or SMALL_TRAIN)
     spec["encoder"] = {"name": "cr-lstm", "options": dict(_SMALL_STACK)}
     spec["decoder"] = {"name": "cr-lstm", "options": dict(_SMALL_STACK)}

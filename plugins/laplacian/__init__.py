@@ -20,7 +20,9 @@ FIRST, the order of the latent groups; one value applies to every level. The ``m
 
 from __future__ import annotations
 
-from genvae.api import hookimpl
+from typing import TYPE_CHECKING
+
+from genvae.api import Decoder, Encoder, LatentTransform, Loss, PresetSpec, RegisterComponent, RegisterNamed, hookimpl
 from genvae.plugins.laplacian.components import (
     CONDITIONS,
     LaplacianDecoder,
@@ -43,6 +45,9 @@ from genvae.plugins.laplacian.pyramid import (
     upsample_to,
 )
 from genvae.plugins.laplacian.training import greedy_stages, level_paths, run_stage, unfreeze
+
+if TYPE_CHECKING:
+    import click
 
 __all__ = [
     "BLENDS",
@@ -77,34 +82,34 @@ __all__ = [
 
 
 @hookimpl
-def genvae_register_encoders(register):
+def genvae_register_encoders(register: RegisterComponent[Encoder]) -> None:
     register(LaplacianEncoder)
 
 
 @hookimpl
-def genvae_register_transforms(register):
+def genvae_register_transforms(register: RegisterComponent[LatentTransform]) -> None:
     register(LaplacianLatent)
 
 
 @hookimpl
-def genvae_register_decoders(register):
+def genvae_register_decoders(register: RegisterComponent[Decoder]) -> None:
     register(LaplacianDecoder)
 
 
 @hookimpl
-def genvae_register_losses(register):
+def genvae_register_losses(register: RegisterComponent[Loss]) -> None:
     register(PyramidMSELoss)
 
 
 @hookimpl
-def genvae_register_presets(register):
+def genvae_register_presets(register: RegisterNamed[PresetSpec]) -> None:
     from genvae.plugins.laplacian.presets import register_presets
 
     register_presets(register)
 
 
 @hookimpl
-def genvae_register_commands(cli):
+def genvae_register_commands(cli: click.Group) -> None:
     from genvae.plugins.laplacian.commands import add_commands
 
     add_commands(cli)

@@ -13,7 +13,7 @@ from genvae.plugins.laplacian.loss import PyramidMSELoss
 from genvae.plugins.laplacian.training import greedy_stages, run_stage
 
 
-def add_commands(cli) -> None:
+def add_commands(cli: click.Group) -> None:
     """Add ``genvae edit`` and ``genvae train-levels`` to the CLI group (the plugin's genvae_register_commands)."""
 
     from genvae.api import SEED, FiniteFloat, data_options
@@ -51,7 +51,18 @@ def add_commands(cli) -> None:
     )
     @click.option("--seed", default=0, show_default=True, type=SEED)
     @click.option("--device", default="auto", show_default=True)
-    def edit(folder, image, coarse, mask, keep_levels, count, blend, output, seed, device):
+    def edit(
+        folder: str,
+        image: str,
+        coarse: str | None,
+        mask: str | None,
+        keep_levels: int,
+        count: int,
+        blend: str,
+        output: str,
+        seed: int,
+        device: str,
+    ) -> None:
         """Edit an image with a LapCVAE (paper 5.2): paint its coarse level and/or resample a masked region."""
         from genvae.api import (
             check_image_output,
@@ -131,7 +142,19 @@ def add_commands(cli) -> None:
     @click.option("--device", default="auto", show_default=True)
     @click.option("--seed", type=SEED, help="Seed of every random stream.")
     @click.option("--quiet", is_flag=True, help="Only the last metrics of each stage.")
-    def train_levels(folder, data, data_root, download, mode, steps, batch_size, lr, device, seed, quiet):
+    def train_levels(
+        folder: str,
+        data: str | None,
+        data_root: str | None,
+        download: bool,
+        mode: str | None,
+        steps: int,
+        batch_size: int | None,
+        lr: float | None,
+        device: str,
+        seed: int | None,
+        quiet: bool,
+    ) -> None:
         """Level-wise LapCVAE training: --greedy (coarsest first) or --retrain-m; stages go to FOLDER/stages/."""
         from genvae.api import console, load_model, registry, require_single_process, save_model
 

@@ -28,7 +28,9 @@ from genvae.api import (
     BuildContext,
     Decoder,
     Encoder,
+    ForwardPass,
     Gaussian,
+    GenerativeModel,
     GenvaeError,
     LatentLayout,
     LatentTransform,
@@ -69,7 +71,7 @@ CONDITIONS = ("real", "reconstruction")
 class ConvStack(nn.Module):
     """One level's conv stack (``net``), a module of its own so the level's weights keep their names."""
 
-    def __init__(self, net: nn.Sequential):
+    def __init__(self, net: nn.Sequential) -> None:
         super().__init__()
         self.net = net
 
@@ -135,7 +137,7 @@ class LaplacianEncoder(Encoder[LaplacianEncoderOptions]):
     provides = frozenset({PYRAMID})
     _parts: tuple[PyramidEncoder, PyramidLatent, PyramidDecoder] | None  # kept with refer()
 
-    def __init__(self, options: LaplacianEncoderOptions, ctx: BuildContext):
+    def __init__(self, options: LaplacianEncoderOptions, ctx: BuildContext) -> None:
         super().__init__(options, ctx)
         c, h, w = ctx.image_shape
         levels = options.levels
@@ -162,7 +164,7 @@ class LaplacianEncoder(Encoder[LaplacianEncoderOptions]):
         self.output_shape = (sum(self.feature_sizes),)
         self.refer("_parts", None)  # (encoder, transform, decoder) with condition=reconstruction
 
-    def attach(self, model) -> None:
+    def attach(self, model: GenerativeModel) -> None:
         if self.options.condition == "reconstruction":
             try:
                 self.refer("_parts", pyramid_parts(model))
@@ -218,7 +220,7 @@ class LaplacianEncoder(Encoder[LaplacianEncoderOptions]):
                 coarser[k - 1] = h_hat if below is None else h_hat + upsample(below, self.kernel)
         return feats[::-1], coarser
 
-    def forward(self, x, fwd=None):
+    def forward(self, x: Tensor, fwd: ForwardPass | None = None) -> Tensor:
         bs = gaussian_pyramid(x, self.num_levels, self.kernel)
         hs = decompose(x, self.num_levels, self.kernel, blurred=bs)
         feats, coarser = self.encode_pyramid(hs, bs)
@@ -241,7 +243,7 @@ class LaplacianLatentOptions:
 class LevelLatent(nn.Module):
     """One level's two sides: features -> (mu_k, log sigma_k^2); concat[z_k..z_K] -> decoder input."""
 
-    def __init__(self, features: int, latent: int, conditioned: int, act: str):
+    def __init__(self, features: int, latent: int, conditioned: int, act: str) -> None:
         super().__init__()
         self.to_params = nn.Linear(features, 2 * latent)
         self.from_z = nn.Sequential(nn.Linear(conditioned, features), activation(act))
@@ -254,7 +256,7 @@ class LaplacianLatent(LatentTransform[LaplacianLatentOptions]):
     Options = LaplacianLatentOptions
     provides = frozenset({PYRAMID})
 
-    def __init__(self, options: LaplacianLatentOptions, ctx: BuildContext):
+    def __init__(self, options: LaplacianLatentOptions, ctx: BuildContext) -> None:
         super().__init__(options, ctx)
         enc = ctx.encoder
         if not isinstance(enc, LaplacianEncoder):
@@ -294,12 +296,12 @@ class LaplacianLatent(LatentTransform[LaplacianLatentOptions]):
         """Level k's decoder input (flat) from concat[z_k, z_{k+1}, ..., z_K]."""
         return self.level(k).from_z(torch.cat(zs[k:], dim=1))
 
-    def posterior(self, features, fwd=None) -> Gaussian:
+    def posterior(self, features: Tensor, fwd: ForwardPass | None = None) -> Gaussian:
         parts = features.split(self.feature_sizes, dim=1)
         params = [self.level_posterior(k, parts[k]) for k in range(self.num_levels)]
         return Gaussian(self.join_levels([m for m, _ in params]), self.join_levels([lv for _, lv in params]))
 
-    def generate(self, z, fwd=None):
+    def generate(self, z: Tensor, fwd: ForwardPass | None = None) -> Tensor:
         zs = self.split_levels(z)
         return torch.cat([self.level_u(k, zs) for k in range(self.num_levels)], dim=1)
 
@@ -332,7 +334,7 @@ class LaplacianDecoder(Decoder[LaplacianDecoderOptions]):
     provides = frozenset({PYRAMID})
     output = "image"  # x_0 = the rebuilt pyramid, clamped to [-1, 1] (straight-through)
 
-    def __init__(self, options: LaplacianDecoderOptions, ctx: BuildContext):
+    def __init__(self, options: LaplacianDecoderOptions, ctx: BuildContext) -> None:
         super().__init__(options, ctx)
         tr, enc = ctx.transform, ctx.encoder
         if not isinstance(tr, LaplacianLatent):
@@ -361,7 +363,7 @@ class LaplacianDecoder(Decoder[LaplacianDecoderOptions]):
         """Level k's band h_k from its flat decoder input."""
         return self.levels[k](u_k.view(-1, *self.u_shapes[k]))
 
-    def forward(self, u, fwd=None):
+    def forward(self, u: Tensor, fwd: ForwardPass | None = None) -> Tensor:
         parts = u.split(self.u_sizes, dim=1)
         preds = [self.decode_level(k, parts[k]) for k in range(self.num_levels)]
         recon = reconstruct_levels(preds, self.kernel)

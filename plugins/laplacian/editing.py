@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from genvae.api import GenvaeError, pyramid_parts
+from genvae.api import GenerativeModel, GenvaeError, pyramid_parts
 from genvae.plugins.laplacian.pyramid import (
     blur_down,
     decompose,
@@ -85,11 +88,11 @@ def composite(samples: Tensor, recon: Tensor, mask: Tensor, blend: str, kernel: 
     return soft * samples + (1.0 - soft) * recon
 
 
-def edit_program(blend: str):
+def edit_program(blend: str) -> Callable[[GenerativeModel, int], tuple[Tensor, Tensor]]:
     """What :func:`edit_image` runs per chunk of variants (sized on meta by genvae.core.budget): their
     generation, then their compositing (two conjugate-gradient steps stand for all of them)."""
 
-    def run(model, batch: int):
+    def run(model: GenerativeModel, batch: int) -> tuple[Tensor, Tensor]:
         enc, _, _ = pyramid_parts(model)
         samples = model.generate(torch.zeros(batch, *model.layout.shape))[1]
         recon = torch.zeros(1, *model.spec.image_shape)
@@ -101,7 +104,7 @@ def edit_program(blend: str):
     return run
 
 
-def edit_batch(model, n: int, blend: str = "alpha", held: int = 0) -> int:
+def edit_batch(model: GenerativeModel, n: int, blend: str = "alpha", held: int = 0) -> int:
     """Variants :func:`edit_image` may generate and composite at once under the memory limit, beside ``held``
     bytes; a one-line BudgetError when even one does not fit."""
     from genvae.api import inference_batch
@@ -117,7 +120,7 @@ def edit_batch(model, n: int, blend: str = "alpha", held: int = 0) -> int:
     )
 
 
-def edit_prior_batch(model, n: int, held: int = 0) -> int:
+def edit_prior_batch(model: GenerativeModel, n: int, held: int = 0) -> int:
     """Variants whose latents :func:`edit_image` may draw at once (the prior's own work: an M-network decodes
     every coarser level) under the memory limit, beside ``held`` bytes."""
     from genvae.api import inference_batch
@@ -127,7 +130,7 @@ def edit_prior_batch(model, n: int, held: int = 0) -> int:
 
 @torch.no_grad()
 def edit_image(
-    model,
+    model: GenerativeModel,
     x: Tensor,
     coarse: Tensor | None = None,
     mask: Tensor | None = None,
@@ -209,7 +212,7 @@ def edit_image(
     }
 
 
-def load_mask(path, model) -> Tensor:
+def load_mask(path: str | os.PathLike[str], model: GenerativeModel) -> Tensor:
     """A black/white image file as a (1, 1, H, W) mask of 0/1 at the model's image size (white = 1)."""
     from genvae.api import load_mask as read_mask
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 import typing
 
 import attrs
-from torch import nn
+from torch import Tensor, nn
 
 from genvae.api import (
     PYRAMID,
     BuildContext,
+    ForwardPass,
+    GenerativeModel,
     Loss,
     PyramidDecoder,
     float_tuple,
@@ -47,7 +49,7 @@ class PyramidMSEOptions:
         converter=to_bool,
     )
 
-    def __attrs_post_init__(self):
+    def __attrs_post_init__(self) -> None:
         if any(w < 0 for w in self.level_weights):
             raise ValueError(f"level_weights must be >= 0, got {shorten(list(self.level_weights))}")
 
@@ -62,7 +64,7 @@ class PyramidMSELoss(Loss[PyramidMSEOptions]):
     #: (encoder, latent, decoder) level modules by level, kept with refer() in attach
     _level_modules: list[tuple[nn.Module, nn.Module, nn.Module]]
 
-    def __init__(self, options: PyramidMSEOptions, ctx: BuildContext, weight: float = 1.0):
+    def __init__(self, options: PyramidMSEOptions, ctx: BuildContext, weight: float = 1.0) -> None:
         super().__init__(options, ctx, weight)
         self.weights: list[float] = []
         dec = ctx.decoder
@@ -75,7 +77,7 @@ class PyramidMSELoss(Loss[PyramidMSEOptions]):
         self.weights = levels_option(self, options.level_weights or (1.0,), levels, "level_weights")
         self.refer("_level_modules", [])  # (encoder, latent, decoder) level modules by level, set in attach
 
-    def attach(self, model) -> None:
+    def attach(self, model: GenerativeModel) -> None:
         enc, tr, dec = pyramid_parts(model)
         self.refer("_level_modules", [(enc.levels[k], tr.levels[k], dec.levels[k]) for k in range(dec.num_levels)])
 
@@ -84,7 +86,8 @@ class PyramidMSELoss(Loss[PyramidMSEOptions]):
             return True
         return any(p.requires_grad for m in self._level_modules[k] for p in m.parameters())
 
-    def forward(self, fwd, phase):
+    def forward(self, fwd: ForwardPass, phase: str) -> dict[str, Tensor]:
+        assert fwd.pyramid is not None  # the pyramid encoder and decoder fill it
         preds, targets = fwd.pyramid.predictions, fwd.pyramid.targets
         total = fwd.x.new_zeros(())
         full = targets[0].shape[-2] * targets[0].shape[-1]

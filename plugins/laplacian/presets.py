@@ -2,8 +2,24 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
 
-def _lapcvae(size, channels, levels, widths, latent, lambdas, prior, hidden, lr, batch):
+if TYPE_CHECKING:
+    from genvae.api import PresetSpec, RegisterNamed
+
+
+def _lapcvae(
+    size: int,
+    channels: int,
+    levels: int,
+    widths: list[int],
+    latent: list[int],
+    lambdas: list[float],
+    prior: str,
+    hidden: list[int],
+    lr: float,
+    batch: int,
+) -> dict[str, Any]:
     prior_spec = {"name": "m-net", "options": {"hidden": hidden}} if prior == "m-net" else {"name": "normal"}
     return {
         "image_size": size,
@@ -17,7 +33,9 @@ def _lapcvae(size, channels, levels, widths, latent, lambdas, prior, hidden, lr,
     }
 
 
-def _vae(size, channels, width, max_width, depth, latent, lr, batch):
+def _vae(
+    size: int, channels: int, width: int, max_width: int, depth: int, latent: int, lr: float, batch: int
+) -> dict[str, Any]:
     return {
         "image_size": size,
         "channels": channels,
@@ -41,12 +59,12 @@ PAPER_LATENT_128 = [64, 64, 64, 128, 128]
 PAPER_LAMBDAS_128 = [100.0, 100.0, 100.0, 0.1, 0.01]
 
 
-def register_presets(register) -> None:
+def register_presets(register: RegisterNamed[PresetSpec]) -> None:
     """Register every LapCVAE preset (called by the plugin's genvae_register_presets)."""
-    paper = dict(
+    paper: dict[str, Any] = dict(
         size=64, channels=3, levels=4, widths=[64], latent=[64], lambdas=PAPER_LAMBDAS, hidden=[256], lr=3e-4, batch=64
     )
-    small = dict(
+    small: dict[str, Any] = dict(
         size=32, channels=1, levels=3, widths=[16], latent=[16], lambdas=SMALL_LAMBDAS, hidden=[64], lr=1e-3, batch=64
     )
     register(

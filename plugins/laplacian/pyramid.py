@@ -7,9 +7,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from genvae.api import Component
 
 KERNELS = ("binomial", "bilinear")
 _BINOMIAL = (1.0, 4.0, 6.0, 4.0, 1.0)  # / 16
@@ -108,7 +113,7 @@ def reconstruct(hs: list[Tensor], kernel: str = "binomial") -> Tensor:
 # -- shared helpers -------------------------------------------------------------------------------------
 
 
-def levels_option(component, values: tuple, levels: int, what: str) -> list:
+def levels_option(component: Component, values: tuple, levels: int, what: str) -> list:
     """:func:`per_level` for a component's option: a bad length is the component's one-line build error."""
     try:
         return per_level(values, levels, what)

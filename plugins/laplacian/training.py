@@ -7,14 +7,16 @@ to ``FOLDER/stages/<stage>``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
-from genvae.api import pyramid_parts
+from genvae.api import GenerativeModel, pyramid_parts
 
 
-def level_paths(model, k: int) -> list[str]:
+def level_paths(model: GenerativeModel, k: int) -> list[str]:
     """Module paths of pyramid level k: its encoder, latent heads, decoder and (m-net) its M network."""
     pyramid_parts(model)
     paths = [f"encoder.levels.{k}", f"transform.levels.{k}", f"decoder.levels.{k}"]
@@ -24,13 +26,13 @@ def level_paths(model, k: int) -> list[str]:
     return paths
 
 
-def greedy_stages(model) -> list[tuple[str, list[str]]]:
+def greedy_stages(model: GenerativeModel) -> list[tuple[str, list[str]]]:
     """(stage name, train_only paths) per level, coarsest first."""
     levels = model.encoder.num_levels
     return [(f"level-{k}", level_paths(model, k)) for k in range(levels - 1, -1, -1)]
 
 
-def unfreeze(model) -> None:
+def unfreeze(model: GenerativeModel) -> None:
     """Undo a previous stage's freezing (requires_grad and train mode)."""
     for p in model.parameters():
         p.requires_grad_(True)
@@ -38,20 +40,20 @@ def unfreeze(model) -> None:
 
 
 def run_stage(
-    model,
+    model: GenerativeModel,
     folder: Path,
     name: str,
     paths: list[str],
     steps: int,
-    data=None,
-    data_root=None,
-    download=False,
-    batch_size=None,
-    lr=None,
-    device="auto",
-    seed=None,
-    echo=None,
-    registry=None,
+    data: str | None = None,
+    data_root: str | None = None,
+    download: bool = False,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    device: str = "auto",
+    seed: int | None = None,
+    echo: Callable[[str], None] | None = None,
+    registry: Any = None,  # a registry as genvae.api.get_registry() returns it; None: the installed one
 ) -> dict:
     """Train only ``paths`` of ``model`` for ``steps`` steps, as one run of the core training service into the
     stage folder ``folder/stages/<name>`` (emptied of genvae's files of an earlier run first): the stage's
