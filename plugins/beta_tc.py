@@ -146,7 +146,7 @@ class BetaTCLoss(Loss[BetaTCOptions]):
         fwd.log("beta-tc.mi", mi.mean())
         fwd.log("beta-tc.tc", tc.mean())
         fwd.log("beta-tc.dim_kl", dim_kl.mean())
-        return {"beta_tc": self.weight * (o.alpha * mi + o.beta * tc + o.gamma * dim_kl).mean()}
+        return {"beta-tc": self.weight * (o.alpha * mi + o.beta * tc + o.gamma * dim_kl).mean()}
 
 
 @hookimpl

@@ -100,7 +100,7 @@ class FactorLoss(Loss[FactorOptions]):
     def forward(self, fwd: ForwardPass, phase: str) -> dict[str, Tensor]:
         assert fwd.z is not None
         if phase == PHASE:
-            return {"factor_d": self.discriminator_loss(fwd.z.detach())}
+            return {"d": self.discriminator_loss(fwd.z.detach())}
         tc = self.logits(fwd.z, detach_params=True).mean()
         fwd.log("factor.tc", tc)
         return {"factor": self.weight * self.options.gamma * tc}

@@ -126,7 +126,7 @@ def test_the_term_weights_each_part_and_logs_them():
     fwd = model(torch.rand(4, 3, 16, 16) * 2 - 1)
     loss = model.losses["beta-tc"]
     assert isinstance(loss, BetaTCLoss)
-    term = loss(fwd, "model")["beta_tc"]
+    term = loss(fwd, "model")["beta-tc"]
     mi, tc, dim_kl = decompose(fwd.posterior, fwd.z, fwd.prior.log_prob(fwd.z), 40, "mws")
     assert term.item() == pytest.approx((2 * mi + 3 * tc + 5 * dim_kl).mean().item(), rel=1e-5)
     for name, part in (("mi", mi), ("tc", tc), ("dim_kl", dim_kl)):
@@ -135,13 +135,13 @@ def test_the_term_weights_each_part_and_logs_them():
     unit = model_with("loss.beta-tc.beta=1")
     fwd = unit(torch.rand(4, 3, 16, 16) * 2 - 1)
     kl = (fwd.log_q - fwd.prior.log_prob(fwd.z)).mean()
-    assert unit.losses["beta-tc"](fwd, "model")["beta_tc"].item() == pytest.approx(kl.item(), rel=1e-5)
+    assert unit.losses["beta-tc"](fwd, "model")["beta-tc"].item() == pytest.approx(kl.item(), rel=1e-5)
 
 
 def test_the_gradient_reaches_the_encoder_and_the_transform():
     model = model_with()
     fwd = model(torch.rand(4, 3, 16, 16) * 2 - 1)
-    model.losses["beta-tc"](fwd, "model")["beta_tc"].backward()
+    model.losses["beta-tc"](fwd, "model")["beta-tc"].backward()
     for part in (model.encoder, model.transform):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
     assert all(p.grad is None for p in model.decoder.parameters())

@@ -105,7 +105,7 @@ def test_each_phase_term_reaches_only_its_own_parameters():
     for part in (model.encoder, model.transform):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
     model.zero_grad(set_to_none=True)
-    loss(fwd, PHASE)["factor_d"].backward()
+    loss(fwd, PHASE)["d"].backward()
     assert all(p.grad is not None for p in loss.discriminator.parameters())
     assert all(p.grad is None for p in (*model.encoder.parameters(), *model.transform.parameters()))
 
