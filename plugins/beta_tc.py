@@ -23,8 +23,8 @@ size of MNIST's training set, by default). It shifts the MWS estimates of MI and
 (log N and (D - 1) log N at most), never their gradients; set it to the data's size for meaningful logged parts.
 
 The three parts telescope: with alpha = beta = gamma = 1 their sum is log q(z|x) - log p(z) at the same samples,
-the Monte Carlo KL, whatever the estimator. beta > 1 penalises the total correlation alone (the paper: beta = 6
-in its dSprites comparisons; alpha = gamma = 1).
+the Monte Carlo KL, whatever the estimator. beta > 1 penalises the total correlation alone (the paper keeps
+alpha = gamma = 1; the preset takes beta = 6).
 
 q(z|x_j) must have a density at every other image's sample, so the latent transform must be a diagonal Gaussian
 without a flow (a flow's posterior has a density only at its own samples) and stochastic; the dimension-wise KL is
