@@ -119,7 +119,7 @@ class BetaTCLoss(Loss[BetaTCOptions]):
     Options = BetaTCOptions
     role = "divergence"
 
-    def __init__(self, options: BetaTCOptions, ctx: BuildContext, weight: float = 1.0):
+    def __init__(self, options: BetaTCOptions, ctx: BuildContext, weight: float = 1.0) -> None:
         super().__init__(options, ctx, weight)
         transform = ctx.transform
         assert transform is not None  # built before the losses

@@ -78,7 +78,7 @@ class FactorLoss(Loss[FactorOptions]):
     phase_order = ("model", PHASE)
     test_options = {"hidden": 8, "depth": 2}
 
-    def __init__(self, options: FactorOptions, ctx: BuildContext, weight: float = 1.0):
+    def __init__(self, options: FactorOptions, ctx: BuildContext, weight: float = 1.0) -> None:
         super().__init__(options, ctx, weight)
         transform = ctx.transform
         assert transform is not None  # built before the losses

@@ -99,7 +99,7 @@ class MMDLoss(Loss[MMDOptions]):
     Options = MMDOptions
     role = "divergence"
 
-    def __init__(self, options: MMDOptions, ctx: BuildContext, weight: float = 1.0):
+    def __init__(self, options: MMDOptions, ctx: BuildContext, weight: float = 1.0) -> None:
         super().__init__(options, ctx, weight)
 
     def forward(self, fwd: ForwardPass, phase: str) -> dict[str, Tensor]:
