@@ -5,6 +5,7 @@ BUILTIN_PLUGINS = [
     "genvae.plugins.conv",
     "genvae.plugins.normal",
     "genvae.plugins.vamp",
+    "genvae.plugins.mog",
     "genvae.plugins.mse",
     "genvae.plugins.bce",
     "genvae.plugins.gaussian",
