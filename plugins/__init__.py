@@ -6,6 +6,7 @@ BUILTIN_PLUGINS = [
     "genvae.plugins.normal",
     "genvae.plugins.vamp",
     "genvae.plugins.mog",
+    "genvae.plugins.top_down",
     "genvae.plugins.mse",
     "genvae.plugins.bce",
     "genvae.plugins.gaussian",
