@@ -7,6 +7,7 @@ BUILTIN_PLUGINS = [
     "genvae.plugins.vamp",
     "genvae.plugins.mog",
     "genvae.plugins.top_down",
+    "genvae.plugins.vq",
     "genvae.plugins.mse",
     "genvae.plugins.bce",
     "genvae.plugins.gaussian",
