@@ -231,5 +231,6 @@ def test_describe_shows_options_with_types_defaults_and_help():
     assert table.exit_code == 0 and "options" in table.output
     bad = runner.invoke(cli, ["describe", "loss", "kll"])
     assert bad.exit_code == 1 and bad.output.strip().splitlines() == [
-        "Error: unknown loss 'kll'; did you mean 'kl'? known: adv, bce, gaussian, kl, mi, mse, perceptual, pyramid-mse"
+        "Error: unknown loss 'kll'; did you mean 'kl'? known: adv, bce, gaussian, kl, mi, mse, perceptual, "
+        "pyramid-mse, vq"
     ]
