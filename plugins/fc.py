@@ -93,6 +93,19 @@ class FCLatentOptions:
         "shape of u; empty mirrors the encoder's features (as VAE-GAN's Linear 1024 -> 4096)",
         converter=int_tuple,
     )
+    groups: int = option(
+        1,
+        "split z into this many equal groups, in order (a two-layer top-down prior reads group 0 as the upper "
+        "latent z2 and group 1 as the lower z1); latent_dim must be a multiple of it",
+        positive_int,
+        to_int,
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if self.latent_dim % self.groups:
+            raise ValueError(
+                f"groups {self.groups} must divide latent_dim {self.latent_dim} (the groups are of equal size)"
+            )
 
 
 class FCLatent(LatentTransform[FCLatentOptions]):
@@ -107,7 +120,8 @@ class FCLatent(LatentTransform[FCLatentOptions]):
         assert ctx.encoder is not None, "the encoder is built before the latent transform"
         in_shape = ctx.encoder.output_shape
         d = options.latent_dim
-        self.layout = LatentLayout((d,))
+        g = options.groups
+        self.layout = LatentLayout((d,), group_sizes=(d // g,) * g) if g > 1 else LatentLayout((d,))
         self.output_shape = tuple(options.output_shape) or tuple(in_shape)
         if min(self.output_shape) <= 0:
             raise self.fail(f"output_shape {describe_shape(self.output_shape)} must be positive")
