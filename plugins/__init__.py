@@ -9,6 +9,7 @@ BUILTIN_PLUGINS = [
     "genvae.plugins.bce",
     "genvae.plugins.gaussian",
     "genvae.plugins.kl",
+    "genvae.plugins.flows",
     "genvae.plugins.shapes",
     "genvae.plugins.torchvision_data",
     "genvae.plugins.cr_lstm",
