@@ -117,6 +117,20 @@ def test_iaf_steps_are_autoregressive_in_alternating_order():
     m, s = first.net(z.unsqueeze(0)).split(4, dim=1)
     assert torch.allclose(lower.diagonal(), torch.sigmoid(s[0]))
     assert torch.allclose(first(z.unsqueeze(0))[1], torch.log(torch.sigmoid(s)).sum(1))
+    # the gated update: z' = sigma z + (1 - sigma) m
+    sigma = torch.sigmoid(s[0])
+    assert torch.allclose(first(z.unsqueeze(0))[0][0], sigma * z + (1 - sigma) * m[0])
+
+
+def test_iaf_reverses_the_order_between_steps():
+    """Two steps in opposite orders: every output depends on every input (one order would stay triangular)."""
+    model = flow_model("iaf", latent=4)
+    transform = model.transform.double()
+    assert transform.options.length == 3
+    randomise(transform.steps, seed=8)
+    z0 = torch.randn(4, dtype=torch.float64)
+    full = jacobian(lambda v: transform.flow(v.unsqueeze(0))[0][0], z0)
+    assert (full.abs() > 1e-8).all()
 
 
 def test_iaf_starts_with_the_forget_bias():
