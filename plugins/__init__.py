@@ -10,6 +10,7 @@ BUILTIN_PLUGINS = [
     "genvae.plugins.gaussian",
     "genvae.plugins.kl",
     "genvae.plugins.flows",
+    "genvae.plugins.iwae",
     "genvae.plugins.shapes",
     "genvae.plugins.torchvision_data",
     "genvae.plugins.cr_lstm",
