@@ -15,6 +15,8 @@ BUILTIN_PLUGINS = [
     "genvae.plugins.beta_tc",
     "genvae.plugins.factor_vae",
     "genvae.plugins.mmd",
+    "genvae.plugins.flows",
+    "genvae.plugins.iwae",
     "genvae.plugins.shapes",
     "genvae.plugins.torchvision_data",
     "genvae.plugins.cr_lstm",

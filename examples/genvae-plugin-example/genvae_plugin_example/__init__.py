@@ -14,6 +14,9 @@ Provides:
 * decoder ``resnet``: the mirror image: residual blocks, then nearest-neighbour x2 upsampling
   and a 3x3 conv per stage, and a final 3x3 conv to the image channels: logits in the ``tanh``
   output space (declared by ``output``; the engine makes x_hat = tanh(logits)).
+* latent transform ``tanh-flow`` and loss ``renyi`` (in :mod:`genvae_plugin_example.family`): a posterior
+  through an elementwise normalising flow, and the variational Renyi bound of k posterior draws (an objective
+  loss): the flow and multi-sample contracts of genvae 0.3.
 * preset ``resnet-vae``: 32x32 RGB, resnet encoder/decoder, ``conv`` latent with 4 channels
   (a 4x4x4 = 64-value latent), MSE + KL.
 """
@@ -24,6 +27,7 @@ import attrs
 from torch import nn
 
 from genvae.api import BuildContext, Decoder, Encoder, hookimpl, non_negative_int, option, positive_int, to_int
+from genvae_plugin_example.family import RenyiBound, TanhFlow
 
 __version__ = "0.1.0"
 
@@ -150,6 +154,16 @@ def genvae_register_encoders(register):
 @hookimpl
 def genvae_register_decoders(register):
     register(ResNetDecoder)
+
+
+@hookimpl
+def genvae_register_transforms(register):
+    register(TanhFlow)
+
+
+@hookimpl
+def genvae_register_losses(register):
+    register(RenyiBound)
 
 
 @hookimpl
