@@ -105,7 +105,7 @@ class FlowTransform(LatentTransform[Any]):
 
     layout: LatentLayout
 
-    def __init__(self, options: FlowOptions, ctx: BuildContext):
+    def __init__(self, options: FlowOptions, ctx: BuildContext) -> None:
         super().__init__(options, ctx)
         try:
             base_cls = get_registry().component("transform", options.base)
@@ -185,7 +185,7 @@ class FlowTransform(LatentTransform[Any]):
 class PlanarStep(nn.Module):
     """f(z) = z + u_hat tanh(w^T z + b), with u_hat making w^T u_hat >= -1 (invertible)."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int) -> None:
         super().__init__()
         bound = 1.0 / math.sqrt(dim)
         self.u = nn.Parameter(torch.empty(dim).uniform_(-bound, bound))
@@ -220,7 +220,7 @@ class PlanarFlow(FlowTransform):
 class RadialStep(nn.Module):
     """f(z) = z + beta (z - z_ref) / (alpha + ||z - z_ref||), alpha > 0, beta > -alpha (invertible)."""
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int) -> None:
         super().__init__()
         bound = 1.0 / math.sqrt(dim)
         self.z_ref = nn.Parameter(torch.empty(dim).uniform_(-bound, bound))
@@ -261,7 +261,7 @@ class MaskedLinear(nn.Linear):
 
     mask: Tensor
 
-    def __init__(self, mask: Tensor):
+    def __init__(self, mask: Tensor) -> None:
         super().__init__(mask.shape[1], mask.shape[0])
         self.register_buffer("mask", mask.to(self.weight.dtype))
 
@@ -272,7 +272,7 @@ class MaskedLinear(nn.Linear):
 class IAFStep(nn.Module):
     """z = sigma * z + (1 - sigma) * m, [m, s] = MADE(z) autoregressive in ``order``, sigma = sigmoid(s)."""
 
-    def __init__(self, dim: int, hidden: int, reverse: bool):
+    def __init__(self, dim: int, hidden: int, reverse: bool) -> None:
         super().__init__()
         # degree of input j: its 1-based position in this step's order (natural, or reversed)
         d_in = torch.arange(dim, 0, -1) if reverse else torch.arange(1, dim + 1)

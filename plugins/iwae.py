@@ -72,7 +72,7 @@ class IWAELoss(Loss[IWAEOptions]):
     Options = IWAEOptions
     role = "objective"
 
-    def __init__(self, options: IWAEOptions, ctx: BuildContext, weight: float = 1.0):
+    def __init__(self, options: IWAEOptions, ctx: BuildContext, weight: float = 1.0) -> None:
         super().__init__(options, ctx, weight)
         decoder = ctx.decoder
         output = decoder.output if decoder is not None else "tanh"

@@ -55,7 +55,7 @@ class GaussianMixture:
 
     ``logits`` (K,), ``mean`` and ``logvar`` (K, N) with N the latent's size."""
 
-    def __init__(self, logits: Tensor, mean: Tensor, logvar: Tensor, shape: tuple[int, ...]):
+    def __init__(self, logits: Tensor, mean: Tensor, logvar: Tensor, shape: tuple[int, ...]) -> None:
         self.logits, self.mean, self.logvar, self.shape = logits, mean, logvar, shape
 
     def component_log_prob(self, z: Tensor) -> Tensor:
@@ -96,7 +96,7 @@ class MoGPrior(Prior[MoGOptions]):
     gaussian = False
     test_options = {"components": 3}
 
-    def __init__(self, options: MoGOptions, ctx: BuildContext):
+    def __init__(self, options: MoGOptions, ctx: BuildContext) -> None:
         super().__init__(options, ctx)
         k, n = options.components, self.layout.numel
         self.means = nn.Parameter(torch.randn(k, n) * options.init_spread)

@@ -60,7 +60,7 @@ class TopDownOptions:
 class TopDownDistribution:
     """p(z2) p(z1 | z2) over a latent of shape ``shape`` whose flattened first ``upper`` elements are z2."""
 
-    def __init__(self, net: nn.Module, upper: int, shape: tuple[int, ...]):
+    def __init__(self, net: nn.Module, upper: int, shape: tuple[int, ...]) -> None:
         self.net, self.upper, self.shape = net, upper, shape
 
     def conditional(self, z2: Tensor) -> Gaussian:
@@ -99,7 +99,7 @@ class TopDownPrior(Prior[TopDownOptions]):
     gaussian = False
     test_options = {"hidden": [8]}
 
-    def __init__(self, options: TopDownOptions, ctx: BuildContext):
+    def __init__(self, options: TopDownOptions, ctx: BuildContext) -> None:
         super().__init__(options, ctx)
         layout = self.layout
         if layout.num_groups != 2:

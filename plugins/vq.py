@@ -150,7 +150,7 @@ class VQLatent(LatentTransform[VQOptions]):
     embed_sum: Tensor
     started: Tensor
 
-    def __init__(self, options: VQOptions, ctx: BuildContext):
+    def __init__(self, options: VQOptions, ctx: BuildContext) -> None:
         super().__init__(options, ctx)
         assert ctx.encoder is not None, "the encoder is built before the latent transform"
         in_shape = ctx.encoder.output_shape
@@ -233,7 +233,7 @@ class CategoricalCodes:
     """Independent categoricals over the K codes at each of P positions: logits (P, K); codes read from z by the
     code-book (K, D)."""
 
-    def __init__(self, logits: Tensor, codebook: Tensor):
+    def __init__(self, logits: Tensor, codebook: Tensor) -> None:
         self.logits, self.codebook = logits, codebook
 
     def log_prob_indices(self, indices: Tensor) -> Tensor:
@@ -261,7 +261,7 @@ class CategoricalPrior(Prior[NoOptions]):
     name = "categorical"
     gaussian = False
 
-    def __init__(self, options: NoOptions, ctx: BuildContext):
+    def __init__(self, options: NoOptions, ctx: BuildContext) -> None:
         super().__init__(options, ctx)
         if not isinstance(ctx.transform, VQLatent):
             name = ctx.transform.name if ctx.transform is not None else "none"
@@ -309,7 +309,7 @@ class VQLoss(Loss[VQLossOptions]):
     Options = VQLossOptions
     role = "divergence"
 
-    def __init__(self, options: VQLossOptions, ctx: BuildContext, weight: float = 1.0):
+    def __init__(self, options: VQLossOptions, ctx: BuildContext, weight: float = 1.0) -> None:
         super().__init__(options, ctx, weight)
         if not isinstance(ctx.transform, VQLatent):
             name = ctx.transform.name if ctx.transform is not None else "none"
