@@ -174,7 +174,8 @@ def test_encode_mean_is_the_flowed_base_mean():
 
 def test_base_options_are_checked_and_recorded():
     model = flow_model("radial", latent=5)
-    assert model.transform.options.base_options == {"latent_dim": 5, "output_activation": "relu", "output_shape": []}
+    expected = {"latent_dim": 5, "output_activation": "relu", "output_shape": [], "groups": 1}
+    assert model.transform.options.base_options == expected
     assert model.layout.shape == (5,)
     resolved = json.loads(json.dumps(model.resolved_spec().to_dict()))
     assert resolved["transform"]["options"]["base_options"]["latent_dim"] == 5

@@ -108,6 +108,7 @@ def test_residual_skip_is_present():
     with torch.no_grad():
         assert not torch.allclose(block(x), torch.relu(x))  # the body contributes ...
         last_bn = block.body[-1]
+        assert isinstance(last_bn, torch.nn.BatchNorm2d)
         last_bn.weight.zero_()
         last_bn.bias.zero_()
         # ... and with the body silenced, what is left is the identity path: relu(x + 0)
