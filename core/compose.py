@@ -140,6 +140,7 @@ def compose_spec(
         spec = attrs.evolve(
             spec, **parts, losses=tuple(loss_list), description=_amended_description(spec, parts, loss_list)
         )
+    spec = _schedule_added_phases(spec, [extra.name for extra in parse_losses(losses)], registry)
     if image_size is not None:
         spec = attrs.evolve(spec, image_size=image_size)
     if channels is not None:
@@ -147,6 +148,23 @@ def compose_spec(
             raise OptionsError(f"--channels must be 1 or 3, got {channels}")
         spec = attrs.evolve(spec, channels=channels)
     return apply_sets(spec, sets)
+
+
+def _schedule_added_phases(spec: ModelSpec, names: Sequence[str], registry: Registry) -> ModelSpec:
+    """A preset with its own update schedule (crvae-gan's) and a loss added with ``--loss`` that trains a phase of
+    its own (factor's latent discriminator): the schedule would never update it, so that phase's update is
+    appended after the preset's, on the step's pass. The one-pass schedule (empty) runs every phase already."""
+    schedule = spec.train.schedule
+    if not schedule:
+        return spec
+    scheduled = {update["phase"] for update in schedule}
+    extra = [
+        {"phase": phase, "branch": "all", "fresh": False}
+        for name in names
+        for phase in registry.component("loss", name).phases
+        if phase != "model" and phase not in scheduled
+    ]
+    return spec.with_train(schedule=(*schedule, *extra)) if extra else spec
 
 
 def apply_sets(spec: ModelSpec, sets: Sequence[str]) -> ModelSpec:

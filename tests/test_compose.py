@@ -171,3 +171,15 @@ def test_unknown_names_list_the_known_ones(kwargs, start, suggestion):
     assert (int(more.split()[0]) if more else 0) == len(known) - len(names)
     if suggestion:
         assert f"did you mean '{suggestion}'?" in message
+
+
+def test_a_loss_added_to_a_scheduled_preset_gets_its_phase_updated():
+    """crvae-gan-small has the authors' update schedule; factor's latent discriminator trains a phase it never
+    names, so --loss factor appends that phase's update (else the build refuses: the phase would not train)."""
+    from genvae.core.compose import compose_spec
+
+    spec = compose_spec(preset="crvae-gan-small", losses="factor")
+    phases = [u["phase"] for u in spec.train.schedule]
+    assert phases[:-1] == [u["phase"] for u in compose_spec(preset="crvae-gan-small").train.schedule]
+    assert spec.train.schedule[-1] == {"phase": "factor-discriminator", "branch": "all", "fresh": False}
+    assert compose_spec(preset="cvae", losses="factor").train.schedule == ()  # one pass runs every phase already
