@@ -32,4 +32,5 @@ BUILTIN_PLUGINS = [
     "genvae.plugins.stage2",
     "genvae.plugins.tensorboard_logger",
     "genvae.plugins.mlflow_logger",
+    "genvae.plugins.zoo",
 ]
