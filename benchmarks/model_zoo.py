@@ -105,17 +105,22 @@ ROWS: dict[str, Row] = {
     "beta-vae": Row("beta-vae", Peer("BetaVAE", "BetaVAEConfig", {"beta": 4.0})),
     "vae-vamp": Row("vae-vamp", Peer("VAMP", "VAMPConfig", {"number_components": 50}, prior="vamp")),
     "iwae": Row("iwae", Peer("IWAE", "IWAEConfig", {"number_samples": 5})),
-    "miwae": Row("miwae", Peer("MIWAE", "MIWAEConfig", {"number_samples": 5, "number_gradient_estimates": 2})),
+    "miwae": Row("miwae", Peer("MIWAE", "MIWAEConfig", {"number_samples": 5, "number_gradient_estimates": 3})),
     "vae-planar": Row("vae-planar", Peer("VAE_LinNF", "VAE_LinNF_Config", {"flows": ["Planar"] * 4}, flow="linnf")),
     "vae-radial": Row("vae-radial", Peer("VAE_LinNF", "VAE_LinNF_Config", {"flows": ["Radial"] * 4}, flow="linnf")),
-    "vae-iaf": Row("vae-iaf", Peer("VAE_IAF", "VAE_IAF_Config", {"n_made_blocks": 2}, flow="iaf")),
+    "vae-iaf": Row("vae-iaf", Peer("VAE_IAF", "VAE_IAF_Config", {"n_made_blocks": 4}, flow="iaf")),
     "vae-mog": Row("vae-mog", None, "pythae has no mixture-of-Gaussians prior to train with"),
-    "vq-vae": Row("vq-vae", Peer("VQVAE", "VQVAEConfig", {"num_embeddings": 512}, bound=False, encoder="point")),
+    "vq-vae": Row("vq-vae", Peer("VQVAE", "VQVAEConfig", {"num_embeddings": 64}, bound=False, encoder="point")),
     "two-layer-vae": Row("two-layer-vae", None, "pythae has no hierarchical (two stochastic layer) VAE"),
     "beta-tcvae": Row("beta-tcvae", Peer("BetaTCVAE", "BetaTCVAEConfig", {"beta": 6.0})),
-    "factor-vae": Row("factor-vae", Peer("FactorVAE", "FactorVAEConfig", {"gamma": 10.0})),
-    "wae-mmd": Row("wae-mmd", Peer("WAE_MMD", "WAE_MMD_Config", {}, bound=False, encoder="point")),
-    "info-vae": Row("info-vae", Peer("INFOVAE_MMD", "INFOVAE_MMD_Config", {})),
+    "factor-vae": Row("factor-vae", Peer("FactorVAE", "FactorVAEConfig", {"gamma": 6.0})),
+    "wae-mmd": Row(
+        "wae-mmd",
+        Peer("WAE_MMD", "WAE_MMD_Config", {"kernel_choice": "imq", "reg_weight": 10.0}, bound=False, encoder="point"),
+    ),
+    "info-vae": Row(
+        "info-vae", Peer("INFOVAE_MMD", "INFOVAE_MMD_Config", {"kernel_choice": "rbf", "alpha": 0.0, "lbd": 1000.0})
+    ),
 }
 
 
