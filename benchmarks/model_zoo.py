@@ -110,10 +110,12 @@ ROWS: dict[str, Row] = {
     "vae-radial": Row("vae-radial", Peer("VAE_LinNF", "VAE_LinNF_Config", {"flows": ["Radial"] * 4}, flow="linnf")),
     "vae-iaf": Row("vae-iaf", Peer("VAE_IAF", "VAE_IAF_Config", {"n_made_blocks": 4}, flow="iaf")),
     "vae-mog": Row("vae-mog", None, "pythae has no mixture-of-Gaussians prior to train with"),
-    "vq-vae": Row("vq-vae", Peer("VQVAE", "VQVAEConfig", {"num_embeddings": 64}, bound=False, encoder="point")),
+    "vq-vae": Row(
+        "vq-vae", Peer("VQVAE", "VQVAEConfig", {"num_embeddings": 64, "use_ema": True}, bound=False, encoder="point")
+    ),
     "two-layer-vae": Row("two-layer-vae", None, "pythae has no hierarchical (two stochastic layer) VAE"),
     "beta-tcvae": Row("beta-tcvae", Peer("BetaTCVAE", "BetaTCVAEConfig", {"beta": 6.0})),
-    "factor-vae": Row("factor-vae", Peer("FactorVAE", "FactorVAEConfig", {"gamma": 6.0})),
+    "factor-vae": Row("factor-vae", Peer("FactorVAE", "FactorVAEConfig", {"gamma": 6.0}, trainer="AdversarialTrainer")),
     "wae-mmd": Row(
         "wae-mmd",
         Peer("WAE_MMD", "WAE_MMD_Config", {"kernel_choice": "imq", "reg_weight": 10.0}, bound=False, encoder="point"),

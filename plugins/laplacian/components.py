@@ -224,8 +224,13 @@ class LaplacianEncoder(Encoder[LaplacianEncoderOptions]):
         bs = gaussian_pyramid(x, self.num_levels, self.kernel)
         hs = decompose(x, self.num_levels, self.kernel, blurred=bs)
         feats, coarser = self.encode_pyramid(hs, bs)
-        if fwd is not None:
-            fwd.pyramid = PyramidPass(targets=hs, blurred=bs, condition=coarser)
+        if fwd is not None:  # x's own rows: a prior's extra inputs (VampPrior's pseudo-inputs) ride in the same batch
+            n = fwd.x.shape[0]
+            fwd.pyramid = PyramidPass(
+                targets=[h[:n] for h in hs],
+                blurred=[b[:n] for b in bs],
+                condition=[None if c is None else c[:n] for c in coarser],
+            )
         return torch.cat(feats, dim=1)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import random
 
+import attrs
 import numpy as np
 import pytest
 import torch
@@ -440,3 +441,18 @@ def test_train_levels_command(cli, model_dir, tmp_path):
     again = load_model(work).state_dict()
     for key, value in after.items():
         assert torch.equal(again[key], value) == (not key.startswith("prior.")), key
+
+
+def test_a_vampprior_on_the_pyramid_keeps_the_bands_to_the_batch():
+    """VampPrior's pseudo-inputs go through the encoder with the batch; the pyramid the losses read holds the
+    batch's own bands only (before, pyramid-mse met 2 images against 2 + K bands and the build failed)."""
+    spec = tiny(prior="vamp")
+    spec = attrs.evolve(spec, prior=attrs.evolve(spec.prior, options={"components": 3}))
+    model = build_model(spec).train()
+    x = random_images(spec, batch=2)
+    fwd = model(x)
+    assert all(h.shape[0] == 2 for h in fwd.pyramid.targets + fwd.pyramid.blurred)
+    assert all(c is None or c.shape[0] == 2 for c in fwd.pyramid.condition)
+    assert fwd.extra_posterior.mean.shape[0] == 3
+    bands = lap.decompose(x, 3, model.encoder.kernel)
+    assert all(torch.equal(a, b) for a, b in zip(fwd.pyramid.targets, bands, strict=True))
