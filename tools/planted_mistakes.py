@@ -608,6 +608,63 @@ MISTAKES = [
         "y = fwd.z.detach() + 0 * model.prior.sample(",
         ["tests/plugins/test_mmd.py"],
     ),
+    # -- the 0.3 contracts and the VAE-family plugins (issue 20) --
+    (
+        "log q(z|x) adds the flow's log-determinant instead of taking it off",
+        "core/components.py",
+        "return log_q if self.log_det is None else log_q - self.log_det",
+        "return log_q if self.log_det is None else log_q + self.log_det",
+        ["tests/test_family_contracts.py", "tests/plugins/test_flows.py"],
+    ),
+    (
+        "k draws: the flow's log-determinant added to log q",
+        "core/model.py",
+        "log_q = log_q - log_det.view(k, b)",
+        "log_q = log_q + log_det.view(k, b)",
+        ["tests/test_family_contracts.py", "tests/plugins/test_flows.py", "tests/plugins/test_iwae.py"],
+    ),
+    (
+        "kl takes the closed form under a flow",
+        "plugins/kl.py",
+        "and not transform.has_flow",
+        "",
+        ["tests/test_family_contracts.py", "tests/plugins/test_flows.py"],
+    ),
+    (
+        "planar flow: log|det| without the 1 + (log1p -> log)",
+        "plugins/flows.py",
+        "log_det = torch.log1p((1.0 - t * t) * (self.w @ u_hat))",
+        "log_det = torch.log((1.0 - t * t) * (self.w @ u_hat))",
+        ["tests/plugins/test_flows.py"],
+    ),
+    (
+        "IWAE bound without - log k",
+        "plugins/iwae.py",
+        "return (torch.logsumexp(groups, dim=1) - math.log(k)).mean(0)",
+        "return torch.logsumexp(groups, dim=1).mean(0)",
+        ["tests/plugins/test_iwae.py"],
+    ),
+    (
+        "VQ without the straight-through estimator",
+        "plugins/vq.py",
+        "return z0 + (z_q - z0).detach(), None",
+        "return z_q, None",
+        ["tests/plugins/test_vq.py"],
+    ),
+    (
+        "VQ commitment without stop-gradient on the codes",
+        "plugins/vq.py",
+        "* (data.z_e - data.z_q.detach()).pow(2).flatten(1).sum(1).mean()",
+        "* (data.z_e - data.z_q).pow(2).flatten(1).sum(1).mean()",
+        ["tests/plugins/test_vq.py"],
+    ),
+    (
+        "mixture prior: weights not normalised (log_softmax dropped)",
+        "plugins/mog.py",
+        "return (torch.log_softmax(self.logits, 0) + density).view(*lead, -1)",
+        "return (self.logits + density).view(*lead, -1)",
+        ["tests/plugins/test_mog.py"],
+    ),
 ]
 
 
