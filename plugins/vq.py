@@ -174,6 +174,7 @@ class VQLatent(LatentTransform[VQOptions]):
             self.codebook = nn.Parameter(codebook)
         # a data start waits for the first training pass; saved, so a resumed or loaded model never restarts
         self.register_buffer("started", torch.tensor(options.init != "data"))
+        self._started = options.init != "data"  # the buffer, read once (a host sync on the first training pass only)
 
     def generation_modules(self) -> list[nn.Module]:
         return [self.from_z]
@@ -185,15 +186,18 @@ class VQLatent(LatentTransform[VQOptions]):
 
     def flow(self, z0: Tensor, fwd: ForwardPass | None = None) -> tuple[Tensor, Tensor | None]:
         """z = the nearest codes of z0 = z_e, straight-through; in a training pass, the EMA update and the logs."""
-        if self.training and fwd is not None and not bool(self.started):
-            self.data_start(z0.detach())
+        if self.training and fwd is not None and not self._started and not z0.is_meta:  # meta: sizing, nothing to start
+            if not bool(self.started):
+                self.data_start(z0.detach())
+            self._started = True
         indices = nearest_codes(z0.detach(), self.codebook.detach())
         z_q = codes_to_vectors(indices, self.codebook)  # a copy: the codes this pass assigned, before the update
         if self.training and fwd is not None and self.options.update == "ema":
             self.ema_update(z0.detach(), indices)
         if fwd is not None:
             fwd[VQ] = VQData(indices, z0, z_q)
-            counts = torch.bincount(indices.flatten(), minlength=self.options.codes).float()
+            index = indices.flatten()
+            counts = z0.new_zeros(self.options.codes).float().index_add_(0, index, z0.new_ones(index.shape[0]).float())
             p = counts / counts.sum()
             fwd.log("vq.perplexity", torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()))
             fwd.log("vq.usage", (counts > 0).float().mean())
@@ -218,9 +222,12 @@ class VQLatent(LatentTransform[VQOptions]):
         """One step of the code-book's moving averages (see the module docstring) from this batch's assignment."""
         k, gamma = self.options.codes, self.options.decay
         flat = z_e.movedim(1, -1).reshape(-1, z_e.shape[1])  # (positions, D)
-        one_hot = torch.nn.functional.one_hot(indices.flatten(), k).to(flat.dtype)  # (positions, K)
-        self.cluster_size.mul_(gamma).add_(one_hot.sum(0), alpha=1 - gamma)
-        self.embed_sum.mul_(gamma).add_(one_hot.t() @ flat, alpha=1 - gamma)
+        index = indices.flatten()
+        # per code: how many positions chose it and the sum of their z_e (index_add, which also sizes on meta)
+        counts = flat.new_zeros(k).index_add_(0, index, flat.new_ones(index.shape[0]))
+        sums = flat.new_zeros(k, flat.shape[1]).index_add_(0, index, flat)
+        self.cluster_size.mul_(gamma).add_(counts, alpha=1 - gamma)
+        self.embed_sum.mul_(gamma).add_(sums, alpha=1 - gamma)
         n = self.cluster_size.sum()
         smoothed = (self.cluster_size + self.options.epsilon) / (n + k * self.options.epsilon) * n
         self.codebook.copy_(self.embed_sum / smoothed.unsqueeze(1))

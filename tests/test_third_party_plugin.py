@@ -385,6 +385,8 @@ def _assert_resnet_record(rec: dict) -> None:
     assert {k: sorted(v) for k, v in rec["provides"].items()} == {
         "encoder": ["resnet"],
         "decoder": ["resnet"],
+        "transform": ["tanh-flow"],
+        "loss": ["renyi"],
         "preset": ["resnet-vae"],
     }
 
