@@ -33,6 +33,7 @@ the ``vamp`` prior the mixture's components are the pseudo-inputs' base posterio
 
 from __future__ import annotations
 
+import abc
 import json
 import math
 from collections.abc import Mapping
@@ -141,9 +142,9 @@ class FlowTransform(LatentTransform[Any]):
         self._base_flows = base.has_flow
         self.steps = nn.ModuleList(self.make_step(i) for i in range(options.length))
 
+    @abc.abstractmethod
     def make_step(self, index: int) -> nn.Module:
-        """Flow step ``index``: a module mapping (N, D) to ((N, D), log|det| (N,))."""
-        raise NotImplementedError
+        """Flow step ``index``: a module mapping (N, D) to ((N, D), log|det| (N,)); each flow defines its own."""
 
     # -- the base does everything but the flow ----------------------------------------------------------------------
     def posterior(self, features: Tensor, fwd: ForwardPass | None = None) -> Gaussian:
