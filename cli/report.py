@@ -58,6 +58,62 @@ def terms_of(records: Sequence[dict]) -> list[str]:
     return sorted(seen, key=lambda k: (k.endswith("/total") or "/" in k, list(seen).index(k)))
 
 
+#: logged values that describe how training goes rather than what it minimises: drawn under "Training health"
+HEALTH_MARKERS = (".acc_", "/grad_norm", "/skipped")
+
+
+def is_health(term: str) -> bool:
+    """Whether a logged term is a training-health diagnostic (discriminator accuracy, gradient norm, skip rate)."""
+    return any(marker in term for marker in HEALTH_MARKERS)
+
+
+def read_classes(folder: Path) -> list[dict[str, Any]]:
+    """``classes.jsonl``'s records (train.classifier's class histogram per epoch); a torn line is skipped."""
+    path = folder / "classes.jsonl"
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("counts"), list) and record["counts"]:
+            records.append(record)
+    return records
+
+
+def classes_png(records: Sequence[dict]) -> bytes:
+    """Mode coverage over training: each epoch's share of samples per class (a heat map), and the rarest
+    class's share (a collapsed model leaves classes at 0)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    counts = np.array([r["counts"] for r in records], dtype=float)
+    shares = counts / counts.sum(1, keepdims=True).clip(min=1)
+    fig, (heat, low) = plt.subplots(1, 2, figsize=(9, 3.2), gridspec_kw={"width_ratios": [2, 1]})
+    image = heat.imshow(shares.T, aspect="auto", cmap="viridis", vmin=0, interpolation="nearest")
+    heat.set_xlabel("epoch")
+    heat.set_ylabel("class")
+    heat.set_xticks(range(len(records)), [str(r.get("epoch", i + 1)) for i, r in enumerate(records)], fontsize=7)
+    heat.set_yticks(range(shares.shape[1]))
+    heat.set_title("share of samples per class", fontsize=10)
+    fig.colorbar(image, ax=heat)
+    low.plot([r.get("epoch", i + 1) for i, r in enumerate(records)], shares.min(1), marker="o")
+    low.axhline(1 / shares.shape[1], color="grey", linewidth=0.8, linestyle="--")
+    low.set_ylim(bottom=0)
+    low.set_title("rarest class's share (dashed: uniform)", fontsize=10)
+    low.set_xlabel("epoch")
+    low.grid(alpha=0.3)
+    fig.tight_layout()
+    png = _figure_png(fig)
+    plt.close(fig)
+    return png
+
+
 def _figure_png(fig) -> bytes:
     buf = io.BytesIO()
     # marked as genvae's (a PNG text chunk), so a later plot may replace it and nothing else
@@ -248,12 +304,28 @@ def build_report(folders: Sequence[Path], *, data=None, data_root=None, download
         f"<style>{CSS}</style></head><body>",
         f"<h1>genvae report: {html.escape(', '.join(names))}</h1>",
     ]
+    health = [t for t in terms if is_health(t)]
+    terms = [t for t in terms if not is_health(t)]
     curves = curves_png(runs, terms)
     parts.append("<h2 id=curves>Loss curves</h2>")
     parts.append(_img(curves, "loss curves", "curves") if curves else "<p class=note>no metrics.jsonl yet</p>")
     if len(runs) > 1 and curves:  # one step axis cannot carry several runs' clocks: a second set by time
         parts.append("<h2 id=curves-time>Loss curves by wall-clock time</h2>")
         parts.append(_img(curves_png(runs, terms, "time") or b"", "loss curves by wall-clock time", "curves"))
+    coverage = {name: read_classes(folder) for name, folder in zip(names, folders, strict=True)}
+    if health or any(coverage.values()):
+        parts.append(
+            "<h2 id=health>Training health</h2><p class=note>Logged, never part of the objective: the "
+            "discriminator's accuracy on real images, reconstructions and prior samples (before its update), each "
+            "phase's gradient norm (before clipping), the share of steps whose update was skipped, and, with "
+            "<code>--classifier</code>, the classes of a fixed batch of samples at each epoch's end.</p>"
+        )
+        if health:
+            parts.append(_img(curves_png(runs, health) or b"", "training health", "curves"))
+        for name, records in coverage.items():
+            if records:
+                parts.append(f"<h3>Mode coverage: {html.escape(name)}</h3>")
+                parts.append(_img(classes_png(records), f"class histogram per epoch of {name}", "curves"))
     columns = []
     for name, folder in zip(names, folders, strict=True):
         model = load_model(folder, device="cpu")

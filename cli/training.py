@@ -25,6 +25,12 @@ from genvae.cli.commands import (
 @data_options
 @click.option("--epochs", type=COUNT, help="Passes over the data.")
 @click.option("--max-steps", type=COUNT, help="Stop after this many steps in total.")
+@click.option(
+    "--max-time",
+    type=FiniteFloat(positive=True),
+    metavar="SECONDS",
+    help="Stop after this many seconds of this run (train.time_clock: wall, or process CPU seconds).",
+)
 @click.option("--batch-size", type=COUNT, help="Images per step.")
 @click.option("--lr", type=FiniteFloat(positive=True), help="Learning rate of the model phase.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
@@ -43,6 +49,13 @@ from genvae.cli.commands import (
     metavar="NAME[,NAME]",
     help="Experiment loggers besides metrics.jsonl: tensorboard, mlflow, or a plugin's (genvae list-plugins).",
 )
+@click.option(
+    "--classifier",
+    type=click.Path(),
+    metavar="DIR",
+    help="A feature network (genvae train-classifier): the class histogram of a fixed batch of samples per "
+    "epoch, in classes.jsonl and the report (mode coverage).",
+)
 @click.option("--set", "sets", multiple=True, metavar="train.OPTION=VALUE", help="Any training option.")
 @click.option("--resume", is_flag=True, help="Continue from the last checkpoint (same step, same RNG streams).")
 @click.option(
@@ -60,6 +73,7 @@ def train(
     download,
     epochs,
     max_steps,
+    max_time,
     batch_size,
     lr,
     device,
@@ -71,6 +85,7 @@ def train(
     checkpoint_every,
     log_every,
     loggers,
+    classifier,
     sets,
     resume,
     restart,
@@ -92,6 +107,7 @@ def train(
         for k, v in dict(
             epochs=epochs,
             max_steps=max_steps,
+            max_time=max_time,
             batch_size=batch_size,
             lr=lr,
             amp=amp,
@@ -101,6 +117,7 @@ def train(
             flip=flip,
             checkpoint_every=checkpoint_every,
             log_every=log_every,
+            classifier=classifier,
         ).items()
         if v is not None
     }

@@ -80,8 +80,11 @@ class DiscriminatorTrunk(Protocol):
         ...
 
     def discriminate(self, images: Tensor) -> Tensor:
-        """The discriminator's logits (B, 1) for images in [-1, 1] (real = positive): image completion's
-        log(1 - D(x_hat)) term."""
+        """The discriminator's logits (B, 1) for images in [-1, 1] (real = positive), as in training: a layer
+        such as minibatch discrimination may compare the images of the batch with each other. A provider may
+        also define ``discriminate_each(images)``, the logits of each image as a batch of its own; image
+        completion uses it for its per-image objective, and otherwise calls ``discriminate`` one image at a
+        time."""
         ...
 
 

@@ -37,6 +37,7 @@ OPTIMIZER = "optimizer.safetensors"
 TRAINER = "trainer.json"
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"
+CLASSES = "classes.jsonl"  # with train.classifier: the class histogram of a fixed batch of samples per epoch
 SAMPLES = "samples"
 HISTORY = "commands.jsonl"  # one JSON line per command that wrote the folder (the report's "commands")
 MAX_JSON_BYTES = 4 << 20  # config.json and trainer.json are a few KB; refuse anything absurd before parsing

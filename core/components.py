@@ -461,6 +461,12 @@ class Component(nn.Module, Generic[OptionsT], metaclass=abc.ABCMeta):
         """Default gradient value clamps for named submodules (e.g. ``{"lstm": 5.0}``)."""
         return {}
 
+    def lr_warmups(self) -> dict[str, tuple[tuple[int, float], ...]]:
+        """Default learning-rate warm-ups for named submodules, ``{"head": ((10, 0.02), (30, 0.2))}``: the rate is
+        ``factor`` x its base before each ``until_step`` ("" names the whole component); ``train.lr_warmup``
+        overrides them per module path."""
+        return {}
+
     def attach(self, model: GenerativeModel) -> None:
         """Called once after the whole model is composed: look up partners here (e.g. ``mi`` finds the
         discriminator trunk of ``adv``). Keep references out of the module tree (no double registration)."""

@@ -206,6 +206,11 @@ def optional_int(value):
     return None if value is None or value == "none" else to_int(value)
 
 
+@expects("a path or none")
+def optional_str(value):
+    return None if value is None or value in ("", "none") else str(value)
+
+
 @expects("a number")
 def to_float(value):
     return float(value)

@@ -24,6 +24,7 @@ from genvae.core.options import (
     option,
     optional_float,
     optional_int,
+    optional_str,
     positive,
     positive_int,
     seed_int,
@@ -45,6 +46,26 @@ def _float_map(value) -> dict[str, float]:
     if not all(math.isfinite(x) for x in numbers.values()):
         raise ValueError(f"expected finite numbers, got {shorten(value)}")
     return numbers
+
+
+@expects("a mapping of module path to [until_step, factor] pairs, e.g. {'losses.adv.head': [[10, 0.02], [30, 0.2]]}")
+def _warmup_map(value) -> dict[str, tuple[tuple[int, float], ...]]:
+    """Learning-rate warm-ups per module path: the rate is ``factor`` x the base rate before step ``until_step``."""
+    if not isinstance(value, Mapping):
+        raise ValueError(f"expected a mapping of module path to [until_step, factor] pairs, got {shorten(value)}")
+    out: dict[str, tuple[tuple[int, float], ...]] = {}
+    for key, pairs in value.items():
+        try:
+            stages = tuple((int(until), float(factor)) for until, factor in pairs)
+        except (TypeError, ValueError):
+            raise ValueError(f"{key}: expected [until_step, factor] pairs, got {shorten(pairs)}") from None
+        steps = [until for until, _ in stages]
+        if not stages or steps != sorted(set(steps)) or steps[0] < 1:
+            raise ValueError(f"{key}: the until_steps must be positive and increasing, got {shorten(steps)}")
+        if not all(0 < factor and math.isfinite(factor) for _, factor in stages):
+            raise ValueError(f"{key}: the factors must be positive, got {shorten([f for _, f in stages])}")
+        out[str(key)] = stages
+    return out
 
 
 @expects("a list of names or one comma-separated string")
@@ -129,6 +150,18 @@ class TrainConfig:
     max_steps: int | None = option(
         None, "stop after this many optimisation steps in total", attrs.validators.optional(positive_int), optional_int
     )
+    max_time: float | None = option(
+        None,
+        "stop after this many seconds of this run (checked between steps; a checkpoint as at any end): a budget",
+        attrs.validators.optional(positive),
+        optional_float,
+    )
+    time_clock: str = option(
+        "wall",
+        "what max_time counts: 'wall' (wall-clock seconds) or 'process' (this process's CPU seconds, all threads: "
+        "a budget that other jobs on the machine do not eat into)",
+        one_of("wall", "process"),
+    )
     phase_lr: dict[str, float] = option(
         factory=dict, help="learning rate per extra phase, e.g. {'discriminator': 3e-4}", converter=_float_map
     )
@@ -152,6 +185,12 @@ class TrainConfig:
     )
     grad_clip_norm: float | None = option(
         None, "clip the global gradient norm per phase", attrs.validators.optional(positive), optional_float
+    )
+    lr_warmup: dict[str, tuple[tuple[int, float], ...]] = option(
+        factory=dict,
+        help="learning-rate warm-up per module path: {path: [[until_step, factor], ...]}, the rate x factor before "
+        "each until_step (the crVAE authors' adam_gan.lua: [[10, 0.02], [30, 0.2]] on the discriminator)",
+        converter=_warmup_map,
     )
     lr_schedule: str = option("constant", "constant, step or cosine", one_of("constant", "step", "cosine"))
     lr_step_epochs: int = option(60, "step schedule: decay every this many epochs", positive_int, to_int)
@@ -189,6 +228,19 @@ class TrainConfig:
         positive_int,
         to_int,
     )
+    grad_norms: str = option(
+        "auto",
+        "log each phase's gradient norm (before clipping) as PHASE/grad_norm: 'on', 'off' or 'auto' (on for "
+        "models with more than one phase, such as GANs)",
+        one_of("auto", "on", "off"),
+    )
+    classifier: str | None = option(
+        None,
+        "a feature network (genvae train-classifier's folder): at each epoch's end the class histogram of "
+        "class_samples prior samples (a fixed z) goes to classes.jsonl and the report (mode coverage)",
+        converter=optional_str,
+    )
+    class_samples: int = option(1000, "prior samples classified per epoch with train.classifier", positive_int, to_int)
     seed: int = option(0, "seed of every random stream (init, data order, sampling), 0..2**64-1", seed_int, to_int)
     checkpoint_every: int = option(500, "steps between checkpoints (and one at the end)", positive_int, to_int)
     log_every: int = option(25, "steps between metric log lines (the only host syncs)", positive_int, to_int)

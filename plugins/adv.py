@@ -60,6 +60,7 @@ from genvae.api import (
     int_tuple,
     non_negative,
     non_negative_int,
+    one_of,
     option,
     positive_int,
     running_stats_frozen,
@@ -68,6 +69,9 @@ from genvae.api import (
     to_float,
     to_int,
 )
+
+#: adam_gan.lua's warm-up of the discriminator: lr/50 before its 10th update, lr/5 before its 30th
+AUTHORS_D_WARMUP: tuple[tuple[int, float], ...] = ((10, 0.02), (30, 0.2))
 
 
 class Torch7Dropout(nn.Module):
@@ -137,8 +141,12 @@ class MinibatchDiscrimination(nn.Module):
         bound = 1.0 / math.sqrt(in_features)
         self.T = nn.Parameter(torch.empty(in_features, kernels * dims).uniform_(-bound, bound))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, alone: bool = False) -> Tensor:
+        """``alone``: each sample as a batch of its own (its one term is exp(0) = 1), so no sample depends on the
+        others: what a per-image objective (image completion) needs."""
         n = x.shape[0]
+        if alone:
+            return torch.cat([x, x.new_ones(n, self.kernels)], dim=1)
         m = (x @ self.T).view(n, self.kernels, self.dims)
         dist = (m.unsqueeze(0) - m.unsqueeze(1)).abs().sum(3)  # (n, n, kernels), zero on the diagonal
         return torch.cat([x, torch.exp(-dist).mean(1)], dim=1)
@@ -156,10 +164,10 @@ class GANHead(nn.Module):
         self.out = nn.Linear(hidden + (kernels if kernels > 0 else 0), 1)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, features: Tensor) -> Tensor:
+    def forward(self, features: Tensor, alone: bool = False) -> Tensor:
         h = F.relu(self.dropout(F.normalize(self.linear(features.flatten(1)), dim=1)))
         if self.minibatch is not None:
-            h = self.minibatch(h)
+            h = self.minibatch(h, alone)
         return self.out(h).squeeze(1)
 
 
@@ -232,6 +240,13 @@ class AdvOptions:
         to_int,
     )
     similarity_weight: float = option(1.0, "weight of the learned-similarity term", non_negative, to_float)
+    d_warmup: str = option(
+        "head",
+        "the authors' warm-up of the discriminator's learning rate (adam_gan.lua: lr/50 for its first 10 steps, "
+        "lr/5 until step 30): on the GAN 'head' (their crVAE-GAN, whose trunk steps with plain Adam), on 'all' of "
+        "the discriminator (their VAE-GAN baseline), or 'off'; train.lr_warmup sets other stages",
+        one_of("head", "all", "off"),
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.dropout >= 1:
@@ -280,6 +295,10 @@ class AdversarialLoss(Loss[AdvOptions]):
     def lr_multipliers(self) -> dict[str, float]:
         return {"trunk": self.options.trunk_lr} if self.options.trunk_lr != 1.0 else {}
 
+    def lr_warmups(self) -> dict[str, tuple[tuple[int, float], ...]]:
+        where = {"head": "head", "all": "", "off": None}[self.options.d_warmup]
+        return {} if where is None else {where: AUTHORS_D_WARMUP}
+
     def owned_modules(self) -> dict[str, nn.Module]:
         return {"discriminator": self}
 
@@ -324,6 +343,11 @@ class AdversarialLoss(Loss[AdvOptions]):
     def discriminate(self, images: Tensor) -> Tensor:
         return self.head(self.trunk(images))
 
+    def discriminate_each(self, images: Tensor) -> Tensor:
+        """The logits of each image as if it were a batch of its own: minibatch discrimination compares it with
+        itself only, so one image's logit never depends on the others (image completion's per-image objective)."""
+        return self.head(self.trunk(images), alone=True)
+
     def batch_counts(self, n: int) -> tuple[int, int, int]:
         _, f_recon, f_prior = self.options.mix
         recon, prior = int(n * f_recon), int(n * f_prior)
@@ -344,10 +368,17 @@ class AdversarialLoss(Loss[AdvOptions]):
         labels = torch.cat([torch.ones(real, device=batch.device), torch.zeros(n - real, device=batch.device)])
         logits = self.discriminate(batch)
         terms = {"d": F.binary_cross_entropy_with_logits(logits, labels)}
+        with torch.no_grad():
+            correct = ((logits > 0).float() == labels).float()
+            # training health, logged and never summed: how often the discriminator is right on each kind of image
+            # (real ones called real; reconstructions and prior samples called fake), before this step's update
+            fwd.log("adv.acc_real", correct[:real])
+            if recon:
+                fwd.log("adv.acc_recon", correct[real : real + recon])
+            if prior:
+                fwd.log("adv.acc_prior", correct[real + recon :])
         if self.options.skip_below > 0:
-            with torch.no_grad():
-                error_rate = ((logits > 0).float() != labels).float().mean()
-            terms[Loss.SKIP] = error_rate < self.options.skip_below
+            terms[Loss.SKIP] = (1.0 - correct.mean()) < self.options.skip_below
         return terms
 
     def _generator_terms(self, fwd: ForwardPass) -> dict[str, Tensor]:

@@ -10,7 +10,12 @@
 * ``pr``: improved precision and recall (Kynkäänniemi et al. 2019): each set's manifold is the union of balls
   around its points reaching their k-th nearest neighbour (k = 3); precision = share of samples inside the real
   manifold, recall = share of real images inside the samples' manifold (no library implements it; written here
-  and tested against hand-computed cases).
+  and tested against hand-computed cases);
+* ``coverage``: mode coverage, the share of samples the feature network's classifier puts in each class (the rarest
+  class's share, and how many classes hold at least 3 %);
+* ``spectrum``: periodic artefacts (checkerboards of strided deconvolutions show as excess power at high spatial
+  frequencies): the radially averaged power spectrum of the samples over that of the real images, at every radius
+  above half the Nyquist frequency (mean ratio, and the worst radius's factor max(ratio, 1 / ratio)).
 
 Every feature-space score is labelled with the network it was computed in (``--classifier``): a score in a small
 classifier's space is comparable only with scores in the same network.
@@ -143,6 +148,61 @@ def precision_recall(data: EvalData) -> dict[str, float]:
     return {"precision": precision, "recall": recall}
 
 
+#: coverage: a class counts as covered when at least this share of the samples fall in it
+COVERED_SHARE = 0.03
+
+
+def class_shares_of(logits: Tensor) -> Tensor:
+    """(K,) share of the samples the classifier puts in each class (argmax of its (N, K) logits)."""
+    counts = torch.bincount(logits.argmax(1), minlength=logits.shape[1]).double()
+    return counts / counts.sum()
+
+
+def coverage(data: EvalData) -> dict[str, float]:
+    shares = class_shares_of(data.logits("samples"))
+    out = {
+        "min_class_share": shares.min().item(),
+        "classes_covered": float((shares >= COVERED_SHARE).sum().item()),
+        "classes": float(len(shares)),
+    }
+    out.update({f"class_share_{k}": v for k, v in enumerate(shares.tolist())})
+    return out
+
+
+def radial_power(images: Tensor) -> Tensor:
+    """The radially averaged power spectrum of (N, C, H, W) images, averaged over images and channels: (R,) power
+    per integer radius r = 0 .. min(H, W) // 2 of the centred 2-D spectrum (the mean is removed per image)."""
+    x = images.double()
+    x = x - x.mean(dim=(-2, -1), keepdim=True)
+    power = torch.fft.fftshift(torch.fft.fft2(x).abs().pow(2), dim=(-2, -1)).mean(dim=(0, 1))
+    h, w = power.shape
+    yy, xx = torch.meshgrid(torch.arange(h) - h // 2, torch.arange(w) - w // 2, indexing="ij")
+    radius = (yy.double().pow(2) + xx.double().pow(2)).sqrt().round().long().flatten()
+    top = min(h, w) // 2
+    keep = radius <= top
+    total = torch.zeros(top + 1, dtype=torch.float64).index_add_(0, radius[keep], power.flatten()[keep])
+    count = torch.zeros(top + 1, dtype=torch.float64).index_add_(
+        0, radius[keep], torch.ones_like(power.flatten()[keep])
+    )
+    return total / count.clamp(min=1)
+
+
+def spectrum_ratios(real: Tensor, fake: Tensor) -> Tensor:
+    """Per radius above half the Nyquist frequency (r > min(H, W) / 4), the samples' power over the real images'."""
+    r, f = radial_power(real), radial_power(fake)
+    high = torch.arange(len(r)) > (len(r) - 1) / 2
+    return f[high] / r[high].clamp(min=1e-30)
+
+
+def spectrum(data: EvalData) -> dict[str, float]:
+    ratios = spectrum_ratios(data.real_images(), data.samples())
+    worst = torch.maximum(ratios, 1 / ratios.clamp(min=1e-30)).max()
+    return {
+        "spectrum_high_ratio": ratios.mean().item(),
+        "spectrum_worst_ratio": worst.item(),
+    }
+
+
 @hookimpl
 def genvae_register_metrics(register: RegisterNamed[MetricFunction]) -> None:
     register(
@@ -181,4 +241,20 @@ def genvae_register_metrics(register: RegisterNamed[MetricFunction]) -> None:
         "images inside the samples' manifold), k = 3",
         needs=("samples", "features"),
         label="precision/recall",
+    )
+    register(
+        "coverage",
+        coverage,
+        help="mode coverage: the classifier's share of samples per class; the rarest class's share and how many "
+        f"classes hold at least {COVERED_SHARE:.0%} of the samples",
+        needs=("samples", "features"),
+        label="class coverage",
+    )
+    register(
+        "spectrum",
+        spectrum,
+        help="periodic artefacts: the samples' radially averaged power spectrum over the real images', above half "
+        "the Nyquist frequency; mean ratio and the worst bin's factor (max of ratio, 1/ratio)",
+        needs=("samples",),
+        label="power spectrum, samples / real",
     )

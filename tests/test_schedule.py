@@ -204,6 +204,15 @@ def test_authors_schedule_steps_each_part_as_train_test_lstm(tmp_path, tiny_data
         "mi@posterior/total",
         "mi@prior/total",
         "discriminator/total",
+        # training health (logged, not summed): each update's gradient norm, the discriminator's accuracies
+        "model@posterior/grad_norm",
+        "model@prior/grad_norm",
+        "mi@posterior/grad_norm",
+        "mi@prior/grad_norm",
+        "discriminator/grad_norm",
+        "adv.acc_real",
+        "adv.acc_recon",
+        "adv.acc_prior",
     } == set(terms)
     # Adam's step counts: twice for what both branches train, once for the encoder side and the discriminator
     assert adam_steps(trainer, "encoder.") == {("model", 1)}

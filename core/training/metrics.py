@@ -152,14 +152,14 @@ def append_json_line(folder: ModelFolder, rel: str, record: dict) -> None:
     folder.append(rel, (json.dumps(record, allow_nan=False) + "\n").encode())
 
 
-def cut_metrics(folder: ModelFolder, step: int) -> int:
-    """Keep the lines of ``metrics.jsonl`` up to ``step`` (the step training restarts from), drop a torn
-    last line; returns how many lines were dropped. Rewritten atomically, only when something changes;
-    a ``metrics.jsonl`` genvae did not write is refused, never rewritten."""
-    if folder.lstat(ckpt.METRICS) is None:
+def cut_metrics(folder: ModelFolder, step: int, rel: str = ckpt.METRICS) -> int:
+    """Keep the lines of ``metrics.jsonl`` (or another of the run's JSON-lines files, ``rel``) up to ``step`` (the
+    step training restarts from), drop a torn last line; returns how many lines were dropped. Rewritten
+    atomically, only when something changes; a file genvae did not write is refused, never rewritten."""
+    if folder.lstat(rel) is None:
         return 0
-    folder.check_outputs([ckpt.METRICS])
-    data = folder.read(ckpt.METRICS, 1 << 40) or b""
+    folder.check_outputs([rel])
+    data = folder.read(rel, 1 << 40) or b""
     kept: list[bytes] = []
     dropped = 0
     for line in data.split(b"\n"):
@@ -175,5 +175,5 @@ def cut_metrics(folder: ModelFolder, step: int) -> int:
         else:
             dropped += 1
     if dropped or (data and not data.endswith(b"\n")):
-        folder.write_bytes(ckpt.METRICS, b"".join(line + b"\n" for line in kept))
+        folder.write_bytes(rel, b"".join(line + b"\n" for line in kept))
     return dropped

@@ -174,7 +174,7 @@ def train_run(
     every metrics line. Raises :class:`~genvae.core.errors.GenvaeError` (one line) for anything wrong, before
     anything is written.
     """
-    from genvae.core.checkpoint import CHECKPOINTS, HISTORY, METRICS, SAMPLES, latest_checkpoint, load_model
+    from genvae.core.checkpoint import CHECKPOINTS, CLASSES, HISTORY, METRICS, SAMPLES, latest_checkpoint, load_model
 
     mf = as_model_folder(folder)
     if resume and restart:
@@ -213,7 +213,9 @@ def train_run(
             # every output of the run is checked (links, files genvae did not write) before anything is deleted
             trainer.prepare_folder(cut_metrics_to_step=False, start=start, extra=outputs)
             if main and restart:
-                mf.remove(f for f in mf.files() if f == METRICS or f.startswith((f"{CHECKPOINTS}/", f"{SAMPLES}/")))
+                mf.remove(
+                    f for f in mf.files() if f in (METRICS, CLASSES) or f.startswith((f"{CHECKPOINTS}/", f"{SAMPLES}/"))
+                )
             if main and fresh:
                 mf.remove_all()
             if trainer.dist is not None:

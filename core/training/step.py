@@ -96,17 +96,20 @@ class Phase:
         optimizer: torch.optim.Optimizer,
         clamps: list[tuple[list[nn.Parameter], float]],
         params: list[nn.Parameter],
+        warmups: list[tuple[tuple[int, float], ...]] | None = None,
     ):
         self.name = name
         self.optimizer = optimizer
         self.clamps = clamps
         self.params = params
         self.base_lrs = [g["lr"] for g in optimizer.param_groups]
+        #: per parameter group, its learning-rate warm-up stages (``train.lr_warmup``; empty: none)
+        self.warmups = warmups or [()] * len(self.base_lrs)
 
 
-def _prefixed(model: GenerativeModel, method: str) -> dict[str, float]:
-    """Component defaults (``lr_multipliers``/``grad_clamps``) keyed by full module path."""
-    out: dict[str, float] = {}
+def _prefixed(model: GenerativeModel, method: str) -> dict[str, Any]:
+    """Component defaults (``lr_multipliers``/``grad_clamps``/``lr_warmups``) keyed by full module path."""
+    out: dict[str, Any] = {}
     for prefix, comp in model.components().items():
         path = prefix.replace("loss.", "losses.")
         for sub, value in getattr(comp, method)().items():
@@ -157,12 +160,14 @@ def apply_freeze(model: GenerativeModel, config: TrainConfig, grads: bool = True
 def build_phases(model: GenerativeModel, config: TrainConfig, device: torch.device) -> list[Phase]:
     multipliers = {**_prefixed(model, "lr_multipliers"), **config.lr_multipliers}
     clamp_table = {**_prefixed(model, "grad_clamps"), **config.grad_clamp}
+    warmups = {**_prefixed(model, "lr_warmups"), **config.lr_warmup}
     owned = model.phase_modules()
     owned_ids = {id(p) for mods in owned.values() for m in mods for p in m.parameters()}
     names = {id(p): n for n, p in model.named_parameters()}
     tables = (
         (config.lr_multipliers, "lr_multipliers"),
         (config.grad_clamp, "grad_clamp"),
+        (config.lr_warmup, "lr_warmup"),
         (dict.fromkeys(config.freeze), "freeze"),
         (dict.fromkeys(config.train_only), "train_only"),
     )
@@ -189,20 +194,39 @@ def build_phases(model: GenerativeModel, config: TrainConfig, device: torch.devi
         if not params:
             continue
         lr = config.phase_lr.get(phase, config.lr)
-        groups: dict[float, list[nn.Parameter]] = {}
+        groups: dict[tuple[float, str | None], list[nn.Parameter]] = {}
         for p in params:
-            groups.setdefault(_match(names[id(p)], multipliers) or 1.0, []).append(p)
+            key = (_match(names[id(p)], multipliers) or 1.0, _warmup_prefix(names[id(p)], warmups))
+            groups.setdefault(key, []).append(p)
         kwargs: dict[str, Any] = {"betas": config.betas, "weight_decay": config.weight_decay}
         if device.type == "cuda":
             kwargs["fused"] = True
-        optimizer = torch.optim.Adam([{"params": ps, "lr": lr * mult} for mult, ps in groups.items()], **kwargs)
+        optimizer = torch.optim.Adam([{"params": ps, "lr": lr * mult} for (mult, _), ps in groups.items()], **kwargs)
+        stages = [warmups[warm] if warm else () for (_, warm) in groups]
         clamps: dict[float, list[nn.Parameter]] = {}
         for p in params:
             value = _match(names[id(p)], clamp_table)
             if value is not None:
                 clamps.setdefault(value, []).append(p)
-        phases.append(Phase(phase, optimizer, [(ps, v) for v, ps in clamps.items()], params))
+        phases.append(Phase(phase, optimizer, [(ps, v) for v, ps in clamps.items()], params, stages))
     return phases
+
+
+def _warmup_prefix(name: str, table: dict[str, Any]) -> str | None:
+    """The longest ``train.lr_warmup`` path that ``name`` lies under, or None."""
+    best = None
+    for prefix in table:
+        if _under(name, prefix) and (best is None or len(prefix) > len(best)):
+            best = prefix
+    return best
+
+
+def warmup_factor(stages: tuple[tuple[int, float], ...], step: int) -> float:
+    """The warm-up factor at ``step`` (0-based: the step about to run): the first stage whose until_step is past it."""
+    for until, factor in stages:
+        if step < until:
+            return factor
+    return 1.0
 
 
 def lr_factor(config: TrainConfig, epoch: int) -> float:
@@ -227,6 +251,13 @@ class StepRunner:
         self.dist = dist
         self.phases = build_phases(model, config, device)
         self.updates = plan_updates(model, config, self.phases)
+        self.factor = 1.0  # the learning-rate schedule's factor of the current epoch
+        #: the step from which every warm-up is over
+        self.warmup_until = max(
+            (stages[-1][0] for phase in self.phases for stages in phase.warmups if stages), default=0
+        )
+        #: log each phase's gradient norm (training health): 'auto' turns it on for models with several phases
+        self.grad_norms = config.grad_norms == "on" or (config.grad_norms == "auto" and len(self.phases) > 1)
         self.amp_dtype: torch.dtype | None = None
         self.scaler: torch.amp.GradScaler | None = None
         if config.amp:
@@ -240,11 +271,18 @@ class StepRunner:
             [i < last for i in range(len(self.updates))] if (config.retain_graph == "always") else None
         )
 
-    def set_lr(self, factor: float) -> None:
-        """Every parameter group at its base learning rate times ``factor`` (the schedule's, per epoch)."""
+    def set_lr(self, factor: float, step: int = 0) -> None:
+        """Every parameter group at its base learning rate times ``factor`` (the schedule's, per epoch) and its
+        warm-up factor at ``step`` (``train.lr_warmup``)."""
+        self.factor = factor
         for phase in self.phases:
-            for group, base in zip(phase.optimizer.param_groups, phase.base_lrs, strict=True):
-                group["lr"] = base * factor
+            for group, base, stages in zip(phase.optimizer.param_groups, phase.base_lrs, phase.warmups, strict=True):
+                group["lr"] = base * factor * warmup_factor(stages, step)
+
+    def warm_up(self, step: int) -> None:
+        """Before ``step`` runs: move the warm-up factors on, while a warm-up lasts (nothing to do afterwards)."""
+        if step <= self.warmup_until:
+            self.set_lr(self.factor, step)
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -316,6 +354,12 @@ class StepRunner:
                 self.dist.average_([p.grad for p in phase.params if p.grad is not None])
             if self.scaler is not None:  # after the average: an overflow on any replica skips the step on all
                 self.scaler.unscale_(phase.optimizer)
+            if self.grad_norms:  # before clipping: what the losses asked for (one fused norm, no host sync)
+                grads = [p.grad for p in phase.params if p.grad is not None]
+                if grads:
+                    record[f"{phase.name}/grad_norm"] = torch.linalg.vector_norm(
+                        torch.stack(torch._foreach_norm(grads))
+                    )
             for params, clamp in phase.clamps:
                 nn.utils.clip_grad_value_(params, clamp)
             if self.config.grad_clip_norm is not None:

@@ -142,6 +142,12 @@ class Trainer:
         self.model.posterior_samples = self.model.samples_needed(config)  # this run's k, as the step draws them
         self.steps = StepRunner(self.model, config, device, dist)
         self.sink = MetricsSink(self.files, config, device, dist, self.is_main)
+        self.classifier = None  # train.classifier: mode coverage per epoch (classes.jsonl), opened before step one
+        if config.classifier and self.is_main:
+            from genvae.core.evaluation import open_feature_network
+            from genvae.core.registry import get_registry
+
+            self.classifier = open_feature_network(config.classifier, registry or get_registry(), device)
         self.sink.on_log = on_log
         self.step = 0
         self.epoch = 0
@@ -213,7 +219,9 @@ class Trainer:
         if not self.is_main:
             return
         mf = self.files
-        mf.check_outputs([ckpt.CONFIG, ckpt.WEIGHTS, ckpt.METRICS, *extra])
+        mf.check_outputs(
+            [ckpt.CONFIG, ckpt.WEIGHTS, ckpt.METRICS, *((ckpt.CLASSES,) if self.classifier else ()), *extra]
+        )
         total, per_epoch = self.total_steps(), max(self.batches_per_epoch, 1)
         epochs = range(start // per_epoch + 1, total // per_epoch + 1)
         for sub in (ckpt.SAMPLES, ckpt.CHECKPOINTS):
@@ -248,6 +256,7 @@ class Trainer:
         self.files.remove_orphans()
         if cut_metrics_to_step:
             cut_metrics(self.files, self.step)
+            cut_metrics(self.files, self.step, ckpt.CLASSES)
 
     # -- the loop -------------------------------------------------------------------------------------
     def fit(self) -> dict[str, float]:
@@ -278,12 +287,16 @@ class Trainer:
             self.dist.average_([b for b in self.model.buffers() if b.is_floating_point()])
 
     def _fit(self) -> dict[str, float]:
+        if self.config.max_time and self.dist is not None:  # each process's clock would end it at another step
+            raise GenvaeError("train.max_time stops a run of one process; under torchrun use --max-steps")
         self.prepare_folder()
         total = self.total_steps()
         last: dict[str, float] = {}
         self.model.train()
         frozen = apply_freeze(self.model, self.config)
         tick, tick_step = time.perf_counter(), self.step
+        clock = time.process_time if self.config.time_clock == "process" else time.perf_counter
+        deadline = clock() + self.config.max_time if self.config.max_time else None
         self.sink.checked_step = self.step
         stopping = False
         if self.is_main and self.config.loggers:
@@ -292,12 +305,15 @@ class Trainer:
             self.sink.open_loggers(self.model.resolved_spec(self.config).to_dict(), self.registry or get_registry())
         try:
             while self.step < total and self.epoch < self.config.epochs and not stopping:
-                self.steps.set_lr(lr_factor(self.config, self.epoch))
+                self.steps.set_lr(lr_factor(self.config, self.epoch), self.step)
                 for x in self.feeder.epoch(self.epoch, self.batch_in_epoch):
+                    self.steps.warm_up(self.step)
                     terms = self.train_step(x)
                     self.batch_in_epoch += 1
                     self.step += 1
                     self.sink.accumulate(terms, self.step)
+                    if deadline is not None and clock() >= deadline:  # the time budget is spent: end as at total
+                        total = self.step
                     synced = False
                     if self.step % self.config.log_every == 0 or self.step == total:
                         now = time.perf_counter()
@@ -351,6 +367,8 @@ class Trainer:
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(SAMPLE_SEED)
             images = draw_samples(self.model, n, self.device, **sample_grid_budget(self.model, n))
+        if self.classifier is not None:
+            self.save_class_histogram(epoch)
         self.model.train(was_training)
         apply_freeze(self.model, self.config, grads=False)  # frozen modules back to eval mode
         self.files.subdir(ckpt.SAMPLES)
@@ -358,6 +376,34 @@ class Trainer:
         for logger in self.sink.loggers:
             logger.log_image(rel.removesuffix(".png"), self.folder / rel, self.step)
         return self.folder / rel
+
+    @torch.no_grad()
+    def save_class_histogram(self, epoch: int) -> list[int]:
+        """Mode coverage: the classifier's class counts over ``class_samples`` prior samples from a fixed z (the same
+        every epoch), appended to ``classes.jsonl`` as ``{"epoch", "step", "counts"}``; the report draws them."""
+        from genvae.core.evaluation import fit_to
+        from genvae.core.inference import draw_samples
+        from genvae.core.training.metrics import append_json_line
+
+        assert self.classifier is not None
+        n, counts = self.config.class_samples, None
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(SAMPLE_SEED + 1)
+            done = 0
+            while done < n:
+                chunk = min(256, n - done)
+                images = draw_samples(
+                    self.model, chunk, self.device, dtype=torch.float32, **sample_grid_budget(self.model, chunk)
+                )
+                logits = self.classifier.logits(fit_to(images.to(self.device), self.classifier.image_shape))
+                batch_counts = torch.bincount(logits.argmax(1), minlength=logits.shape[1]).cpu()
+                counts = batch_counts if counts is None else counts + batch_counts
+                done += chunk
+        assert counts is not None
+        listed = [int(c) for c in counts]
+        append_json_line(self.files, ckpt.CLASSES, {"epoch": epoch, "step": self.step, "counts": listed})
+        return listed
 
     def save_checkpoint(self) -> Path:
         """A checkpoint at a step boundary: weights, optimiser states, RNG streams and the open log window.
