@@ -11,8 +11,11 @@ which pulls x_hat towards what the discriminator calls real. The paper prints "+
 that would push z away from the prior, so we read it as the negative log-density (the usual form, Yeh et al.).
 
 The optimisation runs Adam on z from ``starts`` random starts z ~ N(0, I) per image, all in one batch, and keeps,
-per image, the start with the lowest final objective. The completion shown is the visible pixels of the input with
-x_hat filled in where it was occluded (``composite``); x_hat itself is returned too.
+per image, the start with the lowest final objective. Each image's objective is its own: its starts come from a
+random stream of its own (seed + its index), and the discriminator judges each generated image as a batch of one
+(``discriminate_each``), so completing an image alone or among others gives the same result. The completion shown
+is the visible pixels of the input with x_hat filled in where it was occluded (``composite``); x_hat itself is
+returned too.
 
 The paper gives no gamma, tau, step count or learning rate; ours (documented in docs/completion.md): gamma 0.1,
 tau 1, 300 steps, lr 0.05, 4 starts. The masks for faces (eyes, mouth) assume aligned faces as in CelebA.
@@ -85,9 +88,30 @@ def objective(
     value = ((x_hat - x) * m).pow(2).flatten(1).sum(1) + gamma * 0.5 * z.pow(2).flatten(1).sum(1)
     disc = discriminator_of(model) if tau else None
     if disc is not None:
-        logits = disc.discriminate(x_hat).reshape(-1)
+        logits = discriminate_each(disc, x_hat)
         value = value - tau * F.softplus(logits)  # tau * log(1 - sigmoid(logit))
     return value, x_hat
+
+
+def discriminate_each(disc: DiscriminatorTrunk, images: Tensor) -> Tensor:
+    """(B,) logits, each image judged as a batch of its own, so each image's objective is its own (minibatch
+    discrimination would otherwise compare it with the other images and starts of the batch): the provider's
+    ``discriminate_each`` when it has one, else ``discriminate`` one image at a time."""
+    each = getattr(disc, "discriminate_each", None)
+    if each is not None:
+        return each(images).reshape(-1)
+    return torch.cat([disc.discriminate(image[None]).reshape(-1) for image in images])
+
+
+def random_starts(count: int, starts: int, shape: tuple[int, ...], seed: int) -> Tensor:
+    """(starts * count, *shape) latents z ~ N(0, I), row s * count + i the start s of image i. Image i's starts come
+    from a stream of its own, seeded ``seed + i``, so they do not depend on how many images come with it: image i
+    of a batch completed with ``seed`` is image 0 completed alone with ``seed + i``."""
+    per_image = [
+        torch.randn(starts, *shape, generator=torch.Generator(device="cpu").manual_seed((seed + i) % 2**64))
+        for i in range(count)
+    ]
+    return torch.stack(per_image, dim=1).reshape(starts * count, *shape)
 
 
 def _optimise(
@@ -144,8 +168,7 @@ def complete(
         p.requires_grad_(False)
     try:
         b = x.shape[0]
-        g = torch.Generator(device="cpu").manual_seed(seed)
-        z_all = torch.randn(starts * b, *model.layout.shape, generator=g)  # row s * b + i: start s of image i
+        z_all = random_starts(b, starts, tuple(model.layout.shape), seed)  # row s * b + i: start s of image i
         mask = m.expand(b, -1, -1, -1)
         chunk = max(1, min(batch or b, b))
         parts = []

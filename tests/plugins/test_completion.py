@@ -124,7 +124,7 @@ def test_the_best_start_is_kept_per_image():
     assert torch.allclose(value, out["objective"], atol=1e-4)
     # without steps the starts are the seeded draws: the kept one is each image's lowest
     out = c.complete(model, x[:3], m, starts=4, steps=0, seed=5)
-    z = torch.randn(4 * 3, *model.layout.shape, generator=torch.Generator().manual_seed(5))
+    z = c.random_starts(3, 4, tuple(model.layout.shape), seed=5)
     with torch.no_grad():
         every, _ = c.objective(model, z, x[:3].repeat(4, 1, 1, 1), m, 0.1, 1.0)
     best = every.view(4, 3).min(0).values
@@ -172,3 +172,56 @@ def test_a_mask_that_hides_nothing_is_refused(tmp_path):
     result = invoke_cli(["complete", tmp_path / "m", "--mask", tmp_path / "none.png", "-o", tmp_path / "o.png"])
     assert result.exit_code == 1 and "occludes nothing" in result.output
     assert F.softplus(torch.tensor(0.0)) > 0  # (softplus is what log(1 - D) becomes; see the objective test)
+
+
+def _tiny_vae_gan():
+    s = apply_sets(
+        preset_spec("vae-gan-small"),
+        ["image_size=16", "transform.latent_dim=8", "loss.adv.widths=[8,8]", "loss.adv.head_hidden=16"],
+    )
+    torch.manual_seed(0)
+    return build_model(s).eval()
+
+
+def test_discriminate_each_judges_every_image_as_a_batch_of_one():
+    model = _tiny_vae_gan()
+    adv = model.losses["adv"]
+    assert isinstance(adv, AdversarialLoss) and adv.head.minibatch is not None
+    x = torch.rand(5, 1, 16, 16) * 2 - 1
+    with torch.no_grad():
+        each = adv.discriminate_each(x)
+        alone = torch.cat([adv.discriminate(x[i : i + 1]) for i in range(5)])
+        together = adv.discriminate(x)
+    assert torch.allclose(each, alone, atol=1e-6)
+    # minibatch discrimination couples the batch: judged together, the logits differ (so the test above can fail)
+    assert not torch.allclose(together, alone, atol=1e-4)
+    # and the objective uses the per-image logits
+    z = torch.randn(5, *model.layout.shape)
+    m = c.named_mask("lower", 16)
+    with torch.no_grad():
+        value, x_hat = c.objective(model, z, x, m, gamma=0.0, tau=1.0)
+        rec = ((x_hat - x) * m).pow(2).flatten(1).sum(1)
+        expect = rec - torch.nn.functional.softplus(adv.discriminate_each(x_hat))
+    assert torch.allclose(value, expect, atol=1e-5)
+
+
+def test_an_image_completed_alone_or_in_a_batch_gives_the_same_result():
+    """Each image's objective is its own: its starts come from seed + its index and the discriminator judges it
+    alone, so image i of a batch (seed s) equals that image completed alone with seed s + i."""
+    model = _tiny_vae_gan()
+    torch.manual_seed(1)
+    x = torch.rand(3, 1, 16, 16) * 2 - 1
+    m = c.named_mask("lower", 16)
+
+    def complete(images: torch.Tensor, seed: int) -> dict[str, torch.Tensor]:
+        return c.complete(model, images, m, starts=2, steps=15, lr=0.05, gamma=0.1, tau=1.0, seed=seed)
+
+    together = complete(x, 7)
+    for i in range(3):
+        alone = complete(x[i : i + 1], 7 + i)
+        assert torch.allclose(alone["latents"], together["latents"][i : i + 1], atol=1e-5)
+        assert torch.allclose(alone["completion"], together["completion"][i : i + 1], atol=1e-5)
+        assert torch.allclose(alone["objective"], together["objective"][i : i + 1], atol=1e-4)
+    # the starts of image i do not depend on the batch it comes with
+    starts = c.random_starts(3, 2, (8,), seed=7)
+    assert torch.equal(starts.view(2, 3, 8)[:, 2], torch.randn(2, 8, generator=torch.Generator().manual_seed(9)))
