@@ -151,10 +151,17 @@ class CRDecoderOptions:
     slope: float = option(0.1, "LeakyReLU slope", non_negative, to_float)
     bn_eps: float = option(1e-5, BN_EPS_HELP, positive, to_float)
     bn_momentum: float = option(0.1, BN_MOMENTUM_HELP, unit_interval, to_float)
+    upsample: str = option(
+        "deconv",
+        "how each stage doubles the size: 'deconv' (4x4 stride-2 transposed convolution, the authors') or 'resize' "
+        "(nearest-neighbour x2, then a 3x3 convolution: no checkerboard artefacts, Odena et al. 2016)",
+        one_of("deconv", "resize"),
+    )
 
 
 class CRDecoder(Decoder[CRDecoderOptions]):
-    """crVAE deconv stack: [conv3x3 + BN], stride-2 4x4 deconvolutions + BN + LReLU, conv3x3, conv3x3 to the image."""
+    """crVAE deconv stack: [conv3x3 + BN], stride-2 4x4 deconvolutions (or resize + conv3x3) + BN + LReLU, conv3x3,
+    conv3x3 to the image."""
 
     name = "cr-lstm"
     Options = CRDecoderOptions
@@ -184,7 +191,11 @@ class CRDecoder(Decoder[CRDecoderOptions]):
         # 4x4 -> 64x64 at width 32: deconv 256->256 (+ conv3x3 256->256), 256->128, 128->64, 64->64
         for j in range(ups):
             out = min(o.max_width, o.width * 2 ** max(ups - 1 - j, 1))
-            layers += [nn.ConvTranspose2d(prev, out, 4, 2, 1), bn(out), nn.LeakyReLU(o.slope)]
+            if o.upsample == "resize":
+                layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(prev, out, 3, 1, 1)]
+            else:
+                layers += [nn.ConvTranspose2d(prev, out, 4, 2, 1)]
+            layers += [bn(out), nn.LeakyReLU(o.slope)]
             prev = out
             if j == 0:
                 layers += [nn.Conv2d(prev, prev, 3, 1, 1), bn(prev), nn.LeakyReLU(o.slope)]

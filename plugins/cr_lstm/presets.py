@@ -61,8 +61,9 @@ _KL_STEPS = {"name": "kl", "options": {"group_weights": PAPER_KL}}
 _ADV = {"name": "adv", "options": {"beta": 0.0125}}
 _MI = {"name": "mi", "options": {"kappa": 0.02, "group_weights": PAPER_MI, "weighted_branches": "both", **PAPER_BN}}
 # VAE-GAN baseline: KL 2e-4, beta 0.05, half-width discriminator at lr/2 (trunk not halved again), no GAN gradient to
-# the encoder (f_vae_encoder: reconstruction + KL only)
-_BASELINE_ADV = {"beta": 0.05, "gan_to_encoder": False, "trunk_lr": 1.0}
+# the encoder (f_vae_encoder: reconstruction + KL only), adam_gan.lua's warm-up on the whole discriminator (crVAE-GAN:
+# on the GAN head, adv's default)
+_BASELINE_ADV = {"beta": 0.05, "gan_to_encoder": False, "trunk_lr": 1.0, "d_warmup": "all"}
 
 # Fashion-MNIST on a CPU: 32x32x1, a quarter of the widths, T = 4, LSTMs of 128, latent 16x4x4 = 256 values for
 # both models.
