@@ -1,0 +1,246 @@
+"""The adversarial presets' quality gate (docs/crvae-gan.md, "Quality gate"): each model trained for the same time
+budget, three seeds, then scored the same way against the plain convolutional VAE.
+
+For every model and seed, as a user runs it:
+
+    genvae build --preset P --set train.seed=S -o OUT/P-sS
+    genvae train OUT/P-sS --data DATA --seed S --max-time BUDGET --set train.time_clock=process --classifier CLF
+    genvae evaluate OUT/P-sS --data DATA --metrics fid,coverage,spectrum --classifier CLF --samples 2000 --seed S
+
+On the CPU each training runs on one torch thread and the budget counts that process's CPU seconds
+(``train.time_clock=process``), so runs side by side (``--jobs``) or other work on the machine do not change what
+a run gets; on CUDA the budget is wall-clock seconds. The gate, per adversarial model:
+
+* (a) FID, in the classifier's features, below the conv VAE's (mean over the seeds);
+* (b) every class holds at least 3 % of the 2,000 samples (the classifier's labels), at every seed;
+* (c) no periodic artefact: at every radius above half the Nyquist frequency the samples' radially averaged power
+  spectrum is within 2x of the real images' (``spectrum_worst_ratio`` <= 2), at every seed.
+
+    python benchmarks/gan_gate.py --out runs/gate                       # CPU: 32 px Fashion-MNIST, the -small presets
+    python benchmarks/gan_gate.py --out runs/gate --budget 900 --jobs 2
+    python benchmarks/gan_gate.py --paper --device cuda --out runs/gate-gpu   # 64 px, the paper presets, < 8 min
+
+The table (markdown) goes to OUT/gate.md and stdout, every figure to OUT/gate.json; seed 0's sample grids to
+OUT/P-s0.png. A classifier is trained first (``genvae train-classifier``) unless ``--classifier`` names one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+GENVAE = [sys.executable, "-m", "genvae.cli"]
+#: (the plain VAE, the adversarial models) at CPU size and at the paper's size
+SMALL = ("conv-vae", ["vae-gan-small", "crvae-gan-small"])
+PAPER = ("fig3-cvae", ["vae-gan", "crvae-gan"])
+COVERED = 0.03
+SPECTRUM = 2.0
+
+
+def run(cmd: list[str], log: Path, env: dict[str, str]) -> None:
+    with log.open("a") as out:
+        out.write("$ " + " ".join(cmd) + "\n")
+        out.flush()
+        done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    if done.returncode:
+        raise SystemExit(f"failed ({done.returncode}): {' '.join(cmd)}; see {log}")
+
+
+def one_run(args: argparse.Namespace, preset: str, seed: int, clf: Path, sets: list[str]) -> dict:
+    folder = args.out / f"{preset}-s{seed}"
+    log = args.out / f"{preset}-s{seed}.log"
+    log.unlink(missing_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"} if args.device == "cpu" else dict(os.environ)
+    build_sets = [x for s in sets for x in ("--set", s)]
+    run(
+        [
+            *GENVAE,
+            "build",
+            "--preset",
+            preset,
+            "--set",
+            f"train.seed={seed}",
+            *build_sets,
+            "-o",
+            str(folder),
+            "--force",
+        ],
+        log,
+        env,
+    )
+    clock = "process" if args.device == "cpu" else "wall"
+    started = time.perf_counter()
+    run(
+        [
+            *GENVAE,
+            "train",
+            str(folder),
+            "--data",
+            args.data,
+            "--seed",
+            str(seed),
+            "--max-time",
+            str(args.budget),
+            "--set",
+            f"train.time_clock={clock}",
+            "--classifier",
+            str(clf),
+            "--device",
+            args.device,
+            "--quiet",
+        ],
+        log,
+        env,
+    )
+    wall = time.perf_counter() - started
+    run(
+        [
+            *GENVAE,
+            "evaluate",
+            str(folder),
+            "--data",
+            args.data,
+            "--metrics",
+            "fid,coverage,spectrum",
+            "--classifier",
+            str(clf),
+            "--samples",
+            "2000",
+            "--seed",
+            str(seed),
+            "--device",
+            args.device,
+            "-o",
+            str(folder / "gate.json"),
+        ],
+        log,
+        env,
+    )
+    if seed == args.seeds[0]:
+        run(
+            [*GENVAE, "sample", str(folder), "-n", "64", "--seed", "0", "-o", str(args.out / f"{preset}-s{seed}.png")],
+            log,
+            env,
+        )
+    scores: dict[str, float] = {}
+    for values in json.loads((folder / "gate.json").read_text())["models"][0]["metrics"].values():
+        scores.update(values)
+    lines = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    steps = lines[-1]["step"]
+    batch = json.loads((folder / "config.json").read_text())["train"]["batch_size"]
+    seconds = lines[-1]["wall_time"] - lines[0]["wall_time"]
+    rate = (steps - lines[0]["step"]) * batch / seconds if seconds > 0 else float("nan")
+    return {"preset": preset, "seed": seed, "steps": steps, "images_per_s": rate, "train_wall_s": wall, **scores}
+
+
+def mean_sd(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def table(rows: list[dict], plain: str, gans: list[str]) -> str:
+    out = [
+        "| model | seed | steps | images/s | FID | rarest class | classes ≥ 3 % | spectrum worst × "
+        "| spectrum mean ratio |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        out.append(
+            f"| `{r['preset']}` | {r['seed']} | {r['steps']} | {r['images_per_s']:.0f} | {r['fid']:.1f} | "
+            f"{r['min_class_share']:.3f} | {int(r['classes_covered'])} | {r['spectrum_worst_ratio']:.2f} | "
+            f"{r['spectrum_high_ratio']:.2f} |"
+        )
+    out += [
+        "",
+        "| model | FID | rarest class | spectrum worst × | (a) FID < VAE | (b) coverage | (c) spectrum |",
+        "| --- | ---: | ---: | ---: | --- | --- | --- |",
+    ]
+    by = {p: [r for r in rows if r["preset"] == p] for p in [plain, *gans]}
+    vae_fid = statistics.mean(r["fid"] for r in by[plain])
+    for p, rs in by.items():
+        fid = [r["fid"] for r in rs]
+        share = [r["min_class_share"] for r in rs]
+        worst = [r["spectrum_worst_ratio"] for r in rs]
+        gate = (
+            ["—", "—", "—"]
+            if p == plain
+            else [
+                "pass" if statistics.mean(fid) < vae_fid else "fail",
+                "pass" if min(share) >= COVERED else "fail",
+                "pass" if max(worst) <= SPECTRUM else "fail",
+            ]
+        )
+        out.append(f"| `{p}` | {mean_sd(fid)} | {mean_sd(share)} | {mean_sd(worst)} | {' | '.join(gate)} |")
+    return "\n".join(out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("runs/gate"))
+    ap.add_argument("--data", default="fashion-mnist")
+    ap.add_argument("--budget", type=float, default=300.0, help="seconds per training run (CPU: of one core)")
+    ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
+    ap.add_argument("--jobs", type=int, default=2, help="trainings at a time (CPU: one core each)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--paper", action="store_true", help="the paper presets at 64 px (fig3-cvae, vae-gan, crvae-gan)")
+    ap.add_argument("--classifier", type=Path, help="a genvae train-classifier folder (default: train one)")
+    ap.add_argument("--models", help="comma-separated presets: the plain VAE first, then the adversarial ones")
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="a build --set for every model")
+    args = ap.parse_args()
+    plain, gans = PAPER if args.paper else SMALL
+    if args.models:
+        plain, *gans = args.models.split(",")
+    sets = [*args.sets, *(["channels=1"] if args.paper else [])]
+    args.out.mkdir(parents=True, exist_ok=True)
+    clf = args.classifier
+    if clf is None:
+        clf = args.out / "classifier"
+        if not (clf / "model.safetensors").exists():
+            env = {**os.environ, "OMP_NUM_THREADS": "2"} if args.device == "cpu" else dict(os.environ)
+            run(
+                [
+                    *GENVAE,
+                    "train-classifier",
+                    "--data",
+                    args.data,
+                    "--width",
+                    "16",
+                    "--epochs",
+                    "2",
+                    "-o",
+                    str(clf),
+                    "--device",
+                    args.device,
+                ],
+                args.out / "classifier.log",
+                env,
+            )
+    started = time.perf_counter()
+    jobs = [(p, s) for s in args.seeds for p in [plain, *gans]]
+    with ThreadPoolExecutor(max_workers=args.jobs if args.device == "cpu" else 1) as pool:
+        rows = list(pool.map(lambda job: one_run(args, job[0], job[1], clf, sets), jobs))
+    rows.sort(key=lambda r: ([plain, *gans].index(r["preset"]), r["seed"]))
+    text = table(rows, plain, gans)
+    head = (
+        f"{'paper presets, 64 px' if args.paper else '-small presets, 32 px'} on {args.data}, device {args.device}, "
+        f"budget {args.budget:g} s per run ({'CPU seconds of one core' if args.device == 'cpu' else 'wall-clock'}), "
+        f"seeds {','.join(map(str, args.seeds))}, {args.jobs if args.device == 'cpu' else 1} at a time; "
+        f"{(time.perf_counter() - started) / 60:.1f} min in all"
+    )
+    (args.out / "gate.md").write_text(head + "\n\n" + text + "\n")
+    (args.out / "gate.json").write_text(json.dumps({"head": head, "rows": rows}, indent=1))
+    print(head)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
