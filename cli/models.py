@@ -12,7 +12,7 @@ from genvae.cli.commands import (
     console,
     registry,
 )
-from genvae.core.components import COMPONENT_KINDS
+from genvae.core.components import COMPONENT_KINDS, LatentLayout
 from genvae.core.errors import GenvaeError, shorten
 
 
@@ -133,6 +133,18 @@ def _updates_text(updates) -> str:
     )
 
 
+def latent_text(layout: LatentLayout) -> str:
+    """The summary's latent: shape, size and groups ("[448] (448 values, 5 levels of 64, 64, 64, 128, 128)")."""
+    sizes = layout.group_sizes
+    if layout.num_groups <= 1:
+        groups = ""
+    elif len(set(sizes)) == 1:
+        groups = f", {layout.num_groups} {layout.group_label}s of {sizes[0]}"
+    else:
+        groups = f", {layout.num_groups} {layout.group_label}s of {', '.join(map(str, sizes))}"
+    return f"{list(layout.shape)} ({layout.numel} values{groups})"
+
+
 def _param_count(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -155,10 +167,9 @@ def print_summary(model, title: str) -> None:
         table.add_row(kind, label, f"{_param_count(comp):,}", opts)
     console.print(table)
     layout = model.layout
-    groups = f", {layout.num_groups} {layout.group_label}s of {layout.group_sizes[0]}" if layout.num_groups > 1 else ""
     console.print(
-        f"image {spec.channels}x{spec.image_size}x{spec.image_size} | latent {list(layout.shape)} "
-        f"({layout.numel} values{groups}) | decoder input {list(model.transform.output_shape)} | "
+        f"image {spec.channels}x{spec.image_size}x{spec.image_size} | latent {latent_text(layout)}"
+        f" | decoder input {list(model.transform.output_shape)} | "
         f"updates: {_updates_text(model.updates(spec.train.schedule))}"
     )
     generator = sum(_param_count(m) for m in model.transform.generation_modules()) + _param_count(model.decoder)

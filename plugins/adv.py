@@ -7,10 +7,15 @@ As in the crVAE authors' code (``models/allconv_lstm.lua``, ``train_test/train_t
   -> dropout -> ReLU -> minibatch discrimination -> Linear -> one logit. The trunk is shared with
   the ``mi`` loss (``provides = {DISCRIMINATOR}``, the ``DiscriminatorTrunk`` protocol) and trains
   at half the learning rate;
-* phase ``discriminator`` (runs before the model phase): binary cross-entropy on one batch mixing
-  real images, reconstructions and prior samples (64 / 32 / 32 of 128 by default), all detached.
-  When the discriminator's error rate on that batch is under ``skip_below`` (0.1) its update is
-  skipped for the step (``Loss.SKIP``; one host sync per step, only while the rule is on);
+* phase ``discriminator`` (the last update of the step in the authors' order, ``train.schedule``: after the
+  model updates, on the reconstructions made before them and the prior branch's samples): binary
+  cross-entropy on one batch mixing real images, reconstructions and prior samples (64 / 32 / 32 of 128 by
+  default), all detached. When the discriminator's error rate on that batch is under ``skip_below`` (0.1) its
+  update is skipped for the step (``Loss.SKIP``; one host sync per step, only while the rule is on). Its
+  accuracy on each part (``adv.acc_real``, ``adv.acc_recon``, ``adv.acc_prior``, before the update) is logged,
+  not summed into the objective. ``adam_gan.lua``'s warm-up (lr/50 for the first 10 updates, lr/5 up to 30)
+  applies to the GAN head (``d_warmup: head``, crVAE-GAN) or the whole discriminator (``all``, the VAE-GAN
+  baseline);
 * phase ``model``: beta times the non-saturating loss -log D(x~) on reconstructions and on fresh
   prior samples (z ~ p(z) through ``model.generate``); the gradient reaches the decoder, the
   latent transform and (``gan_to_encoder``, the crVAE-GAN code) the encoder. The authors' VAE-GAN

@@ -7,9 +7,10 @@ posterior (x~ = the reconstruction) and from the prior (x~ = a sample: the step'
 ``ForwardPass.prior_sample()``, shared with ``adv``). On an update of ``train.schedule`` restricted to one
 branch, only that branch's error counts.
 
-* phase ``mi`` (after ``discriminator``, before ``model``): the head (and, with ``train_trunk``,
-  the shared trunk at the trunk's learning rate) learns to predict the detached target from the
-  detached images;
+* phase ``mi`` (before each model update of the same branch in the authors' order, ``train.schedule``:
+  ``mi@posterior, model@posterior, mi@prior:fresh, model@prior, discriminator``): the head (and, with
+  ``train_trunk``, the shared trunk at the trunk's learning rate) learns to predict the detached target from
+  the detached images;
 * phase ``model``: kappa times the same error, with the head fixed, reaches the generator.
 
 The error is a mean squared error weighted per latent group (time step): the authors' weights

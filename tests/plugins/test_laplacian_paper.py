@@ -11,7 +11,9 @@ from click.testing import CliRunner
 from helpers import seeded_build
 from PIL import Image
 
+from genvae.cli.models import latent_text
 from genvae.core.checkpoint import save_model
+from genvae.core.components import LatentLayout
 from genvae.core.compose import preset_spec
 from genvae.core.model import build_model
 from genvae.core.spec import ModelSpec
@@ -52,6 +54,11 @@ def test_lapcvae_128_preset_has_the_papers_five_levels_and_latent_sizes():
     # nz = [128, 128, 64, 64, 64] in the paper's level order k = 0 (128x128) ... 4 (8x8); coarsest first here
     assert tr.sizes == [128, 128, 64, 64, 64]
     assert model.layout.group_sizes == (64, 64, 64, 128, 128) and model.layout.numel == 448
+    # genvae build's summary names each level's size (it once said "5 levels of 64" for these 448 values)
+    assert latent_text(model.layout) == "[448] (448 values, 5 levels of 64, 64, 64, 128, 128)"
+    assert latent_text(LatentLayout((16, 4, 4), (64, 64, 64, 64), "time step")) == (
+        "[16, 4, 4] (256 values, 4 time steps of 64)"
+    )
     assert [s.options.get("group_weights") for s in spec.losses if s.name == "kl"] == [lap.PAPER_LAMBDAS_128]
     assert len(model.prior.levels) == 4  # an M network for every level but the coarsest
     x = torch.zeros(1, 3, 128, 128)
