@@ -21,8 +21,11 @@ a run gets; on CUDA the budget is wall-clock seconds. The gate, per adversarial 
     python benchmarks/gan_gate.py --paper --device cuda --out runs/gate-gpu   # 64 px, the paper presets, < 8 min
     python benchmarks/gan_gate.py --paper --device cuda --data-root data/fashion-mnist   # where /usr/share has none
 
-The table (markdown) goes to OUT/gate.md and stdout, every figure to OUT/gate.json; seed 0's sample grids to
-OUT/P-s0.png. A classifier is trained first (``genvae train-classifier``) unless ``--classifier`` names one.
+The table (markdown) goes to OUT/gate.md and stdout, every figure to OUT/gate.json; the first seed's sample grids
+(64 draws, ``--seed 0``) to OUT/P-s0.png and its test reconstructions to OUT/P-s0-recon.png. A classifier is trained
+first (``genvae train-classifier``, at the models' image size) unless ``--classifier`` names one. ``--keep`` reuses
+the runs already scored in OUT, so that after a preset changes, removing its folders and running the gate again
+retrains that model only.
 """
 
 from __future__ import annotations
@@ -61,8 +64,31 @@ def run(cmd: list[str], log: Path, env: dict[str, str]) -> None:
 def one_run(args: argparse.Namespace, preset: str, seed: int, clf: Path, sets: list[str]) -> dict:
     folder = args.out / f"{preset}-s{seed}"
     log = args.out / f"{preset}-s{seed}.log"
-    log.unlink(missing_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1"} if args.device == "cpu" else dict(os.environ)
+    if not (args.keep and (folder / "gate.json").exists()):
+        log.unlink(missing_ok=True)
+        train_and_score(args, preset, seed, clf, sets, folder, log, env)
+    if seed == args.seeds[0]:  # the grids shown in the docs
+        grid = args.out / f"{preset}-s{seed}.png"
+        if not grid.exists():
+            run([*GENVAE, "sample", str(folder), "-n", "64", "--seed", "0", "-o", str(grid)], log, env)
+        recon = args.out / f"{preset}-s{seed}-recon.png"
+        if not recon.exists():
+            cmd = [*GENVAE, "reconstruct", str(folder), *data_args(args), "-n", "32", "-o", str(recon)]
+            run(cmd, log, env)
+    return score_row(args, preset, seed, folder)
+
+
+def train_and_score(
+    args: argparse.Namespace,
+    preset: str,
+    seed: int,
+    clf: Path,
+    sets: list[str],
+    folder: Path,
+    log: Path,
+    env: dict[str, str],
+) -> None:
     build_sets = [x for s in sets for x in ("--set", s)]
     run(
         [
@@ -103,7 +129,7 @@ def one_run(args: argparse.Namespace, preset: str, seed: int, clf: Path, sets: l
         log,
         env,
     )
-    wall = time.perf_counter() - started
+    (folder / "gate-train.json").write_text(json.dumps({"train_wall_s": round(time.perf_counter() - started, 1)}))
     run(
         [
             *GENVAE,
@@ -126,21 +152,25 @@ def one_run(args: argparse.Namespace, preset: str, seed: int, clf: Path, sets: l
         log,
         env,
     )
-    if seed == args.seeds[0]:
-        run(
-            [*GENVAE, "sample", str(folder), "-n", "64", "--seed", "0", "-o", str(args.out / f"{preset}-s{seed}.png")],
-            log,
-            env,
-        )
+
+
+def score_row(args: argparse.Namespace, preset: str, seed: int, folder: Path) -> dict:
+    """One run's row, from its folder: steps, training speed and the evaluation's scores.
+
+    On the CPU the speed is images per CPU-second of the run's one thread (steps x batch / budget), which other work
+    on the machine does not change; on CUDA, images per wall-clock second between the first and last log lines."""
     scores: dict[str, float] = {}
     for values in json.loads((folder / "gate.json").read_text())["models"][0]["metrics"].values():
         scores.update(values)
     lines = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines() if x.strip()]
     steps = lines[-1]["step"]
     batch = json.loads((folder / "config.json").read_text())["train"]["batch_size"]
-    seconds = lines[-1]["wall_time"] - lines[0]["wall_time"]
-    rate = (steps - lines[0]["step"]) * batch / seconds if seconds > 0 else float("nan")
-    return {"preset": preset, "seed": seed, "steps": steps, "images_per_s": rate, "train_wall_s": wall, **scores}
+    if args.device == "cpu":
+        rate = steps * batch / args.budget
+    else:
+        seconds = lines[-1]["wall_time"] - lines[0]["wall_time"]
+        rate = (steps - lines[0]["step"]) * batch / seconds if seconds > 0 else float("nan")
+    return {"preset": preset, "seed": seed, "steps": steps, "images_per_s": rate, **scores}
 
 
 def mean_sd(values: list[float]) -> str:
@@ -149,10 +179,10 @@ def mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
-def table(rows: list[dict], plain: str, gans: list[str]) -> str:
+def table(rows: list[dict], plain: str, gans: list[str], cpu: bool) -> str:
     out = [
-        "| model | seed | steps | images/s | FID | rarest class | classes ≥ 3 % | spectrum worst × "
-        "| spectrum mean ratio |",
+        f"| model | seed | steps | {'images / CPU-s' if cpu else 'images/s'} | FID | rarest class | classes ≥ 3 % "
+        "| spectrum worst × | spectrum mean ratio |",
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
@@ -203,6 +233,12 @@ def main() -> int:
     ap.add_argument("--classifier", type=Path, help="a genvae train-classifier folder (default: train one)")
     ap.add_argument("--models", help="comma-separated presets: the plain VAE first, then the adversarial ones")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="a build --set for every model")
+    ap.add_argument(
+        "--keep",
+        action="store_true",
+        help="reuse the runs in OUT that were already scored (a gate interrupted, or one model rerun after its "
+        "folders were removed): only the missing runs train",
+    )
     args = ap.parse_args()
     plain, gans = PAPER if args.paper else SMALL
     if args.budget is None:
@@ -240,7 +276,7 @@ def main() -> int:
     with ThreadPoolExecutor(max_workers=args.jobs if args.device == "cpu" else 1) as pool:
         rows = list(pool.map(lambda job: one_run(args, job[0], job[1], clf, sets), jobs))
     rows.sort(key=lambda r: ([plain, *gans].index(r["preset"]), r["seed"]))
-    text = table(rows, plain, gans)
+    text = table(rows, plain, gans, args.device == "cpu")
     head = (
         f"{'paper presets, 64 px' if args.paper else '-small presets, 32 px'} on {args.data}, device {args.device}, "
         f"budget {args.budget:g} s per run ({'CPU seconds of one core' if args.device == 'cpu' else 'wall-clock'}), "
