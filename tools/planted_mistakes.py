@@ -477,7 +477,7 @@ MISTAKES = [
     ),
     (
         "report: wall-clock curves not shifted to each run's start",
-        "cli/report.py",
+        "core/report.py",
         'points = [((r["wall_time"] - start) / 60, r[term]) for r in clocked',
         'points = [(r["wall_time"] / 60, r[term]) for r in clocked',
         REPORT_TESTS,
