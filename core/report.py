@@ -7,7 +7,8 @@ curve of every logged term (steps on the bottom axis, wall-clock minutes on the 
 of every epoch (drawn from the same z each epoch, so their stability shows), reconstructions of a few
 images, the scores of ``genvae evaluate -o DIR/evaluation.json`` when present, the commands that trained
 it and its config. With several folders the same term's curves overlay in one plot, and the tables stand
-side by side. Plots are drawn by matplotlib (its Agg backend, imported when a plot is drawn).
+side by side. Plots are drawn by matplotlib, imported when a plot is drawn, on Figures outside pyplot (no backend
+is chosen, so a notebook's own plots are untouched).
 """
 
 from __future__ import annotations
@@ -84,15 +85,12 @@ def read_classes(folder: Path) -> list[dict[str, Any]]:
 def classes_png(records: Sequence[dict]) -> bytes:
     """Mode coverage over training: each epoch's share of samples per class (a heat map), and the rarest
     class's share (a collapsed model leaves classes at 0)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
 
     counts = np.array([r["counts"] for r in records], dtype=float)
     shares = counts / counts.sum(1, keepdims=True).clip(min=1)
-    fig, (heat, low) = plt.subplots(1, 2, figsize=(9, 3.2), gridspec_kw={"width_ratios": [2, 1]})
+    fig = _figure(figsize=(9, 3.2))
+    heat, low = fig.subplots(1, 2, gridspec_kw={"width_ratios": [2, 1]})
     image = heat.imshow(shares.T, aspect="auto", cmap="viridis", vmin=0, interpolation="nearest")
     heat.set_xlabel("epoch")
     heat.set_ylabel("class")
@@ -107,9 +105,15 @@ def classes_png(records: Sequence[dict]) -> bytes:
     low.set_xlabel("epoch")
     low.grid(alpha=0.3)
     fig.tight_layout()
-    png = _figure_png(fig)
-    plt.close(fig)
-    return png
+    return _figure_png(fig)
+
+
+def _figure(figsize: tuple[float, float]):
+    """A matplotlib Figure of its own, outside pyplot: no backend is chosen and no global figure is left open, so a
+    notebook's own plots (``%matplotlib inline``) are not disturbed; ``savefig`` draws it with Agg."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize)
 
 
 def _figure_png(fig) -> bytes:
@@ -168,24 +172,19 @@ def plot_term(runs: dict[str, list[dict]], term: str, ax, x: str = "step") -> bo
 
 
 def curves_png(runs: dict[str, list[dict]], terms: Sequence[str], x: str = "step") -> bytes | None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """The curves of ``terms`` (up to three plots a row) as PNG bytes; None when there is no term."""
     if not terms:
         return None
     cols = min(3, len(terms))
     rows = math.ceil(len(terms) / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
+    fig = _figure(figsize=(4.2 * cols, 3.2 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax, term in zip(axes.flat, terms, strict=False):
         plot_term(runs, term, ax, x)
     for ax in list(axes.flat)[len(terms) :]:
         ax.axis("off")
     fig.tight_layout()
-    png = _figure_png(fig)
-    plt.close(fig)
-    return png
+    return _figure_png(fig)
 
 
 def _img(data: bytes, alt: str, css: str = "") -> str:
@@ -375,20 +374,13 @@ def build_report(folders: Sequence[Path], *, data=None, data_root=None, download
 
 def plot_png(folders: Sequence[Path], term: str, x: str = "step") -> bytes:
     """One plot of ``term`` over steps (or wall-clock minutes) for every folder (overlaid), as PNG bytes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     runs = {(f.name or str(f)): read_metrics(f) for f in folders}
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    fig = _figure(figsize=(5.5, 3.6))
+    ax = fig.subplots()
     if not plot_term(runs, term, ax, x):
-        plt.close(fig)
         known = sorted({t for records in runs.values() for t in terms_of(records)})
         raise GenvaeError(f"no run logged '{term}'; logged terms: {', '.join(known) or 'none'}")
-    png = _figure_png(fig)
-    plt.close(fig)
-    return png
+    return _figure_png(fig)
 
 
 def write_page(text: str, path: Path) -> None:
