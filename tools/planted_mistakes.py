@@ -492,8 +492,8 @@ MISTAKES = [
     (
         "build not recorded in commands.jsonl",
         "cli/models.py",
-        "        record_command(out)",
-        "        pass",
+        "create_model_folder(model, out, force=force, command=command_record())",
+        "create_model_folder(model, out, force=force, command=None)",
         REPORT_TESTS,
     ),
     (
