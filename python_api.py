@@ -138,8 +138,7 @@ class Model:
 
     def sample(self, n: int = 64, *, seed: int = 0) -> torch.Tensor:
         """``n`` images drawn from the prior: float (n, C, H, W) in [0, 1] on the CPU. The same ``seed`` gives the
-        same images (and the same as ``genvae sample -n N --seed SEED``); the global random streams are left as
-        they were."""
+        same images; the caller's random streams are left as they were."""
         from genvae.core.inference import draw_samples
         from genvae.core.training.run import seed_everything
 
@@ -377,7 +376,7 @@ def train(
     Ctrl-C (a notebook's interrupt) stops at the next step with a checkpoint and raises
     :class:`TrainingInterrupted`; ``train(..., resume=True)`` continues it. Anything wrong is a one-line
     :class:`~genvae.core.errors.GenvaeError`, raised before anything is written."""
-    from genvae.core.checkpoint import CONFIG, create_model_folder, load_model
+    from genvae.core.checkpoint import CONFIG, create_model_folder, latest_checkpoint, load_model
     from genvae.core.training import TrainingStopped, train_run
     from genvae.core.training.run import resolve_device
 
@@ -409,6 +408,12 @@ def train(
     if loggers is not None:
         overrides["loggers"] = tuple(loggers)
     dev = resolve_device(device)  # checked before a folder is written
+    last = latest_checkpoint(target) if (target / CONFIG).exists() else None
+    if last is not None and not (resume or restart):  # train_run says so too, in the command line's words
+        raise GenvaeError(
+            f"{target} has a checkpoint at {last.name}; pass resume=True to continue it or restart=True to discard "
+            "checkpoints and metrics"
+        )
     if wrapper is not None and (wrapper.folder is None or target != wrapper.folder):
         if (target / CONFIG).exists() and not (resume or restart):
             raise GenvaeError(
