@@ -241,7 +241,7 @@ def _evaluation(folder: Path) -> str:
         )
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
-        scores = report["results"][0]["metrics"]
+        scores = report["models"][0]["metrics"]  # genvae evaluate -o: this folder's model is the first
     except (ValueError, KeyError, IndexError, TypeError):
         return f"<p class=note>{EVALUATION} is not a genvae evaluate report</p>"
     rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td class=num>{_fmt(v)}</td></tr>" for k, v in scores.items())
