@@ -29,8 +29,12 @@ __version__ = "0.2.0"
 
 __all__ = [
     "Evaluation",
+    "Figure",
+    "GenvaeError",
+    "ImageGrid",
     "Model",
     "ModelScores",
+    "Report",
     "TrainResult",
     "TrainingInterrupted",
     "__version__",
@@ -51,9 +55,10 @@ __all__ = [
 if TYPE_CHECKING:
     from genvae.core.checkpoint import load_model
     from genvae.core.compose import compose_spec
+    from genvae.core.errors import GenvaeError
     from genvae.core.model import build_model
     from genvae.core.training.run import train_run
-    from genvae.display import show
+    from genvae.display import Figure, ImageGrid, Report, show
     from genvae.python_api import (
         Evaluation,
         Model,
@@ -85,7 +90,8 @@ _PYTHON_API = (
 )
 _LAZY = {
     **dict.fromkeys(_PYTHON_API, "genvae.python_api"),
-    "show": "genvae.display",
+    **dict.fromkeys(("Figure", "ImageGrid", "Report", "show"), "genvae.display"),
+    "GenvaeError": "genvae.core.errors",
     "build_model": "genvae.core.model",
     "compose_spec": "genvae.core.compose",
     "load_model": "genvae.core.checkpoint",

@@ -49,6 +49,7 @@ class ImageGrid:
         return buf.getvalue()
 
     def _repr_png_(self) -> bytes:
+        """The grid as PNG bytes, for IPython's display."""
         return self.png()
 
     def save(self, path: str | Path) -> Path:

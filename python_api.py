@@ -94,6 +94,7 @@ class Model:
 
     @property
     def device(self) -> torch.device:
+        """The device its weights are on (``cpu`` unless moved: :meth:`to`)."""
         return self.module.device
 
     def to(self, device: str | torch.device) -> Model:
