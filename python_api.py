@@ -361,6 +361,7 @@ def train(
     data_root: str | None = None,
     download: bool = False,
     progress: bool | str = True,
+    report: bool = False,
 ) -> TrainResult:
     """Train a model, as ``genvae train`` does, through the same core service (``train_run``): the folder locked
     while it trains, checkpoints, ``metrics.jsonl``, a sample grid per epoch, the loggers, exact ``resume``.
@@ -371,13 +372,15 @@ def train(
     passes; the other settings are ``genvae train``'s options, and ``sets`` its ``--set train.OPTION=VALUE``.
     ``callbacks``: functions called with each metrics line (a dict), or objects with ``on_log(record)`` and/or
     ``on_start(run)``. ``progress``: True (a bar in a notebook or terminal, lines elsewhere), False, or one of
-    ``"notebook"``, ``"terminal"``, ``"text"``.
+    ``"notebook"``, ``"terminal"``, ``"text"``. ``report`` writes the folder's ``report.html`` at the end
+    (``--report``).
 
     Returns a :class:`TrainResult`; ``model`` (when a :class:`Model`) holds the trained weights afterwards.
     Ctrl-C (a notebook's interrupt) stops at the next step with a checkpoint and raises
     :class:`TrainingInterrupted`; ``train(..., resume=True)`` continues it. Anything wrong is a one-line
     :class:`~genvae.core.errors.GenvaeError`, raised before anything is written."""
     from genvae.core.checkpoint import CONFIG, create_model_folder, latest_checkpoint, load_model
+    from genvae.core.report import REPORT
     from genvae.core.training import TrainingStopped, train_run
     from genvae.core.training.run import resolve_device
 
@@ -452,7 +455,8 @@ def train(
                 device=str(dev) if device != "auto" else "auto",
                 resume=resume,
                 restart=restart,
-                command=_call_text("train", target, **call),
+                command=_call_text("train", target, **call, report=report or None),
+                extra_outputs=(REPORT,) if report else (),
                 on_start=on_start,
                 on_log=on_log,
             )
@@ -463,6 +467,13 @@ def train(
         raise TrainingInterrupted(message, stopped.step, target) from None
     finally:
         display.close()
+    if report and result.is_main and result.step > result.start:  # as genvae train --report
+        from genvae.core.folder import ModelFolder
+        from genvae.core.report import build_report
+
+        with engine_progress(progress):
+            page = build_report([target], data=data, data_root=data_root, download=download)
+        ModelFolder(target).write_text(REPORT, page)
     trained = load_model(target, device=dev)
     if wrapper is not None:
         wrapper.module, wrapper.folder = trained, target

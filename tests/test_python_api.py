@@ -212,7 +212,9 @@ def test_grids_plots_and_reports_display_inline(tmp_path, tiny_data):
     from PIL import Image
 
     model = genvae.build("cvae", **TINY, folder=tmp_path / "m")
-    genvae.train(model, data=tiny_data, steps=3, log_every=1, progress=False)
+    genvae.train(model, data=tiny_data, steps=3, log_every=1, progress=False, report=True)  # as train --report
+    assert "genvae report" in (tmp_path / "m" / "report.html").read_text()
+    assert "report.html" in (tmp_path / "m" / ".genvae-manifest.json").read_text()
     grid = model.show_samples(6, nrow=3)
     png = grid._repr_png_()
     assert png.startswith(b"\x89PNG") and Image.open(__import__("io").BytesIO(png)).size == (3 * 18 + 2, 2 * 18 + 2)
