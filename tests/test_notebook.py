@@ -3,7 +3,7 @@
 notebook outputs (image/png, text/html).
 
 The default lane runs it with 4 training steps per model (``GENVAE_QUICKSTART_STEPS``); the slow lane runs it as
-a user does (600 steps per model, about three minutes on 2 cores)."""
+a user does (300 steps per model, about two minutes on 2 cores)."""
 
 from __future__ import annotations
 
@@ -75,4 +75,4 @@ def test_the_quickstart_notebook_runs_in_a_kernel_as_written(tmp_path):
     nb = execute(tmp_path, steps=None, timeout=900)
     check_outputs(nb, tmp_path)
     history = (tmp_path / "runs" / "quickstart-vamp" / "metrics.jsonl").read_text().splitlines()
-    assert len(history) > 10  # it trained for real: 600 steps, then the resumed 150
+    assert len(history) > 10  # it trained for real: 300 steps, then the resumed 75
