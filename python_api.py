@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import torch
 
-from genvae.core.errors import GenvaeError
+from genvae.core.errors import GenvaeError, OneLineInIPython
 from genvae.display import Figure, ImageGrid, Report, TrainProgress, engine_progress, html_table
 
 if TYPE_CHECKING:
@@ -33,10 +33,10 @@ if TYPE_CHECKING:
 Data = Any
 
 
-class TrainingInterrupted(KeyboardInterrupt):
+class TrainingInterrupted(OneLineInIPython, KeyboardInterrupt):
     """Ctrl-C (a notebook's interrupt) or SIGTERM stopped :func:`train` at a step boundary, after a consistent
     checkpoint was written: ``train(..., resume=True)`` continues exactly where it stopped. A KeyboardInterrupt,
-    so that code which stops on Ctrl-C stops on it."""
+    so that code which stops on Ctrl-C stops on it; a notebook shows it as its one line."""
 
     def __init__(self, message: str, step: int, folder: Path):
         super().__init__(message)

@@ -76,3 +76,46 @@ def test_the_quickstart_notebook_runs_in_a_kernel_as_written(tmp_path):
     check_outputs(nb, tmp_path)
     history = (tmp_path / "runs" / "quickstart-vamp" / "metrics.jsonl").read_text().splitlines()
     assert len(history) > 10  # it trained for real: 300 steps, then the resumed 75
+
+
+@pytest.mark.slow
+def test_interrupting_the_kernel_stops_training_with_a_checkpoint_that_resumes(tmp_path):
+    """A notebook's interrupt button (SIGINT to the kernel) mid-run: the cell ends with TrainingInterrupted, one
+    line naming the step, and the checkpoint there resumes."""
+    import time
+
+    from jupyter_client.manager import start_new_kernel
+
+    import genvae
+
+    km, kc = start_new_kernel(kernel_name="python3", cwd=str(tmp_path))
+    try:
+        build = "encoder__width=8, encoder__depth=2, decoder__width=8, decoder__depth=2, transform__latent_channels=2"
+        msg_id = kc.execute(
+            f"import genvae\nm = genvae.build('cvae', image_size=16, {build}, folder='m')\n"
+            "genvae.train(m, steps=100000, log_every=1, progress='text')"
+        )
+        interrupted, error, deadline = False, None, time.monotonic() + 300
+        while time.monotonic() < deadline:
+            msg = kc.get_iopub_msg(timeout=120)
+            if msg["parent_header"].get("msg_id") != msg_id:
+                continue
+            kind, content = msg["msg_type"], msg["content"]
+            if kind == "stream" and "step 3/" in content.get("text", "") and not interrupted:
+                km.interrupt_kernel()
+                interrupted = True
+            elif kind == "error":
+                error = content
+            elif kind == "status" and content["execution_state"] == "idle":
+                break
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    assert interrupted and error is not None
+    assert error["ename"] == "TrainingInterrupted", error
+    assert "stopped by SIGINT at step" in error["evalue"] and "resume=True" in error["evalue"]
+    assert error["traceback"] == [f"TrainingInterrupted: {error['evalue']}"]  # one line, no traceback
+    step = int(error["evalue"].split(" at step ")[1].split(";")[0])
+    assert (tmp_path / "m" / "checkpoints" / f"step-{step:08d}").is_dir()
+    result = genvae.train(tmp_path / "m", steps=step + 2, log_every=1, resume=True, progress=False)
+    assert (result.start, result.step) == (step, step + 2)

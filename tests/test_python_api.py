@@ -93,6 +93,17 @@ def test_errors_are_one_line_genvae_errors_never_an_exit(tmp_path, tiny_data):
         genvae.train(tmp_path / "m", data=tiny_data, steps=4, progress=False)
 
 
+def test_ipython_shows_a_genvae_error_as_its_line_unless_debugging(monkeypatch):
+    with pytest.raises(GenvaeError) as caught:
+        genvae.build("no-such-preset")
+    monkeypatch.delenv("GENVAE_DEBUG", raising=False)
+    assert caught.value._render_traceback_() == [f"UnknownNameError: {caught.value}"]  # what IPython prints
+    stopped = genvae.TrainingInterrupted("stopped by SIGINT at step 3; ...", 3, Path("m"))
+    assert stopped._render_traceback_() == ["TrainingInterrupted: stopped by SIGINT at step 3; ..."]
+    monkeypatch.setenv("GENVAE_DEBUG", "1")
+    assert not hasattr(caught.value, "_render_traceback_")  # IPython then shows the traceback
+
+
 def _sigint_at(step: int):
     """A callback that sends this process SIGINT (a notebook's interrupt) at the metrics line of ``step``."""
 
