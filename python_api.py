@@ -378,7 +378,8 @@ def train(
     Returns a :class:`TrainResult`; ``model`` (when a :class:`Model`) holds the trained weights afterwards.
     Ctrl-C (a notebook's interrupt) stops at the next step with a checkpoint and raises
     :class:`TrainingInterrupted`; ``train(..., resume=True)`` continues it. Anything wrong is a one-line
-    :class:`~genvae.core.errors.GenvaeError`, raised before anything is written."""
+    :class:`~genvae.core.errors.GenvaeError`, raised before training writes anything (an in-memory model is
+    written into its new folder first, as ``genvae build`` would)."""
     from genvae.core.checkpoint import CONFIG, create_model_folder, latest_checkpoint, load_model
     from genvae.core.report import REPORT
     from genvae.core.training import TrainingStopped, train_run
@@ -452,7 +453,7 @@ def train(
                 download=download,
                 overrides=overrides,
                 sets=sets,
-                device=str(dev) if device != "auto" else "auto",
+                device=device,
                 resume=resume,
                 restart=restart,
                 command=_call_text("train", target, **call, report=report or None),
