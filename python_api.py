@@ -7,6 +7,9 @@ started here and one started with ``genvae train`` on the same model and seed wr
 
 Images cross this API as float tensors in [0, 1], shaped (N, C, H, W), on the CPU (the model's own range,
 [-1, 1], stays inside); uint8 tensors (0..255) are accepted wherever images are given.
+
+One module, over the usual 500 lines: it is the whole user-facing surface (its docstrings are the reference of
+docs/python-api.md), and each part is a thin layer over a core service: models, training, data, evaluation.
 """
 
 from __future__ import annotations
