@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import click
 from rich.table import Table
@@ -174,83 +173,30 @@ def evaluate(
     """Score models on a dataset: reconstruction RMSE and sample quality (FID, KID, IS, precision/recall) in a
     feature network's space; several models side by side with --compare. Prints a table and JSON."""
     from genvae.core.checkpoint import write_json
-    from genvae.core.data import load_data
-    from genvae.core.evaluation import EvalData, metric_needs, open_feature_network
-    from genvae.core.progress import report as report_progress
+    from genvae.core.evaluation import check_metrics, evaluate_models
 
     if metrics and metrics_alias:
         raise GenvaeError("give --metrics once (--metric is its old name)")
-    names = _metric_list(metrics or metrics_alias or "rmse")
-    reg = registry()
-    known = reg.names("metric")
-    unknown = [n for n in names if n not in known]
-    if unknown or not names:
-        raise GenvaeError(f"unknown metric '{unknown[0] if unknown else ''}'; metrics: {', '.join(known)}")
+    names = check_metrics(_metric_list(metrics or metrics_alias or "rmse"), registry(), classifier)
     if output:
         check_json_output(Path(output))
-    needs = metric_needs(names, reg)
-    if "features" in needs and classifier is None:
-        wanting = [n for n in names if "features" in reg.get("metric", n).extra.get("needs", ())]
-        raise GenvaeError(
-            f"{', '.join(wanting)} need a feature network: train one with genvae train-classifier "
-            "--data DATA -o CLF and pass --classifier CLF"
-        )
-    folders = [folder, *others]
-    results: list[dict[str, Any]] = []
-    network, source, count = None, None, 0
-    for path in folders:
-        model, dev = load_for_inference(path, device, seed)
-        if network is None and classifier is not None:
-            network = open_feature_network(classifier, reg, dev)
-        spec = model.spec
-        images = load_data(
-            data,
-            image_size=spec.image_size,
-            channels=spec.channels,
-            split=split,
-            root=data_root,
-            download=download,
-            registry=reg,
-        )
-        real = images.images if limit is None else images.images[:limit]
-        source, count = images.source, len(real)
-
-        def progress(task: str, done: int, total: int, where: str = str(path)) -> None:
-            report_progress(f"evaluate {where}: {task}", done, total)
-
-        batch = EvalData(
-            model,
-            real,
-            dev,
-            features=network,
-            n_samples=n_samples or len(real),
-            batch_size=batch_size,
-            seed=seed,
-            progress=progress,
-        )
-        scores: dict[str, dict[str, float]] = {}
-        for name in names:
-            scores[name] = reg.get("metric", name).obj(batch)
-        results.append({"model": str(path), "metrics": scores, "samples": batch.n_samples if "samples" in needs else 0})
-    from genvae import __version__
-
-    feature_label = network.label if network is not None else None
-    labels = {}
-    for name in names:
-        label = reg.get("metric", name).extra.get("label", name)
-        uses_features = "features" in reg.get("metric", name).extra.get("needs", ())
-        labels[name] = f"{label} ({feature_label})" if uses_features and feature_label else label
-    report = {
-        "genvae_version": __version__,
-        "data": source,
-        "split": split,
-        "images": count,
-        "seed": seed,
-        "feature_network": feature_label,
-        "classifier": str(classifier) if classifier else None,
-        "labels": labels,
-        "models": results,
-    }
+    report = evaluate_models(
+        [(str(path), str(path)) for path in (folder, *others)],
+        names,
+        data=data,
+        data_root=data_root,
+        download=download,
+        classifier=classifier,
+        split=split,
+        limit=limit,
+        n_samples=n_samples,
+        batch_size=batch_size,
+        seed=seed,
+        device=device,
+        registry=registry(),
+    )
+    source, count, feature_label = report["data"], report["images"], report["feature_network"]
+    labels, results = report["labels"], report["models"]
     if output:
         write_json(Path(output), report)
     table = Table(title=f"{source}, {count} images" + (f"; features: {feature_label}" if feature_label else ""))

@@ -224,11 +224,11 @@ def build(
     preset, encoder, decoder, prior, transform, losses, image_size, channels, sets, stage1, folder, force
 ) -> None:
     """Compose a model from components, check it, and write a freshly initialised model folder."""
-    from genvae.core.checkpoint import CONFIG, HISTORY, WEIGHTS, save_model
+    from genvae.cli.training import command_record
+    from genvae.core.checkpoint import CONFIG, create_model_folder
     from genvae.core.compose import compose_spec
-    from genvae.core.folder import ModelFolder, lock_folder
-    from genvae.core.model import build_model
-    from genvae.core.training import seed_everything
+    from genvae.core.folder import ModelFolder
+    from genvae.core.model import new_model
 
     out = Path(folder)
     ModelFolder(out).check_can_build_into()
@@ -250,22 +250,8 @@ def build(
         registry=registry(),
         added_losses=added,
     )
-    seed_everything(spec.train.seed)
-    model = build_model(spec, registry())
-    out.mkdir(parents=True, exist_ok=True)
-    with lock_folder(out):
-        mf = ModelFolder(out)
-        mf.check_can_build_into()  # again, now that no other genvae process can change it
-        if (out / CONFIG).exists() and not force:
-            raise GenvaeError(f"{out} already holds a model; choose another -o folder or pass --force")
-        mf.check_outputs([CONFIG, WEIGHTS, HISTORY])  # a file of the user's at one of them: refused, nothing changed
-        mf.remove_orphans()
-        if force:
-            mf.remove_all(keep=(CONFIG, WEIGHTS))  # replaced atomically below
-        save_model(model, out)
-        from genvae.cli.training import record_command
-
-        record_command(out)
+    model = new_model(spec, registry())
+    create_model_folder(model, out, force=force, command=command_record())
     print_summary(model, f"built {out}" + (f" from preset '{spec.preset}'" if spec.preset else ""))
     if added:
         roles = ", ".join(f"{name} ({registry().component('loss', name).role})" for name in added)

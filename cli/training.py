@@ -134,7 +134,7 @@ def train(
             device=device,
             resume=resume,
             restart=restart,
-            command=_command_record(),
+            command=command_record(),
             extra_outputs=(REPORT,) if write_report else (),
             registry=registry(),
             on_start=display.start,
@@ -217,7 +217,7 @@ class _RunDisplay:
             click.echo(f"step {record['step']}/{self.total}  {terms_text(record)}")
 
 
-def _command_record() -> dict:
+def command_record() -> dict:
     """This command, as given on the command line, for the model folder's commands.jsonl (the report's
     "commands")."""
     import shlex
@@ -239,15 +239,6 @@ def _command_record() -> dict:
             for item in value if getattr(param, "multiple", False) else [value]:
                 words += [param.opts[0], str(item)]
     return {"command": "genvae " + " ".join(shlex.quote(w) for w in words), "time": round(time.time(), 3)}
-
-
-def record_command(folder: Path) -> None:
-    """Append this command to FOLDER/commands.jsonl."""
-    from genvae.core.checkpoint import HISTORY
-    from genvae.core.folder import ModelFolder
-    from genvae.core.training.metrics import append_json_line
-
-    append_json_line(ModelFolder(folder), HISTORY, _command_record())
 
 
 def _print_run_summary(folder: Path, start: int) -> None:

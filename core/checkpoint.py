@@ -182,6 +182,43 @@ def save_model(model, folder: str | Path | ModelFolder, train: TrainConfig | Non
     mf.write(WEIGHTS, tensors_writer(state, {"format": "pt"}))
 
 
+def create_model_folder(
+    model,
+    folder: str | Path,
+    *,
+    force: bool = False,
+    command: dict | None = None,
+    hint: str = "choose another -o folder or pass --force",
+) -> None:
+    """Write a freshly built ``model`` into ``folder`` (created if needed), as ``genvae build -o`` does, under the
+    folder's lock: a folder that already holds a model is refused unless ``force`` (then only the files genvae
+    wrote there are removed, and config.json and model.safetensors replaced atomically); a file of the user's at
+    one of genvae's paths is refused with nothing changed. ``command`` (``{"command": ..., "time": ...}``) is
+    appended to ``commands.jsonl``; ``hint`` ends the refusal (how to choose another folder or pass ``force``)."""
+    from genvae.core.folder import lock_folder
+
+    out = Path(folder)
+    refusal = f"{out} already holds a model; {hint}"
+    ModelFolder(out).check_can_build_into()
+    if (out / CONFIG).exists() and not force:
+        raise GenvaeError(refusal)
+    out.mkdir(parents=True, exist_ok=True)
+    with lock_folder(out):
+        mf = ModelFolder(out)
+        mf.check_can_build_into()  # again, now that no other genvae process can change it
+        if (out / CONFIG).exists() and not force:
+            raise GenvaeError(refusal)
+        mf.check_outputs([CONFIG, WEIGHTS, HISTORY])  # a file of the user's at one of them: refused, nothing changed
+        mf.remove_orphans()
+        if force:
+            mf.remove_all(keep=(CONFIG, WEIGHTS))  # replaced atomically below
+        save_model(model, mf)
+        if command is not None:
+            from genvae.core.training.metrics import append_json_line
+
+            append_json_line(mf, HISTORY, command)
+
+
 def load_spec(folder: str | Path) -> ModelSpec:
     folder = Path(folder)
     if not folder.is_dir():

@@ -1,5 +1,8 @@
 """The data layer: turns ``--data`` (a folder of images, tar shards or a dataset name) into one uint8 tensor.
 
+From Python, data may also be images already in memory: a tensor, a ``torch.utils.data.Dataset`` or an
+:class:`ImageData` (:func:`images_from`), fitted to the model's size the same way.
+
 The engine knows no concrete dataset: names come from plugins (``genvae_register_datasets``).
 Everything is decoded once as uint8 (N, C, H, W) at the training size: a folder (loose images and
 uncompressed ``.tar`` shards, WebDataset style, read in place without extracting) goes to the
@@ -198,8 +201,88 @@ def _load_dataset(entry, root, image_size, channels, split, download) -> ImageDa
     return data
 
 
+def as_uint8_images(x: torch.Tensor, what: str) -> torch.Tensor:
+    """(N, C, H, W) or (N, H, W) uint8, or float in [0, 1] -> uint8 (N, C, H, W) on the CPU; a one-line error else."""
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    if x.dim() != 4 or x.shape[1] not in (1, 3) or x.shape[0] == 0 or min(x.shape[2:]) == 0:
+        raise DataError(f"{what}: expected images shaped (N, 1|3, H, W) or (N, H, W), got {tuple(x.shape)}")
+    if x.dtype == torch.uint8:
+        return x.detach().cpu()
+    if not x.is_floating_point():
+        raise DataError(f"{what}: expected uint8 (0..255) or float images in [0, 1], got {x.dtype}")
+    x = x.detach().cpu().float()
+    low, high = float(x.min()), float(x.max())
+    if not (low >= 0.0 and high <= 1.0):  # NaN fails too
+        raise DataError(
+            f"{what}: float images are expected in [0, 1], these span {low:.3g}..{high:.3g} "
+            "(from [-1, 1] pass x * 0.5 + 0.5; uint8 0..255 is accepted as it is)"
+        )
+    return (x * 255.0).round_().to(torch.uint8)
+
+
+def _dataset_images(dataset: Any) -> torch.Tensor:
+    """Every item of a map-style dataset (a tensor or a PIL image, or a tuple whose first element is one: (image,
+    label)) stacked as uint8 (N, C, H, W); the items must share one size."""
+    import numpy as np
+    from PIL import Image
+
+    try:
+        count = len(dataset)
+    except TypeError:
+        raise DataError(f"{type(dataset).__name__}: a dataset with a length is needed (a map-style Dataset)") from None
+    if count == 0:
+        raise DataError(f"{type(dataset).__name__} is empty")
+    items = []
+    for i in range(count):
+        item = dataset[i]
+        if isinstance(item, tuple | list) and item:
+            item = item[0]
+        if isinstance(item, Image.Image):
+            grey = item.mode in ("L", "1", "I", "I;16", "F")
+            array = torch.from_numpy(np.array(item.convert("L" if grey else "RGB")))
+            item = array.unsqueeze(0) if grey else array.permute(2, 0, 1)
+        if not isinstance(item, torch.Tensor):
+            raise DataError(
+                f"{type(dataset).__name__}[{i}] is a {type(item).__name__}; items must be image tensors or PIL "
+                "images (or (image, label) pairs)"
+            )
+        items.append(item)
+    shapes = {tuple(t.shape) for t in items}
+    if len(shapes) > 1:
+        listed = ", ".join(str(shape) for shape in sorted(shapes)[:3])
+        raise DataError(f"{type(dataset).__name__}: items of different shapes ({listed})")
+    return torch.stack(items)
+
+
+def images_from(data: Any, *, image_size: int, channels: int) -> ImageData:
+    """Images given in memory as :class:`ImageData` at ``image_size`` and ``channels``: a tensor (uint8 0..255 or
+    float in [0, 1], shaped (N, C, H, W) or (N, H, W)), a map-style ``torch.utils.data.Dataset`` whose items are
+    such images (or (image, label) pairs, e.g. torchvision's with ``ToTensor()``), or an :class:`ImageData`.
+    Other sizes are fitted as named datasets are: centred in a black frame when they fit with an even margin
+    (28 -> 32), a central square crop resized otherwise; grey and colour are converted."""
+    from genvae.core.decode import fit_tensor
+
+    check_target(image_size, channels)
+    if isinstance(data, ImageData):
+        images, source, skipped = data.images, data.source, data.skipped
+    elif isinstance(data, torch.Tensor):
+        images, source, skipped = as_uint8_images(data, "data tensor"), f"a tensor of {len(data)} images", []
+    elif hasattr(data, "__getitem__") and hasattr(data, "__len__") and not isinstance(data, str | bytes | dict):
+        name = type(data).__name__
+        images, source, skipped = as_uint8_images(_dataset_images(data), name), f"dataset object {name}", []
+    else:
+        raise DataError(
+            f"data of type {type(data).__name__}: give a folder, a dataset name, an image tensor or a "
+            "torch.utils.data.Dataset"
+        )
+    if tuple(images.shape[1:]) != (channels, image_size, image_size):
+        images = fit_tensor(images, image_size, channels, mode="pad")
+    return ImageData(images.contiguous(), source, list(skipped))
+
+
 def load_data(
-    data: str | os.PathLike | None,
+    data: Any,
     *,
     image_size: int,
     channels: int,
@@ -210,13 +293,16 @@ def load_data(
 ) -> ImageData:
     """Training images from a folder or a registered dataset, as uint8 (N, channels, S, S).
 
-    ``data``: None -> the default dataset (``DEFAULT_DATASET``, needs nothing installed); an
+    ``data``: images in memory (a tensor, a Dataset, an :class:`ImageData`) -> :func:`images_from`; None -> the
+    default dataset (``DEFAULT_DATASET``, needs nothing installed); an
     existing folder -> every image under it (``split`` is ignored: a folder is one split); a
     dataset name -> its plugin's loader, given ``root``, ``split`` and ``download``. A name that is
     both a dataset and a folder in the current directory means the dataset (write ``./NAME``).
     Results are cached for the process: a second call with the same arguments decodes nothing.
     """
     check_target(image_size, channels)
+    if data is not None and not isinstance(data, str | os.PathLike):
+        return images_from(data, image_size=image_size, channels=channels)
     if registry is None:
         from genvae.core.registry import get_registry
 

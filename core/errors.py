@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+import os
+from collections.abc import Callable, Iterable
 from typing import Any
 
 ELLIPSIS = "..."
@@ -91,8 +92,21 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
-class GenvaeError(Exception):
-    """An error caused by input (names, options, files): the CLI prints it as one line, no traceback."""
+class OneLineInIPython:
+    """An error IPython (a notebook, the IPython shell) shows as its one line, ``Name: message``, instead of a
+    traceback, as the command line prints it; with ``GENVAE_DEBUG`` set in the environment the traceback is
+    shown (IPython finds no ``_render_traceback_`` then)."""
+
+    @property
+    def _render_traceback_(self) -> Callable[[], list[str]]:
+        if os.environ.get("GENVAE_DEBUG"):
+            raise AttributeError("_render_traceback_")
+        return lambda: [f"{type(self).__name__}: {one_line(str(self))}"]
+
+
+class GenvaeError(OneLineInIPython, Exception):
+    """An error caused by input (names, options, files): the CLI prints it as one line, no traceback, and so does
+    IPython (a notebook) unless ``GENVAE_DEBUG`` is set."""
 
 
 class UnknownNameError(GenvaeError):

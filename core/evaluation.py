@@ -1,4 +1,5 @@
-"""Scoring models: what a metric reads (:class:`EvalData`), feature networks, and the evaluation driver.
+"""Scoring models: what a metric reads (:class:`EvalData`), feature networks, and the evaluation driver
+(:func:`evaluate_models`, which ``genvae evaluate`` and ``genvae.evaluate`` share).
 
 A metric is a function registered by a plugin (``genvae_register_metrics``) that takes an :class:`EvalData`
 and returns named numbers. ``EvalData`` computes what metrics ask for once and shares it: the real images,
@@ -236,4 +237,123 @@ def metric_needs(names: Sequence[str], registry: Any) -> set[str]:
     return {need for name in names for need in registry.get("metric", name).extra.get("needs", ())}
 
 
-__all__ = ["NEEDS", "EvalData", "FeatureNetwork", "fit_to", "metric_needs", "open_feature_network"]
+def check_metrics(names: Sequence[str], registry: Any, classifier: Any = None) -> list[str]:
+    """The metric names, deduplicated, each one registered, and a feature network given when one needs it; a
+    one-line error otherwise (before any model is loaded)."""
+    names = list(dict.fromkeys(names))
+    known = registry.names("metric")
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise GenvaeError(f"unknown metric '{unknown[0] if unknown else ''}'; metrics: {', '.join(known)}")
+    if "features" in metric_needs(names, registry) and classifier is None:
+        wanting = [n for n in names if "features" in registry.get("metric", n).extra.get("needs", ())]
+        raise GenvaeError(
+            f"{', '.join(wanting)} need a feature network: train one with genvae train-classifier "
+            "--data DATA -o CLF and pass --classifier CLF"
+        )
+    return names
+
+
+def evaluate_models(
+    models: Sequence[tuple[str, Any]],
+    names: Sequence[str],
+    *,
+    data: Any = None,
+    data_root: str | None = None,
+    download: bool = False,
+    classifier: str | Path | None = None,
+    split: str = "test",
+    limit: int | None = None,
+    n_samples: int | None = None,
+    batch_size: int = 256,
+    seed: int = 0,
+    device: str = "auto",
+    registry: Any = None,
+) -> dict[str, Any]:
+    """Score each of ``models`` (``(label, model folder or loaded model)``) with the metrics ``names`` on the same
+    images, as ``genvae evaluate`` does, and return its JSON report: ``genvae_version``, ``data``, ``split``,
+    ``images``, ``seed``, ``feature_network``, ``classifier``, ``labels`` (each metric's label, naming the
+    feature space) and ``models`` (per model: ``model``, ``metrics`` {metric: {key: value}}, ``samples``).
+
+    Every random stream is seeded with ``seed`` before each model is scored, so a model's scores do not depend on
+    the others'. A loaded model is moved to the device and put in eval mode."""
+    from genvae import __version__
+    from genvae.core.checkpoint import load_model
+    from genvae.core.data import load_data
+    from genvae.core.registry import get_registry
+    from genvae.core.training.run import resolve_device, seed_everything
+
+    reg = registry or get_registry()
+    names = check_metrics(names, reg, classifier)
+    needs = metric_needs(names, reg)
+    dev = resolve_device(device)
+    results: list[dict[str, Any]] = []
+    network: FeatureNetwork | None = None
+    source, count = None, 0
+    for label, given in models:
+        seed_everything(seed)
+        if isinstance(given, str | Path):
+            model = load_model(given, device=dev, registry=reg)
+        else:
+            model = given.to(dev)
+        model.eval()
+        if network is None and classifier is not None:
+            network = open_feature_network(classifier, reg, dev)
+        spec = model.spec
+        images = load_data(
+            data,
+            image_size=spec.image_size,
+            channels=spec.channels,
+            split=split,
+            root=data_root,
+            download=download,
+            registry=reg,
+        )
+        real = images.images if limit is None else images.images[:limit]
+        source, count = images.source, len(real)
+
+        def progress(task: str, done: int, total: int, where: str = label) -> None:
+            report(f"evaluate {where}: {task}", done, total)
+
+        batch = EvalData(
+            model,
+            real,
+            dev,
+            features=network,
+            n_samples=n_samples or len(real),
+            batch_size=batch_size,
+            seed=seed,
+            progress=progress,
+        )
+        scores = {name: reg.get("metric", name).obj(batch) for name in names}
+        results.append({"model": label, "metrics": scores, "samples": batch.n_samples if "samples" in needs else 0})
+    feature_label = network.label if network is not None else None
+    labels = {}
+    for name in names:
+        entry = reg.get("metric", name)
+        label = entry.extra.get("label", name)
+        uses_features = "features" in entry.extra.get("needs", ())
+        labels[name] = f"{label} ({feature_label})" if uses_features and feature_label else label
+    return {
+        "genvae_version": __version__,
+        "data": source,
+        "split": split,
+        "images": count,
+        "seed": seed,
+        "feature_network": feature_label,
+        "classifier": str(classifier) if classifier else None,
+        "labels": labels,
+        "models": results,
+    }
+
+
+__all__ = [
+    "NEEDS",
+    "EvalData",
+    "FeatureNetwork",
+    "check_metrics",
+    "evaluate_models",
+    "fit_to",
+    "metric_needs",
+    "open_feature_network",
+]

@@ -414,6 +414,16 @@ def build_model(spec: ModelSpec, registry: Registry | None = None, check: bool |
     return model
 
 
+def new_model(spec: ModelSpec, registry: Registry | None = None) -> GenerativeModel:
+    """A freshly initialised model of ``spec``: every random stream seeded with ``spec.train.seed``, then
+    :func:`build_model`. ``genvae build`` and ``genvae.build`` both start here, so the same spec gives the same
+    initial weights, bit for bit, whoever builds it."""
+    from genvae.core.training.run import seed_everything
+
+    seed_everything(spec.train.seed)
+    return build_model(spec, registry)
+
+
 def _check_terms(loss: Loss, phase: str, terms) -> None:
     """A loss returns named terms the trainer can sum and backpropagate: 0-dim floating tensors (a skip flag:
     a one-element bool tensor)."""

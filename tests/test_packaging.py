@@ -91,10 +91,14 @@ def clean_env() -> dict[str, str]:
     return {**{k: v for k, v in os.environ.items() if k not in drop}, "PYTHONDONTWRITEBYTECODE": "1"}
 
 
+#: the package's own modules at the repository's top level (the folders' files are git's tracked ones)
+TOP_LEVEL = {"__init__.py", "api.py", "python_api.py", "display.py", "py.typed"}
+
+
 def tracked_package_files() -> set[str]:
     """The wheel's expected contents: every git-tracked file of the package folders, as installed paths."""
     proc = run(["git", "ls-files", "-z", "--", *[p for p in PACKAGES.values() if p]])
-    files = {f for f in proc.stdout.split("\0") if f} | {"__init__.py", "api.py", "py.typed"}
+    files = {f for f in proc.stdout.split("\0") if f} | TOP_LEVEL
     assert all(f.endswith((".py", "py.typed")) for f in files), sorted(f for f in files if not f.endswith(".py"))
     return {f"genvae/{f}" for f in files}
 
@@ -145,7 +149,7 @@ def test_the_sdist_holds_what_building_needs(dist):
     top = sdist.name.removesuffix(".tar.gz")
     with tarfile.open(sdist) as tar:
         names = {n.removeprefix(top + "/") for n in tar.getnames()}
-    assert {"pyproject.toml", "README.md", "LICENSE", "PKG-INFO", "__init__.py", "api.py", "py.typed"} <= names
+    assert {"pyproject.toml", "README.md", "LICENSE", "PKG-INFO", *TOP_LEVEL} <= names
     assert {f.removeprefix("genvae/") for f in tracked_package_files()} <= names
     assert not [n for n in names if n.split("/")[0] in NOT_PACKAGED]
 

@@ -71,6 +71,17 @@ def test_report_page_is_self_contained_with_every_section(two_runs, tmp_path):
     assert "Loss curves" in alone and "Loss curves by wall-clock time" not in alone
 
 
+def test_report_shows_the_scores_of_genvae_evaluate(tmp_path):
+    fast = tmp_path / "m"  # untrained: the scores are what the page must show
+    assert invoke_cli(["build", *TINY, "-o", fast]).exit_code == 0
+    scores = fast / "evaluation.json"
+    assert invoke_cli(["evaluate", fast, "--metrics", "rmse", "--limit", "8", "-o", scores]).exit_code == 0
+    assert invoke_cli(["report", fast, "-o", tmp_path / "r.html"]).exit_code == 0
+    page = (tmp_path / "r.html").read_text()
+    rmse = json.loads(scores.read_text())["models"][0]["metrics"]["rmse"]["rmse"]
+    assert "is not a genvae evaluate report" not in page and f"rmse {rmse:.4g}" in page
+
+
 def test_report_refuses_to_overwrite_a_file_it_did_not_write(two_runs, tmp_path):
     mine = tmp_path / "notes.html"
     mine.write_text("<html>my notes</html>")

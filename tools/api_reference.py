@@ -1,10 +1,13 @@
-"""Write docs/api-reference.md from the docstrings of genvae.api, the public plugin API.
+"""Write docs/api-reference.md from the docstrings of genvae.api, the public plugin API, and the reference part of
+docs/python-api.md from those of the Python API (``genvae.build``, ``genvae.Model``, ...).
 
-    python tools/api_reference.py           # (re)write the page
-    python tools/api_reference.py --check   # exit 1 when the page differs from what the docstrings give
+    python tools/api_reference.py           # (re)write both
+    python tools/api_reference.py --check   # exit 1 when either differs from what the docstrings give
 
-Names are grouped by the engine module that defines them; each gets its signature (functions, classes) or
-value (constants) and its docstring.
+In api-reference.md names are grouped by the engine module that defines them; each gets its signature
+(functions, classes) or value (constants) and its docstring. python-api.md is a user guide written by hand down
+to its ``MARKER`` line; below it, each name of ``genvae.__all__`` (the functions, then the classes with their
+public methods and properties) gets its signature and docstring.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "docs" / "api-reference.md"
+PYTHON_PAGE = ROOT / "docs" / "python-api.md"
+#: the line of docs/python-api.md below which the reference is generated
+MARKER = "<!-- reference: generated from the docstrings by python tools/api_reference.py; do not edit below -->"
 #: how each defining module is headed on the page, in this order
 SECTIONS = {
     "genvae.core.hookspecs": "Hooks and their register callbacks",
@@ -141,16 +147,68 @@ def render() -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _member_lines(cls: type) -> list[str]:
+    """The public methods and properties a class defines itself (not those it inherits), each a signature and its
+    docstring, in the order of the source."""
+    lines: list[str] = []
+    for name, value in vars(cls).items():
+        if name.startswith("_") or not (inspect.isfunction(value) or isinstance(value, property)):
+            continue
+        if isinstance(value, property):
+            signature, doc = f"{cls.__name__}.{name}  # property", inspect.getdoc(value) or ""
+        else:
+            signature = f"{cls.__name__}.{name}{inspect.signature(value)}"
+            signature = signature.replace("(self, ", "(").replace("(self)", "()")
+            doc = inspect.getdoc(value) or ""
+        lines += [f"##### `{cls.__name__}.{name}`", "", "```python", signature, "```", ""]
+        if doc:
+            lines += [doc, ""]
+    return lines
+
+
+def render_python(guide: str) -> str:
+    """docs/python-api.md: ``guide`` (the page down to and including ``MARKER``), then the reference of every name
+    in ``genvae.__all__`` but ``__version__``: functions first, then classes with their members."""
+    import genvae
+
+    names = [n for n in genvae.__all__ if n != "__version__"]
+    values = {n: getattr(genvae, n) for n in names}
+    functions = sorted((n for n in names if not inspect.isclass(values[n])), key=str.lower)
+    classes = sorted((n for n in names if inspect.isclass(values[n])), key=str.lower)
+    lines = [guide.rstrip("\n"), ""]
+    for title, group in (("Functions", functions), ("Classes", classes)):
+        lines += [f"### {title}", ""]
+        for name in group:
+            value = values[name]
+            module = getattr(value, "__module__", "")
+            lines += [f"#### `genvae.{name}`", "", f"From `{module}`.", "", "```python", _signature(name, value), "```"]
+            lines.append("")
+            doc = (inspect.getdoc(value) or "").strip()
+            if doc:
+                lines += [doc, ""]
+            if inspect.isclass(value) and module.startswith("genvae.") and not issubclass(value, BaseException):
+                lines += _member_lines(value)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _guide() -> str:
+    """docs/python-api.md down to and including its ``MARKER`` line."""
+    text = PYTHON_PAGE.read_text(encoding="utf-8") if PYTHON_PAGE.exists() else ""
+    if MARKER not in text:
+        raise SystemExit(f"{PYTHON_PAGE.relative_to(ROOT)} has no line {MARKER!r} to generate the reference below")
+    return text[: text.index(MARKER) + len(MARKER)]
+
+
 def main(argv: list[str]) -> int:
-    text = render()
+    pages = {PAGE: render(), PYTHON_PAGE: render_python(_guide())}
     if argv[:1] == ["--check"]:
-        current = PAGE.read_text(encoding="utf-8") if PAGE.exists() else ""
-        if current != text:
-            print(f"{PAGE.relative_to(ROOT)} is out of date: run python tools/api_reference.py")
-            return 1
-        return 0
-    PAGE.write_text(text, encoding="utf-8")
-    print(f"wrote {PAGE.relative_to(ROOT)} ({text.count('### ')} names)")
+        stale = [p for p, text in pages.items() if (p.read_text(encoding="utf-8") if p.exists() else "") != text]
+        for path in stale:
+            print(f"{path.relative_to(ROOT)} is out of date: run python tools/api_reference.py")
+        return 1 if stale else 0
+    for path, text in pages.items():
+        path.write_text(text, encoding="utf-8")
+        print(f"wrote {path.relative_to(ROOT)} ({text.count('### ')} names)")
     return 0
 
 

@@ -26,6 +26,7 @@ CACHE_TESTS = ["tests/test_cache.py"]
 FAST_TESTS = ["tests/test_fast_path.py"]
 SHAPES_TESTS = ["tests/plugins/test_shapes.py"]
 REPORT_TESTS = ["tests/test_report.py", "tests/test_compose.py"]
+PYTHON_API_TESTS = ["tests/test_python_api.py"]
 
 #: (what the mistake is, file, the exact original text, the mistaken text[, the tests to run instead of TESTS])
 MISTAKES = [
@@ -477,7 +478,7 @@ MISTAKES = [
     ),
     (
         "report: wall-clock curves not shifted to each run's start",
-        "cli/report.py",
+        "core/report.py",
         'points = [((r["wall_time"] - start) / 60, r[term]) for r in clocked',
         'points = [(r["wall_time"] / 60, r[term]) for r in clocked',
         REPORT_TESTS,
@@ -492,8 +493,8 @@ MISTAKES = [
     (
         "build not recorded in commands.jsonl",
         "cli/models.py",
-        "        record_command(out)",
-        "        pass",
+        "create_model_folder(model, out, force=force, command=command_record())",
+        "create_model_folder(model, out, force=force, command=None)",
         REPORT_TESTS,
     ),
     (
@@ -664,6 +665,27 @@ MISTAKES = [
         "return (torch.log_softmax(self.logits, 0) + density).view(*lead, -1)",
         "return (self.logits + density).view(*lead, -1)",
         ["tests/plugins/test_mog.py"],
+    ),
+    (
+        "python API: reconstructions left in [-1, 1]",
+        "python_api.py",
+        "return reconstruct_images(self.module, x, self.device) * 0.5 + 0.5",
+        "return reconstruct_images(self.module, x, self.device)",
+        PYTHON_API_TESTS,
+    ),
+    (
+        "python API: uint8 images mapped to [-1, 0]",
+        "python_api.py",
+        "return x.to(self.device).float() / 127.5 - 1.0",
+        "return x.to(self.device).float() / 255.0 - 1.0",
+        PYTHON_API_TESTS,
+    ),
+    (
+        "python API: sample's seed ignored",
+        "python_api.py",
+        "            seed_everything(seed)\n",
+        "            seed_everything(0)\n",
+        PYTHON_API_TESTS,
     ),
 ]
 
