@@ -196,7 +196,8 @@ def test_evaluate_says_what_is_missing(tmp_path, mnist_root):
     assert result.exit_code == 1
     assert "fid need a feature network: train one with genvae train-classifier" in result.output
     result = invoke_cli(["evaluate", a, "--metrics", "rmse,fidd"])
-    assert result.exit_code == 1 and "unknown metric 'fidd'; metrics: coverage, fid, is, kid, pr, rmse, spectrum" in result.output
+    assert result.exit_code == 1
+    assert "unknown metric 'fidd'; metrics: coverage, fid, is, kid, pr, rmse, spectrum" in result.output
 
 
 @pytest.mark.slow
