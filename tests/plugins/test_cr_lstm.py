@@ -299,3 +299,19 @@ def test_traverse_refuses_a_step_out_of_range(model_folder, tmp_path):
     )
     assert result.exit_code == 1
     assert "use 1..4" in result.output
+
+
+def test_small_crvae_gans_use_the_baselines_beta_and_the_paper_presets_the_papers():
+    """The -small crVAE-GANs weigh the GAN term 0.05 (the quality gate's evidence, docs/crvae-gan.md); the 64 px
+    presets keep the authors' 0.0125."""
+    betas = {
+        name: next(s.options["beta"] for s in preset_spec(name).losses if s.name == "adv")
+        for name in ("crvae-gan", "crvae-gan-no-mi", "crvae-gan-small", "crvae-gan-no-mi-small", "vae-gan-small")
+    }
+    assert betas == {
+        "crvae-gan": 0.0125,
+        "crvae-gan-no-mi": 0.0125,
+        "crvae-gan-small": 0.05,
+        "crvae-gan-no-mi-small": 0.05,
+        "vae-gan-small": 0.05,
+    }
