@@ -173,10 +173,10 @@ def score_row(args: argparse.Namespace, preset: str, seed: int, folder: Path) ->
     return {"preset": preset, "seed": seed, "steps": steps, "images_per_s": rate, **scores}
 
 
-def mean_sd(values: list[float]) -> str:
+def mean_sd(values: list[float], digits: int = 2) -> str:
     if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f}"
 
 
 def table(rows: list[dict], plain: str, gans: list[str], cpu: bool) -> str:
@@ -211,7 +211,7 @@ def table(rows: list[dict], plain: str, gans: list[str], cpu: bool) -> str:
                 "pass" if max(worst) <= SPECTRUM else "fail",
             ]
         )
-        out.append(f"| `{p}` | {mean_sd(fid)} | {mean_sd(share)} | {mean_sd(worst)} | {' | '.join(gate)} |")
+        out.append(f"| `{p}` | {mean_sd(fid)} | {mean_sd(share, 3)} | {mean_sd(worst)} | {' | '.join(gate)} |")
     return "\n".join(out)
 
 
