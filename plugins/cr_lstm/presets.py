@@ -94,14 +94,18 @@ _SMALL_ADV = {"widths": [16, 32, 32], "head_hidden": 256}
 # the small crVAE-GANs' GAN weight: the VAE-GAN baseline's 0.05, not the paper's 0.0125. At 32 px and a few hundred
 # steps the prior branch's gradient is a seventh of the posterior branch's and the samples lose contrast; with 0.05
 # their spectrum stayed within 3x of the real images' in 5 runs of 5 (0.0125: 5.2-9.0x); FID moves as much between
-# nearby steps as between the two settings (docs/crvae-gan.md, "Quality gate")
+# nearby steps as between the two settings (docs/crvae-gan.md, "Quality gate"). They also run the authors' batch
+# norms (PAPER_BN, as the 64 px presets): with momentum 0.9 the running statistics are the last batch's, the prior
+# branch's, so samples keep their contrast (reconstructions lose some: the docs give the RMSE)
 SMALL_CR_BETA = 0.05
 
 
-def _small(transform: dict, losses: list[dict], train: dict[str, Any] | None = None) -> dict:
+def _small(
+    transform: dict, losses: list[dict], train: dict[str, Any] | None = None, bn: dict[str, float] | None = None
+) -> dict:
     spec = _paper(transform, losses, image_size=32, channels=1, train=train or SMALL_TRAIN)
-    spec["encoder"] = {"name": "cr-lstm", "options": dict(_SMALL_STACK)}
-    spec["decoder"] = {"name": "cr-lstm", "options": dict(_SMALL_STACK)}
+    spec["encoder"] = {"name": "cr-lstm", "options": {**_SMALL_STACK, **(bn or {})}}
+    spec["decoder"] = {"name": "cr-lstm", "options": {**_SMALL_STACK, **(bn or {})}}
     return spec
 
 
@@ -155,8 +159,9 @@ PRESETS = {
                 _MSE,
                 {"name": "kl", "options": {"group_weights": SMALL_KL}},
                 {"name": "adv", "options": {"beta": SMALL_CR_BETA, **_SMALL_ADV}},
-                {"name": "mi", "options": {"kappa": 0.02, "group_weights": SMALL_MI, "hidden": 16}},
+                {"name": "mi", "options": {"kappa": 0.02, "group_weights": SMALL_MI, "hidden": 16, **PAPER_BN}},
             ],
+            bn=PAPER_BN,
         ),
         "crVAE-GAN for 32x32 grey images on a CPU (Fashion-MNIST): quarter widths, latent 16x4x4 in T=4 steps",
     ),
@@ -168,6 +173,7 @@ PRESETS = {
                 {"name": "kl", "options": {"group_weights": SMALL_KL}},
                 {"name": "adv", "options": {"beta": SMALL_CR_BETA, **_SMALL_ADV}},
             ],
+            bn=PAPER_BN,
         ),
         "crvae-gan-small without the MI regulariser (Table 1's middle row at CPU size)",
     ),
