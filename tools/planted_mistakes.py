@@ -687,6 +687,34 @@ MISTAKES = [
         "            seed_everything(0)\n",
         PYTHON_API_TESTS,
     ),
+    (
+        "discriminator accuracy counts the wrong side of zero",
+        "plugins/adv.py",
+        "correct = ((logits > 0).float() == labels).float()",
+        "correct = ((logits < 0).float() == labels).float()",
+        ["tests/test_training_health.py"],
+    ),
+    (
+        "learning-rate warm-up stage ends one step late",
+        "core/training/step.py",
+        "        if step < until:",
+        "        if step <= until:",
+        ["tests/test_training_health.py"],
+    ),
+    (
+        "spectrum band from a quarter of the Nyquist frequency, not half",
+        "plugins/metrics.py",
+        "high = torch.arange(len(r)) > (len(r) - 1) / 2",
+        "high = torch.arange(len(r)) > (len(r) - 1) / 4",
+        ["tests/test_training_health.py"],
+    ),
+    (
+        "completion's discriminator compares an image with the rest of the batch",
+        "plugins/adv.py",
+        "return self.head(self.trunk(images), alone=True)",
+        "return self.head(self.trunk(images), alone=False)",
+        ["tests/plugins/test_completion.py"],
+    ),
 ]
 
 
