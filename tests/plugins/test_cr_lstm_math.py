@@ -181,13 +181,6 @@ def test_discriminator(which, widths, request):
     assert (head.out.in_features, head.out.out_features) == (1124, 1)
 
 
-def test_small_presets_keep_pytorch_batch_norm_defaults():
-    for name in ("crvae-gan-small", "vae-gan-small"):
-        model = build_model(preset_spec(name), check=False)
-        norms = [m for part in (model.encoder, model.decoder) for m in part.modules() if isinstance(m, nn.BatchNorm2d)]
-        assert norms and all((m.eps, m.momentum) == (1e-5, 0.1) for m in norms), name
-
-
 def test_batch_norm_momentum_weights_the_new_batch():
     """Torch7: running = (1 - momentum) * running + momentum * batch statistic; the option means the same here."""
     spec = compose_spec(
