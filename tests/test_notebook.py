@@ -2,8 +2,8 @@
 ``notebook`` extra): no cell errs, and the grids, plots, tables, progress bars and the report are there as
 notebook outputs (image/png, text/html).
 
-The default lane runs it with 4 training steps per model (``GENVAE_QUICKSTART_STEPS``); the slow lane runs it as
-a user does (300 steps per model, about two minutes on 2 cores)."""
+The default lane runs it with 4 training steps per model (``GENVAE_QUICKSTART_STEPS``); the slow lane with 150, half
+the notebook's own 300, so that every cell trains for real within the lane's budget."""
 
 from __future__ import annotations
 
@@ -71,11 +71,13 @@ def test_the_quickstart_notebook_runs_in_a_kernel_with_a_few_steps(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_quickstart_notebook_runs_in_a_kernel_as_written(tmp_path):
-    nb = execute(tmp_path, steps=None, timeout=900)
+def test_the_quickstart_notebook_runs_in_a_kernel_and_trains_for_real(tmp_path):
+    """Every cell as written, with 150 steps per model instead of the notebook's 300: the same code paths (epochs,
+    checkpoints, resume) at half the cost, which keeps tools/check.py under 10 minutes on 2 cores."""
+    nb = execute(tmp_path, steps=150, timeout=900)
     check_outputs(nb, tmp_path)
     history = (tmp_path / "runs" / "quickstart-vamp" / "metrics.jsonl").read_text().splitlines()
-    assert len(history) > 10  # it trained for real: 300 steps, then the resumed 75
+    assert len(history) > 5  # it trained for real: 150 steps, then the resumed 37
 
 
 @pytest.mark.slow
