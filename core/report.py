@@ -18,11 +18,11 @@ import html
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from genvae.core.checkpoint import HISTORY
+from genvae.core.checkpoint import CLASSES, HISTORY, METRICS
 from genvae.core.errors import GenvaeError
 from genvae.core.training.metrics import is_term
 
@@ -31,9 +31,9 @@ EVALUATION = "evaluation.json"
 REPORT = "report.html"  # what train --report writes into the model folder
 
 
-def read_metrics(folder: Path) -> list[dict[str, Any]]:
-    """``metrics.jsonl``'s records; a torn last line is skipped."""
-    path = folder / "metrics.jsonl"
+def read_json_lines(path: Path, keep: Callable[[dict[str, Any]], bool]) -> list[dict[str, Any]]:
+    """The JSON objects of one of a run's JSON-lines files that ``keep`` accepts; a torn or foreign line is
+    skipped, a missing file is empty."""
     if not path.exists():
         return []
     records = []
@@ -42,9 +42,14 @@ def read_metrics(folder: Path) -> list[dict[str, Any]]:
             record = json.loads(line)
         except ValueError:
             continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int):
+        if isinstance(record, dict) and keep(record):
             records.append(record)
     return records
+
+
+def read_metrics(folder: Path) -> list[dict[str, Any]]:
+    """``metrics.jsonl``'s records; a torn last line is skipped."""
+    return read_json_lines(folder / METRICS, lambda record: isinstance(record.get("step"), int))
 
 
 def terms_of(records: Sequence[dict]) -> list[str]:
@@ -68,18 +73,9 @@ def is_health(term: str) -> bool:
 
 def read_classes(folder: Path) -> list[dict[str, Any]]:
     """``classes.jsonl``'s records (train.classifier's class histogram per epoch); a torn line is skipped."""
-    path = folder / "classes.jsonl"
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("counts"), list) and record["counts"]:
-            records.append(record)
-    return records
+    return read_json_lines(
+        folder / CLASSES, lambda record: isinstance(record.get("counts"), list) and bool(record["counts"])
+    )
 
 
 def classes_png(records: Sequence[dict]) -> bytes:
@@ -257,14 +253,7 @@ def _fmt(value: Any) -> str:
 
 
 def _commands(folder: Path) -> str:
-    path = folder / HISTORY
-    lines = []
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                lines.append(json.loads(line)["command"])
-            except (ValueError, KeyError, TypeError):
-                continue
+    lines = [record["command"] for record in read_json_lines(folder / HISTORY, lambda record: "command" in record)]
     if not lines:
         return "<p class=note>no commands recorded</p>"
     return "<pre>" + "\n".join(html.escape(c) for c in lines) + "</pre>"
