@@ -222,13 +222,8 @@ class TrainProgress:
         if self.mode == "none" or not run.trainer.is_main:
             self.mode = "none"
             return
-        trainer, images = run.trainer, run.trainer.data
         self.total = run.total
-        header = (
-            f"training {run.folder} on {images.source} ({len(images)} images) | {trainer.device} "
-            f"| step {run.start} -> {run.total} | batch {trainer.batch_size} | updates: {run.updates_text}"
-        )
-        self._print(header)
+        self._print(run.header)
         if run.start >= run.total:
             return
         if self.mode == "notebook":

@@ -399,20 +399,16 @@ def train(
         target = Path(folder) if folder is not None else wrapper.folder  # type: ignore[assignment]
         if target is None:
             raise GenvaeError("train: this model has no folder yet; pass folder=PATH (a new folder to train it in)")
-    overrides: dict[str, Any] = {
-        k: v
-        for k, v in dict(
-            epochs=epochs,
-            max_steps=steps,
-            max_time=max_time,
-            batch_size=batch_size,
-            lr=lr,
-            seed=seed,
-            checkpoint_every=checkpoint_every,
-            log_every=log_every,
-        ).items()
-        if v is not None
-    }
+    overrides: dict[str, Any] = dict(  # None: not given, the model's setting stays
+        epochs=epochs,
+        max_steps=steps,
+        max_time=max_time,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        checkpoint_every=checkpoint_every,
+        log_every=log_every,
+    )
     if loggers is not None:
         overrides["loggers"] = tuple(loggers)
     dev = resolve_device(device)  # checked before a folder is written

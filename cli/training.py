@@ -102,25 +102,21 @@ def train(
     from genvae.core.training import train_run
 
     folder = Path(folder)
-    overrides = {
-        k: v
-        for k, v in dict(
-            epochs=epochs,
-            max_steps=max_steps,
-            max_time=max_time,
-            batch_size=batch_size,
-            lr=lr,
-            amp=amp,
-            channels_last=channels_last,
-            compile=compile_,
-            seed=seed,
-            flip=flip,
-            checkpoint_every=checkpoint_every,
-            log_every=log_every,
-            classifier=classifier,
-        ).items()
-        if v is not None
-    }
+    overrides = dict(  # None: not given on the command line, the model's setting stays
+        epochs=epochs,
+        max_steps=max_steps,
+        max_time=max_time,
+        batch_size=batch_size,
+        lr=lr,
+        amp=amp,
+        channels_last=channels_last,
+        compile=compile_,
+        seed=seed,
+        flip=flip,
+        checkpoint_every=checkpoint_every,
+        log_every=log_every,
+        classifier=classifier,
+    )
     if loggers is not None:
         overrides["loggers"] = tuple(name.strip() for name in loggers.split(",") if name.strip())
     with _RunDisplay(quiet, resume) as display:
@@ -187,13 +183,7 @@ class _RunDisplay:
             )
         if self.resume and not run.resumed:
             err_console.print("no checkpoint to resume from; starting at step 0")
-        processes = f" | {trainer.dist.world_size} processes ({trainer.dist.backend})" if trainer.dist else ""
-        console.print(
-            f"training {run.folder} on {images.source} ({len(images)} images) | {trainer.device}{processes} "
-            f"| step {run.start} -> {run.total} | batch {trainer.batch_size} | updates: {run.updates_text}",
-            markup=False,
-            highlight=False,
-        )
+        console.print(run.header, markup=False, highlight=False)
         if run.start < run.total and not self.quiet and console.is_terminal:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 

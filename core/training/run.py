@@ -77,9 +77,10 @@ def prepare_training(
     registry: Registry | None = None,
 ) -> Trainer:
     """A :class:`Trainer` for ``model`` writing into ``folder``, everything checked and nothing written yet: the
-    model's training settings with ``overrides`` (TrainConfig fields) and ``sets`` (``train.OPTION=VALUE``)
-    applied and sized against the memory budget, every random stream seeded, the data loaded at the model's
-    image size. The run's settings are the trainer's (``trainer.config``); the model's own spec is left as it is.
+    model's training settings with ``overrides`` (TrainConfig fields; a value of None is an option not given, which
+    keeps the model's setting) and ``sets`` (``train.OPTION=VALUE``) applied and sized against the memory budget,
+    every random stream seeded, the data loaded at the model's image size. The run's settings are the trainer's
+    (``trainer.config``); the model's own spec is left as it is.
     """
     from genvae.core.budget import check_budget
     from genvae.core.compose import apply_sets
@@ -95,7 +96,8 @@ def prepare_training(
         )
     dev = process_device(resolve_device(device))
     dist = init_distributed(dev)
-    spec = apply_sets(model.spec.with_train(**(overrides or {})), sets)
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    spec = apply_sets(model.spec.with_train(**given), sets)
     check_budget(spec, registry)  # e.g. a larger batch: config.json must stay loadable after this run
     for name in spec.train.loggers:  # an unknown logger is refused before anything is loaded or written
         registry.get("logger", name)
@@ -129,6 +131,17 @@ class RunStart:
         return ", ".join(
             u.phase.name + (f"@{u.branch}" if u.branch != "all" else "") + (":fresh" if u.fresh else "")
             for u in self.trainer.updates
+        )
+
+    @property
+    def header(self) -> str:
+        """The run's first line, as the command line and the Python API print it: folder, data, device (and
+        processes under torchrun), steps, batch and the step's updates."""
+        trainer, images = self.trainer, self.trainer.data
+        processes = f" | {trainer.dist.world_size} processes ({trainer.dist.backend})" if trainer.dist else ""
+        return (
+            f"training {self.folder} on {images.source} ({len(images)} images) | {trainer.device}{processes} "
+            f"| step {self.start} -> {self.total} | batch {trainer.batch_size} | updates: {self.updates_text}"
         )
 
 

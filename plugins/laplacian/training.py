@@ -61,7 +61,7 @@ def run_stage(
     save."""
     from genvae.api import ModelFolder, terms_text, train_run
 
-    overrides = {k: v for k, v in dict(batch_size=batch_size, lr=lr, seed=seed).items() if v is not None}
+    overrides = dict(batch_size=batch_size, lr=lr, seed=seed)  # None: the model's setting stays
     stage = ModelFolder(folder).child(f"stages/{name}")  # walked to from the model folder: no link on the way
     unfreeze(model)
     on_log = None if echo is None else (lambda r: echo(f"{name} step {r['step']}/{steps}  {terms_text(r)}"))
