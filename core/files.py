@@ -232,8 +232,9 @@ def write_file_in(root: str | os.PathLike, rel: str, write: Callable[[BinaryIO],
         if st is not None:
             _check_regular(st, where)
         tmp = _temp_name(name)
-        fd = _open_at(folder, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
-        try:
+        fd = -1
+        try:  # the open inside the try: a stop signal raised just after it still removes the new file
+            fd = _open_at(folder, tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
             with os.fdopen(fd, "wb") as f:
                 mode = stat.S_IMODE(os.fstat(fd).st_mode)  # what the umask gave
                 write(f)
@@ -249,10 +250,11 @@ def write_file_in(root: str | os.PathLike, rel: str, write: Callable[[BinaryIO],
                 os.replace(src, dst, src_dir_fd=folder, dst_dir_fd=folder)
             else:
                 os.replace(src, dst)
-        except BaseException:
-            path, kw = _at(folder, tmp)
-            with contextlib.suppress(OSError):
-                os.unlink(path, **kw)
+        except BaseException as exc:
+            if fd >= 0 or not isinstance(exc, OSError):  # an OSError from the open itself created nothing
+                path, kw = _at(folder, tmp)
+                with contextlib.suppress(OSError):
+                    os.unlink(path, **kw)
             raise
 
 
