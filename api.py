@@ -142,6 +142,14 @@ from genvae.core.options import (
     to_int,
     unit_interval,
 )
+from genvae.core.precision import (
+    AMP_MODES,
+    FLOAT32,
+    Precision,
+    resolve_precision,
+    to_float32,
+    uses_channels_last,
+)
 from genvae.core.registry import get_registry
 from genvae.core.spec import ComponentSpec, LossSpec, ModelSpec, TrainConfig
 from genvae.core.training import (
@@ -305,6 +313,12 @@ __all__ = [
     "LatentDistribution",
     "MultiSample",
     "PassField",
+    "AMP_MODES",
+    "FLOAT32",
+    "Precision",
+    "resolve_precision",
+    "to_float32",
+    "uses_channels_last",
 ]
 
 #: names that were renamed, by their old name: they keep working, with a DeprecationWarning, until 0.3

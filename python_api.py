@@ -101,10 +101,14 @@ class Model:
         return self.module.device
 
     def to(self, device: str | torch.device) -> Model:
-        """Move the model to ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``); returns itself."""
+        """Move the model to ``device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``), to run in the precision its
+        ``train.amp`` gives there; returns itself."""
+        from genvae.core.precision import run_precision
         from genvae.core.training.run import resolve_device
 
-        self.module.to(resolve_device(str(device)))
+        dev = resolve_device(str(device))
+        self.module.to(dev)
+        self.module.precision = run_precision("config", self.module.spec.train.amp, dev)
         return self
 
     def parameters_count(self) -> int:
@@ -288,7 +292,7 @@ def build(
         channels=channels,
         sets=_sets(options, sets),
     )
-    model = Model(new_model(spec))
+    model = Model(new_model(spec)).to("cpu")  # in the precision its train.amp gives, as genvae.load would
     call: dict[str, Any] = dict(encoder=encoder, decoder=decoder, transform=transform, prior=prior, loss=loss)
     call |= dict(image_size=image_size, channels=channels, sets=tuple(sets), **options)
     model.origin = _call_text("build", *([preset] if preset else []), **call, folder=folder, force=force or None)
@@ -302,13 +306,14 @@ def build(
     return model
 
 
-def load(folder: str | Path, *, device: str = "cpu") -> Model:
+def load(folder: str | Path, *, device: str = "cpu", amp: str = "config") -> Model:
     """The model of a model folder (``config.json`` + ``model.safetensors``: the trained weights once trained), on
-    ``device``. Nothing is unpickled."""
+    ``device``, its networks in the precision of its ``train.amp`` (``amp``: auto, bf16, fp16, off). Nothing is
+    unpickled."""
     from genvae.core.checkpoint import load_model
     from genvae.core.training.run import resolve_device
 
-    return Model(load_model(folder, device=resolve_device(device)), folder)
+    return Model(load_model(folder, device=resolve_device(device), amp=amp), folder)
 
 
 # -- training -------------------------------------------------------------------------------------
@@ -462,7 +467,7 @@ def train(
             )
     except TrainingStopped as stopped:
         if wrapper is not None:  # the checkpoint's weights, as they are in the folder
-            wrapper.module = load_model(target, device=dev)
+            wrapper.module = load_model(target, device=dev, amp="config")
         message = str(stopped).replace("(continue with --resume)", "(continue with genvae.train(..., resume=True))")
         raise TrainingInterrupted(message, stopped.step, target) from None
     finally:
@@ -474,7 +479,7 @@ def train(
         with engine_progress(progress):
             page = build_report([target], data=data, data_root=data_root, download=download)
         ModelFolder(target).write_text(REPORT, page)
-    trained = load_model(target, device=dev)
+    trained = load_model(target, device=dev, amp="config")
     if wrapper is not None:
         wrapper.module, wrapper.folder = trained, target
     else:

@@ -131,14 +131,15 @@ def registry():
     return get_registry()
 
 
-def load_for_inference(folder, device: str = "auto", seed: int = 0):
-    """(model in eval mode, torch device) from a model folder, with every random stream seeded."""
+def load_for_inference(folder, device: str = "auto", seed: int = 0, amp: str = "config"):
+    """(model in eval mode, torch device) from a model folder, with every random stream seeded; its networks run
+    in the precision of its ``train.amp`` (``amp``: another mode, see genvae.core.checkpoint.load_model)."""
     from genvae.core.checkpoint import load_model
     from genvae.core.training.run import resolve_device, seed_everything
 
     dev = resolve_device(device)
     seed_everything(seed)
-    model = load_model(folder, device=dev, registry=registry())
+    model = load_model(folder, device=dev, registry=registry(), amp=amp)
     model.eval()
     return model, dev
 

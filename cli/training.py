@@ -19,6 +19,9 @@ from genvae.cli.commands import (
     terms_text,
 )
 
+#: genvae.core.precision.AMP_MODES, here without importing torch (tests/test_precision.py keeps them equal)
+AMP_CHOICES = ("auto", "on", "bf16", "fp16", "off")
+
 
 @click.command()
 @click.argument("folder", type=click.Path())
@@ -34,8 +37,23 @@ from genvae.cli.commands import (
 @click.option("--batch-size", type=COUNT, help="Images per step.")
 @click.option("--lr", type=FiniteFloat(positive=True), help="Learning rate of the model phase.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--amp", is_flag=True, default=None, help="Mixed precision (CUDA).")
-@click.option("--channels-last", is_flag=True, default=None, help="Channels-last memory layout (faster convs on GPUs).")
+@click.option(
+    "--amp",
+    type=click.Choice(AMP_CHOICES),
+    is_flag=False,
+    flag_value="on",
+    default=None,
+    help="Mixed precision: auto (the default: bf16 on a CPU with AVX512-BF16/AMX or a GPU with bf16), bf16, "
+    "fp16 (CUDA), off; a bare --amp is bf16 (fp16 on a GPU without bf16).",
+)
+@click.option(
+    "--channels-last",
+    type=click.Choice(("auto", "on", "off")),
+    is_flag=False,
+    flag_value="on",
+    default=None,
+    help="Channels-last layout of the conv stacks: auto (the default: on for models with 2-D convolutions), on, off.",
+)
 @click.option(
     "--compile", "compile_", is_flag=True, default=None, help="torch.compile the encoder, transform and decoder."
 )

@@ -275,15 +275,23 @@ def _short(exc: BaseException) -> str:
     return text if len(text) < 240 else text[:237] + "..."
 
 
-def load_model(folder: str | Path, device: str | torch.device = "cpu", registry=None):
-    """Build the model from ``config.json`` and load ``model.safetensors`` into it."""
+def load_model(folder: str | Path, device: str | torch.device = "cpu", registry=None, amp: str | None = None):
+    """Build the model from ``config.json`` and load ``model.safetensors`` into it, on ``device``.
+
+    ``amp``: None runs it in float32 (as :func:`genvae.core.model.build_model` makes one), ``"config"`` in its
+    ``train.amp`` (what the commands that run a model use; fp16 there is ``auto`` off CUDA), or a mode of
+    :data:`genvae.core.precision.AMP_MODES`."""
     from genvae.core.model import build_model
+    from genvae.core.precision import run_precision
 
     folder = Path(folder)
     spec = load_spec(folder)
     model = build_model(spec, registry, check="load")  # what running it needs; training checks its own when it starts
     load_weights(model, folder / WEIGHTS)
-    return model.to(device)
+    model = model.to(device)
+    if amp is not None:
+        model.precision = run_precision(amp, spec.train.amp, device)
+    return model
 
 
 # -- training checkpoints ----------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 import abc
 import math
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
 import attrs
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 
 from genvae.core.errors import BuildError
 from genvae.core.options import NoOptions
+from genvae.core.precision import FLOAT32, Precision
 
 if TYPE_CHECKING:
     from genvae.core.capabilities import FakeFeatures, PyramidPass
@@ -93,14 +95,18 @@ class LatentLayout:
 LOG_2PI = math.log(2 * math.pi)
 
 
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
 class Gaussian:
     """A diagonal Gaussian with mean and log-variance tensors of the latent's shape (batch first)."""
 
     __slots__ = ("mean", "logvar", "standard")
 
     def __init__(self, mean: Tensor, logvar: Tensor, standard: bool = False):
-        self.mean = mean
-        self.logvar = logvar
+        # float32 even when a network under autocast made them: the KL and log-densities are computed in float32
+        self.mean = mean.float() if mean.dtype in _LOW_PRECISION else mean
+        self.logvar = logvar.float() if logvar.dtype in _LOW_PRECISION else logvar
         self.standard = standard  # N(0, I): KL takes the short closed form
 
     @classmethod
@@ -380,6 +386,11 @@ class ForwardPass:
         """The value under ``field``, or ``default``."""
         return self._fields.get(field, default)
 
+    def autocast(self) -> AbstractContextManager:
+        """The context the model's networks run in (``model.precision``: bf16 autocast or nothing): a loss runs
+        its own network (a discriminator's trunk, a feature network) in it and its arithmetic outside it."""
+        return self.model.precision.autocast()
+
     def wants(self, branch: str) -> bool:
         """Whether the current update trains on ``branch`` ("posterior" or "prior")."""
         return self.branch == "all" or self.branch == branch
@@ -433,6 +444,10 @@ class Component(nn.Module, Generic[OptionsT], metaclass=abc.ABCMeta):
     Options: ClassVar[type] = NoOptions
     provides: ClassVar[frozenset[str]] = frozenset()
     requires: ClassVar[frozenset[str]] = frozenset()
+    #: the type the model's networks compute in, set on every component by ``GenerativeModel.precision``: a
+    #: component that runs a network of its own outside the model's passes (a discriminator, a feature network)
+    #: runs it in ``with self.precision.autocast():`` and hands on float32 (``to_float32``)
+    precision: Precision = FLOAT32
     #: small options (a few channels, one narrow layer) the conformance kit (``genvae.testing``) builds this
     #: component with when it is the partner of a component under test
     test_options: ClassVar[Mapping[str, Any]] = {}

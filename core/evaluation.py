@@ -293,7 +293,7 @@ def evaluate_models(
     for label, given in models:
         seed_everything(seed)
         if isinstance(given, str | Path):
-            model = load_model(given, device=dev, registry=reg)
+            model = load_model(given, device=dev, registry=reg, amp="config")  # as its train.amp runs it
         else:
             model = given.to(dev)
         model.eval()

@@ -33,6 +33,7 @@ from genvae.core.components import (
 )
 from genvae.core.errors import BuildError, GenvaeError, did_you_mean
 from genvae.core.options import options_from_dict, options_to_dict
+from genvae.core.precision import FLOAT32, Precision, to_float32
 from genvae.core.registry import KIND_NAMES, Registry, get_registry
 from genvae.core.spec import BRANCHES, ComponentSpec, LossSpec, ModelSpec, TrainConfig
 
@@ -57,6 +58,7 @@ class GenerativeModel(nn.Module):
         self._has_flow = transform.has_flow or not transform.stochastic  # read once: no dispatch a pass need not
         #: posterior draws per image in a training pass (a run sets it from its settings: ``samples_needed``)
         self.posterior_samples = self.samples_needed(spec.train)
+        self._precision: Precision = FLOAT32
         self._to_image = OUTPUT_SPACES[decoder.output]  # the decoder's output space -> x_hat in [-1, 1]
         self.phases = _phase_order(losses)
         # Fixed at build time so a training step does no per-plugin dispatch: the losses of each
@@ -67,6 +69,19 @@ class GenerativeModel(nn.Module):
             for p, phase_losses in self._phase_losses.items()
             for branch in BRANCHES
         }
+
+    @property
+    def precision(self) -> Precision:
+        """The type the networks compute in (``train.amp`` resolved on a device: training and loading set it);
+        the posterior, the decoder's output and the losses are float32 whatever it is."""
+        return self._precision
+
+    @precision.setter
+    def precision(self, value: Precision) -> None:
+        self._precision = value
+        for module in self.modules():  # every component runs its own networks in it too
+            if isinstance(module, Component):
+                module.precision = value
 
     # -- the forward contract ------------------------------------------------------------------
     def forward(self, x: Tensor, sample: bool = True) -> ForwardPass:
@@ -90,23 +105,28 @@ class GenerativeModel(nn.Module):
         per image go through the transform and the decoder as one (k*B) batch, so batch norms see one batch."""
         transform = self.transform
         noise = noise and transform.stochastic
+        autocast = self.precision.autocast  # the flow (its log-determinant) stays float32
         if k == 1:
             z0 = posterior.rsample() if noise else posterior.mean
             z, log_det = transform.flow(z0, fwd) if self._has_flow else (z0, None)
             fwd.z0, fwd.z, fwd.log_det = z0, z, log_det
-            fwd.u = transform.generate(z, fwd)
-            if check_u is not None:  # the dry run's check of u, before the decoder sees it
-                check_u(fwd.u)
-            fwd.decoder_output = self.decoder(fwd.u, fwd)
+            with autocast():
+                u = transform.generate(z, fwd)
+                if check_u is not None:  # the dry run's check of u, before the decoder sees it
+                    check_u(u)
+                fwd.decoder_output = to_float32(self.decoder(u, fwd))
+            fwd.u = to_float32(u)
             fwd.x_hat = self._to_image(fwd.decoder_output)
             return
         b = posterior.mean.shape[0]
         z0 = posterior.rsample(k) if noise else posterior.mean.expand(k, *posterior.mean.shape)
         flat, log_det = transform.flow(z0.flatten(0, 1), fwd) if self._has_flow else (z0.flatten(0, 1), None)
-        u = transform.generate(flat, fwd)
-        if check_u is not None:
-            check_u(u)
-        out = self.decoder(u, fwd)
+        with autocast():
+            u = transform.generate(flat, fwd)
+            if check_u is not None:
+                check_u(u)
+            out = to_float32(self.decoder(u, fwd))
+        u = to_float32(u)
         x_hat = self._to_image(out)
         log_q = posterior.log_prob(z0)
         if log_det is not None:
@@ -136,10 +156,12 @@ class GenerativeModel(nn.Module):
         (``fwd.extra_posterior``). ``check_features(features)`` runs between encoder and transform (the dry
         run compares declared shapes there). Returns x's posterior (``fwd.posterior``)."""
         extra = self.prior.extra_inputs()
-        features = self.encoder(x if extra is None else torch.cat([x, extra.to(x.dtype)]), fwd)
-        if check_features is not None:
-            check_features(features)
-        posterior = self.transform.posterior(features, fwd)
+        with self.precision.autocast():  # the Gaussian's parameters come out float32 (Gaussian casts them)
+            features = self.encoder(x if extra is None else torch.cat([x, extra.to(x.dtype)]), fwd)
+            if check_features is not None:
+                check_features(features)
+            posterior = self.transform.posterior(features, fwd)
+        features = to_float32(features)  # what a pass holds is float32: losses and priors read it outside autocast
         if extra is None:
             fwd.features, fwd.posterior = features, posterior
             return posterior
@@ -150,8 +172,10 @@ class GenerativeModel(nn.Module):
 
     def generate(self, z: Tensor) -> tuple[Tensor, Tensor]:
         """z -> (u, x_hat): the generation side alone."""
-        u = self.transform.generate(z)
-        return u, self._to_image(self.decoder(u))
+        with self.precision.autocast():
+            u = self.transform.generate(z)
+            out = to_float32(self.decoder(u))
+        return to_float32(u), self._to_image(out)
 
     @torch.no_grad()
     def sample(self, n: int, device: torch.device | str | None = None) -> Tensor:
@@ -168,7 +192,8 @@ class GenerativeModel(nn.Module):
     def encode(self, x: Tensor) -> Gaussian | FlowPosterior:
         """q(z|x): the transform's Gaussian, or with a flow the flowed posterior (whose ``mean`` is the flow of the
         base mean), so ``sample --from``, completion and traversals never skip the flow."""
-        posterior = self.transform.posterior(self.encoder(x))
+        with self.precision.autocast():
+            posterior = self.transform.posterior(self.encoder(x))
         return FlowPosterior(posterior, self.transform) if self._has_flow else posterior
 
     @property

@@ -315,7 +315,7 @@ def build_report(folders: Sequence[Path], *, data=None, data_root=None, download
                 parts.append(_img(classes_png(records), f"class histogram per epoch of {name}", "curves"))
     columns = []
     for name, folder in zip(names, folders, strict=True):
-        model = load_model(folder, device="cpu")
+        model = load_model(folder, device="cpu", amp="config")
         model.eval()
         col = [
             f"<div class=run><h2>{html.escape(name)}</h2>",

@@ -33,6 +33,7 @@ from genvae.core.options import (
     to_float,
     to_int,
 )
+from genvae.core.precision import AMP_MODES
 
 SPEC_FORMAT = 1
 COMPONENT_KINDS = MODEL_PART_KINDS  # the kinds a spec names one component of (losses are a list)
@@ -46,6 +47,17 @@ def _float_map(value) -> dict[str, float]:
     if not all(math.isfinite(x) for x in numbers.values()):
         raise ValueError(f"expected finite numbers, got {shorten(value)}")
     return numbers
+
+
+def _switch(value):
+    """A mode such as ``auto``/``on``/``off`` from text or from a bool (``true`` is ``on``, ``false`` ``off``:
+    config.json files from before the modes hold booleans)."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, str):
+        text = value.strip().lower()
+        return {"true": "on", "yes": "on", "1": "on", "false": "off", "no": "off", "0": "off"}.get(text, text)
+    return value
 
 
 @expects("a mapping of module path to [until_step, factor] pairs, e.g. {'losses.adv.head': [[10, 0.02], [30, 0.2]]}")
@@ -196,17 +208,24 @@ class TrainConfig:
     lr_step_epochs: int = option(60, "step schedule: decay every this many epochs", positive_int, to_int)
     lr_gamma: float = option(0.5, "step schedule: decay factor", positive, to_float)
     flip: bool = option(False, "random horizontal flips", converter=to_bool)
-    amp: bool = option(
-        False, "mixed precision on CUDA (bf16 where supported, else fp16 with scaling)", converter=to_bool
+    amp: str = option(
+        "auto",
+        "mixed precision: auto (bf16 where measured faster and safe: a CPU with AVX512-BF16 or AMX, a GPU with "
+        "bf16; else float32), on (bf16, or fp16 with loss scaling on a GPU without bf16), bf16, fp16 (CUDA), off",
+        one_of(*AMP_MODES),
+        _switch,
     )
-    channels_last: bool = option(
-        False,
-        "channels-last memory layout for the conv stacks (faster convolutions on tensor cores; the same results)",
-        converter=to_bool,
+    channels_last: str = option(
+        "auto",
+        "channels-last memory layout of the conv stacks (the same results): auto (on for a model with 2-D "
+        "convolutions, where it was measured faster on CPU and GPU alike), on, off",
+        one_of("auto", "on", "off"),
+        _switch,
     )
     compile: bool = option(
         False,
-        "torch.compile the encoder, latent transform and decoder (first steps are slow while it compiles)",
+        "torch.compile the encoder, latent transform and decoder (off by default: the minute it compiles on a "
+        "CPU is more than it saves in a run of this size; docs/performance.md)",
         converter=to_bool,
     )
     loggers: tuple[str, ...] = option(

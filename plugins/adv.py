@@ -72,6 +72,7 @@ from genvae.api import (
     shorten,
     to_bool,
     to_float,
+    to_float32,
     to_int,
 )
 
@@ -336,22 +337,30 @@ class AdversarialLoss(Loss[AdvOptions]):
         if fwd.wants("prior"):
             names.append("prior")
             images.append(fwd.prior_sample().x)
-        features = self.trunk(torch.cat(images)).split([x.shape[0] for x in images])
+        features = self.trunk_features(torch.cat(images)).split([x.shape[0] for x in images])
         out = dict(zip(names, features, strict=True))
         fwd.fake_features = FakeFeatures(fwd.update, out)
         return out
 
+    def trunk_features(self, images: Tensor) -> Tensor:
+        """The trunk's output, its convolutions in the model's precision (bf16 autocast or float32), handed on in
+        float32: the head (minibatch discrimination's distances, the logits) and every loss on them are float32."""
+        with self.precision.autocast():
+            return to_float32(self.trunk(images))
+
     def layer_features(self, images: Tensor, layer: int) -> Tensor:
-        """The conv output of trunk block ``layer`` (1-based), dropout off (Larsen's learned similarity)."""
-        return self.trunk.layer_features(images, layer)
+        """The conv output of trunk block ``layer`` (1-based), dropout off (Larsen's learned similarity), in
+        float32 (computed in the model's precision)."""
+        with self.precision.autocast():
+            return to_float32(self.trunk.layer_features(images, layer))
 
     def discriminate(self, images: Tensor) -> Tensor:
-        return self.head(self.trunk(images))
+        return self.head(self.trunk_features(images))
 
     def discriminate_each(self, images: Tensor) -> Tensor:
         """The logits of each image as if it were a batch of its own: minibatch discrimination compares it with
         itself only, so one image's logit never depends on the others (image completion's per-image objective)."""
-        return self.head(self.trunk(images), alone=True)
+        return self.head(self.trunk_features(images), alone=True)
 
     def batch_counts(self, n: int) -> tuple[int, int, int]:
         _, f_recon, f_prior = self.options.mix
@@ -399,9 +408,9 @@ class AdversarialLoss(Loss[AdvOptions]):
             terms["g_prior"] = scale * F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
         if o.similarity_layer and fwd.wants("posterior"):
             assert fwd.x_hat is not None  # the model's forward sets it
-            fake = self.trunk.layer_features(fwd.x_hat, o.similarity_layer)
+            fake = self.layer_features(fwd.x_hat, o.similarity_layer)
             with torch.no_grad():
-                real = self.trunk.layer_features(fwd.x, o.similarity_layer)
+                real = self.layer_features(fwd.x, o.similarity_layer)
             terms["similarity"] = self.weight * o.similarity_weight * (fake - real).pow(2).mean()
         return terms
 

@@ -47,6 +47,7 @@ from genvae.api import (
     pyramid_parts,
     shorten,
     to_bool,
+    to_float32,
 )
 
 
@@ -115,8 +116,9 @@ class MNetPrior(Prior[MNetOptions]):
         """(mu_j, log sigma_j^2) of the reconstructed level j (band h_hat_j, rebuilt coarser image x_hat_{j+1})."""
         enc, tr, _ = self._pyramid()
         grad = nullcontext() if not self.options.detach else torch.no_grad()
-        with grad, eval_mode(enc.levels[j], tr.levels[j]):
-            return tr.level_posterior(j, enc.encode_level(j, h_hat, coarser))
+        with grad, eval_mode(enc.levels[j], tr.levels[j]), self.precision.autocast():
+            mean, logvar = tr.level_posterior(j, enc.encode_level(j, h_hat, coarser))
+        return to_float32(mean), to_float32(logvar)  # the M network and the KL in float32
 
     def level_prior(self, k: int, mean: Tensor, logvar: Tensor) -> tuple[Tensor, Tensor]:
         """Prior (mean, log-variance) of z_k from the coarser level's (mu_{k+1}, log sigma_{k+1}^2)."""

@@ -60,6 +60,7 @@ from genvae.api import (
     shorten,
     to_bool,
     to_float,
+    to_float32,
     to_int,
     unit_interval,
 )
@@ -240,11 +241,9 @@ class MILoss(Loss[MIOptions]):
         assert head is not None, "attach() builds the head"
         if phase == "mi":
             images = torch.cat([x.detach() for _, x, _ in pairs])
-            if self.options.train_trunk:
-                features = self._adv.trunk(images)
-            else:
-                with torch.no_grad():
-                    features = self._adv.trunk(images)
+            with self.precision.autocast(), torch.set_grad_enabled(self.options.train_trunk):
+                features = self._adv.trunk(images)  # the convolutions in the model's precision
+            features = to_float32(features)  # the head and the error in float32
             parts = features.split([x.shape[0] for _, x, _ in pairs])
             q = sum(self.error(head(f), t, self.weighted(which)) for f, (which, _, t) in zip(parts, pairs, strict=True))
             return {"q": typing.cast(Tensor, q)}  # pairs is not empty: a tensor

@@ -45,6 +45,7 @@ from genvae.api import (
     one_of,
     option,
     positive_ints,
+    to_float32,
 )
 
 NETWORKS = ("discriminator", "classifier", "vgg16")
@@ -164,15 +165,20 @@ class PerceptualLoss(Loss[PerceptualOptions]):
         self.refer("_disc", disc)
 
     def _outputs(self, x: Tensor) -> list[Tensor]:
+        """The feature network's outputs, computed in the model's precision and handed on in float32 (the
+        distances are float32)."""
         network = self.options.network
         if network == "discriminator":
             return [self._disc.layer_features(x, layer) for layer in self.options.layers]
         net = self._network
         if next(net.buffers(), next(net.parameters(), x)).device != x.device:
             net.to(x.device)
-        if network == "vgg16":
-            return net.layer_outputs(x, self.options.layers)
-        return [net.features(fit_to(x, net.image_shape))]
+        with self.precision.autocast():
+            if network == "vgg16":
+                outputs = net.layer_outputs(x, self.options.layers)
+            else:
+                outputs = [net.features(fit_to(x, net.image_shape))]
+        return [to_float32(o) for o in outputs]
 
     def forward(self, fwd: ForwardPass, phase: str) -> dict[str, Tensor]:
         if not fwd.wants("posterior"):

@@ -127,8 +127,8 @@ def test_the_run_header_names_the_data_and_its_count_once(model_dir, tmp_path):
         Image.new("RGB", (16, 16), (i * 15, 0, 0)).save(data / f"{i}.png")
     out = run("train", model_dir, "--data", data, "--max-steps", "1", "--batch-size", "8", "--quiet").output
     header = next(line for line in out.splitlines() if line.startswith("training "))
-    assert header.startswith(f"training {model_dir} on folder {data} (16 images) | cpu | step 0 -> 1"), header
-    assert header.count("images)") == 1
+    assert header.startswith(f"training {model_dir} on folder {data} (16 images) | cpu | "), header
+    assert " | step 0 -> 1 | batch 8 | " in header and header.count("images)") == 1, header
 
 
 def test_sample_with_fixed_groups(model_dir, tmp_path):

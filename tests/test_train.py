@@ -137,9 +137,10 @@ def test_resume_refuses_another_batch_size(tmp_path, tiny_spec, tiny_data):
         t.resume()
 
 
-def test_amp_on_cpu_is_refused(tmp_path, tiny_spec, tiny_data):
-    with pytest.raises(GenvaeError, match="CUDA"):
-        make_trainer(tiny_spec, tmp_path / "m", tiny_data, amp=True)
+def test_fp16_on_cpu_is_refused_in_one_line(tmp_path, tiny_spec, tiny_data):
+    with pytest.raises(GenvaeError, match=r"^--amp fp16 runs on CUDA only; on the CPU use --amp bf16") as info:
+        make_trainer(tiny_spec, tmp_path / "m", tiny_data, amp="fp16")
+    assert "\n" not in str(info.value)
 
 
 def test_lr_schedules():

@@ -711,8 +711,8 @@ MISTAKES = [
     (
         "completion's discriminator compares an image with the rest of the batch",
         "plugins/adv.py",
-        "return self.head(self.trunk(images), alone=True)",
-        "return self.head(self.trunk(images), alone=False)",
+        "return self.head(self.trunk_features(images), alone=True)",
+        "return self.head(self.trunk_features(images), alone=False)",
         ["tests/plugins/test_completion.py"],
     ),
 ]

@@ -49,7 +49,8 @@ class BatchFeeder:
                     "--batch-size is the global batch, split evenly between them"
                 )
             self.local_batch = self.batch_size // dist.world_size
-        self.memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+        #: the batches' layout: the trainer sets channels-last when the model runs in it
+        self.memory_format = torch.contiguous_format
         self._loader: ThreadPoolExecutor | None = None
 
     def permutation(self, epoch: int) -> torch.Tensor:

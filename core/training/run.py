@@ -141,8 +141,17 @@ class RunStart:
         processes = f" | {trainer.dist.world_size} processes ({trainer.dist.backend})" if trainer.dist else ""
         return (
             f"training {self.folder} on {images.source} ({len(images)} images) | {trainer.device}{processes} "
-            f"| step {self.start} -> {self.total} | batch {trainer.batch_size} | updates: {self.updates_text}"
+            f"| {self.compute_text} | step {self.start} -> {self.total} | batch {trainer.batch_size} "
+            f"| updates: {self.updates_text}"
         )
+
+    @property
+    def compute_text(self) -> str:
+        """How the networks compute: ``bf16 autocast (--amp auto: the CPU has AVX512-BF16), channels-last,
+        compile off``."""
+        trainer = self.trainer
+        layout = "channels-last" if trainer.channels_last else "contiguous layout"
+        return f"{trainer.steps.precision.reason}, {layout}, compile {'on' if trainer.config.compile else 'off'}"
 
 
 @attrs.frozen

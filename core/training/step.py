@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -23,6 +22,7 @@ from genvae.core.components import ForwardPass
 from genvae.core.distributed import Distributed
 from genvae.core.errors import GenvaeError
 from genvae.core.model import MODEL_PHASE, GenerativeModel
+from genvae.core.precision import resolve_precision
 from genvae.core.spec import TrainConfig
 
 
@@ -244,8 +244,6 @@ class StepRunner:
     def __init__(
         self, model: GenerativeModel, config: TrainConfig, device: torch.device, dist: Distributed | None = None
     ):
-        if config.amp and device.type != "cuda":
-            raise GenvaeError("--amp needs a CUDA device (mixed precision runs on CUDA only); drop --amp on CPU")
         self.model = model
         self.config = config
         self.dist = dist
@@ -258,12 +256,11 @@ class StepRunner:
         )
         #: log each phase's gradient norm (training health): 'auto' turns it on for models with several phases
         self.grad_norms = config.grad_norms == "on" or (config.grad_norms == "auto" and len(self.phases) > 1)
-        self.amp_dtype: torch.dtype | None = None
+        #: the networks' precision (train.amp on this device); the model runs them in it, losses stay float32
+        self.precision = model.precision = resolve_precision(config.amp, device)
         self.scaler: torch.amp.GradScaler | None = None
-        if config.amp:
-            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            if self.amp_dtype == torch.float16:
-                self.scaler = torch.amp.GradScaler("cuda")
+        if self.precision.dtype == torch.float16:  # fp16's range needs the losses scaled (bf16's does not)
+            self.scaler = torch.amp.GradScaler(device.type)
         # Per update: keep the graph after its backward pass? Found on the first step (see shared_graphs); a kept
         # graph holds every activation of the step until its end, which costs memory and, on the CPU, time.
         last = len(self.updates) - 1
@@ -284,11 +281,6 @@ class StepRunner:
         if step <= self.warmup_until:
             self.set_lr(self.factor, step)
 
-    def _autocast(self):
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast(device_type="cuda", dtype=self.amp_dtype)
-
     def run(self, x: torch.Tensor, step: int, epoch: int) -> dict[str, torch.Tensor]:
         """One step on the batch ``x``: a forward pass, then each update's backward pass and optimiser step.
         Returns the logged values (detached, on the device: nothing here waits for it)."""
@@ -297,8 +289,7 @@ class StepRunner:
         passes: list[ForwardPass] = []
 
         def forward() -> ForwardPass:
-            with self._autocast():
-                fwd = model(x)
+            fwd = model(x)  # its networks under model.precision's autocast, its outputs float32
             fwd.step, fwd.epoch = step, epoch
             passes.append(fwd)
             return fwd
@@ -315,8 +306,7 @@ class StepRunner:
                 else:
                     fwd = forward()
             fwd.branch, fwd.update = update.branch, i
-            with self._autocast():
-                terms, skip = model.update_terms(fwd, phase.name)
+            terms, skip = model.update_terms(fwd, phase.name)  # float32; a loss's own network uses fwd.autocast()
             record: dict[str, torch.Tensor] = {}
             logged.append((update, record))
             if skip:  # the one host sync a loss may ask for: only losses that declare may_skip, when their rule is on

@@ -29,6 +29,7 @@ from genvae.core.distributed import Distributed, rank_seed
 from genvae.core.errors import GenvaeError, Interrupted
 from genvae.core.folder import ModelFolder, as_model_folder, lock_folder
 from genvae.core.model import GenerativeModel
+from genvae.core.precision import uses_channels_last
 from genvae.core.registry import Registry
 from genvae.core.spec import TrainConfig
 from genvae.core.training.feeder import BatchFeeder
@@ -134,8 +135,11 @@ class Trainer:
                 from genvae.core.training.run import seed_everything
 
                 seed_everything(rank_seed(config.seed, dist.rank))
-        if config.channels_last:
+        #: the conv stacks' layout (train.channels_last resolved for this model); the batches follow it
+        self.channels_last = uses_channels_last(config.channels_last, self.model)
+        if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
+            self.feeder.memory_format = torch.channels_last
         if config.compile:  # in place: the modules keep their names, so checkpoints are as without it
             for module in (self.model.encoder, self.model.transform, self.model.decoder):
                 module.compile()

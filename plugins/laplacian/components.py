@@ -51,6 +51,7 @@ from genvae.api import (
     stack_widths,
     straight_through_clamp,
     to_bool,
+    to_float32,
     to_int,
     up_stack,
 )
@@ -215,14 +216,16 @@ class LaplacianEncoder(Encoder[LaplacianEncoderOptions]):
                 break
             with torch.no_grad(), eval_mode(tr.levels[k], dec.levels[k]):
                 zs[k] = tr.level_posterior(k, feats[-1])[0]
-                h_hat = dec.decode_level(k, tr.level_u(k, zs))
+                h_hat = to_float32(dec.decode_level(k, tr.level_u(k, zs)))
                 below = coarser[k]
-                coarser[k - 1] = h_hat if below is None else h_hat + upsample(below, self.kernel)
+                with self.precision.full():  # an image of the pyramid: float32, as the input's own
+                    coarser[k - 1] = h_hat if below is None else h_hat + upsample(below, self.kernel)
         return feats[::-1], coarser
 
     def forward(self, x: Tensor, fwd: ForwardPass | None = None) -> Tensor:
-        bs = gaussian_pyramid(x, self.num_levels, self.kernel)
-        hs = decompose(x, self.num_levels, self.kernel, blurred=bs)
+        with self.precision.full():  # the bands and blurred images are the losses' targets: exact, float32
+            bs = gaussian_pyramid(x, self.num_levels, self.kernel)
+            hs = decompose(x, self.num_levels, self.kernel, blurred=bs)
         feats, coarser = self.encode_pyramid(hs, bs)
         if fwd is not None:  # x's own rows: a prior's extra inputs (VampPrior's pseudo-inputs) ride in the same batch
             n = fwd.x.shape[0]
@@ -370,8 +373,9 @@ class LaplacianDecoder(Decoder[LaplacianDecoderOptions]):
 
     def forward(self, u: Tensor, fwd: ForwardPass | None = None) -> Tensor:
         parts = u.split(self.u_sizes, dim=1)
-        preds = [self.decode_level(k, parts[k]) for k in range(self.num_levels)]
-        recon = reconstruct_levels(preds, self.kernel)
+        preds = [to_float32(self.decode_level(k, parts[k])) for k in range(self.num_levels)]
+        with self.precision.full():  # the bands add up to the image in float32
+            recon = reconstruct_levels(preds, self.kernel)
         if fwd is not None:
             if fwd.pyramid is None:
                 fwd.pyramid = PyramidPass()

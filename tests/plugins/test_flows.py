@@ -230,7 +230,7 @@ def test_flow_with_vamp_builds_trains_and_samples_from_the_flowed_mean(tmp_path)
     source = tmp_path / "in.png"
     save_grid(torch.rand(1, 3, 16, 16) * 2 - 1, source)
     run("sample", folder, "--from", source, "--fix-levels", "1", "-n", "2", "-o", tmp_path / "s.png")
-    model = load_model(folder).eval()
+    model = load_model(folder, amp="config").eval()  # in the precision genvae sample runs it in
     from genvae.api import load_image
 
     x = load_image(source, model)
