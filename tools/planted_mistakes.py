@@ -715,6 +715,55 @@ MISTAKES = [
         "return self.head(self.trunk_features(images), alone=False)",
         ["tests/plugins/test_completion.py"],
     ),
+    (
+        "bf16: the decoder's output handed on in bf16",
+        "core/model.py",
+        "                fwd.decoder_output = to_float32(self.decoder(u, fwd))",
+        "                fwd.decoder_output = self.decoder(u, fwd)",
+        ["tests/test_precision.py"],
+    ),
+    (
+        "bf16: the posterior's mean kept in bf16 (the KL in bf16)",
+        "core/components.py",
+        "self.mean = mean.float() if mean.dtype in _LOW_PRECISION else mean",
+        "self.mean = mean",
+        ["tests/test_precision.py"],
+    ),
+    (
+        "bf16: the encoder left out of autocast",
+        "core/model.py",
+        "with self.precision.autocast():  # the Gaussian's parameters come out float32",
+        "with torch.autocast('cpu', enabled=False):  # the Gaussian's parameters come out float32",
+        ["tests/test_precision.py"],
+    ),
+    (
+        "bf16: the discriminator's head (its logits) under bf16 features",
+        "plugins/adv.py",
+        "            return to_float32(self.trunk(images))",
+        "            return self.trunk(images)",
+        ["tests/test_precision.py"],
+    ),
+    (
+        "bf16: the Laplacian pyramid's bands computed under autocast",
+        "plugins/laplacian/components.py",
+        "with self.precision.full():  # the bands and blurred images",
+        "with self.precision.autocast():  # the bands and blurred images",
+        ["tests/test_precision.py"],
+    ),
+    (
+        "bf16: --amp auto picks fp16 on the CPU",
+        "core/precision.py",
+        'return Precision(kind, torch.bfloat16, f"bf16 autocast (--amp auto: {have})")',
+        'return Precision(kind, torch.float16, f"bf16 autocast (--amp auto: {have})")',
+        ["tests/test_precision.py"],
+    ),
+    (
+        "bf16: to_float32 leaves bf16 as it is",
+        "core/precision.py",
+        "return t.float() if t.dtype in _LOW else t",
+        "return t",
+        ["tests/test_precision.py"],
+    ),
 ]
 
 
