@@ -44,6 +44,15 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="steps per timed block")
     ap.add_argument("--blocks", type=int, default=15)
     ap.add_argument("--threads", type=int, default=1, help="CPU threads (1 keeps CPU timings repeatable)")
+    ap.add_argument(
+        "--amp",
+        default="off",
+        choices=("off", "bf16"),
+        help="both loops in this precision: genvae's --amp, the hand-written step under torch.autocast",
+    )
+    ap.add_argument(
+        "--channels-last", default="auto", choices=("auto", "on", "off"), help="genvae's; the hand loop follows it"
+    )
     ap.add_argument("--json", help="write the figures here too")
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -51,7 +60,11 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     seed_everything(0)
     spec = compose_spec(preset=args.preset, sets=args.sets).with_train(
-        batch_size=args.batch_size, log_every=10**9, checkpoint_every=10**9
+        batch_size=args.batch_size,
+        log_every=10**9,
+        checkpoint_every=10**9,
+        amp=args.amp,
+        channels_last=args.channels_last,
     )
     engine_model = build_model(spec).to(device).train()
     plain_model = copy.deepcopy(engine_model)
@@ -59,7 +72,16 @@ def main() -> None:
         images=torch.randint(0, 256, (args.batch_size * 4, *spec.image_shape), dtype=torch.uint8), source="random"
     )
     trainer = Trainer(engine_model, tempfile.mkdtemp(prefix="genvae-bench-"), data, spec.train, device)
-    plain_step = hand_step(args.preset, plain_model)
+    if trainer.channels_last:  # the same layout in both loops
+        plain_model.to(memory_format=torch.channels_last)
+    hand = hand_step(args.preset, plain_model)
+
+    def plain_step(x):
+        if args.amp == "off":
+            return hand(x)
+        with torch.autocast(device.type, dtype=torch.bfloat16):  # as a hand-written bf16 loop does it
+            return hand(x)
+
     x = trainer.feeder.batch(trainer.feeder.permutation(0), 0)
 
     def engine_step(x):
@@ -89,7 +111,8 @@ def main() -> None:
     updates = ", ".join(f"{u.phase.name}@{u.branch}" for u in trainer.updates)
     print(
         f"preset {args.preset} | {spec.channels}x{spec.image_size}x{spec.image_size} | batch {args.batch_size} | "
-        f"{params:,} parameters | updates: {updates} | {where}"
+        f"{params:,} parameters | updates: {updates} | {where} | {trainer.steps.precision.name}, "
+        f"{'channels-last' if trainer.channels_last else 'contiguous'}"
     )
     print(
         f"hand-written loop: {p:.3f} ms/step (best of {args.blocks} alternating blocks of {args.steps}; "
@@ -102,6 +125,8 @@ def main() -> None:
             json.dumps(
                 {
                     "preset": args.preset,
+                    "precision": trainer.steps.precision.name,
+                    "channels_last": trainer.channels_last,
                     "batch_size": args.batch_size,
                     "device": where,
                     "parameters": params,

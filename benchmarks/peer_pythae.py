@@ -16,8 +16,10 @@ pythae is not a dependency of genvae: install it in a venv of its own, with genv
     .venv-peer/bin/python benchmarks/peer_pythae.py                         # CPU, 1 thread
     .venv-peer/bin/python benchmarks/peer_pythae.py --device cuda --batch-size 256
 
-Variants of genvae's run (``--variants``): ``plain``, ``channels-last``, ``compile`` (torch.compile of the
-encoder, transform and decoder).
+Variants of genvae's run (``--variants``): ``defaults`` (``--amp auto`` and ``--channels-last auto``: bf16 and
+channels-last on a CPU with AVX512-BF16), ``fp32`` (both off: genvae before 0.3), ``fp32+channels-last``,
+``bf16`` (contiguous layout), ``compile`` (the defaults and torch.compile). pythae trains in float32 (its ``amp``
+is CUDA's).
 """
 
 from __future__ import annotations
@@ -40,11 +42,12 @@ from pathlib import Path
 
 import torch
 
-VARIANTS = {
-    "plain": {},
-    "channels-last": {"channels_last": True},
+VARIANTS = {  # genvae's run: its defaults (amp and channels_last auto), or a switch set by hand
+    "defaults": {},
+    "fp32": {"amp": "off", "channels_last": "off"},
+    "fp32+channels-last": {"amp": "off", "channels_last": "on"},
+    "bf16": {"amp": "bf16", "channels_last": "off"},
     "compile": {"compile": True},
-    "channels-last+compile": {"channels_last": True, "compile": True},
 }
 
 
@@ -117,19 +120,21 @@ class PythaeRun:
 
         latent_shape = tuple(model.layout.shape)
 
+        # the wrappers take genvae's modules as arguments (pythae pickles them with their classes: a closure over
+        # the whole model would pickle the model's weak reference to its registry, which cannot be)
         class Encoder(BaseEncoder):
-            def __init__(self):
+            def __init__(self, encoder, transform):
                 super().__init__()
-                self.encoder, self.transform = model.encoder, model.transform
+                self.encoder, self.transform = encoder, transform
 
             def forward(self, x):
                 post = self.transform.posterior(self.encoder(x))
                 return ModelOutput(embedding=post.mean.flatten(1), log_covariance=post.logvar.flatten(1))
 
         class Decoder(BaseDecoder):
-            def __init__(self):
+            def __init__(self, decoder, transform):
                 super().__init__()
-                self.decoder, self.transform = model.decoder, model.transform
+                self.decoder, self.transform = decoder, transform
 
             def forward(self, z):
                 return ModelOutput(
@@ -141,7 +146,9 @@ class PythaeRun:
             latent_dim=int(torch.Size(latent_shape).numel()),
             reconstruction_loss="mse",
         )
-        self.vae = VAE(config, encoder=Encoder(), decoder=Decoder())
+        self.vae = VAE(
+            config, encoder=Encoder(model.encoder, model.transform), decoder=Decoder(model.decoder, model.transform)
+        )
         data = images.float() / 127.5 - 1.0  # the model range, as genvae feeds it
         self.dataset = BaseDataset(data, torch.zeros(len(data)))
         self.tmp = tempfile.mkdtemp(prefix="pythae-peer-")
@@ -196,7 +203,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--variants", default="plain,channels-last", help=f"genvae variants: {', '.join(VARIANTS)}")
+    ap.add_argument("--variants", default="defaults,fp32", help=f"genvae variants: {', '.join(VARIANTS)}")
     ap.add_argument("--json")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
