@@ -253,7 +253,10 @@ def _fmt(value: Any) -> str:
 
 
 def _commands(folder: Path) -> str:
-    lines = [record["command"] for record in read_json_lines(folder / HISTORY, lambda record: "command" in record)]
+    lines = [
+        record["command"] + (f"\n    # ran with {record['compute']}" if isinstance(record.get("compute"), str) else "")
+        for record in read_json_lines(folder / HISTORY, lambda record: "command" in record)
+    ]
     if not lines:
         return "<p class=note>no commands recorded</p>"
     return "<pre>" + "\n".join(html.escape(c) for c in lines) + "</pre>"

@@ -153,8 +153,9 @@ class MinibatchDiscrimination(nn.Module):
         n = x.shape[0]
         if alone:
             return torch.cat([x, x.new_ones(n, self.kernels)], dim=1)
-        m = (x @ self.T).view(n, self.kernels, self.dims)
-        dist = (m.unsqueeze(0) - m.unsqueeze(1)).abs().sum(3)  # (n, n, kernels), zero on the diagonal
+        m = (x @ self.T).view(n, self.kernels, self.dims).transpose(0, 1)  # (kernels, n, dims)
+        # the L1 distances of every pair, per kernel, without the (n, n, kernels, dims) differences
+        dist = torch.cdist(m, m, p=1).permute(1, 2, 0)  # (n, n, kernels), zero on the diagonal
         return torch.cat([x, torch.exp(-dist).mean(1)], dim=1)
 
 

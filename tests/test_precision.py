@@ -239,3 +239,30 @@ def test_a_bf16_checkpoint_is_float32_and_loads_into_a_float32_model(tmp_path):
     assert torch.float32 in dtypes and not dtypes & {torch.bfloat16, torch.float16}
     assert load_model(tmp_path / "m").precision.dtype is None  # loaded as built: float32
     assert load_model(tmp_path / "m", amp="config").precision.dtype == torch.bfloat16  # as it trained
+
+
+# -- what the user is told ----------------------------------------------------------------------------------------
+
+
+def test_the_first_line_and_the_report_say_how_the_run_computed(tmp_path):
+    from helpers import SETS
+
+    from genvae.core.precision import resolve_precision as resolve
+    from genvae.testing import invoke_cli
+
+    folder = tmp_path / "m"
+    assert invoke_cli(["build", "--preset", "cvae", *SETS, "-o", folder]).exit_code == 0
+    first = invoke_cli(["train", folder, "--max-steps", "1", "--batch-size", "8", "--quiet"])
+    header = next(line for line in first.output.splitlines() if line.startswith("training "))
+    default = f"| {resolve('auto', 'cpu').reason}, channels-last, compile off |"
+    assert default in header, header  # --amp auto: bf16 on a CPU with AVX512-BF16 or AMX, float32 elsewhere
+    second = invoke_cli(["train", folder, "--max-steps", "2", "--resume", "--amp", "off", "--channels-last", "off"])
+    header = next(line for line in second.output.splitlines() if line.startswith("training "))
+    assert "| float32 (--amp off), contiguous layout, compile off |" in header, header
+    bad = invoke_cli(["train", folder, "--max-steps", "3", "--resume", "--amp", "fp16"])
+    assert bad.exit_code == 1 and bad.output.strip().splitlines()[-1].startswith("Error: --amp fp16 runs on CUDA only")
+    report = tmp_path / "r.html"
+    assert invoke_cli(["report", folder, "-o", report]).exit_code == 0
+    page = report.read_text()
+    assert f"# ran with {resolve('auto', 'cpu').reason}, channels-last" in page
+    assert "# ran with float32 (--amp off), contiguous layout, compile off" in page

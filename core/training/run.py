@@ -147,11 +147,14 @@ class RunStart:
 
     @property
     def compute_text(self) -> str:
-        """How the networks compute: ``bf16 autocast (--amp auto: the CPU has AVX512-BF16), channels-last,
-        compile off``."""
-        trainer = self.trainer
-        layout = "channels-last" if trainer.channels_last else "contiguous layout"
-        return f"{trainer.steps.precision.reason}, {layout}, compile {'on' if trainer.config.compile else 'off'}"
+        return compute_text(self.trainer)
+
+
+def compute_text(trainer: Trainer) -> str:
+    """How a run's networks compute, for its first line and the report's commands: ``bf16 autocast (--amp auto:
+    the CPU has AVX512-BF16), channels-last, compile off``."""
+    layout = "channels-last" if trainer.channels_last else "contiguous layout"
+    return f"{trainer.steps.precision.reason}, {layout}, compile {'on' if trainer.config.compile else 'off'}"
 
 
 @attrs.frozen
@@ -244,8 +247,8 @@ def train_run(
                 trainer.dist.barrier()  # rank 0 has prepared the folder before any process goes on
             if main:
                 ckpt.save_model(trainer.model, mf, train=trainer.config)  # the run's settings, in config.json
-                if command is not None:
-                    append_json_line(mf, HISTORY, command)
+                if command is not None:  # with how it computes (the report shows it under the command)
+                    append_json_line(mf, HISTORY, {**command, "compute": compute_text(trainer)})
             total = trainer.total_steps()
             if on_start is not None:
                 on_start(RunStart(mf.path, trainer, start, total, resume and start > 0))

@@ -199,7 +199,7 @@ def build_phases(model: GenerativeModel, config: TrainConfig, device: torch.devi
             key = (_match(names[id(p)], multipliers) or 1.0, _warmup_prefix(names[id(p)], warmups))
             groups.setdefault(key, []).append(p)
         kwargs: dict[str, Any] = {"betas": config.betas, "weight_decay": config.weight_decay}
-        if device.type == "cuda":
+        if device.type == "cuda":  # one kernel for all parameters (on the CPU fused Adam breaks bit-exact resume)
             kwargs["fused"] = True
         optimizer = torch.optim.Adam([{"params": ps, "lr": lr * mult} for (mult, _), ps in groups.items()], **kwargs)
         stages = [warmups[warm] if warm else () for (_, warm) in groups]
