@@ -9,7 +9,7 @@ and channels-last, as a fraction of the CPU's (or GPU's) measured matmul/conv th
    step's FLOPs are counted once with ``torch.utils.flop_counter`` (convolutions and matrix products, forward
    and backward; the fused LSTM kernel is not counted, so crVAE's fraction is a lower bound).
 3. ``--compile``: the defaults with torch.compile: the first step (compiling) and the steady step.
-4. Memory: peak resident-set growth over 3 steps of each configuration, each in a process of its own.
+4. Memory: peak resident-set growth over the first 3 steps of each configuration, each in a process of its own.
 
     python benchmarks/precision_speed.py                          # 1 and 2 threads, cvae crvae-gan-small lapcvae-small
     python benchmarks/precision_speed.py --threads 1 --presets cvae --compile
@@ -107,9 +107,10 @@ def _rss_mb() -> float:
 
 
 def memory_child(preset: str, config: str, device: torch.device, batch: int) -> float:
-    """Peak RSS growth (CPU) or peak allocated memory (CUDA), MB, over 3 steps after a warm-up step."""
+    """Peak memory of the first 3 steps over what the process held before them (the model, its optimiser-free
+    state and the data), MB: resident-set growth on the CPU (sampled every 2 ms), peak allocated on CUDA. The
+    first step is included: it is where the activations and the optimiser's state are first allocated."""
     trainer, x = make_trainer(preset, CONFIGS[config], device, batch)
-    trainer.train_step(x)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
