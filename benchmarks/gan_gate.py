@@ -61,6 +61,25 @@ def run(cmd: list[str], log: Path, env: dict[str, str]) -> None:
         raise SystemExit(f"failed ({done.returncode}): {' '.join(cmd)}; see {log}")
 
 
+def ensure_classifier(args: argparse.Namespace, image_size: int) -> Path:
+    """OUT/classifier: a ``genvae train-classifier`` network at the models' image size (samples are scored as they
+    are drawn), trained unless it is there."""
+    clf = args.out / "classifier"
+    if not (clf / "model.safetensors").exists():
+        env = {**os.environ, "OMP_NUM_THREADS": "2"} if args.device == "cpu" else dict(os.environ)
+        cmd = [*GENVAE, "train-classifier", *data_args(args), "--image-size", str(image_size), "--width", "16"]
+        run([*cmd, "--epochs", "2", "-o", str(clf), "--device", args.device], args.out / "classifier.log", env)
+    return clf
+
+
+def write_results(out: Path, name: str, head: str, text: str, rows: list[dict]) -> None:
+    """OUT/NAME.md (the head line and the table) and OUT/NAME.json (every figure), and the same on stdout."""
+    (out / f"{name}.md").write_text(head + "\n\n" + text + "\n")
+    (out / f"{name}.json").write_text(json.dumps({"head": head, "rows": rows}, indent=1))
+    print(head)
+    print(text)
+
+
 def one_run(args: argparse.Namespace, preset: str, seed: int, clf: Path, sets: list[str]) -> dict:
     folder = args.out / f"{preset}-s{seed}"
     log = args.out / f"{preset}-s{seed}.log"
@@ -247,30 +266,7 @@ def main() -> int:
         plain, *gans = args.models.split(",")
     sets = [*args.sets, *(["channels=1"] if args.paper else [])]
     args.out.mkdir(parents=True, exist_ok=True)
-    clf = args.classifier
-    if clf is None:
-        clf = args.out / "classifier"
-        if not (clf / "model.safetensors").exists():
-            env = {**os.environ, "OMP_NUM_THREADS": "2"} if args.device == "cpu" else dict(os.environ)
-            run(
-                [
-                    *GENVAE,
-                    "train-classifier",
-                    *data_args(args),
-                    "--image-size",
-                    "64" if args.paper else "32",  # the models' size: samples are scored as they are drawn
-                    "--width",
-                    "16",
-                    "--epochs",
-                    "2",
-                    "-o",
-                    str(clf),
-                    "--device",
-                    args.device,
-                ],
-                args.out / "classifier.log",
-                env,
-            )
+    clf = args.classifier or ensure_classifier(args, 64 if args.paper else 32)
     started = time.perf_counter()
     jobs = [(p, s) for s in args.seeds for p in [plain, *gans]]
     with ThreadPoolExecutor(max_workers=args.jobs if args.device == "cpu" else 1) as pool:
@@ -283,10 +279,7 @@ def main() -> int:
         f"seeds {','.join(map(str, args.seeds))}, {args.jobs if args.device == 'cpu' else 1} at a time; "
         f"{(time.perf_counter() - started) / 60:.1f} min in all"
     )
-    (args.out / "gate.md").write_text(head + "\n\n" + text + "\n")
-    (args.out / "gate.json").write_text(json.dumps({"head": head, "rows": rows}, indent=1))
-    print(head)
-    print(text)
+    write_results(args.out, "gate", head, text, rows)
     return 0
 
 

@@ -23,27 +23,15 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-GENVAE = [sys.executable, "-m", "genvae.cli"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gan_gate import GENVAE, data_args, ensure_classifier, run, write_results  # noqa: E402
+
 PRECISIONS = ("off", "bf16")
-
-
-def run(cmd: list[str], log: Path, env: dict[str, str]) -> None:
-    with log.open("a") as out:
-        out.write("$ " + " ".join(cmd) + "\n")
-        out.flush()
-        done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    if done.returncode:
-        raise SystemExit(f"failed ({done.returncode}): {' '.join(cmd)}; see {log}")
-
-
-def data_args(args: argparse.Namespace) -> list[str]:
-    return ["--data", args.data, *(["--data-root", str(args.data_root)] if args.data_root else [])]
 
 
 def final_total(folder: Path) -> float:
@@ -132,13 +120,7 @@ def main() -> int:
     args = ap.parse_args()
     presets = [p.strip() for p in args.presets.split(",") if p.strip()]
     args.out.mkdir(parents=True, exist_ok=True)
-    clf = args.classifier
-    if clf is None:
-        clf = args.out / "classifier"
-        if not (clf / "model.safetensors").exists():
-            env = {**os.environ, "OMP_NUM_THREADS": "2"} if args.device == "cpu" else dict(os.environ)
-            cmd = [*GENVAE, "train-classifier", *data_args(args), "--image-size", "32", "--width", "16"]
-            run([*cmd, "--epochs", "2", "-o", str(clf), "--device", args.device], args.out / "classifier.log", env)
+    clf = args.classifier or ensure_classifier(args, 32)
     started = time.perf_counter()
     jobs = [(p, prec, s) for s in args.seeds for p in presets for prec in PRECISIONS]
     with ThreadPoolExecutor(max_workers=args.jobs if args.device == "cpu" else 1) as pool:
@@ -148,10 +130,7 @@ def main() -> int:
         f"{', '.join(presets)} on {args.data}, {args.steps} steps, seeds {','.join(map(str, args.seeds))}, "
         f"device {args.device}; {(time.perf_counter() - started) / 60:.1f} min in all"
     )
-    (args.out / "parity.md").write_text(head + "\n\n" + text + "\n")
-    (args.out / "parity.json").write_text(json.dumps({"head": head, "rows": rows}, indent=1))
-    print(head)
-    print(text)
+    write_results(args.out, "parity", head, text, rows)
     return 0
 
 
