@@ -13,6 +13,13 @@ import pytest
 import torch
 from helpers import TINY_CVAE
 
+# Under pytest-xdist the workers, and every process they start, share the machine's cores: one torch thread each.
+# With more threads than cores, OpenMP's waiting threads in one process take the cores another process needs;
+# bf16's many short parallel regions suffer most (a bf16 run beside another 2-thread process ran at a fifth of
+# its float32 speed, and the slow lane's notebook and guide at 1/60 of their usual speed).
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 # Plugins installed in the test environment by hand must not change what the tests see.
 os.environ.setdefault("GENVAE_LOAD_PLUGINS", "")
 # The decoded-image cache of the test run lives in a folder of its own, never in the user's ~/.cache, and goes

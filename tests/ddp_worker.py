@@ -53,7 +53,7 @@ def main() -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous() for k, v in trainer.model.state_dict().items()}
     save_file(state, str(out_dir / f"rank{rank}.safetensors"))
-    save_file(first, str(out_dir / f"grads{rank}.safetensors"))
+    save_file({k: v.contiguous() for k, v in first.items()}, str(out_dir / f"grads{rank}.safetensors"))
     (out_dir / f"rank{rank}.json").write_text(json.dumps(records))
 
 

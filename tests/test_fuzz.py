@@ -908,7 +908,10 @@ def arg_cases(w: World, commands: dict, count: int, seed: int):
         name: sorted(
             o
             for p in commands[name].params
-            if p.param_type_name == "option" and not p.is_flag and not p.count
+            if p.param_type_name == "option"
+            and not p.is_flag
+            and not p.count
+            and not getattr(p, "_flag_needs_value", False)  # --amp, --channels-last: a bare flag is a value too
             for o in p.opts
         )
         for name in specs

@@ -9,6 +9,9 @@ totals at most 3.6% apart on any step, 1.4% at the last, except the MI head's ph
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pytest
 import torch
 from torch import nn
@@ -84,7 +87,7 @@ def test_the_command_line_offers_the_engine_modes():
 
 def test_config_files_with_booleans_read_as_modes():
     """config.json files from before the modes hold booleans: false is off (they trained in float32)."""
-    old = TrainConfig(amp=False, channels_last=True)
+    old = TrainConfig(**json.loads('{"amp": false, "channels_last": true}'))  # as config.json holds them
     assert (old.amp, old.channels_last) == ("off", "on")
     assert TrainConfig(amp="true").amp == "on" and TrainConfig().amp == "auto"
     with pytest.raises(ValueError, match="amp must be one of"):
@@ -138,9 +141,10 @@ def test_a_bf16_pass_runs_its_networks_in_bf16_and_hands_on_float32(preset):
         fwd.branch = "all"
         terms, _ = model.update_terms(fwd, phase)
         assert terms and all(v.dtype == torch.float32 for v in terms.values()), (phase, terms)
-    adv = model.losses["adv"] if "adv" in model.losses else None
+    adv: Any = model.losses["adv"] if "adv" in model.losses else None
     if adv is not None:  # the discriminator: its trunk in bf16, its head (and so the logits) in float32
-        trunk, head = [], []
+        trunk: list[torch.dtype] = []
+        head: list[torch.dtype] = []
         hooks = _dtypes_of(_layers(adv.trunk), trunk) + _dtypes_of(_layers(adv.head), head)
         logits = adv.discriminate(x)
         for h in hooks:
@@ -157,7 +161,7 @@ def test_the_kl_of_a_bf16_pass_is_the_float32_formula_of_its_posterior():
     model.precision = BF16
     fwd = model(images(spec, 8).images.float() / 127.5 - 1)
     kl = model.update_terms(fwd, "model")[0]["kl"].detach()
-    mu, lv = fwd.posterior.mean.double(), fwd.posterior.logvar.double()
+    mu, lv = fwd.posterior.mean.detach().double(), fwd.posterior.logvar.detach().double()
     exact = (0.5 * (mu.pow(2) + lv.exp() - 1 - lv)).flatten(1).sum(1).mean()
     assert float(kl) == pytest.approx(float(exact), rel=1e-5)
 
@@ -212,9 +216,10 @@ def test_bf16_tracks_float32_step_by_step(preset, tmp_path):
     torch.manual_seed(0)
     start = build_model(spec).state_dict()
     keys = [k for k, v in start.items() if v.is_floating_point() and "running" not in k]
-    a = torch.cat([(full_weights[k] - start[k]).flatten() for k in keys])
-    b = torch.cat([(half_weights[k] - start[k]).flatten() for k in keys])
-    assert not torch.equal(a, b) and (cos := float(torch.nn.functional.cosine_similarity(a, b, dim=0))) > COSINE, cos
+    by_full = torch.cat([(full_weights[k] - start[k]).flatten() for k in keys])
+    by_half = torch.cat([(half_weights[k] - start[k]).flatten() for k in keys])
+    cos = float(torch.nn.functional.cosine_similarity(by_full, by_half, dim=0))
+    assert not torch.equal(by_full, by_half) and cos > COSINE, cos
 
 
 def spec_terms(records: list[dict]) -> set[str]:
