@@ -764,6 +764,13 @@ MISTAKES = [
         "return t",
         ["tests/test_precision.py"],
     ),
+    (
+        "minibatch discrimination with L2, not L1, distances",
+        "plugins/adv.py",
+        "dist = torch.cdist(m, m, p=1).permute(1, 2, 0)",
+        "dist = torch.cdist(m, m, p=2).permute(1, 2, 0)",
+        ["tests/plugins/test_adv.py", "tests/plugins/test_adv_math.py"],
+    ),
 ]
 
 
