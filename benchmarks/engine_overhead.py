@@ -20,11 +20,11 @@ import copy
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
+from scratch import scratch_folder
 
 from genvae.core.compose import compose_spec
 from genvae.core.data import ImageData
@@ -71,7 +71,7 @@ def main() -> None:
     data = ImageData(
         images=torch.randint(0, 256, (args.batch_size * 4, *spec.image_shape), dtype=torch.uint8), source="random"
     )
-    trainer = Trainer(engine_model, tempfile.mkdtemp(prefix="genvae-bench-"), data, spec.train, device)
+    trainer = Trainer(engine_model, scratch_folder(prefix="genvae-bench-"), data, spec.train, device)
     if trainer.channels_last:  # the same layout in both loops
         plain_model.to(memory_format=torch.channels_last)
     hand = hand_step(args.preset, plain_model)

@@ -38,7 +38,6 @@ import math
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -61,6 +60,9 @@ from genvae.api import (
     load_model,
     open_feature_network,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' own helpers
+from scratch import scratch_folder  # noqa: E402
 
 DATA = "fashion-mnist"
 DATA_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -429,7 +431,7 @@ def train_pythae(row: Row, network: GenerativeModel, train01: Tensor, steps: int
     trainer_cls = getattr(pt, row.peer.trainer)
     config_cls = getattr(pt, row.peer.trainer + "Config")
     config = config_cls(
-        output_dir=tempfile.mkdtemp(prefix="pythae-zoo-"),
+        output_dir=scratch_folder(prefix="pythae-zoo-"),
         num_epochs=1,
         learning_rate=LR,
         per_device_train_batch_size=BATCH,

@@ -35,12 +35,14 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' own helpers
+from scratch import scratch_folder  # noqa: E402
 
 VARIANTS = {  # genvae's run: its defaults (amp and channels_last auto), or a switch set by hand
     "defaults": {},
@@ -99,7 +101,7 @@ class GenvaeRun:
         self.spec = spec.with_train(max_steps=args.steps, **VARIANTS[variant])
         self.model, self.device = model, device
         self.data = ImageData(images=images, source="fashion-mnist")
-        self.tmp = tempfile.mkdtemp(prefix="genvae-peer-")
+        self.tmp = scratch_folder(prefix="genvae-peer-")
         self.block = 0
 
     def run(self) -> None:
@@ -151,7 +153,7 @@ class PythaeRun:
         )
         data = images.float() / 127.5 - 1.0  # the model range, as genvae feeds it
         self.dataset = BaseDataset(data, torch.zeros(len(data)))
-        self.tmp = tempfile.mkdtemp(prefix="pythae-peer-")
+        self.tmp = scratch_folder(prefix="pythae-peer-")
         self.config = BaseTrainerConfig(
             output_dir=self.tmp,
             num_epochs=1,

@@ -24,12 +24,14 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' own helpers
+from scratch import scratch_folder  # noqa: E402
 
 CONFIGS = {  # name: train overrides
     "fp32": {"amp": "off", "channels_last": "off"},
@@ -87,7 +89,7 @@ def make_trainer(preset: str, overrides: dict, device: torch.device, batch: int)
     data = ImageData(
         images=torch.randint(0, 256, (batch * 4, *spec.image_shape), dtype=torch.uint8, generator=g), source="random"
     )
-    trainer = Trainer(model, tempfile.mkdtemp(prefix="genvae-speed-"), data, spec.train, device)
+    trainer = Trainer(model, scratch_folder(prefix="genvae-speed-"), data, spec.train, device)
     x = trainer.feeder.batch(trainer.feeder.permutation(0), 0)
     return trainer, x
 
