@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from genvae.core.errors import BuildError
 from genvae.core.options import NoOptions
-from genvae.core.precision import FLOAT32, Precision
+from genvae.core.precision import FLOAT32, Precision, to_float32
 
 if TYPE_CHECKING:
     from genvae.core.capabilities import FakeFeatures, PyramidPass
@@ -95,9 +95,6 @@ class LatentLayout:
 LOG_2PI = math.log(2 * math.pi)
 
 
-_LOW_PRECISION = (torch.bfloat16, torch.float16)
-
-
 class Gaussian:
     """A diagonal Gaussian with mean and log-variance tensors of the latent's shape (batch first)."""
 
@@ -105,8 +102,8 @@ class Gaussian:
 
     def __init__(self, mean: Tensor, logvar: Tensor, standard: bool = False):
         # float32 even when a network under autocast made them: the KL and log-densities are computed in float32
-        self.mean = mean.float() if mean.dtype in _LOW_PRECISION else mean
-        self.logvar = logvar.float() if logvar.dtype in _LOW_PRECISION else logvar
+        self.mean = to_float32(mean)
+        self.logvar = to_float32(logvar)
         self.standard = standard  # N(0, I): KL takes the short closed form
 
     @classmethod

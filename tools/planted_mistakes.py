@@ -725,7 +725,7 @@ MISTAKES = [
     (
         "bf16: the posterior's mean kept in bf16 (the KL in bf16)",
         "core/components.py",
-        "self.mean = mean.float() if mean.dtype in _LOW_PRECISION else mean",
+        "self.mean = to_float32(mean)",
         "self.mean = mean",
         ["tests/test_precision.py"],
     ),
