@@ -111,7 +111,7 @@ def main() -> None:
     updates = ", ".join(f"{u.phase.name}@{u.branch}" for u in trainer.updates)
     print(
         f"preset {args.preset} | {spec.channels}x{spec.image_size}x{spec.image_size} | batch {args.batch_size} | "
-        f"{params:,} parameters | updates: {updates} | {where} | {trainer.steps.precision.name}, "
+        f"{params:,} parameters | updates: {updates} | {where} | {trainer.model.precision.name}, "
         f"{'channels-last' if trainer.channels_last else 'contiguous'}"
     )
     print(
@@ -125,7 +125,7 @@ def main() -> None:
             json.dumps(
                 {
                     "preset": args.preset,
-                    "precision": trainer.steps.precision.name,
+                    "precision": trainer.model.precision.name,
                     "channels_last": trainer.channels_last,
                     "batch_size": args.batch_size,
                     "device": where,

@@ -164,7 +164,7 @@ def measure(preset: str, device: torch.device, batch: int, steps: int, blocks: i
         "images_per_s": {name: batch / ms * 1e3 for name, ms in best.items()},
         "speedup_vs_fp32": {name: best["fp32"] / ms for name, ms in best.items()},
         "defaults": {
-            "precision": trainers["defaults"][0].steps.precision.name,
+            "precision": trainers["defaults"][0].model.precision.name,
             "channels_last": trainers["defaults"][0].channels_last,
         },
     }

@@ -16,7 +16,6 @@ from __future__ import annotations
 import abc
 import math
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
 import attrs
@@ -382,11 +381,6 @@ class ForwardPass:
     def get(self, field: PassField[T], default: T | None = None) -> T | None:
         """The value under ``field``, or ``default``."""
         return self._fields.get(field, default)
-
-    def autocast(self) -> AbstractContextManager:
-        """The context the model's networks run in (``model.precision``: bf16 autocast or nothing): a loss runs
-        its own network (a discriminator's trunk, a feature network) in it and its arithmetic outside it."""
-        return self.model.precision.autocast()
 
     def wants(self, branch: str) -> bool:
         """Whether the current update trains on ``branch`` ("posterior" or "prior")."""

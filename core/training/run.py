@@ -154,7 +154,7 @@ def compute_text(trainer: Trainer) -> str:
     """How a run's networks compute, for its first line and the report's commands: ``bf16 autocast (--amp auto:
     the CPU has AVX512-BF16), channels-last, compile off``."""
     layout = "channels-last" if trainer.channels_last else "contiguous layout"
-    return f"{trainer.steps.precision.reason}, {layout}, compile {'on' if trainer.config.compile else 'off'}"
+    return f"{trainer.model.precision.reason}, {layout}, compile {'on' if trainer.config.compile else 'off'}"
 
 
 @attrs.frozen

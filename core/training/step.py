@@ -256,10 +256,10 @@ class StepRunner:
         )
         #: log each phase's gradient norm (training health): 'auto' turns it on for models with several phases
         self.grad_norms = config.grad_norms == "on" or (config.grad_norms == "auto" and len(self.phases) > 1)
-        #: the networks' precision (train.amp on this device); the model runs them in it, losses stay float32
-        self.precision = model.precision = resolve_precision(config.amp, device)
+        # the networks' precision (train.amp on this device): the model runs them in it, losses stay float32
+        model.precision = resolve_precision(config.amp, device)
         self.scaler: torch.amp.GradScaler | None = None
-        if self.precision.dtype == torch.float16:  # fp16's range needs the losses scaled (bf16's does not)
+        if model.precision.dtype == torch.float16:  # fp16's range needs the losses scaled (bf16's does not)
             self.scaler = torch.amp.GradScaler(device.type)
         # Per update: keep the graph after its backward pass? Found on the first step (see shared_graphs); a kept
         # graph holds every activation of the step until its end, which costs memory and, on the CPU, time.
@@ -306,7 +306,7 @@ class StepRunner:
                 else:
                     fwd = forward()
             fwd.branch, fwd.update = update.branch, i
-            terms, skip = model.update_terms(fwd, phase.name)  # float32; a loss's own network uses fwd.autocast()
+            terms, skip = model.update_terms(fwd, phase.name)  # float32; a loss's own network: self.precision
             record: dict[str, torch.Tensor] = {}
             logged.append((update, record))
             if skip:  # the one host sync a loss may ask for: only losses that declare may_skip, when their rule is on
