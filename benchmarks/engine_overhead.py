@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 import torch
-from scratch import scratch_folder
+from support import scratch_folder
 
 from genvae.core.compose import compose_spec
 from genvae.core.data import ImageData

@@ -61,6 +61,18 @@ def run(cmd: list[str], log: Path, env: dict[str, str]) -> None:
         raise SystemExit(f"failed ({done.returncode}): {' '.join(cmd)}; see {log}")
 
 
+def add_run_arguments(ap: argparse.ArgumentParser, out: Path) -> None:
+    """The options of a benchmark that trains and scores runs side by side: where they go (``--out``), their data,
+    seeds, how many at a time, the device and the classifier that scores them (what the helpers here read)."""
+    ap.add_argument("--out", type=Path, default=out)
+    ap.add_argument("--data", default="fashion-mnist")
+    ap.add_argument("--data-root", type=Path, help="where the dataset's files are (default: the dataset's own)")
+    ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
+    ap.add_argument("--jobs", type=int, default=2, help="runs at a time (CPU: one core each)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--classifier", type=Path, help="a genvae train-classifier folder (default: train one)")
+
+
 def ensure_classifier(args: argparse.Namespace, image_size: int) -> Path:
     """OUT/classifier: a ``genvae train-classifier`` network at the models' image size (samples are scored as they
     are drawn), trained unless it is there."""
@@ -236,20 +248,14 @@ def table(rows: list[dict], plain: str, gans: list[str], cpu: bool) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("runs/gate"))
-    ap.add_argument("--data", default="fashion-mnist")
-    ap.add_argument("--data-root", type=Path, help="where the dataset's files are (default: the dataset's own)")
+    add_run_arguments(ap, Path("runs/gate"))
     ap.add_argument(
         "--budget",
         type=float,
         help="seconds per training run (CPU: of one core); default 300 on the CPU, 30 with --paper on CUDA "
         "(nine runs, their evaluations and a classifier in under 8 minutes)",
     )
-    ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
-    ap.add_argument("--jobs", type=int, default=2, help="trainings at a time (CPU: one core each)")
-    ap.add_argument("--device", default="cpu")
     ap.add_argument("--paper", action="store_true", help="the paper presets at 64 px (fig3-cvae, vae-gan, crvae-gan)")
-    ap.add_argument("--classifier", type=Path, help="a genvae train-classifier folder (default: train one)")
     ap.add_argument("--models", help="comma-separated presets: the plain VAE first, then the adversarial ones")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="a build --set for every model")
     ap.add_argument(

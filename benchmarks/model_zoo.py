@@ -62,7 +62,7 @@ from genvae.api import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' own helpers
-from scratch import scratch_folder  # noqa: E402
+from support import scratch_folder  # noqa: E402
 
 DATA = "fashion-mnist"
 DATA_ROOT = "/usr/share/datasets/fashion-mnist"

@@ -35,14 +35,13 @@ import platform
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' own helpers
-from scratch import scratch_folder  # noqa: E402
+from support import PeakRSS, scratch_folder  # noqa: E402
 
 VARIANTS = {  # genvae's run: its defaults (amp and channels_last auto), or a switch set by hand
     "defaults": {},
@@ -51,32 +50,6 @@ VARIANTS = {  # genvae's run: its defaults (amp and channels_last auto), or a sw
     "bf16": {"amp": "bf16", "channels_last": "off"},
     "compile": {"compile": True},
 }
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-class PeakRSS:
-    """The highest resident set seen while the block runs, sampled every 2 ms (ru_maxrss would also count
-    loading the data set before the run)."""
-
-    def __enter__(self) -> PeakRSS:
-        self.base = self.peak = _rss_mb()
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self._watch, daemon=True)
-        self.thread.start()
-        return self
-
-    def _watch(self) -> None:
-        while not self.done.wait(0.002):
-            self.peak = max(self.peak, _rss_mb())
-
-    def __exit__(self, *exc) -> None:
-        self.done.set()
-        self.thread.join()
-        self.peak = max(self.peak, _rss_mb())
 
 
 def build(args, device):

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gan_gate import GENVAE, data_args, ensure_classifier, run, write_results  # noqa: E402
+from gan_gate import GENVAE, add_run_arguments, data_args, ensure_classifier, run, write_results  # noqa: E402
 
 PRECISIONS = ("off", "bf16")
 
@@ -108,15 +108,9 @@ def table(rows: list[dict], presets: list[str]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("runs/parity"))
-    ap.add_argument("--data", default="fashion-mnist")
-    ap.add_argument("--data-root", type=Path, help="where the dataset's files are (default: the dataset's own)")
+    add_run_arguments(ap, Path("runs/parity"))
     ap.add_argument("--presets", default="crvae-gan-small,lapcvae-small")
     ap.add_argument("--steps", type=int, default=400)
-    ap.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
-    ap.add_argument("--jobs", type=int, default=2, help="runs at a time (CPU: one core each)")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--classifier", type=Path, help="a genvae train-classifier folder (default: train one)")
     args = ap.parse_args()
     presets = [p.strip() for p in args.presets.split(",") if p.strip()]
     args.out.mkdir(parents=True, exist_ok=True)

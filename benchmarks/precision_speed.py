@@ -20,18 +20,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the benchmarks' own helpers
-from scratch import scratch_folder  # noqa: E402
+from support import PeakRSS, scratch_folder  # noqa: E402
 
 CONFIGS = {  # name: train overrides
     "fp32": {"amp": "off", "channels_last": "off"},
@@ -103,11 +101,6 @@ def step_flops(trainer, x) -> int:
     return counter.get_total_flops()
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 def memory_child(preset: str, config: str, device: torch.device, batch: int) -> float:
     """Peak memory of the first 3 steps over what the process held before them (the model, its optimiser-free
     state and the data), MB: resident-set growth on the CPU (sampled every 2 ms), peak allocated on CUDA. The
@@ -121,20 +114,10 @@ def memory_child(preset: str, config: str, device: torch.device, batch: int) -> 
             trainer.train_step(x)
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    base, peak, done = _rss_mb(), [0.0], threading.Event()
-
-    def watch():
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss_mb())
-            time.sleep(0.002)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    for _ in range(3):
-        trainer.train_step(x)
-    done.set()
-    watcher.join()
-    return max(peak[0], _rss_mb()) - base
+    with PeakRSS() as rss:
+        for _ in range(3):
+            trainer.train_step(x)
+    return rss.peak - rss.base
 
 
 def measure(preset: str, device: torch.device, batch: int, steps: int, blocks: int) -> dict:
