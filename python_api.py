@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import torch
 
+from genvae import _PYTHON_API
 from genvae.core.errors import GenvaeError, OneLineInIPython
 from genvae.display import Figure, ImageGrid, Report, TrainProgress, engine_progress, html_table
 
@@ -697,18 +698,4 @@ def report(*models: Model | str | Path, data: Data = None) -> Report:
     return Report(build_report(folders, data=data), folders)
 
 
-__all__ = [
-    "Data",
-    "Evaluation",
-    "Model",
-    "ModelScores",
-    "TrainResult",
-    "TrainingInterrupted",
-    "build",
-    "dataset_names",
-    "datasets",
-    "evaluate",
-    "load",
-    "report",
-    "train",
-]
+__all__ = ["Data", *_PYTHON_API]  # the names genvae itself exports lazily from here, and the Data alias

@@ -15,6 +15,7 @@ from genvae.cli.commands import (
     console,
     data_options,
     err_console,
+    load_command_data,
     load_for_inference,
     load_image,
     registry,
@@ -230,24 +231,13 @@ def reconstruct(folder, data, data_root, download, count, output, split, seed, d
     """Reconstruct images (posterior mean): rows alternate originals and reconstructions."""
     from genvae.cli.report import paired_rows
     from genvae.core.budget import grid_bytes, image_bytes
-    from genvae.core.data import load_data
     from genvae.core.decode import to_model_range, to_uint8
     from genvae.core.images import check_image_output, save_grid
     from genvae.core.inference import reconstruct_images
 
     check_image_output(Path(output))
     model, dev = load_for_inference(folder, device, seed)
-    spec = model.spec
-    images = load_data(
-        data,
-        image_size=spec.image_size,
-        channels=spec.channels,
-        split=split,
-        root=data_root,
-        download=download,
-        registry=registry(),
-    )
-    pixels = images.images[:count]
+    pixels = load_command_data(model, data, data_root, download, split).images[:count]
     n = len(pixels)
     # kept beside the model: the originals in [-1, 1], the pairs as uint8 and the grid they make
     held = image_bytes(model, n) + image_bytes(model, 2 * n, 1) + grid_bytes(model, 2 * n)
