@@ -192,6 +192,24 @@ class _NotebookBar:
                 self.handle.update(self._html(self._page(done, total, text)))
 
 
+def training_bar(start: int, total: int, console: Any = None) -> tuple[Any, Any]:
+    """The rich bar a training run draws on a terminal, ``genvae train``'s and :func:`genvae.train`'s: steps done
+    of all, time left and the last metrics line's terms (the task's ``terms`` field). Returned started, with its
+    task at ``start`` of ``total``."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(
+        TextColumn("[bold]train"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[terms]}"),
+        console=console,
+    )
+    bar.start()
+    return bar, bar.add_task("train", total=total, completed=start, terms="")
+
+
 class TrainProgress:
     """What a Python training run shows: ``mode`` ``"notebook"`` (an HTML bar), ``"terminal"`` (a rich bar),
     ``"text"`` (the run's header, then one line per metrics line) or ``"none"``; ``"auto"`` picks by where the
@@ -230,17 +248,7 @@ class TrainProgress:
             self.bar = _NotebookBar("train")
             self.bar.update(run.start, run.total, force=True)
         elif self.mode == "terminal":
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(
-                TextColumn("[bold]train"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[terms]}"),
-            )
-            self.bar.start()
-            self.task = self.bar.add_task("train", total=run.total, completed=run.start, terms="")
+            self.bar, self.task = training_bar(run.start, run.total)
 
     def log(self, record: dict) -> None:
         """One metrics line: the bar moves (its terms shown beside it), or one text line."""

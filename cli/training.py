@@ -203,18 +203,9 @@ class _RunDisplay:
             err_console.print("no checkpoint to resume from; starting at step 0")
         console.print(run.header, markup=False, highlight=False)
         if run.start < run.total and not self.quiet and console.is_terminal:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from genvae.display import training_bar
 
-            self.bar = Progress(
-                TextColumn("[bold]train"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[terms]}"),
-                console=console,
-            )
-            self.bar.start()
-            self.task = self.bar.add_task("train", total=run.total, completed=run.start, terms="")
+            self.bar, self.task = training_bar(run.start, run.total, console)
 
     def log(self, record: dict) -> None:
         if self.silent:
