@@ -499,9 +499,9 @@ MISTAKES = [
     ),
     (
         "train bar without its ETA",
-        "cli/training.py",
-        '                MofNCompleteColumn(),\n                TimeRemainingColumn(),\n                TextColumn("{task.fields[terms]}"),',
-        '                MofNCompleteColumn(),\n                TextColumn("{task.fields[terms]}"),',
+        "display.py",
+        '        MofNCompleteColumn(),\n        TimeRemainingColumn(),\n        TextColumn("{task.fields[terms]}"),',
+        '        MofNCompleteColumn(),\n        TextColumn("{task.fields[terms]}"),',
         REPORT_TESTS,
     ),
     (
