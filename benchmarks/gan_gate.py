@@ -201,7 +201,9 @@ def score_row(args: argparse.Namespace, preset: str, seed: int, folder: Path) ->
     else:
         seconds = lines[-1]["wall_time"] - lines[0]["wall_time"]
         rate = (steps - lines[0]["step"]) * batch / seconds if seconds > 0 else float("nan")
-    return {"preset": preset, "seed": seed, "steps": steps, "images_per_s": rate, **scores}
+    computes = [json.loads(x).get("compute") for x in (folder / "commands.jsonl").read_text().splitlines() if x]
+    compute = next((c for c in reversed(computes) if c), "not recorded")  # the training's precision and layout
+    return {"preset": preset, "seed": seed, "steps": steps, "images_per_s": rate, "compute": compute, **scores}
 
 
 def mean_sd(values: list[float], digits: int = 2) -> str:
@@ -283,7 +285,8 @@ def main() -> int:
         f"{'paper presets, 64 px' if args.paper else '-small presets, 32 px'} on {args.data}, device {args.device}, "
         f"budget {args.budget:g} s per run ({'CPU seconds of one core' if args.device == 'cpu' else 'wall-clock'}), "
         f"seeds {','.join(map(str, args.seeds))}, {args.jobs if args.device == 'cpu' else 1} at a time; "
-        f"{(time.perf_counter() - started) / 60:.1f} min in all"
+        f"{(time.perf_counter() - started) / 60:.1f} min in all; trained with "
+        + " / ".join(sorted({r["compute"] for r in rows}))
     )
     write_results(args.out, "gate", head, text, rows)
     return 0
