@@ -277,6 +277,7 @@ def main() -> int:
     clf = args.classifier or ensure_classifier(args, 64 if args.paper else 32)
     started = time.perf_counter()
     jobs = [(p, s) for s in args.seeds for p in [plain, *gans]]
+    reused = args.keep and all((args.out / f"{p}-s{s}" / "gate.json").exists() for p, s in jobs)
     with ThreadPoolExecutor(max_workers=args.jobs if args.device == "cpu" else 1) as pool:
         rows = list(pool.map(lambda job: one_run(args, job[0], job[1], clf, sets), jobs))
     rows.sort(key=lambda r: ([plain, *gans].index(r["preset"]), r["seed"]))
@@ -285,7 +286,8 @@ def main() -> int:
         f"{'paper presets, 64 px' if args.paper else '-small presets, 32 px'} on {args.data}, device {args.device}, "
         f"budget {args.budget:g} s per run ({'CPU seconds of one core' if args.device == 'cpu' else 'wall-clock'}), "
         f"seeds {','.join(map(str, args.seeds))}, {args.jobs if args.device == 'cpu' else 1} at a time; "
-        f"{(time.perf_counter() - started) / 60:.1f} min in all; trained with "
+        + ("every run reused (--keep)" if reused else f"{(time.perf_counter() - started) / 60:.1f} min in all")
+        + "; trained with "
         + " / ".join(sorted({r["compute"] for r in rows}))
     )
     write_results(args.out, "gate", head, text, rows)
