@@ -61,6 +61,27 @@ def run(cmd: list[str], log: Path, env: dict[str, str]) -> None:
         raise SystemExit(f"failed ({done.returncode}): {' '.join(cmd)}; see {log}")
 
 
+def run_env(args: argparse.Namespace, threads: int = 1) -> dict[str, str]:
+    """The environment of one run: on the CPU, ``threads`` torch threads (runs side by side get one core each)."""
+    return {**os.environ, "OMP_NUM_THREADS": str(threads)} if args.device == "cpu" else dict(os.environ)
+
+
+def evaluate_run(
+    args: argparse.Namespace,
+    folder: Path,
+    metrics: str,
+    clf: Path,
+    seed: int,
+    out: Path,
+    log: Path,
+    env: dict[str, str],
+) -> None:
+    """``genvae evaluate`` of one run on the test data: ``metrics`` in the classifier's features, 2,000 samples drawn
+    with ``seed``, the JSON report to ``out``."""
+    cmd = [*GENVAE, "evaluate", str(folder), *data_args(args), "--metrics", metrics, "--classifier", str(clf)]
+    run([*cmd, "--samples", "2000", "--seed", str(seed), "--device", args.device, "-o", str(out)], log, env)
+
+
 def add_run_arguments(ap: argparse.ArgumentParser, out: Path) -> None:
     """The options of a benchmark that trains and scores runs side by side: where they go (``--out``), their data,
     seeds, how many at a time, the device and the classifier that scores them (what the helpers here read)."""
@@ -78,7 +99,7 @@ def ensure_classifier(args: argparse.Namespace, image_size: int) -> Path:
     are drawn), trained unless it is there."""
     clf = args.out / "classifier"
     if not (clf / "model.safetensors").exists():
-        env = {**os.environ, "OMP_NUM_THREADS": "2"} if args.device == "cpu" else dict(os.environ)
+        env = run_env(args, threads=2)
         cmd = [*GENVAE, "train-classifier", *data_args(args), "--image-size", str(image_size), "--width", "16"]
         run([*cmd, "--epochs", "2", "-o", str(clf), "--device", args.device], args.out / "classifier.log", env)
     return clf
@@ -92,11 +113,16 @@ def write_results(out: Path, name: str, head: str, text: str, rows: list[dict]) 
     print(text)
 
 
+def reused(args: argparse.Namespace, preset: str, seed: int) -> bool:
+    """Whether the run of ``preset`` and ``seed`` is taken as it is: ``--keep`` and it was scored already."""
+    return args.keep and (args.out / f"{preset}-s{seed}" / "gate.json").exists()
+
+
 def one_run(args: argparse.Namespace, preset: str, seed: int, clf: Path, sets: list[str]) -> dict:
     folder = args.out / f"{preset}-s{seed}"
     log = args.out / f"{preset}-s{seed}.log"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"} if args.device == "cpu" else dict(os.environ)
-    if not (args.keep and (folder / "gate.json").exists()):
+    env = run_env(args)
+    if not reused(args, preset, seed):
         log.unlink(missing_ok=True)
         train_and_score(args, preset, seed, clf, sets, folder, log, env)
     if seed == args.seeds[0]:  # the grids shown in the docs
@@ -161,28 +187,7 @@ def train_and_score(
         env,
     )
     (folder / "gate-train.json").write_text(json.dumps({"train_wall_s": round(time.perf_counter() - started, 1)}))
-    run(
-        [
-            *GENVAE,
-            "evaluate",
-            str(folder),
-            *data_args(args),
-            "--metrics",
-            "fid,coverage,spectrum",
-            "--classifier",
-            str(clf),
-            "--samples",
-            "2000",
-            "--seed",
-            str(seed),
-            "--device",
-            args.device,
-            "-o",
-            str(folder / "gate.json"),
-        ],
-        log,
-        env,
-    )
+    evaluate_run(args, folder, "fid,coverage,spectrum", clf, seed, folder / "gate.json", log, env)
 
 
 def score_row(args: argparse.Namespace, preset: str, seed: int, folder: Path) -> dict:
@@ -277,7 +282,7 @@ def main() -> int:
     clf = args.classifier or ensure_classifier(args, 64 if args.paper else 32)
     started = time.perf_counter()
     jobs = [(p, s) for s in args.seeds for p in [plain, *gans]]
-    reused = args.keep and all((args.out / f"{p}-s{s}" / "gate.json").exists() for p, s in jobs)
+    all_reused = all(reused(args, p, s) for p, s in jobs)
     with ThreadPoolExecutor(max_workers=args.jobs if args.device == "cpu" else 1) as pool:
         rows = list(pool.map(lambda job: one_run(args, job[0], job[1], clf, sets), jobs))
     rows.sort(key=lambda r: ([plain, *gans].index(r["preset"]), r["seed"]))
@@ -286,7 +291,7 @@ def main() -> int:
         f"{'paper presets, 64 px' if args.paper else '-small presets, 32 px'} on {args.data}, device {args.device}, "
         f"budget {args.budget:g} s per run ({'CPU seconds of one core' if args.device == 'cpu' else 'wall-clock'}), "
         f"seeds {','.join(map(str, args.seeds))}, {args.jobs if args.device == 'cpu' else 1} at a time; "
-        + ("every run reused (--keep)" if reused else f"{(time.perf_counter() - started) / 60:.1f} min in all")
+        + ("every run reused (--keep)" if all_reused else f"{(time.perf_counter() - started) / 60:.1f} min in all")
         + "; trained with "
         + " / ".join(sorted({r["compute"] for r in rows}))
     )

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -29,7 +28,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gan_gate import GENVAE, add_run_arguments, data_args, ensure_classifier, run, write_results  # noqa: E402
+from gan_gate import (  # noqa: E402
+    GENVAE,
+    add_run_arguments,
+    data_args,
+    ensure_classifier,
+    evaluate_run,
+    run,
+    run_env,
+    write_results,
+)
 
 PRECISIONS = ("off", "bf16")
 
@@ -43,7 +51,7 @@ def final_total(folder: Path) -> float:
 def one_run(args: argparse.Namespace, preset: str, precision: str, seed: int, clf: Path) -> dict:
     folder = args.out / f"{preset}-{precision}-s{seed}"
     log = args.out / f"{preset}-{precision}-s{seed}.log"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"} if args.device == "cpu" else dict(os.environ)
+    env = run_env(args)
     if not (folder / "parity.json").exists():
         log.unlink(missing_ok=True)
         run(
@@ -55,22 +63,7 @@ def one_run(args: argparse.Namespace, preset: str, precision: str, seed: int, cl
         train = [*GENVAE, "train", str(folder), *data_args(args), "--max-steps", str(args.steps), "--amp", precision]
         run([*train, "--seed", str(seed), "--log-every", "25", "--device", args.device, "--quiet"], log, env)
         took = time.perf_counter() - began
-        evaluate = [*GENVAE, "evaluate", str(folder), *data_args(args), "--metrics", "fid", "--classifier", str(clf)]
-        run(
-            [
-                *evaluate,
-                "--samples",
-                "2000",
-                "--seed",
-                str(seed),
-                "--device",
-                args.device,
-                "-o",
-                str(folder / "fid.json"),
-            ],
-            log,
-            env,
-        )
+        evaluate_run(args, folder, "fid", clf, seed, folder / "fid.json", log, env)
         fid = json.loads((folder / "fid.json").read_text())["models"][0]["metrics"]["fid"]["fid"]
         row = {"preset": preset, "precision": precision, "seed": seed, "fid": fid, "final_total": final_total(folder)}
         (folder / "parity.json").write_text(json.dumps({**row, "train_s": round(took, 1)}))
